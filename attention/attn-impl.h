@@ -1,0 +1,54 @@
+/*
+ * attn-impl.h - the backend seam: what a backend implements.
+ *
+ * A backend is a table of function pointers (struct attn_backend_i) plus a
+ * context pointer, as in ggml's ggml_backend_i.  attention/backend.c wraps
+ * the table with the public attn_backend_* functions, validates problems
+ * before they reach a backend, fills in statistics and handles fault
+ * injection, so a backend only computes.  Optional entries may be NULL.
+ *
+ * Never included by public headers.
+ */
+#ifndef MRAD_ATTN_IMPL_H
+#define MRAD_ATTN_IMPL_H
+
+#include "attn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct attn_backend_i {
+    const char *name;
+    /* Required.  Computes n problems already checked by attn_problem_check();
+     * writes errs[i] and, for MRA methods, stats[i].blocks_selected.
+     * Returns ATTN_OK or an error that failed the whole batch. */
+    int (*compute_batch)(void *ctx, const struct attn_problem *const *probs,
+                         size_t n, struct attn_stats *stats, int *errs);
+    /* Optional: one-line device description. */
+    const char *(*device)(void *ctx);
+    /* Optional: ATTN_OK or a sticky error. */
+    int (*health)(void *ctx);
+    /* Required: releases ctx. */
+    void (*free)(void *ctx);
+};
+
+struct attn_backend {
+    const struct attn_backend_i *iface;
+    void *ctx;
+    int fault_count; /* accessed atomically */
+};
+
+/* Constructors of the built-in backends.  Each returns ATTN_OK and fills
+ * *iface/*ctx, or an error (ATTN_ENODEV when not available). */
+int attn_cpu_backend_new(const struct attn_config *cfg,
+                         const struct attn_backend_i **iface, void **ctx);
+/* Provided by attention/cuda when built with CUDA, else by a stub that
+ * returns ATTN_ENODEV. */
+int attn_cuda_backend_new(const struct attn_config *cfg,
+                          const struct attn_backend_i **iface, void **ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_ATTN_IMPL_H */

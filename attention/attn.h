@@ -1,0 +1,167 @@
+/*
+ * attn.h - public interface of the attention library.
+ *
+ * The library computes the three methods of MRA-2 attention ("exact",
+ * "mra2", "mra2_sparse"; see attention/README.md for the equations) on a
+ * backend.  A backend is an opaque handle created by attn_backend_new();
+ * the CPU backend is always available, others (CUDA) when they were built
+ * and a device is present.
+ *
+ * Errors are values: every function that can fail returns an `int` that is
+ * ATTN_OK (0) or one of the negative `enum attn_err` codes; attn_strerror()
+ * turns a code into a sentence.  Nothing in this library aborts on bad input.
+ *
+ * Threading: a backend handle may be used by one thread at a time (the
+ * caller serialises calls to attn_backend_compute()); the backend runs its
+ * own worker threads internally.  Different handles are independent.
+ * The dtype helpers and attn_problem_check() are pure and thread-safe.
+ */
+#ifndef MRAD_ATTN_H
+#define MRAD_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ATTN_BLOCK 32       /* block size b of the spec */
+#define ATTN_MAX_HEAD_DIM 256
+
+enum attn_err {
+    ATTN_OK = 0,
+    ATTN_EINVAL = -1,   /* a problem field is out of range or inconsistent */
+    ATTN_ENOMEM = -2,   /* an allocation failed */
+    ATTN_ENOTSUP = -3,  /* the backend does not support this (method, dtype, ...) */
+    ATTN_EBACKEND = -4, /* the device failed (launch error, lost device) */
+    ATTN_ENODEV = -5,   /* the requested backend is not built or has no device */
+    ATTN_EFAULT = -6,   /* an injected fault (tests only) */
+};
+
+/* Returns a static, human-readable description of an attn_err code. */
+const char *attn_strerror(int err);
+
+enum attn_dtype {
+    ATTN_F32 = 0,
+    ATTN_F16 = 1,
+    ATTN_BF16 = 2,
+};
+
+enum attn_method {
+    ATTN_EXACT = 0,
+    ATTN_MRA2 = 1,        /* MRA-2, "full" mode: selected blocks + low-res terms */
+    ATTN_MRA2_SPARSE = 2, /* MRA-2-s: selected blocks only */
+};
+
+/* Size in bytes of one element of `dt` (4, 2, 2), 0 for an unknown dtype. */
+size_t attn_dtype_size(enum attn_dtype dt);
+/* Wire names "f32", "f16", "bf16"; NULL for an unknown value. */
+const char *attn_dtype_name(enum attn_dtype dt);
+/* Wire names "exact", "mra2", "mra2_sparse"; NULL for an unknown value. */
+const char *attn_method_name(enum attn_method m);
+
+/* IEEE half and bfloat16 conversions; f32 -> 16 bit rounds to nearest even
+ * (NaN stays NaN, overflow gives infinity). */
+float attn_f16_to_f32(uint16_t h);
+uint16_t attn_f32_to_f16(float f);
+float attn_bf16_to_f32(uint16_t h);
+uint16_t attn_f32_to_bf16(float f);
+/* Convert n elements between a dtype and f32 (src/dst need the natural
+ * alignment of their element type). */
+void attn_to_f32(enum attn_dtype dt, const void *src, float *dst, size_t n);
+void attn_from_f32(enum attn_dtype dt, const float *src, void *dst, size_t n);
+
+/*
+ * One attention problem: a batch of B entries, H query heads, Hkv key/value
+ * heads (H % Hkv == 0), N tokens, head dimension D.  Tensors are dense,
+ * row-major, in `dtype`, aligned to their element size:
+ *   q, out: [B, H, N, D]    k, v: [B, Hkv, N, D]    mask: [B, N] (0/1) or NULL
+ * The problem does not own any of the memory it points to.
+ */
+struct attn_problem {
+    enum attn_method method;
+    enum attn_dtype dtype;
+    uint32_t B, H, Hkv, N, D;
+    const void *q, *k, *v;
+    const uint8_t *mask; /* NULL = every token real; nonzero byte = real */
+    void *out;
+    float scale;             /* logit scale; 0 = 1/sqrt(D) */
+    uint64_t num_blocks;     /* total budget per head; 0 = use block_per_row */
+    uint32_t block_per_row;  /* budget per block row; 0 = default (8) */
+    uint32_t prior_first;    /* force the first n block rows and columns */
+    uint32_t prior_diagonal; /* force a diagonal band of this width */
+};
+
+#define ATTN_DEFAULT_BLOCK_PER_ROW 8
+
+/* Per-problem statistics, summed over batch entries and query heads. */
+struct attn_stats {
+    uint64_t blocks_selected; /* |T| summed; nb*nb per head for exact */
+    uint64_t blocks_total;    /* nb*nb summed */
+    double density;           /* blocks_selected / blocks_total */
+};
+
+/* Checks the shape, pointers and parameters of a problem.  Returns ATTN_OK
+ * or ATTN_EINVAL; on error writes a sentence naming the field to `msg`
+ * (if msg != NULL, at most msglen bytes including the terminator). */
+int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen);
+
+/* Number of 32-token blocks nb = ceil(N / 32). */
+uint32_t attn_num_blocks(uint32_t N);
+/* The budget k of the spec for one head: num_blocks if set, else
+ * block_per_row * nb (default 8 per row), capped at nb * nb. */
+uint64_t attn_budget(const struct attn_problem *p);
+/* Resolved logit scale: p->scale, or 1/sqrt(D) when it is 0. */
+float attn_scale(const struct attn_problem *p);
+/* FLOP count of a problem as the spec counts it (all heads, all entries):
+ * exact 4*N^2*D per head; mra 4*k*b*b*D + 2*nb^2*D per head. */
+double attn_flops(const struct attn_problem *p);
+
+/* Backend configuration; zero-initialise and set what you need. */
+struct attn_config {
+    int threads;     /* CPU worker threads; 0 = number of online cores */
+    const char *isa; /* CPU kernel path: NULL/"auto", "avx512", "avx2", "portable" */
+    int device;      /* GPU ordinal for device backends */
+};
+
+struct attn_backend; /* opaque */
+
+/* Creates a backend by name: "cpu", "cuda", or "auto" (the best available:
+ * CUDA when built and a device is present, else CPU).  On success stores a
+ * handle in *out and returns ATTN_OK; ATTN_ENODEV if that backend is not
+ * available here.  Free with attn_backend_free(). */
+int attn_backend_new(const char *name, const struct attn_config *cfg,
+                     struct attn_backend **out);
+void attn_backend_free(struct attn_backend *be);
+
+/* Short name of the backend ("cpu", "cuda"). */
+const char *attn_backend_name(const struct attn_backend *be);
+/* A one-line description of the device (CPU model and ISA path, GPU name). */
+const char *attn_backend_device(const struct attn_backend *be);
+/* ATTN_OK while the backend can compute; an error once a sticky device
+ * fault happened. */
+int attn_backend_health(const struct attn_backend *be);
+
+/* Computes one problem.  Fills *stats (may be NULL).  Returns ATTN_OK or an
+ * error; on error the contents of p->out are unspecified. */
+int attn_backend_compute(struct attn_backend *be, const struct attn_problem *p,
+                         struct attn_stats *stats);
+
+/* Computes n independent problems as one batch, sharing the backend's
+ * workers between them.  errs[i] and stats[i] receive each problem's result
+ * (stats may be NULL).  Each problem's output is bitwise the same as if it
+ * had been computed alone.  Returns ATTN_OK if the batch ran (individual
+ * problems may still have failed: see errs), or an error that failed all. */
+int attn_backend_compute_batch(struct attn_backend *be,
+                               const struct attn_problem *const *probs,
+                               size_t n, struct attn_stats *stats, int *errs);
+
+/* Test-only fault injection: the next `count` compute calls fail with
+ * ATTN_EFAULT (count < 0 disables).  Thread-safe. */
+void attn_backend_inject_fault(struct attn_backend *be, int count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_ATTN_H */

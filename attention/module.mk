@@ -1,0 +1,32 @@
+# attention/module.mk - the attention library (libattn.a): backend seam,
+# CPU backend, and the CUDA backend when nvcc is available.
+
+ATTN_LIB  := $(BUILD)/libattn.a
+ATTN_SRCS := $(wildcard attention/*.c attention/cpu/*.c)
+
+ifeq ($(HAVE_CUDA),1)
+ATTN_SRCS   := $(filter-out attention/nocuda.c,$(ATTN_SRCS))
+CUDA_HOME   ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+NVCCFLAGS   ?= -O3 -std=c++17 -Xcompiler -fPIC \
+               -gencode arch=compute_80,code=sm_80 \
+               -gencode arch=compute_90,code=sm_90 \
+               -gencode arch=compute_90,code=compute_90
+ATTN_CU_SRCS := $(wildcard attention/cuda/*.cu)
+ATTN_CU_OBJS := $(ATTN_CU_SRCS:%.cu=$(BUILD)/%.o)
+ATTN_LDLIBS  := -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
+CPPFLAGS     += -DMRAD_HAVE_CUDA=1
+$(BUILD)/attention/cuda/%.o: attention/cuda/%.cu $(wildcard attention/cuda/*.h attention/cuda/*.cuh) attention/attn.h attention/attn-impl.h
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
+else
+ATTN_CU_OBJS :=
+ATTN_LDLIBS  :=
+endif
+
+ATTN_OBJS := $(ATTN_SRCS:%.c=$(BUILD)/%.o) $(ATTN_CU_OBJS)
+
+$(ATTN_LIB): $(ATTN_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+LIBS += $(ATTN_LIB)

@@ -1,0 +1,15 @@
+# bench/module.mk - `make bench`: runs bench/run.sh, which runs every
+# bench/NN-*.sh step in order; each prints its figures and writes JSON
+# (and plots) under bench-out/.
+
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BIN)/%)
+
+$(BIN)/bench-%: $(BUILD)/bench/bench-%.o $(PROTO_LIB) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PROTO_LDLIBS) $(ATTN_LDLIBS) $(LDLIBS)
+
+.PHONY: bench
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@BIN=$(BIN) bash bench/run.sh

@@ -1,0 +1,154 @@
+/*
+ * proto.h - the wire codec of POST /v1/attention (see protocol/SPEC.md).
+ *
+ * Decodes a request body (msgpack, or JSON for small requests) into a
+ * validated struct attn_problem, encodes the response body, and builds the
+ * JSON error body.  Knows nothing of sockets or threads: every function is
+ * re-entrant and may be called from any thread on distinct objects.
+ *
+ * Errors are values: functions return PROTO_OK (0) or a negative
+ * `enum proto_err`; proto_strerror() describes a code, and the decoder also
+ * writes a message naming the offending field.
+ */
+#ifndef MRAD_PROTO_H
+#define MRAD_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../attention/attn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum proto_err {
+    PROTO_OK = 0,
+    PROTO_EBADREQ = -1, /* malformed or invalid body: HTTP 400 bad_request */
+    PROTO_ETOOBIG = -2, /* tensor or problem over the limits: 413 payload_too_large */
+    PROTO_ENOMEM = -3,  /* allocation failure: 500 internal */
+};
+
+const char *proto_strerror(int err);
+
+enum proto_format {
+    PROTO_MSGPACK = 0,
+    PROTO_JSON = 1,
+};
+
+/* Limits that stop allocation bombs.  A zero field means "no limit" except
+ * max_head_dim, where 0 means ATTN_MAX_HEAD_DIM. */
+struct proto_limits {
+    uint64_t max_batch;        /* B */
+    uint64_t max_heads;        /* H (and Hkv) */
+    uint64_t max_tokens;       /* N */
+    uint64_t max_head_dim;     /* D, at most ATTN_MAX_HEAD_DIM */
+    uint64_t max_elements;     /* B*H*N*D of q (and of the output) */
+};
+
+/* Default limits used by mrad and mractl (documented in mrad --help). */
+void proto_limits_default(struct proto_limits *lim);
+
+#define PROTO_ID_MAX 128
+
+/*
+ * A decoded request.  `prob` points either into the body passed to
+ * proto_request_decode() (tensor data read in place when its alignment
+ * allows) or into buffers the request owns; `prob.out` is always an owned,
+ * 64-byte-aligned buffer for the answer.  The body must outlive the
+ * request.  Release with proto_request_release(), on any thread.
+ */
+struct proto_request {
+    struct attn_problem prob;
+    enum proto_format format;   /* the format the answer must use */
+    char id[PROTO_ID_MAX + 1];  /* echoed back when has_id */
+    int has_id;
+    uint64_t timeout_ms;        /* 0 = not given */
+    void *owned[5];             /* internal: buffers to free */
+};
+
+/*
+ * Decodes and validates a request body.  On success fills *req and returns
+ * PROTO_OK.  On failure returns PROTO_EBADREQ, PROTO_ETOOBIG or
+ * PROTO_ENOMEM, writes a message naming the field and what was wrong into
+ * err (at most errlen bytes, always terminated), and leaves nothing to
+ * release.  `lim` may be NULL for the defaults.
+ */
+int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
+                         const struct proto_limits *lim,
+                         struct proto_request *req, char *err, size_t errlen);
+
+/* Frees what the request owns (not the body).  Safe on a zeroed request. */
+void proto_request_release(struct proto_request *req);
+
+/* What the service adds to the attention statistics in the answer. */
+struct proto_stats {
+    struct attn_stats attn;
+    const char *backend;       /* "cpu", "cuda" */
+    uint64_t queue_us;
+    uint64_t compute_us;
+    uint32_t batch_requests;
+};
+
+/*
+ * Encodes the 200 answer for a computed request, in req->format:
+ * {"out": tensor, "id": ..., "stats": {...}}.  On success stores a malloc'd
+ * buffer in *buf (caller frees with free()) and its length in *len.
+ * Returns PROTO_OK or PROTO_ENOMEM.
+ */
+int proto_response_encode(const struct proto_request *req,
+                          const struct proto_stats *st, char **buf,
+                          size_t *len);
+
+/*
+ * Builds the JSON error body {"error": {"code": code, "message": message}}
+ * with the message escaped as JSON.  Returns a malloc'd, NUL-terminated
+ * string (length in *len if len != NULL), or NULL when out of memory.
+ */
+char *proto_error_body(const char *code, const char *message, size_t *len);
+
+/*
+ * Encodes a request body (msgpack or JSON) from a problem, for clients and
+ * tools: the inverse of proto_request_decode().  id may be NULL;
+ * timeout_ms 0 leaves it out.  Parameters equal to their defaults are still
+ * written when set in the problem.  Returns PROTO_OK or PROTO_ENOMEM with a
+ * malloc'd buffer in *buf.
+ */
+int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
+                         const char *id, uint64_t timeout_ms, char **buf,
+                         size_t *len);
+
+/*
+ * A decoded 200 answer, for clients.  `out` points into the body when its
+ * alignment allows, else into an owned copy; the body must outlive the
+ * response.  Release with proto_response_release().
+ */
+struct proto_response {
+    enum attn_dtype dtype;
+    uint32_t shape[4];          /* B, H, N, D */
+    const void *out;
+    size_t out_bytes;
+    char id[PROTO_ID_MAX + 1];
+    int has_id;
+    char method[16];
+    char backend[16];
+    struct proto_stats stats;   /* stats.backend points at `backend` */
+    void *owned;
+};
+
+int proto_response_decode(const void *body, size_t len, enum proto_format fmt,
+                          struct proto_response *resp, char *err,
+                          size_t errlen);
+void proto_response_release(struct proto_response *resp);
+
+/*
+ * Parses a JSON error body into code and message (each truncated to its
+ * buffer).  Returns PROTO_OK or PROTO_EBADREQ when the body is not one.
+ */
+int proto_error_parse(const void *body, size_t len, char *code,
+                      size_t codelen, char *message, size_t msglen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_PROTO_H */

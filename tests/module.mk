@@ -1,0 +1,16 @@
+# tests/module.mk - cmocka unit tests: tests/unit/<module>/test-*.c, each
+# built into $(BUILD)/tests/<module>/test-* and linked with the libraries.
+# A test may add sources of its own as tests/unit/<module>/<name>-*.c
+# helpers listed in UNIT_TEST_HELPERS.
+
+UNIT_TEST_SRCS := $(wildcard tests/unit/*/test-*.c)
+UNIT_TESTS     := $(UNIT_TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+UNIT_HELPER_SRCS := $(wildcard tests/unit/*/helper-*.c)
+UNIT_HELPER_OBJS := $(UNIT_HELPER_SRCS:%.c=$(BUILD)/%.o)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(UNIT_HELPER_OBJS) $(PROTO_LIB) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PROTO_LDLIBS) $(ATTN_LDLIBS) -lcmocka $(LDLIBS)
+
+.PHONY: tests-build
+tests-build: $(UNIT_TESTS)
