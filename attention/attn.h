@@ -143,6 +143,12 @@ const char *attn_backend_device(const struct attn_backend *be);
  * fault happened. */
 int attn_backend_health(const struct attn_backend *be);
 
+/* Device memory of the backend in bytes: what it holds now and the
+ * device's total.  Returns ATTN_ENOTSUP for backends without device memory
+ * (the CPU). */
+int attn_backend_memory(const struct attn_backend *be, uint64_t *used,
+                        uint64_t *total);
+
 /* Computes one problem.  Fills *stats (may be NULL).  Returns ATTN_OK or an
  * error; on error the contents of p->out are unspecified. */
 int attn_backend_compute(struct attn_backend *be, const struct attn_problem *p,
