@@ -1,0 +1,188 @@
+/*
+ * mraclient.h - C client library of the attention service (libmraclient.a).
+ *
+ * Sends attention problems to a running mrad over HTTP and returns the
+ * output tensor and the statistics; also reads /healthz, /v1/info and
+ * /metrics.  Built on libcurl: one client holds one easy handle, so
+ * consecutive calls reuse the same keep-alive connection.  Request and
+ * response bodies are encoded and decoded with protocol/proto.h, the codec
+ * the server uses.
+ *
+ * Errors are values: every function that can fail returns MRAC_OK (0) or a
+ * negative `enum mrac_err`, and fills a struct mrac_error (when the caller
+ * passes one) with the HTTP status, the wire error code and the server's
+ * message.  mrac_strerror() describes a code.
+ *
+ * Threading: call mrac_global_init() once, before other threads start
+ * (it initialises libcurl).  A client handle is used by one thread at a
+ * time; create one client per thread.  Different clients are independent.
+ * mrac_random_problem() and mrac_strerror() are re-entrant.
+ *
+ * Ownership: the library never keeps pointers into caller memory past the
+ * call that received them; buffers it returns are malloc'd and released
+ * by the caller as each function says.
+ */
+#ifndef MRAD_MRACLIENT_H
+#define MRAD_MRACLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../attention/attn.h"
+#include "../../protocol/proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum mrac_err {
+    MRAC_OK = 0,
+    MRAC_EINVAL = -1,     /* a bad argument (URL, problem, option) */
+    MRAC_ENOMEM = -2,     /* an allocation failed */
+    MRAC_ETRANSPORT = -3, /* connection refused, reset, DNS, ... */
+    MRAC_ETIMEDOUT = -4,  /* the client-side connect or total timeout */
+    MRAC_EHTTP = -5,      /* the server answered a non-2xx status */
+    MRAC_EPROTO = -6,     /* the server's answer could not be decoded */
+};
+
+/* Returns a static description of an mrac_err code. */
+const char *mrac_strerror(int err);
+
+#define MRAC_CODE_MAX 64
+#define MRAC_MESSAGE_MAX 512
+
+/* What went wrong in a call.  `status` is the HTTP status (0 when no answer
+ * arrived); `code` and `message` are the wire error's fields for
+ * MRAC_EHTTP, otherwise a description of the local failure (code is then
+ * "transport", "timeout", "bad_response", "invalid_argument" or
+ * "out_of_memory").  `retry_after_s` is the Retry-After header in seconds,
+ * or -1 when absent. */
+struct mrac_error {
+    int err;
+    long status;
+    char code[MRAC_CODE_MAX];
+    char message[MRAC_MESSAGE_MAX];
+    long retry_after_s;
+};
+
+/* Client settings.  Zero-initialise and set what you need. */
+struct mrac_options {
+    const char *url;             /* base URL, e.g. "http://127.0.0.1:8080";
+                                    NULL = that default */
+    const char *api_key;         /* sent as "Authorization: Bearer KEY"; NULL =
+                                    none.  Copied by mrac_client_new(). */
+    uint32_t connect_timeout_ms; /* 0 = 10 s */
+    uint32_t timeout_ms;         /* whole-call limit; 0 = none */
+};
+
+struct mrac_client; /* opaque */
+
+/* Initialises libcurl for the whole process.  Call once, before creating
+ * clients on several threads.  Returns MRAC_OK or MRAC_ENOMEM. */
+int mrac_global_init(void);
+/* Releases what mrac_global_init() set up; call after freeing every
+ * client, when no other thread uses the library. */
+void mrac_global_cleanup(void);
+
+/* Creates a client.  On success stores the handle in *out and returns
+ * MRAC_OK; else MRAC_EINVAL (bad URL) or MRAC_ENOMEM.  The options' strings
+ * are copied.  `err` may be NULL.  Free with mrac_client_free(). */
+int mrac_client_new(const struct mrac_options *opt, struct mrac_client **out,
+                    struct mrac_error *err);
+/* Closes the connection and frees the client.  NULL is allowed. */
+void mrac_client_free(struct mrac_client *c);
+
+/* Per-call extras of mrac_attention(); NULL means all defaults. */
+struct mrac_call {
+    const char *id;           /* echoed back by the server; NULL = none */
+    uint64_t timeout_ms;      /* server-side deadline (504); 0 = server's */
+    enum proto_format format; /* body format: PROTO_MSGPACK (default) or
+                                 PROTO_JSON (small problems only) */
+};
+
+/* The answer to one problem. */
+struct mrac_result {
+    void *out; /* B*H*N*D elements in the problem's dtype; see
+                  mrac_attention() for who owns it */
+    size_t out_bytes;
+    int out_owned;            /* 1 when `out` is malloc'd by the library */
+    struct proto_stats stats; /* stats.backend points at `backend` */
+    char backend[16];
+    char method[16];
+    char id[PROTO_ID_MAX + 1];
+    int has_id;
+};
+
+/*
+ * Sends one problem to POST /v1/attention and waits for the answer.
+ *
+ * `p` is checked with attn_problem_check() first (p->out may be NULL).
+ * When p->out is not NULL the output tensor is written there (it must hold
+ * B*H*N*D elements of p->dtype) and res->out == p->out; otherwise the
+ * library mallocs it and res->out_owned is 1.  Either way release the
+ * result with mrac_result_release(), which frees only what the library
+ * allocated.  On error nothing needs releasing and the contents of p->out
+ * are unspecified.
+ *
+ * Returns MRAC_OK, MRAC_EINVAL (the problem failed its check),
+ * MRAC_ENOMEM, MRAC_ETRANSPORT, MRAC_ETIMEDOUT, MRAC_EHTTP (the server
+ * refused it: see err->status, err->code, err->message) or MRAC_EPROTO
+ * (an answer that does not decode, or whose shape or dtype does not match
+ * the problem).
+ */
+int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
+                   const struct mrac_call *call, struct mrac_result *res,
+                   struct mrac_error *err);
+
+/* Frees what the library allocated in *res and zeroes it.  Safe on a
+ * zeroed result. */
+void mrac_result_release(struct mrac_result *res);
+
+/*
+ * Sends an already-encoded body to POST /v1/attention (content type from
+ * `fmt`) and returns the raw answer, whatever its status: the body in
+ * *resp (malloc'd and NUL-terminated, caller frees with free()), its length
+ * in *resp_len, the status in *status.  Returns MRAC_OK for a 2xx answer,
+ * MRAC_EHTTP with *resp still set (and err filled from the error body) for
+ * other statuses, or a transport error with *resp NULL.
+ */
+int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
+                  enum proto_format fmt, char **resp, size_t *resp_len,
+                  long *status, struct mrac_error *err);
+
+/*
+ * GET /healthz, /v1/info and /metrics.  On a 2xx answer stores the body
+ * (malloc'd, NUL-terminated, caller frees with free()) in *text and returns
+ * MRAC_OK.  A non-2xx answer gives MRAC_EHTTP with the body still stored
+ * in *text (e.g. /healthz answers 503 with a JSON body while draining).
+ * Transport errors leave *text NULL.
+ */
+int mrac_health(struct mrac_client *c, char **text, struct mrac_error *err);
+int mrac_info(struct mrac_client *c, char **text, struct mrac_error *err);
+int mrac_metrics(struct mrac_client *c, char **text, struct mrac_error *err);
+
+/* What mrac_random_problem() generates. */
+struct mrac_random_spec {
+    uint32_t B, H, Hkv, N, D; /* Hkv 0 = H */
+    enum attn_method method;
+    enum attn_dtype dtype;
+    uint64_t seed;
+    uint32_t block_per_row; /* 0 = leave at the default */
+};
+
+/*
+ * Fills *p with a problem of random q, k, v (uniform in [-1, 1), then
+ * converted to spec->dtype) from a deterministic generator seeded by
+ * spec->seed, for trying the service and for load tests.  The tensors live
+ * in one malloc'd block stored in *owned (free it with free() when done
+ * with p); p->mask and p->out are NULL.  Returns MRAC_OK, MRAC_EINVAL
+ * (a shape that attn_problem_check() rejects or whose size overflows) or
+ * MRAC_ENOMEM.  Re-entrant.
+ */
+int mrac_random_problem(const struct mrac_random_spec *spec,
+                        struct attn_problem *p, void **owned);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_MRACLIENT_H */
