@@ -1,0 +1,309 @@
+/*
+ * encode.c - writes bodies: the 200 answer (proto_response_encode), a
+ * request from a problem for clients and tools (proto_request_encode), and
+ * the JSON error body (proto_error_body).
+ *
+ * msgpack goes through msgpack-c's packer into a struct pbuf that is sized
+ * up front for the tensor bytes, so a large output is copied once.  JSON
+ * writes tensor data as arrays of numbers with "%.9g" (enough digits for
+ * float32 to read back exactly); JSON has no NaN or infinity, so those are
+ * written as null, which protocol/SPEC.md documents.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Bytes of a dense tensor with these dims, or -1 on overflow. */
+static int tensor_bytes(const uint32_t *dims, int rank, size_t esize,
+                        size_t *elems, size_t *bytes)
+{
+    size_t n = 1;
+    for (int i = 0; i < rank; i++)
+        if (proto_mul_size(n, dims[i], &n) != 0)
+            return -1;
+    *elems = n;
+    return proto_mul_size(n, esize, bytes);
+}
+
+/* The value of element i of a float tensor, as a float. */
+static float elem_f32(enum attn_dtype dt, const void *data, size_t i)
+{
+    float f;
+    uint16_t h;
+    if (dt == ATTN_F32) {
+        memcpy(&f, (const char *)data + i * 4, 4);
+        return f;
+    }
+    memcpy(&h, (const char *)data + i * 2, 2);
+    return dt == ATTN_F16 ? attn_f16_to_f32(h) : attn_bf16_to_f32(h);
+}
+
+static void mp_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+/*
+ * Writes one tensor {"dtype", "shape", "data"} as a map value.  dtype < 0
+ * is a u8 mask, whose bytes are written as 0/1 (a problem's mask counts
+ * any nonzero byte as a real token; the wire allows only 0 and 1).
+ */
+static void put_tensor(struct pbuf *b, msgpack_packer *pk, int json, int dtype,
+                       const uint32_t *dims, int rank, const void *data,
+                       size_t elems, size_t bytes)
+{
+    const char *dname = dtype < 0 ? "u8" : attn_dtype_name(dtype);
+    if (!json) {
+        msgpack_pack_map(pk, 3);
+        mp_str(pk, "dtype");
+        mp_str(pk, dname);
+        mp_str(pk, "shape");
+        msgpack_pack_array(pk, (size_t)rank);
+        for (int i = 0; i < rank; i++)
+            msgpack_pack_uint32(pk, dims[i]);
+        mp_str(pk, "data");
+        msgpack_pack_bin(pk, bytes);
+        if (dtype >= 0) {
+            pbuf_put(b, data, bytes);
+        } else if (pbuf_reserve(b, bytes) == 0) {
+            const uint8_t *m = data;
+            for (size_t i = 0; i < bytes; i++)
+                b->data[b->len + i] = m[i] != 0;
+            b->len += bytes;
+        }
+        return;
+    }
+    pbuf_printf(b, "{\"dtype\":\"%s\",\"shape\":[", dname);
+    for (int i = 0; i < rank; i++)
+        pbuf_printf(b, "%s%u", i ? "," : "", (unsigned)dims[i]);
+    pbuf_puts(b, "],\"data\":[");
+    /* Reserve a typical width up front; pbuf grows if numbers are longer. */
+    size_t guess;
+    if (proto_mul_size(elems, dtype < 0 ? 2 : 12, &guess) == 0)
+        pbuf_reserve(b, guess);
+    for (size_t i = 0; i < elems && !b->failed; i++) {
+        if (i)
+            pbuf_put(b, ",", 1);
+        if (dtype < 0)
+            pbuf_put(b, ((const uint8_t *)data)[i] ? "1" : "0", 1);
+        else
+            pbuf_json_float(b, elem_f32(dtype, data, i));
+    }
+    pbuf_puts(b, "]}");
+}
+
+/* Hands the finished buffer to the caller, or reports the failure. */
+static int finish(struct pbuf *b, int terminate, char **buf, size_t *len)
+{
+    if (terminate)
+        pbuf_put(b, "", 1);
+    if (b->failed) {
+        free(b->data);
+        return PROTO_ENOMEM;
+    }
+    *buf = b->data;
+    if (len != NULL)
+        *len = b->len - (terminate ? 1 : 0);
+    return PROTO_OK;
+}
+
+int proto_response_encode(const struct proto_request *req,
+                          const struct proto_stats *st, char **buf, size_t *len)
+{
+    const struct attn_problem *p = &req->prob;
+    uint32_t dims[4] = {p->B, p->H, p->N, p->D};
+    size_t elems, bytes;
+    *buf = NULL;
+    if (tensor_bytes(dims, 4, attn_dtype_size(p->dtype), &elems, &bytes) != 0)
+        return PROTO_ENOMEM;
+    const char *method = attn_method_name(p->method);
+    const char *backend = st->backend ? st->backend : "";
+    struct pbuf b = {0};
+    int json = req->format == PROTO_JSON;
+
+    if (!json) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
+        if (bytes <= SIZE_MAX - 1024)
+            pbuf_reserve(&b, bytes + 1024);
+        msgpack_pack_map(&pk, req->has_id ? 3 : 2);
+        mp_str(&pk, "out");
+        put_tensor(&b, &pk, 0, p->dtype, dims, 4, p->out, elems, bytes);
+        if (req->has_id) {
+            mp_str(&pk, "id");
+            mp_str(&pk, req->id);
+        }
+        mp_str(&pk, "stats");
+        msgpack_pack_map(&pk, 8);
+        mp_str(&pk, "method");
+        mp_str(&pk, method ? method : "");
+        mp_str(&pk, "backend");
+        mp_str(&pk, backend);
+        mp_str(&pk, "blocks_selected");
+        msgpack_pack_uint64(&pk, st->attn.blocks_selected);
+        mp_str(&pk, "blocks_total");
+        msgpack_pack_uint64(&pk, st->attn.blocks_total);
+        mp_str(&pk, "density");
+        msgpack_pack_double(&pk, st->attn.density);
+        mp_str(&pk, "queue_us");
+        msgpack_pack_uint64(&pk, st->queue_us);
+        mp_str(&pk, "compute_us");
+        msgpack_pack_uint64(&pk, st->compute_us);
+        mp_str(&pk, "batch_requests");
+        msgpack_pack_uint32(&pk, st->batch_requests);
+        return finish(&b, 0, buf, len);
+    }
+
+    pbuf_puts(&b, "{\"out\":");
+    put_tensor(&b, NULL, 1, p->dtype, dims, 4, p->out, elems, bytes);
+    if (req->has_id) {
+        pbuf_puts(&b, ",\"id\":");
+        pbuf_json_str(&b, req->id, strlen(req->id));
+    }
+    pbuf_puts(&b, ",\"stats\":{\"method\":");
+    pbuf_json_str(&b, method ? method : "", method ? strlen(method) : 0);
+    pbuf_puts(&b, ",\"backend\":");
+    pbuf_json_str(&b, backend, strlen(backend));
+    pbuf_printf(&b,
+                ",\"blocks_selected\":%llu,\"blocks_total\":%llu,"
+                "\"density\":",
+                (unsigned long long)st->attn.blocks_selected,
+                (unsigned long long)st->attn.blocks_total);
+    pbuf_json_double(&b, st->attn.density);
+    pbuf_printf(&b,
+                ",\"queue_us\":%llu,\"compute_us\":%llu,"
+                "\"batch_requests\":%u}}",
+                (unsigned long long)st->queue_us,
+                (unsigned long long)st->compute_us,
+                (unsigned)st->batch_requests);
+    return finish(&b, 0, buf, len);
+}
+
+/* Field names and values of the optional parameters, in wire order. */
+struct param {
+    const char *name;
+    uint64_t value;
+};
+
+int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
+                         const char *id, uint64_t timeout_ms, char **buf,
+                         size_t *len)
+{
+    *buf = NULL;
+    size_t es = attn_dtype_size(p->dtype);
+    const char *method = attn_method_name(p->method);
+    if (es == 0 || method == NULL || p->q == NULL || p->k == NULL ||
+        p->v == NULL || p->Hkv == 0 || p->H % p->Hkv != 0)
+        return PROTO_EBADREQ;
+    uint32_t qd[4] = {p->B, p->H, p->N, p->D};
+    uint32_t kd[4] = {p->B, p->Hkv, p->N, p->D};
+    uint32_t md[2] = {p->B, p->N};
+    size_t qe, qb, ke, kb, me, mb;
+    if (tensor_bytes(qd, 4, es, &qe, &qb) ||
+        tensor_bytes(kd, 4, es, &ke, &kb) || tensor_bytes(md, 2, 1, &me, &mb) ||
+        qe == 0 || ke == 0)
+        return PROTO_EBADREQ;
+
+    struct param params[] = {
+        {"block_per_row", p->block_per_row},
+        {"num_blocks", p->num_blocks},
+        {"prior_first", p->prior_first},
+        {"prior_diagonal", p->prior_diagonal},
+        {"timeout_ms", timeout_ms},
+    };
+    size_t nparams = sizeof params / sizeof params[0];
+    size_t nkeys = 4 + (p->mask != NULL) + (p->scale != 0) + (id != NULL);
+    for (size_t i = 0; i < nparams; i++)
+        nkeys += params[i].value != 0;
+
+    struct pbuf b = {0};
+    const char *names[3] = {"q", "k", "v"};
+    const void *datas[3] = {p->q, p->k, p->v};
+    const uint32_t *dims[3] = {qd, kd, kd};
+    size_t elems[3] = {qe, ke, ke}, bytes[3] = {qb, kb, kb};
+
+    if (fmt == PROTO_MSGPACK) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
+        size_t total = qb;
+        if (!__builtin_add_overflow(total, 2 * kb, &total) &&
+            !__builtin_add_overflow(total, mb + 1024, &total))
+            pbuf_reserve(&b, total);
+        msgpack_pack_map(&pk, nkeys);
+        for (int t = 0; t < 3; t++) {
+            mp_str(&pk, names[t]);
+            put_tensor(&b, &pk, 0, p->dtype, dims[t], 4, datas[t], elems[t],
+                       bytes[t]);
+        }
+        if (p->mask != NULL) {
+            mp_str(&pk, "mask");
+            put_tensor(&b, &pk, 0, -1, md, 2, p->mask, me, mb);
+        }
+        mp_str(&pk, "method");
+        mp_str(&pk, method);
+        for (size_t i = 0; i < nparams; i++) {
+            if (params[i].value == 0)
+                continue;
+            mp_str(&pk, params[i].name);
+            msgpack_pack_uint64(&pk, params[i].value);
+        }
+        if (p->scale != 0) {
+            mp_str(&pk, "scale");
+            msgpack_pack_float(&pk, p->scale);
+        }
+        if (id != NULL) {
+            mp_str(&pk, "id");
+            mp_str(&pk, id);
+        }
+        return finish(&b, 0, buf, len);
+    }
+    if (fmt != PROTO_JSON)
+        return PROTO_EBADREQ;
+
+    pbuf_put(&b, "{", 1);
+    for (int t = 0; t < 3; t++) {
+        pbuf_printf(&b, "%s\"%s\":", t ? "," : "", names[t]);
+        put_tensor(&b, NULL, 1, p->dtype, dims[t], 4, datas[t], elems[t],
+                   bytes[t]);
+    }
+    if (p->mask != NULL) {
+        pbuf_puts(&b, ",\"mask\":");
+        put_tensor(&b, NULL, 1, -1, md, 2, p->mask, me, mb);
+    }
+    pbuf_printf(&b, ",\"method\":\"%s\"", method);
+    for (size_t i = 0; i < nparams; i++)
+        if (params[i].value != 0)
+            pbuf_printf(&b, ",\"%s\":%llu", params[i].name,
+                        (unsigned long long)params[i].value);
+    if (p->scale != 0) {
+        pbuf_puts(&b, ",\"scale\":");
+        pbuf_json_float(&b, p->scale);
+    }
+    if (id != NULL) {
+        pbuf_puts(&b, ",\"id\":");
+        pbuf_json_str(&b, id, strlen(id));
+    }
+    pbuf_put(&b, "}", 1);
+    return finish(&b, 0, buf, len);
+}
+
+char *proto_error_body(const char *code, const char *message, size_t *len)
+{
+    struct pbuf b = {0};
+    char *out = NULL;
+    if (code == NULL)
+        code = "internal";
+    if (message == NULL)
+        message = "";
+    pbuf_puts(&b, "{\"error\":{\"code\":");
+    pbuf_json_str(&b, code, strlen(code));
+    pbuf_puts(&b, ",\"message\":");
+    pbuf_json_str(&b, message, strlen(message));
+    pbuf_puts(&b, "}}");
+    if (finish(&b, 1, &out, len) != PROTO_OK)
+        return NULL;
+    return out;
+}

@@ -1,0 +1,620 @@
+/*
+ * request.c - decodes and validates the body of POST /v1/attention into a
+ * struct attn_problem (proto_request_decode).
+ *
+ * The body is first read into a msgpack_object tree (msgpack or JSON, see
+ * internal.h), then checked field by field against the schema of
+ * protocol/SPEC.md.  Every rejection names the field and what was wrong,
+ * because the message goes back to whoever wrote the request.  Sizes are
+ * checked against the limits (413) before anything is allocated, and all
+ * size arithmetic is overflow-checked.  Tensor data from a msgpack body is
+ * used in place when it is aligned to its element size; only misaligned
+ * data and JSON number arrays are copied.
+ */
+#include <float.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum rkey {
+    K_Q,
+    K_K,
+    K_V,
+    K_MASK,
+    K_METHOD,
+    K_BLOCK_PER_ROW,
+    K_NUM_BLOCKS,
+    K_PRIOR_FIRST,
+    K_PRIOR_DIAGONAL,
+    K_SCALE,
+    K_TIMEOUT_MS,
+    K_ID,
+    K_COUNT
+};
+
+static const char *const rkey_names[K_COUNT] = {
+    "q",          "k",           "v",
+    "mask",       "method",      "block_per_row",
+    "num_blocks", "prior_first", "prior_diagonal",
+    "scale",      "timeout_ms",  "id",
+};
+
+/* Index of the owned buffers in struct proto_request.owned. */
+enum { OWN_Q, OWN_K, OWN_V, OWN_MASK, OWN_OUT };
+
+/* A tensor as found in the body, before it is checked against the others. */
+struct tview {
+    const char *name; /* "q", "k", "v", "mask" */
+    int dtype;        /* enum attn_dtype, or -1 for u8 */
+    int rank;
+    uint64_t shape[4];
+    uint64_t elements; /* product of shape */
+    const msgpack_object *data;
+};
+
+static const char *const dim_names4[4] = {"B", "H", "N", "D"};
+static const char *const dim_names_kv[4] = {"B", "Hkv", "N", "D"};
+static const char *const dim_names2[2] = {"B", "N"};
+
+/* A printable, bounded rendering of a key for messages: non-printable
+ * bytes become '?', long keys are cut. */
+static void key_repr(const msgpack_object *k, char *out, size_t n)
+{
+    size_t len = k->via.str.size, i, o = 0;
+    for (i = 0; i < len && o + 4 < n && i < 40; i++) {
+        unsigned char c = (unsigned char)k->via.str.ptr[i];
+        out[o++] = (c >= 0x20 && c < 0x7f && c != '"') ? (char)c : '?';
+    }
+    if (i < len && o + 4 < n) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
+/*
+ * Walks a map whose keys must all be among `names`: fills vals[i] with the
+ * value of names[i] (NULL when absent).  Rejects non-maps, non-string keys,
+ * unknown and duplicate keys; `where` prefixes messages ("" for the body).
+ */
+static int map_fields(const msgpack_object *m, const char *where,
+                      const char *const *names, size_t count,
+                      const msgpack_object **vals, char *err, size_t errlen)
+{
+    const char *w = *where ? where : "body";
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return perr(err, errlen, PROTO_EBADREQ, "%s: must be a map (got %s)", w,
+                    proto_type_name(m));
+    for (size_t i = 0; i < count; i++)
+        vals[i] = NULL;
+    for (uint32_t e = 0; e < m->via.map.size; e++) {
+        const msgpack_object *key = &m->via.map.ptr[e].key;
+        if (key->type != MSGPACK_OBJECT_STR)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: key #%" PRIu32 " must be a string (got %s)", w, e,
+                        proto_type_name(key));
+        size_t i;
+        for (i = 0; i < count; i++)
+            if (proto_str_eq(key, names[i]))
+                break;
+        char rep[64];
+        if (i == count) {
+            key_repr(key, rep, sizeof rep);
+            return perr(err, errlen, PROTO_EBADREQ, "%s%s%s: unknown key",
+                        where, *where ? "." : "", rep);
+        }
+        if (vals[i] != NULL)
+            return perr(err, errlen, PROTO_EBADREQ, "%s%s%s: duplicate key",
+                        where, *where ? "." : "", names[i]);
+        vals[i] = &m->via.map.ptr[e].val;
+    }
+    return PROTO_OK;
+}
+
+static int parse_dtype(const msgpack_object *o, const char *name, int is_mask,
+                       int *dtype, char *err, size_t errlen)
+{
+    if (o->type != MSGPACK_OBJECT_STR)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s.dtype: must be a string (got %s)", name,
+                    proto_type_name(o));
+    if (is_mask) {
+        if (proto_str_eq(o, "u8")) {
+            *dtype = -1;
+            return PROTO_OK;
+        }
+    } else {
+        for (int d = ATTN_F32; d <= ATTN_BF16; d++) {
+            if (proto_str_eq(o, attn_dtype_name((enum attn_dtype)d))) {
+                *dtype = d;
+                return PROTO_OK;
+            }
+        }
+    }
+    char rep[64];
+    key_repr(o, rep, sizeof rep);
+    return perr(err, errlen, PROTO_EBADREQ, "%s.dtype: must be %s (got \"%s\")",
+                name, is_mask ? "\"u8\"" : "\"f32\", \"f16\" or \"bf16\"", rep);
+}
+
+/* Reads the map of one tensor: dtype, shape (rank and positive integer
+ * dimensions), and where its data is; sizes are checked later. */
+static int parse_tensor(const msgpack_object *o, const char *name, int is_mask,
+                        enum proto_format fmt, struct tview *t, char *err,
+                        size_t errlen)
+{
+    static const char *const tkeys[3] = {"dtype", "shape", "data"};
+    const msgpack_object *f[3];
+    int rc = map_fields(o, name, tkeys, 3, f, err, errlen);
+    if (rc != PROTO_OK)
+        return rc;
+    for (int i = 0; i < 3; i++)
+        if (f[i] == NULL)
+            return perr(err, errlen, PROTO_EBADREQ, "%s.%s: missing", name,
+                        tkeys[i]);
+    t->name = name;
+    if ((rc = parse_dtype(f[0], name, is_mask, &t->dtype, err, errlen)) != 0)
+        return rc;
+
+    int want = is_mask ? 2 : 4;
+    const char *dims = is_mask ? "[B, N]" : "[B, H, N, D]";
+    if (!is_mask && name[0] != 'q')
+        dims = "[B, Hkv, N, D]";
+    if (f[1]->type != MSGPACK_OBJECT_ARRAY)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s.shape: must be an array %s (got %s)", name, dims,
+                    proto_type_name(f[1]));
+    if (f[1]->via.array.size != (uint32_t)want)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s.shape: must have %d dimensions %s (got %" PRIu32 ")",
+                    name, want, dims, f[1]->via.array.size);
+    t->rank = want;
+    const char *const *dn =
+        is_mask ? dim_names2 : (name[0] == 'q' ? dim_names4 : dim_names_kv);
+    for (int i = 0; i < want; i++) {
+        const msgpack_object *d = &f[1]->via.array.ptr[i];
+        if (d->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.shape[%d]: %s must be >= 1 (got %" PRId64 ")", name,
+                        i, dn[i], d->via.i64);
+        if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.shape[%d]: %s must be an integer (got %s)", name, i,
+                        dn[i], proto_type_name(d));
+        if (d->via.u64 == 0)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.shape[%d]: %s must be >= 1 (got 0)", name, i,
+                        dn[i]);
+        t->shape[i] = d->via.u64;
+    }
+
+    int want_bin = fmt == PROTO_MSGPACK;
+    if (f[2]->type != (want_bin ? MSGPACK_OBJECT_BIN : MSGPACK_OBJECT_ARRAY))
+        return perr(err, errlen, PROTO_EBADREQ, "%s.data: must be %s (got %s)",
+                    name, want_bin ? "binary data" : "an array of numbers",
+                    proto_type_name(f[2]));
+    t->data = f[2];
+    return PROTO_OK;
+}
+
+/* Checks a tensor's dimensions and element count against the limits (413)
+ * and against 32-bit and 64-bit arithmetic. */
+static int check_size(struct tview *t, const struct proto_limits *lim,
+                      char *err, size_t errlen)
+{
+    const char *const *dn =
+        t->rank == 2 ? dim_names2
+                     : (t->name[0] == 'q' ? dim_names4 : dim_names_kv);
+    for (int i = 0; i < t->rank; i++) {
+        uint64_t v = t->shape[i], max;
+        const char *d = dn[i];
+        if (d[0] == 'B')
+            max = lim->max_batch;
+        else if (d[0] == 'H')
+            max = lim->max_heads;
+        else if (d[0] == 'N')
+            max = lim->max_tokens;
+        else
+            max = lim->max_head_dim ? lim->max_head_dim : ATTN_MAX_HEAD_DIM;
+        if (max != 0 && v > max)
+            return perr(err, errlen, PROTO_ETOOBIG,
+                        "%s.shape[%d]: %s = %" PRIu64
+                        " exceeds the limit of %" PRIu64,
+                        t->name, i, d, v, max);
+        if (v > UINT32_MAX)
+            return perr(err, errlen, PROTO_ETOOBIG,
+                        "%s.shape[%d]: %s = %" PRIu64
+                        " exceeds the largest supported size %" PRIu32,
+                        t->name, i, d, v, UINT32_MAX);
+    }
+    uint64_t n = 1;
+    for (int i = 0; i < t->rank; i++) {
+        uint64_t v = t->shape[i];
+        if (n > UINT64_MAX / v)
+            return perr(err, errlen, PROTO_ETOOBIG,
+                        "%s.shape: the element count overflows 64 bits",
+                        t->name);
+        n *= v;
+    }
+    if (lim->max_elements != 0 && n > lim->max_elements)
+        return perr(err, errlen, PROTO_ETOOBIG,
+                    "%s.shape: %" PRIu64
+                    " elements exceed the limit of %" PRIu64,
+                    t->name, n, lim->max_elements);
+    t->elements = n;
+    return PROTO_OK;
+}
+
+/* Compares dimension i of tensor a with dimension j of tensor b. */
+static int same_dim(const struct tview *a, int i, const struct tview *b, int j,
+                    const char *dname, char *err, size_t errlen)
+{
+    if (a->shape[i] == b->shape[j])
+        return PROTO_OK;
+    return perr(err, errlen, PROTO_EBADREQ,
+                "%s.shape[%d]: %s must match %s.shape[%d] (%" PRIu64
+                " vs %" PRIu64 ")",
+                a->name, i, dname, b->name, j, a->shape[i], b->shape[j]);
+}
+
+/* Checks the data length and makes the tensor's data available as an
+ * aligned buffer: in place when possible, else an owned copy in *owned. */
+static int load_data(const struct tview *t, size_t esize, const void **ptr,
+                     void **owned, char *err, size_t errlen)
+{
+    const msgpack_object *d = t->data;
+    *owned = NULL;
+    if (t->elements > SIZE_MAX / esize)
+        return perr(err, errlen, PROTO_ETOOBIG,
+                    "%s.data: too large for this machine", t->name);
+    size_t bytes = (size_t)t->elements * esize;
+    const char *dname = t->dtype < 0 ? "u8" : attn_dtype_name(t->dtype);
+
+    if (d->type == MSGPACK_OBJECT_BIN) {
+        if (d->via.bin.size != bytes)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.data: length %" PRIu32
+                        " bytes does not match the shape (%" PRIu64
+                        " %s elements = %zu bytes)",
+                        t->name, d->via.bin.size, t->elements, dname, bytes);
+        if ((uintptr_t)d->via.bin.ptr % esize == 0) {
+            *ptr = d->via.bin.ptr;
+            return PROTO_OK;
+        }
+        void *copy = proto_aligned_alloc(bytes);
+        if (copy == NULL)
+            return perr(err, errlen, PROTO_ENOMEM, "%s.data: out of memory",
+                        t->name);
+        memcpy(copy, d->via.bin.ptr, bytes);
+        *ptr = *owned = copy;
+        return PROTO_OK;
+    }
+
+    /* A JSON array of numbers, converted to the dtype element by element. */
+    if (d->via.array.size != t->elements)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s.data: %" PRIu32
+                    " numbers do not match the shape (%" PRIu64 " expected)",
+                    t->name, d->via.array.size, t->elements);
+    unsigned char *buf = proto_aligned_alloc(bytes);
+    if (buf == NULL)
+        return perr(err, errlen, PROTO_ENOMEM, "%s.data: out of memory",
+                    t->name);
+    for (uint32_t i = 0; i < d->via.array.size; i++) {
+        const msgpack_object *e = &d->via.array.ptr[i];
+        double x;
+        if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            x = (double)e->via.u64;
+        else if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+            x = (double)e->via.i64;
+        else if (e->type == MSGPACK_OBJECT_FLOAT64 ||
+                 e->type == MSGPACK_OBJECT_FLOAT32)
+            x = e->via.f64;
+        else {
+            free(buf);
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.data[%" PRIu32 "]: must be a number (got %s)",
+                        t->name, i, proto_type_name(e));
+        }
+        if (t->dtype < 0) {
+            if (x != 0 && x != 1) {
+                free(buf);
+                return perr(err, errlen, PROTO_EBADREQ,
+                            "%s.data[%" PRIu32 "]: must be 0 or 1 (got %g)",
+                            t->name, i, x);
+            }
+            buf[i] = (unsigned char)x;
+            continue;
+        }
+        float f = (float)x;
+        int ok = fabs(x) <= FLT_MAX;
+        if (t->dtype == ATTN_F32) {
+            memcpy(buf + (size_t)i * 4, &f, 4);
+        } else {
+            uint16_t h =
+                t->dtype == ATTN_F16 ? attn_f32_to_f16(f) : attn_f32_to_bf16(f);
+            float back =
+                t->dtype == ATTN_F16 ? attn_f16_to_f32(h) : attn_bf16_to_f32(h);
+            ok = ok && isfinite(back);
+            memcpy(buf + (size_t)i * 2, &h, 2);
+        }
+        if (!ok) {
+            free(buf);
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.data[%" PRIu32 "]: %g is out of the range of %s",
+                        t->name, i, x, dname);
+        }
+    }
+    *ptr = *owned = buf;
+    return PROTO_OK;
+}
+
+/* Reads an integer parameter within [lo, hi]. */
+static int get_param(const msgpack_object *o, const char *name, int64_t lo,
+                     uint64_t hi, uint64_t *out, char *err, size_t errlen)
+{
+    int64_t v;
+    int too_big;
+    if (proto_get_int(o, &v, &too_big) != 0) {
+        if (too_big)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: must be at most %" PRIu64 " (got %" PRIu64 ")",
+                        name, hi, o->via.u64);
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s: must be an integer (got %s)", name,
+                    proto_type_name(o));
+    }
+    if (v < lo)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s: must be >= %" PRId64 " (got %" PRId64 ")", name, lo,
+                    v);
+    if ((uint64_t)v > hi)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s: must be at most %" PRIu64 " (got %" PRId64 ")", name,
+                    hi, v);
+    *out = (uint64_t)v;
+    return PROTO_OK;
+}
+
+static int parse_scalars(const msgpack_object *const *f,
+                         struct proto_request *req, char *err, size_t errlen)
+{
+    struct attn_problem *p = &req->prob;
+    uint64_t v;
+    int rc;
+
+    p->method = ATTN_MRA2;
+    if (f[K_METHOD] != NULL) {
+        const msgpack_object *m = f[K_METHOD];
+        if (m->type != MSGPACK_OBJECT_STR)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "method: must be a string (got %s)",
+                        proto_type_name(m));
+        int found = 0;
+        for (int i = ATTN_EXACT; i <= ATTN_MRA2_SPARSE; i++) {
+            if (proto_str_eq(m, attn_method_name((enum attn_method)i))) {
+                p->method = (enum attn_method)i;
+                found = 1;
+            }
+        }
+        if (!found) {
+            char rep[64];
+            key_repr(m, rep, sizeof rep);
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "method: must be \"mra2\", \"mra2_sparse\" or "
+                        "\"exact\" (got \"%s\")",
+                        rep);
+        }
+    }
+    if (f[K_BLOCK_PER_ROW] != NULL) {
+        rc = get_param(f[K_BLOCK_PER_ROW], "block_per_row", 1, UINT32_MAX, &v,
+                       err, errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        p->block_per_row = (uint32_t)v;
+    }
+    if (f[K_NUM_BLOCKS] != NULL) {
+        rc = get_param(f[K_NUM_BLOCKS], "num_blocks", 1, INT64_MAX, &v, err,
+                       errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        p->num_blocks = v;
+    }
+    if (f[K_PRIOR_FIRST] != NULL) {
+        rc = get_param(f[K_PRIOR_FIRST], "prior_first", 0, UINT32_MAX, &v, err,
+                       errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        p->prior_first = (uint32_t)v;
+    }
+    if (f[K_PRIOR_DIAGONAL] != NULL) {
+        rc = get_param(f[K_PRIOR_DIAGONAL], "prior_diagonal", 0, UINT32_MAX, &v,
+                       err, errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        p->prior_diagonal = (uint32_t)v;
+    }
+    if (f[K_TIMEOUT_MS] != NULL) {
+        rc = get_param(f[K_TIMEOUT_MS], "timeout_ms", 1, INT64_MAX, &v, err,
+                       errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        req->timeout_ms = v;
+    }
+    if (f[K_SCALE] != NULL) {
+        const msgpack_object *s = f[K_SCALE];
+        double d;
+        int64_t iv;
+        int too_big;
+        if (s->type == MSGPACK_OBJECT_FLOAT32 ||
+            s->type == MSGPACK_OBJECT_FLOAT64)
+            d = s->via.f64;
+        else if (proto_get_int(s, &iv, &too_big) == 0)
+            d = (double)iv;
+        else if (too_big)
+            d = (double)s->via.u64;
+        else
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "scale: must be a number (got %s)", proto_type_name(s));
+        if (!isfinite(d) || !(d > 0))
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "scale: must be a finite number > 0 (got %g)", d);
+        float fs = (float)d;
+        if (!isfinite(fs) || fs <= 0)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "scale: %g is outside the range of float32", d);
+        p->scale = fs;
+    }
+    if (f[K_ID] != NULL) {
+        const msgpack_object *id = f[K_ID];
+        if (id->type != MSGPACK_OBJECT_STR)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "id: must be a string (got %s)", proto_type_name(id));
+        if (id->via.str.size > PROTO_ID_MAX)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "id: must be at most %d bytes (got %" PRIu32 ")",
+                        PROTO_ID_MAX, id->via.str.size);
+        if (!proto_utf8_valid(id->via.str.ptr, id->via.str.size, 0))
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "id: must be UTF-8 text without NUL bytes");
+        memcpy(req->id, id->via.str.ptr, id->via.str.size);
+        req->id[id->via.str.size] = '\0';
+        req->has_id = 1;
+    }
+    return PROTO_OK;
+}
+
+/* Checks the tensors against each other, then loads their data. */
+static int build_problem(struct tview *t, int have_mask,
+                         const struct proto_limits *lim,
+                         struct proto_request *req, char *err, size_t errlen)
+{
+    struct tview *q = &t[0], *k = &t[1], *v = &t[2], *m = &t[3];
+    struct attn_problem *p = &req->prob;
+    int rc;
+
+    for (int i = 0; i < 3 + have_mask; i++)
+        if ((rc = check_size(&t[i], lim, err, errlen)) != PROTO_OK)
+            return rc;
+    static const int qdims[3] = {0, 2, 3};
+    for (int i = 0; i < 3; i++) {
+        int d = qdims[i];
+        if ((rc = same_dim(q, d, k, d, dim_names4[d], err, errlen)) != 0)
+            return rc;
+    }
+    for (int d = 0; d < 4; d++)
+        if ((rc = same_dim(v, d, k, d, dim_names_kv[d], err, errlen)) != 0)
+            return rc;
+    if (k->shape[1] > q->shape[1] || q->shape[1] % k->shape[1] != 0)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "k.shape[1]: Hkv = %" PRIu64
+                    " must divide q.shape[1] H = %" PRIu64,
+                    k->shape[1], q->shape[1]);
+    if (k->dtype != q->dtype)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "k.dtype: must match q.dtype (%s vs %s)",
+                    attn_dtype_name(k->dtype), attn_dtype_name(q->dtype));
+    if (v->dtype != q->dtype)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "v.dtype: must match q.dtype (%s vs %s)",
+                    attn_dtype_name(v->dtype), attn_dtype_name(q->dtype));
+    if (have_mask) {
+        if ((rc = same_dim(m, 0, q, 0, "B", err, errlen)) != 0 ||
+            (rc = same_dim(m, 1, q, 2, "N", err, errlen)) != 0)
+            return rc;
+    }
+
+    p->dtype = (enum attn_dtype)q->dtype;
+    p->B = (uint32_t)q->shape[0];
+    p->H = (uint32_t)q->shape[1];
+    p->Hkv = (uint32_t)k->shape[1];
+    p->N = (uint32_t)q->shape[2];
+    p->D = (uint32_t)q->shape[3];
+    size_t es = attn_dtype_size(p->dtype);
+
+    if ((rc = load_data(q, es, &p->q, &req->owned[OWN_Q], err, errlen)) ||
+        (rc = load_data(k, es, &p->k, &req->owned[OWN_K], err, errlen)) ||
+        (rc = load_data(v, es, &p->v, &req->owned[OWN_V], err, errlen)))
+        return rc;
+    if (have_mask) {
+        const void *mp;
+        rc = load_data(m, 1, &mp, &req->owned[OWN_MASK], err, errlen);
+        if (rc != PROTO_OK)
+            return rc;
+        const uint8_t *mb = mp;
+        for (uint64_t i = 0; i < m->elements; i++)
+            if (mb[i] > 1)
+                return perr(err, errlen, PROTO_EBADREQ,
+                            "mask.data[%" PRIu64 "]: must be 0 or 1 (got %u)",
+                            i, mb[i]);
+        p->mask = mb;
+    }
+    /* The output; q's byte size was checked against size_t in load_data. */
+    void *out = proto_aligned_alloc((size_t)q->elements * es);
+    if (out == NULL)
+        return perr(err, errlen, PROTO_ENOMEM, "out: out of memory");
+    req->owned[OWN_OUT] = p->out = out;
+    return PROTO_OK;
+}
+
+int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
+                         const struct proto_limits *lim,
+                         struct proto_request *req, char *err, size_t errlen)
+{
+    struct proto_limits dflt;
+    if (lim == NULL) {
+        proto_limits_default(&dflt);
+        lim = &dflt;
+    }
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    memset(req, 0, sizeof *req);
+    req->format = fmt;
+
+    msgpack_zone *zone = NULL;
+    msgpack_object root;
+    int rc = proto_tree_read(body, len, fmt, &zone, &root, err, errlen);
+    if (rc != PROTO_OK)
+        return rc;
+
+    const msgpack_object *f[K_COUNT];
+    rc = map_fields(&root, "", rkey_names, K_COUNT, f, err, errlen);
+    for (int i = K_Q; rc == PROTO_OK && i <= K_V; i++)
+        if (f[i] == NULL)
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
+    struct tview t[4];
+    memset(t, 0, sizeof t);
+    for (int i = K_Q; rc == PROTO_OK && i <= K_MASK; i++)
+        if (f[i] != NULL)
+            rc = parse_tensor(f[i], rkey_names[i], i == K_MASK, fmt, &t[i], err,
+                              errlen);
+    if (rc == PROTO_OK)
+        rc = parse_scalars(f, req, err, errlen);
+    if (rc == PROTO_OK)
+        rc = build_problem(t, f[K_MASK] != NULL, lim, req, err, errlen);
+    if (rc == PROTO_OK) {
+        /* The attention library's own check of the finished problem. */
+        char msg[256];
+        if (attn_problem_check(&req->prob, msg, sizeof msg) != ATTN_OK)
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s", msg);
+    }
+    msgpack_zone_free(zone);
+    if (rc != PROTO_OK) {
+        proto_request_release(req);
+        memset(req, 0, sizeof *req);
+    }
+    return rc;
+}
+
+void proto_request_release(struct proto_request *req)
+{
+    if (req == NULL)
+        return;
+    for (size_t i = 0; i < sizeof req->owned / sizeof req->owned[0]; i++) {
+        free(req->owned[i]);
+        req->owned[i] = NULL;
+    }
+}
