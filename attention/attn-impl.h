@@ -42,7 +42,7 @@ struct attn_backend {
 };
 
 /* Constructors of the built-in backends.  Each returns ATTN_OK and fills
- * *iface/*ctx, or an error (ATTN_ENODEV when not available). */
+ * *iface and *ctx, or an error (ATTN_ENODEV when not available). */
 int attn_cpu_backend_new(const struct attn_config *cfg,
                          const struct attn_backend_i **iface, void **ctx);
 /* Provided by attention/cuda when built with CUDA, else by a stub that
