@@ -1,0 +1,73 @@
+/*
+ * config.h - the daemon's settings: one table of flags, each also read from
+ * an environment variable MRAD_<FLAG> (dashes become underscores); a flag
+ * on the command line overrides its variable.
+ *
+ * Not thread-safe while parsing; once parsed, the struct is read-only and
+ * shared by every thread.
+ */
+#ifndef MRAD_SERVER_CONFIG_H
+#define MRAD_SERVER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "protocol/proto.h"
+
+#define MRAD_VERSION "0.1.0"
+#define MRAD_MAX_DEVICES 16
+
+enum mrad_log_format { MRAD_LOG_TEXT = 0, MRAD_LOG_JSON = 1 };
+enum mrad_log_level {
+    MRAD_LOG_DEBUG = 0,
+    MRAD_LOG_INFO = 1,
+    MRAD_LOG_WARN = 2,
+    MRAD_LOG_ERROR = 3,
+};
+
+struct mrad_config {
+    char host[256];
+    uint32_t port;
+    char backend[16];              /* "auto", "cpu", "cuda" */
+    int devices[MRAD_MAX_DEVICES]; /* GPU ordinals, one worker each */
+    uint32_t ndevices;
+    uint32_t threads;      /* compute threads, 0 = all cores */
+    uint32_t http_threads; /* libmicrohttpd thread pool size */
+    uint64_t max_queue;    /* requests waiting for a worker */
+    uint64_t max_batch_requests;
+    uint64_t max_batch_tokens; /* sum of B*N in one batch */
+    uint64_t batch_window_us;
+    uint64_t max_body_bytes;
+    uint64_t max_json_bytes;
+    uint64_t request_timeout_ms;
+    char api_key_file[1024];
+    char api_key[512]; /* loaded from api_key_file */
+    size_t api_key_len;
+    uint64_t drain_timeout_ms;
+    enum mrad_log_format log_format;
+    enum mrad_log_level log_level;
+    struct proto_limits limits;
+    int test_faults; /* MRAD_TEST_FAULTS=1: honour X-Mrad-Inject-Fault */
+};
+
+/* What mrad_config_parse() asks the caller to do. */
+enum mrad_config_result {
+    MRAD_CONFIG_RUN = 0,     /* serve with the parsed settings */
+    MRAD_CONFIG_EXIT_OK = 1, /* --help or --version was printed */
+    MRAD_CONFIG_ERROR = -1,  /* a message was written to `err` */
+};
+
+/*
+ * Fills *cfg from the defaults, then the environment (`envp`-style lookups
+ * through getenv), then argv.  Loads the API key file when one is set.
+ * Writes --help / --version to `out` and errors to `err`.  Returns an
+ * enum mrad_config_result.
+ */
+int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
+                      FILE *err);
+
+/* Prints the --help text (every flag, its default and its variable). */
+void mrad_config_usage(FILE *out);
+
+#endif /* MRAD_SERVER_CONFIG_H */

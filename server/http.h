@@ -1,0 +1,51 @@
+/*
+ * http.h - the HTTP front of mrad (libmicrohttpd).
+ *
+ * HTTP threads read bodies (enforcing the size limit while reading),
+ * authenticate, decode and validate, submit jobs to the scheduler and
+ * suspend the connection; the job's completion resumes it and the answer
+ * is encoded on the HTTP thread.  /healthz, /readyz, /metrics and /v1/info
+ * are answered directly from snapshots and never wait for compute.
+ */
+#ifndef MRAD_SERVER_HTTP_H
+#define MRAD_SERVER_HTTP_H
+
+#include <stdint.h>
+
+#include "server/config.h"
+#include "server/sched.h"
+
+/* What /v1/info and the response stats say about the compute side. */
+struct mrad_http_info {
+    const char *backend; /* "cpu", "cuda" */
+    const char *device;  /* description of the first device */
+    uint32_t workers;
+};
+
+struct mrad_http; /* opaque */
+
+/*
+ * Binds cfg->host:cfg->port and starts serving.  `cfg`, `s` and the
+ * strings of `info` must outlive the server.  Returns 0 or -1 (logged).
+ */
+int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
+                    struct mrad_sched *s, const struct mrad_http_info *info);
+
+/* The bound TCP port (the chosen one when cfg->port was 0). */
+uint16_t mrad_http_port(const struct mrad_http *h);
+
+/* /readyz answers 200 only once this is set (after startup). */
+void mrad_http_set_ready(struct mrad_http *h, int ready);
+
+/* From now on /healthz and /readyz answer 503 and new POSTs get 503
+ * unavailable; accepted requests carry on.  Thread-safe. */
+void mrad_http_drain(struct mrad_http *h);
+
+/* Requests that were queued and whose answer is not yet fully sent. */
+uint64_t mrad_http_pending_answers(const struct mrad_http *h);
+
+/* Stops serving and frees the server.  Every job must be finished first
+ * (suspended connections are resumed by their job's completion). */
+void mrad_http_stop(struct mrad_http *h);
+
+#endif /* MRAD_SERVER_HTTP_H */

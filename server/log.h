@@ -1,0 +1,36 @@
+/*
+ * log.h - the daemon's log: one line per event on stderr, as text or JSON.
+ *
+ * Thread-safe: each line is written with a single locked write, so lines
+ * of different threads never interleave.
+ */
+#ifndef MRAD_SERVER_LOG_H
+#define MRAD_SERVER_LOG_H
+
+#include <stdint.h>
+
+#include "server/config.h"
+
+/* Sets the format and the lowest level written.  Call before any thread
+ * logs. */
+void mrad_log_init(enum mrad_log_format fmt, enum mrad_log_level level);
+
+/* Logs a message (printf format) at `level`. */
+void mrad_log(enum mrad_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* One access-log line: what the request was and how it went. */
+struct mrad_access {
+    const char *method;
+    const char *path;
+    unsigned status;
+    uint64_t bytes_in, bytes_out;
+    uint64_t queue_us, compute_us, total_us;
+    const char *id;         /* the request's id, or NULL */
+    const char *error_code; /* wire error code, or NULL on success */
+};
+
+/* Logs one access line at info level. */
+void mrad_log_access(const struct mrad_access *a);
+
+#endif /* MRAD_SERVER_LOG_H */

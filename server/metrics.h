@@ -1,0 +1,52 @@
+/*
+ * metrics.h - the Prometheus metrics of the daemon (GET /metrics, text
+ * exposition format 0.0.4).
+ *
+ * Counters and histograms live here and are updated by the HTTP threads
+ * and the compute workers; gauges that belong to other parts (queue depth,
+ * in-flight requests, device memory) are passed in at render time, so
+ * this file depends on nothing else of the server.  Every function is
+ * thread-safe.
+ */
+#ifndef MRAD_SERVER_METRICS_H
+#define MRAD_SERVER_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Records the build labels and the process start time.  Call once, before
+ * other threads start. */
+void mrad_metrics_init(const char *version, const char *backend);
+
+/* A finished HTTP request of any endpoint: its status and duration. */
+void mrad_metrics_request(unsigned status, double seconds);
+/* Time a computed request waited in the queue. */
+void mrad_metrics_queue(double seconds);
+/* One batch: how many requests it held and how long it computed. */
+void mrad_metrics_batch(uint32_t requests, double compute_seconds);
+/* One computed problem: its tokens (B*N) and block statistics. */
+void mrad_metrics_problem(uint64_t tokens, uint64_t blocks_selected,
+                          uint64_t blocks_total, double density);
+
+/* Device memory of one worker's backend, when it reports it. */
+struct mrad_metrics_device {
+    int device;
+    int ok; /* 0: the backend has no device memory (CPU); not exported */
+    uint64_t used, total;
+};
+
+/* Gauges owned by the scheduler, sampled by the caller. */
+struct mrad_metrics_gauges {
+    uint64_t queue_depth;
+    uint64_t inflight;
+    const struct mrad_metrics_device *devices;
+    size_t ndevices;
+};
+
+/*
+ * Renders every metric.  Returns a malloc'd text (length in *len) the
+ * caller frees, or NULL when out of memory.
+ */
+char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len);
+
+#endif /* MRAD_SERVER_METRICS_H */

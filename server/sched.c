@@ -1,0 +1,573 @@
+/*
+ * sched.c - bounded queue, batching window, deadlines, compute workers.
+ *
+ * One mutex (`lock`) guards the queue and the workers' slots; it is held
+ * only for list surgery, never across a compute call or a callback into
+ * the HTTP layer that could block.  The scheduler thread runs a libuv
+ * loop: uv_async_send() wakes it on a submit and when a worker turns idle,
+ * one uv_timer ends the batching window and another fires at the earliest
+ * deadline.  Workers sleep on their own condition variable until the
+ * scheduler gives them a batch.
+ */
+#include "server/sched.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "server/log.h"
+
+struct worker {
+    struct mrad_sched *s;
+    pthread_t thread;
+    pthread_cond_t cond;
+    struct attn_backend *be;
+    int device;
+    /* Guarded by s->lock. */
+    struct mrad_job **batch; /* capacity max_batch_requests */
+    size_t nbatch;
+    /* The worker's own scratch, capacity max_batch_requests each. */
+    struct mrad_job **running;
+    const struct attn_problem **probs;
+    struct attn_stats *stats;
+    int *errs;
+    int busy; /* a batch is assigned or running */
+    int stop;
+    int healthy;
+    struct mrad_metrics_device mem;
+};
+
+struct mrad_sched {
+    const struct mrad_config *cfg;
+    pthread_mutex_t lock;
+    /* Guarded by lock. */
+    struct mrad_job *head, *tail; /* FIFO of waiting jobs */
+    uint64_t depth, depth_tokens;
+    int draining, stopping;
+    atomic_uint_fast64_t inflight;
+
+    struct worker *workers;
+    size_t nworkers;
+
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t window_timer, deadline_timer;
+    int thread_started;
+};
+
+uint64_t mrad_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct mrad_job *mrad_job_new(void)
+{
+    struct mrad_job *job = calloc(1, sizeof(*job));
+    if (job)
+        atomic_init(&job->refs, 1);
+    return job;
+}
+
+void mrad_job_unref(struct mrad_job *job)
+{
+    if (!job || atomic_fetch_sub(&job->refs, 1) != 1)
+        return;
+    proto_request_release(&job->req);
+    free(job->body);
+    free(job);
+}
+
+/* Sets the outcome and calls done() unless another thread finished the job
+ * first.  Returns 1 when this call finished it. */
+static int job_finish(struct mrad_sched *s, struct mrad_job *job,
+                      enum mrad_err_source src, int err)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&job->finished, &expected, 1))
+        return 0;
+    job->err_src = src;
+    job->err = err;
+    atomic_fetch_sub(&s->inflight, 1);
+    job->done(job);
+    return 1;
+}
+
+/* ---- workers ------------------------------------------------------- */
+
+static void worker_sample(struct worker *w)
+{
+    uint64_t used = 0, total = 0;
+    int ok = attn_backend_memory(w->be, &used, &total) == ATTN_OK;
+    int healthy = attn_backend_health(w->be) == ATTN_OK;
+    pthread_mutex_lock(&w->s->lock);
+    w->mem = (struct mrad_metrics_device){w->device, ok, used, total};
+    w->healthy = healthy;
+    pthread_mutex_unlock(&w->s->lock);
+}
+
+static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
+{
+    struct mrad_sched *s = w->s;
+    const struct attn_problem **probs = w->probs;
+    struct attn_stats *stats = w->stats;
+    int *errs = w->errs;
+    int fault = 0;
+    uint64_t t0 = mrad_now_ns();
+    for (size_t i = 0; i < n; i++) {
+        probs[i] = &jobs[i]->req.prob;
+        errs[i] = ATTN_OK;
+        fault |= jobs[i]->inject_fault;
+        jobs[i]->queue_us = (t0 - jobs[i]->enqueue_ns) / 1000;
+        mrad_metrics_queue((double)(t0 - jobs[i]->enqueue_ns) / 1e9);
+    }
+    memset(stats, 0, n * sizeof(*stats));
+    /* Test-only: the fault counter of the backend makes exactly this
+     * batch fail; it is disarmed afterwards in case nothing consumed it. */
+    if (fault)
+        attn_backend_inject_fault(w->be, 1);
+    int rc = attn_backend_compute_batch(w->be, probs, n, stats, errs);
+    if (fault)
+        attn_backend_inject_fault(w->be, -1);
+    uint64_t t1 = mrad_now_ns();
+    uint64_t compute_us = (t1 - t0) / 1000;
+    mrad_metrics_batch((uint32_t)n, (double)(t1 - t0) / 1e9);
+    if (rc != ATTN_OK)
+        mrad_log(MRAD_LOG_ERROR, "batch of %zu failed on device %d: %s", n,
+                 w->device, attn_strerror(rc));
+    for (size_t i = 0; i < n; i++) {
+        struct mrad_job *job = jobs[i];
+        int err = rc != ATTN_OK ? rc : errs[i];
+        job->stats = stats[i];
+        job->compute_us = compute_us;
+        job->batch_requests = (uint32_t)n;
+        if (err == ATTN_OK)
+            mrad_metrics_problem(job->tokens, stats[i].blocks_selected,
+                                 stats[i].blocks_total, stats[i].density);
+        else if (rc == ATTN_OK)
+            mrad_log(MRAD_LOG_ERROR, "request failed on device %d: %s",
+                     w->device, attn_strerror(err));
+        job_finish(s, job, MRAD_SRC_ATTN, err);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct mrad_sched *s = w->s;
+    struct mrad_job **jobs = w->running;
+    worker_sample(w);
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!w->stop && !w->nbatch)
+            pthread_cond_wait(&w->cond, &s->lock);
+        if (w->stop && !w->nbatch) {
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        /* A copy, because the scheduler refills w->batch as soon as the
+         * worker is marked idle, before the jobs are released. */
+        size_t n = w->nbatch;
+        memcpy(jobs, w->batch, n * sizeof(*jobs));
+        pthread_mutex_unlock(&s->lock);
+
+        worker_run_batch(w, jobs, n);
+        worker_sample(w);
+
+        pthread_mutex_lock(&s->lock);
+        w->nbatch = 0;
+        w->busy = 0;
+        pthread_mutex_unlock(&s->lock);
+        for (size_t i = 0; i < n; i++)
+            mrad_job_unref(jobs[i]);
+        uv_async_send(&s->wake);
+    }
+    return NULL;
+}
+
+static void worker_release(struct worker *w)
+{
+    free(w->batch);
+    free(w->running);
+    free(w->probs);
+    free(w->stats);
+    free(w->errs);
+}
+
+/* ---- the scheduler loop --------------------------------------------- */
+
+static void unlink_job(struct mrad_sched *s, struct mrad_job *prev,
+                       struct mrad_job *job)
+{
+    if (prev)
+        prev->next = job->next;
+    else
+        s->head = job->next;
+    if (s->tail == job)
+        s->tail = prev;
+    job->next = NULL;
+    s->depth--;
+    s->depth_tokens -= job->tokens;
+}
+
+/* Removes queued jobs past their deadline or whose client left, onto the
+ * `out` list; called with the lock held. */
+static struct mrad_job *collect_dropped(struct mrad_sched *s, uint64_t now)
+{
+    struct mrad_job *out = NULL, *prev = NULL, *job = s->head;
+    while (job) {
+        struct mrad_job *next = job->next;
+        int expired = now >= job->deadline_ns;
+        if (expired || (job->client_gone && job->client_gone(job))) {
+            unlink_job(s, prev, job);
+            job->err = expired ? MRAD_ETIMEOUT : MRAD_EGONE;
+            job->next = out;
+            out = job;
+        } else {
+            prev = job;
+        }
+        job = next;
+    }
+    return out;
+}
+
+static struct worker *idle_worker(struct mrad_sched *s)
+{
+    struct worker *any = NULL;
+    for (size_t i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (w->busy)
+            continue;
+        if (w->healthy)
+            return w;
+        if (!any)
+            any = w;
+    }
+    return any;
+}
+
+/* Moves up to one batch from the head of the queue to `w`. */
+static void fill_batch(struct mrad_sched *s, struct worker *w)
+{
+    uint64_t max_req = s->cfg->max_batch_requests;
+    uint64_t max_tok = s->cfg->max_batch_tokens, tok = 0;
+    size_t n = 0;
+    while (s->head && n < max_req) {
+        struct mrad_job *job = s->head;
+        if (n > 0 && max_tok && tok + job->tokens > max_tok)
+            break;
+        unlink_job(s, NULL, job);
+        tok += job->tokens;
+        w->batch[n++] = job;
+    }
+    for (size_t i = 0; i < n; i++)
+        w->batch[i]->batch_requests = (uint32_t)n;
+    w->nbatch = n;
+    w->busy = 1;
+    pthread_cond_signal(&w->cond);
+}
+
+static uint64_t ms_until(uint64_t now, uint64_t when)
+{
+    /* libuv timers count whole milliseconds: round up so a timer never
+     * fires before the moment it waits for. */
+    return when <= now ? 0 : (when - now + 999999) / 1000000;
+}
+
+/* While jobs wait, the scheduler looks at them at least this often, to
+ * notice clients that went away even when nothing else happens. */
+#define POLL_NS (50ull * 1000000)
+
+static void on_timer(uv_timer_t *t);
+
+static void schedule(struct mrad_sched *s)
+{
+    uint64_t now = mrad_now_ns();
+    uint64_t window_ns = s->cfg->batch_window_us * 1000;
+    uint64_t window_at = 0, next_deadline = UINT64_MAX;
+    struct mrad_job *late[64];
+    size_t nlate = 0;
+
+    pthread_mutex_lock(&s->lock);
+    struct mrad_job *dropped = collect_dropped(s, now);
+    /* Running jobs past their deadline are answered now; the worker
+     * finishes the computation and discards it. */
+    for (size_t i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        for (size_t j = 0; j < w->nbatch; j++) {
+            struct mrad_job *job = w->batch[j];
+            if (atomic_load(&job->finished))
+                continue;
+            if (now >= job->deadline_ns) {
+                if (nlate == 64) {
+                    next_deadline = now; /* the rest on the next round */
+                    continue;
+                }
+                atomic_fetch_add(&job->refs, 1);
+                late[nlate++] = job;
+            } else if (job->deadline_ns < next_deadline) {
+                next_deadline = job->deadline_ns;
+            }
+        }
+    }
+    struct worker *w;
+    while (s->head && (w = idle_worker(s))) {
+        int full = s->depth >= s->cfg->max_batch_requests ||
+                   (s->cfg->max_batch_tokens &&
+                    s->depth_tokens >= s->cfg->max_batch_tokens);
+        uint64_t until = s->head->enqueue_ns + window_ns;
+        if (!full && !s->draining && now < until) {
+            window_at = until;
+            break;
+        }
+        fill_batch(s, w);
+    }
+    for (struct mrad_job *job = s->head; job; job = job->next)
+        if (job->deadline_ns < next_deadline)
+            next_deadline = job->deadline_ns;
+    if (s->head && now + POLL_NS < next_deadline)
+        next_deadline = now + POLL_NS;
+    pthread_mutex_unlock(&s->lock);
+
+    while (dropped) {
+        struct mrad_job *job = dropped;
+        dropped = job->next;
+        job->next = NULL;
+        job_finish(s, job, MRAD_SRC_SERVER, job->err);
+        mrad_job_unref(job);
+    }
+    for (size_t i = 0; i < nlate; i++) {
+        job_finish(s, late[i], MRAD_SRC_SERVER, MRAD_ETIMEOUT);
+        mrad_job_unref(late[i]);
+    }
+
+    uv_update_time(&s->loop);
+    uv_timer_stop(&s->window_timer);
+    if (window_at)
+        uv_timer_start(&s->window_timer, on_timer, ms_until(now, window_at), 0);
+    uv_timer_stop(&s->deadline_timer);
+    if (next_deadline != UINT64_MAX)
+        uv_timer_start(&s->deadline_timer, on_timer,
+                       ms_until(now, next_deadline), 0);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    schedule(t->data);
+}
+
+static void on_wake(uv_async_t *a)
+{
+    struct mrad_sched *s = a->data;
+    pthread_mutex_lock(&s->lock);
+    int stopping = s->stopping;
+    pthread_mutex_unlock(&s->lock);
+    if (stopping) {
+        uv_close((uv_handle_t *)&s->wake, NULL);
+        uv_close((uv_handle_t *)&s->window_timer, NULL);
+        uv_close((uv_handle_t *)&s->deadline_timer, NULL);
+        return;
+    }
+    schedule(s);
+}
+
+static void *sched_main(void *arg)
+{
+    struct mrad_sched *s = arg;
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* ---- public functions ----------------------------------------------- */
+
+int mrad_sched_start(struct mrad_sched **out, const struct mrad_config *cfg,
+                     struct attn_backend **backends, const int *devices,
+                     size_t n)
+{
+    struct mrad_sched *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -1;
+    s->cfg = cfg;
+    pthread_mutex_init(&s->lock, NULL);
+    atomic_init(&s->inflight, 0);
+    s->workers = calloc(n, sizeof(*s->workers));
+    if (!s->workers || uv_loop_init(&s->loop)) {
+        free(s->workers);
+        free(s);
+        return -1;
+    }
+    uv_async_init(&s->loop, &s->wake, on_wake);
+    uv_timer_init(&s->loop, &s->window_timer);
+    uv_timer_init(&s->loop, &s->deadline_timer);
+    s->wake.data = s->window_timer.data = s->deadline_timer.data = s;
+
+    for (size_t i = 0; i < n; i++) {
+        struct worker *w = &s->workers[i];
+        w->s = s;
+        w->be = backends[i];
+        w->device = devices[i];
+        w->healthy = attn_backend_health(w->be) == ATTN_OK;
+        w->mem.device = devices[i];
+        pthread_cond_init(&w->cond, NULL);
+        size_t cap = cfg->max_batch_requests;
+        w->batch = calloc(cap, sizeof(*w->batch));
+        w->running = calloc(cap, sizeof(*w->running));
+        w->probs = calloc(cap, sizeof(*w->probs));
+        w->stats = calloc(cap, sizeof(*w->stats));
+        w->errs = calloc(cap, sizeof(*w->errs));
+        /* A worker that is set up is counted, so mrad_sched_free() joins
+         * and frees exactly those; backends not reached yet are freed
+         * here. */
+        if (!w->batch || !w->running || !w->probs || !w->stats || !w->errs ||
+            pthread_create(&w->thread, NULL, worker_main, w)) {
+            mrad_log(MRAD_LOG_ERROR, "cannot start compute worker %zu", i);
+            worker_release(w);
+            pthread_cond_destroy(&w->cond);
+            attn_backend_free(w->be);
+            for (size_t j = i + 1; j < n; j++)
+                attn_backend_free(backends[j]);
+            mrad_sched_free(s);
+            return -1;
+        }
+        s->nworkers = i + 1;
+    }
+    if (pthread_create(&s->thread, NULL, sched_main, s)) {
+        mrad_log(MRAD_LOG_ERROR, "cannot start the scheduler thread");
+        mrad_sched_free(s);
+        return -1;
+    }
+    s->thread_started = 1;
+    *out = s;
+    return 0;
+}
+
+int mrad_sched_submit(struct mrad_sched *s, struct mrad_job *job)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->draining || s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        return MRAD_EUNAVAIL;
+    }
+    if (s->depth >= s->cfg->max_queue) {
+        pthread_mutex_unlock(&s->lock);
+        return MRAD_EOVERLOAD;
+    }
+    atomic_fetch_add(&job->refs, 1);
+    atomic_fetch_add(&s->inflight, 1);
+    job->enqueue_ns = mrad_now_ns();
+    job->next = NULL;
+    if (s->tail)
+        s->tail->next = job;
+    else
+        s->head = job;
+    s->tail = job;
+    s->depth++;
+    s->depth_tokens += job->tokens;
+    pthread_mutex_unlock(&s->lock);
+    uv_async_send(&s->wake);
+    return MRAD_OK;
+}
+
+void mrad_sched_drain(struct mrad_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->draining = 1;
+    pthread_mutex_unlock(&s->lock);
+    /* The batching window no longer applies: dispatch what waits. */
+    uv_async_send(&s->wake);
+}
+
+void mrad_sched_abort(struct mrad_sched *s, int err)
+{
+    pthread_mutex_lock(&s->lock);
+    struct mrad_job *queued = s->head;
+    s->head = s->tail = NULL;
+    s->depth = s->depth_tokens = 0;
+    /* Running jobs: take a reference so they outlive their worker. */
+    size_t nrun = 0;
+    for (size_t i = 0; i < s->nworkers; i++)
+        nrun += s->workers[i].nbatch;
+    struct mrad_job **run = calloc(nrun ? nrun : 1, sizeof(*run));
+    size_t k = 0;
+    for (size_t i = 0; run && i < s->nworkers; i++)
+        for (size_t j = 0; j < s->workers[i].nbatch; j++) {
+            run[k] = s->workers[i].batch[j];
+            atomic_fetch_add(&run[k]->refs, 1);
+            k++;
+        }
+    pthread_mutex_unlock(&s->lock);
+    while (queued) {
+        struct mrad_job *job = queued;
+        queued = job->next;
+        job->next = NULL;
+        job_finish(s, job, MRAD_SRC_SERVER, err);
+        mrad_job_unref(job);
+    }
+    for (size_t i = 0; i < k; i++) {
+        job_finish(s, run[i], MRAD_SRC_SERVER, err);
+        mrad_job_unref(run[i]);
+    }
+    free(run);
+}
+
+void mrad_sched_status(struct mrad_sched *s, struct mrad_sched_status *st)
+{
+    pthread_mutex_lock(&s->lock);
+    st->queue_depth = s->depth;
+    st->max_queue = s->cfg->max_queue;
+    st->draining = s->draining;
+    st->healthy = 1;
+    for (size_t i = 0; i < s->nworkers; i++)
+        st->healthy &= s->workers[i].healthy;
+    pthread_mutex_unlock(&s->lock);
+    st->inflight = atomic_load(&s->inflight);
+}
+
+size_t mrad_sched_devices(struct mrad_sched *s, struct mrad_metrics_device *out,
+                          size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nworkers && n < cap; i++)
+        out[n++] = s->workers[i].mem;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void mrad_sched_free(struct mrad_sched *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    for (size_t i = 0; i < s->nworkers; i++) {
+        s->workers[i].stop = 1;
+        pthread_cond_signal(&s->workers[i].cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; i < s->nworkers; i++)
+        pthread_join(s->workers[i].thread, NULL);
+    if (s->thread_started) {
+        uv_async_send(&s->wake);
+        pthread_join(s->thread, NULL);
+    } else {
+        /* The loop never ran: close its handles here. */
+        uv_close((uv_handle_t *)&s->wake, NULL);
+        uv_close((uv_handle_t *)&s->window_timer, NULL);
+        uv_close((uv_handle_t *)&s->deadline_timer, NULL);
+        uv_run(&s->loop, UV_RUN_NOWAIT);
+    }
+    uv_loop_close(&s->loop);
+    for (size_t i = 0; i < s->nworkers; i++) {
+        pthread_cond_destroy(&s->workers[i].cond);
+        worker_release(&s->workers[i]);
+        attn_backend_free(s->workers[i].be);
+    }
+    free(s->workers);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}

@@ -1,0 +1,116 @@
+/*
+ * sched.h - the batch scheduler and the compute workers.
+ *
+ * HTTP threads submit jobs (one decoded request each).  One scheduler
+ * thread, running a libuv loop, keeps the bounded queue: it waits up to the
+ * batching window for a batch to fill, drops jobs whose deadline passed or
+ * whose client went away, and hands batches to the compute workers.  Each
+ * worker thread owns one backend handle (one per GPU, one for the CPU) and
+ * is the only thread that calls into it.  Every job is finished exactly
+ * once, by whichever thread decides its outcome first (a worker, or the
+ * scheduler on a deadline), which then calls the job's `done` callback.
+ *
+ * Jobs are reference counted: the submitter holds one reference and the
+ * scheduler takes one at submit for as long as it or a worker may touch the
+ * job, so a job answered with 504 while a worker still computes it stays
+ * valid until the worker lets go.
+ */
+#ifndef MRAD_SERVER_SCHED_H
+#define MRAD_SERVER_SCHED_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/attn.h"
+#include "protocol/proto.h"
+#include "server/config.h"
+#include "server/errors.h"
+#include "server/metrics.h"
+
+struct mrad_job {
+    /* Set by the submitter before mrad_sched_submit(), then read-only. */
+    struct proto_request req; /* the problem; prob.out receives the answer */
+    void *body;               /* the request body (free()d with the job) */
+    uint64_t tokens;          /* B*N, what --max-batch-tokens counts */
+    uint64_t deadline_ns;     /* CLOCK_MONOTONIC; see mrad_now_ns() */
+    int inject_fault;         /* test only: fail the batch of this job */
+    /* Called once, from the scheduler or a worker thread, when the outcome
+     * below is final. */
+    void (*done)(struct mrad_job *job);
+    /* Called by the scheduler thread while the job waits: nonzero when the
+     * client is gone and the job should be dropped.  May be NULL. */
+    int (*client_gone)(struct mrad_job *job);
+    void *owner; /* the submitter's context, for the callbacks */
+
+    /* The outcome, written by the finishing thread before done(). */
+    enum mrad_err_source err_src;
+    int err; /* 0 = computed */
+    struct attn_stats stats;
+    uint64_t queue_us, compute_us;
+    uint32_t batch_requests;
+
+    /* Internal to the scheduler. */
+    uint64_t enqueue_ns;
+    atomic_int refs;
+    atomic_int finished;
+    struct mrad_job *next;
+};
+
+/* Monotonic clock in nanoseconds. */
+uint64_t mrad_now_ns(void);
+
+/* Allocates a zeroed job holding one reference (the caller's).  NULL when
+ * out of memory. */
+struct mrad_job *mrad_job_new(void);
+/* Drops a reference; the last one releases req, frees body and the job.
+ * Any thread. */
+void mrad_job_unref(struct mrad_job *job);
+
+struct mrad_sched; /* opaque */
+
+/*
+ * Starts the scheduler thread and one worker per backend.  Takes ownership
+ * of the `n` backend handles (freed by mrad_sched_free()); `devices[i]` is
+ * the ordinal shown in metrics for backend i.  Returns 0 or -1.
+ */
+int mrad_sched_start(struct mrad_sched **out, const struct mrad_config *cfg,
+                     struct attn_backend **backends, const int *devices,
+                     size_t n);
+
+/*
+ * Queues a job.  Returns MRAD_OK (the scheduler took its own reference and
+ * will call job->done exactly once), MRAD_EOVERLOAD when the queue is full
+ * or MRAD_EUNAVAIL while draining (done is not called).  Thread-safe.
+ */
+int mrad_sched_submit(struct mrad_sched *s, struct mrad_job *job);
+
+/* Refuses new jobs from now on; queued and running jobs carry on. */
+void mrad_sched_drain(struct mrad_sched *s);
+/* Finishes every queued and running job with `err` (e.g. MRAD_EUNAVAIL at
+ * the end of the drain timeout).  Workers still computing carry on and
+ * discard their results. */
+void mrad_sched_abort(struct mrad_sched *s, int err);
+
+struct mrad_sched_status {
+    uint64_t queue_depth; /* jobs waiting for a worker */
+    uint64_t inflight;    /* jobs submitted and not yet finished */
+    uint64_t max_queue;
+    int healthy; /* every backend reports ATTN_OK */
+    int draining;
+};
+/* A snapshot of the scheduler's state; never waits for compute.  Any
+ * thread. */
+void mrad_sched_status(struct mrad_sched *s, struct mrad_sched_status *st);
+
+/* Device memory of each worker's backend, as last sampled by its worker
+ * (no call into a backend from the caller's thread).  Fills at most `cap`
+ * entries and returns how many it filled. */
+size_t mrad_sched_devices(struct mrad_sched *s, struct mrad_metrics_device *out,
+                          size_t cap);
+
+/* Stops the threads (after mrad_sched_abort or once idle) and frees the
+ * scheduler and the backends. */
+void mrad_sched_free(struct mrad_sched *s);
+
+#endif /* MRAD_SERVER_SCHED_H */
