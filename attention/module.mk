@@ -25,6 +25,11 @@ endif
 
 ATTN_OBJS := $(ATTN_SRCS:%.c=$(BUILD)/%.o) $(ATTN_CU_OBJS)
 
+# The CPU backend's inner loops want -O3 (vectorisation, unrolling); no
+# -march: the portable kernels must run on any x86-64, and ISA-specific
+# kernels are chosen at run time.
+$(BUILD)/attention/cpu/%.o: CFLAGS += -O3
+
 $(ATTN_LIB): $(ATTN_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^

@@ -1,0 +1,318 @@
+/*
+ * cpu-backend.c - the CPU backend: its vtable, its worker pool and the
+ * scheduling of a batch of problems onto the pool.
+ *
+ * A batch is cut into groups of query heads (all heads of all problems, in
+ * order) whose working memory fits a budget; each group runs the phases of
+ * head.h as parallel loops over (head, block) items, so threads share the
+ * work of one big head and of many small ones alike.  Grouping and thread
+ * count only decide who computes an item, never how, so a problem's output
+ * is bitwise the same alone, in any batch, and on any number of threads.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "attention/attn-impl.h"
+#include "attention/cpu/head.h"
+#include "attention/cpu/kernels.h"
+#include "attention/cpu/pool.h"
+
+/* Working memory of one group; a single head may exceed it on its own. */
+#define GROUP_BYTES ((size_t)128 << 20)
+#define GROUP_HEADS 64
+/* Key blocks per load item: enough work to amortise the hand-out. */
+#define LOAD_CHUNK 8
+
+struct cpu_ctx {
+    struct cpu_pool *pool;
+    const struct cpu_kernels *kern;
+    char device[192];
+    void *arena; /* group workspace, grown on demand, 64-byte aligned */
+    size_t arena_size;
+};
+
+/* One group in flight: its heads and, per phase, the prefix sums that map
+ * a flat item number to (head, block). */
+struct group {
+    struct cpu_ctx *ctx;
+    struct cpu_head *heads;
+    size_t n;
+    size_t *first; /* [n + 1] item offsets of the current phase */
+};
+
+/* Finds the head owning flat item `item`; returns the item's index inside
+ * that head. */
+static size_t locate(const struct group *g, size_t item, size_t *head)
+{
+    size_t lo = 0, hi = g->n; /* first[lo] <= item < first[hi] */
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (g->first[mid] <= item)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *head = lo;
+    return item - g->first[lo];
+}
+
+static void run_load(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h, k = locate(g, item, &h);
+    (void)worker;
+    struct cpu_head *hd = &g->heads[h];
+    uint32_t J0 = (uint32_t)(k * LOAD_CHUNK);
+    uint32_t J1 = J0 + LOAD_CHUNK < hd->nb ? J0 + LOAD_CHUNK : hd->nb;
+    cpu_head_load(hd, J0, J1, g->ctx->kern);
+}
+
+static void run_lowres(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h, I = locate(g, item, &h);
+    (void)worker;
+    cpu_head_lowres(&g->heads[h], (uint32_t)I, g->ctx->kern);
+}
+
+static void run_select(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    (void)worker;
+    cpu_head_select(&g->heads[item]);
+}
+
+static void run_rows(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h, I = locate(g, item, &h);
+    (void)worker;
+    cpu_head_rows(&g->heads[h], (uint32_t)I, g->ctx->kern);
+}
+
+/* Sets g->first for a phase with `per(head)` items per head (0 for heads
+ * that skip it) and returns the total. */
+static size_t plan(struct group *g, size_t (*per)(const struct cpu_head *))
+{
+    g->first[0] = 0;
+    for (size_t i = 0; i < g->n; i++)
+        g->first[i + 1] = g->first[i] + per(&g->heads[i]);
+    return g->first[g->n];
+}
+
+static size_t items_load(const struct cpu_head *hd)
+{
+    return (hd->nb + LOAD_CHUNK - 1) / LOAD_CHUNK;
+}
+
+static size_t items_rows(const struct cpu_head *hd)
+{
+    return hd->nb;
+}
+
+static size_t items_lowres(const struct cpu_head *hd)
+{
+    return hd->method == ATTN_EXACT ? 0 : hd->nb;
+}
+
+static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
+{
+    if (bytes <= ctx->arena_size)
+        return ATTN_OK;
+    free(ctx->arena);
+    ctx->arena = NULL;
+    ctx->arena_size = 0;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded < bytes || posix_memalign(&ctx->arena, 64, rounded) != 0)
+        return ATTN_ENOMEM;
+    ctx->arena_size = rounded;
+    return ATTN_OK;
+}
+
+static void run_group(struct group *g)
+{
+    struct cpu_pool *pool = g->ctx->pool;
+    size_t n;
+    n = plan(g, items_load);
+    cpu_pool_run(pool, n, run_load, g);
+    n = plan(g, items_lowres);
+    if (n > 0) {
+        cpu_pool_run(pool, n, run_lowres, g);
+        /* select: one item per head; exact heads have nothing to do */
+        size_t m = 0;
+        for (size_t i = 0; i < g->n; i++)
+            if (g->heads[i].method != ATTN_EXACT)
+                m++;
+        if (m == g->n) {
+            cpu_pool_run(pool, g->n, run_select, g);
+        } else {
+            for (size_t i = 0; i < g->n; i++)
+                if (g->heads[i].method != ATTN_EXACT)
+                    cpu_head_select(&g->heads[i]);
+        }
+    }
+    n = plan(g, items_rows);
+    cpu_pool_run(pool, n, run_rows, g);
+}
+
+static int cpu_compute_batch(void *vctx,
+                             const struct attn_problem *const *probs, size_t n,
+                             struct attn_stats *stats, int *errs)
+{
+    struct cpu_ctx *ctx = vctx;
+    /* heads of every problem, in order, with their owner */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        errs[i] = ATTN_OK;
+        size_t hh = (size_t)probs[i]->B * probs[i]->H;
+        if (total > SIZE_MAX - hh)
+            return ATTN_ENOMEM;
+        total += hh;
+    }
+    size_t cap = total < GROUP_HEADS ? total : GROUP_HEADS;
+    struct cpu_head *heads = calloc(cap, sizeof *heads);
+    size_t *owner = calloc(cap, sizeof *owner);
+    size_t *sizes = calloc(cap, sizeof *sizes);
+    size_t *first = calloc(cap + 1, sizeof *first);
+    if (!heads || !owner || !sizes || !first) {
+        free(heads), free(owner), free(sizes), free(first);
+        return ATTN_ENOMEM;
+    }
+
+    size_t pi = 0;           /* problem of the next head */
+    uint32_t pb = 0, ph = 0; /* its batch entry and head */
+    while (pi < n) {
+        /* form a group */
+        size_t gn = 0, bytes = 0;
+        while (pi < n && gn < cap) {
+            const struct attn_problem *p = probs[pi];
+            struct cpu_head hd;
+            cpu_head_init(&hd, p, pb, ph);
+            size_t sz = cpu_head_bytes(&hd);
+            if (errs[pi] == ATTN_OK && sz == 0)
+                errs[pi] = ATTN_ENOMEM;
+            if (errs[pi] == ATTN_OK) {
+                if (gn > 0 && (bytes > GROUP_BYTES || sz > GROUP_BYTES - bytes))
+                    break;
+                heads[gn] = hd;
+                owner[gn] = pi;
+                sizes[gn] = sz;
+                bytes += sz;
+                gn++;
+            }
+            if (++ph == p->H) {
+                ph = 0;
+                if (++pb == p->B) {
+                    pb = 0;
+                    pi++;
+                }
+            }
+        }
+        if (gn == 0)
+            continue;
+        if (arena_reserve(ctx, bytes) != ATTN_OK) {
+            for (size_t i = 0; i < gn; i++)
+                errs[owner[i]] = ATTN_ENOMEM;
+            continue;
+        }
+        char *at = ctx->arena;
+        for (size_t i = 0; i < gn; i++) {
+            cpu_head_carve(&heads[i], at);
+            at += sizes[i];
+        }
+        struct group g = {ctx, heads, gn, first};
+        run_group(&g);
+    }
+    /* A problem that failed part-way has a partial output; that is allowed
+     * (out is unspecified on error).  Statistics: |T| = k per MRA head. */
+    for (size_t i = 0; i < n; i++) {
+        const struct attn_problem *p = probs[i];
+        if (errs[i] == ATTN_OK && p->method != ATTN_EXACT)
+            stats[i].blocks_selected = (uint64_t)p->B * p->H * attn_budget(p);
+    }
+    free(heads), free(owner), free(sizes), free(first);
+    return ATTN_OK;
+}
+
+static const char *cpu_device(void *vctx)
+{
+    return ((struct cpu_ctx *)vctx)->device;
+}
+
+static void cpu_free(void *vctx)
+{
+    struct cpu_ctx *ctx = vctx;
+    if (!ctx)
+        return;
+    cpu_pool_free(ctx->pool);
+    free(ctx->arena);
+    free(ctx);
+}
+
+static const struct attn_backend_i cpu_iface = {
+    .name = "cpu",
+    .compute_batch = cpu_compute_batch,
+    .device = cpu_device,
+    .health = NULL,
+    .memory = NULL,
+    .free = cpu_free,
+};
+
+/* "model name" of the first processor in /proc/cpuinfo, or "cpu". */
+static void cpu_model(char *buf, size_t len)
+{
+    snprintf(buf, len, "cpu");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0)
+            continue;
+        char *v = strchr(line, ':');
+        if (!v)
+            break;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        v[strcspn(v, "\n")] = '\0';
+        if (*v)
+            snprintf(buf, len, "%s", v);
+        break;
+    }
+    fclose(f);
+}
+
+int attn_cpu_backend_new(const struct attn_config *cfg,
+                         const struct attn_backend_i **iface, void **out)
+{
+    const struct cpu_kernels *kern = &cpu_kernels_portable;
+    if (cfg->isa && strcmp(cfg->isa, "auto") != 0 &&
+        strcmp(cfg->isa, "portable") != 0)
+        return ATTN_ENOTSUP;
+    int threads = cfg->threads;
+    if (threads <= 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = online > 0 ? (int)online : 1;
+    }
+    if (threads > 1024)
+        threads = 1024;
+    struct cpu_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return ATTN_ENOMEM;
+    ctx->kern = kern;
+    int rc = cpu_pool_new(threads, &ctx->pool);
+    if (rc != ATTN_OK) {
+        free(ctx);
+        return rc;
+    }
+    char model[128];
+    cpu_model(model, sizeof model);
+    snprintf(ctx->device, sizeof ctx->device, "%s, %d threads, %s kernels",
+             model, threads, kern->name);
+    *iface = &cpu_iface;
+    *out = ctx;
+    return ATTN_OK;
+}

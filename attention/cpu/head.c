@@ -1,0 +1,169 @@
+/*
+ * head.c - the preparation phases of a head on the CPU (see head.h):
+ * loading the f32 working copies and block means, the low-resolution pass
+ * and the block selection.  The output phase is in block-row.c.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "attention/internal.h"
+#include "attention/cpu/head.h"
+
+#define ALIGN 64
+
+void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
+                   uint32_t b, uint32_t h)
+{
+    memset(hd, 0, sizeof *hd);
+    hd->p = p;
+    hd->b = b;
+    hd->h = h;
+    hd->N = p->N;
+    hd->D = p->D;
+    hd->Dp = (p->D + CPU_DPAD - 1) / CPU_DPAD * CPU_DPAD;
+    hd->nb = attn_num_blocks(p->N);
+    hd->k = attn_budget(p);
+    hd->scale = attn_scale(p);
+    hd->method = p->method;
+}
+
+/* The workspace pieces in carving order: element size and count. */
+struct piece {
+    size_t size, count;
+};
+
+static int pieces(const struct cpu_head *hd, struct piece *pc)
+{
+    size_t nb = hd->nb, Np = nb * CPU_TILE, Dp = hd->Dp, D = hd->D;
+    int mra = hd->method != ATTN_EXACT;
+    size_t nn = mra ? nb * nb : 0; /* nb < 2^27: no overflow in 64 bits */
+    int n = 0;
+    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* q */
+    pc[n++] = (struct piece){sizeof(float), nb * D * CPU_TILE}; /* kt */
+    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* v */
+    pc[n++] = (struct piece){sizeof(float), Np};                /* kbias */
+    pc[n++] = (struct piece){sizeof(float), nb};                /* cnt */
+    pc[n++] = (struct piece){sizeof(float), mra ? nb * Dp : 0}; /* qh */
+    pc[n++] = (struct piece){sizeof(float), mra ? nb * Dp : 0}; /* vh */
+    pc[n++] = (struct piece){sizeof(float), mra ? D * nb : 0};  /* khT */
+    pc[n++] = (struct piece){sizeof(float), nn};                /* L */
+    pc[n++] = (struct piece){sizeof(double), nn};               /* S */
+    pc[n++] = (struct piece){sizeof(uint32_t), nn};             /* scratch */
+    pc[n++] = (struct piece){sizeof(uint8_t), nn};              /* sel */
+    return n;
+}
+
+size_t cpu_head_bytes(const struct cpu_head *hd)
+{
+    struct piece pc[16];
+    int n = pieces(hd, pc);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (pc[i].count > (SIZE_MAX - ALIGN) / pc[i].size)
+            return 0;
+        size_t bytes = (pc[i].size * pc[i].count + ALIGN - 1) / ALIGN * ALIGN;
+        if (total > SIZE_MAX - bytes)
+            return 0;
+        total += bytes;
+    }
+    return total;
+}
+
+void cpu_head_carve(struct cpu_head *hd, void *mem)
+{
+    struct piece pc[16];
+    int n = pieces(hd, pc);
+    void **dst[] = {
+        (void **)&hd->q,     (void **)&hd->kt,      (void **)&hd->v,
+        (void **)&hd->kbias, (void **)&hd->cnt,     (void **)&hd->qh,
+        (void **)&hd->vh,    (void **)&hd->khT,     (void **)&hd->L,
+        (void **)&hd->S,     (void **)&hd->scratch, (void **)&hd->sel};
+    char *at = mem;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (pc[i].size * pc[i].count + ALIGN - 1) / ALIGN * ALIGN;
+        *dst[i] = bytes ? at : NULL;
+        at += bytes;
+    }
+}
+
+/* Address of token t of head `head` (of `heads`) in a [B, heads, N, D]
+ * tensor. */
+static const char *row_addr(const struct cpu_head *hd, const void *base,
+                            uint32_t heads, uint32_t head, uint32_t t)
+{
+    const struct attn_problem *p = hd->p;
+    size_t es = attn_dtype_size(p->dtype);
+    size_t idx = (((size_t)hd->b * heads + head) * p->N + t) * p->D;
+    return (const char *)base + idx * es;
+}
+
+void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
+                   const struct cpu_kernels *kern)
+{
+    const struct attn_problem *p = hd->p;
+    uint32_t D = hd->D, Dp = hd->Dp;
+    uint32_t kvh = hd->h / (p->H / p->Hkv);
+    float krow[ATTN_MAX_HEAD_DIM];
+    for (uint32_t J = J0; J < J1; J++) {
+        float c = 0.0f;
+        float *kt = hd->kt + (size_t)J * D * CPU_TILE;
+        for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
+            uint32_t t = J * CPU_TILE + jj;
+            float *q = hd->q + (size_t)t * Dp, *v = hd->v + (size_t)t * Dp;
+            int real =
+                t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
+            memset(q, 0, Dp * sizeof *q);
+            memset(v, 0, Dp * sizeof *v);
+            memset(krow, 0, D * sizeof *krow);
+            if (real) {
+                attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), q, D);
+                attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), krow,
+                            D);
+                attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v, D);
+                c += 1.0f;
+            }
+            for (uint32_t d = 0; d < D; d++)
+                kt[(size_t)d * CPU_TILE + jj] = krow[d];
+            hd->kbias[t] = real ? 0.0f : -INFINITY;
+        }
+        hd->cnt[J] = c;
+        if (hd->method == ATTN_EXACT)
+            continue;
+        float *base_q = hd->q + (size_t)J * CPU_TILE * Dp;
+        float *base_v = hd->v + (size_t)J * CPU_TILE * Dp;
+        kern->block_mean(base_q, Dp, c, hd->qh + (size_t)J * Dp);
+        kern->block_mean(base_v, Dp, c, hd->vh + (size_t)J * Dp);
+        /* key means from the transposed block: row d of kt holds the 32
+         * keys' d-th component, summed in token order like block_mean */
+        for (uint32_t d = 0; d < D; d++) {
+            float s = 0.0f;
+            if (c != 0.0f) {
+                for (uint32_t jj = 0; jj < CPU_TILE; jj++)
+                    s += kt[(size_t)d * CPU_TILE + jj];
+                s /= c;
+            }
+            hd->khT[(size_t)d * hd->nb + J] = s;
+        }
+    }
+}
+
+void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
+                     const struct cpu_kernels *kern)
+{
+    const struct attn_problem *p = hd->p;
+    uint32_t nb = hd->nb;
+    float *L = hd->L + (size_t)I * nb;
+    kern->lowres_row(hd->qh + (size_t)I * hd->Dp, hd->khT, hd->D, nb, hd->scale,
+                     L);
+    float r = L[0];
+    for (uint32_t J = 1; J < nb; J++)
+        r = L[J] > r ? L[J] : r;
+    attn_select_scores_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
+                           p->prior_diagonal, hd->S + (size_t)I * nb);
+}
+
+void cpu_head_select(struct cpu_head *hd)
+{
+    size_t n = (size_t)hd->nb * hd->nb;
+    attn_select_topk(hd->S, n, (size_t)hd->k, hd->sel, hd->scratch);
+}

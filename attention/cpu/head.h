@@ -1,0 +1,73 @@
+/*
+ * head.h - one query head of one batch entry, the CPU backend's unit of
+ * work, and the phases that compute it.
+ *
+ * A head goes through up to four phases, each a parallel loop over
+ * independent items (see cpu-backend.c):
+ *   1. load    (per key block J): f32 working copies of Q, K (transposed
+ *              per block), V with masked and padded tokens zeroed, the key
+ *              bias, block counts, and for MRA the block means;
+ *   2. lowres  (MRA, per block row I): L_IJ for all J, its row max, and the
+ *              selection scores S_IJ;
+ *   3. select  (MRA, per head): the top-k blocks over the whole grid;
+ *   4. rows    (per block row I): the outputs of the 32 query rows.
+ * Every item writes only its own slice, and its arithmetic never depends
+ * on which thread runs it, so results are bitwise reproducible.
+ *
+ * Memory per head is O(N*D + nb^2) (struct cpu_head_layout), never N x N.
+ */
+#ifndef MRAD_ATTN_CPU_HEAD_H
+#define MRAD_ATTN_CPU_HEAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/attn.h"
+#include "attention/cpu/kernels.h"
+
+struct cpu_head {
+    const struct attn_problem *p;
+    uint32_t b, h;     /* batch entry and query head */
+    uint32_t N, D, Dp; /* tokens, head dim, padded head dim */
+    uint32_t nb;       /* blocks */
+    uint64_t k;        /* budget (MRA) */
+    float scale;
+    int method; /* enum attn_method */
+    /* workspace, carved from the backend's arena by cpu_head_carve() */
+    float *q;          /* [nb*32][Dp], masked rows 0 */
+    float *kt;         /* [nb][D][32], block J transposed */
+    float *v;          /* [nb*32][Dp] */
+    float *kbias;      /* [nb*32]: 0 for a real key, -inf otherwise */
+    float *cnt;        /* [nb]: c_J */
+    float *qh, *vh;    /* [nb][Dp]: block means (MRA) */
+    float *khT;        /* [D][nb]: key block means, transposed (MRA) */
+    float *L;          /* [nb][nb]: low-resolution logits (MRA) */
+    double *S;         /* [nb][nb]: selection scores (MRA) */
+    uint32_t *scratch; /* [nb*nb]: top-k scratch (MRA) */
+    uint8_t *sel;      /* [nb][nb]: 1 = selected (MRA) */
+};
+
+/* Fills the shape fields of a head of problem p.  p must have passed
+ * attn_problem_check(). */
+void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
+                   uint32_t b, uint32_t h);
+/* Bytes of workspace the head needs (each piece 64-byte aligned), or 0 if
+ * the size does not fit in size_t. */
+size_t cpu_head_bytes(const struct cpu_head *hd);
+/* Points the workspace fields into `mem` (cpu_head_bytes() bytes, 64-byte
+ * aligned). */
+void cpu_head_carve(struct cpu_head *hd, void *mem);
+
+/* Phase 1 for key blocks [J0, J1). */
+void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
+                   const struct cpu_kernels *kern);
+/* Phase 2 for block row I (MRA only). */
+void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
+                     const struct cpu_kernels *kern);
+/* Phase 3 (MRA only). */
+void cpu_head_select(struct cpu_head *hd);
+/* Phase 4 for block row I: writes rows I*32 .. min(N, I*32+32) of out. */
+void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
+                   const struct cpu_kernels *kern);
+
+#endif /* MRAD_ATTN_CPU_HEAD_H */

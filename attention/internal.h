@@ -1,0 +1,60 @@
+/*
+ * internal.h - device-independent pieces shared by the attention backends.
+ *
+ * The block-selection rule of MRA-2 (score formula and top-k with the
+ * spec's tie rule) lives here once, so the CPU backend and the host side of
+ * the CUDA backend choose exactly the same blocks.  Never included by
+ * public headers.
+ */
+#ifndef MRAD_ATTN_INTERNAL_H
+#define MRAD_ATTN_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/attn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Penalty for a pair with an empty block, and bonus for a forced pair. */
+#define ATTN_SCORE_EMPTY 1e4
+#define ATTN_SCORE_PRIOR 5e3
+
+/*
+ * Selection score S_IJ of the spec for one pair of blocks:
+ *   L_IJ - r_I - 1e4*[empty] + 5e3*[|I-J| <= prior_diagonal/2, when
+ *   prior_diagonal > 0] + 5e3*[I < prior_first] + 5e3*[J < prior_first].
+ * `L` is the low-resolution logit, `r` its row maximum, `empty` is nonzero
+ * when c_I * c_J == 0.  Computed in double so that the bonuses (5e3) do not
+ * swallow the differences between logits.  Pure, thread-safe.
+ */
+double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
+                         uint32_t prior_first, uint32_t prior_diagonal);
+
+/*
+ * Scores of one block row I of a head: S[J] for J in [0, nb).
+ * L_row: the nb logits L_IJ; r: max over L_row (all J); cnt: the nb block
+ * counts c_J; cI: c_I.  Pure, thread-safe.
+ */
+void attn_select_scores_row(const float *L_row, float r, const float *cnt,
+                            float cI, uint32_t I, uint32_t nb,
+                            uint32_t prior_first, uint32_t prior_diagonal,
+                            double *S);
+
+/*
+ * Top-k of n scores: marks sel[i] = 1 for the k indices with the largest
+ * S[i] (ties to the smaller index), 0 for the others.  Runs in linear
+ * expected time (quickselect with a deterministic pivot sequence; the
+ * chosen set is unique, so it never depends on the pivots).  `scratch`
+ * holds n uint32_t and is clobbered.  k >= n selects everything.  NaN
+ * scores order below every number.  Pure, thread-safe.
+ */
+void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
+                      uint32_t *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_ATTN_INTERNAL_H */
