@@ -222,13 +222,10 @@ static int parse_number(struct jparser *j, msgpack_object *o)
         errno = 0;
         if (buf[0] == '-') {
             long long v = strtoll(buf, &endp, 10);
-            if (errno == 0) {
-                o->type = v < 0 ? MSGPACK_OBJECT_NEGATIVE_INTEGER
-                                : MSGPACK_OBJECT_POSITIVE_INTEGER;
-                if (v < 0)
-                    o->via.i64 = v;
-                else
-                    o->via.u64 = 0; /* "-0" */
+            /* "-0" is left to strtod, which keeps the sign of zero. */
+            if (errno == 0 && v < 0) {
+                o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+                o->via.i64 = v;
                 j->pos = i;
                 return PROTO_OK;
             }

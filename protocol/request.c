@@ -582,15 +582,15 @@ int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
 
     const msgpack_object *f[K_COUNT];
     rc = map_fields(&root, "", rkey_names, K_COUNT, f, err, errlen);
-    for (int i = K_Q; rc == PROTO_OK && i <= K_V; i++)
-        if (f[i] == NULL)
-            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
     struct tview t[4];
     memset(t, 0, sizeof t);
     for (int i = K_Q; rc == PROTO_OK && i <= K_MASK; i++)
         if (f[i] != NULL)
             rc = parse_tensor(f[i], rkey_names[i], i == K_MASK, fmt, &t[i], err,
                               errlen);
+    for (int i = K_Q; rc == PROTO_OK && i <= K_V; i++)
+        if (f[i] == NULL)
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
     if (rc == PROTO_OK)
         rc = parse_scalars(f, req, err, errlen);
     if (rc == PROTO_OK)

@@ -1,0 +1,487 @@
+/*
+ * test-codec.c - tests the wire codec on bodies that must be accepted:
+ * request and response round trips in msgpack and JSON for every dtype,
+ * tensor data read in place or copied depending on its alignment, JSON
+ * string escapes and numbers, limits at their edge, error bodies.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "body.h"
+#include "protocol/proto.h"
+
+/* Deterministic pseudo-random numbers in [-2, 2). */
+static float rnd(uint32_t *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)(*s >> 8) / (float)(1u << 24) * 4.0f - 2.0f;
+}
+
+struct sample {
+    struct attn_problem p;
+    void *q, *k, *v;
+    uint8_t *mask;
+};
+
+static void *fill(enum attn_dtype dt, size_t n, uint32_t *seed)
+{
+    float *f = malloc(n * sizeof *f);
+    void *out = malloc(n * attn_dtype_size(dt));
+    for (size_t i = 0; i < n; i++)
+        f[i] = rnd(seed);
+    attn_from_f32(dt, f, out, n);
+    free(f);
+    return out;
+}
+
+/* A problem with every optional field set, odd sizes and grouped heads. */
+static void sample_make(struct sample *s, enum attn_dtype dt, int with_mask)
+{
+    uint32_t seed = 12345 + (uint32_t)dt;
+    memset(s, 0, sizeof *s);
+    struct attn_problem *p = &s->p;
+    p->dtype = dt;
+    p->B = 2;
+    p->H = 4;
+    p->Hkv = 2;
+    p->N = 37;
+    p->D = 17;
+    p->method = ATTN_MRA2_SPARSE;
+    p->block_per_row = 3;
+    p->num_blocks = 7;
+    p->prior_first = 1;
+    p->prior_diagonal = 3;
+    p->scale = 0.3f;
+    size_t nq = 2 * 4 * 37 * 17, nk = 2 * 2 * 37 * 17;
+    p->q = s->q = fill(dt, nq, &seed);
+    p->k = s->k = fill(dt, nk, &seed);
+    p->v = s->v = fill(dt, nk, &seed);
+    if (with_mask) {
+        s->mask = malloc(2 * 37);
+        for (int i = 0; i < 2 * 37; i++)
+            s->mask[i] = (i % 5 == 0) ? 0 : (i % 7 == 0 ? 5 : 1);
+        p->mask = s->mask;
+    }
+}
+
+static void sample_free(struct sample *s)
+{
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->mask);
+}
+
+static void assert_same_problem(const struct attn_problem *a,
+                                const struct attn_problem *b)
+{
+    assert_int_equal(a->method, b->method);
+    assert_int_equal(a->dtype, b->dtype);
+    assert_int_equal(a->B, b->B);
+    assert_int_equal(a->H, b->H);
+    assert_int_equal(a->Hkv, b->Hkv);
+    assert_int_equal(a->N, b->N);
+    assert_int_equal(a->D, b->D);
+    assert_true(a->scale == b->scale);
+    assert_int_equal(a->num_blocks, b->num_blocks);
+    assert_int_equal(a->block_per_row, b->block_per_row);
+    assert_int_equal(a->prior_first, b->prior_first);
+    assert_int_equal(a->prior_diagonal, b->prior_diagonal);
+    size_t es = attn_dtype_size(a->dtype);
+    size_t nq = (size_t)a->B * a->H * a->N * a->D * es;
+    size_t nk = (size_t)a->B * a->Hkv * a->N * a->D * es;
+    assert_memory_equal(a->q, b->q, nq);
+    assert_memory_equal(a->k, b->k, nk);
+    assert_memory_equal(a->v, b->v, nk);
+    assert_int_equal(a->mask == NULL, b->mask == NULL);
+    if (a->mask != NULL)
+        for (size_t i = 0; i < (size_t)a->B * a->N; i++)
+            assert_int_equal(a->mask[i] != 0, b->mask[i]);
+}
+
+static void test_request_roundtrip(void **state)
+{
+    (void)state;
+    for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
+        for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
+            for (int m = 0; m < 2; m++) {
+                struct sample s;
+                sample_make(&s, (enum attn_dtype)dt, m);
+                char *body;
+                size_t len;
+                assert_int_equal(proto_request_encode(&s.p, fmt,
+                                                      "run-\xc3\xa9-\"1\"", 250,
+                                                      &body, &len),
+                                 PROTO_OK);
+                struct proto_request req;
+                char err[256];
+                int rc = proto_request_decode(body, len, fmt, NULL, &req, err,
+                                              sizeof err);
+                if (rc != PROTO_OK)
+                    print_error("fmt %d dtype %d: %s\n", fmt, dt, err);
+                assert_int_equal(rc, PROTO_OK);
+                assert_same_problem(&s.p, &req.prob);
+                assert_int_equal(req.format, fmt);
+                assert_true(req.has_id);
+                assert_string_equal(req.id, "run-\xc3\xa9-\"1\"");
+                assert_int_equal(req.timeout_ms, 250);
+                assert_non_null(req.prob.out);
+                assert_int_equal((uintptr_t)req.prob.out % 64, 0);
+                proto_request_release(&req);
+                free(body);
+                sample_free(&s);
+            }
+        }
+    }
+}
+
+/* Unset parameters stay unset: the library applies its defaults. */
+static void test_request_defaults(void **state)
+{
+    (void)state;
+    size_t len;
+    char *body =
+        tbody_msgpack("{'q':{'dtype':'bf16','shape':[1,1,3,2],'data':'bin:12'},"
+                      "'k':{'dtype':'bf16','shape':[1,1,3,2],'data':'bin:12'},"
+                      "'v':{'dtype':'bf16','shape':[1,1,3,2],'data':'bin:12'}}",
+                      &len);
+    struct proto_request req;
+    char err[256];
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req,
+                                          err, sizeof err),
+                     PROTO_OK);
+    assert_int_equal(req.prob.method, ATTN_MRA2);
+    assert_int_equal(req.prob.dtype, ATTN_BF16);
+    assert_true(req.prob.scale == 0);
+    assert_int_equal(req.prob.block_per_row, 0);
+    assert_int_equal(req.prob.num_blocks, 0);
+    assert_null(req.prob.mask);
+    assert_false(req.has_id);
+    assert_int_equal(req.timeout_ms, 0);
+    proto_request_release(&req);
+    free(body);
+
+    /* scale as an integer and as float32; methods by name. */
+    body =
+        tbody_msgpack("{'q':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+                      "'k':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+                      "'v':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+                      "'scale':2,'method':'exact'}",
+                      &len);
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req,
+                                          err, sizeof err),
+                     PROTO_OK);
+    assert_true(req.prob.scale == 2.0f);
+    assert_int_equal(req.prob.method, ATTN_EXACT);
+    proto_request_release(&req);
+    free(body);
+}
+
+/* Where the tensor bytes land in memory decides between in place and a
+ * copy: slide one body over eight offsets of an aligned buffer. */
+static void test_inplace_or_copy(void **state)
+{
+    (void)state;
+    for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
+        struct sample s;
+        sample_make(&s, (enum attn_dtype)dt, 1);
+        char *body;
+        size_t len;
+        assert_int_equal(
+            proto_request_encode(&s.p, PROTO_MSGPACK, NULL, 0, &body, &len),
+            PROTO_OK);
+        char *space = proto_aligned_alloc(len + 8);
+        int in_place = 0, copied = 0;
+        size_t es = attn_dtype_size((enum attn_dtype)dt);
+        for (size_t off = 0; off < 8; off++) {
+            memcpy(space + off, body, len);
+            struct proto_request req;
+            char err[256];
+            assert_int_equal(proto_request_decode(space + off, len,
+                                                  PROTO_MSGPACK, NULL, &req,
+                                                  err, sizeof err),
+                             PROTO_OK);
+            const char *q = req.prob.q;
+            int inside = q >= space + off && q < space + off + len;
+            assert_int_equal(inside, req.owned[0] == NULL);
+            assert_int_equal((uintptr_t)q % es, 0);
+            assert_int_equal((uintptr_t)req.prob.k % es, 0);
+            assert_int_equal((uintptr_t)req.prob.v % es, 0);
+            /* The mask (bytes) is always read in place. */
+            const char *m = (const char *)req.prob.mask;
+            assert_true(m >= space + off && m < space + off + len);
+            in_place += inside;
+            copied += !inside;
+            assert_same_problem(&s.p, &req.prob);
+            proto_request_release(&req);
+        }
+        assert_true(in_place > 0);
+        assert_true(copied > 0 || es == 1);
+        free(space);
+        free(body);
+        sample_free(&s);
+    }
+}
+
+static void test_response_roundtrip(void **state)
+{
+    (void)state;
+    for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
+        for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
+            struct sample s;
+            sample_make(&s, (enum attn_dtype)dt, 0);
+            char *body, *ans;
+            size_t len, alen;
+            assert_int_equal(
+                proto_request_encode(&s.p, fmt, "x", 0, &body, &len), 0);
+            struct proto_request req;
+            char err[256];
+            assert_int_equal(proto_request_decode(body, len, fmt, NULL, &req,
+                                                  err, sizeof err),
+                             PROTO_OK);
+            size_t n = (size_t)2 * 4 * 37 * 17, es = attn_dtype_size(dt);
+            uint32_t seed = 99;
+            void *vals = fill(dt, n, &seed);
+            memcpy(req.prob.out, vals, n * es);
+            float special[3] = {NAN, INFINITY, -0.0f};
+            for (int i = 0; i < 3; i++)
+                attn_from_f32(dt, &special[i], (char *)req.prob.out + i * es,
+                              1);
+            struct proto_stats st = {
+                .attn = {.blocks_selected = 24,
+                         .blocks_total = 32,
+                         .density = 0.75},
+                .backend = "cpu",
+                .queue_us = 17,
+                .compute_us = 123456789012ull,
+                .batch_requests = 3,
+            };
+            assert_int_equal(proto_response_encode(&req, &st, &ans, &alen),
+                             PROTO_OK);
+            struct proto_response r;
+            assert_int_equal(
+                proto_response_decode(ans, alen, fmt, &r, err, sizeof err),
+                PROTO_OK);
+            assert_int_equal(r.dtype, dt);
+            assert_int_equal(r.shape[0], 2);
+            assert_int_equal(r.shape[1], 4);
+            assert_int_equal(r.shape[2], 37);
+            assert_int_equal(r.shape[3], 17);
+            assert_int_equal(r.out_bytes, n * es);
+            assert_true(r.has_id);
+            assert_string_equal(r.id, "x");
+            assert_string_equal(r.method, "mra2_sparse");
+            assert_string_equal(r.backend, "cpu");
+            assert_string_equal(r.stats.backend, "cpu");
+            assert_int_equal(r.stats.attn.blocks_selected, 24);
+            assert_int_equal(r.stats.attn.blocks_total, 32);
+            assert_true(r.stats.attn.density == 0.75);
+            assert_int_equal(r.stats.queue_us, 17);
+            assert_int_equal(r.stats.compute_us, 123456789012ull);
+            assert_int_equal(r.stats.batch_requests, 3);
+            float f[3];
+            attn_to_f32(dt, r.out, f, 3);
+            assert_true(isnan(f[0]));
+            /* JSON has no infinity: it travels as null and reads as NaN. */
+            if (fmt == PROTO_JSON)
+                assert_true(isnan(f[1]));
+            else
+                assert_true(isinf(f[1]) && f[1] > 0);
+            assert_true(f[2] == 0 && signbit(f[2]));
+            assert_memory_equal((const char *)r.out + 3 * es,
+                                (const char *)req.prob.out + 3 * es,
+                                (n - 3) * es);
+            proto_response_release(&r);
+            free(ans);
+            free(vals);
+            proto_request_release(&req);
+            free(body);
+            sample_free(&s);
+        }
+    }
+}
+
+static void test_response_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *tmpl;
+        const char *field;
+    } cases[] = {
+        {"[]", "body: must be a map"},
+        {"{'out':{}}", "stats: missing"},
+        {"{'stats':{'method':'mra2','backend':'cpu','blocks_selected':1,"
+         "'blocks_total':1,'density':1,'queue_us':0,'compute_us':0,"
+         "'batch_requests':1}}",
+         "out: missing"},
+        {"{'out':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+         "'stats':{'method':'mra2','backend':'cpu','blocks_selected':-1}}",
+         "stats.blocks_selected"},
+        {"{'out':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+         "'stats':{'method':'mra2','blocks_selected':1}}",
+         "stats.backend: missing"},
+        {"{'out':{'dtype':'f64','shape':[1,1,1,1],'data':'bin:4'},"
+         "'stats':{'method':'mra2','backend':'cpu','blocks_selected':1,"
+         "'blocks_total':1,'density':1,'queue_us':0,'compute_us':0,"
+         "'batch_requests':1}}",
+         "out.dtype"},
+        {"{'out':{'dtype':'f32','shape':[1,1,1,2],'data':'bin:4'},"
+         "'stats':{'method':'mra2','backend':'cpu','blocks_selected':1,"
+         "'blocks_total':1,'density':1,'queue_us':0,'compute_us':0,"
+         "'batch_requests':1}}",
+         "out.data: length 4"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        char *body = tbody_msgpack(cases[i].tmpl, &len);
+        struct proto_response r;
+        char err[256] = "";
+        assert_int_equal(proto_response_decode(body, len, PROTO_MSGPACK, &r,
+                                               err, sizeof err),
+                         PROTO_EBADREQ);
+        if (strstr(err, cases[i].field) == NULL)
+            fail_msg("case %zu: \"%s\" does not name %s", i, err,
+                     cases[i].field);
+        assert_null(r.owned);
+        free(body);
+    }
+}
+
+static void test_error_body(void **state)
+{
+    (void)state;
+    const char *msg =
+        "q.shape[2]: \"N\" \\ bad\n\t\x01 caf\xc3\xa9 \xf0\x9f\x98\x80";
+    size_t len;
+    char *body = proto_error_body("bad_request", msg, &len);
+    assert_non_null(body);
+    assert_int_equal(strlen(body), len);
+    assert_non_null(strstr(body, "\\\"N\\\""));
+    assert_non_null(strstr(body, "\\u0001"));
+    char code[32], text[256];
+    assert_int_equal(
+        proto_error_parse(body, len, code, sizeof code, text, sizeof text),
+        PROTO_OK);
+    assert_string_equal(code, "bad_request");
+    assert_string_equal(text, msg);
+    /* Truncated to the buffers, still terminated. */
+    char small[5];
+    assert_int_equal(
+        proto_error_parse(body, len, small, sizeof small, text, sizeof text),
+        PROTO_OK);
+    assert_string_equal(small, "bad_");
+    free(body);
+
+    const char *notone[] = {
+        "",    "{}",    "{\"error\":1}", "{\"error\":{\"code\":\"x\"}}",
+        "[1]", "{\"err"};
+    for (size_t i = 0; i < sizeof notone / sizeof notone[0]; i++)
+        assert_int_equal(proto_error_parse(notone[i], strlen(notone[i]), code,
+                                           sizeof code, text, sizeof text),
+                         PROTO_EBADREQ);
+}
+
+/* Escapes and numbers of the JSON reader. */
+static void test_json_text(void **state)
+{
+    (void)state;
+    const char *body =
+        "{\"q\":{\"dtype\":\"f32\",\"shape\":[1,1,2,3],"
+        "\"data\":[-0, 1e-3, 1E+2, -2.5e0, 18446744073709551616, 7]},"
+        " \"k\" : {\"shape\":[1,1,2,3],\"dtype\":\"f32\","
+        "\"data\":[1,2,3,4,5,6]},\n\t\"v\":{\"dtype\":\"f32\","
+        "\"data\":[1,2,3,4,5,6],\"shape\":[1,1,2,3]},"
+        "\"id\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\u20ac\\ud83d\\ude00\","
+        "\"scale\":0.25, \"mask\":{\"dtype\":\"u8\",\"shape\":[1,2],"
+        "\"data\":[0,1]}}";
+    struct proto_request req;
+    char err[256];
+    int rc = proto_request_decode(body, strlen(body), PROTO_JSON, NULL, &req,
+                                  err, sizeof err);
+    if (rc != PROTO_OK)
+        fail_msg("%s", err);
+    const float *q = req.prob.q;
+    assert_true(q[0] == 0 && signbit(q[0])); /* -0 keeps its sign */
+    assert_true(q[1] == 1e-3f);
+    assert_true(q[2] == 100.0f);
+    assert_true(q[3] == -2.5f);
+    assert_true(q[4] == 18446744073709551616.0f);
+    assert_true(q[5] == 7.0f);
+    assert_string_equal(req.id, "a\"b\\c/d\b\f\n\r\t\xc3\xa9\xe2\x82\xac"
+                                "\xf0\x9f\x98\x80");
+    assert_true(req.prob.scale == 0.25f);
+    assert_int_equal(req.prob.mask[0], 0);
+    assert_int_equal(req.prob.mask[1], 1);
+    proto_request_release(&req);
+}
+
+static void test_limits_edge(void **state)
+{
+    (void)state;
+    struct proto_limits lim;
+    proto_limits_default(&lim);
+    assert_int_equal(lim.max_batch, 64);
+    assert_int_equal(lim.max_heads, 256);
+    assert_int_equal(lim.max_tokens, 131072);
+    assert_int_equal(lim.max_head_dim, 256);
+    assert_int_equal(lim.max_elements, 1u << 28);
+    lim.max_tokens = 40;
+    lim.max_elements = 640;
+    size_t len;
+    char *body = tbody_msgpack(
+        "{'q':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'},"
+        "'k':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'},"
+        "'v':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'}}",
+        &len);
+    struct proto_request req;
+    char err[256];
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_OK);
+    proto_request_release(&req);
+    lim.max_tokens = 39;
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_ETOOBIG);
+    assert_non_null(strstr(err, "q.shape[2]: N = 40 exceeds the limit of 39"));
+    lim.max_tokens = 40;
+    lim.max_elements = 639;
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_ETOOBIG);
+    free(body);
+}
+
+static void test_strerror(void **state)
+{
+    (void)state;
+    const int codes[] = {PROTO_OK, PROTO_EBADREQ, PROTO_ETOOBIG, PROTO_ENOMEM,
+                         -99};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_non_null(proto_strerror(codes[i]));
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(proto_strerror(codes[i]),
+                                    proto_strerror(codes[j]));
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_roundtrip),
+        cmocka_unit_test(test_request_defaults),
+        cmocka_unit_test(test_inplace_or_copy),
+        cmocka_unit_test(test_response_roundtrip),
+        cmocka_unit_test(test_response_errors),
+        cmocka_unit_test(test_error_body),
+        cmocka_unit_test(test_json_text),
+        cmocka_unit_test(test_limits_edge),
+        cmocka_unit_test(test_strerror),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
