@@ -38,9 +38,11 @@ struct mrad_http {
 };
 
 enum conn_state {
-    ST_BODY, /* reading the body of POST /v1/attention */
-    ST_WAIT, /* submitted (or refused) and suspended */
-    ST_DONE, /* a response is queued */
+    ST_HEADERS, /* routed; the answer waits for the end of the request */
+    ST_BODY,    /* reading the body of POST /v1/attention */
+    ST_TOOBIG,  /* the body passed the limit: discarding it, then 413 */
+    ST_WAIT,    /* submitted (or refused) and suspended */
+    ST_DONE,    /* a response is queued */
 };
 
 struct conn {
@@ -57,6 +59,10 @@ struct conn {
     struct mrad_job *job; /* one reference, dropped on completion */
     int refused;          /* mrad_err from submit, answered on resume */
     int submitted;        /* the scheduler accepted the job */
+    int endpoint;         /* GET endpoint to answer in ST_HEADERS, or -1 */
+    int pend_err;         /* error to answer in ST_HEADERS, or 0 */
+    char pend_msg[200];
+    uint64_t discarded; /* body bytes dropped after the limit */
     /* For the access log. */
     unsigned status;
     uint64_t bytes_out;
@@ -81,8 +87,10 @@ static enum MHD_Result send_buffer(struct conn *c, unsigned status,
     enum MHD_Result ret = MHD_queue_response(c->mc, status, r);
     MHD_destroy_response(r);
     c->state = ST_DONE;
-    c->status = status;
-    c->bytes_out = len;
+    if (ret == MHD_YES) {
+        c->status = status;
+        c->bytes_out = len;
+    }
     return ret;
 }
 
@@ -104,6 +112,18 @@ static enum MHD_Result send_error(struct conn *c, enum mrad_err_source src,
         hvalue = !strcmp(c->path, "/v1/attention") ? "POST" : "GET, HEAD";
     return send_buffer(c, he.status, "application/json", body, len, hname,
                        hvalue);
+}
+
+/* Remembers an error found in the headers; it is answered once the request
+ * has been read to its end.  Answering before that would make
+ * libmicrohttpd close the connection, and a client still sending its body
+ * could see a reset instead of the answer. */
+static enum MHD_Result defer_error(struct conn *c, int err, const char *msg)
+{
+    c->pend_err = err;
+    snprintf(c->pend_msg, sizeof(c->pend_msg), "%s", msg);
+    c->state = ST_HEADERS;
+    return MHD_YES;
 }
 
 static enum MHD_Result send_json(struct conn *c, unsigned status,
@@ -272,14 +292,8 @@ static enum MHD_Result post_begin(struct conn *c)
     struct MHD_Connection *mc = c->mc;
     char msg[160];
 
-    if (cfg->api_key_len &&
-        !key_matches(cfg, MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-                                                      "Authorization")))
-        return send_error(c, MRAD_SRC_SERVER, MRAD_EUNAUTH,
-                          "missing or wrong API key (Authorization: Bearer)");
     if (atomic_load(&h->draining))
-        return send_error(c, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
-                          "the server is draining");
+        return defer_error(c, MRAD_EUNAVAIL, "the server is draining");
     const char *ctype =
         MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Type");
     if (media_type(ctype, &c->fmt)) {
@@ -287,7 +301,7 @@ static enum MHD_Result post_begin(struct conn *c)
                  "Content-Type '%.60s' is not application/msgpack or "
                  "application/json",
                  ctype ? ctype : "");
-        return send_error(c, MRAD_SRC_SERVER, MRAD_EMEDIA, msg);
+        return defer_error(c, MRAD_EMEDIA, msg);
     }
     c->limit = cfg->max_body_bytes;
     if (c->fmt == PROTO_JSON && cfg->max_json_bytes < c->limit)
@@ -307,8 +321,8 @@ static enum MHD_Result post_begin(struct conn *c)
         if (n > 0) {
             c->body = malloc((size_t)n);
             if (!c->body)
-                return send_error(c, MRAD_SRC_SERVER, MRAD_EINTERNAL,
-                                  "out of memory for the request body");
+                return defer_error(c, MRAD_EINTERNAL,
+                                   "out of memory for the request body");
             c->cap = (size_t)n;
         }
     }
@@ -317,8 +331,7 @@ static enum MHD_Result post_begin(struct conn *c)
     struct mrad_sched_status st;
     mrad_sched_status(h->sched, &st);
     if (st.queue_depth >= st.max_queue)
-        return send_error(c, MRAD_SRC_SERVER, MRAD_EOVERLOAD,
-                          "the request queue is full");
+        return defer_error(c, MRAD_EOVERLOAD, "the request queue is full");
     if (cfg->test_faults) {
         const char *f = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
                                                     "X-Mrad-Inject-Fault");
@@ -484,10 +497,18 @@ static enum MHD_Result post_answer(struct conn *c)
 static enum MHD_Result route(struct conn *c)
 {
     int get = !strcmp(c->method, "GET") || !strcmp(c->method, "HEAD");
+    c->endpoint = -1;
+    /* Everything under /v1/ needs the key; the probes and the metrics
+     * stay open for orchestrators and scrapers. */
+    const struct mrad_config *cfg = c->h->cfg;
+    if (cfg->api_key_len && !strncmp(c->path, "/v1/", 4) &&
+        !key_matches(cfg, MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND,
+                                                      "Authorization")))
+        return defer_error(c, MRAD_EUNAUTH,
+                           "missing or wrong API key (Authorization: Bearer)");
     if (!strcmp(c->path, "/v1/attention")) {
         if (strcmp(c->method, "POST"))
-            return send_error(c, MRAD_SRC_SERVER, MRAD_EMETHOD,
-                              "use POST for /v1/attention");
+            return defer_error(c, MRAD_EMETHOD, "use POST for /v1/attention");
         return post_begin(c);
     }
     static const char *const gets[] = {"/healthz", "/readyz", "/metrics",
@@ -496,22 +517,31 @@ static enum MHD_Result route(struct conn *c)
         if (strcmp(c->path, gets[i]))
             continue;
         if (!get)
-            return send_error(c, MRAD_SRC_SERVER, MRAD_EMETHOD,
-                              "use GET for this endpoint");
-        switch (i) {
-        case 0:
-            return get_healthz(c);
-        case 1:
-            return get_readyz(c);
-        case 2:
-            return get_metrics(c);
-        default:
-            return get_info(c);
-        }
+            return defer_error(c, MRAD_EMETHOD, "use GET for this endpoint");
+        c->endpoint = i;
+        c->state = ST_HEADERS;
+        return MHD_YES;
     }
     char msg[200];
     snprintf(msg, sizeof(msg), "no endpoint %.120s", c->path);
-    return send_error(c, MRAD_SRC_SERVER, MRAD_ENOTFOUND, msg);
+    return defer_error(c, MRAD_ENOTFOUND, msg);
+}
+
+/* The request has been read: answer what route() decided. */
+static enum MHD_Result answer_routed(struct conn *c)
+{
+    if (c->pend_err)
+        return send_error(c, MRAD_SRC_SERVER, c->pend_err, c->pend_msg);
+    switch (c->endpoint) {
+    case 0:
+        return get_healthz(c);
+    case 1:
+        return get_readyz(c);
+    case 2:
+        return get_metrics(c);
+    default:
+        return get_info(c);
+    }
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
@@ -535,23 +565,44 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
         return route(c);
     }
     switch (c->state) {
+    case ST_HEADERS:
+        if (*upload_size) {
+            /* A body nobody will read: discard it. */
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        return answer_routed(c);
     case ST_BODY:
         if (*upload_size) {
             if (post_append(c, upload, *upload_size)) {
-                char msg[128];
-                snprintf(msg, sizeof(msg),
-                         "body is over the limit of %zu bytes", c->limit);
-                /* Stop reading: queue the 413 if libmicrohttpd allows it
-                 * mid-body, else close the connection. */
-                *upload_size = 0;
-                c->status = 413;
-                c->err_code = "payload_too_large";
-                return send_error(c, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
+                /* libmicrohttpd cannot answer in the middle of a body:
+                 * drop what was read, discard the rest and answer 413 at
+                 * its end, or close if it goes on much longer. */
+                free(c->body);
+                c->body = NULL;
+                c->discarded = c->len + *upload_size;
+                c->len = 0;
+                c->state = ST_TOOBIG;
             }
             *upload_size = 0;
             return MHD_YES;
         }
         return post_submit(c);
+    case ST_TOOBIG:
+        if (*upload_size) {
+            c->discarded += *upload_size;
+            *upload_size = 0;
+            if (c->discarded / 2 <= c->limit)
+                return MHD_YES;
+            c->status = 413; /* for the log: the answer is a close */
+            c->err_code = "payload_too_large";
+            return MHD_NO;
+        } else {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "body is over the limit of %zu bytes",
+                     c->limit);
+            return send_error(c, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
+        }
     case ST_WAIT:
         return post_answer(c);
     case ST_DONE:
@@ -581,7 +632,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         .method = c->method,
         .path = c->path,
         .status = c->status,
-        .bytes_in = c->len,
+        .bytes_in = c->len + c->discarded,
         .bytes_out = c->bytes_out,
         .queue_us = job ? job->queue_us : 0,
         .compute_us = job ? job->compute_us : 0,

@@ -294,12 +294,24 @@ static void schedule(struct mrad_sched *s)
 
     pthread_mutex_lock(&s->lock);
     struct mrad_job *dropped = collect_dropped(s, now);
+    struct worker *w;
+    while (s->head && (w = idle_worker(s))) {
+        int full = s->depth >= s->cfg->max_batch_requests ||
+                   (s->cfg->max_batch_tokens &&
+                    s->depth_tokens >= s->cfg->max_batch_tokens);
+        uint64_t until = s->head->enqueue_ns + window_ns;
+        if (!full && !s->draining && now < until) {
+            window_at = until;
+            break;
+        }
+        fill_batch(s, w);
+    }
     /* Running jobs past their deadline are answered now; the worker
      * finishes the computation and discards it. */
     for (size_t i = 0; i < s->nworkers; i++) {
-        struct worker *w = &s->workers[i];
-        for (size_t j = 0; j < w->nbatch; j++) {
-            struct mrad_job *job = w->batch[j];
+        struct worker *wk = &s->workers[i];
+        for (size_t j = 0; j < wk->nbatch; j++) {
+            struct mrad_job *job = wk->batch[j];
             if (atomic_load(&job->finished))
                 continue;
             if (now >= job->deadline_ns) {
@@ -313,18 +325,6 @@ static void schedule(struct mrad_sched *s)
                 next_deadline = job->deadline_ns;
             }
         }
-    }
-    struct worker *w;
-    while (s->head && (w = idle_worker(s))) {
-        int full = s->depth >= s->cfg->max_batch_requests ||
-                   (s->cfg->max_batch_tokens &&
-                    s->depth_tokens >= s->cfg->max_batch_tokens);
-        uint64_t until = s->head->enqueue_ns + window_ns;
-        if (!full && !s->draining && now < until) {
-            window_at = until;
-            break;
-        }
-        fill_batch(s, w);
     }
     for (struct mrad_job *job = s->head; job; job = job->next)
         if (job->deadline_ns < next_deadline)

@@ -1,0 +1,196 @@
+"""Black-box tests of bin/mrad: answers against the float64 reference,
+JSON requests, keep-alive, the GET endpoints, the error bodies of the
+contract and a live `promtool check metrics`."""
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+import mra_ref
+from mrad_server import MradError, decode_answer, encode_msgpack, metric_value
+
+RNG = np.random.default_rng(1234)
+
+
+def problem(B=2, H=2, Hkv=1, N=100, D=16, masked=True):
+    q = RNG.standard_normal((B, H, N, D)).astype(np.float32)
+    k = RNG.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    v = RNG.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    mask = None
+    if masked:
+        mask = np.ones((B, N), dtype=np.uint8)
+        mask[0, N - 17:] = 0
+        mask[-1, :5] = 0
+    return q, k, v, mask
+
+
+def reference(q, k, v, mask, **params):
+    f = lambda a: a.astype(np.float64)
+    return mra_ref.attention(f(q), f(k), f(v), mask=mask, **params)
+
+
+@pytest.mark.parametrize("method,params", [
+    ("exact", {}),
+    ("mra2", {"block_per_row": 2}),
+    ("mra2_sparse", {"block_per_row": 2}),
+    ("mra2", {"num_blocks": 5, "prior_first": 1, "prior_diagonal": 3}),
+    ("mra2_sparse", {"num_blocks": 7, "scale": 0.3}),
+])
+def test_answers_match_reference(mrad, method, params):
+    q, k, v, mask = problem()
+    out, stats = mrad.attention(q, k, v, mask, method=method, id="req-1", **params)
+    ref, selected, total = reference(q, k, v, mask, method=method, **params)
+    assert out.shape == q.shape and out.dtype == np.float32
+    assert mra_ref.rel_err(out, ref) <= 1e-4
+    assert stats["method"] == method
+    assert stats["backend"] == "cpu"
+    assert stats["blocks_selected"] == selected
+    assert stats["blocks_total"] == total
+    assert stats["density"] == pytest.approx(selected / total)
+    assert stats["batch_requests"] >= 1
+    assert stats["compute_us"] >= 0 and stats["queue_us"] >= 0
+
+
+def test_id_is_echoed(mrad):
+    q, k, v, _ = problem(B=1, H=1, N=40, masked=False)
+    status, hdrs, body = mrad.post(encode_msgpack(q, k, v, id="abc-42"))
+    assert status == 200
+    assert hdrs["content-type"] == "application/msgpack"
+    _, _, m = decode_answer(body, hdrs["content-type"])
+    assert m["id"] == "abc-42"
+
+
+def test_json_request_gets_json_answer(mrad):
+    q, k, v, mask = problem(B=1, H=2, Hkv=2, N=70, D=8)
+    out, stats = mrad.attention(q, k, v, mask, fmt="json", method="mra2", block_per_row=1)
+    ref, selected, _ = reference(q, k, v, mask, method="mra2", block_per_row=1)
+    assert mra_ref.rel_err(out, ref) <= 1e-4
+    assert stats["blocks_selected"] == selected
+    # x-msgpack is accepted as well, and answered in msgpack.
+    status, hdrs, _ = mrad.post(encode_msgpack(q, k, v), "application/x-msgpack")
+    assert status == 200 and hdrs["content-type"] == "application/msgpack"
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(mrad):
+    conn = mrad.connection()
+    try:
+        q, k, v, _ = problem(B=1, H=1, N=64, D=8, masked=False)
+        conn.connect()
+        sock = conn.sock
+        for i in range(4):
+            out, _ = mrad.attention(q, k, v, method="exact", conn=conn)
+            ref, _, _ = reference(q, k, v, None, method="exact")
+            assert mra_ref.rel_err(out, ref) <= 1e-4
+            assert mrad.get("/healthz", conn=conn)[0] == 200
+        assert conn.sock is sock  # never reconnected
+    finally:
+        conn.close()
+
+
+def test_healthz_readyz_info(mrad):
+    status, hdrs, body = mrad.get("/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert hdrs["content-type"] == "application/json"
+    status, _, body = mrad.get("/readyz")
+    assert status == 200
+    status, _, body = mrad.get("/v1/info")
+    info = json.loads(body)
+    assert status == 200
+    assert info["backend"] == "cpu" and info["device"]
+    assert info["version"]
+    assert info["limits"]["max_head_dim"] == 256
+    assert info["defaults"]["method"] == "mra2"
+    assert {"max_queue", "max_batch_requests", "max_batch_tokens",
+            "batch_window_us"} <= set(info["batching"])
+
+
+def error_of(status, hdrs, body):
+    assert hdrs["content-type"] == "application/json"
+    err = json.loads(body)["error"]
+    assert set(err) == {"code", "message"} and err["message"]
+    return status, err["code"]
+
+
+def test_errors_have_the_contract_body(mrad):
+    assert error_of(*mrad.get("/nope")) == (404, "not_found")
+    status, hdrs, body = mrad.get("/v1/attention")
+    assert error_of(status, hdrs, body) == (405, "method_not_allowed")
+    assert hdrs["allow"] == "POST"
+    status, hdrs, body = mrad.request("DELETE", "/metrics")
+    assert error_of(status, hdrs, body) == (405, "method_not_allowed")
+    assert "GET" in hdrs["allow"]
+    assert error_of(*mrad.post(b"\x01\x02", "text/plain")) == (415, "unsupported_media_type")
+    assert error_of(*mrad.post(b"{}", "application/xml")) == (415, "unsupported_media_type")
+    assert error_of(*mrad.post(b"\xc1\xc1garbage")) == (400, "bad_request")
+    assert error_of(*mrad.post(b"{not json", "application/json")) == (400, "bad_request")
+    q, k, v, _ = problem(B=1, H=2, Hkv=1, N=32, D=8, masked=False)
+    bad = msgpack.unpackb(encode_msgpack(q, k, v), raw=False)
+    bad["surprise"] = 1
+    assert error_of(*mrad.post(msgpack.packb(bad))) == (400, "bad_request")
+    status, hdrs, body = mrad.post(encode_msgpack(q, k[:, :, :16], v))
+    assert error_of(status, hdrs, body) == (400, "bad_request")
+    assert "k" in json.loads(body)["error"]["message"]
+    # The daemon is still fine after all that.
+    assert mrad.get("/healthz")[0] == 200
+
+
+def test_metrics_count_requests_and_pass_promtool(mrad):
+    q, k, v, _ = problem(B=1, H=1, N=96, D=8, masked=False)
+    mrad.attention(q, k, v)
+    mrad.get("/nope")
+    text = mrad.metrics()
+    assert metric_value(text, "mrad_requests_total", {"code": "200"}) >= 1
+    assert metric_value(text, "mrad_requests_total", {"code": "404"}) >= 1
+    assert metric_value(text, "mrad_tokens_total") >= 96
+    assert metric_value(text, "mrad_blocks_total") >= 9
+    assert metric_value(text, "mrad_blocks_selected_total") >= 1
+    assert metric_value(text, "mrad_batch_requests_count") >= 1
+    assert metric_value(text, "mrad_block_density_count") >= 1
+    assert metric_value(text, "mrad_compute_duration_seconds_count") >= 1
+    assert metric_value(text, "mrad_queue_duration_seconds_count") >= 1
+    assert metric_value(text, "mrad_request_duration_seconds_count") >= 2
+    assert metric_value(text, "mrad_queue_depth") == 0
+    assert metric_value(text, "mrad_inflight_requests") == 0
+    assert 'mrad_build_info{version="' in text and 'backend="cpu"' in text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                 "process_virtual_memory_bytes"):
+        assert metric_value(text, name) > 0, name
+    # The CPU backend has no device memory: no GPU series.
+    assert "mrad_gpu_memory_used_bytes" not in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus) is needed"
+    r = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+
+
+def test_access_log_has_one_line_per_request(mrad):
+    q, k, v, _ = problem(B=1, H=1, N=32, D=8, masked=False)
+    mrad.attention(q, k, v, id="log-me")
+    # The line is written once the answer is sent, just after the client
+    # got it.
+    for _ in range(100):
+        line = [l for l in mrad.log_text().splitlines() if "id=log-me" in l]
+        if line:
+            break
+        time.sleep(0.02)
+    assert len(line) == 1
+    assert "POST /v1/attention 200" in line[0]
+    assert "queue_us=" in line[0] and "compute_us=" in line[0]
+
+
+def test_problem_with_mismatched_data_length_is_rejected_without_harm(mrad):
+    q, k, v, _ = problem(B=1, H=1, N=32, D=8, masked=False)
+    m = msgpack.unpackb(encode_msgpack(q, k, v), raw=False)
+    m["q"]["data"] = m["q"]["data"][:-4]
+    status, hdrs, body = mrad.post(msgpack.packb(m))
+    assert error_of(status, hdrs, body) == (400, "bad_request")
+    with pytest.raises(MradError) as e:
+        mrad.attention(q, k, v, method="fancy")
+    assert e.value.status == 400 and e.value.code == "bad_request"
