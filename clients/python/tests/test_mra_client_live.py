@@ -1,0 +1,202 @@
+"""mra_client against a live bin/mrad: every method and dtype round trips
+bitwise like `mractl run --local` and close to the float64 reference;
+error answers surface as typed exceptions."""
+import concurrent.futures
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+import mra_ref
+from conftest import MradServer, run_local
+from mra_client import (BadRequest, Client, DeadlineExceeded, MradError,
+                        Overloaded, PayloadTooLarge, TransportError,
+                        Unauthorized, bf16_to_f32, encode_request, f32_to_bf16)
+
+# float32 compute is within 1e-4 of float64; the 16-bit dtypes add the
+# rounding of the answer (2^-11, 2^-8 relative) to that.
+TOL = {"f32": 1e-4, "f16": 2e-3, "bf16": 1e-2}
+
+
+def problem(seed=0, B=2, H=4, Hkv=2, N=100, D=32):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, N, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, N, D)).astype(np.float32)
+    mask = np.ones((B, N), np.uint8)
+    mask[-1, 70:] = 0  # a padded last entry
+    return q, k, v, mask
+
+
+def quantized(x, dtype):
+    """What the service sees of float32 input sent as `dtype`, in float64."""
+    if dtype == "f16":
+        return x.astype(np.float16).astype(np.float64)
+    if dtype == "bf16":
+        return bf16_to_f32(f32_to_bf16(x)).astype(np.float64)
+    return x.astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_round_trip(server, method, dtype):
+    q, k, v, mask = problem()
+    c = Client(server.url)
+    qin = q.astype(np.float16) if dtype == "f16" else q
+    params = dict(block_per_row=2, prior_diagonal=1)
+    r = c.attention(qin, k, v, mask=mask, method=method,
+                    dtype="bf16" if dtype == "bf16" else None, id=f"{method}-{dtype}",
+                    **params)
+    assert r.dtype == dtype and r.id == f"{method}-{dtype}"
+    assert r.out.shape == q.shape
+    assert r.out.dtype == (np.float16 if dtype == "f16" else np.float32)
+    assert r.stats["method"] == method
+    nb = 4  # ceil(100 / 32)
+    assert r.stats["blocks_total"] == 2 * 4 * nb * nb
+    if method == "exact":
+        assert r.stats["blocks_selected"] == r.stats["blocks_total"]
+    else:
+        # budget 2 per block row: half of the 4x4 grid per head
+        assert r.stats["blocks_selected"] == 2 * 4 * 2 * nb
+
+    # bitwise what the offline runner computes from the same body
+    body = encode_request(qin, k, v, mask=mask, method=method,
+                          dtype="bf16" if dtype == "bf16" else None,
+                          id=f"{method}-{dtype}", **params)
+    local = msgpack.unpackb(run_local(body), raw=False)
+    assert local["out"]["dtype"] == dtype
+    assert local["out"]["data"] == r.out_raw.tobytes()
+
+    ref, sel, tot = mra_ref.attention(quantized(q, dtype), quantized(k, dtype),
+                                      quantized(v, dtype), mask, method=method,
+                                      prior_diagonal=1, block_per_row=2)
+    assert (sel, tot) == (r.stats["blocks_selected"], r.stats["blocks_total"])
+    assert mra_ref.rel_err(r.out, ref) < TOL[dtype]
+
+
+def test_shapes_and_bf16_bits(server):
+    """2-d input is one head of one entry; uint16 input is bf16 bits."""
+    q, k, v, _ = problem(seed=3, B=1, H=1, Hkv=1, N=33, D=16)
+    c = Client(server.url)
+    r2 = c.attention(q[0, 0], k[0, 0], v[0, 0], method="exact")
+    assert r2.out.shape == (33, 16)
+    r4 = c.attention(q, k, v, method="exact")
+    assert np.array_equal(r2.out, r4.out[0, 0])
+    bits = c.attention(f32_to_bf16(q), f32_to_bf16(k), f32_to_bf16(v),
+                       method="exact", dtype="bf16")
+    flt = c.attention(q, k, v, method="exact", dtype="bf16")
+    assert bits.out_raw.dtype == np.uint16
+    assert np.array_equal(bits.out_raw, flt.out_raw)
+
+
+def test_health_info_metrics_and_keepalive(server):
+    c = Client(server.url)
+    assert c.health() == {"status": "ok"}
+    assert c.ready() is True
+    info = c.info()
+    assert info["backend"] == "cpu" and "limits" in info
+    q, k, v, _ = problem(seed=1, B=1, H=1, Hkv=1, N=40, D=8)
+    for _ in range(3):
+        c.attention(q, k, v)
+    m = c.metrics()
+    assert "# TYPE" in m and "mrad_" in m
+
+
+def test_thread_safety(server):
+    """One client shared by threads: each gets its own connection and
+    every answer belongs to its own request."""
+    c = Client(server.url)
+    probs = [problem(seed=s, B=1, H=2, Hkv=1, N=64, D=16) for s in range(8)]
+    want = [c.attention(q, k, v).out for q, k, v, _ in probs]
+
+    def call(i):
+        q, k, v, _ = probs[i % 8]
+        return i, c.attention(q, k, v, id=str(i))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        for i, r in ex.map(call, range(32)):
+            assert r.id == str(i)
+            assert np.array_equal(r.out, want[i % 8])
+
+
+def test_bad_request(server):
+    c = Client(server.url)
+    q, k, v, _ = problem(seed=2, B=1, H=2, Hkv=2, N=64, D=16)
+    with pytest.raises(BadRequest) as e:
+        c.attention(q, k[:, :, :32], v)
+    assert e.value.status == 400 and e.value.code == "bad_request"
+    assert "shape" in e.value.message or "N" in e.value.message
+    with pytest.raises(BadRequest):
+        c.attention(q, k, v, block_per_row=0)
+    with pytest.raises(BadRequest):  # H % Hkv != 0
+        c.attention(np.concatenate([q, q[:, :1]], axis=1), k, v)
+
+
+def test_transport_error():
+    with pytest.raises(TransportError) as e:
+        Client("http://127.0.0.1:9", timeout=5).health()
+    assert e.value.status == 0
+
+
+def test_unauthorized(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("s3cret-key\n")
+    q, k, v, _ = problem(seed=4, B=1, H=1, Hkv=1, N=32, D=8)
+    with MradServer(extra_args=["--api-key-file", str(key)], threads=1) as srv:
+        for bad in (None, "wrong"):
+            with pytest.raises(Unauthorized) as e:
+                Client(srv.url, api_key=bad).attention(q, k, v)
+            assert e.value.status == 401 and e.value.code == "unauthorized"
+        r = Client(srv.url, api_key="s3cret-key").attention(q, k, v)
+        assert r.out.shape == q.shape
+
+
+def test_payload_too_large():
+    q, k, v, _ = problem(seed=5, B=1, H=2, Hkv=2, N=256, D=32)
+    with MradServer(extra_args=["--max-body-bytes", "16384"], threads=1) as srv:
+        c = Client(srv.url)
+        with pytest.raises(PayloadTooLarge) as e:
+            c.attention(q, k, v)
+        assert e.value.status == 413 and e.value.code == "payload_too_large"
+        small = c.attention(q[:, :1, :32, :8], k[:, :1, :32, :8], v[:, :1, :32, :8])
+        assert small.out.shape == (1, 1, 32, 8)
+
+
+def test_overloaded_and_deadline():
+    """One worker, a queue of one: a long request computes, one waits, the
+    rest are turned away with 503 and Retry-After; a short deadline behind
+    the long request gives 504."""
+    rng = np.random.default_rng(6)
+    big = rng.standard_normal((1, 8, 2048, 64)).astype(np.float32)
+    args = ["--max-queue", "1", "--max-batch-requests", "1"]
+    with MradServer(extra_args=args, threads=1) as srv:
+        c = Client(srv.url, timeout=120)
+        start = threading.Barrier(6)
+
+        def long_call(_):
+            start.wait()
+            try:
+                c.attention(big, big, big, method="exact")
+                return "ok"
+            except Overloaded as e:
+                assert e.status == 503 and e.code == "overloaded"
+                assert e.retry_after is not None and e.retry_after >= 0
+                return "503"
+
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(long_call, range(6)))
+        assert got.count("ok") >= 1 and got.count("503") >= 1, got
+
+        # a deadline that passes while the request waits in the queue
+        q, k, v, _ = problem(seed=7, B=1, H=1, Hkv=1, N=64, D=8)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(lambda: Client(srv.url, timeout=120).attention(
+                big, big, big, method="exact"))
+            time.sleep(0.2)  # the long request is computing by now
+            with pytest.raises(DeadlineExceeded) as e:
+                c.attention(q, k, v, timeout_ms=20)
+            assert e.value.status == 504 and e.value.code == "timeout"
+            assert isinstance(e.value, MradError)
+            fut.result()
