@@ -67,7 +67,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
     _Alignas(64) float s[CPU_TILE * CPU_TILE];
     _Alignas(64) float vlow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float row[ATTN_MAX_HEAD_DIM];
-    float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
+    _Alignas(64) float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
 
     struct lowres_terms lt = {0, -INFINITY, 0.0f};
     if (hd->cnt[I] != 0.0f) {
@@ -76,13 +76,14 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
             m[i] = -INFINITY;
             l[i] = 0.0f;
         }
-        const float *q = hd->q + (size_t)i0 * Dp;
+        /* s holds the transposed tile, st[j][i] (see kernels.h) */
+        const float *qt = hd->qt + (size_t)I * D * CPU_TILE;
         const uint8_t *sel =
             hd->method == ATTN_EXACT ? NULL : hd->sel + (size_t)I * nb;
         for (uint32_t J = 0; J < nb; J++) {
             if ((sel && !sel[J]) || hd->cnt[J] == 0.0f)
                 continue;
-            kern->qk_tile(q, hd->kt + (size_t)J * D * CPU_TILE, D, Dp,
+            kern->qk_tile(hd->k + (size_t)J * CPU_TILE * Dp, qt, D, Dp,
                           hd->scale, s);
             kern->softmax_tile(s, hd->kbias + (size_t)J * CPU_TILE, m, l,
                                alpha);

@@ -288,9 +288,8 @@ static void cpu_model(char *buf, size_t len)
 int attn_cpu_backend_new(const struct attn_config *cfg,
                          const struct attn_backend_i **iface, void **out)
 {
-    const struct cpu_kernels *kern = &cpu_kernels_portable;
-    if (cfg->isa && strcmp(cfg->isa, "auto") != 0 &&
-        strcmp(cfg->isa, "portable") != 0)
+    const struct cpu_kernels *kern = cpu_kernels_pick(cfg->isa);
+    if (!kern)
         return ATTN_ENOTSUP;
     int threads = cfg->threads;
     if (threads <= 0) {

@@ -22,7 +22,7 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
     hd->D = p->D;
     hd->Dp = (p->D + CPU_DPAD - 1) / CPU_DPAD * CPU_DPAD;
     hd->nb = attn_num_blocks(p->N);
-    hd->k = attn_budget(p);
+    hd->budget = attn_budget(p);
     hd->scale = attn_scale(p);
     hd->method = p->method;
 }
@@ -38,8 +38,8 @@ static int pieces(const struct cpu_head *hd, struct piece *pc)
     int mra = hd->method != ATTN_EXACT;
     size_t nn = mra ? nb * nb : 0; /* nb < 2^27: no overflow in 64 bits */
     int n = 0;
-    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* q */
-    pc[n++] = (struct piece){sizeof(float), nb * D * CPU_TILE}; /* kt */
+    pc[n++] = (struct piece){sizeof(float), nb * D * CPU_TILE}; /* qt */
+    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* k */
     pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* v */
     pc[n++] = (struct piece){sizeof(float), Np};                /* kbias */
     pc[n++] = (struct piece){sizeof(float), nb};                /* cnt */
@@ -74,7 +74,7 @@ void cpu_head_carve(struct cpu_head *hd, void *mem)
     struct piece pc[16];
     int n = pieces(hd, pc);
     void **dst[] = {
-        (void **)&hd->q,     (void **)&hd->kt,      (void **)&hd->v,
+        (void **)&hd->qt,    (void **)&hd->k,       (void **)&hd->v,
         (void **)&hd->kbias, (void **)&hd->cnt,     (void **)&hd->qh,
         (void **)&hd->vh,    (void **)&hd->khT,     (void **)&hd->L,
         (void **)&hd->S,     (void **)&hd->scratch, (void **)&hd->sel};
@@ -103,46 +103,48 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
     const struct attn_problem *p = hd->p;
     uint32_t D = hd->D, Dp = hd->Dp;
     uint32_t kvh = hd->h / (p->H / p->Hkv);
-    float krow[ATTN_MAX_HEAD_DIM];
+    float qrow[ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float kmean[ATTN_MAX_HEAD_DIM];
     for (uint32_t J = J0; J < J1; J++) {
         float c = 0.0f;
-        float *kt = hd->kt + (size_t)J * D * CPU_TILE;
+        float *qt = hd->qt + (size_t)J * D * CPU_TILE;
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
-            float *q = hd->q + (size_t)t * Dp, *v = hd->v + (size_t)t * Dp;
+            float *k = hd->k + (size_t)t * Dp, *v = hd->v + (size_t)t * Dp;
             int real =
                 t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
-            memset(q, 0, Dp * sizeof *q);
+            memset(k, 0, Dp * sizeof *k);
             memset(v, 0, Dp * sizeof *v);
-            memset(krow, 0, D * sizeof *krow);
+            memset(qrow, 0, D * sizeof *qrow);
             if (real) {
-                attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), q, D);
-                attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), krow,
+                attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow,
                             D);
+                attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), k, D);
                 attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v, D);
                 c += 1.0f;
             }
             for (uint32_t d = 0; d < D; d++)
-                kt[(size_t)d * CPU_TILE + jj] = krow[d];
+                qt[(size_t)d * CPU_TILE + jj] = qrow[d];
             hd->kbias[t] = real ? 0.0f : -INFINITY;
         }
         hd->cnt[J] = c;
         if (hd->method == ATTN_EXACT)
             continue;
-        float *base_q = hd->q + (size_t)J * CPU_TILE * Dp;
-        float *base_v = hd->v + (size_t)J * CPU_TILE * Dp;
-        kern->block_mean(base_q, Dp, c, hd->qh + (size_t)J * Dp);
-        kern->block_mean(base_v, Dp, c, hd->vh + (size_t)J * Dp);
-        /* key means from the transposed block: row d of kt holds the 32
-         * keys' d-th component, summed in token order like block_mean */
+        /* block means: K and V rows through the kernel; Q from its
+         * transposed block, summed in token order all the same */
+        kern->block_mean(hd->k + (size_t)J * CPU_TILE * Dp, Dp, c, kmean);
+        kern->block_mean(hd->v + (size_t)J * CPU_TILE * Dp, Dp, c,
+                         hd->vh + (size_t)J * Dp);
+        float *qh = hd->qh + (size_t)J * Dp;
+        memset(qh, 0, Dp * sizeof *qh);
         for (uint32_t d = 0; d < D; d++) {
+            hd->khT[(size_t)d * hd->nb + J] = kmean[d];
+            if (c == 0.0f)
+                continue;
             float s = 0.0f;
-            if (c != 0.0f) {
-                for (uint32_t jj = 0; jj < CPU_TILE; jj++)
-                    s += kt[(size_t)d * CPU_TILE + jj];
-                s /= c;
-            }
-            hd->khT[(size_t)d * hd->nb + J] = s;
+            for (uint32_t jj = 0; jj < CPU_TILE; jj++)
+                s += qt[(size_t)d * CPU_TILE + jj];
+            qh[d] = s / c;
         }
     }
 }
@@ -165,5 +167,5 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
 void cpu_head_select(struct cpu_head *hd)
 {
     size_t n = (size_t)hd->nb * hd->nb;
-    attn_select_topk(hd->S, n, (size_t)hd->k, hd->sel, hd->scratch);
+    attn_select_topk(hd->S, n, (size_t)hd->budget, hd->sel, hd->scratch);
 }

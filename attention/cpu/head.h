@@ -4,8 +4,8 @@
  *
  * A head goes through up to four phases, each a parallel loop over
  * independent items (see cpu-backend.c):
- *   1. load    (per key block J): f32 working copies of Q, K (transposed
- *              per block), V with masked and padded tokens zeroed, the key
+ *   1. load    (per block J): f32 working copies of Q (transposed per
+ *              block), K and V with masked and padded tokens zeroed, the key
  *              bias, block counts, and for MRA the block means;
  *   2. lowres  (MRA, per block row I): L_IJ for all J, its row max, and the
  *              selection scores S_IJ;
@@ -30,12 +30,12 @@ struct cpu_head {
     uint32_t b, h;     /* batch entry and query head */
     uint32_t N, D, Dp; /* tokens, head dim, padded head dim */
     uint32_t nb;       /* blocks */
-    uint64_t k;        /* budget (MRA) */
+    uint64_t budget;   /* k of the spec (MRA) */
     float scale;
     int method; /* enum attn_method */
     /* workspace, carved from the backend's arena by cpu_head_carve() */
-    float *q;          /* [nb*32][Dp], masked rows 0 */
-    float *kt;         /* [nb][D][32], block J transposed */
+    float *qt;         /* [nb][D][32]: block I of Q transposed */
+    float *k;          /* [nb*32][Dp], masked rows 0 */
     float *v;          /* [nb*32][Dp] */
     float *kbias;      /* [nb*32]: 0 for a real key, -inf otherwise */
     float *cnt;        /* [nb]: c_J */

@@ -3,8 +3,12 @@
  * GCC/Clang vector extensions and instantiated per ISA by the file that
  * includes it (kernels.c for the portable SSE2 baseline).
  *
- * The includer defines KVEC (floats per vector: 4, 8 or 16) and KNAME (the
- * table's name) and KTABLE (the table's symbol).  Every reduction runs
+ * The includer defines KVEC (floats per vector: 4, 8 or 16), the register
+ * blocking QK_ROWS x QK_KEYS (query rows x keys of Q K^T held in
+ * registers) and PV_ROWS x PV_COLS (rows x columns of P V), KNAME (the
+ * table's name) and KTABLE (the table's symbol).  The blockings aim at
+ * about eight independent accumulators, enough to hide the latency of the
+ * multiply-adds without spilling.  Every reduction runs
  * "vertically": accumulators are indexed by lane and the sum over d or j
  * goes in program order, so a given KVEC always gives the same bits no
  * matter how work is split between threads.
@@ -20,14 +24,13 @@ typedef int32_t vi __attribute__((vector_size(KVEC * 4)));
 typedef float vfu __attribute__((vector_size(KVEC * 4), aligned(4)));
 
 #define NJ (CPU_TILE / KVEC) /* vectors per 32 keys */
-#define ND (CPU_DPAD / KVEC) /* vectors per CPU_DPAD floats */
 
 static inline vf ld(const float *p)
 {
     return *(const vfu *)p;
 }
 
-static inline void st(float *p, vf x)
+static inline void stv(float *p, vf x)
 {
     *(vfu *)p = x;
 }
@@ -66,108 +69,107 @@ static inline vf vexp(vf x)
     return (vf)((vi)(p * scale) & ~under);
 }
 
-static inline float hmax(vf x)
+/* S^T = K Q^T for a tile: st[j][i] = scale * sum_d k[j][d] * qt[d][i],
+ * keys j as rows and query rows i across the vector lanes, so the softmax
+ * below works lane-wise with no horizontal reductions.  QK_ROWS keys at a
+ * time against QK_KEYS query lanes keep QK_ROWS * QK_KEYS / KVEC
+ * accumulators in registers; each qt vector is loaded once per group. */
+static void k_qk_tile(const float *k, const float *qt, uint32_t D, uint32_t Dp,
+                      float scale, float *st)
 {
-    float m = x[0];
-    for (int t = 1; t < KVEC; t++)
-        m = x[t] > m ? x[t] : m;
-    return m;
-}
-
-static inline float hsum(vf x)
-{
-    float s = 0.0f;
-    for (int t = 0; t < KVEC; t++)
-        s += x[t];
-    return s;
-}
-
-/* Q K^T: two query rows at a time against half a tile (16 keys), so the
- * accumulators stay in registers and each key vector is loaded once per
- * pair of rows. */
-static void k_qk_tile(const float *q, const float *kt, uint32_t D, uint32_t Dp,
-                      float scale, float *s)
-{
-    enum { HJ = NJ / 2 };
-    for (int i = 0; i < CPU_TILE; i += 2) {
-        const float *q0 = q + (size_t)i * Dp, *q1 = q0 + Dp;
-        for (int h = 0; h < 2; h++) {
-            vf a0[HJ], a1[HJ];
-            for (int t = 0; t < HJ; t++)
-                a0[t] = a1[t] = splat(0.0f);
-            const float *k = kt + h * (CPU_TILE / 2);
-            for (uint32_t d = 0; d < D; d++, k += CPU_TILE) {
-                vf x0 = splat(q0[d]), x1 = splat(q1[d]);
-                for (int t = 0; t < HJ; t++) {
-                    vf kv = ld(k + t * KVEC);
-                    a0[t] += x0 * kv;
-                    a1[t] += x1 * kv;
+    enum { KV = QK_KEYS / KVEC };
+    for (int j = 0; j < CPU_TILE; j += QK_ROWS) {
+        for (int h = 0; h < CPU_TILE; h += QK_KEYS) {
+            vf a[QK_ROWS][KV];
+            for (int r = 0; r < QK_ROWS; r++)
+                for (int t = 0; t < KV; t++)
+                    a[r][t] = splat(0.0f);
+            const float *q = qt + h;
+            const float *kr = k + (size_t)j * Dp;
+            for (uint32_t d = 0; d < D; d++, q += CPU_TILE) {
+                vf qv[KV];
+                for (int t = 0; t < KV; t++)
+                    qv[t] = ld(q + t * KVEC);
+                for (int r = 0; r < QK_ROWS; r++) {
+                    vf x = splat(kr[(size_t)r * Dp + d]);
+                    for (int t = 0; t < KV; t++)
+                        a[r][t] += x * qv[t];
                 }
             }
-            float *s0 = s + i * CPU_TILE + h * (CPU_TILE / 2);
-            for (int t = 0; t < HJ; t++) {
-                st(s0 + t * KVEC, a0[t] * scale);
-                st(s0 + CPU_TILE + t * KVEC, a1[t] * scale);
-            }
+            for (int r = 0; r < QK_ROWS; r++)
+                for (int t = 0; t < KV; t++)
+                    stv(st + (j + r) * CPU_TILE + h + t * KVEC,
+                        a[r][t] * scale);
         }
     }
 }
 
-static void k_softmax_tile(float *s, const float *kbias, float *m, float *l,
+/* Online softmax over a transposed tile, NJ vectors of query rows at a
+ * time: max over keys, rescale factor, exponentials and their sum, all
+ * vertical, keys in order. */
+static void k_softmax_tile(float *st, const float *kbias, float *m, float *l,
                            float *alpha)
 {
-    vf bias[NJ];
+    vf mx[NJ];
     for (int t = 0; t < NJ; t++)
-        bias[t] = ld(kbias + t * KVEC);
-    for (int i = 0; i < CPU_TILE; i++) {
-        float *row = s + i * CPU_TILE;
-        vf x[NJ], mx = splat(m[i]);
+        mx[t] = ld(m + t * KVEC);
+    for (int j = 0; j < CPU_TILE; j++) {
+        vf b = splat(kbias[j]);
         for (int t = 0; t < NJ; t++) {
-            x[t] = ld(row + t * KVEC) + bias[t];
-            mx = blend(x[t] > mx, x[t], mx);
+            vf x = ld(st + j * CPU_TILE + t * KVEC) + b;
+            mx[t] = blend(x > mx[t], x, mx[t]);
         }
-        float mnew = hmax(mx);
-        /* alpha = exp(m_old - m_new); -inf - finite = -inf -> 0 */
-        alpha[i] = vexp(splat(m[i] - mnew))[0];
-        vf sum = splat(0.0f), mv = splat(mnew);
-        for (int t = 0; t < NJ; t++) {
-            vf p = vexp(x[t] - mv);
-            sum += p;
-            st(row + t * KVEC, p);
-        }
-        l[i] = l[i] * alpha[i] + hsum(sum);
-        m[i] = mnew;
     }
+    vf sum[NJ];
+    for (int t = 0; t < NJ; t++) {
+        vf al = vexp(ld(m + t * KVEC) - mx[t]); /* -inf - finite -> 0 */
+        stv(alpha + t * KVEC, al);
+        stv(m + t * KVEC, mx[t]);
+        sum[t] = splat(0.0f);
+    }
+    for (int j = 0; j < CPU_TILE; j++) {
+        vf b = splat(kbias[j]);
+        for (int t = 0; t < NJ; t++) {
+            float *row = st + j * CPU_TILE + t * KVEC;
+            vf p = vexp(ld(row) + b - mx[t]);
+            sum[t] += p;
+            stv(row, p);
+        }
+    }
+    for (int t = 0; t < NJ; t++)
+        stv(l + t * KVEC, ld(l + t * KVEC) * ld(alpha + t * KVEC) + sum[t]);
 }
 
-/* P V: two rows at a time over CPU_DPAD columns of V, the accumulators in
- * registers across the 32 keys. */
+/* P V from a transposed tile (p[j][i]): PV_ROWS query rows at a time
+ * over PV_COLS columns of V, the accumulators in registers across the 32
+ * keys. */
 static void k_pv_tile(const float *p, const float *v, uint32_t Dp,
                       const float *alpha, float *acc)
 {
-    for (int i = 0; i < CPU_TILE; i += 2) {
-        const float *p0 = p + i * CPU_TILE, *p1 = p0 + CPU_TILE;
-        float *c0 = acc + (size_t)i * Dp, *c1 = c0 + Dp;
-        vf al0 = splat(alpha[i]), al1 = splat(alpha[i + 1]);
-        for (uint32_t d0 = 0; d0 < Dp; d0 += CPU_DPAD) {
-            vf a0[ND], a1[ND];
-            for (int t = 0; t < ND; t++) {
-                a0[t] = ld(c0 + d0 + t * KVEC) * al0;
-                a1[t] = ld(c1 + d0 + t * KVEC) * al1;
+    enum { CV = PV_COLS / KVEC };
+    for (int i = 0; i < CPU_TILE; i += PV_ROWS) {
+        for (uint32_t d0 = 0; d0 < Dp; d0 += PV_COLS) {
+            vf a[PV_ROWS][CV];
+            for (int r = 0; r < PV_ROWS; r++) {
+                vf al = splat(alpha[i + r]);
+                for (int t = 0; t < CV; t++)
+                    a[r][t] =
+                        ld(acc + (size_t)(i + r) * Dp + d0 + t * KVEC) * al;
             }
             const float *vr = v + d0;
             for (int j = 0; j < CPU_TILE; j++, vr += Dp) {
-                vf w0 = splat(p0[j]), w1 = splat(p1[j]);
-                for (int t = 0; t < ND; t++) {
-                    vf vv = ld(vr + t * KVEC);
-                    a0[t] += w0 * vv;
-                    a1[t] += w1 * vv;
+                vf vv[CV];
+                for (int t = 0; t < CV; t++)
+                    vv[t] = ld(vr + t * KVEC);
+                for (int r = 0; r < PV_ROWS; r++) {
+                    vf w = splat(p[j * CPU_TILE + i + r]);
+                    for (int t = 0; t < CV; t++)
+                        a[r][t] += w * vv[t];
                 }
             }
-            for (int t = 0; t < ND; t++) {
-                st(c0 + d0 + t * KVEC, a0[t]);
-                st(c1 + d0 + t * KVEC, a1[t]);
-            }
+            for (int r = 0; r < PV_ROWS; r++)
+                for (int t = 0; t < CV; t++)
+                    stv(acc + (size_t)(i + r) * Dp + d0 + t * KVEC, a[r][t]);
         }
     }
 }
@@ -181,7 +183,7 @@ static void k_block_mean(const float *x, uint32_t Dp, float cnt, float *out)
                 a += ld(x + (size_t)i * Dp + d0);
             a = a / cnt;
         }
-        st(out + d0, a);
+        stv(out + d0, a);
     }
 }
 
@@ -200,7 +202,7 @@ static void k_lowres_row(const float *qh, const float *khT, uint32_t D,
                 a[t] += x * ld(k + t * KVEC);
         }
         for (int t = 0; t < 4; t++)
-            st(L + J + t * KVEC, a[t] * scale);
+            stv(L + J + t * KVEC, a[t] * scale);
     }
     for (; J < nb; J++) {
         float a = 0.0f;

@@ -9,9 +9,11 @@
  *
  * Shapes: a tile is 32 query rows by 32 keys (ATTN_BLOCK).  Row-major f32
  * buffers have a row stride Dp (the head dimension D rounded up to
- * CPU_DPAD, zero-padded) so the loops over D run on whole vectors.  A key
- * block is stored transposed, kt[d][j] (D rows of 32), so Q K^T is a run
- * of broadcast-multiply-adds over 32 contiguous keys.
+ * CPU_DPAD, zero-padded) so the loops over D run on whole vectors.  A query
+ * block is stored transposed, qt[d][i] (D rows of 32), and the logits of a
+ * tile come out transposed, st[j][i]: query rows run across the vector
+ * lanes, so the online softmax (max, exp, sum per row) is purely
+ * lane-wise, with no horizontal reductions.
  */
 #ifndef MRAD_ATTN_CPU_KERNELS_H
 #define MRAD_ATTN_CPU_KERNELS_H
@@ -20,22 +22,23 @@
 #include <stdint.h>
 
 #define CPU_TILE 32
-#define CPU_DPAD 16
+#define CPU_DPAD 32
 
 struct cpu_kernels {
     const char *name; /* "portable", ... */
-    /* s[i][j] = scale * sum_d q[i][d] * kt[d][j], for a 32x32 tile.
-     * q: 32 rows of stride Dp; kt: D rows of 32. */
-    void (*qk_tile)(const float *q, const float *kt, uint32_t D, uint32_t Dp,
-                    float scale, float *s);
-    /* Online-softmax step for a tile: adds kbias[j] (0, or -inf for a
-     * masked key) to s[i][j], raises the running row maximum m[i], writes
-     * alpha[i] = exp(m_old - m_new), replaces s by p = exp(s - m_new), and
-     * updates l[i] = l[i] * alpha[i] + sum_j p[i][j]. */
-    void (*softmax_tile)(float *s, const float *kbias, float *m, float *l,
+    /* Transposed logits of a tile: st[j][i] = scale * sum_d k[j][d] *
+     * qt[d][i].  k: 32 key rows of stride Dp; qt: D rows of 32 query
+     * components. */
+    void (*qk_tile)(const float *k, const float *qt, uint32_t D, uint32_t Dp,
+                    float scale, float *st);
+    /* Online-softmax step on a transposed tile: adds kbias[j] (0, or -inf
+     * for a masked key) to st[j][i], raises the running maximum m[i] of
+     * each query row, writes alpha[i] = exp(m_old - m_new), replaces st by
+     * p = exp(st - m_new) and updates l[i] = l[i] * alpha[i] + sum_j p. */
+    void (*softmax_tile)(float *st, const float *kbias, float *m, float *l,
                          float *alpha);
-    /* acc[i][:] = acc[i][:] * alpha[i] + sum_j p[i][j] * v[j][:], with acc
-     * and v of stride Dp. */
+    /* acc[i][:] = acc[i][:] * alpha[i] + sum_j p[j][i] * v[j][:], with p
+     * transposed as above and acc, v of stride Dp. */
     void (*pv_tile)(const float *p, const float *v, uint32_t Dp,
                     const float *alpha, float *acc);
     /* Mean of the 32 rows of x (stride Dp) divided by cnt (0 when cnt is
@@ -49,5 +52,16 @@ struct cpu_kernels {
 
 /* The portable C kernels (any x86-64 or other target). */
 extern const struct cpu_kernels cpu_kernels_portable;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CPU_KERNELS_X86 1
+/* AVX2 + FMA and AVX-512F variants; call only where the CPU has them. */
+extern const struct cpu_kernels cpu_kernels_avx2;
+extern const struct cpu_kernels cpu_kernels_avx512;
+#endif
+
+/* The kernels for an ISA name: NULL or "auto" (the best this CPU runs),
+ * "portable", "avx2", "avx512".  Returns NULL for an unknown name or one
+ * this CPU cannot run. */
+const struct cpu_kernels *cpu_kernels_pick(const char *isa);
 
 #endif /* MRAD_ATTN_CPU_KERNELS_H */
