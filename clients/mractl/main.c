@@ -1,0 +1,57 @@
+/*
+ * main.c - entry point of mractl, the command-line tool of mrad: looks the
+ * subcommand up in one table (name, function, one-line help) and runs it.
+ * Each subcommand lives in its own file and parses its own options.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mractl.h"
+
+static int cmd_help(int argc, char **argv);
+
+static const struct {
+    const char *name;
+    mractl_cmd_fn fn;
+    const char *help;
+} commands[] = {
+    {"run", mractl_cmd_run,
+     "compute one request body: run --local FILE|- [--threads N] [--json]"},
+    {"help", cmd_help, "list the subcommands"},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mractl COMMAND [OPTIONS]\n\ncommands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n`mractl COMMAND --help` describes a command's options.\n"
+               "Exit status: 0 success, 1 internal or I/O failure, 2 bad "
+               "request or usage.\n");
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    usage(stdout);
+    return MRACTL_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return MRACTL_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return cmd_help(argc - 1, argv + 1);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "mractl: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+    return MRACTL_EXIT_USAGE;
+}

@@ -1,0 +1,160 @@
+/*
+ * random.c - `mractl random`: writes the body of a random attention
+ * request (msgpack, or JSON with --json) for trying the service and for
+ * load tests.  The values come from mrac_random_problem(), the generator
+ * mra-load uses too, so the same flags and seed give the same bytes.
+ */
+#include "mractl.h"
+#include "remote.h"
+
+#include "../c/mraclient.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage_random(void)
+{
+    fprintf(stderr,
+            "usage: mractl random --shape B,H,N,D [--hkv N]\n"
+            "           [--method mra2|mra2_sparse|exact] "
+            "[--dtype f32|f16|bf16]\n"
+            "           [--seed S] [--block-per-row K] [--id ID] [--json] "
+            "[-o FILE]\n"
+            "Writes a request body with q, k, v uniform in [-1, 1) to FILE "
+            "(default stdout).\n");
+}
+
+static int parse_u32(const char *s, uint32_t *v)
+{
+    char *end;
+    errno = 0;
+    unsigned long x = strtoul(s, &end, 10);
+    if (end == s || *end || errno || x == 0 || x > UINT32_MAX)
+        return -1;
+    *v = (uint32_t)x;
+    return 0;
+}
+
+int mractl_cmd_random(int argc, char **argv)
+{
+    struct mrac_random_spec sp = {.method = ATTN_MRA2, .dtype = ATTN_F32};
+    const char *out_path = NULL, *id = NULL;
+    int json = 0, have_shape = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--json")) {
+            json = 1;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage_random();
+            return MRACTL_EXIT_USAGE;
+        }
+        if (i + 1 == argc) {
+            usage_random();
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "unexpected or incomplete argument '%s'", a);
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--shape")) {
+            char extra;
+            unsigned b, h, n, d;
+            bad = sscanf(v, "%u,%u,%u,%u%c", &b, &h, &n, &d, &extra) != 4 ||
+                  !b || !h || !n || !d;
+            sp.B = b, sp.H = h, sp.N = n, sp.D = d;
+            have_shape = 1;
+        } else if (!strcmp(a, "--hkv")) {
+            bad = parse_u32(v, &sp.Hkv);
+        } else if (!strcmp(a, "--block-per-row")) {
+            bad = parse_u32(v, &sp.block_per_row);
+        } else if (!strcmp(a, "--seed")) {
+            char *end;
+            errno = 0;
+            sp.seed = strtoull(v, &end, 10);
+            bad = end == v || *end || errno;
+        } else if (!strcmp(a, "--method")) {
+            bad = 1;
+            for (int m = 0; m < 3; m++)
+                if (!strcmp(v, attn_method_name((enum attn_method)m))) {
+                    sp.method = (enum attn_method)m;
+                    bad = 0;
+                }
+        } else if (!strcmp(a, "--dtype")) {
+            bad = 1;
+            for (int t = 0; t < 3; t++)
+                if (!strcmp(v, attn_dtype_name((enum attn_dtype)t))) {
+                    sp.dtype = (enum attn_dtype)t;
+                    bad = 0;
+                }
+        } else if (!strcmp(a, "--id")) {
+            id = v;
+            bad = strlen(v) > PROTO_ID_MAX;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            out_path = v;
+        } else {
+            usage_random();
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "unknown option '%s'", a);
+        }
+        if (bad)
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "bad value for %s: '%s'", a, v);
+    }
+    if (!have_shape) {
+        usage_random();
+        return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                           "--shape B,H,N,D is required");
+    }
+
+    struct attn_problem p;
+    void *mem;
+    int rc = mrac_random_problem(&sp, &p, &mem);
+    if (rc != MRAC_OK) {
+        /* Say which field is wrong: the problem check has the words. */
+        char msg[256] = "";
+        static const char stand_in[8];
+        struct attn_problem chk = {
+            .method = sp.method,
+            .dtype = sp.dtype,
+            .B = sp.B,
+            .H = sp.H,
+            .Hkv = sp.Hkv ? sp.Hkv : sp.H,
+            .N = sp.N,
+            .D = sp.D,
+            .q = stand_in,
+            .k = stand_in,
+            .v = stand_in,
+            .out = (void *)stand_in,
+            .block_per_row = sp.block_per_row,
+        };
+        attn_problem_check(&chk, msg, sizeof msg);
+        return mractl_fail(rc == MRAC_ENOMEM ? MRACTL_EXIT_FAIL
+                                             : MRACTL_EXIT_USAGE,
+                           rc == MRAC_ENOMEM ? "internal" : "bad_request", "%s",
+                           msg[0] ? msg : mrac_strerror(rc));
+    }
+    char *body;
+    size_t len;
+    rc = proto_request_encode(&p, json ? PROTO_JSON : PROTO_MSGPACK, id, 0,
+                              &body, &len);
+    free(mem);
+    if (rc != PROTO_OK)
+        return mractl_fail(MRACTL_EXIT_FAIL, "internal", "%s",
+                           proto_strerror(rc));
+    FILE *f = out_path ? fopen(out_path, "wb") : stdout;
+    int st = MRACTL_EXIT_OK;
+    if (f) {
+        int bad = fwrite(body, 1, len, f) != len;
+        bad |= (f == stdout ? fflush(f) : fclose(f)) != 0;
+        if (bad)
+            f = NULL;
+    }
+    if (!f)
+        st = mractl_fail(MRACTL_EXIT_FAIL, "io_error", "cannot write %s: %s",
+                         out_path ? out_path : "stdout", strerror(errno));
+    free(body);
+    return st;
+}

@@ -1,0 +1,238 @@
+/*
+ * remote.c - mractl's subcommands that talk to a running mrad through the
+ * C client library: `run --url`, `health`, `info` and `metrics`.
+ *
+ * Answers go to stdout byte for byte, so `mractl run --url` and
+ * `mractl run --local` can be compared with cmp(1) on their out tensors;
+ * failures go to stderr as the service's JSON error body.
+ */
+#include "mractl.h"
+#include "remote.h"
+
+#include "../c/mraclient.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_URL "http://127.0.0.1:8080"
+
+struct remote_opts {
+    const char *url;
+    const char *key_file;
+    double timeout_s;
+    const char *file; /* run: the body */
+};
+
+static void usage_remote(const char *cmd)
+{
+    if (strcmp(cmd, "run") == 0)
+        fprintf(stderr, "usage: mractl run --url URL [--api-key-file F] "
+                        "[--timeout S] FILE|-\n");
+    else
+        fprintf(stderr,
+                "usage: mractl %s [--url URL] [--api-key-file F] "
+                "[--timeout S]\n",
+                cmd);
+}
+
+/* Parses the options every remote subcommand shares.  Returns 0, or an
+ * exit status after printing why. */
+static int parse_opts(int argc, char **argv, int want_file,
+                      struct remote_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->url = DEFAULT_URL;
+    o->timeout_s = 300;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst = NULL;
+        if (!strcmp(a, "--url"))
+            dst = &o->url;
+        else if (!strcmp(a, "--api-key-file"))
+            dst = &o->key_file;
+        if (dst || !strcmp(a, "--timeout")) {
+            if (i + 1 == argc) {
+                usage_remote(argv[0]);
+                return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                                   "%s needs a value", a);
+            }
+            if (dst) {
+                *dst = argv[++i];
+            } else {
+                char *end;
+                o->timeout_s = strtod(argv[++i], &end);
+                if (*end || o->timeout_s < 0)
+                    return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                                       "--timeout wants seconds, not '%s'",
+                                       argv[i]);
+            }
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage_remote(argv[0]);
+            return MRACTL_EXIT_USAGE;
+        } else if (want_file && !o->file && (a[0] != '-' || !strcmp(a, "-"))) {
+            o->file = a;
+        } else {
+            usage_remote(argv[0]);
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "unexpected argument '%s'", a);
+        }
+    }
+    if (want_file && !o->file) {
+        usage_remote(argv[0]);
+        return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                           "no request file given");
+    }
+    return 0;
+}
+
+/* Creates the client from the options.  Returns 0 or an exit status. */
+static int open_client(const struct remote_opts *o, struct mrac_client **c)
+{
+    char *key = NULL;
+    if (o->key_file) {
+        size_t len;
+        key = mractl_read_file(o->key_file, &len);
+        if (!key)
+            return mractl_fail(MRACTL_EXIT_FAIL, "io_error",
+                               "cannot read %s: %s", o->key_file,
+                               strerror(errno));
+        key[strcspn(key, "\r\n")] = '\0';
+    }
+    if (mrac_global_init() != MRAC_OK) {
+        free(key);
+        return mractl_fail(MRACTL_EXIT_FAIL, "internal",
+                           "libcurl failed to initialise");
+    }
+    struct mrac_options opt = {
+        .url = o->url,
+        .api_key = key,
+        .timeout_ms = (uint32_t)(o->timeout_s * 1000.0),
+    };
+    struct mrac_error err;
+    int rc = mrac_client_new(&opt, c, &err);
+    free(key);
+    if (rc != MRAC_OK)
+        return mractl_fail(rc == MRAC_EINVAL ? MRACTL_EXIT_USAGE
+                                             : MRACTL_EXIT_FAIL,
+                           err.code, "%s", err.message);
+    return 0;
+}
+
+/* The exit status and stderr report of a failed call.  `body` is the
+ * answer when one arrived. */
+static int report(const struct mrac_error *err, const char *body)
+{
+    if (err->err == MRAC_EHTTP) {
+        /* The server's own JSON error body when it sent one. */
+        if (body && strncmp(err->code, "http_", 5) != 0) {
+            fputs(body, stderr);
+            if (!*body || body[strlen(body) - 1] != '\n')
+                fputc('\n', stderr);
+        } else {
+            mractl_fail(0, err->code, "HTTP %ld: %s", err->status,
+                        err->message);
+        }
+        return err->status >= 400 && err->status < 500 ? MRACTL_EXIT_USAGE
+                                                       : MRACTL_EXIT_FAIL;
+    }
+    return mractl_fail(MRACTL_EXIT_FAIL, err->code, "%s", err->message);
+}
+
+static int write_all(const char *data, size_t len)
+{
+    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
+        return mractl_fail(MRACTL_EXIT_FAIL, "io_error",
+                           "cannot write the answer: %s", strerror(errno));
+    return MRACTL_EXIT_OK;
+}
+
+int mractl_cmd_run_remote(int argc, char **argv)
+{
+    struct remote_opts o;
+    int st = parse_opts(argc, argv, 1, &o);
+    if (st)
+        return st;
+    size_t len;
+    char *body = mractl_read_file(o.file, &len);
+    if (!body)
+        return mractl_fail(MRACTL_EXIT_FAIL, "io_error", "cannot read %s: %s",
+                           o.file, strerror(errno));
+    struct mrac_client *c;
+    if ((st = open_client(&o, &c))) {
+        free(body);
+        return st;
+    }
+    size_t sk = strspn(body, " \t\r\n");
+    enum proto_format fmt =
+        sk < len && body[sk] == '{' ? PROTO_JSON : PROTO_MSGPACK;
+    char *resp;
+    size_t rlen;
+    long status;
+    struct mrac_error err;
+    int rc = mrac_post_raw(c, body, len, fmt, &resp, &rlen, &status, &err);
+    free(body);
+    st = rc == MRAC_OK ? write_all(resp, rlen) : report(&err, resp);
+    free(resp);
+    mrac_client_free(c);
+    mrac_global_cleanup();
+    return st;
+}
+
+int mractl_cmd_run_any(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--url"))
+            return mractl_cmd_run_remote(argc, argv);
+    return mractl_cmd_run(argc, argv);
+}
+
+/* health, info and metrics differ only in the endpoint. */
+static int get_cmd(int argc, char **argv,
+                   int (*fn)(struct mrac_client *, char **,
+                             struct mrac_error *))
+{
+    struct remote_opts o;
+    int st = parse_opts(argc, argv, 0, &o);
+    if (st)
+        return st;
+    struct mrac_client *c;
+    if ((st = open_client(&o, &c)))
+        return st;
+    char *text;
+    struct mrac_error err;
+    int rc = fn(c, &text, &err);
+    if (rc == MRAC_OK) {
+        st = write_all(text, strlen(text));
+        if (st == MRACTL_EXIT_OK && *text && text[strlen(text) - 1] != '\n')
+            putchar('\n');
+    } else if (rc == MRAC_EHTTP && text && err.status == 503 &&
+               fn == mrac_health) {
+        /* A draining server still says so in its health body. */
+        write_all(text, strlen(text));
+        putchar('\n');
+        st = MRACTL_EXIT_FAIL;
+    } else {
+        st = report(&err, text);
+    }
+    free(text);
+    mrac_client_free(c);
+    mrac_global_cleanup();
+    return st;
+}
+
+int mractl_cmd_health(int argc, char **argv)
+{
+    return get_cmd(argc, argv, mrac_health);
+}
+
+int mractl_cmd_info(int argc, char **argv)
+{
+    return get_cmd(argc, argv, mrac_info);
+}
+
+int mractl_cmd_metrics(int argc, char **argv)
+{
+    return get_cmd(argc, argv, mrac_metrics);
+}
