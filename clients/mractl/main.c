@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "mractl.h"
+#include "remote.h"
 
 static int cmd_help(int argc, char **argv);
 
@@ -15,8 +16,14 @@ static const struct {
     mractl_cmd_fn fn;
     const char *help;
 } commands[] = {
-    {"run", mractl_cmd_run,
-     "compute one request body: run --local FILE|- [--threads N] [--json]"},
+    {"run", mractl_cmd_run_any,
+     "compute one request body: run --local FILE|- [--threads N] [--json]\n"
+     "           or send it to a server: run --url URL FILE|-"},
+    {"random", mractl_cmd_random,
+     "write a random request body: random --shape B,H,N,D [-o FILE]"},
+    {"health", mractl_cmd_health, "GET /healthz of a server [--url URL]"},
+    {"info", mractl_cmd_info, "GET /v1/info of a server [--url URL]"},
+    {"metrics", mractl_cmd_metrics, "GET /metrics of a server [--url URL]"},
     {"help", cmd_help, "list the subcommands"},
 };
 
