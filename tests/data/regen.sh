@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# regen.sh - writes the request bodies of tests/data again, byte for byte
+# (tools/mkreq.py is deterministic for a given --seed).  The req-* files
+# are valid requests that tests/integration/test_mractl.py computes and
+# checks against the float64 reference; the bad-* files are malformed
+# bodies kept as regression cases, each refused with the field named in
+# bad-expect.txt.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+py=.venv/bin/python
+out=tests/data
+
+$py tools/mkreq.py --shape 1,2,70,4 --hkv 1 --mask random --block-per-row 1 \
+    --id data-mra2 --seed 1 -o $out/req-mra2-f32.msgpack
+$py tools/mkreq.py --shape 1,2,65,8 --dtype bf16 --method mra2_sparse \
+    --mask blocks --num-blocks 4 --prior-first 1 --seed 2 \
+    -o $out/req-sparse-bf16.msgpack
+$py tools/mkreq.py --shape 2,2,33,3 --hkv 2 --dtype f16 --method mra2 \
+    --prior-diagonal 3 --block-per-row 1 --scale 0.5 --seed 3 \
+    -o $out/req-diag-f16.msgpack
+$py tools/mkreq.py --shape 1,1,5,4 --dtype f16 --method exact --scale 0.5 \
+    --id data-json --json --seed 4 -o $out/req-exact-f16.json
+
+# Malformed bodies: a valid one edited in one place each.
+$py - "$out" <<'PY'
+import pathlib, sys
+import msgpack
+sys.path.insert(0, "tests/pyref")
+import wire
+import numpy as np
+
+out = pathlib.Path(sys.argv[1])
+rng = np.random.default_rng(5)
+q = rng.standard_normal((1, 2, 40, 8), dtype=np.float32)
+k = rng.standard_normal((1, 1, 40, 8), dtype=np.float32)
+good = msgpack.unpackb(wire.encode_request(q, k, k), raw=False)
+
+def write(name, body):
+    (out / name).write_bytes(body)
+
+bad = dict(good, colour="blue")
+write("bad-unknown-key.msgpack", wire.pack(bad))
+bad = dict(good, k=wire.tensor(k[:, :, :39], "f32"))
+write("bad-shape-mismatch.msgpack", wire.pack(bad))
+bad = dict(good, q=dict(good["q"], data=good["q"]["data"][:-4]))
+write("bad-length.msgpack", wire.pack(bad))
+write("bad-truncated.msgpack", wire.pack(good)[:-100])
+bad = dict(good, mask=wire.tensor(np.full((1, 40), 2, np.uint8), "u8"))
+write("bad-mask-value.msgpack", wire.pack(bad))
+bad = dict(good, q=dict(good["q"], shape=[1, 2, 400000, 8]))
+write("bad-too-big.msgpack", wire.pack(bad))
+PY

@@ -1,0 +1,289 @@
+"""Black-box tests of `mractl run --local`: request bodies in, answers out,
+checked against the float64 reference (tests/pyref/mra_ref.py).
+
+Covers every method, masks (random, whole blocks, all masked), priors,
+budgets up to every block (which must equal exact attention), grouped
+heads, odd N and D, the three dtypes, JSON bodies, the committed request
+files of tests/data, and malformed bodies (exit 2, JSON error on stderr
+naming the field).  The binary is found in $MRAD_BIN_DIR (default bin/).
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "pyref"))
+import mra_ref  # noqa: E402
+import wire  # noqa: E402
+
+BIN = pathlib.Path(os.environ.get("MRAD_BIN_DIR") or ROOT / "bin")
+MRACTL = BIN / "mractl"
+DATA = ROOT / "tests" / "data"
+TOL = {"f32": 1e-4, "f16": 1e-2, "bf16": 1e-2}
+
+pytestmark = pytest.mark.skipif(not MRACTL.exists(),
+                                reason=f"{MRACTL} is not built")
+
+
+def mractl(*args, stdin=None):
+    return subprocess.run([str(MRACTL), *map(str, args)], input=stdin,
+                          capture_output=True, timeout=120)
+
+
+def run_file(tmp_path, body, name="req.msgpack", extra=()):
+    path = tmp_path / name
+    path.write_bytes(body)
+    return mractl("run", "--local", path, *extra)
+
+
+def inputs(shape, hkv=None, seed=0, mask=None):
+    B, H, N, D = shape
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, N, D), dtype=np.float32)
+    k = rng.standard_normal((B, hkv or H, N, D), dtype=np.float32)
+    v = rng.standard_normal((B, hkv or H, N, D), dtype=np.float32)
+    if mask == "random":
+        mask = (rng.random((B, N)) < 0.7).astype(np.uint8)
+    elif mask == "blocks":
+        mask = np.ones((B, N), dtype=np.uint8)
+        mask[:, 32:64] = 0
+    elif mask == "zeros":
+        mask = np.zeros((B, N), dtype=np.uint8)
+    return q, k, v, mask
+
+
+def check(out, stats, q, k, v, mask, dtype, **params):
+    """Compares an answer with the reference on the dtype-rounded inputs."""
+    ref_params = {n: params[n] for n in ("method", "block_per_row",
+                                         "num_blocks", "prior_first",
+                                         "prior_diagonal", "scale")
+                  if params.get(n) is not None}
+    ref, sel, total = mra_ref.attention(
+        wire.round_to_dtype(q, dtype), wire.round_to_dtype(k, dtype),
+        wire.round_to_dtype(v, dtype), mask=mask, **ref_params)
+    assert out.shape == ref.shape
+    err = mra_ref.rel_err(out.astype(np.float64), ref)
+    assert err <= TOL[dtype], f"relative error {err:.3g} over {TOL[dtype]}"
+    assert stats["blocks_selected"] == sel
+    assert stats["blocks_total"] == total
+    assert stats["density"] == pytest.approx(sel / total, rel=1e-12)
+    assert stats["method"] == (params.get("method") or "mra2")
+    assert stats["backend"] == "cpu"
+    assert stats["queue_us"] == 0
+    assert stats["batch_requests"] == 1
+    assert stats["compute_us"] >= 0
+    return ref
+
+
+def roundtrip(tmp_path, q, k, v, mask=None, dtype="f32", fmt="msgpack",
+              **params):
+    body = wire.encode_request(q, k, v, mask=mask, dtype=dtype, fmt=fmt,
+                               **params)
+    p = run_file(tmp_path, body)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert p.stderr == b""
+    out, stats, rid = wire.decode_response(p.stdout, fmt)
+    assert rid == params.get("id")
+    return out, stats
+
+
+@pytest.mark.parametrize("dtype", wire.DTYPES)
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_methods_and_dtypes(tmp_path, method, dtype):
+    q, k, v, mask = inputs((1, 2, 100, 17), seed=1, mask="random")
+    out, stats = roundtrip(tmp_path, q, k, v, mask, dtype, method=method,
+                           block_per_row=2, id=f"{method}-{dtype}")
+    assert out.dtype == (np.float16 if dtype == "f16" else np.float32)
+    check(out, stats, q, k, v, mask, dtype, method=method, block_per_row=2)
+
+
+@pytest.mark.parametrize("mask", [None, "random", "blocks", "zeros"])
+def test_masks(tmp_path, mask):
+    q, k, v, m = inputs((2, 2, 96, 16), seed=2, mask=mask)
+    out, stats = roundtrip(tmp_path, q, k, v, m, method="mra2",
+                           block_per_row=2)
+    check(out, stats, q, k, v, m, "f32", method="mra2", block_per_row=2)
+    if mask == "zeros":
+        assert not out.any()
+    if m is not None:  # masked query rows are zero
+        assert not out[np.broadcast_to(m[:, None, :] == 0,
+                                       out.shape[:3])].any()
+
+
+@pytest.mark.parametrize("prior_first,prior_diagonal", [(1, 0), (0, 3),
+                                                        (2, 5)])
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse"])
+def test_priors(tmp_path, method, prior_first, prior_diagonal):
+    q, k, v, _ = inputs((1, 2, 160, 8), seed=3)
+    params = dict(method=method, num_blocks=6, prior_first=prior_first,
+                  prior_diagonal=prior_diagonal)
+    out, stats = roundtrip(tmp_path, q, k, v, **params)
+    check(out, stats, q, k, v, None, "f32", **params)
+
+
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse"])
+def test_every_block_equals_exact(tmp_path, method):
+    q, k, v, mask = inputs((1, 2, 100, 16), seed=4, mask="random")
+    nb = 4
+    out, stats = roundtrip(tmp_path, q, k, v, mask, method=method,
+                           num_blocks=nb * nb)
+    check(out, stats, q, k, v, mask, "f32", method=method,
+          num_blocks=nb * nb)
+    exact, _ = roundtrip(tmp_path, q, k, v, mask, method="exact")
+    assert mra_ref.rel_err(out, exact.astype(np.float64)) <= 1e-5
+    assert stats["density"] == 1.0
+
+
+@pytest.mark.parametrize("params", [dict(num_blocks=1), dict(num_blocks=500),
+                                    dict(block_per_row=1),
+                                    dict(block_per_row=3, num_blocks=5),
+                                    dict(scale=0.05), dict()])
+def test_budgets_and_scale(tmp_path, params):
+    q, k, v, _ = inputs((1, 1, 130, 8), seed=5)
+    out, stats = roundtrip(tmp_path, q, k, v, **params)
+    check(out, stats, q, k, v, None, "f32", **params)
+
+
+@pytest.mark.parametrize("H,hkv", [(4, 2), (4, 1), (3, 3)])
+def test_grouped_heads(tmp_path, H, hkv):
+    q, k, v, mask = inputs((2, H, 70, 8), hkv=hkv, seed=6, mask="random")
+    out, stats = roundtrip(tmp_path, q, k, v, mask, block_per_row=1)
+    check(out, stats, q, k, v, mask, "f32", block_per_row=1)
+
+
+@pytest.mark.parametrize("N", [1, 33, 100])
+@pytest.mark.parametrize("D", [1, 17, 64])
+def test_odd_sizes(tmp_path, N, D):
+    q, k, v, _ = inputs((1, 2, N, D), seed=7)
+    out, stats = roundtrip(tmp_path, q, k, v, block_per_row=1)
+    check(out, stats, q, k, v, None, "f32", block_per_row=1)
+
+
+@pytest.mark.parametrize("dtype", wire.DTYPES)
+def test_json_bodies(tmp_path, dtype):
+    q, k, v, mask = inputs((1, 2, 40, 5), seed=8, mask="random")
+    out, stats = roundtrip(tmp_path, q, k, v, mask, dtype, fmt="json",
+                           method="mra2", block_per_row=1, id="json \"é\"")
+    check(out, stats, q, k, v, mask, dtype, method="mra2", block_per_row=1)
+    # The answer to a JSON body is JSON.
+    body = wire.encode_request(q, k, v, mask=mask, dtype=dtype, fmt="json")
+    p = run_file(tmp_path, body, "req.json")
+    assert json.loads(p.stdout)["out"]["shape"] == [1, 2, 40, 5]
+
+
+def test_stdin_and_bitwise_repeatable(tmp_path):
+    q, k, v, mask = inputs((1, 4, 129, 32), hkv=2, seed=9, mask="random")
+    body = wire.encode_request(q, k, v, mask=mask, block_per_row=2, id="same")
+    a = mractl("run", "--local", "-", stdin=body)
+    b = mractl("run", "--local", "--threads", "1", "-", stdin=body)
+    assert a.returncode == 0 and b.returncode == 0
+    out_a, _, _ = wire.decode_response(a.stdout)
+    out_b, _, _ = wire.decode_response(b.stdout)
+    assert out_a.tobytes() == out_b.tobytes()
+
+
+@pytest.mark.parametrize("path", sorted(DATA.glob("req-*")),
+                         ids=lambda p: p.name)
+def test_data_files(path):
+    fmt = "json" if path.suffix == ".json" else "msgpack"
+    body = path.read_bytes()
+    req = wire.decode_request(body, fmt)
+    p = mractl("run", "--local", path)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out, stats, rid = wire.decode_response(p.stdout, fmt)
+    assert rid == req.get("id")
+    params = {n: req[n] for n in ("method", "block_per_row", "num_blocks",
+                                  "prior_first", "prior_diagonal", "scale")
+              if n in req}
+    check(out, stats, req["q"], req["k"], req["v"], req.get("mask"),
+          req["dtype"], **params)
+
+
+def bad_expectations():
+    rows = []
+    for line in (DATA / "bad-expect.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, status, code, text = line.split(None, 3)
+            rows.append((name, int(status), code, text))
+    return rows
+
+
+def assert_error(p, status, code, text):
+    assert p.returncode == status, p.stderr
+    assert p.stdout == b""
+    err = json.loads(p.stderr)["error"]
+    assert err["code"] == code
+    assert text in err["message"], err["message"]
+
+
+@pytest.mark.parametrize("name,status,code,text", bad_expectations(),
+                         ids=lambda x: str(x))
+def test_bad_data_files(name, status, code, text):
+    assert_error(mractl("run", "--local", DATA / name), status, code, text)
+
+
+def bad_bodies():
+    q, k, v, _ = inputs((1, 2, 40, 8), hkv=1, seed=10)
+    good = {"q": wire.tensor(q, "f32"), "k": wire.tensor(k, "f32"),
+            "v": wire.tensor(v, "f32")}
+    drop = dict(good)
+    del drop["v"]
+    yield "missing v", wire.pack(drop), "bad_request", "v: missing"
+    yield "bad dtype", wire.pack(dict(good, q=dict(good["q"], dtype="f64"))), \
+        "bad_request", "q.dtype"
+    yield "rank", wire.pack(dict(good, q=dict(good["q"], shape=[2, 40, 8]))), \
+        "bad_request", "q.shape: must have 4"
+    yield "zero dim", wire.pack(dict(good, q=dict(good["q"],
+                                                   shape=[1, 2, 0, 8]))), \
+        "bad_request", "q.shape[2]: N must be >= 1"
+    yield "hkv", wire.pack(dict(good, q=wire.tensor(
+        np.zeros((1, 3, 40, 8)), "f32"), k=wire.tensor(
+        np.zeros((1, 2, 40, 8)), "f32"), v=wire.tensor(
+        np.zeros((1, 2, 40, 8)), "f32"))), "bad_request", "k.shape[1]"
+    yield "method", wire.pack(dict(good, method="linear")), "bad_request", \
+        "method: must be"
+    yield "scale", wire.pack(dict(good, scale=0.0)), "bad_request", "scale:"
+    yield "nan scale", wire.pack(dict(good, scale=float("nan"))), \
+        "bad_request", "scale:"
+    yield "budget", wire.pack(dict(good, num_blocks=0)), "bad_request", \
+        "num_blocks: must be >= 1"
+    yield "id", wire.pack(dict(good, id="x" * 129)), "bad_request", \
+        "id: must be at most 128 bytes"
+    yield "mask shape", wire.pack(dict(good, mask=wire.tensor(
+        np.ones((1, 41)), "u8"))), "bad_request", "mask.shape[1]"
+    yield "overflow", wire.pack(dict(good, q=dict(
+        good["q"], shape=[2**63, 2**63, 2**63, 8]))), "payload_too_large", \
+        "q.shape[0]"
+    yield "not a map", wire.pack([1, 2, 3]), "bad_request", "body: must be a map"
+    yield "garbage", b"\xc1\x00\x00", "bad_request", "body: invalid msgpack"
+    yield "empty", b"", "bad_request", "body: empty"
+    yield "json syntax", b'{"q": [1,2,}', "bad_request", "invalid JSON at byte"
+    t = {"dtype": "f32", "shape": [1, 1, 1, 2], "data": [1, 2]}
+    yield "json data", json.dumps({"q": dict(t, data=[1, "x"]), "k": t,
+                                   "v": t}).encode(), \
+        "bad_request", "q.data[1]: must be a number"
+
+
+@pytest.mark.parametrize("what,body,code,text", list(bad_bodies()),
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_bodies(tmp_path, what, body, code, text):
+    p = run_file(tmp_path, body)
+    assert_error(p, 2, code, text)
+
+
+def test_usage_errors(tmp_path):
+    p = mractl("run", tmp_path / "x")
+    assert p.returncode == 2 and b"--local is required" in p.stderr
+    p = mractl("run", "--local", tmp_path / "does-not-exist")
+    assert p.returncode == 1 and b"cannot read" in p.stderr
+    p = mractl("frobnicate")
+    assert p.returncode == 2 and b"unknown command" in p.stderr
+    p = mractl("--help")
+    assert p.returncode == 0 and b"run" in p.stdout
+    p = mractl("run", "--local", "--threads", "x", "-")
+    assert p.returncode == 2

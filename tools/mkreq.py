@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Writes a POST /v1/attention request body with random tensors, for trying
+mractl and mrad by hand and for generating test data.
+
+    .venv/bin/python tools/mkreq.py --shape 1,2,100,64 --method mra2 > req.msgpack
+    .venv/bin/python tools/mkreq.py --shape 2,4,33,17 --hkv 2 --dtype bf16 \
+        --mask random --num-blocks 3 --id demo -o req.msgpack
+    .venv/bin/python tools/mkreq.py --shape 1,1,5,4 --json > req.json
+
+Tensors are standard normal from --seed (numpy's default generator), so
+the same arguments always write the same bytes.  Masks: none (left out),
+ones, random (each token kept with probability 0.75), blocks (the second
+32-token block and the last token masked) or zeros.
+"""
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"
+                       / "pyref"))
+import wire  # noqa: E402
+
+
+def make_mask(kind, B, N, rng):
+    if kind == "none":
+        return None
+    if kind == "ones":
+        return np.ones((B, N), dtype=np.uint8)
+    if kind == "zeros":
+        return np.zeros((B, N), dtype=np.uint8)
+    if kind == "random":
+        return (rng.random((B, N)) < 0.75).astype(np.uint8)
+    if kind == "blocks":
+        m = np.ones((B, N), dtype=np.uint8)
+        m[:, 32:64] = 0
+        m[:, N - 1] = 0
+        return m
+    raise ValueError(kind)
+
+
+def build(args):
+    """The request body (bytes) for parsed arguments."""
+    try:
+        B, H, N, D = (int(x) for x in args.shape.split(","))
+    except ValueError:
+        raise SystemExit("mkreq: --shape wants B,H,N,D")
+    hkv = args.hkv or H
+    rng = np.random.default_rng(args.seed)
+    q = rng.standard_normal((B, H, N, D), dtype=np.float32)
+    k = rng.standard_normal((B, hkv, N, D), dtype=np.float32)
+    v = rng.standard_normal((B, hkv, N, D), dtype=np.float32)
+    mask = make_mask(args.mask, B, N, rng)
+    params = dict(method=args.method, block_per_row=args.block_per_row,
+                  num_blocks=args.num_blocks, prior_first=args.prior_first,
+                  prior_diagonal=args.prior_diagonal, scale=args.scale,
+                  timeout_ms=args.timeout_ms, id=args.id)
+    fmt = "json" if args.json else "msgpack"
+    return wire.encode_request(q, k, v, mask=mask, dtype=args.dtype, fmt=fmt,
+                               **params)
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", required=True, help="B,H,N,D of q")
+    p.add_argument("--hkv", type=int, help="key/value heads (default H)")
+    p.add_argument("--dtype", default="f32", choices=wire.DTYPES)
+    p.add_argument("--method", choices=("mra2", "mra2_sparse", "exact"))
+    p.add_argument("--block-per-row", type=int)
+    p.add_argument("--num-blocks", type=int)
+    p.add_argument("--prior-first", type=int)
+    p.add_argument("--prior-diagonal", type=int)
+    p.add_argument("--scale", type=float)
+    p.add_argument("--timeout-ms", type=int)
+    p.add_argument("--id")
+    p.add_argument("--mask", default="none",
+                   choices=("none", "ones", "random", "blocks", "zeros"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="write a JSON body")
+    p.add_argument("-o", "--output", help="file to write (default stdout)")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    body = build(args)
+    if args.output:
+        pathlib.Path(args.output).write_bytes(body)
+    else:
+        sys.stdout.buffer.write(body)
+
+
+if __name__ == "__main__":
+    main()
