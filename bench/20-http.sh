@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# 20-http.sh - the same requests computed in-process and served by mrad
+# over loopback, side by side: a large problem (B=1,H=12,N=4096,D=64) and
+# a small one (B=1,H=1,N=128,D=64, rate and p50/p99 latency).  Writes
+# bench-out/http.json.  BENCH_SECONDS sets the length of each measurement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+SECONDS_EACH=${BENCH_SECONDS:-5}
+THREADS=${BENCH_THREADS:-0}
+mkdir -p bench-out
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+"$BIN/mrad" --host 127.0.0.1 --port 0 --backend cpu --threads "$THREADS" 2>"$log" &
+pid=$!
+stop() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+trap 'stop; rm -f "$log"' EXIT
+# --port 0: the bound port is in the startup line.
+port=
+for _ in $(seq 200); do
+    port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$log" | head -n 1)
+    [ -n "$port" ] && break
+    sleep 0.05
+done
+[ -n "$port" ] || { echo "20-http: mrad did not start"; cat "$log"; exit 1; }
+
+# Large: two connections keep the worker fed while the other request
+# travels.  Small: eight connections, batched by the scheduler.
+large=$("$BIN/bench-http" --port "$port" --shape 1,12,4096,64 --seconds "$SECONDS_EACH" \
+        --concurrency 2 --threads "$THREADS" --label large)
+small=$("$BIN/bench-http" --port "$port" --shape 1,1,128,64 --seconds "$SECONDS_EACH" \
+        --concurrency 8 --threads "$THREADS" --label small)
+echo "$large" | head -n 1
+echo "$small" | head -n 1
+printf '{"large":%s,"small":%s}\n' "$(echo "$large" | tail -n 1)" \
+    "$(echo "$small" | tail -n 1)" > bench-out/http.json
+echo "wrote bench-out/http.json"
