@@ -34,7 +34,8 @@ WORKDIR /src
 COPY . .
 # sm_80 and sm_90 code plus compute_90 PTX come from attention/module.mk.
 RUN make -j"$(nproc)" CUDA=1 all \
- && install -D -m 0755 -t /out bin/mrad bin/mractl
+ && install -D -m 0755 -t /out bin/mrad \
+ && if [ -x bin/mractl ]; then install -m 0755 -t /out bin/mractl; fi
 
 FROM ${DEBIAN_IMAGE} AS build-cpu
 ARG DEBIAN_FRONTEND=noninteractive
@@ -49,7 +50,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN make -j"$(nproc)" CUDA=0 all \
- && install -D -m 0755 -t /out bin/mrad bin/mractl
+ && install -D -m 0755 -t /out bin/mrad \
+ && if [ -x bin/mractl ]; then install -m 0755 -t /out bin/mractl; fi
 
 # -------------------------------------------------------------- runtime stages
 # Only the shared libraries mrad and mractl link against, curl for the

@@ -1,0 +1,379 @@
+"""test_deploy_live.py - the monitoring files against a running mrad: a real
+Prometheus (Debian's /usr/bin/prometheus) on a free loopback port scrapes a
+live bin/mrad every second with the shipped alerting and recording rules
+loaded; after a few requests, Prometheus' HTTP API must answer `up`, the
+p99 latency from the request histogram, every Grafana dashboard query,
+every rule (healthy) and the autoscaler's adapter query with data.  The
+metric names the dashboard and rules use are checked against mrad's own
+/metrics, and the settings shipped for the container, Kubernetes and
+systemd against the variables `mrad --help` lists."""
+import glob
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+import yaml
+
+from mrad_server import MradServer, encode_msgpack, mrad_binary
+from test_deploy_support import (DEPLOY, GPU_ONLY, HISTOGRAMS, K8S, OPTIONAL, RULES, SIMPLE,
+                                 SYNTHETIC, dashboard_queries, grafana_expr, load_dashboard,
+                                 promql_metric_names)
+
+PROMETHEUS = "/usr/bin/prometheus"
+REQUESTS = 12
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Prometheus:
+    """A Prometheus server scraping one mrad target, for one test module."""
+
+    def __init__(self, tmp, target, rule_file):
+        self.port = free_port()
+        cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [rule_file],
+            "scrape_configs": [{"job_name": "mrad",
+                                "static_configs": [{"targets": [target]}]}],
+        }
+        self.config = os.path.join(tmp, "prometheus.yml")
+        with open(self.config, "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg, f)
+        self.log = open(os.path.join(tmp, "prometheus.log"), "w+", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={self.config}",
+             f"--storage.tsdb.path={os.path.join(tmp, 'data')}",
+             f"--web.listen-address=127.0.0.1:{self.port}",
+             "--web.console.templates=" + tmp, "--web.console.libraries=" + tmp],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(self.url("/-/ready"), timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.log.seek(0)
+        raise RuntimeError("Prometheus did not become ready:\n" + self.log.read()[-3000:])
+
+    def api(self, path, **params):
+        data = urllib.parse.urlencode(params).encode() if params else None
+        with urllib.request.urlopen(self.url("/api/v1/" + path), data=data, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr):
+        """Instant query; returns the result vector (list of samples)."""
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", (expr, data)
+        return data["result"]
+
+    def poll(self, expr, check, timeout=30.0):
+        """Re-runs `expr` until check(result) holds; returns the result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if check(result):
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expr}: still {result} after {timeout} s")
+            time.sleep(0.25)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def value(sample):
+    return float(sample["value"][1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """mrad with Prometheus scraping it, after traffic: 12 good requests
+    and one bad one."""
+    assert os.access(mrad_binary(), os.X_OK), f"{mrad_binary()} is not built (make)"
+    assert os.access(PROMETHEUS, os.X_OK), "Debian's prometheus package is missing"
+    tmp = str(tmp_path_factory.mktemp("prometheus"))
+    # The shipped rules, evaluated every second instead of every 15 s.
+    with open(RULES, encoding="utf-8") as f:
+        rules = yaml.safe_load(f)
+    for g in rules["groups"]:
+        g["interval"] = "1s"
+    rule_file = os.path.join(tmp, "mrad.rules.yml")
+    with open(rule_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(rules, f)
+
+    with MradServer(threads=2) as srv:
+        prom = Prometheus(tmp, f"127.0.0.1:{srv.port}", rule_file)
+        try:
+            # A scrape before the traffic, so that rates see it begin.
+            prom.poll('up{job="mrad"}', lambda r: r and value(r[0]) == 1)
+            rng = np.random.default_rng(7)
+            conn = srv.connection()
+            for i in range(REQUESTS):
+                q, k, v = (rng.standard_normal((1, 2, 128, 32), dtype=np.float32)
+                           for _ in range(3))
+                status, _, body = srv.post(encode_msgpack(q, k, v, block_per_row=2), conn=conn)
+                assert status == 200, body[:300]
+            status, _, _ = srv.post(b'{"q": 1, "unknown": 2}', "application/json", conn=conn)
+            assert status == 400
+            conn.close()
+            # Wait for two scrapes that saw all of it: a rate needs two
+            # samples of a series, and the 400 series begins with the first.
+            prom.poll('sum(mrad_requests_total{job="mrad", code="200"})',
+                      lambda r: r and value(r[0]) >= REQUESTS)
+            prom.poll('count_over_time(mrad_requests_total{job="mrad", code="400"}[1m])',
+                      lambda r: r and value(r[0]) >= 2)
+            yield srv, prom
+        finally:
+            prom.stop()
+
+
+def test_prometheus_scrapes_mrad(stack):
+    _, prom = stack
+    (up,) = prom.query('up{job="mrad"}')
+    assert value(up) == 1
+
+
+def test_p99_latency_from_the_histogram(stack):
+    srv, prom = stack
+    expr = "histogram_quantile(0.99, sum(rate(mrad_request_duration_seconds_bucket[1m])) by (le))"
+    (p99,) = prom.poll(expr, lambda r: r and not math.isnan(value(r[0])))
+    # Within the histogram's finite buckets and above zero: each request
+    # took some time, and the largest bucket bound holds CPU-sized ones.
+    bounds = sorted(float(m) for m in re.findall(
+        r'mrad_request_duration_seconds_bucket\{le="([0-9.e+-]+)"\}', srv.metrics()))
+    assert bounds, "no finite buckets in /metrics"
+    assert 0 < value(p99) <= bounds[-1]
+
+
+def test_every_dashboard_query_answers(stack):
+    srv, prom = stack
+    backend = prom.query("mrad_build_info")[0]["metric"]["backend"]
+    for title, expr in dashboard_queries(load_dashboard()):
+        result = prom.query(grafana_expr(expr))
+        gpu = promql_metric_names(expr) & GPU_ONLY
+        if gpu and backend == "cpu":
+            assert result == [], f"{title}: GPU series from a CPU backend"
+            continue
+        assert result, f"{title}: no data for {grafana_expr(expr)}"
+
+
+def test_every_rule_evaluates(stack):
+    _, prom = stack
+    deadline = time.monotonic() + 20
+    while True:
+        groups = prom.api("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules):
+            break
+        assert time.monotonic() < deadline, "rules were not evaluated"
+        time.sleep(0.5)
+    assert len(rules) == 8
+    for r in rules:
+        assert r["health"] == "ok", (r["name"], r.get("lastError"))
+    # The recording rules produce series, through the capacity gauge or its
+    # fallback; no alert fires on a healthy instance.
+    for record in ("instance:mrad_request_duration_seconds:p99_5m",
+                   "instance:mrad_requests_503:ratio_5m", "instance:mrad_queue:occupancy"):
+        prom.poll(record, bool, timeout=10)
+    firing = [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
+    assert firing == []
+
+
+def test_autoscaler_adapter_query_answers(stack):
+    _, prom = stack
+    with open(os.path.join(K8S, "prometheus-adapter-rules.yaml"), encoding="utf-8") as f:
+        adapter = yaml.safe_load(yaml.safe_load(f)["data"]["config.yaml"])
+    (rule,) = adapter["rules"]
+    # The adapter fills the template with the series and the pod's labels;
+    # here the target has none of Kubernetes' labels, so group by instance.
+    expr = (rule["metricsQuery"].replace("<<.Series>>", "mrad_queue_depth")
+            .replace("<<.LabelMatchers>>", 'job="mrad"').replace("<<.GroupBy>>", "instance"))
+    (sample,) = prom.query(expr)
+    assert value(sample) >= 0
+
+
+def live_metric_names(text):
+    """Names of the samples and of the # TYPE lines of an exposition."""
+    names = set()
+    for line in text.splitlines():
+        m = re.match(r"# TYPE (\S+) (\w+)", line)
+        if m:
+            names.add(m.group(1))
+            if m.group(2) == "histogram":
+                names |= {m.group(1) + s for s in ("_bucket", "_sum", "_count")}
+        elif line and not line.startswith("#"):
+            names.add(re.match(r"[^{ ]+", line).group(0))
+    return names
+
+
+def test_named_metrics_are_exported_by_mrad(stack):
+    srv, prom = stack
+    live = live_metric_names(srv.metrics())
+    backend = prom.query("mrad_build_info")[0]["metric"]["backend"]
+    may_lack = OPTIONAL | (GPU_ONLY if backend == "cpu" else set())
+    # The names the deployment relies on...
+    expected = SIMPLE | {h + "_bucket" for h in HISTOGRAMS}
+    # ...and every name the dashboard and the rules select.
+    with open(RULES, encoding="utf-8") as f:
+        groups = yaml.safe_load(f)["groups"]
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    for _, expr in dashboard_queries(load_dashboard()):
+        expected |= promql_metric_names(expr)
+    for g in groups:
+        for r in g["rules"]:
+            expected |= promql_metric_names(r["expr"])
+    expected -= SYNTHETIC | recorded
+    missing = expected - may_lack - live
+    assert not missing, f"named but not exported by mrad: {sorted(missing)}"
+    # Prometheus stored the same names from its scrapes.
+    stored = set(prom.api("label/__name__/values"))
+    assert not (expected - may_lack - stored)
+
+
+def test_probe_and_healthcheck_paths_answer(stack):
+    srv, _ = stack
+    with open(os.path.join(K8S, "deployment.yaml"), encoding="utf-8") as f:
+        ctr = yaml.safe_load(f)["spec"]["template"]["spec"]["containers"][0]
+    paths = {ctr[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe", "startupProbe")}
+    dockerfile = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()
+    paths |= set(re.findall(r"http://127\.0\.0\.1:\$\{MRAD_PORT\}(/\w+)", dockerfile))
+    assert paths == {"/healthz", "/readyz"}
+    for path in paths:
+        assert srv.get(path)[0] == 200, path
+
+
+# --------------------------------------------------- shipped settings
+
+def mrad_variables():
+    """The MRAD_* variables `mrad --help` documents."""
+    out = subprocess.run([mrad_binary(), "--help"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout
+    names = set(re.findall(r"env (MRAD_[A-Z0-9_]+)", out))
+    assert "MRAD_HOST" in names and "MRAD_API_KEY_FILE" in names, out
+    return names
+
+
+def shipped_settings():
+    """{where: {variable: value}} of every MRAD_* setting the deployment
+    files set."""
+    out = {}
+    env = {}
+    with open(os.path.join(DEPLOY, "systemd", "mrad.env"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                k, _, v = line.strip().partition("=")
+                env[k] = v
+    out["systemd mrad.env"] = env
+    with open(os.path.join(K8S, "configmap.yaml"), encoding="utf-8") as f:
+        out["k8s configmap"] = yaml.safe_load(f)["data"]
+    dropins = {}
+    for path in glob.glob(os.path.join(DEPLOY, "systemd", "**", "*.conf"), recursive=True) + \
+            [os.path.join(DEPLOY, "systemd", "mrad.service")]:
+        for m in re.finditer(r"^#?Environment=(MRAD_\w+)=(\S*)", open(path).read(), re.M):
+            dropins[m.group(1)] = m.group(2)
+    out["systemd units"] = dropins
+    compose = yaml.safe_load(open(os.path.join(DEPLOY, "compose.yaml"), encoding="utf-8"))
+    out["compose"] = {k: str(v) for k, v in compose["services"]["mrad"]["environment"].items()}
+    docker = {}
+    text = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()
+    for m in re.finditer(r"\b(MRAD_[A-Z0-9_]+)=(\S+)", text):
+        docker[m.group(1)] = m.group(2)
+    out["Dockerfile"] = docker
+    return out
+
+
+def test_shipped_settings_are_mrad_variables():
+    known = mrad_variables()
+    for where, env in shipped_settings().items():
+        assert env, where
+        unknown = set(env) - known
+        assert not unknown, f"{where}: {unknown} are not variables of mrad"
+
+
+def test_mrad_runs_with_the_kubernetes_settings(tmp_path):
+    """The ConfigMap's settings start mrad (host, port, backend and device
+    overridden for this machine) and the API key file works as mounted."""
+    with open(os.path.join(K8S, "configmap.yaml"), encoding="utf-8") as f:
+        env = dict(yaml.safe_load(f)["data"])
+    with open(os.path.join(K8S, "secret.yaml"), encoding="utf-8") as f:
+        secret = yaml.safe_load(f)["stringData"]
+    key_name = os.path.basename(env["MRAD_API_KEY_FILE"])
+    key_file = tmp_path / key_name
+    key_file.write_text(secret[key_name] + "\n")
+    env["MRAD_API_KEY_FILE"] = str(key_file)
+    env.pop("MRAD_DEVICES")
+    with MradServer(env=env, threads=2) as srv:
+        rng = np.random.default_rng(1)
+        q, k, v = (rng.standard_normal((1, 1, 64, 16), dtype=np.float32) for _ in range(3))
+        body = encode_msgpack(q, k, v)
+        assert srv.post(body)[0] == 401
+        auth = {"Authorization": "Bearer " + secret[key_name]}
+        assert srv.post(body, headers=auth)[0] == 200
+        assert srv.get("/healthz")[0] == 200
+
+
+# ------------------------------------------------- image runtime libraries
+
+def runtime_packages(stage):
+    """Packages the Dockerfile's `stage` installs with apt-get."""
+    text = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()
+    body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+    m = re.search(r"apt-get install -y --no-install-recommends((?:\s|\\)+[^&]+)", body)
+    return set(m.group(1).replace("\\", " ").split())
+
+
+def test_cpu_image_installs_what_mrad_links_against():
+    """Each shared library bin/mrad needs directly (built here on Debian
+    bookworm, the CPU image's base) comes from a package the runtime-cpu
+    stage installs, or from the C library every image has."""
+    readelf = subprocess.run(["readelf", "-d", mrad_binary()], capture_output=True, text=True,
+                             check=True, timeout=10).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", readelf)
+    assert needed
+    ldd = subprocess.run(["ldd", mrad_binary()], capture_output=True, text=True, check=True,
+                         timeout=10).stdout
+    paths = dict(re.findall(r"^\s*(\S+) => (\S+)", ldd, re.M))
+    installed = runtime_packages("runtime-cpu") | {"libc6", "libgcc-s1"}
+    for soname in needed:
+        if soname.startswith("ld-linux"):
+            continue
+        path = os.path.realpath(paths[soname])
+        owner = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True,
+                               timeout=10)
+        if owner.returncode != 0:  # dpkg knows the /usr-merged path
+            owner = subprocess.run(["dpkg", "-S", path.replace("/usr/lib/", "/lib/", 1)],
+                                   capture_output=True, text=True, timeout=10)
+        assert owner.returncode == 0, f"{soname}: {owner.stderr}"
+        package = owner.stdout.split(":", 1)[0]
+        assert package in installed, f"{soname} comes from {package}, not installed in the image"
