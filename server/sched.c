@@ -82,19 +82,32 @@ void mrad_job_unref(struct mrad_job *job)
     free(job);
 }
 
-/* Sets the outcome and calls done() unless another thread finished the job
- * first.  Returns 1 when this call finished it. */
-static int job_finish(struct mrad_sched *s, struct mrad_job *job,
-                      enum mrad_err_source src, int err)
+/* Claims the right to answer a job: 1 for the first caller, 0 after.  The
+ * winner alone writes the outcome fields, so the HTTP thread that reads
+ * them after done() never races with a late worker. */
+static int job_claim(struct mrad_job *job)
 {
     int expected = 0;
-    if (!atomic_compare_exchange_strong(&job->finished, &expected, 1))
-        return 0;
+    return atomic_compare_exchange_strong(&job->finished, &expected, 1);
+}
+
+/* Sets the outcome of a claimed job and hands it back through done(). */
+static void job_complete(struct mrad_sched *s, struct mrad_job *job,
+                         enum mrad_err_source src, int err)
+{
     job->err_src = src;
     job->err = err;
     atomic_fetch_sub(&s->inflight, 1);
     job->done(job);
-    return 1;
+}
+
+/* Claims and completes a job with an error; no-op when it was answered
+ * already. */
+static void job_finish(struct mrad_sched *s, struct mrad_job *job,
+                       enum mrad_err_source src, int err)
+{
+    if (job_claim(job))
+        job_complete(s, job, src, err);
 }
 
 /* ---- workers ------------------------------------------------------- */
@@ -122,7 +135,6 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
         probs[i] = &jobs[i]->req.prob;
         errs[i] = ATTN_OK;
         fault |= jobs[i]->inject_fault;
-        jobs[i]->queue_us = (t0 - jobs[i]->enqueue_ns) / 1000;
         mrad_metrics_queue((double)(t0 - jobs[i]->enqueue_ns) / 1e9);
     }
     memset(stats, 0, n * sizeof(*stats));
@@ -142,16 +154,20 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct mrad_job *job = jobs[i];
         int err = rc != ATTN_OK ? rc : errs[i];
-        job->stats = stats[i];
-        job->compute_us = compute_us;
-        job->batch_requests = (uint32_t)n;
         if (err == ATTN_OK)
             mrad_metrics_problem(job->tokens, stats[i].blocks_selected,
                                  stats[i].blocks_total, stats[i].density);
         else if (rc == ATTN_OK)
             mrad_log(MRAD_LOG_ERROR, "request failed on device %d: %s",
                      w->device, attn_strerror(err));
-        job_finish(s, job, MRAD_SRC_ATTN, err);
+        /* A job answered meanwhile (deadline, drain) drops its result. */
+        if (!job_claim(job))
+            continue;
+        job->stats = stats[i];
+        job->queue_us = (t0 - job->enqueue_ns) / 1000;
+        job->compute_us = compute_us;
+        job->batch_requests = (uint32_t)n;
+        job_complete(s, job, MRAD_SRC_ATTN, err);
     }
 }
 
@@ -264,8 +280,6 @@ static void fill_batch(struct mrad_sched *s, struct worker *w)
         tok += job->tokens;
         w->batch[n++] = job;
     }
-    for (size_t i = 0; i < n; i++)
-        w->batch[i]->batch_requests = (uint32_t)n;
     w->nbatch = n;
     w->busy = 1;
     pthread_cond_signal(&w->cond);

@@ -207,3 +207,25 @@ def test_probes_answer_quickly_while_workers_are_busy():
         assert gauge(srv, "mrad_inflight_requests") == 1, "the slow request ended too soon"
         assert worst < 0.25
         assert a.result()[0].shape == (1, 4, 4096, 64)
+
+
+def test_queued_request_of_a_client_that_left_is_dropped():
+    args = ["--batch-window-us", "0", "--max-batch-requests", "1"]
+    with MradServer(args, threads=2) as srv:
+        a = Background(srv, *slow(), method="exact")
+        wait_for(lambda: gauge(srv, "mrad_inflight_requests") == 1)
+        q, k, v = small()
+        body = encode_msgpack(q, k, v, id="gone")
+        s = socket.create_connection((srv.host, srv.port), timeout=10)
+        s.sendall(b"POST /v1/attention HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/msgpack\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        wait_for(lambda: gauge(srv, "mrad_queue_depth") == 1)
+        s.close()
+        # Dropped while it waits, long before the slow request ends.
+        wait_for(lambda: gauge(srv, "mrad_queue_depth") == 0, timeout=5)
+        assert gauge(srv, "mrad_inflight_requests") == 1
+        a.result()
+        text = srv.metrics()
+        assert metric_value(text, "mrad_requests_total", {"code": "499"}) == 1
+        assert metric_value(text, "mrad_batch_requests_count") == 1  # only the slow one
