@@ -1,0 +1,61 @@
+/*
+ * attn-fixture.h - test fixture of the attention unit tests: one problem
+ * with random inputs in its dtype, the same inputs as float64 (rounded to
+ * the dtype, so the reference sees exactly what the backend sees), and
+ * helpers to run it and compare with the float64 reference.
+ *
+ * The backend under test comes from the environment variable
+ * ATTN_TEST_BACKEND ("cpu" when unset), so the same tests run against
+ * every backend.
+ */
+#ifndef MRAD_TEST_ATTN_FIXTURE_H
+#define MRAD_TEST_ATTN_FIXTURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attention/attn.h"
+
+struct fx {
+    struct attn_problem p;
+    void *q, *k, *v, *out;   /* in p.dtype */
+    double *q64, *k64, *v64; /* the same values as float64 */
+    uint8_t *mask;           /* [B, N], used when p.mask is set */
+    size_t nq, nkv;          /* elements of q/out and of k/v */
+};
+
+/* Allocates a problem with inputs uniform in [-amp, amp] from `seed` (a
+ * fixed generator: same seed, same tensors).  Mask buffer allocated, all
+ * ones, but p.mask left NULL.  Aborts the test on allocation failure. */
+void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
+             uint32_t B, uint32_t H, uint32_t Hkv, uint32_t N, uint32_t D,
+             uint64_t seed, double amp);
+void fx_free(struct fx *f);
+/* Turns the mask on with each token real with probability `keep`. */
+void fx_mask_random(struct fx *f, double keep, uint64_t seed);
+/* Masks tokens [t0, t1) of every batch entry (turns the mask on). */
+void fx_mask_range(struct fx *f, uint32_t t0, uint32_t t1);
+
+/* The backend name of ATTN_TEST_BACKEND, "cpu" by default. */
+const char *fx_backend_name(void);
+/* Nonzero when the backend under test is the CPU. */
+int fx_backend_is_cpu(void);
+/* Creates the backend under test with `threads` (0 = default). */
+struct attn_backend *fx_backend(int threads);
+
+/* Relative Frobenius error of f->out against the float64 reference of
+ * the same problem (absolute when the reference is all zero).  Stores the
+ * reference's |T| in *selected when not NULL. */
+double fx_ref_error(const struct fx *f, uint64_t *selected);
+/* Tolerance for relative error of the dtype on the backend under test. */
+double fx_tolerance(enum attn_dtype dt);
+/* Runs f on be and checks it against the float64 reference: the call
+ * succeeds, the statistics are the spec's (blocks_total = B*H*nb*nb,
+ * blocks_selected = the reference's |T|, density their ratio), every
+ * output is finite, and the relative error is below fx_tolerance().
+ * `what` names the case in failure messages.  Returns the error. */
+double fx_check(struct attn_backend *be, struct fx *f, const char *what);
+/* Output element i as float. */
+float fx_out(const struct fx *f, size_t i);
+
+#endif /* MRAD_TEST_ATTN_FIXTURE_H */
