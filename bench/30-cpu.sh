@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# 30-cpu.sh - the CPU performance benchmark: how fast the CPU backend's
+# exact and MRA-2 attention run on this machine, against the machine's
+# measured single-precision GEMM peak and PyTorch's
+# scaled_dot_product_attention, and how far MRA-2 lands from exact.
+#
+# One run measures everything on the same machine (B = 1, H = 12, D = 64,
+# f32): GEMM peak (Debian's OpenBLAS from C, numpy's OpenBLAS, PyTorch's
+# MKL; one thread and all cores), PyTorch SDPA for N in {1024, 4096,
+# 16384}, mrad exact and MRA-2 with block_per_row in {1, 4, 16, 32} for the
+# same N and N = 65536 (MRA-2 only), errors on smooth ("local") and
+# Gaussian inputs, and thread scaling at N = 16384.  It then prints the
+# tables and the target checks (PASS/FAIL), writes bench-out/cpu.json, the
+# plots bench-out/cpu-*.png and bench-out/PERFORMANCE.md.  About 5-10
+# minutes on a 2-core machine; the first run also installs PyTorch
+# (tools/bench-venv.sh).
+#
+# Refresh the committed results page afterwards with
+#   python3 bench/cpu/report.py bench-out/cpu.json --out docs/PERFORMANCE.md
+#
+# Knobs (environment): BIN (where bench-cpu is), CPU_BENCH_QUICK=1 (small
+# sizes and short budgets: checks that the harness works, figures are not
+# meaningful).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+OUT=bench-out
+RAW=$OUT/cpu-raw
+NPROC=$(nproc)
+QUICK=${CPU_BENCH_QUICK:-0}
+mkdir -p "$RAW" build/bench
+rm -f "$RAW"/*
+t_start=$(date +%s)
+
+if [ ! -x "$BIN/bench-cpu" ]; then
+    echo "30-cpu: $BIN/bench-cpu is missing (make $BIN/bench-cpu)" >&2
+    exit 1
+fi
+
+step() { echo "-- $* ($(($(date +%s) - t_start))s)"; }
+
+step "bench-only dependencies"
+bash tools/bench-venv.sh || echo "30-cpu: bench environment incomplete; parts are skipped"
+PY=.venv-bench/bin/python
+[ -x "$PY" ] || PY=
+
+if [ "$QUICK" = 1 ]; then
+    NS="256 1024" BIG=2048 SCALE_N=1024 GEMM_N=1024 BUDGET=0.5
+else
+    NS="1024 4096 16384" BIG=65536 SCALE_N=16384 GEMM_N=4096 BUDGET=6
+fi
+
+# GEMM through Debian's OpenBLAS.  Its 0.3.21 does not know recent Intel
+# cores and falls back to a generic SSE kernel, so name the core type that
+# matches the ISA; the name it runs is recorded with the result.
+step "GEMM peak: Debian OpenBLAS"
+if cc -O2 -std=c11 -D_GNU_SOURCE -o build/bench/gemm-peak bench/cpu/gemm-peak.c -lopenblas 2>"$RAW/gemm-build.log"; then
+    core=
+    grep -qw avx2 /proc/cpuinfo && core=Haswell
+    grep -qw avx512f /proc/cpuinfo && core=SkylakeX
+    for t in 1 "$NPROC"; do
+        OPENBLAS_CORETYPE=$core OPENBLAS_NUM_THREADS=$t build/bench/gemm-peak "$GEMM_N" 5 |
+            sed 's/^{/{"source": "openblas-debian", /' >>"$RAW/gemm.jsonl" ||
+            echo "30-cpu: gemm-peak failed ($t threads)"
+    done
+else
+    echo "30-cpu: gemm-peak does not build (libopenblas-dev missing?); see $RAW/gemm-build.log"
+fi
+
+if [ -n "$PY" ]; then
+    step "GEMM peak: numpy, torch"
+    # numpy bundles a current OpenBLAS: the core-type override for Debian's
+    # older one would slow it down, so it runs without.
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PY" bench/cpu/peak.py \
+        --n "$GEMM_N" --reps 5 --threads "1,$NPROC" >>"$RAW/gemm.jsonl" ||
+        echo "30-cpu: peak.py failed"
+    step "PyTorch scaled_dot_product_attention"
+    "$PY" bench/cpu/sdpa.py --n "${NS// /,}" --threads "$NPROC" \
+        --budget "$BUDGET" --max-reps 5 >"$RAW/sdpa.jsonl" ||
+        echo "30-cpu: sdpa.py failed"
+fi
+
+# mrad: exact and MRA-2 for each N; errors against exact (and float64 rows).
+for n in $NS; do
+    step "mrad N=$n"
+    extra=()
+    [ "$n" -ge 16384 ] && extra=(--min-reps 2 --budget 20 --max-reps 5)
+    "$BIN/bench-cpu" --n "$n" --threads "$NPROC" --exact --bpr 1,4,16,32 \
+        --ref-rows 64 --budget "$BUDGET" "${extra[@]}" >>"$RAW/mrad.jsonl"
+done
+# Exact attention is 13 TFLOP at N = 65536: only MRA-2 runs, and its error
+# is measured on 32 rows per head against float64 exact attention.
+step "mrad N=$BIG (mra2 only)"
+"$BIN/bench-cpu" --n "$BIG" --threads "$NPROC" --bpr 1,4,16,32 \
+    --ref-rows 32 --budget "$BUDGET" --max-reps 5 >>"$RAW/mrad.jsonl"
+
+step "mrad thread scaling N=$SCALE_N, 1 thread"
+"$BIN/bench-cpu" --n "$SCALE_N" --threads 1 --exact --bpr 16 --inputs local \
+    --budget "$BUDGET" --max-reps 3 >>"$RAW/mrad.jsonl"
+
+step "summary"
+t_end=$(date +%s)
+sumpy=${PY:-python3}
+"$sumpy" bench/cpu/summarize.py --raw "$RAW" --out "$OUT/cpu.json" \
+    --plots "$OUT" --threads "$NPROC" --seconds $((t_end - t_start)) \
+    ${QUICK:+--quick "$QUICK"}
+python3 bench/cpu/report.py "$OUT/cpu.json" --out "$OUT/PERFORMANCE.md"
+echo "30-cpu: done in $(($(date +%s) - t_start))s; $OUT/cpu.json, $OUT/cpu-*.png, $OUT/PERFORMANCE.md"

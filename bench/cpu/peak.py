@@ -1,0 +1,78 @@
+"""peak.py - single-precision GEMM rate of numpy (its bundled OpenBLAS) and
+of PyTorch (MKL), one and all threads: candidates for the machine's
+measured peak, next to Debian's OpenBLAS measured by gemm-peak.c.
+
+    python peak.py [--n 4096] [--reps 5] [--threads 1,2]
+
+Prints one JSON object per line: source, detail, threads, n, gflops_best,
+gflops_median.  A library that is not installed is left out (a line on
+stderr says so).  Run it without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in the
+environment: those are for Debian's older OpenBLAS and slow numpy's.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def measure(fn, n, reps):
+    """Best and median GFLOP/s of an n x n x n product, after a warm-up."""
+    fn()
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(2.0 * n**3 / (time.perf_counter() - t0) * 1e-9)
+    return max(rates), statistics.median(rates)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", default="1,2")
+    a = ap.parse_args()
+    threads = [int(t) for t in a.threads.split(",")]
+
+    try:
+        import numpy as np
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((a.n, a.n), dtype=np.float32)
+        y = rng.standard_normal((a.n, a.n), dtype=np.float32)
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        detail = "numpy %s, %s" % (np.__version__, ", ".join(
+            "%s %s (%s)" % (i["internal_api"], i.get("version"),
+                            i.get("architecture")) for i in blas))
+        for t in threads:
+            with threadpool_limits(t, user_api="blas"):
+                best, med = measure(lambda: x @ y, a.n, a.reps)
+            print(json.dumps({"source": "numpy", "detail": detail,
+                              "threads": t, "n": a.n, "gflops_best": best,
+                              "gflops_median": med}), flush=True)
+    except ImportError as e:
+        print("peak.py: numpy GEMM skipped: %s" % e, file=sys.stderr)
+
+    try:
+        import torch
+
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(a.n, a.n, generator=g)
+        y = torch.randn(a.n, a.n, generator=g)
+        blas = "mkl" if torch.backends.mkl.is_available() else "default BLAS"
+        for t in threads:
+            torch.set_num_threads(t)
+            best, med = measure(lambda: torch.mm(x, y), a.n, a.reps)
+            print(json.dumps({"source": "torch",
+                              "detail": "torch %s, %s" % (torch.__version__,
+                                                          blas),
+                              "threads": t, "n": a.n, "gflops_best": best,
+                              "gflops_median": med}), flush=True)
+    except ImportError as e:
+        print("peak.py: torch GEMM skipped: %s" % e, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

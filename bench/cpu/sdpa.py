@@ -1,0 +1,60 @@
+"""sdpa.py - PyTorch's scaled_dot_product_attention on the CPU: the exact
+attention baseline mrad is compared with.
+
+    python sdpa.py --n 1024,4096,16384 [--heads 12] [--dim 64]
+                   [--threads 2] [--budget 10] [--max-reps 7]
+
+B = 1, f32, no mask, default scale 1/sqrt(D).  For each N: one warm-up
+call, then as many calls as fit in --budget seconds (at least one, at most
+--max-reps); prints one JSON object per line with the median time and the
+GFLOP/s counted as the spec counts exact attention (4 N^2 D per head).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", default="1024,4096,16384")
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=10.0)
+    ap.add_argument("--max-reps", type=int, default=7)
+    a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for n in (int(x) for x in a.n.split(",")):
+            q, k, v = (torch.randn(1, a.heads, n, a.dim, generator=g)
+                       for _ in range(3))
+            t0 = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v)
+            first = time.perf_counter() - t0
+            reps = max(1, min(a.max_reps, int(a.budget / max(first, 1e-9))))
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                F.scaled_dot_product_attention(q, k, v)
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            flops = 4.0 * n * n * a.dim * a.heads
+            print(json.dumps({
+                "method": "sdpa", "N": n, "H": a.heads, "D": a.dim,
+                "threads": threads, "time_s": med, "times": times,
+                "flops": flops, "gflops": flops / med * 1e-9,
+                "torch": torch.__version__,
+                "capability": torch.backends.cpu.get_cpu_capability()}),
+                flush=True)
+            del q, k, v
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""summarize.py - turns the raw measurements of bench/30-cpu.sh into
+bench-out/cpu.json: describes the machine, picks the GEMM peak, prints the
+tables and the target checks, and draws the plots.
+
+    python summarize.py --raw bench-out/cpu-raw --out bench-out/cpu.json
+                        [--plots bench-out] [--threads 2] [--seconds S]
+
+The raw folder holds JSON lines: gemm.jsonl (one per library and thread
+count), sdpa.jsonl (PyTorch) and mrad.jsonl (bench-cpu's "backend" and
+"result" records).  Plots need matplotlib (in .venv-bench); without it they
+are skipped with a note.  Needs nothing else beyond the standard library.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ISA_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq",
+             "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"]
+
+# The targets: (id, sentence, threshold).  All are "at least" except
+# mra2-linear, an upper bound on growth.
+TARGETS = [
+    ("exact-peak", "exact N=4096 >= 60% of GEMM peak", 0.60),
+    ("exact-vs-sdpa", "exact N=4096 not slower than PyTorch SDPA", 1.0),
+    ("mra2-peak", "mra2 (bpr 16) N=4096 >= 50% of GEMM peak (its FLOPs)",
+     0.50),
+    ("mra2-vs-sdpa", "mra2 (bpr 16) N=16384 >= 25x faster than PyTorch SDPA",
+     25.0),
+    ("mra2-linear", "mra2 (bpr 16) time per token grows <= 1.3x "
+     "from N=4096 to N=16384", 1.3),
+    ("mra2-threads", "mra2 (bpr 16) N=16384: all cores >= 1.8x 1 thread",
+     1.8),
+    ("exact-threads", "exact N=16384: all cores >= 1.8x 1 thread", 1.8),
+]
+
+
+def read_jsonl(path):
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    print("summarize: bad line in %s: %s" % (path, line),
+                          file=sys.stderr)
+    return out
+
+
+def run(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine():
+    """What the page says about the machine: from lscpu and /proc."""
+    info = {}
+    for line in run(["lscpu"]).splitlines():
+        key, _, val = line.partition(":")
+        info[key.strip()] = val.strip()
+    flags = set(info.get("Flags", "").split())
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    cc = run(["cc", "--version"]).splitlines()
+    return {
+        "model": info.get("Model name", platform.processor()),
+        "cpus": os.cpu_count(),
+        "threads_per_core": info.get("Thread(s) per core"),
+        "cores_per_socket": info.get("Core(s) per socket"),
+        "sockets": info.get("Socket(s)"),
+        "hypervisor": info.get("Hypervisor vendor"),
+        "l1d": info.get("L1d cache"), "l2": info.get("L2 cache"),
+        "l3": info.get("L3 cache"),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "compiler": cc[0] if cc else None,
+    }
+
+
+def git_commit():
+    out = run(["git", "rev-parse", "--short", "HEAD"]).strip()
+    dirty = run(["git", "status", "--porcelain", "--untracked-files=no",
+                 "attention"]).strip()
+    return out + ("+dirty attention/" if dirty else "")
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()) and "error" not in r:
+            return r
+    return None
+
+
+def check_targets(peak, sdpa, mrad, nproc):
+    """Each target: measured value, threshold, PASS/FAIL/SKIP and the
+    numbers it came from."""
+    res = []
+    p = peak.get(str(nproc), {}).get("gflops")
+
+    def add(tid, value, detail, missing=None):
+        text, thr = next((t[1], t[2]) for t in TARGETS if t[0] == tid)
+        if value is None:
+            res.append({"id": tid, "target": text, "status": "SKIP",
+                        "detail": missing or "not measured"})
+            return
+        ok = value <= thr if tid == "mra2-linear" else value >= thr
+        res.append({"id": tid, "target": text, "threshold": thr,
+                    "value": value, "status": "PASS" if ok else "FAIL",
+                    "detail": detail})
+
+    ex4 = find(mrad, method="exact", N=4096, threads=nproc)
+    m4 = find(mrad, method="mra2", N=4096, bpr=16, threads=nproc)
+    m16 = find(mrad, method="mra2", N=16384, bpr=16, threads=nproc)
+    ex16 = find(mrad, method="exact", N=16384, threads=nproc)
+    m16_1 = find(mrad, method="mra2", N=16384, bpr=16, threads=1)
+    ex16_1 = find(mrad, method="exact", N=16384, threads=1)
+    s4 = find(sdpa, N=4096)
+    s16 = find(sdpa, N=16384)
+
+    if ex4 and p:
+        add("exact-peak", ex4["gflops"] / p, "%.1f GFLOP/s of %.1f = %.0f%%"
+            % (ex4["gflops"], p, 100 * ex4["gflops"] / p))
+    else:
+        add("exact-peak", None, None)
+    if ex4 and s4:
+        add("exact-vs-sdpa", s4["time_s"] / ex4["time_s"],
+            "mrad %.1f ms, SDPA %.1f ms (%.2fx)" % (
+                1e3 * ex4["time_s"], 1e3 * s4["time_s"],
+                s4["time_s"] / ex4["time_s"]))
+    else:
+        add("exact-vs-sdpa", None, None, "PyTorch not measured"
+            if not s4 else None)
+    if m4 and p:
+        add("mra2-peak", m4["gflops"] / p, "%.1f GFLOP/s of %.1f = %.0f%%"
+            % (m4["gflops"], p, 100 * m4["gflops"] / p))
+    else:
+        add("mra2-peak", None, None)
+    if m16 and s16:
+        r = s16["time_s"] / m16["time_s"]
+        add("mra2-vs-sdpa", r, "mra2 %.1f ms, SDPA %.1f ms (%.1fx)" % (
+            1e3 * m16["time_s"], 1e3 * s16["time_s"], r))
+    else:
+        add("mra2-vs-sdpa", None, None, "PyTorch not measured"
+            if not s16 else None)
+    if m4 and m16:
+        g = (m16["time_s"] / 16384) / (m4["time_s"] / 4096)
+        add("mra2-linear", g, "%.2f us/token at 4096, %.2f at 16384 (%.2fx)"
+            % (1e6 * m4["time_s"] / 4096, 1e6 * m16["time_s"] / 16384, g))
+    else:
+        add("mra2-linear", None, None)
+    for tid, many, one in (("mra2-threads", m16, m16_1),
+                           ("exact-threads", ex16, ex16_1)):
+        if many and one:
+            s = one["time_s"] / many["time_s"]
+            add(tid, s, "1 thread %.3f s, %d threads %.3f s (%.2fx)" % (
+                one["time_s"], nproc, many["time_s"], s))
+        else:
+            add(tid, None, None)
+    return res
+
+
+def pick_peak(gemm):
+    """Per thread count, the best GEMM rate any library reached."""
+    peak = {}
+    for g in gemm:
+        t = str(g["threads"])
+        if t not in peak or g["gflops_best"] > peak[t]["gflops"]:
+            peak[t] = {"gflops": g["gflops_best"], "source": g["source"],
+                       "detail": g.get("detail") or g.get("core")}
+    return peak
+
+
+def error_of(r, kind):
+    """Error against the backend's exact output, else against the float64
+    rows (marked so).  Returns (value, 'exact'|'rows') or (None, None)."""
+    if r.get("err_exact_" + kind) is not None:
+        return r["err_exact_" + kind], "exact"
+    if r.get("err_rows_" + kind) is not None:
+        return r["err_rows_" + kind], "rows"
+    return None, None
+
+
+def fmt_err(r, kind):
+    v, src = error_of(r, kind)
+    if v is None:
+        return "-"
+    return "%.2e%s" % (v, "*" if src == "rows" else "")
+
+
+def print_tables(doc):
+    nproc = doc["threads"]
+    print("\nGEMM f32 (best / median GFLOP/s over 5 runs)")
+    for g in doc["gemm"]:
+        print("  %-16s %2d thr  n=%d  %7.1f / %7.1f  %s" % (
+            g["source"], g["threads"], g["n"], g["gflops_best"],
+            g["gflops_median"], g.get("detail") or g.get("core", "")))
+    for t, p in sorted(doc["peak"].items()):
+        print("  peak, %s thread(s): %.1f GFLOP/s (%s)" % (
+            t, p["gflops"], p["source"]))
+    peak = doc["peak"].get(str(nproc), {}).get("gflops")
+    print("\nattention, B=1 H=12 D=64 f32 (time: median; errors: relative "
+          "Frobenius vs exact, * = on float64 rows)")
+    print("  %-6s %4s %6s %3s %10s %8s %6s %8s %10s %10s" % (
+        "method", "bpr", "N", "thr", "time ms", "GFLOP/s", "%peak",
+        "density", "err local", "err gauss"))
+    rows = sorted(doc["sdpa"], key=lambda r: r["N"]) + sorted(
+        doc["mrad"], key=lambda r: (r["threads"] != nproc, r["N"],
+                                    r["method"] != "exact", r.get("bpr", 0)))
+    for r in rows:
+        if "error" in r:
+            print("  %-6s %4s %6d  failed: %s" % (r["method"], r.get("bpr"),
+                                                  r["N"], r["error"]))
+            continue
+        pct = "%5.0f%%" % (100 * r["gflops"] / peak) if peak else "     -"
+        print("  %-6s %4s %6d %3d %10.2f %8.1f %6s %8s %10s %10s" % (
+            r["method"], r.get("bpr") or "", r["N"], r["threads"],
+            1e3 * r["time_s"], r["gflops"], pct,
+            "%.4f" % r["density"] if "density" in r else "",
+            fmt_err(r, "local"), fmt_err(r, "gauss")))
+    print("\ntargets")
+    for t in doc["targets"]:
+        print("  %-4s %s: %s" % (t["status"], t["target"], t["detail"]))
+    met = sum(t["status"] == "PASS" for t in doc["targets"])
+    print("  %d of %d targets met" % (met, len(doc["targets"])))
+
+
+def plots(doc, folder):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("summarize: matplotlib missing, no plots", file=sys.stderr)
+        return []
+    nproc = doc["threads"]
+    mrad = [r for r in doc["mrad"] if r["threads"] == nproc and "error" not in r]
+    made = []
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    series = [("mrad exact", [r for r in mrad if r["method"] == "exact"], "k-o"),
+              ("PyTorch SDPA", doc["sdpa"], "r-s")]
+    for b, st in zip((1, 4, 16, 32), ("-^", "-v", "-D", "-x")):
+        series.append(("mrad mra2 bpr %d" % b, [r for r in mrad if
+                       r["method"] == "mra2" and r["bpr"] == b], st))
+    for label, rows, st in series:
+        rows = sorted(rows, key=lambda r: r["N"])
+        if rows:
+            ax.plot([r["N"] for r in rows], [r["time_s"] for r in rows], st,
+                    label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel("time per call (s), B=1 H=12 D=64 f32")
+    ax.set_title("Attention time on %s, %d threads" % (
+        doc["machine"]["model"], nproc), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(folder, "cpu-time-vs-n.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+    for ax, kind in zip(axes, ("local", "gauss")):
+        for n in sorted({r["N"] for r in mrad}):
+            rows = sorted((r for r in mrad if r["method"] == "mra2" and
+                           r["N"] == n and error_of(r, kind)[0]),
+                          key=lambda r: r["bpr"])
+            if not rows:
+                continue
+            xs = [r["time_s"] for r in rows]
+            ys = [error_of(r, kind)[0] for r in rows]
+            rowsrc = error_of(rows[0], kind)[1] == "rows"
+            ax.plot(xs, ys, "-o", label="N=%d%s" % (
+                n, " (float64 rows)" if rowsrc else ""))
+            for r, x, y in zip(rows, xs, ys):
+                ax.annotate(str(r["bpr"]), (x, y), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("time per call (s)")
+        ax.set_ylabel("relative Frobenius error vs exact")
+        ax.set_title("%s inputs (labels: block_per_row)" % (
+            "smooth, local" if kind == "local" else "Gaussian"), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    path = os.path.join(folder, "cpu-error-vs-time.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+    return made
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--plots")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--seconds", type=int)
+    ap.add_argument("--quick", default="0")
+    a = ap.parse_args()
+
+    gemm = read_jsonl(os.path.join(a.raw, "gemm.jsonl"))
+    sdpa = read_jsonl(os.path.join(a.raw, "sdpa.jsonl"))
+    recs = read_jsonl(os.path.join(a.raw, "mrad.jsonl"))
+    mrad = [r for r in recs if r.get("record") == "result"]
+    backend = next((r for r in recs if r.get("record") == "backend"), {})
+    peak = pick_peak(gemm)
+    install = None
+    try:
+        with open(".venv-bench/.install-seconds") as f:
+            install = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    doc = {
+        "date": datetime.datetime.now(datetime.timezone.utc)
+                .strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "quick": a.quick == "1",
+        "threads": a.threads,
+        "machine": machine(),
+        "backend": backend.get("device"),
+        "bench_seconds": a.seconds,
+        "torch_install_seconds": install,
+        "torch": sdpa[0].get("torch") if sdpa else None,
+        "gemm": gemm,
+        "peak": peak,
+        "sdpa": sdpa,
+        "mrad": mrad,
+    }
+    doc["targets"] = check_targets(peak, sdpa, mrad, a.threads)
+    print_tables(doc)
+    if a.plots:
+        doc["plots"] = [os.path.basename(p) for p in plots(doc, a.plots)]
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
