@@ -1,0 +1,173 @@
+"""Black-box tests of the C clients against a live bin/mrad: `mractl run
+--url` answers bitwise like `mractl run --local` for every method and
+dtype, errors surface as the service's JSON error with the documented exit
+statuses, and bin/mra-load measures a rate the server holds (all 200) and
+an overload (503s counted) and writes its sweep CSV and plot."""
+import csv
+import json
+import os
+import subprocess
+
+import msgpack
+import pytest
+
+from mrad_server import MradServer
+
+BIN = os.environ.get("MRAD_BIN_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bin")
+
+
+def tool(name, *args, timeout=120):
+    return subprocess.run([os.path.join(BIN, name), *map(str, args)],
+                          capture_output=True, timeout=timeout)
+
+
+def random_body(path, shape, *extra):
+    p = tool("mractl", "random", "--shape", shape, "-o", path, *extra)
+    assert p.returncode == 0, p.stderr.decode()
+    return path
+
+
+def out_tensor(raw):
+    m = msgpack.unpackb(raw, raw=False)
+    return m["out"], m["stats"]
+
+
+def error_of(p):
+    """The JSON error mractl printed on stderr."""
+    return json.loads(p.stderr.decode().strip().splitlines()[-1])["error"]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_run_url_matches_local(mrad, tmp_path, method, dtype):
+    body = random_body(tmp_path / "req.msgpack", "2,4,100,32", "--hkv", "2",
+                       "--method", method, "--dtype", dtype,
+                       "--block-per-row", "2", "--seed", "7", "--id", "r1")
+    remote = tool("mractl", "run", "--url", mrad.url, body)
+    local = tool("mractl", "run", "--local", body)
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert local.returncode == 0, local.stderr.decode()
+    (rout, rstats), (lout, lstats) = out_tensor(remote.stdout), out_tensor(local.stdout)
+    assert rout["dtype"] == dtype and rout["shape"] == [2, 4, 100, 32]
+    assert rout["data"] == lout["data"]
+    assert rstats["blocks_selected"] == lstats["blocks_selected"]
+    assert msgpack.unpackb(remote.stdout, raw=False)["id"] == "r1"
+
+
+def test_random_is_deterministic(tmp_path):
+    a = random_body(tmp_path / "a", "1,2,64,16", "--seed", "3")
+    b = random_body(tmp_path / "b", "1,2,64,16", "--seed", "3")
+    c = random_body(tmp_path / "c", "1,2,64,16", "--seed", "4")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    bad = tool("mractl", "random", "--shape", "1,3,64,16", "--hkv", "2")
+    assert bad.returncode == 2 and error_of(bad)["code"] == "bad_request"
+
+
+def test_json_body_round_trip(mrad, tmp_path):
+    body = random_body(tmp_path / "req.json", "1,2,40,8", "--json", "--method", "exact")
+    remote = tool("mractl", "run", "--url", mrad.url, body)
+    local = tool("mractl", "run", "--local", body)
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert json.loads(remote.stdout)["out"]["data"] == json.loads(local.stdout)["out"]["data"]
+
+
+def test_get_endpoints(mrad):
+    h = tool("mractl", "health", "--url", mrad.url)
+    assert h.returncode == 0 and json.loads(h.stdout) == {"status": "ok"}
+    i = tool("mractl", "info", "--url", mrad.url)
+    assert i.returncode == 0 and json.loads(i.stdout)["backend"] == "cpu"
+    m = tool("mractl", "metrics", "--url", mrad.url)
+    assert m.returncode == 0 and b"# TYPE" in m.stdout
+
+
+def test_errors(mrad, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"q": 1}')
+    p = tool("mractl", "run", "--url", mrad.url, bad)
+    assert p.returncode == 2 and p.stdout == b""
+    assert error_of(p)["code"] == "bad_request"
+    # nothing listens on port 9: a transport error, exit 1
+    p = tool("mractl", "run", "--url", "http://127.0.0.1:9", bad)
+    assert p.returncode == 1 and error_of(p)["code"] == "transport"
+    p = tool("mractl", "health", "--url", "http://127.0.0.1:9")
+    assert p.returncode == 1
+    p = tool("mractl", "run", "--url", mrad.url)
+    assert p.returncode == 2
+
+
+def test_auth_and_size_limits(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("k3y\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    body = random_body(tmp_path / "req", "1,2,256,32")
+    args = ["--api-key-file", key, "--max-body-bytes", "32768"]
+    with MradServer(extra_args=args, threads=1) as srv:
+        small = random_body(tmp_path / "small", "1,1,32,8")
+        p = tool("mractl", "run", "--url", srv.url, small)
+        assert p.returncode == 2 and error_of(p)["code"] == "unauthorized"
+        p = tool("mractl", "run", "--url", srv.url, "--api-key-file", wrong, small)
+        assert p.returncode == 2 and error_of(p)["code"] == "unauthorized"
+        p = tool("mractl", "run", "--url", srv.url, "--api-key-file", key, small)
+        assert p.returncode == 0, p.stderr.decode()
+        p = tool("mractl", "run", "--url", srv.url, "--api-key-file", key, body)
+        assert p.returncode == 2 and error_of(p)["code"] == "payload_too_large"
+        # mra-load sends the key too
+        r = tool("mra-load", "--url", srv.url, "--api-key-file", key, "--file", small,
+                 "--rate", "20", "--duration", "0.5", "--warmup", "0", "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        rep = json.loads(r.stdout)
+        assert rep["status"]["200"] == rep["sent"] > 0
+
+
+def load(url, *args):
+    r = tool("mra-load", "--url", url, "--json", "--quiet", *args)
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+def test_load_held_rate(mrad):
+    rep = load(mrad.url, "--shape", "1,2,256,32", "--method", "mra2,exact",
+               "--dtype", "f32,bf16", "--rate", "40", "--poisson",
+               "--duration", "2", "--warmup", "0.5")
+    assert rep["mode"] == "poisson"
+    assert rep["sent"] > 40 and rep["completed"] == rep["sent"]
+    assert rep["status"] == {"200": rep["sent"], "503": 0, "504": 0,
+                             "other": 0, "transport": 0}
+    lat = rep["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    assert 20 < rep["throughput_rps"] < 60
+
+    closed = load(mrad.url, "--shape", "1,2,128,32", "--concurrency", "2",
+                  "--duration", "1", "--warmup", "0.2")
+    assert closed["mode"] == "closed" and closed["status"]["200"] > 0
+    assert closed["status"]["200"] == closed["completed"]
+
+
+def test_load_overload_and_sweep(tmp_path):
+    """One compute thread and a queue of two: several times the rate it
+    holds is answered largely with 503, and mra-load counts them."""
+    args = ["--max-queue", "2", "--max-batch-requests", "1"]
+    with MradServer(extra_args=args, threads=1) as srv:
+        shape = ["--shape", "1,8,1024,64"]
+        one = load(srv.url, *shape, "--concurrency", "1", "--duration", "1",
+                   "--warmup", "0.2")
+        capacity = one["throughput_rps"]
+        assert capacity > 0
+        over = load(srv.url, *shape, "--rate", str(round(6 * capacity, 1)),
+                    "--duration", "1.5", "--warmup", "0")
+        assert over["status"]["503"] > 0
+        assert over["status"]["200"] > 0
+        assert over["status"]["other"] == over["status"]["transport"] == 0
+        assert over["completed"] == over["sent"]
+
+        csv_path, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
+        rates = f"{capacity / 4:.1f},{capacity * 4:.1f}"
+        sw = load(srv.url, *shape, "--sweep", rates, "--duration", "1",
+                  "--warmup", "0", "--csv", csv_path, "--plot", png)
+        assert len(sw["runs"]) == 2
+        rows = list(csv.DictReader(open(csv_path)))
+        assert [float(r["offered_rps"]) for r in rows] == [float(x) for x in rates.split(",")]
+        assert int(rows[0]["n503"]) == 0 and int(rows[1]["n503"]) > 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
