@@ -34,3 +34,10 @@ $(BIN)/mra-load: $(MRALOAD_OBJS) $(MRAC_LIB) $(PROTO_LIB) $(ATTN_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(MRAC_LDLIBS) -luv $(PROTO_LDLIBS) $(ATTN_LDLIBS) $(LDLIBS)
 BINS += $(BIN)/mra-load
 endif
+
+# The client library's unit test (tests/unit/clients/test-mraclient.c)
+# links the library and libcurl on top of what every unit test links.
+MRAC_TEST := $(BUILD)/tests/clients/test-mraclient
+$(MRAC_TEST): $(MRAC_LIB)
+$(MRAC_TEST): LDLIBS := $(MRAC_LIB) $(PROTO_LIB) $(ATTN_LIB) $(MRAC_LDLIBS) \
+	$(PROTO_LDLIBS) $(ATTN_LDLIBS) -lm

@@ -388,9 +388,9 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
     /* attn_problem_check() wants an output pointer; the check must not
      * depend on whether the caller gave one. */
     struct attn_problem chk = *p;
-    char dummy;
+    static _Alignas(64) char stand_in[64];
     if (!chk.out)
-        chk.out = &dummy;
+        chk.out = stand_in; /* aligned for any dtype; never written */
     char msg[256];
     if (attn_problem_check(&chk, msg, sizeof msg) != ATTN_OK)
         return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s", msg);
