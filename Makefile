@@ -52,6 +52,7 @@ UNIT_TESTS  :=
 CLEAN_EXTRA :=
 
 include attention/module.mk
+include attention/cuda/module.mk
 include protocol/module.mk
 include server/module.mk
 include clients/module.mk

@@ -5,8 +5,15 @@ ATTN_LIB  := $(BUILD)/libattn.a
 ATTN_SRCS := $(wildcard attention/*.c attention/cpu/*.c)
 
 ifeq ($(HAVE_CUDA),1)
+# The CUDA backend (attention/cuda/): SASS for sm_80 and sm_90 plus PTX that
+# newer GPUs compile at load time.  attention/cuda/module.mk adds its tests,
+# benchmark and resource report.
 ATTN_SRCS   := $(filter-out attention/nocuda.c,$(ATTN_SRCS))
 CUDA_HOME   ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+NVCC_WARN   := -Xcompiler -Wall,-Wextra
+ifeq ($(WERROR),1)
+NVCC_WARN   += -Werror all-warnings
+endif
 NVCCFLAGS   ?= -O3 -std=c++17 -Xcompiler -fPIC \
                -gencode arch=compute_80,code=sm_80 \
                -gencode arch=compute_90,code=sm_90 \
@@ -17,7 +24,7 @@ ATTN_LDLIBS  := -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
 CPPFLAGS     += -DMRAD_HAVE_CUDA=1
 $(BUILD)/attention/cuda/%.o: attention/cuda/%.cu $(wildcard attention/cuda/*.h attention/cuda/*.cuh) attention/attn.h attention/attn-impl.h
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) $(NVCC_WARN) -I. -c $< -o $@
 else
 ATTN_CU_OBJS :=
 ATTN_LDLIBS  :=

@@ -1,0 +1,16 @@
+/*
+ * attend-f16.cu - the f16 instantiations of the tensor-core attention
+ * kernels of attend-mma.cuh (head dimensions 32, 64, 128, 256; MRA-2 and
+ * exact).
+ */
+#include "attention/cuda/attend-mma.cuh"
+
+namespace mrad_cuda
+{
+
+int attend_f16(const attend_args &a, cudaStream_t st)
+{
+    return dispatch<__half>(a, st);
+}
+
+} // namespace mrad_cuda

@@ -1,0 +1,421 @@
+/*
+ * attend-mma.cuh - the fused attention kernels for f16 and bf16 inputs on
+ * tensor cores (mma.sync m16n8k16, f32 accumulation; sm_80 and later).
+ *
+ * A thread block owns 16*W query rows of one head (W warps, 16 rows each)
+ * and walks 32-key tiles: for MRA-2 (W = 2) the key blocks of its block row
+ * listed by plan.cu, starting from the row's low-resolution softmax state
+ * in mra2 mode; for exact attention (W = 4) every key block.  Per tile a
+ * warp computes S = Q K^T (ldmatrix + mma), masks padded and masked keys,
+ * updates its running max / sum (online softmax, base 2), rescales its
+ * output accumulators and adds P V with P rounded to the input type, as
+ * flash attention does.  K/V tiles are double-buffered in shared memory
+ * with cp.async, so the loads of the next tile overlap the math of this
+ * one.  No N x N buffer, no atomics: each output row is written once, by
+ * one warp, with every sum in a fixed order (bitwise reproducible).
+ *
+ * The head dimension is padded with zeros to DP in {32, 64, 128, 256}; rows
+ * past N read as zeros.  For DP <= 128 the Q fragments stay in registers.
+ *
+ * Included by attend-f16.cu and attend-bf16.cu, one instantiation set per
+ * file, so that the two compile in parallel.
+ */
+#ifndef MRAD_CUDA_ATTEND_MMA_CUH
+#define MRAD_CUDA_ATTEND_MMA_CUH
+
+#include <math.h>
+
+#include "attention/cuda/common.cuh"
+
+namespace mrad_cuda
+{
+
+namespace
+{
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <typename T> struct mma_t;
+
+template <> struct mma_t<__half> {
+    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
+                                               uint32_t b0, uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                       "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y)
+    {
+        __half2 h = __floats2half2_rn(x, y); /* x in the low half */
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void store(__half *p, float x)
+    {
+        *p = __float2half_rn(x);
+    }
+};
+
+template <> struct mma_t<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
+                                               uint32_t b0, uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                       "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void store(__nv_bfloat16 *p, float x)
+    {
+        *p = __float2bfloat16_rn(x);
+    }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 "
+                 "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 "
+                 "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void cp_async16(void *s, const void *g)
+{
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(s)),
+        "l"(g));
+}
+
+__device__ __forceinline__ void cp_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int n> __device__ __forceinline__ void cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
+}
+
+/* Copies `rows` rows starting at token r0 of a [N, D] tensor into shared
+ * memory [rows][LD], zero-filling rows >= N and columns >= D.  16-byte
+ * chunks go through cp.async when the rows are 16-byte aligned. */
+template <int DP, int LD, int NT>
+__device__ __forceinline__ void load_rows(uint16_t *dst, const uint16_t *src,
+                                          uint32_t r0, int rows, uint32_t N,
+                                          uint32_t D, bool vec, int tid)
+{
+    constexpr int CPR = DP / 8;
+    for (int c = tid; c < rows * CPR; c += NT) {
+        int r = c / CPR;
+        uint32_t d = (uint32_t)(c % CPR) * 8, j = r0 + r;
+        uint16_t *s = dst + r * LD + d;
+        const uint16_t *g = src + (size_t)j * D + d;
+        if (j < N && vec && d < D) {
+            cp_async16(s, g);
+        } else {
+#pragma unroll
+            for (uint32_t e = 0; e < 8; e++)
+                s[e] = (j < N && d + e < D) ? g[e] : (uint16_t)0;
+        }
+    }
+}
+
+template <typename T, int DP, int W>
+__global__ void __launch_bounds__(W * 32, 1)
+    k_attend_mma(attend_args a, uint32_t qtiles)
+{
+    constexpr int NT = W * 32;  /* threads */
+    constexpr int R = 16 * W;   /* query rows per block */
+    constexpr int LD = DP + 8;  /* row stride: conflict-free ldmatrix */
+    constexpr int KS = DP / 16; /* k-steps over the head dimension */
+    constexpr bool QREG = DP <= 128;
+    extern __shared__ __align__(16) uint16_t smem[];
+    uint16_t *Qs = smem;              /* [R][LD] */
+    uint16_t *Ks = Qs + R * LD;       /* [2][32][LD] */
+    uint16_t *Vs = Ks + 2 * BLK * LD; /* [2][32][LD] */
+    __shared__ uint32_t mword[2];
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const uint32_t tile = blockIdx.x % qtiles;
+    const size_t hb = blockIdx.x / qtiles;
+    const uint32_t b = (uint32_t)(hb / a.H), h = (uint32_t)(hb % a.H);
+    const size_t kvh = (size_t)b * a.Hkv + h / (a.H / a.Hkv);
+    const uint32_t N = a.N, D = a.D;
+    const uint16_t *q = (const uint16_t *)a.q + hb * N * D;
+    const uint16_t *k = (const uint16_t *)a.k + kvh * N * D;
+    const uint16_t *v = (const uint16_t *)a.v + kvh * N * D;
+    const uint8_t *mask = a.mask ? a.mask + (size_t)b * N : nullptr;
+    const uint32_t row0 = tile * R;
+    const bool vec = a.vec_ok != 0;
+
+    /* The key tiles of this block: a CSR row, or all of them. */
+    uint32_t ntiles = a.nb;
+    const uint32_t *lst = nullptr;
+    if (a.list) {
+        const uint32_t *o = a.row_off + hb * (a.nb + 1) + tile;
+        ntiles = o[1] - o[0];
+        lst = a.list + hb * a.list_stride + o[0];
+    }
+
+    float o_acc[DP / 8][4];
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            o_acc[n][e] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    if (a.low_m) {
+        /* mra2: continue the softmax of the row's low-resolution terms,
+         * kept in base 2 like the rest of the kernel. */
+        size_t row = hb * a.nb + tile;
+        float z = a.low_z[row];
+        if (z > 0.0f) {
+            float m2 = a.low_m[row] * LOG2E;
+            mrow[0] = mrow[1] = m2;
+            lrow[0] = lrow[1] = t == 0 ? z : 0.0f;
+            const float *num = a.low_num + row * D;
+#pragma unroll
+            for (int n = 0; n < DP / 8; n++) {
+                uint32_t d = n * 8 + 2 * t;
+                float x0 = d < D ? num[d] : 0.0f;
+                float x1 = d + 1 < D ? num[d + 1] : 0.0f;
+                o_acc[n][0] = o_acc[n][2] = x0;
+                o_acc[n][1] = o_acc[n][3] = x1;
+            }
+        }
+    }
+
+    if (ntiles > 0) {
+        load_rows<DP, LD, NT>(Qs, q, row0, R, N, D, vec, tid);
+        uint32_t key0 = (lst ? lst[0] : 0) * BLK;
+        load_rows<DP, LD, NT>(Ks, k, key0, BLK, N, D, vec, tid);
+        load_rows<DP, LD, NT>(Vs, v, key0, BLK, N, D, vec, tid);
+        if (warp == 0) {
+            uint32_t j = key0 + lane;
+            uint32_t w =
+                __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+            if (lane == 0)
+                mword[0] = w;
+        }
+        cp_commit();
+    }
+
+    const float sl2 = a.scale * LOG2E;
+    uint32_t qf[QREG ? KS : 1][4];
+    const uint16_t *qw = Qs + (warp * 16 + (lane % 16)) * LD + (lane / 16) * 8;
+
+    for (uint32_t it = 0; it < ntiles; it++) {
+        const int st = it & 1;
+        if (it + 1 < ntiles) {
+            uint32_t key0 = (lst ? lst[it + 1] : it + 1) * BLK;
+            uint16_t *kd = Ks + (st ^ 1) * BLK * LD;
+            uint16_t *vd = Vs + (st ^ 1) * BLK * LD;
+            load_rows<DP, LD, NT>(kd, k, key0, BLK, N, D, vec, tid);
+            load_rows<DP, LD, NT>(vd, v, key0, BLK, N, D, vec, tid);
+            if (warp == 0) {
+                uint32_t j = key0 + lane;
+                uint32_t w =
+                    __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+                if (lane == 0)
+                    mword[st ^ 1] = w;
+            }
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        if (QREG && it == 0) {
+#pragma unroll
+            for (int ks = 0; ks < (QREG ? KS : 0); ks++)
+                ldsm_x4(qf[ks], qw + ks * 16);
+        }
+
+        /* S = Q K^T for this warp's 16 rows x 32 keys. */
+        const uint16_t *kt = Ks + st * BLK * LD;
+        const uint16_t *vt = Vs + st * BLK * LD;
+        float s[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[n][e] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            uint32_t af[4];
+            if (QREG) {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    af[e] = qf[QREG ? ks : 0][e];
+            } else {
+                ldsm_x4(af, qw + ks * 16);
+            }
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t bf[4];
+                ldsm_x4(bf, kt + (np * 16 + (lane % 8) + (lane / 16) * 8) * LD +
+                                ks * 16 + ((lane / 8) % 2) * 8);
+                mma_t<T>::run(s[2 * np], af, bf[0], bf[1]);
+                mma_t<T>::run(s[2 * np + 1], af, bf[2], bf[3]);
+            }
+        }
+
+        /* Mask, scale to base 2, online softmax.  Thread holds rows g and
+         * g+8, columns n*8 + 2t + {0,1}. */
+        const uint32_t mw = mword[st];
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = n * 8 + 2 * t + (e & 1);
+                s[n][e] = ((mw >> c) & 1u) ? s[n][e] * sl2 : -INFINITY;
+                mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
+            }
+        float muse[2], alpha[2], psum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mnew = fmaxf(mrow[r], mx[r]);
+            muse[r] = mnew == -INFINITY ? 0.0f : mnew;
+            alpha[r] = exp2f(mrow[r] - muse[r]);
+            mrow[r] = mnew;
+        }
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[n][e] = exp2f(s[n][e] - muse[e / 2]);
+                psum[e / 2] += s[n][e];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            lrow[r] = lrow[r] * alpha[r] + psum[r];
+#pragma unroll
+        for (int n = 0; n < DP / 8; n++) {
+            o_acc[n][0] *= alpha[0];
+            o_acc[n][1] *= alpha[0];
+            o_acc[n][2] *= alpha[1];
+            o_acc[n][3] *= alpha[1];
+        }
+
+/* O += P V: the S accumulators are already laid out as the A
+ * fragments of the second product. */
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            uint32_t pf[4];
+            pf[0] = mma_t<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+            pf[1] = mma_t<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+            pf[2] = mma_t<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+            pf[3] = mma_t<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+            const uint16_t *vrow =
+                vt + (ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD +
+                (lane / 16) * 8;
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; dp++) {
+                uint32_t bf[4];
+                ldsm_x4_t(bf, vrow + dp * 16);
+                mma_t<T>::run(o_acc[2 * dp], pf, bf[0], bf[1]);
+                mma_t<T>::run(o_acc[2 * dp + 1], pf, bf[2], bf[3]);
+            }
+        }
+        __syncthreads(); /* this stage may now be refilled */
+    }
+
+    /* The four threads of a row hold partial sums of its denominator. */
+    T *out = (T *)a.out;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = lrow[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        uint32_t i = row0 + warp * 16 + g + r * 8;
+        if (i >= N)
+            continue;
+        bool real = !mask || mask[i];
+        float inv = (real && l > 0.0f) ? 1.0f / l : 0.0f;
+        T *o = out + (hb * N + i) * D;
+#pragma unroll
+        for (int n = 0; n < DP / 8; n++) {
+            uint32_t d = n * 8 + 2 * t;
+            if (d < D)
+                mma_t<T>::store(o + d, real ? o_acc[n][2 * r] * inv : 0.0f);
+            if (d + 1 < D)
+                mma_t<T>::store(o + d + 1,
+                                real ? o_acc[n][2 * r + 1] * inv : 0.0f);
+        }
+    }
+}
+
+template <typename T, int DP, int W>
+int launch(const attend_args &a, cudaStream_t st)
+{
+    constexpr int R = 16 * W, LD = DP + 8;
+    size_t smem = (size_t)(R + 4 * BLK) * LD * sizeof(uint16_t);
+    cudaError_t e = cudaFuncSetAttribute(
+        k_attend_mma<T, DP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        (int)smem);
+    if (e != cudaSuccess)
+        return cuda_err(e);
+    uint32_t qtiles = W == 2 ? a.nb : (a.N + R - 1) / R;
+    size_t ctas = (size_t)qtiles * a.B * a.H;
+    if (ctas > 0x7fffffffu)
+        return ATTN_ENOTSUP;
+    k_attend_mma<T, DP, W><<<(unsigned)ctas, W * 32, smem, st>>>(a, qtiles);
+    return cuda_err(cudaGetLastError());
+}
+
+/* MRA-2 (a CSR list) runs one 32-row block row per thread block; exact
+ * attention shares each K/V tile between 64 rows. */
+template <typename T, int DP>
+int launch_dp(const attend_args &a, cudaStream_t st)
+{
+    return a.list ? launch<T, DP, 2>(a, st) : launch<T, DP, 4>(a, st);
+}
+
+template <typename T> int dispatch(const attend_args &a, cudaStream_t st)
+{
+    if (a.D > 256)
+        return ATTN_ENOTSUP;
+    switch (pad_dim(a.D)) {
+    case 32:
+        return launch_dp<T, 32>(a, st);
+    case 64:
+        return launch_dp<T, 64>(a, st);
+    case 128:
+        return launch_dp<T, 128>(a, st);
+    default:
+        return launch_dp<T, 256>(a, st);
+    }
+}
+
+} // namespace
+
+} // namespace mrad_cuda
+
+#endif /* MRAD_CUDA_ATTEND_MMA_CUH */

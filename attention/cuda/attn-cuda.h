@@ -1,0 +1,49 @@
+/*
+ * attn-cuda.h - the C face of the CUDA backend (attention/cuda/).
+ *
+ * The backend itself is reached through the vtable of attn-impl.h
+ * (attn_cuda_backend_new); this header adds the two entry points that only
+ * make sense for a GPU: asking how many devices there are, and computing a
+ * problem whose tensors already live in device memory (used by the GPU
+ * benchmark, which hands in PyTorch tensors, so that the figures measure
+ * the kernels and not the PCIe copies).  Plain C, no CUDA types: callers
+ * need not be compiled with nvcc.  Only available when the library was
+ * built with CUDA (MRAD_HAVE_CUDA).
+ */
+#ifndef MRAD_ATTN_CUDA_H
+#define MRAD_ATTN_CUDA_H
+
+#include <stdint.h>
+
+#include "attention/attn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of CUDA devices usable by this process (>= 1), or ATTN_ENODEV when
+ * there is none or no driver.  Thread-safe. */
+int attn_cuda_device_count(void);
+
+/*
+ * Computes one problem whose q, k, v, mask and out point to device memory
+ * of the backend's GPU.  `be` must come from attn_backend_new("cuda" or
+ * "auto") and be a CUDA backend (else ATTN_ENOTSUP).  The problem is
+ * checked with attn_problem_check() (ATTN_EINVAL).  `stream` is a
+ * cudaStream_t to enqueue the work on: the call then returns once the work
+ * is enqueued, and the caller synchronises that stream before reading
+ * `out` or reusing the inputs.  With stream == NULL the backend's own
+ * stream is used and the call returns when the output is complete.
+ * Returns ATTN_OK, ATTN_ENOMEM (device pool could not grow), ATTN_ENOTSUP
+ * (shape beyond the backend's limits) or ATTN_EBACKEND (launch error or a
+ * sticky device fault).  Same threading rule as attn_backend_compute(): one
+ * thread at a time per backend.  Does not fill statistics or consume
+ * injected faults.
+ */
+int attn_cuda_compute_device(struct attn_backend *be,
+                             const struct attn_problem *p, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MRAD_ATTN_CUDA_H */

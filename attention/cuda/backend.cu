@@ -1,0 +1,481 @@
+/*
+ * backend.cu - the CUDA backend behind the vtable of attn-impl.h: device
+ * selection, the device memory pool and pinned staging buffers, the
+ * per-batch pipeline, error containment, and the device-pointer entry point
+ * of attn-cuda.h.
+ *
+ * One backend instance drives one GPU (cfg->device) with two streams: the
+ * copy stream moves the inputs of the next problem host-to-device while the
+ * compute stream runs the current one (double buffering: two input slots,
+ * two pinned staging slots, events between them).  All memory comes from
+ * grow-only arenas, so a steady stream of requests of similar shapes never
+ * calls cudaMalloc.  A failure fails its problem only; an error that
+ * leaves the CUDA context unusable (illegal address, ...) is remembered and
+ * reported by health(), and every later batch fails fast.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention/attn-impl.h"
+#include "attention/cuda/attn-cuda.h"
+#include "attention/cuda/common.cuh"
+
+using namespace mrad_cuda;
+
+namespace
+{
+
+constexpr size_t ALIGN = 256;               /* sub-buffer alignment */
+constexpr size_t BLAS_WORKSPACE = 32 << 20; /* fixed cuBLAS workspace */
+
+/* A grow-only device or pinned host allocation. */
+struct arena {
+    void *base;
+    size_t cap;
+    bool host;
+};
+
+void arena_release(arena *a)
+{
+    if (a->base) {
+        if (a->host)
+            cudaFreeHost(a->base);
+        else
+            cudaFree(a->base);
+    }
+    a->base = nullptr;
+    a->cap = 0;
+}
+
+/* Makes the arena hold at least `need` bytes.  Grows by half again so
+ * slowly growing shapes do not reallocate every time; falls back to the
+ * exact size when the larger request fails.  The caller guarantees that
+ * nothing in flight still uses the old memory. */
+int arena_reserve(arena *a, size_t need)
+{
+    if (need <= a->cap)
+        return ATTN_OK;
+    arena_release(a);
+    size_t want = need + need / 2;
+    if (want < need)
+        want = need;
+    want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    if (want < need)
+        want = need;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        size_t sz = attempt ? need : want;
+        cudaError_t e =
+            a->host ? cudaHostAlloc(&a->base, sz, 0) : cudaMalloc(&a->base, sz);
+        if (e == cudaSuccess) {
+            a->cap = sz;
+            return ATTN_OK;
+        }
+        a->base = nullptr;
+        cudaGetLastError(); /* out of memory is not sticky: clear it */
+        if (e != cudaErrorMemoryAllocation)
+            return ATTN_EBACKEND;
+    }
+    return ATTN_ENOMEM;
+}
+
+/* Offsets of n consecutive ALIGN-aligned slices; false on overflow. */
+bool layout(const size_t *sizes, int n, size_t *off, size_t *total)
+{
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        off[i] = at;
+        size_t s = sizes[i] + (ALIGN - 1);
+        if (s < sizes[i] || at + s < at)
+            return false;
+        at += s & ~(ALIGN - 1);
+    }
+    *total = at;
+    return true;
+}
+
+/* The host tensors of a problem: q, k, v, mask, out. */
+constexpr int NT = 5;
+bool tensor_sizes(const attn_problem *p, size_t sz[NT])
+{
+    size_t es = attn_dtype_size(p->dtype), qn, kn;
+    if (__builtin_mul_overflow((size_t)p->B * p->H, (size_t)p->N, &qn) ||
+        __builtin_mul_overflow(qn, (size_t)p->D * es, &qn) ||
+        __builtin_mul_overflow((size_t)p->B * p->Hkv, (size_t)p->N, &kn) ||
+        __builtin_mul_overflow(kn, (size_t)p->D * es, &kn))
+        return false;
+    sz[0] = qn;
+    sz[1] = kn;
+    sz[2] = kn;
+    sz[3] = p->mask ? (size_t)p->B * p->N : 0;
+    sz[4] = qn;
+    return true;
+}
+
+struct cuda_ctx {
+    int device;
+    char desc[320];
+    cudaStream_t comp, copy;
+    cudaEvent_t h2d[2], done[2];
+    cublasHandle_t blas;
+    void *blas_ws;
+    arena work;     /* MRA work buffers of the running problem */
+    arena din[2];   /* device copies of a problem's tensors, per slot */
+    arena stage[2]; /* pinned host staging, per slot */
+    int sticky;     /* a fault that left the context unusable */
+};
+
+/* After a CUDA error: a non-sticky error is cleared by cudaGetLastError;
+ * if the device still fails to synchronise, the context is lost. */
+int contain(cuda_ctx *c, int rc)
+{
+    if (rc == ATTN_OK)
+        return rc;
+    cudaGetLastError();
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+        c->sticky = 1;
+        return ATTN_EBACKEND;
+    }
+    cudaGetLastError();
+    return rc;
+}
+
+/* Resolves a checked problem whose tensors sit at the given device
+ * addresses into the kernels' description. */
+dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
+                     const void *v, const uint8_t *mask, void *out)
+{
+    dev_problem d;
+    d.method = p->method;
+    d.dtype = p->dtype;
+    d.B = p->B;
+    d.H = p->H;
+    d.Hkv = p->Hkv;
+    d.N = p->N;
+    d.D = p->D;
+    d.nb = attn_num_blocks(p->N);
+    d.q = q;
+    d.k = k;
+    d.v = v;
+    d.mask = mask;
+    d.out = out;
+    d.scale = attn_scale(p);
+    d.budget = p->method == ATTN_EXACT ? 0 : attn_budget(p);
+    d.prior_first = p->prior_first;
+    d.prior_diagonal = p->prior_diagonal;
+    return d;
+}
+
+/* Enqueues one problem (tensors in device memory) on `st`. */
+int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
+{
+    attend_args a;
+    memset(&a, 0, sizeof a);
+    a.q = p.q;
+    a.k = p.k;
+    a.v = p.v;
+    a.mask = p.mask;
+    a.out = p.out;
+    a.B = p.B;
+    a.H = p.H;
+    a.Hkv = p.Hkv;
+    a.N = p.N;
+    a.D = p.D;
+    a.nb = p.nb;
+    a.scale = p.scale;
+    a.vec_ok = p.D % 8 == 0 &&
+               ((uintptr_t)p.q | (uintptr_t)p.k | (uintptr_t)p.v) % 16 == 0;
+    if (p.D > ATTN_MAX_HEAD_DIM || p.nb > 65535)
+        return ATTN_ENOTSUP;
+
+    if (p.method != ATTN_EXACT) {
+        size_t sz[MRA_NBUF], off[MRA_NBUF], total;
+        if (!mra_work_sizes(p, sz) || !layout(sz, MRA_NBUF, off, &total))
+            return ATTN_ENOMEM;
+        if (total > c->work.cap) {
+            /* Growing frees the old arena: let queued work finish. */
+            cudaError_t e = cudaStreamSynchronize(st);
+            if (e != cudaSuccess)
+                return cuda_err(e);
+        }
+        int rc = arena_reserve(&c->work, total);
+        if (rc)
+            return rc;
+        void *bufs[MRA_NBUF];
+        for (int i = 0; i < MRA_NBUF; i++)
+            bufs[i] = (char *)c->work.base + off[i];
+        mra_work w;
+        mra_work_bind(&w, bufs);
+        if (cublasSetStream(c->blas, st) != CUBLAS_STATUS_SUCCESS)
+            return ATTN_EBACKEND;
+        rc = mra_plan(p, w, c->blas, st);
+        if (rc)
+            return rc;
+        a.list = w.list;
+        a.row_off = w.row_off;
+        a.list_stride = p.budget;
+        if (p.method == ATTN_MRA2) {
+            a.low_m = w.low_m;
+            a.low_z = w.low_z;
+            a.low_num = w.low_num;
+        }
+    }
+    switch (p.dtype) {
+    case ATTN_F32:
+        return attend_f32(a, st);
+    case ATTN_F16:
+        return attend_f16(a, st);
+    case ATTN_BF16:
+        return attend_bf16(a, st);
+    }
+    return ATTN_ENOTSUP;
+}
+
+/* One problem of a batch on its way through the pipeline. */
+struct job {
+    const attn_problem *p;
+    size_t off[NT], sz[NT];
+    int err;
+};
+
+/* Stages the inputs of job j into slot s and starts their copy. */
+int job_upload(cuda_ctx *c, job *j, int s)
+{
+    size_t total;
+    if (!tensor_sizes(j->p, j->sz) || !layout(j->sz, NT, j->off, &total))
+        return ATTN_ENOMEM;
+    int rc = arena_reserve(&c->din[s], total);
+    if (!rc)
+        rc = arena_reserve(&c->stage[s], total);
+    if (rc)
+        return rc;
+    char *h = (char *)c->stage[s].base;
+    const void *src[4] = {j->p->q, j->p->k, j->p->v, j->p->mask};
+    for (int i = 0; i < 4; i++)
+        if (j->sz[i])
+            memcpy(h + j->off[i], src[i], j->sz[i]);
+    /* q, k, v and the mask are contiguous: one copy. */
+    cudaError_t e = cudaMemcpyAsync(c->din[s].base, h, j->off[4],
+                                    cudaMemcpyHostToDevice, c->copy);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(c->h2d[s], c->copy);
+    return cuda_err(e);
+}
+
+/* Runs job j from slot s and queues the copy of its output back. */
+int job_launch(cuda_ctx *c, job *j, int s)
+{
+    char *d = (char *)c->din[s].base;
+    cudaError_t e = cudaStreamWaitEvent(c->comp, c->h2d[s], 0);
+    if (e != cudaSuccess)
+        return cuda_err(e);
+    dev_problem p = make_dev(j->p, d + j->off[0], d + j->off[1], d + j->off[2],
+                             j->p->mask ? (uint8_t *)d + j->off[3] : nullptr,
+                             d + j->off[4]);
+    int rc = run_problem(c, p, c->comp);
+    if (rc)
+        return rc;
+    e = cudaMemcpyAsync((char *)c->stage[s].base + j->off[4], d + j->off[4],
+                        j->sz[4], cudaMemcpyDeviceToHost, c->comp);
+    return cuda_err(e);
+}
+
+/* Waits for job j and copies its output to the caller. */
+int job_finish(cuda_ctx *c, job *j, int s)
+{
+    cudaError_t e = cudaEventSynchronize(c->done[s]);
+    if (e != cudaSuccess)
+        return cuda_err(e);
+    memcpy(j->p->out, (char *)c->stage[s].base + j->off[4], j->sz[4]);
+    return ATTN_OK;
+}
+
+int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
+                       attn_stats *stats, int *errs)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    (void)stats; /* backend.c fills the statistics */
+    if (c->sticky || cudaSetDevice(c->device) != cudaSuccess) {
+        for (size_t i = 0; i < n; i++)
+            errs[i] = ATTN_EBACKEND;
+        return ATTN_EBACKEND;
+    }
+    job jobs[2];
+    memset(jobs, 0, sizeof jobs);
+    if (n > 0) {
+        jobs[0].p = probs[0];
+        jobs[0].err = contain(c, job_upload(c, &jobs[0], 0));
+    }
+    for (size_t i = 0; i < n; i++) {
+        int s = (int)(i & 1);
+        job *j = &jobs[s];
+        if (!j->err && !c->sticky)
+            j->err = contain(c, job_launch(c, j, s));
+        /* Every slot event is recorded so job_finish never waits on a
+         * stale one, whatever failed before. */
+        cudaEventRecord(c->done[s], c->comp);
+        if (i + 1 < n) {
+            /* The other slot's previous job finished last iteration. */
+            job *nx = &jobs[s ^ 1];
+            memset(nx, 0, sizeof *nx);
+            nx->p = probs[i + 1];
+            nx->err = c->sticky ? ATTN_EBACKEND
+                                : contain(c, job_upload(c, nx, s ^ 1));
+        }
+        if (!j->err)
+            j->err = contain(c, job_finish(c, j, s));
+        if (c->sticky && !j->err)
+            j->err = ATTN_EBACKEND;
+        errs[i] = j->err;
+    }
+    return ATTN_OK;
+}
+
+const char *cuda_device(void *ctx)
+{
+    return ((cuda_ctx *)ctx)->desc;
+}
+
+int cuda_health(void *ctx)
+{
+    return ((cuda_ctx *)ctx)->sticky ? ATTN_EBACKEND : ATTN_OK;
+}
+
+int cuda_memory(void *ctx, uint64_t *used, uint64_t *total)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t fr = 0, tot = 0;
+    if (c->sticky || cudaSetDevice(c->device) != cudaSuccess ||
+        cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return ATTN_EBACKEND;
+    }
+    *used = tot - fr;
+    *total = tot;
+    return ATTN_OK;
+}
+
+void cuda_free(void *ctx)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!c)
+        return;
+    cudaSetDevice(c->device);
+    if (c->comp)
+        cudaStreamSynchronize(c->comp);
+    if (c->copy)
+        cudaStreamSynchronize(c->copy);
+    arena_release(&c->work);
+    for (int s = 0; s < 2; s++) {
+        arena_release(&c->din[s]);
+        arena_release(&c->stage[s]);
+        if (c->h2d[s])
+            cudaEventDestroy(c->h2d[s]);
+        if (c->done[s])
+            cudaEventDestroy(c->done[s]);
+    }
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->blas_ws)
+        cudaFree(c->blas_ws);
+    if (c->comp)
+        cudaStreamDestroy(c->comp);
+    if (c->copy)
+        cudaStreamDestroy(c->copy);
+    cudaGetLastError();
+    free(c);
+}
+
+const attn_backend_i cuda_iface = {
+    "cuda",      cuda_compute_batch, cuda_device,
+    cuda_health, cuda_memory,        cuda_free,
+};
+
+} // namespace
+
+extern "C" int attn_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
+        cudaGetLastError();
+        return ATTN_ENODEV;
+    }
+    return n;
+}
+
+extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
+                                     const struct attn_backend_i **iface,
+                                     void **ctx)
+{
+    int n = attn_cuda_device_count();
+    int dev = cfg ? cfg->device : 0;
+    if (n < 0 || dev < 0 || dev >= n)
+        return ATTN_ENODEV;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return ATTN_ENODEV;
+    }
+    if (prop.major < 8) /* mma.sync for bf16 and cp.async need sm_80 */
+        return ATTN_ENODEV;
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    if (!c)
+        return ATTN_ENOMEM;
+    c->device = dev;
+    c->stage[0].host = c->stage[1].host = true;
+    snprintf(c->desc, sizeof c->desc, "%.200s (sm_%d%d, %.0f GiB)", prop.name,
+             prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    int rc = ATTN_EBACKEND;
+    bool ok = cudaSetDevice(dev) == cudaSuccess &&
+              cudaStreamCreateWithFlags(&c->comp, cudaStreamNonBlocking) ==
+                  cudaSuccess &&
+              cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking) ==
+                  cudaSuccess;
+    for (int s = 0; ok && s < 2; s++)
+        ok = cudaEventCreateWithFlags(&c->h2d[s], cudaEventDisableTiming) ==
+                 cudaSuccess &&
+             cudaEventCreateWithFlags(&c->done[s], cudaEventDisableTiming) ==
+                 cudaSuccess;
+    /* cuBLAS: plain f32 math (no TF32), a fixed workspace from us so it
+     * never allocates on the request path, and the compute stream. */
+    ok = ok && cublasCreate(&c->blas) == CUBLAS_STATUS_SUCCESS &&
+         cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH) ==
+             CUBLAS_STATUS_SUCCESS;
+    if (ok && cudaMalloc(&c->blas_ws, BLAS_WORKSPACE) != cudaSuccess) {
+        rc = ATTN_ENOMEM;
+        ok = false;
+    }
+    ok = ok &&
+         cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasSetStream(c->blas, c->comp) == CUBLAS_STATUS_SUCCESS;
+    if (!ok) {
+        cuda_free(c);
+        return rc;
+    }
+    *iface = &cuda_iface;
+    *ctx = c;
+    return ATTN_OK;
+}
+
+extern "C" int attn_cuda_compute_device(struct attn_backend *be,
+                                        const struct attn_problem *p,
+                                        void *stream)
+{
+    if (!be || !p)
+        return ATTN_EINVAL;
+    if (be->iface != &cuda_iface)
+        return ATTN_ENOTSUP;
+    if (attn_problem_check(p, NULL, 0) != ATTN_OK)
+        return ATTN_EINVAL;
+    cuda_ctx *c = (cuda_ctx *)be->ctx;
+    if (c->sticky || cudaSetDevice(c->device) != cudaSuccess)
+        return ATTN_EBACKEND;
+    cudaStream_t st = stream ? (cudaStream_t)stream : c->comp;
+    dev_problem d = make_dev(p, p->q, p->k, p->v, p->mask, p->out);
+    int rc = run_problem(c, d, st);
+    if (!rc && !stream)
+        rc = cuda_err(cudaStreamSynchronize(st));
+    return contain(c, rc);
+}

@@ -1,0 +1,57 @@
+# attention/cuda/module.mk - GPU-only targets of the CUDA backend:
+#
+#   make test-cuda        the attention unit tests against the CUDA backend,
+#                         plus tests/cuda/ (says so and succeeds without GPU)
+#   make bench-cuda       bench/cuda/bench.py: mrad vs PyTorch SDPA, JSON +
+#                         table (needs a GPU and a python with torch: PYTHON=)
+#   make cuda-resources   registers / spills of every kernel (ptxas -v)
+#
+# The library objects themselves are built by attention/module.mk.
+
+.PHONY: test-cuda bench-cuda cuda-resources
+
+ifeq ($(HAVE_CUDA),1)
+CUDA_TEST_SRCS := $(wildcard tests/cuda/test-*.c)
+CUDA_TESTS     := $(CUDA_TEST_SRCS:tests/cuda/%.c=$(BUILD)/tests/cuda/%)
+CUDA_PROBE     := $(BUILD)/tests/cuda/gpu-probe
+
+$(BUILD)/tests/cuda/%: $(BUILD)/tests/cuda/%.o $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(ATTN_LDLIBS) -lcmocka $(LDLIBS)
+
+# The tests call the CUDA runtime directly (device buffers, streams).
+$(BUILD)/tests/cuda/%.o: CPPFLAGS += -I$(CUDA_HOME)/include
+
+# Keep the objects: make would delete them as intermediates.
+.PRECIOUS: $(BUILD)/tests/cuda/%.o
+
+# The CUDA tests run in the whole suite too: without a GPU they say so.
+tests-build: $(CUDA_TESTS) $(CUDA_PROBE)
+
+test-cuda: $(CUDA_TESTS) $(CUDA_PROBE) $(UNIT_TESTS)
+	@BUILD=$(BUILD) bash tests/cuda/run.sh
+
+# A shared library of the attention library for the Python benchmark
+# (ctypes, in the same process as PyTorch so device pointers can be shared).
+CUDA_PIC_OBJS := $(ATTN_SRCS:%.c=$(BUILD)/pic/%.o) $(BUILD)/pic/bench/cuda/shim.o
+CUDA_BENCH_SO := $(BUILD)/libmrad-bench.so
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
+$(CUDA_BENCH_SO): $(CUDA_PIC_OBJS) $(ATTN_CU_OBJS)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(ATTN_LDLIBS) $(LDLIBS)
+
+PYTHON ?= python3
+bench-cuda: $(CUDA_BENCH_SO)
+	@MRAD_BENCH_SO=$(CUDA_BENCH_SO) $(PYTHON) bench/cuda/bench.py
+
+cuda-resources:
+	@NVCC=$(NVCC) bash attention/cuda/resources.sh
+else
+test-cuda:
+	@echo "test-cuda: the CUDA backend is not built (no nvcc, or CUDA=0): nothing to test"
+bench-cuda:
+	@echo "bench-cuda: the CUDA backend is not built (no nvcc, or CUDA=0)"
+cuda-resources:
+	@echo "cuda-resources: the CUDA backend is not built (no nvcc, or CUDA=0)"
+endif

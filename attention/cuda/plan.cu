@@ -1,0 +1,512 @@
+/*
+ * plan.cu - the low-resolution half of MRA-2 on the GPU: block counts and
+ * means, low-resolution logits (cuBLAS), the top-k block selection of every
+ * head, the CSR lists of selected key blocks per block row, and in mra2
+ * ("full") mode the softmax state of the low-resolution terms of each block
+ * row, which the fused kernel (attend-*.cu) starts from.
+ *
+ * Selection.  The score S_IJ is computed in double exactly as
+ * attn_select_score() (attention/select.c) does, so that the CPU and the
+ * GPU pick the same pairs from the same logits.  Each score becomes an
+ * order-preserving 64-bit key; a radix select (8 passes of 8 bits, integer
+ * histograms) finds the key T of the k-th largest score and how many pairs
+ * equal to T still belong to the set.  The tie rule of the spec (smaller
+ * flat index I*nb + J first) then falls out of a prefix count of the equal
+ * pairs in row-major order, so no sort is needed.  Every step uses integer
+ * counts or fixed-order reductions: the result is bitwise reproducible.
+ *
+ * Low-resolution terms.  Once a row is selected, its logits L_IJ are
+ * rewritten in place into weights P_IJ = exp(L_IJ + ln c_J - M_I) for the
+ * unselected non-empty pairs (0 elsewhere), with M_I their maximum and Z_I
+ * their sum; one more batched GEMM gives sum_J P_IJ vh_J.  (M_I, Z_I, that
+ * sum) is an online-softmax state the fused kernel simply continues.
+ */
+#include <cub/block/block_scan.cuh>
+#include <math.h>
+
+#include "attention/cuda/common.cuh"
+
+namespace mrad_cuda
+{
+
+namespace
+{
+
+constexpr int HIST_CHUNK = 4096; /* grid elements per histogram block */
+
+/* c_J for every (b, J): number of real tokens in the block. */
+__global__ void k_counts(const uint8_t *mask, uint32_t B, uint32_t N,
+                         uint32_t nb, float *cnt)
+{
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (size_t)B * nb)
+        return;
+    uint32_t b = (uint32_t)(x / nb), I = (uint32_t)(x % nb);
+    uint32_t c = 0;
+    for (uint32_t t = 0; t < BLK; t++) {
+        uint32_t j = I * BLK + t;
+        if (j < N && (!mask || mask[(size_t)b * N + j]))
+            c++;
+    }
+    cnt[x] = (float)c;
+}
+
+/* Block means of one tensor [B*Hx, N, D] -> [B*Hx, nb, D]; one thread block
+ * per (head, block), threads over d, tokens summed in order. */
+template <typename T>
+__global__ void k_means(const T *x, const uint8_t *mask, const float *cnt,
+                        uint32_t Hx, uint32_t N, uint32_t D, uint32_t nb,
+                        float *out)
+{
+    size_t hb = blockIdx.x / nb;
+    uint32_t I = blockIdx.x % nb;
+    uint32_t b = (uint32_t)(hb / Hx);
+    float c = cnt[(size_t)b * nb + I];
+    const T *src = x + hb * N * D;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float s = 0.0f;
+        for (uint32_t t = 0; t < BLK; t++) {
+            uint32_t j = I * BLK + t;
+            if (j < N && (!mask || mask[(size_t)b * N + j]))
+                s += to_f32(src[(size_t)j * D + d]);
+        }
+        out[(hb * nb + I) * D + d] = c > 0.0f ? s / c : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ uint32_t warp_sum_u32(uint32_t v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* r_I = max_J L_IJ: one warp per block row. */
+__global__ void k_rowmax(const float *L, size_t rows, uint32_t nb, float *rmax)
+{
+    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    const float *l = L + row * nb;
+    float m = -INFINITY;
+    for (uint32_t J = lane; J < nb; J += 32)
+        m = fmaxf(m, l[J]);
+    m = warp_max(m);
+    if (lane == 0)
+        rmax[row] = m;
+}
+
+/* The selection score of the spec as an order-preserving 64-bit key: a
+ * larger score gives a larger key.  Same arithmetic, in the same order, as
+ * attn_select_score(); NaN ranks below every number. */
+__device__ __forceinline__ uint64_t score_key(float L, float r, bool empty,
+                                              uint32_t I, uint32_t J,
+                                              uint32_t pf, uint32_t pd)
+{
+    double s = (double)L - (double)r;
+    if (empty)
+        s -= 1e4;
+    if (pd > 0) {
+        uint32_t dist = I > J ? I - J : J - I;
+        if (dist <= pd / 2)
+            s += 5e3;
+    }
+    if (I < pf)
+        s += 5e3;
+    if (J < pf)
+        s += 5e3;
+    if (isnan(s))
+        return 0;
+    if (s == 0.0)
+        s = 0.0; /* -0 and +0 are the same score */
+    uint64_t u = (uint64_t)__double_as_longlong(s);
+    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+}
+
+/* What every selection kernel needs to compute a key. */
+struct key_ctx {
+    const float *L, *rmax, *cnt;
+    uint32_t H, nb, pf, pd;
+
+    __device__ __forceinline__ uint64_t key(size_t head, uint32_t I,
+                                            uint32_t J) const
+    {
+        size_t b = head / H;
+        float cI = cnt[b * nb + I], cJ = cnt[b * nb + J];
+        return score_key(L[(head * nb + I) * nb + J], rmax[head * nb + I],
+                         cI == 0.0f || cJ == 0.0f, I, J, pf, pd);
+    }
+};
+
+/* One radix pass: histogram of the byte at `shift` of the keys whose higher
+ * bytes equal the prefix found so far.  Integer atomics: the counts do not
+ * depend on the order the threads run in. */
+__global__ void k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate,
+                       int shift, uint32_t *hist)
+{
+    __shared__ uint32_t sh[256];
+    size_t head = blockIdx.x / chunks;
+    size_t chunk = blockIdx.x % chunks;
+    for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        sh[i] = 0;
+    __syncthreads();
+    uint64_t prefix = rstate[head * 2];
+    uint64_t hi = shift >= 56 ? 0 : (~0ull << (shift + 8));
+    size_t n = (size_t)kc.nb * kc.nb;
+    size_t e0 = chunk * HIST_CHUNK;
+    size_t e1 = e0 + HIST_CHUNK < n ? e0 + HIST_CHUNK : n;
+    for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
+        uint32_t I = (uint32_t)(e / kc.nb), J = (uint32_t)(e % kc.nb);
+        uint64_t k = kc.key(head, I, J);
+        if (((k ^ prefix) & hi) == 0)
+            atomicAdd(&sh[(k >> shift) & 255], 1u);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        if (sh[i])
+            atomicAdd(&hist[head * 256 + i], sh[i]);
+}
+
+/* After a histogram: picks the byte that holds the remaining k-th largest
+ * key, from the top bin down.  One thread per head. */
+__global__ void k_radix_step(size_t heads, int shift, const uint32_t *hist,
+                             uint64_t *rstate)
+{
+    size_t head = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (head >= heads)
+        return;
+    uint64_t rem = rstate[head * 2 + 1], cum = 0;
+    for (int bin = 255; bin >= 0; bin--) {
+        uint64_t h = hist[head * 256 + bin];
+        if (cum + h >= rem) {
+            rstate[head * 2] |= (uint64_t)bin << shift;
+            rstate[head * 2 + 1] = rem - cum;
+            return;
+        }
+        cum += h;
+    }
+}
+
+/* Per block row: pairs with a key above T and equal to T. */
+__global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
+                           uint32_t *row_gt, uint32_t *row_eq)
+{
+    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    size_t head = row / kc.nb;
+    uint32_t I = (uint32_t)(row % kc.nb);
+    uint64_t T = rstate[head * 2];
+    uint32_t gt = 0, eq = 0;
+    for (uint32_t J = lane; J < kc.nb; J += 32) {
+        uint64_t k = kc.key(head, I, J);
+        gt += k > T;
+        eq += k == T;
+    }
+    gt = warp_sum_u32(gt);
+    eq = warp_sum_u32(eq);
+    if (lane == 0) {
+        row_gt[row] = gt;
+        row_eq[row] = eq;
+    }
+}
+
+/* Per head: equal pairs in the rows before each row (for the tie rule) and
+ * the CSR offsets of the selected lists.  One block per head. */
+constexpr int SCAN_THREADS = 512;
+__global__ void __launch_bounds__(SCAN_THREADS)
+    k_rowscan(uint32_t nb, const uint64_t *rstate, const uint32_t *row_gt,
+              const uint32_t *row_eq, uint32_t *eq_before, uint32_t *row_off)
+{
+    using scan_t = cub::BlockScan<uint32_t, SCAN_THREADS>;
+    __shared__ typename scan_t::TempStorage tmp;
+    size_t head = blockIdx.x;
+    uint64_t need = rstate[head * 2 + 1];
+    const uint32_t *gt = row_gt + head * nb, *eq = row_eq + head * nb;
+    uint32_t *eb = eq_before + head * nb;
+    uint32_t *off = row_off + head * (nb + 1);
+    uint32_t carry_eq = 0, carry_sel = 0;
+    for (uint32_t base = 0; base < nb; base += SCAN_THREADS) {
+        uint32_t I = base + threadIdx.x;
+        uint32_t e = I < nb ? eq[I] : 0, ex_e, agg_e;
+        scan_t(tmp).ExclusiveSum(e, ex_e, agg_e);
+        __syncthreads();
+        uint64_t before = (uint64_t)carry_eq + ex_e;
+        uint32_t take = 0;
+        if (need > before)
+            take = (uint32_t)(need - before < e ? need - before : e);
+        uint32_t s = I < nb ? gt[I] + take : 0, ex_s, agg_s;
+        scan_t(tmp).ExclusiveSum(s, ex_s, agg_s);
+        __syncthreads();
+        if (I < nb) {
+            eb[I] = (uint32_t)before;
+            off[I] = carry_sel + ex_s;
+        }
+        carry_eq += agg_e;
+        carry_sel += agg_s;
+    }
+    if (threadIdx.x == 0)
+        off[nb] = carry_sel;
+}
+
+/* Per block row: writes the selected J in ascending order into the row's
+ * slice of the list; in full mode also turns the row of logits into the
+ * low-resolution weights and stores (M_I, Z_I).  One warp per row. */
+__global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
+                           const uint32_t *eq_before, const uint32_t *row_off,
+                           uint64_t list_stride, uint32_t *list, int full,
+                           float *Lw, float *low_m, float *low_z)
+{
+    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    size_t head = row / kc.nb;
+    uint32_t I = (uint32_t)(row % kc.nb);
+    uint64_t T = rstate[head * 2], need = rstate[head * 2 + 1];
+    uint32_t *out = list + head * list_stride + row_off[row];
+    uint32_t eqb = eq_before[row];
+    size_t b = head / kc.H;
+    const float *cnt = kc.cnt + b * kc.nb;
+    float cI = cnt[I];
+    float *Lrow = Lw + row * kc.nb;
+    uint32_t lt_mask = (1u << lane) - 1u;
+    uint32_t nsel = 0, neq = 0;
+    float mx = -INFINITY;
+    for (uint32_t J0 = 0; J0 < kc.nb; J0 += 32) {
+        uint32_t J = J0 + lane;
+        bool valid = J < kc.nb;
+        uint64_t k = valid ? kc.key(head, I, J) : 0;
+        bool eq = valid && k == T;
+        uint32_t beq = __ballot_sync(0xffffffffu, eq);
+        uint64_t rank = (uint64_t)eqb + neq + __popc(beq & lt_mask);
+        bool sel = valid && (k > T || (eq && rank < need));
+        uint32_t bsel = __ballot_sync(0xffffffffu, sel);
+        if (sel)
+            out[nsel + __popc(bsel & lt_mask)] = J;
+        nsel += __popc(bsel);
+        neq += __popc(beq);
+        if (full && valid) {
+            float cJ = cnt[J];
+            if (sel)
+                Lrow[J] = -INFINITY;
+            else if (cI > 0.0f && cJ > 0.0f)
+                mx = fmaxf(mx, Lrow[J] + logf(cJ));
+        }
+    }
+    if (!full)
+        return;
+    mx = warp_max(mx);
+    float z = 0.0f;
+    for (uint32_t J = lane; J < kc.nb; J += 32) {
+        float l = Lrow[J], cJ = cnt[J], p = 0.0f;
+        if (l != -INFINITY && cI > 0.0f && cJ > 0.0f)
+            p = expf(l + logf(cJ) - mx);
+        Lrow[J] = p;
+        z += p;
+    }
+    z = warp_sum(z);
+    if (lane == 0) {
+        low_m[row] = mx;
+        low_z[row] = z;
+    }
+}
+
+/* rstate = (prefix 0, k) per head; (all ones, 0) selects nothing. */
+__global__ void k_radix_init(size_t heads, uint64_t k, uint64_t *rstate)
+{
+    size_t h = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (h < heads) {
+        rstate[h * 2] = k ? 0 : ~0ull;
+        rstate[h * 2 + 1] = k;
+    }
+}
+
+int blas_err(cublasStatus_t s)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return ATTN_OK;
+    if (s == CUBLAS_STATUS_ALLOC_FAILED)
+        return ATTN_ENOMEM;
+    return ATTN_EBACKEND;
+}
+
+unsigned grid_for(size_t threads, unsigned block)
+{
+    return (unsigned)((threads + block - 1) / block);
+}
+
+} // namespace
+
+/* a * b * c into *out; false on overflow. */
+static bool mul3(size_t a, size_t b, size_t c, size_t *out)
+{
+    size_t t;
+    return !__builtin_mul_overflow(a, b, &t) &&
+           !__builtin_mul_overflow(t, c, out);
+}
+
+bool mra_work_sizes(const dev_problem &p, size_t sz[MRA_NBUF])
+{
+    size_t heads = (size_t)p.B * p.H, kvh = (size_t)p.B * p.Hkv;
+    size_t nb = p.nb, D = p.D, nn;
+    if (__builtin_mul_overflow(nb, nb, &nn) || p.budget > nn)
+        return false;
+    bool ok = mul3(p.B, nb, 4, &sz[0]) &&        /* cnt */
+              mul3(heads * nb, D, 4, &sz[1]) &&  /* qh */
+              mul3(kvh * nb, D, 4, &sz[2]) &&    /* kh */
+              mul3(kvh * nb, D, 4, &sz[3]) &&    /* vh */
+              mul3(heads, nn, 4, &sz[4]) &&      /* L */
+              mul3(heads, nb, 4, &sz[5]) &&      /* rmax */
+              mul3(heads, nb, 4, &sz[6]) &&      /* low_m */
+              mul3(heads, nb, 4, &sz[7]) &&      /* low_z */
+              mul3(heads * nb, D, 4, &sz[8]) &&  /* low_num */
+              mul3(heads, 256, 4, &sz[9]) &&     /* hist */
+              mul3(heads, 2, 8, &sz[10]) &&      /* rstate */
+              mul3(heads, nb, 4, &sz[11]) &&     /* row_gt */
+              mul3(heads, nb, 4, &sz[12]) &&     /* row_eq */
+              mul3(heads, nb, 4, &sz[13]) &&     /* eq_before */
+              mul3(heads, nb + 1, 4, &sz[14]) && /* row_off */
+              mul3(heads, p.budget, 4, &sz[15]); /* list */
+    /* heads * nb and kvh * nb above cannot overflow: both are below the
+     * product heads * nb * nb checked first (nb >= 1). */
+    return ok;
+}
+
+void mra_work_bind(mra_work *w, void *const b[MRA_NBUF])
+{
+    w->cnt = (float *)b[0];
+    w->qh = (float *)b[1];
+    w->kh = (float *)b[2];
+    w->vh = (float *)b[3];
+    w->L = (float *)b[4];
+    w->rmax = (float *)b[5];
+    w->low_m = (float *)b[6];
+    w->low_z = (float *)b[7];
+    w->low_num = (float *)b[8];
+    w->hist = (uint32_t *)b[9];
+    w->rstate = (uint64_t *)b[10];
+    w->row_gt = (uint32_t *)b[11];
+    w->row_eq = (uint32_t *)b[12];
+    w->eq_before = (uint32_t *)b[13];
+    w->row_off = (uint32_t *)b[14];
+    w->list = (uint32_t *)b[15];
+}
+
+template <typename T>
+static void launch_means(const dev_problem &p, const void *x, uint32_t Hx,
+                         const float *cnt, float *out, cudaStream_t st)
+{
+    size_t blocks = (size_t)p.B * Hx * p.nb;
+    unsigned threads = p.D >= 128 ? 128 : 64;
+    k_means<T><<<(unsigned)blocks, threads, 0, st>>>((const T *)x, p.mask, cnt,
+                                                     Hx, p.N, p.D, p.nb, out);
+}
+
+static void means(const dev_problem &p, const void *x, uint32_t Hx,
+                  const float *cnt, float *out, cudaStream_t st)
+{
+    if (p.dtype == ATTN_F32)
+        launch_means<float>(p, x, Hx, cnt, out, st);
+    else if (p.dtype == ATTN_F16)
+        launch_means<__half>(p, x, Hx, cnt, out, st);
+    else
+        launch_means<__nv_bfloat16>(p, x, Hx, cnt, out, st);
+}
+
+int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
+             cudaStream_t st)
+{
+    size_t heads = (size_t)p.B * p.H, rows = heads * p.nb;
+    size_t nn = (size_t)p.nb * p.nb;
+    uint32_t G = p.H / p.Hkv;
+    int full = p.method == ATTN_MRA2;
+    int rc;
+
+    /* The grids below put a whole dimension into x. */
+    if ((size_t)p.B * p.H * p.nb > 0x7fffffffu ||
+        heads * ((nn + HIST_CHUNK - 1) / HIST_CHUNK) > 0x7fffffffu ||
+        nn > 0xffffffffu || heads > 0x7fffffffu)
+        return ATTN_ENOTSUP;
+
+    /* 1. counts and block means */
+    k_counts<<<grid_for((size_t)p.B * p.nb, 256), 256, 0, st>>>(
+        p.mask, p.B, p.N, p.nb, w.cnt);
+    means(p, p.q, p.H, w.cnt, w.qh, st);
+    means(p, p.k, p.Hkv, w.cnt, w.kh, st);
+    if (full)
+        means(p, p.v, p.Hkv, w.cnt, w.vh, st);
+
+    /* 2. L = s * qh kh^T.  The G query heads sharing one KV head are
+     * contiguous in qh, so one GEMM per (b, KV head) covers them all: in
+     * column-major terms L^T [nb x G*nb] = kh^T-op(kh) * qh. */
+    const float one = 1.0f, zero = 0.0f, scale = p.scale;
+    rc = blas_err(cublasSgemmStridedBatched(
+        blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nb, (int)(G * p.nb), (int)p.D,
+        &scale, w.kh, (int)p.D, (long long)p.nb * p.D, w.qh, (int)p.D,
+        (long long)G * p.nb * p.D, &zero, w.L, (int)p.nb,
+        (long long)G * p.nb * p.nb, (int)(p.B * p.Hkv)));
+    if (rc)
+        return rc;
+
+    /* 3. r_I */
+    k_rowmax<<<grid_for(rows * 32, 256), 256, 0, st>>>(w.L, rows, p.nb, w.rmax);
+
+    /* 4. radix select of the k-th largest key per head */
+    key_ctx kc = {w.L,  w.rmax,        w.cnt,           p.H,
+                  p.nb, p.prior_first, p.prior_diagonal};
+    k_radix_init<<<grid_for(heads, 128), 128, 0, st>>>(heads, p.budget,
+                                                       w.rstate);
+    if (p.budget > 0) {
+        size_t chunks = (nn + HIST_CHUNK - 1) / HIST_CHUNK;
+        for (int shift = 56; shift >= 0; shift -= 8) {
+            cudaError_t e =
+                cudaMemsetAsync(w.hist, 0, heads * 256 * sizeof(uint32_t), st);
+            if (e != cudaSuccess)
+                return cuda_err(e);
+            k_hist<<<(unsigned)(heads * chunks), 256, 0, st>>>(
+                kc, chunks, w.rstate, shift, w.hist);
+            k_radix_step<<<grid_for(heads, 128), 128, 0, st>>>(
+                heads, shift, w.hist, w.rstate);
+        }
+    }
+
+    /* 5. CSR lists with the tie rule; low-resolution weights */
+    k_rowcount<<<grid_for(rows * 32, 256), 256, 0, st>>>(kc, rows, w.rstate,
+                                                         w.row_gt, w.row_eq);
+    k_rowscan<<<(unsigned)heads, SCAN_THREADS, 0, st>>>(
+        p.nb, w.rstate, w.row_gt, w.row_eq, w.eq_before, w.row_off);
+    k_rowwrite<<<grid_for(rows * 32, 256), 256, 0, st>>>(
+        kc, rows, w.rstate, w.eq_before, w.row_off, p.budget, w.list, full, w.L,
+        w.low_m, w.low_z);
+
+    /* 6. low_num = P vh, again one GEMM per (b, KV head) */
+    if (full) {
+        rc = blas_err(cublasSgemmStridedBatched(
+            blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nb),
+            (int)p.nb, &one, w.vh, (int)p.D, (long long)p.nb * p.D, w.L,
+            (int)p.nb, (long long)G * p.nb * p.nb, &zero, w.low_num, (int)p.D,
+            (long long)G * p.nb * p.D, (int)(p.B * p.Hkv)));
+        if (rc)
+            return rc;
+    }
+    return cuda_err(cudaGetLastError());
+}
+
+} // namespace mrad_cuda

@@ -1,0 +1,344 @@
+/*
+ * test-cuda-backend.c - GPU-specific checks of the CUDA backend that the
+ * shared attention unit tests (run with ATTN_TEST_BACKEND=cuda) do not make:
+ * bitwise reproducibility across runs and batch compositions, the
+ * full-budget identity mra2 == exact, agreement with the CPU backend on
+ * long sequences, the device-pointer entry point of attn-cuda.h, and the
+ * device / memory / health queries.  On a machine without a GPU it checks
+ * instead that asking for "cuda" answers ATTN_ENODEV and "auto" falls back
+ * to the CPU.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <cuda_runtime_api.h>
+
+#include "attention/attn.h"
+#include "attention/cuda/attn-cuda.h"
+
+/* Host tensors of one problem, filled with deterministic noise. */
+struct case_data {
+    struct attn_problem p;
+    void *q, *k, *v, *out;
+    uint8_t *mask;
+    size_t nq, nk; /* elements of q/out and of k/v */
+};
+
+static uint64_t rng_state;
+
+static float noise(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f -
+           1.0f;
+}
+
+static void fill(enum attn_dtype dt, void *dst, size_t n, float amp)
+{
+    float *tmp = malloc(n * sizeof *tmp);
+    assert_non_null(tmp);
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = amp * noise();
+    attn_from_f32(dt, tmp, dst, n);
+    free(tmp);
+}
+
+static void case_init(struct case_data *c, enum attn_method m,
+                      enum attn_dtype dt, uint32_t B, uint32_t H, uint32_t Hkv,
+                      uint32_t N, uint32_t D, int masked, uint64_t seed)
+{
+    memset(c, 0, sizeof *c);
+    rng_state = seed;
+    size_t es = attn_dtype_size(dt);
+    c->nq = (size_t)B * H * N * D;
+    c->nk = (size_t)B * Hkv * N * D;
+    c->q = malloc(c->nq * es);
+    c->k = malloc(c->nk * es);
+    c->v = malloc(c->nk * es);
+    c->out = calloc(c->nq, es);
+    assert_true(c->q && c->k && c->v && c->out);
+    /* Larger query/key amplitude: peaked attention, so the selection
+     * matters and a wrong block shows in the output. */
+    fill(dt, c->q, c->nq, 2.0f);
+    fill(dt, c->k, c->nk, 2.0f);
+    fill(dt, c->v, c->nk, 1.0f);
+    if (masked) {
+        c->mask = malloc((size_t)B * N);
+        assert_non_null(c->mask);
+        for (size_t i = 0; i < (size_t)B * N; i++)
+            c->mask[i] = (i % 7 != 3) && (i % N < N - 5);
+    }
+    c->p.method = m;
+    c->p.dtype = dt;
+    c->p.B = B;
+    c->p.H = H;
+    c->p.Hkv = Hkv;
+    c->p.N = N;
+    c->p.D = D;
+    c->p.q = c->q;
+    c->p.k = c->k;
+    c->p.v = c->v;
+    c->p.mask = c->mask;
+    c->p.out = c->out;
+}
+
+static void case_free(struct case_data *c)
+{
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->out);
+    free(c->mask);
+}
+
+/* Relative Frobenius distance of two outputs of n elements. */
+static double rel_diff(enum attn_dtype dt, const void *a, const void *b,
+                       size_t n)
+{
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    assert_true(x && y);
+    attn_to_f32(dt, a, x, n);
+    attn_to_f32(dt, b, y, n);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)x[i] - (double)y[i];
+        num += d * d;
+        den += (double)y[i] * y[i];
+    }
+    free(x);
+    free(y);
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static struct attn_backend *new_backend(const char *name)
+{
+    struct attn_config cfg = {0};
+    struct attn_backend *be = NULL;
+    assert_int_equal(attn_backend_new(name, &cfg, &be), ATTN_OK);
+    return be;
+}
+
+/* Without a GPU: "cuda" is ENODEV, "auto" is the CPU. */
+static void test_no_device(void **state)
+{
+    (void)state;
+    struct attn_config cfg = {0};
+    struct attn_backend *be = NULL;
+    assert_int_equal(attn_backend_new("cuda", &cfg, &be), ATTN_ENODEV);
+    assert_null(be);
+    be = new_backend("auto");
+    assert_string_equal(attn_backend_name(be), "cpu");
+    struct case_data c;
+    case_init(&c, ATTN_MRA2, ATTN_F32, 1, 1, 1, 70, 16, 0, 1);
+    assert_int_equal(attn_cuda_compute_device(be, &c.p, NULL), ATTN_ENOTSUP);
+    case_free(&c);
+    attn_backend_free(be);
+}
+
+static void test_queries(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    assert_string_equal(attn_backend_name(be), "cuda");
+    assert_non_null(strstr(attn_backend_device(be), "(sm_"));
+    assert_int_equal(attn_backend_health(be), ATTN_OK);
+    uint64_t used = 0, total = 0;
+    assert_int_equal(attn_backend_memory(be, &used, &total), ATTN_OK);
+    assert_true(total > 0 && used <= total);
+    struct attn_config cfg = {.device = 1 << 20};
+    struct attn_backend *none = NULL;
+    assert_int_equal(attn_backend_new("cuda", &cfg, &none), ATTN_ENODEV);
+    attn_backend_free(be);
+}
+
+/* The same request gives the same bits: twice alone, and in a batch
+ * between other problems (which also exercises the slot pipeline). */
+static void test_deterministic(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    struct case_data a, x, y;
+    case_init(&a, ATTN_MRA2, ATTN_BF16, 2, 4, 2, 1000, 64, 1, 7);
+    a.p.block_per_row = 4;
+    case_init(&x, ATTN_EXACT, ATTN_F32, 1, 2, 2, 333, 40, 1, 8);
+    case_init(&y, ATTN_MRA2_SPARSE, ATTN_F16, 1, 3, 1, 2049, 128, 0, 9);
+    size_t bytes = a.nq * attn_dtype_size(a.p.dtype);
+    void *first = malloc(bytes);
+    assert_non_null(first);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_OK);
+    memcpy(first, a.out, bytes);
+    memset(a.out, 0xff, bytes);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_OK);
+    assert_memory_equal(first, a.out, bytes);
+    for (int round = 0; round < 2; round++) {
+        memset(a.out, 0xff, bytes);
+        const struct attn_problem *batch[5] = {&x.p, &a.p, &y.p, &a.p, &x.p};
+        int errs[5];
+        assert_int_equal(attn_backend_compute_batch(be, batch, 5, NULL, errs),
+                         ATTN_OK);
+        for (int i = 0; i < 5; i++)
+            assert_int_equal(errs[i], ATTN_OK);
+        assert_memory_equal(first, a.out, bytes);
+    }
+    free(first);
+    case_free(&a);
+    case_free(&x);
+    case_free(&y);
+    attn_backend_free(be);
+}
+
+/* With every block selected, mra2 and mra2_sparse are exact attention. */
+static void test_full_budget_is_exact(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    const enum attn_dtype dts[] = {ATTN_F32, ATTN_F16, ATTN_BF16};
+    for (int t = 0; t < 3; t++) {
+        struct case_data e, m;
+        case_init(&e, ATTN_EXACT, dts[t], 1, 2, 1, 2065, 80, 1, 11);
+        case_init(&m, ATTN_MRA2, dts[t], 1, 2, 1, 2065, 80, 1, 11);
+        uint64_t nb = attn_num_blocks(2065);
+        m.p.num_blocks = nb * nb;
+        assert_int_equal(attn_backend_compute(be, &e.p, NULL), ATTN_OK);
+        for (int s = 0; s < 2; s++) {
+            m.p.method = s ? ATTN_MRA2_SPARSE : ATTN_MRA2;
+            assert_int_equal(attn_backend_compute(be, &m.p, NULL), ATTN_OK);
+            double err = rel_diff(dts[t], m.out, e.out, e.nq);
+            printf("full budget %s %s: rel diff %.3g\n",
+                   attn_dtype_name(dts[t]), attn_method_name(m.p.method), err);
+            assert_true(err < (dts[t] == ATTN_F32 ? 1e-5 : 1e-2));
+        }
+        case_free(&e);
+        case_free(&m);
+    }
+    attn_backend_free(be);
+}
+
+/* Same answers as the CPU backend, on a long sequence and on a problem
+ * with priors, grouped heads, a mask and odd sizes. */
+static void test_matches_cpu(void **state)
+{
+    (void)state;
+    struct attn_backend *gpu = new_backend("cuda");
+    struct attn_backend *cpu = new_backend("cpu");
+    struct {
+        enum attn_method m;
+        enum attn_dtype dt;
+        uint32_t B, H, Hkv, N, D, bpr, pf, pd;
+        int masked;
+        double tol;
+    } cases[] = {
+        {ATTN_MRA2, ATTN_F32, 2, 4, 1, 1500, 48, 8, 1, 3, 1, 1e-4},
+        {ATTN_MRA2_SPARSE, ATTN_F32, 1, 2, 2, 777, 33, 3, 0, 5, 1, 1e-4},
+        {ATTN_EXACT, ATTN_F32, 1, 3, 3, 901, 256, 0, 0, 0, 1, 1e-4},
+        {ATTN_MRA2, ATTN_BF16, 1, 2, 2, 16384, 128, 16, 0, 0, 0, 1e-2},
+        {ATTN_MRA2, ATTN_F16, 1, 2, 1, 4100, 64, 8, 2, 0, 1, 1e-2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct case_data g, c;
+        case_init(&g, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
+                  cases[i].Hkv, cases[i].N, cases[i].D, cases[i].masked,
+                  100 + i);
+        case_init(&c, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
+                  cases[i].Hkv, cases[i].N, cases[i].D, cases[i].masked,
+                  100 + i);
+        g.p.block_per_row = c.p.block_per_row = cases[i].bpr;
+        g.p.prior_first = c.p.prior_first = cases[i].pf;
+        g.p.prior_diagonal = c.p.prior_diagonal = cases[i].pd;
+        assert_int_equal(attn_backend_compute(gpu, &g.p, NULL), ATTN_OK);
+        assert_int_equal(attn_backend_compute(cpu, &c.p, NULL), ATTN_OK);
+        double err = rel_diff(cases[i].dt, g.out, c.out, g.nq);
+        printf("vs cpu: %s %s N=%u D=%u: rel diff %.3g\n",
+               attn_method_name(cases[i].m), attn_dtype_name(cases[i].dt),
+               cases[i].N, cases[i].D, err);
+        assert_true(err < cases[i].tol);
+        case_free(&g);
+        case_free(&c);
+    }
+    attn_backend_free(gpu);
+    attn_backend_free(cpu);
+}
+
+/* attn_cuda_compute_device on device buffers gives the bits of the host
+ * path, on the backend's stream and on a caller's stream. */
+static void test_device_pointers(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    struct case_data c;
+    case_init(&c, ATTN_MRA2, ATTN_BF16, 1, 4, 2, 3000, 128, 1, 21);
+    size_t es = 2, qb = c.nq * es, kb = c.nk * es, mb = 3000;
+    assert_int_equal(attn_backend_compute(be, &c.p, NULL), ATTN_OK);
+    void *want = malloc(qb), *got = malloc(qb);
+    assert_true(want && got);
+    memcpy(want, c.out, qb);
+    void *dq, *dk, *dv, *dout, *dmask;
+    assert_int_equal(cudaMalloc(&dq, qb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dk, kb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dv, kb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dout, qb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dmask, mb), cudaSuccess);
+    cudaMemcpy(dq, c.q, qb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dk, c.k, kb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dv, c.v, kb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dmask, c.mask, mb, cudaMemcpyHostToDevice);
+    struct attn_problem p = c.p;
+    p.q = dq;
+    p.k = dk;
+    p.v = dv;
+    p.mask = dmask;
+    p.out = dout;
+    cudaStream_t st;
+    assert_int_equal(cudaStreamCreate(&st), cudaSuccess);
+    for (int round = 0; round < 2; round++) {
+        cudaMemset(dout, 0, qb);
+        assert_int_equal(
+            attn_cuda_compute_device(be, &p, round ? (void *)st : NULL),
+            ATTN_OK);
+        assert_int_equal(cudaStreamSynchronize(st), cudaSuccess);
+        assert_int_equal(cudaMemcpy(got, dout, qb, cudaMemcpyDeviceToHost),
+                         cudaSuccess);
+        assert_memory_equal(want, got, qb);
+    }
+    struct attn_problem bad = p;
+    bad.Hkv = 3; /* 4 % 3 != 0 */
+    assert_int_equal(attn_cuda_compute_device(be, &bad, NULL), ATTN_EINVAL);
+    assert_int_equal(attn_backend_health(be), ATTN_OK);
+    cudaStreamDestroy(st);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(dmask);
+    free(want);
+    free(got);
+    case_free(&c);
+    attn_backend_free(be);
+}
+
+int main(void)
+{
+    if (attn_cuda_device_count() < 1) {
+        printf("test-cuda-backend: no GPU present: checking only that the "
+               "CUDA backend reports ENODEV and auto falls back\n");
+        const struct CMUnitTest none[] = {cmocka_unit_test(test_no_device)};
+        return cmocka_run_group_tests(none, NULL, NULL);
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_queries),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_full_budget_is_exact),
+        cmocka_unit_test(test_matches_cpu),
+        cmocka_unit_test(test_device_pointers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
