@@ -39,6 +39,14 @@ fi
 
 step() { echo "-- $* ($(($(date +%s) - t_start))s)"; }
 
+# Other processes on these cores skew every figure: keep the load average
+# with the results, and say so up front.
+cp /proc/loadavg "$RAW/loadavg-start" 2>/dev/null || true
+read -r load1 _ </proc/loadavg || load1=0
+if awk -v l="$load1" -v n="$NPROC" 'BEGIN { exit !(l > 0.25 * n) }'; then
+    echo "30-cpu: warning: load average $load1 on $NPROC cores before starting; figures will be noisy"
+fi
+
 step "bench-only dependencies"
 bash tools/bench-venv.sh || echo "30-cpu: bench environment incomplete; parts are skipped"
 PY=.venv-bench/bin/python

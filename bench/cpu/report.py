@@ -33,7 +33,9 @@ def machine_section(doc):
         "",
         "| | |",
         "|---|---|",
-        "| CPU | %s |" % m.get("model"),
+        "| CPU | %s (family/model/stepping %s%s) |" % (
+            m.get("model"), m.get("family_model_stepping"),
+            ", " + m["codename"] if m.get("codename") else ""),
         "| logical CPUs | %s (%s) |" % (m.get("cpus"), cores),
         "| virtualisation | %s |" % (m.get("hypervisor") or "none reported"),
         "| caches | L1d %s, L2 %s, L3 %s |" % (m.get("l1d"), m.get("l2"),
@@ -153,6 +155,15 @@ def targets_section(doc):
         out.append("| %s | **%s** | %s |" % (t["target"], t["status"],
                                              t["detail"]))
     out.append("")
+    checks = doc.get("checks", [])
+    bad = [c for c in checks if c["status"] != "ok"]
+    out.append("Checks of the measurements themselves (exact against "
+               "float64, MRA-2 with every block selected against exact, "
+               "row-sampled errors against whole-output errors): %d of %d "
+               "ok%s" % (len(checks) - len(bad), len(checks),
+                         "." if not bad else "; failed:"))
+    out += ["- %s" % c["check"] for c in bad]
+    out.append("")
     return out
 
 
@@ -178,6 +189,13 @@ def main():
     lines += results_section(doc)
     if doc.get("bench_seconds"):
         lines += ["The whole step took %d s." % doc["bench_seconds"], ""]
+    load = doc.get("loadavg_start_end") or [None, None]
+    if None not in load:
+        lines += ["Load average (1 min) before and after the run: %.2f and "
+                  "%.2f on %d cores.  Other processes on the same cores "
+                  "slow every figure down, and thread scaling most; "
+                  "compare runs on a quiet machine." % (
+                      load[0], load[1], doc["threads"]), ""]
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         f.write("\n".join(lines))

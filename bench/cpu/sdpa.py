@@ -18,6 +18,17 @@ import torch
 import torch.nn.functional as F
 
 
+def kernel_name(q):
+    """Which SDPA implementation PyTorch picks for these inputs (the CPU
+    has a fused flash-attention kernel and the plain math fallback)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(q, q, q)).name.lower()
+    except (ImportError, AttributeError, ValueError, RuntimeError):
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", default="1024,4096,16384")
@@ -50,7 +61,7 @@ def main():
                 "method": "sdpa", "N": n, "H": a.heads, "D": a.dim,
                 "threads": threads, "time_s": med, "times": times,
                 "flops": flops, "gflops": flops / med * 1e-9,
-                "torch": torch.__version__,
+                "torch": torch.__version__, "kernel": kernel_name(q),
                 "capability": torch.backends.cpu.get_cpu_capability()}),
                 flush=True)
             del q, k, v

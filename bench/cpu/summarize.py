@@ -22,6 +22,18 @@ ISA_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq",
              "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"]
 
+# Server cores whose model name a hypervisor may hide ("Intel(R) Xeon(R)
+# Processor"): (vendor, family, model) as lscpu prints them.
+CODENAMES = {
+    ("GenuineIntel", "6", "85"): "Skylake-SP / Cascade Lake",
+    ("GenuineIntel", "6", "106"): "Ice Lake-SP",
+    ("GenuineIntel", "6", "143"): "Sapphire Rapids",
+    ("GenuineIntel", "6", "207"): "Emerald Rapids",
+    ("GenuineIntel", "6", "173"): "Granite Rapids",
+    ("AuthenticAMD", "25", "1"): "Zen 3 (Milan)",
+    ("AuthenticAMD", "25", "17"): "Zen 4 (Genoa)",
+}
+
 # The targets: (id, sentence, threshold).  All are "at least" except
 # mra2-linear, an upper bound on growth.
 TARGETS = [
@@ -79,8 +91,13 @@ def machine():
     except OSError:
         pass
     cc = run(["cc", "--version"]).splitlines()
+    fam, mod = info.get("CPU family"), info.get("Model")
     return {
         "model": info.get("Model name", platform.processor()),
+        "family_model_stepping": "%s/%s/%s" % (fam, mod,
+                                               info.get("Stepping")),
+        "codename": CODENAMES.get((info.get("Vendor ID"), fam, mod)),
+        "bogomips": info.get("BogoMIPS"),
         "cpus": os.cpu_count(),
         "threads_per_core": info.get("Thread(s) per core"),
         "cores_per_socket": info.get("Core(s) per socket"),
@@ -134,47 +151,89 @@ def check_targets(peak, sdpa, mrad, nproc):
     ex16_1 = find(mrad, method="exact", N=16384, threads=1)
     s4 = find(sdpa, N=4096)
     s16 = find(sdpa, N=16384)
+    pk = {"gflops": p} if p else None
 
-    if ex4 and p:
-        add("exact-peak", ex4["gflops"] / p, "%.1f GFLOP/s of %.1f = %.0f%%"
-            % (ex4["gflops"], p, 100 * ex4["gflops"] / p))
-    else:
-        add("exact-peak", None, None)
-    if ex4 and s4:
-        add("exact-vs-sdpa", s4["time_s"] / ex4["time_s"],
-            "mrad %.1f ms, SDPA %.1f ms (%.2fx)" % (
-                1e3 * ex4["time_s"], 1e3 * s4["time_s"],
-                s4["time_s"] / ex4["time_s"]))
-    else:
-        add("exact-vs-sdpa", None, None, "PyTorch not measured"
-            if not s4 else None)
-    if m4 and p:
-        add("mra2-peak", m4["gflops"] / p, "%.1f GFLOP/s of %.1f = %.0f%%"
-            % (m4["gflops"], p, 100 * m4["gflops"] / p))
-    else:
-        add("mra2-peak", None, None)
-    if m16 and s16:
-        r = s16["time_s"] / m16["time_s"]
-        add("mra2-vs-sdpa", r, "mra2 %.1f ms, SDPA %.1f ms (%.1fx)" % (
-            1e3 * m16["time_s"], 1e3 * s16["time_s"], r))
-    else:
-        add("mra2-vs-sdpa", None, None, "PyTorch not measured"
-            if not s16 else None)
-    if m4 and m16:
-        g = (m16["time_s"] / 16384) / (m4["time_s"] / 4096)
-        add("mra2-linear", g, "%.2f us/token at 4096, %.2f at 16384 (%.2fx)"
-            % (1e6 * m4["time_s"] / 4096, 1e6 * m16["time_s"] / 16384, g))
-    else:
-        add("mra2-linear", None, None)
-    for tid, many, one in (("mra2-threads", m16, m16_1),
-                           ("exact-threads", ex16, ex16_1)):
-        if many and one:
-            s = one["time_s"] / many["time_s"]
-            add(tid, s, "1 thread %.3f s, %d threads %.3f s (%.2fx)" % (
-                one["time_s"], nproc, many["time_s"], s))
+    def missing(**need):
+        """'no X, no Y' for the inputs of a target that were not measured,
+        or None when all were."""
+        gone = [name.replace("_", " ") for name, rec in need.items()
+                if rec is None]
+        return ", ".join("no " + g for g in gone) or None
+
+    def target(tid, need, value_fn, detail_fn):
+        why = missing(**need)
+        if why:
+            add(tid, None, None, why)
         else:
-            add(tid, None, None)
+            add(tid, value_fn(), detail_fn())
+
+    target("exact-peak", {"exact_N=4096": ex4, "GEMM_peak": pk},
+           lambda: ex4["gflops"] / p,
+           lambda: "%.1f GFLOP/s of %.1f = %.0f%%" % (
+               ex4["gflops"], p, 100 * ex4["gflops"] / p))
+    target("exact-vs-sdpa", {"exact_N=4096": ex4, "SDPA_N=4096": s4},
+           lambda: s4["time_s"] / ex4["time_s"],
+           lambda: "mrad %.1f ms, SDPA %.1f ms (mrad %.2fx as fast)" % (
+               1e3 * ex4["time_s"], 1e3 * s4["time_s"],
+               s4["time_s"] / ex4["time_s"]))
+    target("mra2-peak", {"mra2_N=4096": m4, "GEMM_peak": pk},
+           lambda: m4["gflops"] / p,
+           lambda: "%.1f GFLOP/s of %.1f = %.0f%%" % (
+               m4["gflops"], p, 100 * m4["gflops"] / p))
+    target("mra2-vs-sdpa", {"mra2_N=16384": m16, "SDPA_N=16384": s16},
+           lambda: s16["time_s"] / m16["time_s"],
+           lambda: "mra2 %.1f ms, SDPA %.1f ms (%.1fx)" % (
+               1e3 * m16["time_s"], 1e3 * s16["time_s"],
+               s16["time_s"] / m16["time_s"]))
+
+    def growth():
+        return (m16["time_s"] / 16384) / (m4["time_s"] / 4096)
+
+    target("mra2-linear", {"mra2_N=4096": m4, "mra2_N=16384": m16}, growth,
+           lambda: "%.2f us/token at 4096, %.2f at 16384 (%.2fx)" % (
+               1e6 * m4["time_s"] / 4096, 1e6 * m16["time_s"] / 16384,
+               growth()))
+    for tid, many, one, name in (("mra2-threads", m16, m16_1, "mra2"),
+                                 ("exact-threads", ex16, ex16_1, "exact")):
+        target(tid, {name + "_N=16384": many,
+                     name + "_N=16384_1_thread": one},
+               lambda: one["time_s"] / many["time_s"],
+               lambda: "1 thread %.3f s, %d threads %.3f s (%.2fx)" % (
+                   one["time_s"], nproc, many["time_s"],
+                   one["time_s"] / many["time_s"]))
     return res
+
+
+def sanity_checks(mrad):
+    """Checks that the measurements measure the right thing: exact agrees
+    with float64 (the spec's 1e-4), MRA-2 with every block selected equals
+    exact, and the float64-row estimate of an error agrees with the full
+    one where both exist (it is what stands in for it at N = 65536)."""
+    out = []
+
+    def add(ok, text):
+        out.append({"status": "ok" if ok else "FAIL", "check": text})
+
+    for r in mrad:
+        if "error" in r:
+            add(False, "%s bpr %s N=%d: %s" % (r["method"], r.get("bpr"),
+                                                r["N"], r["error"]))
+            continue
+        for kind in ("local", "gauss"):
+            full, rows = r.get("err_exact_" + kind), r.get("err_rows_" + kind)
+            name = "%s%s N=%d %d thr, %s inputs" % (
+                r["method"], " bpr %d" % r["bpr"] if r["method"] == "mra2"
+                else "", r["N"], r["threads"], kind)
+            if r["method"] == "exact" and rows is not None:
+                add(rows < 1e-4, "%s: vs float64 %.1e (< 1e-4)" % (name, rows))
+            if r["method"] == "mra2" and r.get("density") == 1.0 and \
+                    full is not None:
+                add(full < 1e-5, "%s, every block selected: vs exact %.1e "
+                    "(< 1e-5)" % (name, full))
+            if full is not None and rows is not None and full > 1e-3:
+                add(0.5 < rows / full < 2.0, "%s: error on float64 rows %.2e "
+                    "vs whole output %.2e (within 2x)" % (name, rows, full))
+    return out
 
 
 def pick_peak(gemm):
@@ -235,6 +294,11 @@ def print_tables(doc):
             1e3 * r["time_s"], r["gflops"], pct,
             "%.4f" % r["density"] if "density" in r else "",
             fmt_err(r, "local"), fmt_err(r, "gauss")))
+    bad = [c for c in doc["checks"] if c["status"] != "ok"]
+    print("\nchecks of the measurements: %d ok, %d failed" % (
+        len(doc["checks"]) - len(bad), len(bad)))
+    for c in bad:
+        print("  FAIL %s" % c["check"])
     print("\ntargets")
     for t in doc["targets"]:
         print("  %-4s %s: %s" % (t["status"], t["target"], t["detail"]))
@@ -327,6 +391,13 @@ def main():
     mrad = [r for r in recs if r.get("record") == "result"]
     backend = next((r for r in recs if r.get("record") == "backend"), {})
     peak = pick_peak(gemm)
+    load = []
+    for path in (os.path.join(a.raw, "loadavg-start"), "/proc/loadavg"):
+        try:
+            with open(path) as f:
+                load.append(float(f.read().split()[0]))
+        except (OSError, ValueError, IndexError):
+            load.append(None)
     install = None
     try:
         with open(".venv-bench/.install-seconds") as f:
@@ -342,6 +413,7 @@ def main():
         "machine": machine(),
         "backend": backend.get("device"),
         "bench_seconds": a.seconds,
+        "loadavg_start_end": load,
         "torch_install_seconds": install,
         "torch": sdpa[0].get("torch") if sdpa else None,
         "gemm": gemm,
@@ -350,7 +422,11 @@ def main():
         "mrad": mrad,
     }
     doc["targets"] = check_targets(peak, sdpa, mrad, a.threads)
+    doc["checks"] = sanity_checks(mrad)
     print_tables(doc)
+    if load[0] is not None and load[1] is not None:
+        print("  load average (1 min) before / after: %.2f / %.2f on %d "
+              "cores" % (load[0], load[1], a.threads))
     if a.plots:
         doc["plots"] = [os.path.basename(p) for p in plots(doc, a.plots)]
     with open(a.out, "w") as f:
