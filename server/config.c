@@ -333,10 +333,11 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
         return MRAD_CONFIG_ERROR;
     }
     if (cfg->max_batch_requests == 0 || cfg->http_threads == 0 ||
-        cfg->max_body_bytes == 0 || cfg->request_timeout_ms == 0) {
+        cfg->max_queue == 0 || cfg->max_body_bytes == 0 ||
+        cfg->request_timeout_ms == 0) {
         fprintf(err, "mrad: --max-batch-requests, --http-threads, "
-                     "--max-body-bytes and --request-timeout-ms must be "
-                     "at least 1\n");
+                     "--max-queue, --max-body-bytes and --request-timeout-ms "
+                     "must be at least 1\n");
         return MRAD_CONFIG_ERROR;
     }
     if (cfg->limits.max_head_dim > ATTN_MAX_HEAD_DIM) {

@@ -120,6 +120,12 @@ static enum MHD_Result send_error(struct conn *c, enum mrad_err_source src,
  * could see a reset instead of the answer. */
 static enum MHD_Result defer_error(struct conn *c, int err, const char *msg)
 {
+    /* A client that sent "Expect: 100-continue" waits for a go-ahead
+     * before its body: answer now and spare it the upload. */
+    const char *expect =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, "Expect");
+    if (expect && !strcasecmp(expect, "100-continue"))
+        return send_error(c, MRAD_SRC_SERVER, err, msg);
     c->pend_err = err;
     snprintf(c->pend_msg, sizeof(c->pend_msg), "%s", msg);
     c->state = ST_HEADERS;
