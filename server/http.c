@@ -314,30 +314,28 @@ static enum MHD_Result post_begin(struct conn *c)
         c->limit = cfg->max_json_bytes;
     const char *clen =
         MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
-    if (clen) {
-        char *end;
-        unsigned long long n = strtoull(clen, &end, 10);
-        if (n > c->limit) {
-            snprintf(msg, sizeof(msg),
-                     "body of %llu bytes is over the limit of %zu bytes", n,
-                     c->limit);
-            return send_error(c, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
-        }
-        /* The whole body in one allocation, no copies while growing. */
-        if (n > 0) {
-            c->body = malloc((size_t)n);
-            if (!c->body)
-                return defer_error(c, MRAD_EINTERNAL,
-                                   "out of memory for the request body");
-            c->cap = (size_t)n;
-        }
+    unsigned long long n = clen ? strtoull(clen, NULL, 10) : 0;
+    if (n > c->limit) {
+        snprintf(msg, sizeof(msg),
+                 "body of %llu bytes is over the limit of %zu bytes", n,
+                 c->limit);
+        return send_error(c, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
     }
     /* Refuse early when the queue is already full: the body need not be
-     * read.  The authoritative check is at submit. */
+     * kept.  The authoritative check is at submit. */
     struct mrad_sched_status st;
     mrad_sched_status(h->sched, &st);
     if (st.queue_depth >= st.max_queue)
         return defer_error(c, MRAD_EOVERLOAD, "the request queue is full");
+    /* With a Content-Length, the whole body in one allocation: no copies
+     * while it grows. */
+    if (n > 0) {
+        c->body = malloc((size_t)n);
+        if (!c->body)
+            return defer_error(c, MRAD_EINTERNAL,
+                               "out of memory for the request body");
+        c->cap = (size_t)n;
+    }
     if (cfg->test_faults) {
         const char *f = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
                                                     "X-Mrad-Inject-Fault");
