@@ -2,6 +2,9 @@
 bitwise like `mractl run --local` and close to the float64 reference;
 error answers surface as typed exceptions."""
 import concurrent.futures
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -200,3 +203,16 @@ def test_overloaded_and_deadline():
             assert e.value.status == 504 and e.value.code == "timeout"
             assert isinstance(e.value, MradError)
             fut.result()
+
+
+def test_bench_module(server):
+    """python -m mra_client.bench reports percentiles of its calls."""
+    p = subprocess.run([sys.executable, "-m", "mra_client.bench", "--url", server.url,
+                        "--shape", "1,2,64,16", "--requests", "12",
+                        "--concurrency", "3", "--dtype", "f16", "--json"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    rep = json.loads(p.stdout)
+    assert rep["ok"] == 12 and rep["errors"] == {}
+    lat = rep["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
