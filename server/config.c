@@ -51,7 +51,7 @@ static const struct option_def options[] = {
     {"max-batch-tokens", OPT_U64, CFG(max_batch_tokens), 0,
      "sum of B*N over the requests of one batch"},
     {"batch-window-us", OPT_U64, CFG(batch_window_us), 0,
-     "how long the scheduler may wait to fill a batch"},
+     "how long an idle worker may wait to fill a batch (0: never; whole ms)"},
     {"max-body-bytes", OPT_U64, CFG(max_body_bytes), 0,
      "request body limit (413 beyond, checked while reading)"},
     {"max-json-bytes", OPT_U64, CFG(max_json_bytes), 0,
@@ -90,7 +90,9 @@ static void config_defaults(struct mrad_config *cfg)
     cfg->max_queue = 256;
     cfg->max_batch_requests = 16;
     cfg->max_batch_tokens = 65536;
-    cfg->batch_window_us = 1000;
+    /* No waiting by default: a lone request goes out at once, and requests
+     * that arrive while the workers are busy are batched anyway. */
+    cfg->batch_window_us = 0;
     cfg->max_body_bytes = 512ull << 20;
     cfg->max_json_bytes = 8ull << 20;
     cfg->request_timeout_ms = 60000;

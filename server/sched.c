@@ -11,6 +11,7 @@
  */
 #include "server/sched.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +149,9 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
     uint64_t t1 = mrad_now_ns();
     uint64_t compute_us = (t1 - t0) / 1000;
     mrad_metrics_batch((uint32_t)n, (double)(t1 - t0) / 1e9);
+    mrad_log(MRAD_LOG_DEBUG,
+             "device %d: batch of %zu computed in %" PRIu64 " us", w->device, n,
+             compute_us);
     if (rc != ATTN_OK)
         mrad_log(MRAD_LOG_ERROR, "batch of %zu failed on device %d: %s", n,
                  w->device, attn_strerror(rc));
