@@ -5,8 +5,10 @@
         status, headers, body = srv.get("/healthz")
         out, stats = srv.attention(q, k, v, method="mra2")
 
-The daemon is started with --port 0 on 127.0.0.1; the port it bound is read
-from its startup log line.  Its stderr (log and access lines) is collected
+The daemon is started with --host 127.0.0.1 --port 0 --backend cpu (and
+--threads when given); extra_args come last, so they override those (e.g.
+["--backend", "auto"]).  The port it bound is read from its startup log
+line.  Its stderr (log and access lines) is collected
 in `srv.log_lines`.  The binary is $MRAD_BIN_DIR/mrad (tests/run.sh sets it)
 or bin/mrad of the repository.  Also holds a small request encoder so the
 helper depends on nothing but numpy and msgpack.
