@@ -35,7 +35,7 @@ static void lowres_fold(const struct cpu_head *hd, uint32_t I, float *vacc,
     for (uint32_t J = 0; J < nb; J++) {
         if (sel[J] || hd->cnt[J] == 0.0f)
             continue;
-        float lg = L[J] + logf(hd->cnt[J]);
+        float lg = L[J] + hd->lnc[J];
         lt->any = 1;
         lt->m = lg > lt->m ? lg : lt->m;
     }
@@ -44,7 +44,7 @@ static void lowres_fold(const struct cpu_head *hd, uint32_t I, float *vacc,
     for (uint32_t J = 0; J < nb; J++) {
         if (sel[J] || hd->cnt[J] == 0.0f)
             continue;
-        float w = expf(L[J] + logf(hd->cnt[J]) - lt->m);
+        float w = expf(L[J] + hd->lnc[J] - lt->m);
         const float *vh = hd->vh + (size_t)J * Dp;
         lt->sum += w;
         for (uint32_t d = 0; d < Dp; d++)

@@ -233,6 +233,13 @@ static int cpu_compute_batch(void *vctx,
             stats[i].blocks_selected = (uint64_t)p->B * p->H * attn_budget(p);
     }
     free(heads), free(owner), free(sizes), free(first);
+    /* Keep a normal-sized arena for the next call, but do not hold on to
+     * the memory of one giant head between calls. */
+    if (ctx->arena_size > GROUP_BYTES) {
+        free(ctx->arena);
+        ctx->arena = NULL;
+        ctx->arena_size = 0;
+    }
     return ATTN_OK;
 }
 

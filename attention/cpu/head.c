@@ -30,34 +30,59 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
 /* The workspace pieces in carving order: element size and count. */
 struct piece {
     size_t size, count;
+    void **dst; /* the head's field that points at it */
 };
 
-static int pieces(const struct cpu_head *hd, struct piece *pc)
+/* a * b in size_t, or 0 when it overflows (no factor here is 0 unless
+ * the piece is absent, and then the product is 0 either way). */
+static size_t mul(size_t a, size_t b)
 {
-    size_t nb = hd->nb, Np = nb * CPU_TILE, Dp = hd->Dp, D = hd->D;
+    return (b != 0 && a > SIZE_MAX / b) ? 0 : a * b;
+}
+
+/* Fills pc[] and returns their number, or -1 if a count overflows. */
+static int pieces(struct cpu_head *hd, struct piece *pc)
+{
+    size_t nb = hd->nb, Dp = hd->Dp, D = hd->D;
+    size_t Np = mul(nb, CPU_TILE);
     int mra = hd->method != ATTN_EXACT;
-    size_t nn = mra ? nb * nb : 0; /* nb < 2^27: no overflow in 64 bits */
+    size_t nn = mra ? mul(nb, nb) : 0;
+    size_t npd = mul(Np, Dp), nbd = mul(nb, D), nbdp = mul(nb, Dp);
+    size_t qt = mul(nbd, CPU_TILE);
+    if (Np == 0 || (mra && nn == 0) || npd == 0 || nbd == 0 || nbdp == 0 ||
+        qt == 0)
+        return -1;
     int n = 0;
-    pc[n++] = (struct piece){sizeof(float), nb * D * CPU_TILE}; /* qt */
-    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* k */
-    pc[n++] = (struct piece){sizeof(float), Np * Dp};           /* v */
-    pc[n++] = (struct piece){sizeof(float), Np};                /* kbias */
-    pc[n++] = (struct piece){sizeof(float), nb};                /* cnt */
-    pc[n++] = (struct piece){sizeof(float), mra ? nb * Dp : 0}; /* qh */
-    pc[n++] = (struct piece){sizeof(float), mra ? nb * Dp : 0}; /* vh */
-    pc[n++] = (struct piece){sizeof(float), mra ? D * nb : 0};  /* khT */
-    pc[n++] = (struct piece){sizeof(float), nn};                /* L */
-    pc[n++] = (struct piece){sizeof(double), nn};               /* S */
-    pc[n++] = (struct piece){sizeof(uint32_t), nn};             /* scratch */
-    pc[n++] = (struct piece){sizeof(uint8_t), nn};              /* sel */
+    pc[n++] = (struct piece){sizeof(float), qt, (void **)&hd->qt}; /* qt */
+    pc[n++] = (struct piece){sizeof(float), npd, (void **)&hd->k}; /* k */
+    pc[n++] = (struct piece){sizeof(float), npd, (void **)&hd->v}; /* v */
+    pc[n++] =
+        (struct piece){sizeof(float), Np, (void **)&hd->kbias};     /* kbias */
+    pc[n++] = (struct piece){sizeof(float), nb, (void **)&hd->cnt}; /* cnt */
+    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
+                             (void **)&hd->lnc}; /* lnc */
+    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
+                             (void **)&hd->qh}; /* qh */
+    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
+                             (void **)&hd->vh}; /* vh */
+    pc[n++] = (struct piece){sizeof(float), mra ? nbd : 0,
+                             (void **)&hd->khT};                   /* khT */
+    pc[n++] = (struct piece){sizeof(float), nn, (void **)&hd->L};  /* L */
+    pc[n++] = (struct piece){sizeof(double), nn, (void **)&hd->S}; /* S */
+    pc[n++] = (struct piece){sizeof(uint32_t), nn,
+                             (void **)&hd->scratch}; /* scratch */
+    pc[n++] = (struct piece){sizeof(uint8_t), nn, (void **)&hd->sel}; /* sel */
     return n;
 }
 
 size_t cpu_head_bytes(const struct cpu_head *hd)
 {
     struct piece pc[16];
-    int n = pieces(hd, pc);
+    struct cpu_head copy = *hd; /* pieces() records field addresses */
+    int n = pieces(&copy, pc);
     size_t total = 0;
+    if (n < 0)
+        return 0;
     for (int i = 0; i < n; i++) {
         if (pc[i].count > (SIZE_MAX - ALIGN) / pc[i].size)
             return 0;
@@ -72,16 +97,11 @@ size_t cpu_head_bytes(const struct cpu_head *hd)
 void cpu_head_carve(struct cpu_head *hd, void *mem)
 {
     struct piece pc[16];
-    int n = pieces(hd, pc);
-    void **dst[] = {
-        (void **)&hd->qt,    (void **)&hd->k,       (void **)&hd->v,
-        (void **)&hd->kbias, (void **)&hd->cnt,     (void **)&hd->qh,
-        (void **)&hd->vh,    (void **)&hd->khT,     (void **)&hd->L,
-        (void **)&hd->S,     (void **)&hd->scratch, (void **)&hd->sel};
+    int n = pieces(hd, pc); /* >= 0: cpu_head_bytes() succeeded */
     char *at = mem;
     for (int i = 0; i < n; i++) {
         size_t bytes = (pc[i].size * pc[i].count + ALIGN - 1) / ALIGN * ALIGN;
-        *dst[i] = bytes ? at : NULL;
+        *pc[i].dst = bytes ? at : NULL;
         at += bytes;
     }
 }
@@ -130,6 +150,7 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
         hd->cnt[J] = c;
         if (hd->method == ATTN_EXACT)
             continue;
+        hd->lnc[J] = c > 0.0f ? logf(c) : 0.0f;
         /* block means: K and V rows through the kernel; Q from its
          * transposed block, summed in token order all the same */
         kern->block_mean(hd->k + (size_t)J * CPU_TILE * Dp, Dp, c, kmean);

@@ -39,6 +39,7 @@ struct cpu_head {
     float *v;          /* [nb*32][Dp] */
     float *kbias;      /* [nb*32]: 0 for a real key, -inf otherwise */
     float *cnt;        /* [nb]: c_J */
+    float *lnc;        /* [nb]: ln c_J (MRA; unused where c_J = 0) */
     float *qh, *vh;    /* [nb][Dp]: block means (MRA) */
     float *khT;        /* [D][nb]: key block means, transposed (MRA) */
     float *L;          /* [nb][nb]: low-resolution logits (MRA) */
