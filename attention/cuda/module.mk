@@ -33,13 +33,17 @@ test-cuda: $(CUDA_TESTS) $(CUDA_PROBE) $(UNIT_TESTS)
 
 # A shared library of the attention library for the Python benchmark
 # (ctypes, in the same process as PyTorch so device pointers can be shared).
-CUDA_PIC_OBJS := $(ATTN_SRCS:%.c=$(BUILD)/pic/%.o) $(BUILD)/pic/bench/cuda/shim.o
+# It is made from libattn.a as built, so every object keeps its own flags;
+# -Bsymbolic binds the library's references to itself, which lets the
+# position-independent-executable objects of the default toolchain link.
 CUDA_BENCH_SO := $(BUILD)/libmrad-bench.so
-$(BUILD)/pic/%.o: %.c
+$(BUILD)/pic/bench/cuda/shim.o: bench/cuda/shim.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
-$(CUDA_BENCH_SO): $(CUDA_PIC_OBJS) $(ATTN_CU_OBJS)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(ATTN_LDLIBS) $(LDLIBS)
+$(CUDA_BENCH_SO): $(BUILD)/pic/bench/cuda/shim.o $(ATTN_LIB)
+	$(CC) -shared -Wl,-Bsymbolic $(LDFLAGS) -o $@ $< \
+	    -Wl,--whole-archive $(ATTN_LIB) -Wl,--no-whole-archive \
+	    $(ATTN_LDLIBS) $(LDLIBS)
 
 PYTHON ?= python3
 bench-cuda: $(CUDA_BENCH_SO)
