@@ -182,10 +182,20 @@ int mractl_cmd_run_remote(int argc, char **argv)
 
 int mractl_cmd_run_any(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
+    int help = 0;
+    for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--url"))
             return mractl_cmd_run_remote(argc, argv);
-    return mractl_cmd_run(argc, argv);
+        help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+    }
+    int st = mractl_cmd_run(argc, argv);
+    if (help)
+        printf("\nmractl run --url URL [--api-key-file F] [--timeout S] "
+               "FILE|-\n\n"
+               "Sends the body to a server instead and writes its answer "
+               "body to stdout;\nan error answer goes to stderr as the "
+               "server's JSON error (exit 2 for\n4xx, 1 otherwise).\n");
+    return st;
 }
 
 /* health, info and metrics differ only in the endpoint. */
