@@ -37,7 +37,9 @@ static inline void stv(float *p, vf x)
 
 static inline vf splat(float x)
 {
-    return (vf){0} + x;
+    /* x - 0 is x for every x (+0 + x would turn -0 into +0), so the
+     * compiler emits a bare broadcast */
+    return x - (vf){0};
 }
 
 /* where mask (all-ones lanes) take a, else b */
