@@ -33,6 +33,7 @@ small=$("$BIN/bench-http" --port "$port" --shape 1,1,128,64 --seconds "$SECONDS_
         --concurrency 8 --threads "$THREADS" --label small)
 echo "$large" | head -n 1
 echo "$small" | head -n 1
-printf '{"large":%s,"small":%s}\n' "$(echo "$large" | tail -n 1)" \
+printf '{"cpus":%s,"loadavg_1m":%s,"large":%s,"small":%s}\n' "$(nproc)" \
+    "$(cut -d' ' -f1 /proc/loadavg)" "$(echo "$large" | tail -n 1)" \
     "$(echo "$small" | tail -n 1)" > bench-out/http.json
 echo "wrote bench-out/http.json"

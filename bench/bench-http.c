@@ -6,11 +6,12 @@
  *              [--concurrency C] [--threads T] [--label NAME]
  *
  * In-process: one CPU backend computes the problem back to back for S
- * seconds.  Over HTTP: C client threads, each on its own keep-alive
- * connection, POST the msgpack-encoded problem to mrad on 127.0.0.1:P for
- * S seconds.  The first served answer is checked bitwise against the
- * in-process one.  Prints one line per mode and a JSON object on the last
- * line (what bench/20-http.sh collects into bench-out/http.json).
+ * seconds in all, half before and half after the HTTP run.  Over HTTP: C client
+ * threads, each on its own keep-alive connection, POST the msgpack-encoded
+ * problem to mrad on 127.0.0.1:P for S seconds.  The first served answer is
+ * checked bitwise against the in-process one.  Prints one line per mode and a
+ * JSON object on the last line (what bench/20-http.sh collects into
+ * bench-out/http.json).
  *
  * The HTTP client is a plain blocking socket client: it should cost as
  * little as possible next to the server it measures.
@@ -242,6 +243,24 @@ static void *http_thread(void *arg)
 
 /* ---- main --------------------------------------------------------------- */
 
+/* Computes `p` back to back for `seconds` (at least twice); adds the
+ * repetitions and the time taken. */
+static int inproc_run(struct attn_backend *be, const struct attn_problem *p,
+                      double seconds, int *reps, double *elapsed)
+{
+    int n = 0;
+    double t0 = now_s(), t1;
+    do {
+        if (attn_backend_compute(be, p, NULL) != ATTN_OK)
+            return -1;
+        n++;
+        t1 = now_s();
+    } while (t1 - t0 < seconds || n < 2);
+    *reps += n;
+    *elapsed += t1 - t0;
+    return 0;
+}
+
 static int parse_shape(const char *s, struct opts *o)
 {
     return sscanf(s, "%" SCNu32 ",%" SCNu32 ",%" SCNu32 ",%" SCNu32, &o->B,
@@ -314,17 +333,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-http: %s\n", attn_strerror(rc));
         return 1;
     }
+    /* Half of the in-process time before the HTTP run and half after, so
+     * that a drift in the machine's load weighs on both alike. */
     attn_backend_compute(be, &p, NULL); /* warm-up */
     int reps = 0;
-    double t0 = now_s(), t1;
-    do {
-        if (attn_backend_compute(be, &p, NULL) != ATTN_OK)
-            return 1;
-        reps++;
-        t1 = now_s();
-    } while (t1 - t0 < o.seconds || reps < 3);
-    attn_backend_free(be);
-    double inproc_rps = reps / (t1 - t0);
+    double busy = 0;
+    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy))
+        return 1;
 
     /* Over HTTP. */
     char *body;
@@ -362,6 +377,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < nth; i++)
         pthread_join(th[i], NULL);
     double h1 = now_s();
+    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy))
+        return 1;
+    attn_backend_free(be);
+    double inproc_rps = reps / busy;
     double http_rps = (double)s.nlat / (h1 - h0);
     double p50 = percentile(s.lat, s.nlat, 0.50) * 1e3;
     double p99 = percentile(s.lat, s.nlat, 0.99) * 1e3;
