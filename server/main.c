@@ -65,7 +65,7 @@ static int open_backends(const struct mrad_config *cfg,
 
 /* After SIGTERM: refuse new work, finish what was accepted, stop. */
 static void drain(const struct mrad_config *cfg, struct mrad_http *http,
-                  struct mrad_sched *sched)
+                  struct mrad_sched *sched, const sigset_t *sigs)
 {
     mrad_http_drain(http);
     mrad_sched_drain(sched);
@@ -79,17 +79,20 @@ static void drain(const struct mrad_config *cfg, struct mrad_http *http,
         mrad_sched_status(sched, &st);
         if (st.inflight == 0 && mrad_http_pending_answers(http) == 0)
             break;
-        if (mrad_now_ns() - t0 >= limit) {
+        /* Waiting for the next signal doubles as the poll interval: a
+         * second SIGTERM/SIGINT ends the drain at once. */
+        struct timespec poll = {0, 5 * 1000000};
+        int again = sigtimedwait(sigs, NULL, &poll) > 0;
+        if (again || mrad_now_ns() - t0 >= limit) {
             mrad_log(MRAD_LOG_WARN,
-                     "drain timeout: answering %" PRIu64 " requests with 503",
-                     st.inflight);
+                     "%s: answering %" PRIu64 " requests with 503",
+                     again ? "second signal" : "drain timeout", st.inflight);
             mrad_sched_abort(sched, MRAD_EUNAVAIL);
             /* Give the HTTP threads a moment to send those answers. */
             for (int i = 0; i < 200 && mrad_http_pending_answers(http); i++)
                 sleep_ms(10);
             break;
         }
-        sleep_ms(5);
     }
 }
 
@@ -151,7 +154,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     mrad_log(MRAD_LOG_INFO, "received %s, draining",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    drain(&cfg, http, sched);
+    drain(&cfg, http, sched, &sigs);
     mrad_http_stop(http);
     mrad_sched_free(sched);
     mrad_log(MRAD_LOG_INFO, "stopped");

@@ -89,3 +89,29 @@ def test_drain_timeout_answers_503_and_exits():
         assert srv.wait(30) == 0
     finally:
         srv.kill()
+
+
+def test_second_signal_ends_the_drain_at_once():
+    args = ["--batch-window-us", "0", "--max-batch-requests", "1",
+            "--drain-timeout-ms", "60000"]
+    srv = MradServer(args, threads=2).start()
+    try:
+        results = [None] * 2
+        threads = [threading.Thread(target=run_bg, args=(srv, results, i, problem(4)),
+                                    kwargs={"method": "exact"}) for i in range(2)]
+        for t in threads:
+            t.start()
+        wait_inflight(srv, 2)
+        srv.signal()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        srv.signal()
+        for t in threads:
+            t.join(60)
+        assert any(isinstance(r, MradError) and (r.status, r.code) == (503, "unavailable")
+                   for r in results), results
+        assert time.monotonic() - t0 < 1.5
+        assert srv.wait(30) == 0
+        assert "second signal" in srv.log_text()
+    finally:
+        srv.kill()
