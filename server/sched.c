@@ -47,6 +47,7 @@ struct mrad_sched {
     struct mrad_job *head, *tail; /* FIFO of waiting jobs */
     uint64_t depth, depth_tokens;
     int draining, stopping;
+    int quit; /* the workers are gone: the loop closes its handles */
     atomic_uint_fast64_t inflight;
 
     struct worker *workers;
@@ -382,9 +383,9 @@ static void on_wake(uv_async_t *a)
 {
     struct mrad_sched *s = a->data;
     pthread_mutex_lock(&s->lock);
-    int stopping = s->stopping;
+    int quit = s->quit;
     pthread_mutex_unlock(&s->lock);
-    if (stopping) {
+    if (quit) {
         uv_close((uv_handle_t *)&s->wake, NULL);
         uv_close((uv_handle_t *)&s->window_timer, NULL);
         uv_close((uv_handle_t *)&s->deadline_timer, NULL);
@@ -567,8 +568,13 @@ void mrad_sched_free(struct mrad_sched *s)
         pthread_cond_signal(&s->workers[i].cond);
     }
     pthread_mutex_unlock(&s->lock);
+    /* Workers wake the loop when they finish, so the loop closes its
+     * handles only once they are all gone. */
     for (size_t i = 0; i < s->nworkers; i++)
         pthread_join(s->workers[i].thread, NULL);
+    pthread_mutex_lock(&s->lock);
+    s->quit = 1;
+    pthread_mutex_unlock(&s->lock);
     if (s->thread_started) {
         uv_async_send(&s->wake);
         pthread_join(s->thread, NULL);
