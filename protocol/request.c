@@ -218,7 +218,9 @@ static int check_size(struct tview *t, const struct proto_limits *lim,
         else if (d[0] == 'N')
             max = lim->max_tokens;
         else
-            max = lim->max_head_dim ? lim->max_head_dim : ATTN_MAX_HEAD_DIM;
+            max = lim->max_head_dim && lim->max_head_dim < ATTN_MAX_HEAD_DIM
+                      ? lim->max_head_dim
+                      : ATTN_MAX_HEAD_DIM; /* what the library computes */
         if (max != 0 && v > max)
             return perr(err, errlen, PROTO_ETOOBIG,
                         "%s.shape[%d]: %s = %" PRIu64

@@ -379,6 +379,19 @@ static void test_bombs(void **state)
         PROTO_EBADREQ);
     assert_non_null(strstr(err, "more than 65536 msgpack objects"));
 
+    /* A 1 MB key: refused as unknown, quoted only in part. */
+    size_t kn = 1 << 20;
+    char *k = malloc(kn + 16);
+    memcpy(k, "{\"", 2);
+    memset(k + 2, 'a', kn);
+    memcpy(k + 2 + kn, "\":1}", 4);
+    assert_int_equal(proto_request_decode(k, kn + 6, PROTO_JSON, NULL, &req,
+                                          err, sizeof err),
+                     PROTO_EBADREQ);
+    assert_non_null(strstr(err, "aaaa...: unknown key"));
+    assert_true(strlen(err) < 100);
+    free(k);
+
     /* A JSON array of 50000 numbers as the whole body: parses, then is
      * refused as not a map. */
     size_t jn = 2 * 50000 + 1;
