@@ -123,7 +123,22 @@ struct cuda_ctx {
     arena din[2];   /* device copies of a problem's tensors, per slot */
     arena stage[2]; /* pinned host staging, per slot */
     int sticky;     /* a fault that left the context unusable */
+    /* Recorded after the last work that used `work`, on whichever stream
+     * it ran: later work on another stream waits for it, so callers'
+     * streams and the compute stream never share the buffers at once. */
+    cudaEvent_t last;
 };
+
+/* Orders work about to be enqueued on `st` after all earlier work. */
+int order_after_last(cuda_ctx *c, cudaStream_t st)
+{
+    return cuda_err(cudaStreamWaitEvent(st, c->last, 0));
+}
+
+int mark_last(cuda_ctx *c, cudaStream_t st)
+{
+    return cuda_err(cudaEventRecord(c->last, st));
+}
 
 /* After a CUDA error: a non-sticky error is cleared by cudaGetLastError;
  * if the device still fails to synchronise, the context is lost. */
@@ -300,6 +315,12 @@ int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
             errs[i] = ATTN_EBACKEND;
         return ATTN_EBACKEND;
     }
+    int rc0 = contain(c, order_after_last(c, c->comp));
+    if (rc0) {
+        for (size_t i = 0; i < n; i++)
+            errs[i] = rc0;
+        return rc0;
+    }
     job jobs[2];
     memset(jobs, 0, sizeof jobs);
     if (n > 0) {
@@ -328,6 +349,7 @@ int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
             j->err = ATTN_EBACKEND;
         errs[i] = j->err;
     }
+    mark_last(c, c->comp);
     return ATTN_OK;
 }
 
@@ -374,6 +396,8 @@ void cuda_free(void *ctx)
         if (c->done[s])
             cudaEventDestroy(c->done[s]);
     }
+    if (c->last)
+        cudaEventDestroy(c->last);
     if (c->blas)
         cublasDestroy(c->blas);
     if (c->blas_ws)
@@ -432,6 +456,8 @@ extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
                   cudaSuccess &&
               cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking) ==
                   cudaSuccess;
+    ok = ok && cudaEventCreateWithFlags(&c->last, cudaEventDisableTiming) ==
+                   cudaSuccess;
     for (int s = 0; ok && s < 2; s++)
         ok = cudaEventCreateWithFlags(&c->h2d[s], cudaEventDisableTiming) ==
                  cudaSuccess &&
@@ -474,7 +500,11 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
         return ATTN_EBACKEND;
     cudaStream_t st = stream ? (cudaStream_t)stream : c->comp;
     dev_problem d = make_dev(p, p->q, p->k, p->v, p->mask, p->out);
-    int rc = run_problem(c, d, st);
+    int rc = order_after_last(c, st);
+    if (!rc)
+        rc = run_problem(c, d, st);
+    if (!rc)
+        rc = mark_last(c, st);
     if (!rc && !stream)
         rc = cuda_err(cudaStreamSynchronize(st));
     return contain(c, rc);

@@ -11,8 +11,8 @@
 .PHONY: test-cuda bench-cuda cuda-resources
 
 ifeq ($(HAVE_CUDA),1)
-CUDA_TEST_SRCS := $(wildcard tests/cuda/test-*.c)
-CUDA_TESTS     := $(CUDA_TEST_SRCS:tests/cuda/%.c=$(BUILD)/tests/cuda/%)
+CUDA_TEST_SRCS := $(wildcard tests/cuda/test-*.c tests/cuda/test-*.cpp)
+CUDA_TESTS     := $(patsubst tests/cuda/%,$(BUILD)/tests/cuda/%,$(basename $(CUDA_TEST_SRCS)))
 CUDA_PROBE     := $(BUILD)/tests/cuda/gpu-probe
 
 $(BUILD)/tests/cuda/%: $(BUILD)/tests/cuda/%.o $(ATTN_LIB)
@@ -21,6 +21,12 @@ $(BUILD)/tests/cuda/%: $(BUILD)/tests/cuda/%.o $(ATTN_LIB)
 
 # The tests call the CUDA runtime directly (device buffers, streams).
 $(BUILD)/tests/cuda/%.o: CPPFLAGS += -I$(CUDA_HOME)/include
+
+# C++ tests: host replays of device logic (no nvcc needed for them).
+CXX ?= c++
+$(BUILD)/tests/cuda/%.o: tests/cuda/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CPPFLAGS) -std=c++17 $(OPT) -g $(WARN) -pthread -MMD -MP $(SANFLAGS) -c $< -o $@
 
 # Keep the objects: make would delete them as intermediates.
 .PRECIOUS: $(BUILD)/tests/cuda/%.o

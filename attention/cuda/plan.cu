@@ -25,6 +25,7 @@
 #include <math.h>
 
 #include "attention/cuda/common.cuh"
+#include "attention/cuda/select-rule.cuh"
 
 namespace mrad_cuda
 {
@@ -111,33 +112,6 @@ __global__ void k_rowmax(const float *L, size_t rows, uint32_t nb, float *rmax)
         rmax[row] = m;
 }
 
-/* The selection score of the spec as an order-preserving 64-bit key: a
- * larger score gives a larger key.  Same arithmetic, in the same order, as
- * attn_select_score(); NaN ranks below every number. */
-__device__ __forceinline__ uint64_t score_key(float L, float r, bool empty,
-                                              uint32_t I, uint32_t J,
-                                              uint32_t pf, uint32_t pd)
-{
-    double s = (double)L - (double)r;
-    if (empty)
-        s -= 1e4;
-    if (pd > 0) {
-        uint32_t dist = I > J ? I - J : J - I;
-        if (dist <= pd / 2)
-            s += 5e3;
-    }
-    if (I < pf)
-        s += 5e3;
-    if (J < pf)
-        s += 5e3;
-    if (isnan(s))
-        return 0;
-    if (s == 0.0)
-        s = 0.0; /* -0 and +0 are the same score */
-    uint64_t u = (uint64_t)__double_as_longlong(s);
-    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
-}
-
 /* What every selection kernel needs to compute a key. */
 struct key_ctx {
     const float *L, *rmax, *cnt;
@@ -166,14 +140,13 @@ __global__ void k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate,
         sh[i] = 0;
     __syncthreads();
     uint64_t prefix = rstate[head * 2];
-    uint64_t hi = shift >= 56 ? 0 : (~0ull << (shift + 8));
     size_t n = (size_t)kc.nb * kc.nb;
     size_t e0 = chunk * HIST_CHUNK;
     size_t e1 = e0 + HIST_CHUNK < n ? e0 + HIST_CHUNK : n;
     for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
         uint32_t I = (uint32_t)(e / kc.nb), J = (uint32_t)(e % kc.nb);
         uint64_t k = kc.key(head, I, J);
-        if (((k ^ prefix) & hi) == 0)
+        if (radix_in_prefix(k, prefix, shift))
             atomicAdd(&sh[(k >> shift) & 255], 1u);
     }
     __syncthreads();
@@ -190,16 +163,10 @@ __global__ void k_radix_step(size_t heads, int shift, const uint32_t *hist,
     size_t head = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (head >= heads)
         return;
-    uint64_t rem = rstate[head * 2 + 1], cum = 0;
-    for (int bin = 255; bin >= 0; bin--) {
-        uint64_t h = hist[head * 256 + bin];
-        if (cum + h >= rem) {
-            rstate[head * 2] |= (uint64_t)bin << shift;
-            rstate[head * 2 + 1] = rem - cum;
-            return;
-        }
-        cum += h;
-    }
+    uint64_t prefix = rstate[head * 2], rem = rstate[head * 2 + 1];
+    radix_pick(hist + head * 256, shift, &prefix, &rem);
+    rstate[head * 2] = prefix;
+    rstate[head * 2 + 1] = rem;
 }
 
 /* Per block row: pairs with a key above T and equal to T. */
@@ -248,10 +215,8 @@ __global__ void __launch_bounds__(SCAN_THREADS)
         scan_t(tmp).ExclusiveSum(e, ex_e, agg_e);
         __syncthreads();
         uint64_t before = (uint64_t)carry_eq + ex_e;
-        uint32_t take = 0;
-        if (need > before)
-            take = (uint32_t)(need - before < e ? need - before : e);
-        uint32_t s = I < nb ? gt[I] + take : 0, ex_s, agg_s;
+        uint32_t s = I < nb ? gt[I] + row_take(need, before, e) : 0;
+        uint32_t ex_s, agg_s;
         scan_t(tmp).ExclusiveSum(s, ex_s, agg_s);
         __syncthreads();
         if (I < nb) {
@@ -296,7 +261,7 @@ __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
         bool eq = valid && k == T;
         uint32_t beq = __ballot_sync(0xffffffffu, eq);
         uint64_t rank = (uint64_t)eqb + neq + __popc(beq & lt_mask);
-        bool sel = valid && (k > T || (eq && rank < need));
+        bool sel = valid && is_selected(k, T, need, rank);
         uint32_t bsel = __ballot_sync(0xffffffffu, sel);
         if (sel)
             out[nsel + __popc(bsel & lt_mask)] = J;
