@@ -391,9 +391,17 @@ int main(int argc, char **argv)
         cfg.api_key = key;
     }
 
-    /* The bodies. */
-    static struct load_body bodies[MAX_FILES + MAX_SHAPES * 9 * 1024];
+    /* The bodies: at most MAX_FILES files, or shapes x methods x dtypes x
+     * variants (16 * 3 * 3 * 1024) random ones, so the count cannot overflow.
+     */
+    size_t most = nfiles ? (size_t)nfiles
+                         : (size_t)(nshapes ? nshapes : 1) * 9 * variants;
+    struct load_body *bodies = calloc(most, sizeof *bodies);
     size_t nb = 0;
+    if (!bodies) {
+        fprintf(stderr, "mra-load: out of memory\n");
+        return 1;
+    }
     if (nfiles) {
         for (int i = 0; i < nfiles; i++) {
             struct load_body *b = &bodies[nb++];
@@ -544,6 +552,7 @@ int main(int argc, char **argv)
     free(rp);
     for (size_t i = 0; i < nb; i++)
         free(bodies[i].data);
+    free(bodies);
     free(endpoint);
     free(key);
     mrac_global_cleanup();
