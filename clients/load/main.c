@@ -357,8 +357,12 @@ int main(int argc, char **argv)
                         "not combine with --rate, --poisson or --sweep\n");
         return 2;
     }
-    if (cfg.concurrency)
+    if (cfg.concurrency) {
         cfg.rate = 0;
+        /* A closed loop needs a connection per request in flight. */
+        if (cfg.max_inflight < cfg.concurrency)
+            cfg.max_inflight = cfg.concurrency;
+    }
     if ((csv || plot) && !sweep) {
         fprintf(stderr, "mra-load: --csv and --plot go with --sweep\n");
         return 2;
