@@ -48,16 +48,19 @@ void arena_release(arena *a)
     a->cap = 0;
 }
 
-/* Makes the arena hold at least `need` bytes.  Grows by half again so
- * slowly growing shapes do not reallocate every time; falls back to the
- * exact size when the larger request fails.  The caller guarantees that
+/* Makes the arena hold at least `need` bytes, rounded up to 2 MiB.  A
+ * device arena grows by half again so slowly growing shapes do not
+ * reallocate every time; it falls back to the exact size when the larger
+ * request fails.  The caller guarantees that
  * nothing in flight still uses the old memory. */
 int arena_reserve(arena *a, size_t need)
 {
     if (need <= a->cap)
         return ATTN_OK;
     arena_release(a);
-    size_t want = need + need / 2;
+    /* Device arenas get headroom; pinned host memory is scarcer (and is
+     * resident), so staging buffers grow to what is asked only. */
+    size_t want = a->host ? need : need + need / 2;
     if (want < need)
         want = need;
     want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
