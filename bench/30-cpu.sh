@@ -84,7 +84,7 @@ if [ -n "$PY" ]; then
         echo "30-cpu: peak.py failed"
     step "PyTorch scaled_dot_product_attention"
     "$PY" bench/cpu/sdpa.py --n "${NS// /,}" --threads "$NPROC" \
-        --budget "$BUDGET" --max-reps 5 >"$RAW/sdpa.jsonl" ||
+        --budget "$BUDGET" --min-reps 2 --max-reps 5 >"$RAW/sdpa.jsonl" ||
         echo "30-cpu: sdpa.py failed"
 fi
 

@@ -471,11 +471,15 @@ int main(int argc, char **argv)
            attn_backend_name(be), attn_backend_device(be), o.threads);
     fflush(stdout);
 
-    /* H, N, D are bounded by parse_args (H <= 1024, N <= 2^22, D <= 256),
-     * so these products stay far below SIZE_MAX on a 64-bit size_t; the
-     * check keeps that true if the bounds ever move. */
+    /* H, N, D and R are bounded by parse_args (H <= 1024, N <= 2^22,
+     * D <= 256, R <= N), so these products stay far below SIZE_MAX on a
+     * 64-bit size_t; the checks keep that true if the bounds ever move. */
+    if (o.ref_rows > o.n)
+        o.ref_rows = o.n;
     size_t n = (size_t)o.heads * o.n;
-    if (n > SIZE_MAX / o.dim / sizeof(float) / 4) {
+    size_t rows = (size_t)o.heads * o.ref_rows;
+    if (n > SIZE_MAX / o.dim / sizeof(float) ||
+        rows > SIZE_MAX / o.dim / sizeof(double)) {
         fprintf(stderr, "bench-cpu: problem too large\n");
         return 1;
     }
@@ -483,7 +487,7 @@ int main(int argc, char **argv)
     size_t bytes = n * sizeof(float);
     float *q = malloc(bytes), *k = malloc(bytes), *v = malloc(bytes);
     float *out = malloc(bytes), *ref = o.exact ? malloc(bytes) : NULL;
-    size_t rows = (size_t)o.heads * o.ref_rows * o.dim;
+    rows *= o.dim;
     double *ref64 = o.ref_rows ? malloc(rows * sizeof(double)) : NULL;
     struct result *res = calloc((size_t)o.nbpr + 1, sizeof(*res));
     if (!q || !k || !v || !out || (o.exact && !ref) || (o.ref_rows && !ref64) ||

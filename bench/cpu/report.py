@@ -69,7 +69,8 @@ def method_section(doc):
         "below use the all-core peak.",
         "- **PyTorch**: `torch.nn.functional.scaled_dot_product_attention` "
         "(torch %s from PyPI in .venv-bench, installed by "
-        "tools/bench-venv.sh%s), all threads, N in {1024, 4096, 16384}."
+        "tools/bench-venv.sh%s), all threads, N in {1024, 4096, 16384}, "
+        "timed like mrad below (median after a warm-up, at least 2 calls)."
         % (doc.get("torch") or "?",
            "; a fresh install took %d s" % install if install else ""),
         "- **mrad**: bin/bench-cpu (bench/bench-cpu.c) through the C API "

@@ -2,11 +2,11 @@
 attention baseline mrad is compared with.
 
     python sdpa.py --n 1024,4096,16384 [--heads 12] [--dim 64]
-                   [--threads 2] [--budget 10] [--max-reps 7]
+                   [--threads 2] [--budget 10] [--min-reps 1] [--max-reps 7]
 
 B = 1, f32, no mask, default scale 1/sqrt(D).  For each N: one warm-up
-call, then as many calls as fit in --budget seconds (at least one, at most
---max-reps); prints one JSON object per line with the median time and the
+call, then as many calls as fit in --budget seconds (at least --min-reps,
+at most --max-reps); prints one JSON object per line with the median time and the
 GFLOP/s counted as the spec counts exact attention (4 N^2 D per head).
 """
 import argparse
@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget", type=float, default=10.0)
+    ap.add_argument("--min-reps", type=int, default=1)
     ap.add_argument("--max-reps", type=int, default=7)
     a = ap.parse_args()
     if a.threads > 0:
@@ -49,7 +50,8 @@ def main():
             t0 = time.perf_counter()
             F.scaled_dot_product_attention(q, k, v)
             first = time.perf_counter() - t0
-            reps = max(1, min(a.max_reps, int(a.budget / max(first, 1e-9))))
+            reps = max(a.min_reps,
+                       min(a.max_reps, int(a.budget / max(first, 1e-9))))
             times = []
             for _ in range(reps):
                 t0 = time.perf_counter()
