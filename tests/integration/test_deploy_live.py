@@ -12,6 +12,8 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -377,3 +379,75 @@ def test_cpu_image_installs_what_mrad_links_against():
         assert owner.returncode == 0, f"{soname}: {owner.stderr}"
         package = owner.stdout.split(":", 1)[0]
         assert package in installed, f"{soname} comes from {package}, not installed in the image"
+
+
+# ------------------------------------------------------- systemd sandbox
+
+def syscall_set(name, seen=None):
+    """The system calls of a systemd set (`@system-service`), nested sets
+    expanded, as systemd-analyze lists them."""
+    seen = seen if seen is not None else set()
+    if name in seen:
+        return set()
+    seen.add(name)
+    out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                         text=True, check=True, timeout=10).stdout
+    calls = set()
+    for line in out.splitlines()[1:]:
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        calls |= syscall_set(word, seen) if word.startswith("@") else {word}
+    return calls
+
+
+def unit_settings():
+    with open(os.path.join(DEPLOY, "systemd", "mrad.service"), encoding="utf-8") as f:
+        lines = [l.strip() for l in f if "=" in l and not l.lstrip().startswith("#")]
+    settings = {}
+    for line in lines:
+        key, _, val = line.partition("=")
+        settings.setdefault(key, []).append(val)
+    return settings
+
+
+def test_systemd_sandbox_allows_what_mrad_does(tmp_path):
+    """Runs mrad under strace through start-up, requests and a SIGTERM
+    drain, and checks each system call, socket family and memory
+    protection it used against the unit's SystemCallFilter,
+    RestrictAddressFamilies and MemoryDenyWriteExecute."""
+    strace = shutil.which("strace")
+    assert strace, "strace is missing (Debian package strace)"
+    trace = tmp_path / "trace"
+    srv = MradServer(threads=2)
+    srv.args = [strace, "-f", "-qq", "-o", str(trace)] + srv.args
+    with srv:
+        rng = np.random.default_rng(3)
+        for method in ("mra2", "mra2_sparse", "exact"):
+            q, k, v = (rng.standard_normal((1, 2, 96, 16), dtype=np.float32) for _ in range(3))
+            assert srv.post(encode_msgpack(q, k, v, method=method))[0] == 200
+        assert srv.get("/metrics")[0] == 200 and srv.get("/v1/info")[0] == 200
+        # SIGTERM to mrad itself (strace would detach on its own SIGTERM).
+        (child,) = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True,
+                                  text=True, check=True).stdout.split()
+        os.kill(int(child), signal.SIGTERM)
+        assert srv.wait(30) == 0
+    text = trace.read_text()
+    used = set(re.findall(r"^\d+\s+([a-z_0-9]+)\(", text, re.M)) - {"execve"}
+    assert {"accept4", "epoll_wait", "exit_group"} <= used, sorted(used)
+
+    settings = unit_settings()
+    allowed, denied = set(), set()
+    for value in settings["SystemCallFilter"]:
+        target = denied if value.startswith("~") else allowed
+        for name in value.lstrip("~").split():
+            target |= syscall_set(name) if name.startswith("@") else {name}
+    blocked = sorted(c for c in used if c not in allowed or c in denied)
+    assert not blocked, f"the unit's SystemCallFilter blocks {blocked}"
+
+    families = set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", text))
+    assert families and families <= set(settings["RestrictAddressFamilies"][0].split()), families
+
+    assert settings["MemoryDenyWriteExecute"] == ["yes"]
+    wx = re.findall(r"^\d+\s+(?:mmap|mprotect|pkey_mprotect)\(.*PROT_WRITE\|PROT_EXEC.*$", text, re.M)
+    assert not wx, f"writable and executable mappings: {wx[:3]}"
