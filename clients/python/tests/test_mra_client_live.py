@@ -3,8 +3,11 @@ bitwise like `mractl run --local` and close to the float64 reference;
 error answers surface as typed exceptions."""
 import concurrent.futures
 import json
+import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -13,10 +16,25 @@ import numpy as np
 import pytest
 
 import mra_ref
-from conftest import MradServer, run_local
+from mrad_server import MradServer
 from mra_client import (BadRequest, Client, DeadlineExceeded, MradError,
                         Overloaded, PayloadTooLarge, TransportError,
                         Unauthorized, bf16_to_f32, encode_request, f32_to_bf16)
+
+BIN = pathlib.Path(os.environ.get("MRAD_BIN_DIR")
+                   or pathlib.Path(__file__).resolve().parents[3] / "bin")
+
+
+def run_local(body):
+    """The answer `mractl run --local` gives for a request body (bytes)."""
+    with tempfile.NamedTemporaryFile(suffix=".msgpack") as f:
+        f.write(body)
+        f.flush()
+        p = subprocess.run([str(BIN / "mractl"), "run", "--local", f.name],
+                           capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return p.stdout
+
 
 # float32 compute is within 1e-4 of float64; the 16-bit dtypes add the
 # rounding of the answer (2^-11, 2^-8 relative) to that.
