@@ -2,11 +2,15 @@
 --url` answers bitwise like `mractl run --local` for every method and
 dtype, errors surface as the service's JSON error with the documented exit
 statuses, and bin/mra-load measures a rate the server holds (all 200) and
-an overload (503s counted) and writes its sweep CSV and plot."""
+an overload (503s counted), measures latency from intended send times
+(no coordinated omission), and writes its sweep CSV and plot."""
 import csv
+import http.server
 import json
 import os
 import subprocess
+import threading
+import time
 
 import msgpack
 import pytest
@@ -173,3 +177,58 @@ def test_load_overload_and_sweep(tmp_path):
         assert [float(r["offered_rps"]) for r in rows] == [float(x) for x in rates.split(",")]
         assert int(rows[0]["n503"]) == 0 and int(rows[1]["n503"]) > 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _StallingServer(http.server.ThreadingHTTPServer):
+    """Answers every POST with 200 at once, except that from 0.5 s to 1.0 s
+    after the first request it answers nothing: requests arriving then
+    wait for the end of the stall."""
+    daemon_threads = True
+
+    def __init__(self):
+        self.first = None
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = 65536  # headers and body in one segment
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(h):
+                h.rfile.read(int(h.headers["Content-Length"]))
+                now = time.monotonic()
+                with self.lock:
+                    if self.first is None:
+                        self.first = now
+                    stall_end = self.first + 1.0
+                if self.first + 0.5 <= now < stall_end:
+                    time.sleep(stall_end - now)
+                h.send_response(200)
+                h.send_header("Content-Length", "2")
+                h.end_headers()
+                h.wfile.write(b"ok")
+                h.wfile.flush()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_load_counts_stalls_from_intended_send_time():
+    """A 0.5 s stall at 100 requests/s: the ~50 requests intended during it
+    wait up to 0.5 s, and the percentiles show it (a closed-loop tool would
+    record a single slow request)."""
+    srv = _StallingServer()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        rep = load(f"http://127.0.0.1:{srv.server_address[1]}", "--shape", "1,1,32,8",
+                   "--rate", "100", "--duration", "2", "--warmup", "0")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rep["sent"] == rep["completed"] == rep["status"]["200"] == 200
+    lat = rep["latency_ms"]
+    assert lat["p50"] < 100           # most requests are not delayed
+    assert lat["p90"] > 150           # a quarter of them fall in the stall
+    assert 400 < lat["p99"] <= lat["max"] < 900
