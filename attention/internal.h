@@ -45,11 +45,10 @@ void attn_select_scores_row(const float *L_row, float r, const float *cnt,
 
 /*
  * Top-k of n scores: marks sel[i] = 1 for the k indices with the largest
- * S[i] (ties to the smaller index), 0 for the others.  Runs in linear
- * expected time (quickselect with a deterministic pivot sequence; the
- * chosen set is unique, so it never depends on the pivots).  `scratch`
- * holds n uint32_t and is clobbered.  k >= n selects everything.  NaN
- * scores order below every number.  Pure, thread-safe.
+ * S[i] (ties to the smaller index), 0 for the others.  Linear time (radix
+ * select on order-preserving 64-bit keys).  `scratch` holds n uint32_t and
+ * is clobbered; n must be below 2^32.  k >= n selects everything.  -0
+ * equals +0; NaN ranks below every number.  Pure, thread-safe.
  */
 void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
                       uint32_t *scratch);

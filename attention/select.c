@@ -5,10 +5,11 @@
  * row maximum, pushed down for empty blocks and up for the priors (see
  * attention/README.md).  The selected set is the k pairs with the largest
  * scores over a head's whole grid, ties to the smaller flat index: a strict
- * total order, so the set is unique and a quickselect finds it in linear
- * expected time whatever pivots it happens to use.
+ * total order, so the set is unique; a radix select on order-preserving
+ * integer keys finds it in linear time with sequential memory access.
  */
 #include <math.h>
+#include <string.h>
 
 #include "attention/internal.h"
 
@@ -40,27 +41,34 @@ void attn_select_scores_row(const float *L_row, float r, const float *cnt,
                                  J, prior_first, prior_diagonal);
 }
 
-/* Strict total order "a ranks before b": larger score first, then smaller
- * index; NaN ranks after every number (and among NaNs by index). */
-static inline int before(const double *S, uint32_t a, uint32_t b)
+/* Order-preserving 64-bit key of a score: a larger score gives a larger
+ * key.  -0 counts as +0 (they compare equal), NaN gets key 0, below every
+ * number (-inf maps to 0x000fffffffffffff). */
+static inline uint64_t score_key(double s)
 {
-    double x = S[a], y = S[b];
-    int xn = isnan(x), yn = isnan(y);
-    if (xn || yn) {
-        if (xn != yn)
-            return yn;
-        return a < b;
-    }
-    if (x != y)
-        return x > y;
-    return a < b;
+    if (isnan(s))
+        return 0;
+    s += 0.0; /* -0 -> +0 */
+    uint64_t u;
+    memcpy(&u, &s, sizeof u);
+    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
 }
 
-static inline void swap32(uint32_t *a, uint32_t *b)
+#define DIGIT_BITS 12
+#define DIGIT_SIZE (1u << DIGIT_BITS)
+
+/* Among the counts hist[], from the largest digit down, finds the digit
+ * holding the want-th largest element; lowers *want by the elements above
+ * it. */
+static uint32_t pick_digit(const size_t *hist, uint32_t size, size_t *want)
 {
-    uint32_t t = *a;
-    *a = *b;
-    *b = t;
+    uint32_t d = size;
+    while (d-- > 0) {
+        if (*want <= hist[d])
+            return d;
+        *want -= hist[d];
+    }
+    return 0; /* unreachable: the counts add up to at least *want */
 }
 
 void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
@@ -71,55 +79,53 @@ void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
             sel[i] = 1;
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        sel[i] = 0;
-        scratch[i] = (uint32_t)i;
-    }
+    memset(sel, 0, n);
     if (k == 0)
         return;
-    /* Quickselect: afterwards scratch[0..k) holds the k top indices.
-     * Pivots come from a fixed xorshift sequence (median of three) so the
-     * expected time is linear on any input, including sorted grids. */
-    uint64_t rng = 0x9e3779b97f4a7c15ull;
-    size_t lo = 0, hi = n; /* the k-th boundary lies in [lo, hi) */
-    while (hi - lo > 1) {
-        size_t len = hi - lo, c[3];
-        for (int t = 0; t < 3; t++) {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            c[t] = lo + (size_t)(rng % len);
-        }
-        /* median of the three candidates under `before` */
-        uint32_t a = scratch[c[0]], b = scratch[c[1]], d = scratch[c[2]];
-        uint32_t piv;
-        if (before(S, a, b))
-            piv = before(S, b, d) ? b : (before(S, a, d) ? d : a);
-        else
-            piv = before(S, a, d) ? a : (before(S, b, d) ? d : b);
-        /* Three-way partition: [lo,lt) before piv, [lt,gt) == piv (only
-         * the pivot itself, the order being strict), [gt,hi) after. */
-        size_t lt = lo, i = lo, gt = hi;
-        while (i < gt) {
-            uint32_t x = scratch[i];
-            if (x == piv) {
-                i++;
-            } else if (before(S, x, piv)) {
-                swap32(&scratch[lt], &scratch[i]);
-                lt++;
-                i++;
-            } else {
-                gt--;
-                swap32(&scratch[i], &scratch[gt]);
-            }
-        }
-        if (k <= lt)
-            hi = lt;
-        else if (k >= gt)
-            lo = gt;
-        else
-            break; /* the pivot sits at the boundary */
+    /*
+     * Radix select, most significant digit first.  A first pass counts the
+     * top digit of every key; a second marks keys with a larger top digit
+     * and gathers the ones on the boundary digit, in index order, into
+     * scratch.  Each later digit narrows that list the same way, keeping
+     * its order.  What remains at the end are keys equal to the k-th
+     * largest, of which the first `want` (smallest indices) complete the
+     * set: exactly the spec's tie rule.  Two passes over the grid plus
+     * passes over a shrinking list: linear time.
+     */
+    size_t hist[DIGIT_SIZE];
+    size_t want = k;
+    const int top_shift = 64 - DIGIT_BITS;
+    memset(hist, 0, sizeof hist);
+    for (size_t i = 0; i < n; i++)
+        hist[score_key(S[i]) >> top_shift]++;
+    uint32_t d = pick_digit(hist, DIGIT_SIZE, &want);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t dig = (uint32_t)(score_key(S[i]) >> top_shift);
+        if (dig > d)
+            sel[i] = 1;
+        else if (dig == d)
+            scratch[m++] = (uint32_t)i;
     }
-    for (size_t i = 0; i < k; i++)
-        sel[scratch[i]] = 1;
+    for (int shift = top_shift - DIGIT_BITS; shift > -DIGIT_BITS;
+         shift -= DIGIT_BITS) {
+        int sh = shift < 0 ? 0 : shift;
+        uint32_t size = shift < 0 ? 1u << (DIGIT_BITS + shift) : DIGIT_SIZE;
+        memset(hist, 0, size * sizeof *hist);
+        for (size_t c = 0; c < m; c++)
+            hist[(score_key(S[scratch[c]]) >> sh) & (size - 1)]++;
+        d = pick_digit(hist, size, &want);
+        size_t keep = 0;
+        for (size_t c = 0; c < m; c++) {
+            uint32_t dig =
+                (uint32_t)(score_key(S[scratch[c]]) >> sh) & (size - 1);
+            if (dig > d)
+                sel[scratch[c]] = 1;
+            else if (dig == d)
+                scratch[keep++] = scratch[c];
+        }
+        m = keep;
+    }
+    for (size_t c = 0; c < want && c < m; c++)
+        sel[scratch[c]] = 1;
 }

@@ -22,36 +22,6 @@ struct lowres_terms {
     float sum; /* sum of exp(logit - m) */
 };
 
-static void lowres_fold(const struct cpu_head *hd, uint32_t I, float *vacc,
-                        struct lowres_terms *lt)
-{
-    uint32_t nb = hd->nb, Dp = hd->Dp;
-    const float *L = hd->L + (size_t)I * nb;
-    const uint8_t *sel = hd->sel + (size_t)I * nb;
-    lt->any = 0;
-    lt->m = -INFINITY;
-    lt->sum = 0.0f;
-    memset(vacc, 0, Dp * sizeof *vacc);
-    for (uint32_t J = 0; J < nb; J++) {
-        if (sel[J] || hd->cnt[J] == 0.0f)
-            continue;
-        float lg = L[J] + hd->lnc[J];
-        lt->any = 1;
-        lt->m = lg > lt->m ? lg : lt->m;
-    }
-    if (!lt->any)
-        return;
-    for (uint32_t J = 0; J < nb; J++) {
-        if (sel[J] || hd->cnt[J] == 0.0f)
-            continue;
-        float w = expf(L[J] + hd->lnc[J] - lt->m);
-        const float *vh = hd->vh + (size_t)J * Dp;
-        lt->sum += w;
-        for (uint32_t d = 0; d < Dp; d++)
-            vacc[d] += w * vh[d];
-    }
-}
-
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                    const struct cpu_kernels *kern)
 {
@@ -89,8 +59,12 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                                alpha);
             kern->pv_tile(s, hd->v + (size_t)J * CPU_TILE * Dp, Dp, alpha, acc);
         }
-        if (hd->method == ATTN_MRA2)
-            lowres_fold(hd, I, vlow, &lt);
+        if (hd->method == ATTN_MRA2) {
+            kern->lowres_fold(hd->L + (size_t)I * nb, hd->lnc,
+                              hd->sel + (size_t)I * nb, hd->cnt, hd->vh, nb, Dp,
+                              vlow, &lt.m, &lt.sum);
+            lt.any = lt.m != -INFINITY;
+        }
     }
 
     for (uint32_t i = 0; i < rows; i++) {

@@ -49,6 +49,9 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     size_t nn = mra ? mul(nb, nb) : 0;
     size_t npd = mul(Np, Dp), nbd = mul(nb, D), nbdp = mul(nb, Dp);
     size_t qt = mul(nbd, CPU_TILE);
+    /* the selection indexes the grid with 32-bit integers */
+    if (mra && nn > UINT32_MAX)
+        return -1;
     if (Np == 0 || (mra && nn == 0) || npd == 0 || nbd == 0 || nbdp == 0 ||
         qt == 0)
         return -1;

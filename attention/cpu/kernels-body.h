@@ -214,6 +214,60 @@ static void k_lowres_row(const float *qh, const float *khT, uint32_t D,
     }
 }
 
+static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
+                          const float *cnt, const float *vh, uint32_t nb,
+                          uint32_t Dp, float *vacc, float *m, float *sum)
+{
+    _Alignas(64) float w[CPU_FOLD_CHUNK];
+    float M = -__builtin_inff(), S = 0.0f;
+    for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
+        stv(vacc + d0, splat(0.0f));
+    for (uint32_t J0 = 0; J0 < nb; J0 += CPU_FOLD_CHUNK) {
+        uint32_t len = nb - J0 < CPU_FOLD_CHUNK ? nb - J0 : CPU_FOLD_CHUNK;
+        uint32_t padded = (len + KVEC - 1) / KVEC * KVEC;
+        float cm = -__builtin_inff();
+        for (uint32_t j = 0; j < len; j++) {
+            uint32_t J = J0 + j;
+            float lg =
+                (sel[J] || cnt[J] == 0.0f) ? -__builtin_inff() : L[J] + lnc[J];
+            w[j] = lg;
+            cm = lg > cm ? lg : cm;
+        }
+        for (uint32_t j = len; j < padded; j++)
+            w[j] = -__builtin_inff();
+        if (cm == -__builtin_inff())
+            continue;
+        if (cm > M) { /* rescale what came before to the new maximum */
+            float sc = vexp(splat(M - cm))[0];
+            vf scv = splat(sc);
+            S *= sc;
+            for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
+                stv(vacc + d0, ld(vacc + d0) * scv);
+            M = cm;
+        }
+        vf sv = splat(0.0f), mv = splat(M);
+        for (uint32_t j = 0; j < padded; j += KVEC) {
+            vf p = vexp(ld(w + j) - mv);
+            sv += p;
+            stv(w + j, p);
+        }
+        float part = 0.0f;
+        for (int t = 0; t < KVEC; t++)
+            part += sv[t];
+        S += part;
+        for (uint32_t j = 0; j < len; j++) {
+            if (w[j] == 0.0f)
+                continue;
+            vf wj = splat(w[j]);
+            const float *v = vh + (size_t)(J0 + j) * Dp;
+            for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
+                stv(vacc + d0, ld(vacc + d0) + wj * ld(v + d0));
+        }
+    }
+    *m = M;
+    *sum = S;
+}
+
 const struct cpu_kernels KTABLE = {
     .name = KNAME,
     .qk_tile = k_qk_tile,
@@ -221,4 +275,5 @@ const struct cpu_kernels KTABLE = {
     .pv_tile = k_pv_tile,
     .block_mean = k_block_mean,
     .lowres_row = k_lowres_row,
+    .lowres_fold = k_lowres_fold,
 };

@@ -23,6 +23,7 @@
 
 #define CPU_TILE 32
 #define CPU_DPAD 32
+#define CPU_FOLD_CHUNK 256
 
 struct cpu_kernels {
     const char *name; /* "portable", ... */
@@ -44,6 +45,16 @@ struct cpu_kernels {
     /* Mean of the 32 rows of x (stride Dp) divided by cnt (0 when cnt is
      * 0): out[d], d < Dp. */
     void (*block_mean)(const float *x, uint32_t Dp, float cnt, float *out);
+    /* Low-resolution terms of one block row, folded: every J with
+     * sel[J] == 0 and cnt[J] > 0 is a term with logit L[J] + lnc[J] and
+     * value vh[J][:] (stride Dp).  On return *m is the largest logit (-inf
+     * when there is no term), *sum = sum_J exp(logit_J - m) and vacc[:Dp]
+     * = sum_J exp(logit_J - m) * vh[J][:].  Terms go in chunks of
+     * CPU_FOLD_CHUNK in increasing J, rescaled online between chunks: a
+     * fixed order. */
+    void (*lowres_fold)(const float *L, const float *lnc, const uint8_t *sel,
+                        const float *cnt, const float *vh, uint32_t nb,
+                        uint32_t Dp, float *vacc, float *m, float *sum);
     /* One row of low-resolution logits: L[J] = scale * sum_d qh[d] *
      * khT[d][J] for J < nb, khT of stride nb. */
     void (*lowres_row)(const float *qh, const float *khT, uint32_t D,
