@@ -185,6 +185,14 @@ def test_payload_too_large():
         assert small.out.shape == (1, 1, 32, 8)
 
 
+def gauge(text, name):
+    """The value of an unlabelled sample in a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
 def test_overloaded_and_deadline():
     """One worker, a queue of one: a long request computes, one waits, the
     rest are turned away with 503 and Retry-After; a short deadline behind
@@ -215,7 +223,14 @@ def test_overloaded_and_deadline():
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             fut = ex.submit(lambda: Client(srv.url, timeout=120).attention(
                 big, big, big, method="exact"))
-            time.sleep(0.2)  # the long request is computing by now
+            # wait until the long request is computing (accepted, and
+            # nothing waiting for the worker)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                m = c.metrics()
+                if gauge(m, "mrad_inflight_requests") >= 1 and gauge(m, "mrad_queue_depth") == 0:
+                    break
+                time.sleep(0.01)
             with pytest.raises(DeadlineExceeded) as e:
                 c.attention(q, k, v, timeout_ms=20)
             assert e.value.status == 504 and e.value.code == "timeout"
