@@ -5,7 +5,7 @@
  * A thread block owns 16*W query rows of one head (W warps, 16 rows each)
  * and walks 32-key tiles: for MRA-2 (W = 2) the key blocks of its block row
  * listed by plan.cu, starting from the row's low-resolution softmax state
- * in mra2 mode; for exact attention (W = 4) every key block.  Per tile a
+ * in mra2 mode; for exact attention (W = 8) every key block.  Per tile a
  * warp computes S = Q K^T (ldmatrix + mma), masks padded and masked keys,
  * updates its running max / sum (online softmax, base 2), rescales its
  * output accumulators and adds P V with P rounded to the input type, as
@@ -390,12 +390,14 @@ int launch(const attend_args &a, cudaStream_t st)
     return cuda_err(cudaGetLastError());
 }
 
-/* MRA-2 (a CSR list) runs one 32-row block row per thread block; exact
- * attention shares each K/V tile between 64 rows. */
+/* MRA-2 (a CSR list) runs one 32-row block row per thread block.  Exact
+ * attention shares each K/V tile between 128 rows (8 warps): every block
+ * streams the whole K and V of its head, so taller blocks halve that
+ * traffic. */
 template <typename T, int DP>
 int launch_dp(const attend_args &a, cudaStream_t st)
 {
-    return a.list ? launch<T, DP, 2>(a, st) : launch<T, DP, 4>(a, st);
+    return a.list ? launch<T, DP, 2>(a, st) : launch<T, DP, 8>(a, st);
 }
 
 template <typename T> int dispatch(const attend_args &a, cudaStream_t st)
