@@ -329,6 +329,18 @@ def plots(doc, folder):
         if rows:
             ax.plot([r["N"] for r in rows], [r["time_s"] for r in rows], st,
                     label=label)
+    # Guides through the smallest N: linear (what MRA-2 should follow) and
+    # quadratic (what exact attention must follow).
+    ns = sorted({r["N"] for r in mrad} | {r["N"] for r in doc["sdpa"]})
+    for power, method, label in ((1, "mra2", "~ N"), (2, "exact", "~ N^2")):
+        base = sorted((r for r in mrad if r["method"] == method and
+                       r.get("bpr") in (0, 16)), key=lambda r: r["N"])
+        if base and len(ns) > 1:
+            n0, t0 = base[0]["N"], base[0]["time_s"]
+            ax.plot(ns, [t0 * (n / n0) ** power for n in ns], ":",
+                    color="grey", linewidth=1)
+            ax.annotate(label, (ns[-1], t0 * (ns[-1] / n0) ** power),
+                        fontsize=7, color="grey")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length N")
