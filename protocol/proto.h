@@ -112,7 +112,10 @@ char *proto_error_body(const char *code, const char *message, size_t *len);
  * tools: the inverse of proto_request_decode().  id may be NULL;
  * timeout_ms 0 leaves it out.  Parameters equal to their defaults are still
  * written when set in the problem.  Returns PROTO_OK or PROTO_ENOMEM with a
- * malloc'd buffer in *buf.
+ * malloc'd buffer in *buf, or PROTO_EBADREQ when the problem itself is
+ * inconsistent (unknown dtype or method, NULL tensors, H % Hkv != 0).  In
+ * msgpack, tensor data starts 16-byte aligned from the start of the body,
+ * so that a decoder reads it in place.
  */
 int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
                          const char *id, uint64_t timeout_ms, char **buf,
