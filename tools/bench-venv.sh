@@ -23,13 +23,14 @@
 # Exit status: 0 when the environment is ready; 1 when something could not
 # be installed (the benchmark then skips the parts that need it).
 set -euo pipefail
+self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=${TORCH_VERSION:-2.15.0}
 PY_PKGS=("numpy>=1.26" "matplotlib>=3.7" "threadpoolctl>=3.1")
 VENV=.venv-bench
 stamp=$VENV/.stamp
-want=$(printf '%s\n' "torch==$TORCH_VERSION" "${PY_PKGS[@]}" "$(sha256sum "$0")" |
+want=$(printf '%s\n' "torch==$TORCH_VERSION" "${PY_PKGS[@]}" "$(sha256sum <"$self")" |
        sha256sum | cut -c1-16)
 
 # Debian's OpenBLAS: only the C GEMM measurement needs it.
