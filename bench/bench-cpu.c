@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "attention/attn.h"
 
@@ -70,6 +71,7 @@ struct result {
     int nreps;
     int warmed; /* 0: the one call was longer than the budget, no warm-up */
     double median;
+    double cpu_share; /* CPU time / (wall time * threads) while timed */
     double flops;
     double density;
     int err;
@@ -77,11 +79,23 @@ struct result {
     double err_rows[MAX_KINDS];  /* vs the float64 rows; NAN if none */
 };
 
-static double now_s(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double now_s(void)
+{
+    return clock_s(CLOCK_MONOTONIC);
+}
+
+/* CPU time of all threads of this process: with the wall time it tells
+ * how much of the cores the backend really had while it was timed. */
+static double cpu_s(void)
+{
+    return clock_s(CLOCK_PROCESS_CPUTIME_ID);
 }
 
 /* splitmix64: small, fast, and good enough to fill benchmark inputs. */
@@ -277,9 +291,13 @@ static void run(struct attn_backend *be, struct attn_problem *p,
                 const struct opts *o, int timed, struct result *res)
 {
     struct attn_stats st = {0};
-    double t0 = now_s();
+    int nthreads = o->threads ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (nthreads < 1)
+        nthreads = 1;
+    double c0 = cpu_s(), t0 = now_s();
     res->err = attn_backend_compute(be, p, &st);
     double first = now_s() - t0;
+    double first_cpu = cpu_s() - c0;
     res->flops = attn_flops(p);
     res->density = st.density;
     if (res->err != ATTN_OK)
@@ -297,6 +315,7 @@ static void run(struct attn_backend *be, struct attn_problem *p,
     if (first >= o->budget && o->min_reps <= 1) {
         res->times[0] = res->median = first;
         res->nreps = 1;
+        res->cpu_share = first_cpu / (first * nthreads);
         return;
     }
     res->warmed = 1;
@@ -305,13 +324,17 @@ static void run(struct attn_backend *be, struct attn_problem *p,
         reps = o->min_reps;
     if (reps > o->max_reps)
         reps = o->max_reps;
+    double wall = 0;
+    c0 = cpu_s();
     for (int r = 0; r < reps; r++) {
         t0 = now_s();
         res->err = attn_backend_compute(be, p, NULL);
         res->times[r] = now_s() - t0;
+        wall += res->times[r];
         if (res->err != ATTN_OK)
             return;
     }
+    res->cpu_share = wall > 0 ? (cpu_s() - c0) / (wall * nthreads) : NAN;
     res->nreps = reps;
     double sorted[64];
     memcpy(sorted, res->times, sizeof(double) * (size_t)reps);
@@ -346,6 +369,7 @@ static void print_result(const struct opts *o, const char *method, uint32_t bpr,
     print_num("flops", r->flops);
     print_num("gflops", r->flops / r->median * 1e-9);
     print_num("density", r->density);
+    print_num("cpu_share", r->cpu_share > 0 ? r->cpu_share : NAN);
     printf(", \"timed_on\": \"%s\"", kind_names[o->kinds[0]]);
     for (int i = 0; i < o->nkinds; i++) {
         char key[64];

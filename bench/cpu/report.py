@@ -115,25 +115,32 @@ def results_section(doc):
         out.append("Peak with %s thread(s): **%.1f GFLOP/s** (%s)." % (
             t, p["gflops"], p["source"]))
     out += ["", "### Attention", "",
-            "%d threads unless the column says otherwise.  Errors: relative "
-            "Frobenius norm against exact (* = against float64 rows)." % nproc,
+            "%d threads unless the column says otherwise.  CPU share: CPU "
+            "time of the process over wall time x threads while it was "
+            "timed; under 100%% means other processes had part of the "
+            "cores.  Errors: relative Frobenius norm against exact "
+            "(* = against float64 rows)." % nproc,
             "", "| method | block_per_row | N | threads | time (ms) | "
-            "GFLOP/s | % of peak | density | error, local | error, gauss |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "GFLOP/s | % of peak | CPU share | density | error, local | "
+            "error, gauss |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = [dict(r, method="PyTorch SDPA") for r in
             sorted(doc["sdpa"], key=lambda r: r["N"])]
     rows += sorted(doc["mrad"], key=lambda r: (
         r["threads"] != nproc, r["N"], r["method"] != "exact", r.get("bpr")))
     for r in rows:
         if "error" in r:
-            out.append("| %s | %s | %d | %d | failed: %s | | | | | |" % (
+            out.append("| %s | %s | %d | %d | failed: %s | | | | | | |" % (
                 r["method"], r.get("bpr") or "", r["N"], r["threads"],
                 r["error"]))
             continue
-        out.append("| %s | %s | %d | %d | %.1f | %.1f | %s | %s | %s | %s |"
+        share = r.get("cpu_share")
+        out.append("| %s | %s | %d | %d | %.1f | %.1f | %s | %s | %s | %s | "
+                   "%s |"
                    % (r["method"], r.get("bpr") or "", r["N"], r["threads"],
                       1e3 * r["time_s"], r["gflops"],
                       "%.0f%%" % (100 * r["gflops"] / peak) if peak else "–",
+                      "%.0f%%" % (100 * share) if share is not None else "–",
                       "%.4f" % r["density"] if "density" in r else "",
                       err_cell(r, "local") if "density" in r else "",
                       err_cell(r, "gauss") if "density" in r else ""))

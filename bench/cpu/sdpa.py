@@ -53,16 +53,21 @@ def main():
             reps = max(a.min_reps,
                        min(a.max_reps, int(a.budget / max(first, 1e-9))))
             times = []
+            c0 = time.process_time()
             for _ in range(reps):
                 t0 = time.perf_counter()
                 F.scaled_dot_product_attention(q, k, v)
                 times.append(time.perf_counter() - t0)
+            # CPU time of all threads over wall time: how much of the cores
+            # PyTorch really had (other processes share them).
+            share = (time.process_time() - c0) / (sum(times) * threads)
             med = statistics.median(times)
             flops = 4.0 * n * n * a.dim * a.heads
             print(json.dumps({
                 "method": "sdpa", "N": n, "H": a.heads, "D": a.dim,
                 "threads": threads, "time_s": med, "times": times,
                 "flops": flops, "gflops": flops / med * 1e-9,
+                "cpu_share": share,
                 "torch": torch.__version__, "kernel": kernel_name(q),
                 "capability": torch.backends.cpu.get_cpu_capability()}),
                 flush=True)

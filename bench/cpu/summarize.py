@@ -275,10 +275,11 @@ def print_tables(doc):
         print("  peak, %s thread(s): %.1f GFLOP/s (%s)" % (
             t, p["gflops"], p["source"]))
     peak = doc["peak"].get(str(nproc), {}).get("gflops")
-    print("\nattention, B=1 H=12 D=64 f32 (time: median; errors: relative "
+    print("\nattention, B=1 H=12 D=64 f32 (time: median; cpu%: CPU time "
+          "over wall time x threads while timed; errors: relative "
           "Frobenius vs exact, * = on float64 rows)")
-    print("  %-6s %4s %6s %3s %10s %8s %6s %8s %10s %10s" % (
-        "method", "bpr", "N", "thr", "time ms", "GFLOP/s", "%peak",
+    print("  %-6s %4s %6s %3s %10s %8s %6s %5s %8s %10s %10s" % (
+        "method", "bpr", "N", "thr", "time ms", "GFLOP/s", "%peak", "cpu%",
         "density", "err local", "err gauss"))
     rows = sorted(doc["sdpa"], key=lambda r: r["N"]) + sorted(
         doc["mrad"], key=lambda r: (r["threads"] != nproc, r["N"],
@@ -289,9 +290,11 @@ def print_tables(doc):
                                                   r["N"], r["error"]))
             continue
         pct = "%5.0f%%" % (100 * r["gflops"] / peak) if peak else "     -"
-        print("  %-6s %4s %6d %3d %10.2f %8.1f %6s %8s %10s %10s" % (
+        share = r.get("cpu_share")
+        print("  %-6s %4s %6d %3d %10.2f %8.1f %6s %5s %8s %10s %10s" % (
             r["method"], r.get("bpr") or "", r["N"], r["threads"],
             1e3 * r["time_s"], r["gflops"], pct,
+            "%.0f%%" % (100 * share) if share is not None else "-",
             "%.4f" % r["density"] if "density" in r else "",
             fmt_err(r, "local"), fmt_err(r, "gauss")))
     bad = [c for c in doc["checks"] if c["status"] != "ok"]

@@ -150,4 +150,5 @@ def test_summary_and_page_from_raw_files(tmp_path):
     met = sum(t["status"] == "PASS" for t in doc["targets"])
     assert "%d of %d met" % (met, len(doc["targets"])) in text
     assert "| exact |  | 16384 | 1 | 19000.0 |" in text
+    assert "| 1.0000 |" in text  # density column
     assert "test cpu" in text
