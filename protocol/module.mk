@@ -29,3 +29,14 @@ fuzz:: $(PROTO_FUZZ)
 	@mkdir -p $(BUILD)/fuzz/corpus
 	$(PROTO_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	    $(BUILD)/fuzz/corpus tests/data
+
+# `make bench-codec`: times encoding and decoding of large bodies.
+PROTO_BENCH := $(BIN)/bench-codec
+
+$(PROTO_BENCH): $(BUILD)/protocol/bench/bench-codec.o $(PROTO_LIB) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PROTO_LDLIBS) $(ATTN_LDLIBS) $(LDLIBS)
+
+.PHONY: bench-codec
+bench-codec: $(PROTO_BENCH)
+	$(PROTO_BENCH)
