@@ -1,0 +1,135 @@
+/*
+ * test-nomem.c - tests that the wire codec fails cleanly when memory runs
+ * out: with the codec's allocations made to fail after 0, 1, 2, ...
+ * successes (proto_fault_inject in protocol/internal.h), every entry point
+ * returns PROTO_ENOMEM (or NULL) with nothing left to free, until the
+ * budget is large enough and the call succeeds.  The sanitizer build
+ * (`make test SANITIZE=address`) reports any leak on those paths.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "body.h"
+#include "protocol/proto.h"
+
+#define TENSORS                                                                \
+    "'q':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'},"                \
+    "'k':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'},"                \
+    "'v':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'}"
+
+/* Runs `call` with ever larger allocation budgets until it succeeds;
+ * asserts every failure before that is an ENOMEM.  Returns the number of
+ * budgets that failed. */
+#define UNTIL_OK(call, ok_expr, cleanup)                                       \
+    ({                                                                         \
+        long n_;                                                               \
+        for (n_ = 0; n_ < 1000; n_++) {                                        \
+            proto_fault_inject(n_);                                            \
+            int rc_ = (call);                                                  \
+            proto_fault_inject(-1);                                            \
+            if (ok_expr) {                                                     \
+                cleanup;                                                       \
+                break;                                                         \
+            }                                                                  \
+            assert_int_equal(rc_, PROTO_ENOMEM);                               \
+        }                                                                      \
+        assert_true(n_ < 1000);                                                \
+        n_;                                                                    \
+    })
+
+static void test_request_decode(void **state)
+{
+    (void)state;
+    size_t len;
+    char *body = tbody_msgpack("{" TENSORS ",'mask':{'dtype':'u8','shape':"
+                               "[1,40],'data':'bin:40:1'},'id':'m'}",
+                               &len);
+    /* One byte off alignment, so that every tensor is copied. */
+    char *mis = malloc(len + 1);
+    memcpy(mis + 1, body, len);
+    struct proto_request req;
+    char err[256];
+    long fails = UNTIL_OK(proto_request_decode(mis + 1, len, PROTO_MSGPACK,
+                                               NULL, &req, err, sizeof err),
+                          rc_ == PROTO_OK, proto_request_release(&req));
+    assert_true(fails >= 4); /* q, k, v copies and the output */
+    proto_fault_inject(0);
+    assert_int_equal(proto_request_decode(mis + 1, len, PROTO_MSGPACK, NULL,
+                                          &req, err, sizeof err),
+                     PROTO_ENOMEM);
+    proto_fault_inject(-1);
+    assert_non_null(strstr(err, "out of memory"));
+    for (int i = 0; i < 5; i++)
+        assert_null(req.owned[i]);
+    free(mis);
+    free(body);
+
+    char *json = tbody_json(
+        "{'q':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
+        "'k':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
+        "'v':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
+        "'mask':{'dtype':'u8','shape':[1,3],'data':[1,0,1]}}");
+    fails = UNTIL_OK(proto_request_decode(json, strlen(json), PROTO_JSON, NULL,
+                                          &req, err, sizeof err),
+                     rc_ == PROTO_OK, proto_request_release(&req));
+    assert_true(fails >= 6); /* value stack, 4 tensors, output */
+    free(json);
+}
+
+static void test_encoders(void **state)
+{
+    (void)state;
+    size_t len;
+    char *body = tbody_msgpack("{" TENSORS ",'id':'enc'}", &len);
+    struct proto_request req;
+    char err[256];
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req,
+                                          err, sizeof err),
+                     PROTO_OK);
+    memset(req.prob.out, 0, 2560);
+    struct proto_stats st = {.backend = "cpu", .batch_requests = 1};
+    char *out = NULL;
+    size_t olen;
+    for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
+        req.format = (enum proto_format)fmt;
+        long fails = UNTIL_OK(proto_response_encode(&req, &st, &out, &olen),
+                              rc_ == PROTO_OK, free(out));
+        assert_true(fails >= 1);
+        fails =
+            UNTIL_OK(proto_request_encode(&req.prob, fmt, "x", 5, &out, &olen),
+                     rc_ == PROTO_OK, free(out));
+        assert_true(fails >= 1);
+    }
+    /* The answer decoder copies JSON numbers into an owned buffer. */
+    req.format = PROTO_JSON;
+    assert_int_equal(proto_response_encode(&req, &st, &out, &olen), PROTO_OK);
+    struct proto_response r;
+    long fails = UNTIL_OK(
+        proto_response_decode(out, olen, PROTO_JSON, &r, err, sizeof err),
+        rc_ == PROTO_OK, proto_response_release(&r));
+    assert_true(fails >= 1);
+    free(out);
+    proto_request_release(&req);
+    free(body);
+
+    /* The error body returns NULL rather than a code. */
+    char *eb = NULL;
+    fails = UNTIL_OK((eb = proto_error_body("bad_request", "m", NULL)) != NULL
+                         ? PROTO_OK
+                         : PROTO_ENOMEM,
+                     rc_ == PROTO_OK, free(eb));
+    assert_true(fails >= 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_decode),
+        cmocka_unit_test(test_encoders),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
