@@ -16,15 +16,22 @@ import sys
 import time
 
 
-def measure(fn, n, reps):
-    """Best and median GFLOP/s of an n x n x n product, after a warm-up."""
+def measure(fn, n, reps, threads):
+    """Best and median GFLOP/s of an n x n x n product, after a warm-up,
+    and the share of the cores the process had meanwhile: CPU time of all
+    threads over wall time x threads, under 1 when other processes had part
+    of the cores."""
     fn()
-    rates = []
+    rates, wall = [], 0.0
+    c0 = time.process_time()
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        rates.append(2.0 * n**3 / (time.perf_counter() - t0) * 1e-9)
-    return max(rates), statistics.median(rates)
+        dt = time.perf_counter() - t0
+        wall += dt
+        rates.append(2.0 * n**3 / dt * 1e-9)
+    share = (time.process_time() - c0) / (wall * threads)
+    return max(rates), statistics.median(rates), share
 
 
 def main():
@@ -48,10 +55,11 @@ def main():
                             i.get("architecture")) for i in blas))
         for t in threads:
             with threadpool_limits(t, user_api="blas"):
-                best, med = measure(lambda: x @ y, a.n, a.reps)
+                best, med, share = measure(lambda: x @ y, a.n, a.reps, t)
             print(json.dumps({"source": "numpy", "detail": detail,
                               "threads": t, "n": a.n, "gflops_best": best,
-                              "gflops_median": med}), flush=True)
+                              "gflops_median": med,
+                              "cpu_share": share}), flush=True)
     except ImportError as e:
         print("peak.py: numpy GEMM skipped: %s" % e, file=sys.stderr)
 
@@ -64,12 +72,14 @@ def main():
         blas = "mkl" if torch.backends.mkl.is_available() else "default BLAS"
         for t in threads:
             torch.set_num_threads(t)
-            best, med = measure(lambda: torch.mm(x, y), a.n, a.reps)
+            best, med, share = measure(lambda: torch.mm(x, y), a.n, a.reps,
+                                       t)
             print(json.dumps({"source": "torch",
                               "detail": "torch %s, %s" % (torch.__version__,
                                                           blas),
                               "threads": t, "n": a.n, "gflops_best": best,
-                              "gflops_median": med}), flush=True)
+                              "gflops_median": med,
+                              "cpu_share": share}), flush=True)
     except ImportError as e:
         print("peak.py: torch GEMM skipped: %s" % e, file=sys.stderr)
 

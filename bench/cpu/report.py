@@ -105,10 +105,13 @@ def results_section(doc):
         ", **quick mode: sizes and budgets too small for the figures to "
         "mean anything**" if doc.get("quick") else ""), ""]
     out += ["### GEMM f32", "", "| library | threads | best GFLOP/s | "
-            "median GFLOP/s | detail |", "|---|---:|---:|---:|---|"]
+            "median GFLOP/s | CPU share | detail |",
+            "|---|---:|---:|---:|---:|---|"]
     for g in doc["gemm"]:
-        out.append("| %s | %d | %.1f | %.1f | %s |" % (
+        share = g.get("cpu_share")
+        out.append("| %s | %d | %.1f | %.1f | %s | %s |" % (
             g["source"], g["threads"], g["gflops_best"], g["gflops_median"],
+            "%.0f%%" % (100 * share) if share is not None else "–",
             g.get("detail") or g.get("core", "")))
     out.append("")
     for t, p in sorted(doc["peak"].items()):

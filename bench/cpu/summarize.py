@@ -266,11 +266,14 @@ def fmt_err(r, kind):
 
 def print_tables(doc):
     nproc = doc["threads"]
-    print("\nGEMM f32 (best / median GFLOP/s over 5 runs)")
+    print("\nGEMM f32 (best / median GFLOP/s over 5 runs, CPU share)")
     for g in doc["gemm"]:
-        print("  %-16s %2d thr  n=%d  %7.1f / %7.1f  %s" % (
+        share = g.get("cpu_share")
+        print("  %-16s %2d thr  n=%d  %7.1f / %7.1f  %4s  %s" % (
             g["source"], g["threads"], g["n"], g["gflops_best"],
-            g["gflops_median"], g.get("detail") or g.get("core", "")))
+            g["gflops_median"],
+            "%.0f%%" % (100 * share) if share is not None else "-",
+            g.get("detail") or g.get("core", "")))
     for t, p in sorted(doc["peak"].items()):
         print("  peak, %s thread(s): %.1f GFLOP/s (%s)" % (
             t, p["gflops"], p["source"]))
