@@ -80,8 +80,10 @@ static void run_lowres(void *arg, size_t item, int worker)
 static void run_select(void *arg, size_t item, int worker)
 {
     struct group *g = arg;
+    size_t h;
     (void)worker;
-    cpu_head_select(&g->heads[item]);
+    locate(g, item, &h);
+    cpu_head_select(&g->heads[h]);
 }
 
 static void run_rows(void *arg, size_t item, int worker)
@@ -117,6 +119,11 @@ static size_t items_lowres(const struct cpu_head *hd)
     return hd->method == ATTN_EXACT ? 0 : hd->nb;
 }
 
+static size_t items_select(const struct cpu_head *hd)
+{
+    return hd->method == ATTN_EXACT ? 0 : 1;
+}
+
 static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
 {
     if (bytes <= ctx->arena_size)
@@ -134,27 +141,11 @@ static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
 static void run_group(struct group *g)
 {
     struct cpu_pool *pool = g->ctx->pool;
-    size_t n;
-    n = plan(g, items_load);
-    cpu_pool_run(pool, n, run_load, g);
-    n = plan(g, items_lowres);
-    if (n > 0) {
-        cpu_pool_run(pool, n, run_lowres, g);
-        /* select: one item per head; exact heads have nothing to do */
-        size_t m = 0;
-        for (size_t i = 0; i < g->n; i++)
-            if (g->heads[i].method != ATTN_EXACT)
-                m++;
-        if (m == g->n) {
-            cpu_pool_run(pool, g->n, run_select, g);
-        } else {
-            for (size_t i = 0; i < g->n; i++)
-                if (g->heads[i].method != ATTN_EXACT)
-                    cpu_head_select(&g->heads[i]);
-        }
-    }
-    n = plan(g, items_rows);
-    cpu_pool_run(pool, n, run_rows, g);
+    cpu_pool_run(pool, plan(g, items_load), run_load, g);
+    /* MRA heads only; exact heads have no items in these two phases */
+    cpu_pool_run(pool, plan(g, items_lowres), run_lowres, g);
+    cpu_pool_run(pool, plan(g, items_select), run_select, g);
+    cpu_pool_run(pool, plan(g, items_rows), run_rows, g);
 }
 
 static int cpu_compute_batch(void *vctx,
