@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -132,18 +133,23 @@ static int fill(struct client *c, size_t want)
     return 0;
 }
 
-/* POSTs `body`; on success returns the status and points *resp at the
+/* Sends one request (a GET when body is NULL, else a msgpack POST to
+ * /v1/attention); on success returns the status and points *resp at the
  * response body (valid until the next call). */
-static int client_post(struct client *c, const char *body, size_t len,
-                       const char **resp, size_t *resp_len)
+static int client_request(struct client *c, const char *path, const char *body,
+                          size_t len, const char **resp, size_t *resp_len)
 {
     char head[256];
-    int hn = snprintf(head, sizeof(head),
-                      "POST /v1/attention HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      "Content-Type: application/msgpack\r\n"
-                      "Content-Length: %zu\r\n\r\n",
-                      len);
-    if (write_all(c->fd, head, (size_t)hn) || write_all(c->fd, body, len))
+    int hn = body
+                 ? snprintf(head, sizeof(head),
+                            "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Type: application/msgpack\r\n"
+                            "Content-Length: %zu\r\n\r\n",
+                            path, len)
+                 : snprintf(head, sizeof(head),
+                            "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (write_all(c->fd, head, (size_t)hn) ||
+        (body && write_all(c->fd, body, len)))
         return -1;
     /* Read until the end of the headers. */
     char *end;
@@ -206,7 +212,8 @@ static void *http_thread(void *arg)
         const char *resp;
         size_t rlen;
         double t0 = now_s();
-        int st = client_post(&c, s->body, s->body_len, &resp, &rlen);
+        int st = client_request(&c, "/v1/attention", s->body, s->body_len,
+                                &resp, &rlen);
         double dt = now_s() - t0;
         pthread_mutex_lock(&s->lock);
         if (st != 200) {
@@ -241,15 +248,49 @@ static void *http_thread(void *arg)
     return NULL;
 }
 
+/* ---- CPU time ------------------------------------------------------------ */
+
+/* CPU seconds (user + system) this process has used. */
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* process_cpu_seconds_total of the server, from its /metrics; -1 when it
+ * cannot be read. */
+static double server_cpu_s(uint16_t port)
+{
+    struct client c = {0};
+    const char *resp;
+    size_t rlen;
+    double v = -1;
+    if (!client_connect(&c, port) &&
+        client_request(&c, "/metrics", NULL, 0, &resp, &rlen) == 200) {
+        static const char key[] = "\nprocess_cpu_seconds_total ";
+        char *text = strndup(resp, rlen);
+        char *p = text ? strstr(text, key) : NULL;
+        if (p)
+            v = strtod(p + sizeof(key) - 1, NULL);
+        free(text);
+    }
+    if (c.fd > 0)
+        close(c.fd);
+    free(c.buf);
+    return v;
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 /* Computes `p` back to back for `seconds` (at least twice); adds the
- * repetitions and the time taken. */
+ * repetitions, the time taken and the CPU time used. */
 static int inproc_run(struct attn_backend *be, const struct attn_problem *p,
-                      double seconds, int *reps, double *elapsed)
+                      double seconds, int *reps, double *elapsed, double *cpu)
 {
     int n = 0;
-    double t0 = now_s(), t1;
+    double t0 = now_s(), t1, c0 = self_cpu_s();
     do {
         if (attn_backend_compute(be, p, NULL) != ATTN_OK)
             return -1;
@@ -258,6 +299,7 @@ static int inproc_run(struct attn_backend *be, const struct attn_problem *p,
     } while (t1 - t0 < seconds || n < 2);
     *reps += n;
     *elapsed += t1 - t0;
+    *cpu += self_cpu_s() - c0;
     return 0;
 }
 
@@ -337,8 +379,8 @@ int main(int argc, char **argv)
      * that a drift in the machine's load weighs on both alike. */
     attn_backend_compute(be, &p, NULL); /* warm-up */
     int reps = 0;
-    double busy = 0;
-    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy))
+    double busy = 0, inproc_cpu = 0;
+    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy, &inproc_cpu))
         return 1;
 
     /* Over HTTP. */
@@ -360,7 +402,8 @@ int main(int argc, char **argv)
         const char *resp;
         size_t rlen;
         if (client_connect(&c, o.port) ||
-            client_post(&c, body, body_len, &resp, &rlen) != 200) {
+            client_request(&c, "/v1/attention", body, body_len, &resp, &rlen) !=
+                200) {
             fprintf(stderr, "bench-http: mrad on port %u did not answer 200\n",
                     o.port);
             return 1;
@@ -370,6 +413,7 @@ int main(int argc, char **argv)
     }
     pthread_t th[64];
     int nth = o.concurrency < 64 ? o.concurrency : 64;
+    double scpu0 = server_cpu_s(o.port);
     double h0 = now_s();
     s.t_end = h0 + o.seconds;
     for (int i = 0; i < nth; i++)
@@ -377,27 +421,39 @@ int main(int argc, char **argv)
     for (int i = 0; i < nth; i++)
         pthread_join(th[i], NULL);
     double h1 = now_s();
-    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy))
+    double scpu1 = server_cpu_s(o.port);
+    if (inproc_run(be, &p, o.seconds / 2, &reps, &busy, &inproc_cpu))
         return 1;
     attn_backend_free(be);
     double inproc_rps = reps / busy;
     double http_rps = (double)s.nlat / (h1 - h0);
     double p50 = percentile(s.lat, s.nlat, 0.50) * 1e3;
     double p99 = percentile(s.lat, s.nlat, 0.99) * 1e3;
+    /* CPU time per request does not depend on what else the machine runs:
+     * the server's (compute + HTTP) against the library's (compute). */
+    double inproc_cpu_ms = 1e3 * inproc_cpu / reps;
+    double server_cpu_ms = scpu0 >= 0 && scpu1 >= 0 && s.nlat
+                               ? 1e3 * (scpu1 - scpu0) / (double)s.nlat
+                               : -1;
 
     printf("%-6s shape=%u,%u,%u,%u %s  in-process %.2f req/s  http %.2f "
            "req/s (%.1f%%)  p50 %.2f ms  p99 %.2f ms  concurrency %d  "
-           "failures %d%s\n",
+           "failures %d%s\n"
+           "%-6s cpu per request: in-process %.2f ms, server %.2f ms "
+           "(%.1f%%)\n",
            o.label, o.B, o.H, o.N, o.D, attn_method_name(o.method), inproc_rps,
            http_rps, 100.0 * http_rps / inproc_rps, p50, p99, nth, s.failures,
-           s.mismatch ? "  ANSWER MISMATCH" : "");
+           s.mismatch ? "  ANSWER MISMATCH" : "", "", inproc_cpu_ms,
+           server_cpu_ms, 100.0 * inproc_cpu_ms / server_cpu_ms);
     printf("{\"label\":\"%s\",\"shape\":[%u,%u,%u,%u],\"method\":\"%s\","
            "\"inproc_rps\":%.4f,\"http_rps\":%.4f,\"http_over_inproc\":%.4f,"
            "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"requests\":%zu,"
-           "\"concurrency\":%d,\"failures\":%d,\"answers_match\":%s}\n",
+           "\"concurrency\":%d,\"failures\":%d,\"answers_match\":%s,"
+           "\"inproc_cpu_ms_per_request\":%.3f,"
+           "\"server_cpu_ms_per_request\":%.3f}\n",
            o.label, o.B, o.H, o.N, o.D, attn_method_name(o.method), inproc_rps,
            http_rps, http_rps / inproc_rps, p50, p99, s.nlat, nth, s.failures,
-           s.mismatch ? "false" : "true");
+           s.mismatch ? "false" : "true", inproc_cpu_ms, server_cpu_ms);
     free(body);
     free(qkv);
     free(out);

@@ -25,6 +25,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "server/bufcache.h"
 #include "server/log.h"
 
 struct mrad_http {
@@ -330,11 +331,10 @@ static enum MHD_Result post_begin(struct conn *c)
     /* With a Content-Length, the whole body in one allocation: no copies
      * while it grows. */
     if (n > 0) {
-        c->body = malloc((size_t)n);
+        c->body = mrad_bufcache_get((size_t)n, &c->cap);
         if (!c->body)
             return defer_error(c, MRAD_EINTERNAL,
                                "out of memory for the request body");
-        c->cap = (size_t)n;
     }
     if (cfg->test_faults) {
         const char *f = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
@@ -355,9 +355,12 @@ static int post_append(struct conn *c, const char *data, size_t n)
         size_t cap = c->cap ? c->cap : 65536;
         while (cap < c->len + n)
             cap = cap > c->limit / 2 ? c->limit : cap * 2;
-        char *b = realloc(c->body, cap);
+        char *b = mrad_bufcache_get(cap, &cap);
         if (!b)
             return -1;
+        if (c->len)
+            memcpy(b, c->body, c->len);
+        mrad_bufcache_put(c->body);
         c->body = b;
         c->cap = cap;
     }
@@ -582,7 +585,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
                 /* libmicrohttpd cannot answer in the middle of a body:
                  * drop what was read, discard the rest and answer 413 at
                  * its end, or close if it goes on much longer. */
-                free(c->body);
+                mrad_bufcache_put(c->body);
                 c->body = NULL;
                 c->discarded = c->len + *upload_size;
                 c->len = 0;
@@ -647,7 +650,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     mrad_log_access(&a);
     mrad_metrics_request(c->status, (double)total_us / 1e6);
     mrad_job_unref(job);
-    free(c->body);
+    mrad_bufcache_put(c->body);
     free(c);
 }
 

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "attention/attn.h"
+#include "server/bufcache.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "server/log.h"
@@ -106,13 +107,19 @@ int main(int argc, char **argv)
         return 2;
     mrad_log_init(cfg.log_format, cfg.log_level);
 
-    /* Request bodies and answers are tens of megabytes.  glibc serves
-     * blocks that large with fresh mmap()s, so every request would pay for
-     * faulting in and zeroing its pages (a third of the time of a large
-     * request on the CPU backend).  Keeping them in the heap lets freed
-     * bodies be reused. */
-    mallopt(M_MMAP_THRESHOLD, 512 << 20);
+    /* Request bodies, tensors and answers are megabytes each.  glibc
+     * serves blocks past its mmap threshold with fresh mmap()s, so every
+     * request would pay for faulting in and zeroing their pages.  The
+     * highest threshold glibc accepts (32 MiB on 64-bit) and no trimming
+     * keep such blocks in the heap for reuse; larger request bodies are
+     * reused through server/bufcache.c.  (Setting the trim
+     * threshold alone would freeze the mmap threshold at 128 KiB.) */
+    mallopt(M_MMAP_THRESHOLD, (int)(4 * 1024 * 1024 * sizeof(long)));
     mallopt(M_TRIM_THRESHOLD, 1024 << 20);
+    /* One arena: glibc hands each thread its own arena, whose heaps are
+     * unmapped as soon as they empty, and a body allocated on an HTTP
+     * thread is freed on a worker.  The main heap keeps its pages. */
+    mallopt(M_ARENA_MAX, 1);
 
     /* Every thread inherits this mask: only the main thread takes the
      * termination signals, in sigwait().  SIGPIPE is ignored (a client
@@ -157,6 +164,7 @@ int main(int argc, char **argv)
     drain(&cfg, http, sched, &sigs);
     mrad_http_stop(http);
     mrad_sched_free(sched);
+    mrad_bufcache_clear();
     mrad_log(MRAD_LOG_INFO, "stopped");
     return 0;
 }

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "server/bufcache.h"
 #include "server/log.h"
 
 struct worker {
@@ -80,7 +81,7 @@ void mrad_job_unref(struct mrad_job *job)
     if (!job || atomic_fetch_sub(&job->refs, 1) != 1)
         return;
     proto_request_release(&job->req);
-    free(job->body);
+    mrad_bufcache_put(job->body);
     free(job);
 }
 

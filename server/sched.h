@@ -31,10 +31,11 @@
 struct mrad_job {
     /* Set by the submitter before mrad_sched_submit(), then read-only. */
     struct proto_request req; /* the problem; prob.out receives the answer */
-    void *body;               /* the request body (free()d with the job) */
-    uint64_t tokens;          /* B*N, what --max-batch-tokens counts */
-    uint64_t deadline_ns;     /* CLOCK_MONOTONIC; see mrad_now_ns() */
-    int inject_fault;         /* test only: fail the batch of this job */
+    void *body;      /* the request body, from mrad_bufcache_get(); released
+                        with the job */
+    uint64_t tokens; /* B*N, what --max-batch-tokens counts */
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC; see mrad_now_ns() */
+    int inject_fault;     /* test only: fail the batch of this job */
     /* Called once, from the scheduler or a worker thread, when the outcome
      * below is final. */
     void (*done)(struct mrad_job *job);
