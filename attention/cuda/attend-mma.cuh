@@ -372,11 +372,27 @@ __global__ void __launch_bounds__(W * 32, 1)
     }
 }
 
+/* Shared memory a block may opt in to on the current device (227 KiB on
+ * sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89). */
+inline size_t smem_optin_max()
+{
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                               dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 48 << 10;
+    }
+    return (size_t)v;
+}
+
 template <typename T, int DP, int W>
 int launch(const attend_args &a, cudaStream_t st)
 {
     constexpr int R = 16 * W, LD = DP + 8;
     size_t smem = (size_t)(R + 4 * BLK) * LD * sizeof(uint16_t);
+    if (smem > smem_optin_max())
+        return ATTN_ENOTSUP;
     cudaError_t e = cudaFuncSetAttribute(
         k_attend_mma<T, DP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
         (int)smem);
@@ -397,7 +413,12 @@ int launch(const attend_args &a, cudaStream_t st)
 template <typename T, int DP>
 int launch_dp(const attend_args &a, cudaStream_t st)
 {
-    return a.list ? launch<T, DP, 2>(a, st) : launch<T, DP, 8>(a, st);
+    if (a.list)
+        return launch<T, DP, 2>(a, st);
+    /* Devices with less shared memory (sm_86, sm_89) run exact attention
+     * with the 32-row blocks of MRA when 128-row ones do not fit. */
+    int rc = launch<T, DP, 8>(a, st);
+    return rc == ATTN_ENOTSUP ? launch<T, DP, 2>(a, st) : rc;
 }
 
 template <typename T> int dispatch(const attend_args &a, cudaStream_t st)

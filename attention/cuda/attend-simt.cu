@@ -151,6 +151,12 @@ __global__ void __launch_bounds__(SIMT_THREADS)
 template <int DP> int launch(const attend_args &a, cudaStream_t st)
 {
     size_t smem = (size_t)(2 * BLK * (DP + 1) + BLK * DP + BLK * 33) * 4;
+    int dev = 0, optin = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                               dev) == cudaSuccess &&
+        smem > (size_t)optin)
+        return ATTN_ENOTSUP; /* f32 with D > 128 on sm_86 / sm_89 */
     cudaError_t e = cudaFuncSetAttribute(
         k_attend_f32<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
         (int)smem);
