@@ -184,6 +184,18 @@ dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
     return d;
 }
 
+/* Points cuBLAS at `st` and at our workspace.  cublasSetStream() resets
+ * the workspace to cuBLAS's own pool (which allocates per stream), so the
+ * workspace is set again after every change of stream. */
+int bind_blas(cuda_ctx *c, cudaStream_t st)
+{
+    if (cublasSetStream(c->blas, st) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE) !=
+            CUBLAS_STATUS_SUCCESS)
+        return ATTN_EBACKEND;
+    return ATTN_OK;
+}
+
 /* Enqueues one problem (tensors in device memory) on `st`. */
 int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
 {
@@ -224,8 +236,9 @@ int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
             bufs[i] = (char *)c->work.base + off[i];
         mra_work w;
         mra_work_bind(&w, bufs);
-        if (cublasSetStream(c->blas, st) != CUBLAS_STATUS_SUCCESS)
-            return ATTN_EBACKEND;
+        rc = bind_blas(c, st);
+        if (rc)
+            return rc;
         rc = mra_plan(p, w, c->blas, st);
         if (rc)
             return rc;
@@ -475,10 +488,7 @@ extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
         rc = ATTN_ENOMEM;
         ok = false;
     }
-    ok = ok &&
-         cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE) ==
-             CUBLAS_STATUS_SUCCESS &&
-         cublasSetStream(c->blas, c->comp) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && bind_blas(c, c->comp) == ATTN_OK;
     if (!ok) {
         cuda_free(c);
         return rc;
