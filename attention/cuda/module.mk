@@ -34,7 +34,7 @@ $(BUILD)/tests/cuda/%.o: tests/cuda/%.cpp
 # The CUDA tests run in the whole suite too: without a GPU they say so.
 tests-build: $(CUDA_TESTS) $(CUDA_PROBE)
 
-test-cuda: $(CUDA_TESTS) $(CUDA_PROBE) $(UNIT_TESTS)
+test-cuda: tests-build
 	@BUILD=$(BUILD) bash tests/cuda/run.sh
 
 # A shared library of the attention library for the Python benchmark
