@@ -355,10 +355,18 @@ def runtime_packages(stage):
     return set(m.group(1).replace("\\", " ").split())
 
 
-def test_cpu_image_installs_what_mrad_links_against():
+# In every Debian and Ubuntu image: the C library, and what apt links to.
+BASE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6"}
+# What the nvidia/cuda runtime image brings for a CUDA build.
+CUDA_RUNTIME_LIBS = ("libcudart.so", "libcublas.so", "libcublasLt.so")
+
+
+def test_image_installs_what_mrad_links_against():
     """Each shared library bin/mrad needs directly (built here on Debian
-    bookworm, the CPU image's base) comes from a package the runtime-cpu
-    stage installs, or from the C library every image has."""
+    bookworm, the CPU image's base) comes from a package the runtime
+    stages install, from the base image, or, where this machine builds
+    with CUDA, from the CUDA toolkit's runtime that the nvidia/cuda
+    runtime image holds."""
     readelf = subprocess.run(["readelf", "-d", mrad_binary()], capture_output=True, text=True,
                              check=True, timeout=10).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", readelf)
@@ -366,11 +374,15 @@ def test_cpu_image_installs_what_mrad_links_against():
     ldd = subprocess.run(["ldd", mrad_binary()], capture_output=True, text=True, check=True,
                          timeout=10).stdout
     paths = dict(re.findall(r"^\s*(\S+) => (\S+)", ldd, re.M))
-    installed = runtime_packages("runtime-cpu") | {"libc6", "libgcc-s1"}
+    installed = runtime_packages("runtime-cpu") | BASE_PACKAGES
+    assert runtime_packages("runtime-cuda") == runtime_packages("runtime-cpu")
     for soname in needed:
         if soname.startswith("ld-linux"):
             continue
         path = os.path.realpath(paths[soname])
+        if "/cuda" in path:
+            assert soname.startswith(CUDA_RUNTIME_LIBS), f"{soname} ({path}) is not in the CUDA runtime image"
+            continue
         owner = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True,
                                timeout=10)
         if owner.returncode != 0:  # dpkg knows the /usr-merged path
