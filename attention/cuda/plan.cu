@@ -144,7 +144,8 @@ __global__ void k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate,
     size_t e0 = chunk * HIST_CHUNK;
     size_t e1 = e0 + HIST_CHUNK < n ? e0 + HIST_CHUNK : n;
     for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-        uint32_t I = (uint32_t)(e / kc.nb), J = (uint32_t)(e % kc.nb);
+        /* nb * nb < 2^32 (checked by mra_plan): 32-bit division */
+        uint32_t I = (uint32_t)e / kc.nb, J = (uint32_t)e % kc.nb;
         uint64_t k = kc.key(head, I, J);
         if (radix_in_prefix(k, prefix, shift))
             atomicAdd(&sh[(k >> shift) & 255], 1u);
