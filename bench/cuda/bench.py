@@ -90,9 +90,15 @@ def main():
     if args.quick:
         sizes = [n for n in (1024, 16384, 65536) if n <= args.max_n]
 
+    # Everything runs on one explicit stream: mrad's own streams do not
+    # wait for the legacy default stream, so torch's work and mrad's must
+    # share a real stream handle to be ordered.
+    bench_stream = torch.cuda.Stream(device=dev)
+
     def run_mrad(method, q, k, v, out, bpr, num_blocks=0):
         N, D = q.shape[2], q.shape[3]
         stream = torch.cuda.current_stream().cuda_stream
+        assert stream, "run under torch.cuda.stream(bench_stream)"
         rc = lib.mrad_bench_run(be, method, BF16, B, H, H, N, D,
                                 q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                 out.data_ptr(), bpr, num_blocks,
@@ -125,6 +131,8 @@ def main():
         return float((a - b).norm() / b.norm())
 
     rows, checks = [], []
+    ctx = torch.cuda.stream(bench_stream)
+    ctx.__enter__()
     for D in (64, 128):
         # correctness spot checks against SDPA at a small size
         g = torch.Generator(device=dev).manual_seed(1)
@@ -173,6 +181,9 @@ def main():
                   flush=True)
             del q, k, v, out
             torch.cuda.empty_cache()
+
+    torch.cuda.synchronize()
+    ctx.__exit__(None, None, None)
 
     print("\ncorrectness (bf16, N=1024, B*H=16, relative Frobenius):")
     for c in checks:

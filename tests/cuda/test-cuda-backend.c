@@ -291,6 +291,7 @@ static void test_device_pointers(void **state)
     cudaMemcpy(dk, c.k, kb, cudaMemcpyHostToDevice);
     cudaMemcpy(dv, c.v, kb, cudaMemcpyHostToDevice);
     cudaMemcpy(dmask, c.mask, mb, cudaMemcpyHostToDevice);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
     struct attn_problem p = c.p;
     p.q = dq;
     p.k = dk;
@@ -300,7 +301,10 @@ static void test_device_pointers(void **state)
     cudaStream_t st;
     assert_int_equal(cudaStreamCreate(&st), cudaSuccess);
     for (int round = 0; round < 2; round++) {
-        cudaMemset(dout, 0, qb);
+        /* The backend's streams do not wait for the legacy default
+         * stream: finish the memset before handing the buffer over. */
+        assert_int_equal(cudaMemset(dout, 0, qb), cudaSuccess);
+        assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
         assert_int_equal(
             attn_cuda_compute_device(be, &p, round ? (void *)st : NULL),
             ATTN_OK);
