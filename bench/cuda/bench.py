@@ -130,60 +130,60 @@ def main():
         a, b = a.double(), b.double()
         return float((a - b).norm() / b.norm())
 
-    rows, checks = [], []
-    ctx = torch.cuda.stream(bench_stream)
-    ctx.__enter__()
-    for D in (64, 128):
-        # correctness spot checks against SDPA at a small size
-        g = torch.Generator(device=dev).manual_seed(1)
-        q, k, v = (torch.randn(B, H, 1024, D, device=dev, generator=g,
-                               dtype=torch.bfloat16) for _ in range(3))
-        ref = F.scaled_dot_product_attention(q, k, v)
-        out = torch.empty_like(q)
-        run_mrad(EXACT, q, k, v, out, 0)
-        torch.cuda.synchronize()
-        checks.append({"D": D, "what": "exact vs sdpa", "rel": rel(out, ref)})
-        run_mrad(MRA2, q, k, v, out, 0, num_blocks=32 * 32)
-        torch.cuda.synchronize()
-        checks.append({"D": D, "what": "mra2 full budget vs sdpa",
-                       "rel": rel(out, ref)})
-        for N in sizes:
-            g = torch.Generator(device=dev).manual_seed(N + D)
-            q, k, v = (torch.randn(B, H, N, D, device=dev, generator=g,
+    def measure(rows, checks):
+        for D in (64, 128):
+            # correctness spot checks against SDPA at a small size
+            g = torch.Generator(device=dev).manual_seed(1)
+            q, k, v = (torch.randn(B, H, 1024, D, device=dev, generator=g,
                                    dtype=torch.bfloat16) for _ in range(3))
+            ref = F.scaled_dot_product_attention(q, k, v)
             out = torch.empty_like(q)
-            nbytes = 4 * q.numel() * q.element_size()
-            budget = 0.3 if N <= 16384 else 1.0
-            res = {"D": D, "N": N}
-            with flash_ctx():
-                res["sdpa"] = timed(
-                    lambda: F.scaled_dot_product_attention(q, k, v), budget)
-            res["exact"] = timed(lambda: run_mrad(EXACT, q, k, v, out, 0),
-                                 budget)
-            for bpr in (4, 16):
-                res[f"mra2_bpr{bpr}"] = timed(
-                    lambda: run_mrad(MRA2, q, k, v, out, bpr), budget)
-            fl_exact = lib.mrad_bench_flops(EXACT, B, H, N, D, 0, 0)
-            for key in ("sdpa", "exact", "mra2_bpr4", "mra2_bpr16"):
-                fl = fl_exact if key in ("sdpa", "exact") else \
-                    lib.mrad_bench_flops(MRA2, B, H, N, D,
-                                         int(key.split("bpr")[1]), 0)
-                res[key + "_tflops"] = fl / res[key] / 1e12
-                res[key + "_gbps"] = nbytes / res[key] / 1e9
-            rows.append(res)
-            print(f"D={D:3d} N={N:6d}  sdpa {res['sdpa']*1e3:9.3f} ms "
-                  f"({res['sdpa_tflops']:6.1f} TF/s)  exact "
-                  f"{res['exact']*1e3:9.3f} ms ({res['exact_tflops']:6.1f})  "
-                  f"mra2/4 {res['mra2_bpr4']*1e3:8.3f} ms  mra2/16 "
-                  f"{res['mra2_bpr16']*1e3:8.3f} ms "
-                  f"({res['mra2_bpr16_tflops']:6.1f} TF/s, "
-                  f"{res['mra2_bpr16_gbps']:6.0f} GB/s)  x{res['sdpa']/res['mra2_bpr16']:.1f}",
-                  flush=True)
-            del q, k, v, out
-            torch.cuda.empty_cache()
+            run_mrad(EXACT, q, k, v, out, 0)
+            torch.cuda.synchronize()
+            checks.append({"D": D, "what": "exact vs sdpa", "rel": rel(out, ref)})
+            run_mrad(MRA2, q, k, v, out, 0, num_blocks=32 * 32)
+            torch.cuda.synchronize()
+            checks.append({"D": D, "what": "mra2 full budget vs sdpa",
+                           "rel": rel(out, ref)})
+            for N in sizes:
+                g = torch.Generator(device=dev).manual_seed(N + D)
+                q, k, v = (torch.randn(B, H, N, D, device=dev, generator=g,
+                                       dtype=torch.bfloat16) for _ in range(3))
+                out = torch.empty_like(q)
+                nbytes = 4 * q.numel() * q.element_size()
+                budget = 0.3 if N <= 16384 else 1.0
+                res = {"D": D, "N": N}
+                with flash_ctx():
+                    res["sdpa"] = timed(
+                        lambda: F.scaled_dot_product_attention(q, k, v), budget)
+                res["exact"] = timed(lambda: run_mrad(EXACT, q, k, v, out, 0),
+                                     budget)
+                for bpr in (4, 16):
+                    res[f"mra2_bpr{bpr}"] = timed(
+                        lambda: run_mrad(MRA2, q, k, v, out, bpr), budget)
+                fl_exact = lib.mrad_bench_flops(EXACT, B, H, N, D, 0, 0)
+                for key in ("sdpa", "exact", "mra2_bpr4", "mra2_bpr16"):
+                    fl = fl_exact if key in ("sdpa", "exact") else \
+                        lib.mrad_bench_flops(MRA2, B, H, N, D,
+                                             int(key.split("bpr")[1]), 0)
+                    res[key + "_tflops"] = fl / res[key] / 1e12
+                    res[key + "_gbps"] = nbytes / res[key] / 1e9
+                rows.append(res)
+                print(f"D={D:3d} N={N:6d}  sdpa {res['sdpa']*1e3:9.3f} ms "
+                      f"({res['sdpa_tflops']:6.1f} TF/s)  exact "
+                      f"{res['exact']*1e3:9.3f} ms ({res['exact_tflops']:6.1f})  "
+                      f"mra2/4 {res['mra2_bpr4']*1e3:8.3f} ms  mra2/16 "
+                      f"{res['mra2_bpr16']*1e3:8.3f} ms "
+                      f"({res['mra2_bpr16_tflops']:6.1f} TF/s, "
+                      f"{res['mra2_bpr16_gbps']:6.0f} GB/s)  x{res['sdpa']/res['mra2_bpr16']:.1f}",
+                      flush=True)
+                del q, k, v, out
+                torch.cuda.empty_cache()
 
+    rows, checks = [], []
+    with torch.cuda.stream(bench_stream):
+        measure(rows, checks)
     torch.cuda.synchronize()
-    ctx.__exit__(None, None, None)
 
     print("\ncorrectness (bf16, N=1024, B*H=16, relative Frobenius):")
     for c in checks:
