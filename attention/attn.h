@@ -121,7 +121,11 @@ double attn_flops(const struct attn_problem *p);
 /* Backend configuration; zero-initialise and set what you need. */
 struct attn_config {
     int threads;     /* CPU worker threads; 0 = number of online cores */
-    const char *isa; /* CPU kernel path: NULL/"auto", "avx512", "avx2", "portable" */
+    /* CPU kernel path: "avx512", "avx2", "portable", or NULL/"auto": the
+     * environment variable MRAD_ISA when set, else the best this CPU runs.
+     * A path the CPU cannot run makes attn_backend_new fail with
+     * ATTN_ENOTSUP. */
+    const char *isa;
     int device;      /* GPU ordinal for device backends */
 };
 

@@ -286,7 +286,17 @@ static void cpu_model(char *buf, size_t len)
 int attn_cpu_backend_new(const struct attn_config *cfg,
                          const struct attn_backend_i **iface, void **out)
 {
-    const struct cpu_kernels *kern = cpu_kernels_pick(cfg->isa);
+    /* The environment names the kernels when the configuration leaves
+     * the choice to the backend, so a test or an operator can force a
+     * path without a flag; an unknown name or one the CPU cannot run
+     * fails the same way as in attn_config.isa. */
+    const char *isa = cfg->isa;
+    if (!isa || strcmp(isa, "auto") == 0) {
+        const char *env = getenv(CPU_ISA_ENV);
+        if (env && *env)
+            isa = env;
+    }
+    const struct cpu_kernels *kern = cpu_kernels_pick(isa);
     if (!kern)
         return ATTN_ENOTSUP;
     int threads = cfg->threads;

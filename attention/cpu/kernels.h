@@ -70,6 +70,10 @@ extern const struct cpu_kernels cpu_kernels_avx2;
 extern const struct cpu_kernels cpu_kernels_avx512;
 #endif
 
+/* Environment variable naming the kernels ("avx512", "avx2", "portable",
+ * "auto") when attn_config.isa is NULL or "auto". */
+#define CPU_ISA_ENV "MRAD_ISA"
+
 /* The kernels for an ISA name: NULL or "auto" (the best this CPU runs),
  * "portable", "avx2", "avx512".  Returns NULL for an unknown name or one
  * this CPU cannot run. */

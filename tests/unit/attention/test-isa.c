@@ -1,0 +1,199 @@
+/*
+ * test-isa.c - tests of the CPU backend's kernel paths (attention/cpu/
+ * kernels*.c): every path this machine runs is bitwise stable across
+ * thread counts 1, 2 and 7, the paths agree with each other within 1e-5
+ * relative error, and the environment variable MRAD_ISA picks a path when
+ * attn_config.isa leaves the choice to the backend.
+ *
+ * These run on the CPU backend whatever ATTN_TEST_BACKEND names: the
+ * kernel paths are a CPU matter.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "tests/unit/attention/attn-fixture.h"
+
+#define NISA 3
+static const char *const isas[NISA] = {"portable", "avx2", "avx512"};
+
+/* f32 problems that exercise every kernel: exact and both MRA modes,
+ * masks, priors, GQA, D that is and is not a multiple of the padding,
+ * one block and many, a budget between nothing and everything. */
+#define NPROB 6
+static void isa_problems(struct fx *f)
+{
+    fx_init(&f[0], ATTN_EXACT, ATTN_F32, 1, 2, 1, 1000, 64, 71, 2.0);
+    fx_init(&f[1], ATTN_MRA2, ATTN_F32, 1, 2, 2, 2048, 64, 72, 2.0);
+    fx_init(&f[2], ATTN_MRA2_SPARSE, ATTN_F32, 2, 2, 1, 333, 17, 73, 2.0);
+    fx_init(&f[3], ATTN_MRA2, ATTN_F32, 1, 3, 3, 700, 100, 74, 2.0);
+    fx_init(&f[4], ATTN_EXACT, ATTN_F32, 1, 1, 1, 31, 3, 75, 2.0);
+    fx_init(&f[5], ATTN_MRA2, ATTN_F32, 1, 2, 1, 9000, 32, 76, 2.0);
+    fx_mask_random(&f[2], 0.8, 3);
+    fx_mask_range(&f[3], 100, 180);
+    f[3].p.prior_diagonal = 3;
+    f[1].p.prior_first = 1;
+    f[5].p.block_per_row = 4;
+}
+
+/* The CPU backend with `threads` on kernel path `isa`; NULL when this CPU
+ * cannot run the path. */
+static struct attn_backend *isa_backend(const char *isa, int threads)
+{
+    struct attn_config cfg = {.threads = threads, .isa = isa};
+    struct attn_backend *be = NULL;
+    int rc = attn_backend_new("cpu", &cfg, &be);
+    if (rc == ATTN_ENOTSUP)
+        return NULL;
+    assert_int_equal(rc, ATTN_OK);
+    assert_non_null(strstr(attn_backend_device(be), isa));
+    return be;
+}
+
+/* Relative Frobenius distance between two f32 outputs of n elements. */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void test_paths_stable_and_agree(void **state)
+{
+    (void)state;
+    static const int threads[] = {1, 2, 7};
+    struct fx f[NPROB];
+    isa_problems(f);
+    /* out[v][i]: path v's output of problem i on one thread */
+    float *out[NISA][NPROB] = {{NULL}};
+    int ran[NISA] = {0};
+    for (int v = 0; v < NISA; v++) {
+        for (int t = 0; t < 3; t++) {
+            struct attn_backend *be = isa_backend(isas[v], threads[t]);
+            if (!be)
+                break;
+            ran[v] = 1;
+            for (int i = 0; i < NPROB; i++) {
+                size_t bytes = f[i].nq * sizeof(float);
+                memset(f[i].out, 0x55, bytes);
+                assert_int_equal(attn_backend_compute(be, &f[i].p, NULL),
+                                 ATTN_OK);
+                if (t == 0) {
+                    out[v][i] = malloc(bytes);
+                    assert_non_null(out[v][i]);
+                    memcpy(out[v][i], f[i].out, bytes);
+                    char what[64];
+                    snprintf(what, sizeof what, "%s, problem %d", isas[v], i);
+                    /* and each path meets the float64 reference */
+                    double err = fx_ref_error(&f[i], NULL);
+                    if (!(err < 1e-5))
+                        fail_msg("%s: error %.3g against float64", what, err);
+                } else if (memcmp(out[v][i], f[i].out, bytes) != 0) {
+                    fail_msg("%s kernels, problem %d: 1 and %d threads differ",
+                             isas[v], i, threads[t]);
+                }
+            }
+            attn_backend_free(be);
+        }
+    }
+    assert_true(ran[0]); /* portable runs everywhere */
+    for (int v = 1; v < NISA; v++) {
+        if (!ran[v])
+            continue;
+        for (int i = 0; i < NPROB; i++) {
+            double d = rel_diff(out[v][i], out[0][i], f[i].nq);
+            if (!(d < 1e-5))
+                fail_msg("problem %d: %s and portable differ by %.3g", i,
+                         isas[v], d);
+        }
+    }
+    for (int v = 0; v < NISA; v++)
+        for (int i = 0; i < NPROB; i++)
+            free(out[v][i]);
+    for (int i = 0; i < NPROB; i++)
+        fx_free(&f[i]);
+}
+
+/* The device string names the path the backend runs. */
+static int runs_path(const struct attn_backend *be, const char *isa)
+{
+    char want[32];
+    snprintf(want, sizeof want, "%s kernels", isa);
+    return strstr(attn_backend_device(be), want) != NULL;
+}
+
+static void test_env_picks_path(void **state)
+{
+    (void)state;
+    const char *saved = getenv("MRAD_ISA");
+    char *keep = saved ? strdup(saved) : NULL;
+    struct attn_backend *be = NULL;
+    struct attn_config cfg = {.threads = 1};
+
+    /* every path the CPU runs can be forced through the environment, with
+     * isa NULL and "auto" alike */
+    for (int v = 0; v < NISA; v++) {
+        struct attn_backend *direct = isa_backend(isas[v], 1);
+        assert_int_equal(setenv("MRAD_ISA", isas[v], 1), 0);
+        cfg.isa = NULL;
+        int rc = attn_backend_new("cpu", &cfg, &be);
+        if (!direct) {
+            assert_int_equal(rc, ATTN_ENOTSUP);
+            continue;
+        }
+        assert_int_equal(rc, ATTN_OK);
+        assert_true(runs_path(be, isas[v]));
+        attn_backend_free(be);
+        cfg.isa = "auto";
+        assert_int_equal(attn_backend_new("cpu", &cfg, &be), ATTN_OK);
+        assert_true(runs_path(be, isas[v]));
+        attn_backend_free(be);
+        attn_backend_free(direct);
+    }
+
+    /* an explicit isa wins over the environment */
+    assert_int_equal(setenv("MRAD_ISA", "no-such-isa", 1), 0);
+    cfg.isa = "portable";
+    assert_int_equal(attn_backend_new("cpu", &cfg, &be), ATTN_OK);
+    assert_true(runs_path(be, "portable"));
+    attn_backend_free(be);
+
+    /* an unknown name in the environment fails like one in the config */
+    cfg.isa = NULL;
+    assert_int_equal(attn_backend_new("cpu", &cfg, &be), ATTN_ENOTSUP);
+
+    /* empty means unset: the best path */
+    assert_int_equal(setenv("MRAD_ISA", "", 1), 0);
+    assert_int_equal(attn_backend_new("cpu", &cfg, &be), ATTN_OK);
+    struct attn_backend *best = NULL;
+    assert_int_equal(unsetenv("MRAD_ISA"), 0);
+    assert_int_equal(attn_backend_new("cpu", &cfg, &best), ATTN_OK);
+    assert_string_equal(attn_backend_device(be), attn_backend_device(best));
+    attn_backend_free(be);
+    attn_backend_free(best);
+
+    if (keep) {
+        assert_int_equal(setenv("MRAD_ISA", keep, 1), 0);
+        free(keep);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_paths_stable_and_agree),
+        cmocka_unit_test(test_env_picks_path),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
