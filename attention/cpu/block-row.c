@@ -38,6 +38,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
     _Alignas(64) float vlow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float row[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
+    _Alignas(64) float tmax[CPU_TILE];
 
     struct lowres_terms lt = {0, -INFINITY, 0.0f};
     if (hd->cnt[I] != 0.0f) {
@@ -54,9 +55,8 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
             if ((sel && !sel[J]) || hd->cnt[J] == 0.0f)
                 continue;
             kern->qk_tile(hd->k + (size_t)J * CPU_TILE * Dp, qt, D, Dp,
-                          hd->scale, s);
-            kern->softmax_tile(s, hd->kbias + (size_t)J * CPU_TILE, m, l,
-                               alpha);
+                          hd->scale, hd->kbias + (size_t)J * CPU_TILE, s, tmax);
+            kern->softmax_tile(s, tmax, m, l, alpha);
             kern->pv_tile(s, hd->v + (size_t)J * CPU_TILE * Dp, Dp, alpha, acc);
         }
         if (hd->method == ATTN_MRA2) {

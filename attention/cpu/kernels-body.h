@@ -83,10 +83,9 @@ static inline vf vmax(vf x, vf m)
 static inline vf vexp(vf xv)
 {
     __m512 x = (__m512)xv;
+    /* No clamping: scalef turns a large n into +inf itself, and lanes
+     * below -87 (where -inf gives NaN on the way) are zeroed at the end. */
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
-    /* max/min return their second operand for a NaN: NaN passes */
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
-    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
     vf xx = (vf)x;
     vf fn =
         (vf)_mm512_roundscale_ps((__m512)(xx * 1.44269504088896341f),
@@ -140,17 +139,23 @@ static inline vf vexp(vf x)
 }
 #endif
 
-/* S^T = K Q^T for a tile: st[j][i] = scale * sum_d k[j][d] * qt[d][i],
- * keys j as rows and query rows i across the vector lanes, so the softmax
- * below works lane-wise with no horizontal reductions.  QK_ROWS keys at a
- * time against QK_KEYS query lanes keep QK_ROWS * QK_KEYS / KVEC
- * accumulators in registers; each qt vector is loaded once per group. */
+/* S^T = K Q^T for a tile, plus the key bias: st[j][i] = scale * sum_d
+ * k[j][d] * qt[d][i] + kbias[j], keys j as rows and query rows i across
+ * the vector lanes, so the softmax below works lane-wise with no
+ * horizontal reductions.  QK_ROWS keys at a time against QK_KEYS query
+ * lanes keep QK_ROWS * QK_KEYS / KVEC accumulators in registers; each qt
+ * vector is loaded once per group.  The tile's maximum per query row,
+ * tmax[i], comes out of the same registers, which saves the softmax a
+ * pass over the tile. */
 static void k_qk_tile(const float *k, const float *qt, uint32_t D, uint32_t Dp,
-                      float scale, float *st)
+                      float scale, const float *kbias, float *st, float *tmax)
 {
     enum { KV = QK_KEYS / KVEC };
-    for (int j = 0; j < CPU_TILE; j += QK_ROWS) {
-        for (int h = 0; h < CPU_TILE; h += QK_KEYS) {
+    for (int h = 0; h < CPU_TILE; h += QK_KEYS) {
+        vf mx[KV];
+        for (int t = 0; t < KV; t++)
+            mx[t] = splat(-__builtin_inff());
+        for (int j = 0; j < CPU_TILE; j += QK_ROWS) {
             vf a[QK_ROWS][KV];
             for (int r = 0; r < QK_ROWS; r++)
                 for (int t = 0; t < KV; t++)
@@ -167,42 +172,40 @@ static void k_qk_tile(const float *k, const float *qt, uint32_t D, uint32_t Dp,
                         a[r][t] += x * qv[t];
                 }
             }
-            for (int r = 0; r < QK_ROWS; r++)
-                for (int t = 0; t < KV; t++)
-                    stv(st + (j + r) * CPU_TILE + h + t * KVEC,
-                        a[r][t] * scale);
+            for (int r = 0; r < QK_ROWS; r++) {
+                vf b = splat(kbias[j + r]);
+                for (int t = 0; t < KV; t++) {
+                    vf x = a[r][t] * scale + b;
+                    mx[t] = vmax(x, mx[t]);
+                    stv(st + (j + r) * CPU_TILE + h + t * KVEC, x);
+                }
+            }
         }
+        for (int t = 0; t < KV; t++)
+            stv(tmax + h + t * KVEC, mx[t]);
     }
 }
 
 /* Online softmax over a transposed tile, NJ vectors of query rows at a
- * time: max over keys, rescale factor, exponentials and their sum, all
- * vertical, keys in order. */
-static void k_softmax_tile(float *st, const float *kbias, float *m, float *l,
+ * time: the new running maximum from the tile's (k_qk_tile), the rescale
+ * factor, then exponentials and their sum in one pass, all vertical, keys
+ * in order. */
+static void k_softmax_tile(float *st, const float *tmax, float *m, float *l,
                            float *alpha)
 {
-    vf mx[NJ];
-    for (int t = 0; t < NJ; t++)
-        mx[t] = ld(m + t * KVEC);
-    for (int j = 0; j < CPU_TILE; j++) {
-        vf b = splat(kbias[j]);
-        for (int t = 0; t < NJ; t++) {
-            vf x = ld(st + j * CPU_TILE + t * KVEC) + b;
-            mx[t] = vmax(x, mx[t]);
-        }
-    }
-    vf sum[NJ];
+    vf mx[NJ], sum[NJ];
     for (int t = 0; t < NJ; t++) {
-        vf al = vexp(ld(m + t * KVEC) - mx[t]); /* -inf - finite -> 0 */
+        vf old = ld(m + t * KVEC);
+        mx[t] = vmax(ld(tmax + t * KVEC), old);
+        vf al = vexp(old - mx[t]); /* -inf - finite -> 0 */
         stv(alpha + t * KVEC, al);
         stv(m + t * KVEC, mx[t]);
         sum[t] = splat(0.0f);
     }
     for (int j = 0; j < CPU_TILE; j++) {
-        vf b = splat(kbias[j]);
         for (int t = 0; t < NJ; t++) {
             float *row = st + j * CPU_TILE + t * KVEC;
-            vf p = vexp(ld(row) + b - mx[t]);
+            vf p = vexp(ld(row) - mx[t]);
             sum[t] += p;
             stv(row, p);
         }

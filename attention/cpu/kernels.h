@@ -28,15 +28,16 @@
 struct cpu_kernels {
     const char *name; /* "portable", ... */
     /* Transposed logits of a tile: st[j][i] = scale * sum_d k[j][d] *
-     * qt[d][i].  k: 32 key rows of stride Dp; qt: D rows of 32 query
-     * components. */
+     * qt[d][i] + kbias[j] (kbias: 0, or -inf for a masked key), and the
+     * tile's maximum per query row, tmax[i] = max_j st[j][i].  k: 32 key
+     * rows of stride Dp; qt: D rows of 32 query components. */
     void (*qk_tile)(const float *k, const float *qt, uint32_t D, uint32_t Dp,
-                    float scale, float *st);
-    /* Online-softmax step on a transposed tile: adds kbias[j] (0, or -inf
-     * for a masked key) to st[j][i], raises the running maximum m[i] of
-     * each query row, writes alpha[i] = exp(m_old - m_new), replaces st by
-     * p = exp(st - m_new) and updates l[i] = l[i] * alpha[i] + sum_j p. */
-    void (*softmax_tile)(float *st, const float *kbias, float *m, float *l,
+                    float scale, const float *kbias, float *st, float *tmax);
+    /* Online-softmax step on a transposed tile from qk_tile: raises the
+     * running maximum m[i] of each query row to tmax[i], writes alpha[i] =
+     * exp(m_old - m_new), replaces st by p = exp(st - m_new) and updates
+     * l[i] = l[i] * alpha[i] + sum_j p. */
+    void (*softmax_tile)(float *st, const float *tmax, float *m, float *l,
                          float *alpha);
     /* acc[i][:] = acc[i][:] * alpha[i] + sum_j p[j][i] * v[j][:], with p
      * transposed as above and acc, v of stride Dp. */
