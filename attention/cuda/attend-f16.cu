@@ -1,9 +1,9 @@
 /*
  * attend-f16.cu - the f16 instantiations of the tensor-core attention
- * kernels of attend-mma.cuh (head dimensions 32, 64, 128, 256; MRA-2 and
- * exact).
+ * kernels of attend-mma.cuh (launchers in attend-launch.cuh) (head dimensions
+ * 32, 64, 128, 256; MRA-2 and exact).
  */
-#include "attention/cuda/attend-mma.cuh"
+#include "attention/cuda/attend-launch.cuh"
 
 namespace mrad_cuda
 {

@@ -17,15 +17,21 @@
  * The head dimension is padded with zeros to DP in {32, 64, 128, 256}; rows
  * past N read as zeros.  For DP <= 128 the Q fragments stay in registers.
  *
- * Included by attend-f16.cu and attend-bf16.cu, one instantiation set per
- * file, so that the two compile in parallel.
+ * The primitives (mma, ldmatrix, cp.async) come from attend-prims.cuh, or
+ * from the file MRAD_CUDA_PRIMS names (the host emulation test); the
+ * launchers are in attend-launch.cuh.
  */
 #ifndef MRAD_CUDA_ATTEND_MMA_CUH
 #define MRAD_CUDA_ATTEND_MMA_CUH
 
 #include <math.h>
+#include <stdint.h>
 
-#include "attention/cuda/common.cuh"
+#ifdef MRAD_CUDA_PRIMS
+#include MRAD_CUDA_PRIMS
+#else
+#include "attention/cuda/attend-prims.cuh"
+#endif
 
 namespace mrad_cuda
 {
@@ -34,90 +40,6 @@ namespace
 {
 
 constexpr float LOG2E = 1.4426950408889634f;
-
-template <typename T> struct mma_t;
-
-template <> struct mma_t<__half> {
-    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
-                                               uint32_t b0, uint32_t b1)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
-                       "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float x, float y)
-    {
-        __half2 h = __floats2half2_rn(x, y); /* x in the low half */
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-    static __device__ __forceinline__ void store(__half *p, float x)
-    {
-        *p = __float2half_rn(x);
-    }
-};
-
-template <> struct mma_t<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
-                                               uint32_t b0, uint32_t b1)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
-                       "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float x, float y)
-    {
-        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-    static __device__ __forceinline__ void store(__nv_bfloat16 *p, float x)
-    {
-        *p = __float2bfloat16_rn(x);
-    }
-};
-
-__device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 "
-                 "{%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 "
-                 "{%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void cp_async16(void *s, const void *g)
-{
-    asm volatile(
-        "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(s)),
-        "l"(g));
-}
-
-__device__ __forceinline__ void cp_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int n> __device__ __forceinline__ void cp_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
-}
 
 /* Copies `rows` rows starting at token r0 of a [N, D] tensor into shared
  * memory [rows][LD], zero-filling rows >= N and columns >= D.  16-byte
@@ -152,7 +74,7 @@ __global__ void __launch_bounds__(W * 32, 1)
     constexpr int LD = DP + 8;  /* row stride: conflict-free ldmatrix */
     constexpr int KS = DP / 16; /* k-steps over the head dimension */
     constexpr bool QREG = DP <= 128;
-    extern __shared__ __align__(16) uint16_t smem[];
+    uint16_t *smem = dyn_smem<uint16_t>();
     uint16_t *Qs = smem;              /* [R][LD] */
     uint16_t *Ks = Qs + R * LD;       /* [2][32][LD] */
     uint16_t *Vs = Ks + 2 * BLK * LD; /* [2][32][LD] */
@@ -369,71 +291,6 @@ __global__ void __launch_bounds__(W * 32, 1)
                 mma_t<T>::store(o + d + 1,
                                 real ? o_acc[n][2 * r + 1] * inv : 0.0f);
         }
-    }
-}
-
-/* Shared memory a block may opt in to on the current device (227 KiB on
- * sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89). */
-inline size_t smem_optin_max()
-{
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                               dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 48 << 10;
-    }
-    return (size_t)v;
-}
-
-template <typename T, int DP, int W>
-int launch(const attend_args &a, cudaStream_t st)
-{
-    constexpr int R = 16 * W, LD = DP + 8;
-    size_t smem = (size_t)(R + 4 * BLK) * LD * sizeof(uint16_t);
-    if (smem > smem_optin_max())
-        return ATTN_ENOTSUP;
-    cudaError_t e = cudaFuncSetAttribute(
-        k_attend_mma<T, DP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        (int)smem);
-    if (e != cudaSuccess)
-        return cuda_err(e);
-    uint32_t qtiles = W == 2 ? a.nb : (a.N + R - 1) / R;
-    size_t ctas = (size_t)qtiles * a.B * a.H;
-    if (ctas > 0x7fffffffu)
-        return ATTN_ENOTSUP;
-    k_attend_mma<T, DP, W><<<(unsigned)ctas, W * 32, smem, st>>>(a, qtiles);
-    return cuda_err(cudaGetLastError());
-}
-
-/* MRA-2 (a CSR list) runs one 32-row block row per thread block.  Exact
- * attention shares each K/V tile between 128 rows (8 warps): every block
- * streams the whole K and V of its head, so taller blocks halve that
- * traffic. */
-template <typename T, int DP>
-int launch_dp(const attend_args &a, cudaStream_t st)
-{
-    if (a.list)
-        return launch<T, DP, 2>(a, st);
-    /* Devices with less shared memory (sm_86, sm_89) run exact attention
-     * with the 32-row blocks of MRA when 128-row ones do not fit. */
-    int rc = launch<T, DP, 8>(a, st);
-    return rc == ATTN_ENOTSUP ? launch<T, DP, 2>(a, st) : rc;
-}
-
-template <typename T> int dispatch(const attend_args &a, cudaStream_t st)
-{
-    if (a.D > 256)
-        return ATTN_ENOTSUP;
-    switch (pad_dim(a.D)) {
-    case 32:
-        return launch_dp<T, 32>(a, st);
-    case 64:
-        return launch_dp<T, 64>(a, st);
-    case 128:
-        return launch_dp<T, 128>(a, st);
-    default:
-        return launch_dp<T, 256>(a, st);
     }
 }
 

@@ -1,0 +1,116 @@
+/*
+ * attend-prims.cuh - the device primitives of the tensor-core attention
+ * kernel (attend-mma.cuh): mma.sync m16n8k16 for f16 and bf16 with f32
+ * accumulation, ldmatrix (plain and transposed), cp.async, and the
+ * dynamic shared memory.  Kept apart so that the kernel can also be
+ * compiled against host emulations of exactly these primitives
+ * (tests/cuda/test-attend-emul.cpp); attend-mma.cuh includes this file
+ * unless MRAD_CUDA_PRIMS names another.
+ */
+#ifndef MRAD_CUDA_ATTEND_PRIMS_CUH
+#define MRAD_CUDA_ATTEND_PRIMS_CUH
+
+#include "attention/cuda/common.cuh"
+
+namespace mrad_cuda
+{
+
+namespace
+{
+
+template <typename T> struct mma_t;
+
+template <> struct mma_t<__half> {
+    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
+                                               uint32_t b0, uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                       "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y)
+    {
+        __half2 h = __floats2half2_rn(x, y); /* x in the low half */
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void store(__half *p, float x)
+    {
+        *p = __float2half_rn(x);
+    }
+};
+
+template <> struct mma_t<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
+                                               uint32_t b0, uint32_t b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                       "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float x, float y)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    static __device__ __forceinline__ void store(__nv_bfloat16 *p, float x)
+    {
+        *p = __float2bfloat16_rn(x);
+    }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 "
+                 "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 "
+                 "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void cp_async16(void *s, const void *g)
+{
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(s)),
+        "l"(g));
+}
+
+__device__ __forceinline__ void cp_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int n> __device__ __forceinline__ void cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
+}
+
+/* The block's dynamic shared memory. */
+template <typename T> __device__ __forceinline__ T *dyn_smem()
+{
+    extern __shared__ __align__(16) unsigned char mrad_dyn_smem[];
+    return reinterpret_cast<T *>(mrad_dyn_smem);
+}
+
+} // namespace
+
+} // namespace mrad_cuda
+
+#endif /* MRAD_CUDA_ATTEND_PRIMS_CUH */

@@ -1,0 +1,241 @@
+/*
+ * emu-prims.h - host emulation of the device primitives the tensor-core
+ * attention kernel uses (attention/cuda/attend-prims.cuh), so that the very
+ * kernel source of attend-mma.cuh runs on a CPU: every GPU thread of a
+ * block is a std::thread, __syncthreads and the warp-collective operations
+ * (shuffle, ballot, ldmatrix, mma.sync) exchange values through shared
+ * arrays between barriers.  The fragment layouts follow the PTX ISA
+ * ("Matrix fragments for mma.m16n8k16", "ldmatrix"), written from the
+ * definitions there rather than from the kernel's addressing, so that the
+ * kernel's index arithmetic is checked against them.
+ *
+ * Used by test-attend-emul.cpp through MRAD_CUDA_PRIMS; never by the
+ * library.  One block runs at a time.
+ */
+#ifndef MRAD_TESTS_CUDA_EMU_PRIMS_H
+#define MRAD_TESTS_CUDA_EMU_PRIMS_H
+
+#include <barrier>
+#include <memory>
+#include <string.h>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "attention/cuda/common.cuh"
+
+/* Plain host C++ from here on. */
+#undef __global__
+#define __global__
+#undef __device__
+#define __device__
+#undef __forceinline__
+#define __forceinline__ inline
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __shared__
+#define __shared__ static /* one block at a time: block-wide statics */
+
+namespace mrad_emu
+{
+
+struct dim {
+    unsigned x, y, z;
+};
+inline thread_local dim t_tid, t_bid;
+
+constexpr int MAX_WARPS = 8;
+struct block_state {
+    std::unique_ptr<std::barrier<>> all;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    uint32_t x[MAX_WARPS][32][6];
+    const void *addr[MAX_WARPS][32];
+};
+inline block_state *blk;
+alignas(16) inline unsigned char smem[256 * 1024];
+
+inline int lane()
+{
+    return (int)(t_tid.x % 32);
+}
+inline int warp()
+{
+    return (int)(t_tid.x / 32);
+}
+inline void warp_sync()
+{
+    blk->warps[warp()]->arrive_and_wait();
+}
+inline void block_sync()
+{
+    blk->all->arrive_and_wait();
+}
+
+inline float shfl_xor(float v, int o)
+{
+    memcpy(&blk->x[warp()][lane()][0], &v, 4);
+    warp_sync();
+    float r;
+    memcpy(&r, &blk->x[warp()][lane() ^ o][0], 4);
+    warp_sync();
+    return r;
+}
+
+inline uint32_t ballot(bool p)
+{
+    blk->x[warp()][lane()][0] = p;
+    warp_sync();
+    uint32_t m = 0;
+    for (int l = 0; l < 32; l++)
+        m |= (blk->x[warp()][l][0] ? 1u : 0u) << l;
+    warp_sync();
+    return m;
+}
+
+/* Runs `grid` blocks of `threads` threads of kernel call f(), one block
+ * after the other. */
+template <class F> void launch(unsigned grid, unsigned threads, F f)
+{
+    for (unsigned b = 0; b < grid; b++) {
+        block_state bs;
+        bs.all = std::make_unique<std::barrier<>>(threads);
+        for (unsigned w = 0; w < threads / 32; w++)
+            bs.warps.push_back(std::make_unique<std::barrier<>>(32));
+        blk = &bs;
+        std::vector<std::thread> th;
+        for (unsigned t = 0; t < threads; t++)
+            th.emplace_back([&f, t, b] {
+                t_tid = {t, 0, 0};
+                t_bid = {b, 0, 0};
+                f();
+            });
+        for (auto &x : th)
+            x.join();
+        blk = nullptr;
+    }
+}
+
+} // namespace mrad_emu
+
+#define threadIdx (::mrad_emu::t_tid)
+#define blockIdx (::mrad_emu::t_bid)
+#define __syncthreads() ::mrad_emu::block_sync()
+#define __ballot_sync(m, p) ::mrad_emu::ballot(p)
+#define __shfl_xor_sync(m, v, o) ::mrad_emu::shfl_xor(v, o)
+
+namespace mrad_cuda
+{
+
+namespace
+{
+
+/* mma.sync.m16n8k16.row.col.f32.{f16,bf16}: D = A B + C per warp. */
+template <typename T> struct mma_t {
+    static float cvt(uint32_t h)
+    {
+        if (std::is_same<T, __half>::value)
+            return attn_f16_to_f32((uint16_t)h);
+        return attn_bf16_to_f32((uint16_t)h);
+    }
+    static uint16_t back(float x)
+    {
+        if (std::is_same<T, __half>::value)
+            return attn_f32_to_f16(x);
+        return attn_f32_to_bf16(x);
+    }
+    static void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+    {
+        using namespace mrad_emu;
+        uint32_t(*x)[6] = blk->x[warp()];
+        for (int i = 0; i < 4; i++)
+            x[lane()][i] = a[i];
+        x[lane()][4] = b0;
+        x[lane()][5] = b1;
+        warp_sync();
+        /* Fragment layouts of the PTX ISA: lane = 4 * groupID + tig. */
+        float A[16][16], B[16][8];
+        for (int L = 0; L < 32; L++) {
+            int g = L / 4, t = L % 4;
+            const uint32_t *r = x[L];
+            for (int h = 0; h < 2; h++) {
+                A[g][2 * t + h] = cvt(r[0] >> (16 * h) & 0xffff);
+                A[g + 8][2 * t + h] = cvt(r[1] >> (16 * h) & 0xffff);
+                A[g][2 * t + 8 + h] = cvt(r[2] >> (16 * h) & 0xffff);
+                A[g + 8][2 * t + 8 + h] = cvt(r[3] >> (16 * h) & 0xffff);
+                B[2 * t + h][g] = cvt(r[4] >> (16 * h) & 0xffff);
+                B[2 * t + 8 + h][g] = cvt(r[5] >> (16 * h) & 0xffff);
+            }
+        }
+        int g = lane() / 4, t = lane() % 4;
+        for (int k = 0; k < 16; k++) {
+            c[0] += A[g][k] * B[k][2 * t];
+            c[1] += A[g][k] * B[k][2 * t + 1];
+            c[2] += A[g + 8][k] * B[k][2 * t];
+            c[3] += A[g + 8][k] * B[k][2 * t + 1];
+        }
+        warp_sync();
+    }
+    static uint32_t pack(float lo, float hi)
+    {
+        return (uint32_t)back(lo) | (uint32_t)back(hi) << 16;
+    }
+    static void store(T *p, float v)
+    {
+        uint16_t h = back(v);
+        memcpy(static_cast<void *>(p), &h, 2);
+    }
+};
+
+/* ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; lane l
+ * receives of each matrix row l/4, elements 2(l%4) and 2(l%4)+1 (with
+ * .trans: row 2(l%4) and 2(l%4)+1 of column l/4). */
+inline void ldsm_common(uint32_t r[4], const void *p, bool trans)
+{
+    using namespace mrad_emu;
+    blk->addr[warp()][lane()] = p;
+    warp_sync();
+    int l = lane();
+    for (int i = 0; i < 4; i++) {
+        const uint16_t *const *rows = reinterpret_cast<const uint16_t *const *>(
+            &blk->addr[warp()][8 * i]);
+        uint32_t lo, hi;
+        if (!trans) {
+            lo = rows[l / 4][2 * (l % 4)];
+            hi = rows[l / 4][2 * (l % 4) + 1];
+        } else {
+            lo = rows[2 * (l % 4)][l / 4];
+            hi = rows[2 * (l % 4) + 1][l / 4];
+        }
+        r[i] = lo | hi << 16;
+    }
+    warp_sync();
+}
+
+inline void ldsm_x4(uint32_t r[4], const void *p)
+{
+    ldsm_common(r, p, false);
+}
+
+inline void ldsm_x4_t(uint32_t r[4], const void *p)
+{
+    ldsm_common(r, p, true);
+}
+
+/* cp.async completes at once here; the groups are no-ops. */
+inline void cp_async16(void *s, const void *g)
+{
+    memcpy(s, g, 16);
+}
+inline void cp_commit() {}
+template <int n> inline void cp_wait() {}
+
+template <typename T> inline T *dyn_smem()
+{
+    return reinterpret_cast<T *>(mrad_emu::smem);
+}
+
+} // namespace
+
+} // namespace mrad_cuda
+
+#endif /* MRAD_TESTS_CUDA_EMU_PRIMS_H */
