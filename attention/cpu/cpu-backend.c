@@ -33,13 +33,22 @@ struct cpu_ctx {
     size_t arena_size;
 };
 
+/* Below this much arithmetic (FLOP as attn_flops() counts them, plus the
+ * loading) a group runs on the calling thread alone: about 80 us of one
+ * core, where waking a sleeping worker for each of the four phases costs
+ * more than sharing the work saves (N = 128, H = 1 measured 60 us inline,
+ * 66 us on two threads).  Who computes an item never changes its result,
+ * so this only moves time. */
+#define INLINE_FLOP 8e6
+
 /* One group in flight: its heads and, per phase, the prefix sums that map
  * a flat item number to (head, block). */
 struct group {
     struct cpu_ctx *ctx;
     struct cpu_head *heads;
     size_t n;
-    size_t *first; /* [n + 1] item offsets of the current phase */
+    size_t *first;   /* [n + 1] item offsets of the current phase */
+    int inline_only; /* small group: no workers */
 };
 
 /* Finds the head owning flat item `item`; returns the item's index inside
@@ -138,14 +147,38 @@ static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
     return ATTN_OK;
 }
 
+/* Arithmetic of one head for the inline decision: the spec's FLOP count
+ * plus a few operations per loaded element. */
+static double head_flop(const struct cpu_head *hd)
+{
+    double nd = (double)hd->nb * CPU_TILE * hd->D, nb = hd->nb;
+    double blocks = hd->method == ATTN_EXACT ? nb * nb : (double)hd->budget;
+    return 4.0 * blocks * CPU_TILE * CPU_TILE * hd->D + 2.0 * nb * nb * hd->D +
+           8.0 * nd;
+}
+
+/* One phase: on the pool, or on this thread for a small group. */
+static void run_phase(struct group *g, size_t n, cpu_pool_fn fn)
+{
+    if (!g->inline_only) {
+        cpu_pool_run(g->ctx->pool, n, fn, g);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        fn(g, i, 0);
+}
+
 static void run_group(struct group *g)
 {
-    struct cpu_pool *pool = g->ctx->pool;
-    cpu_pool_run(pool, plan(g, items_load), run_load, g);
+    double flop = 0.0;
+    for (size_t i = 0; i < g->n; i++)
+        flop += head_flop(&g->heads[i]);
+    g->inline_only = flop < INLINE_FLOP;
+    run_phase(g, plan(g, items_load), run_load);
     /* MRA heads only; exact heads have no items in these two phases */
-    cpu_pool_run(pool, plan(g, items_lowres), run_lowres, g);
-    cpu_pool_run(pool, plan(g, items_select), run_select, g);
-    cpu_pool_run(pool, plan(g, items_rows), run_rows, g);
+    run_phase(g, plan(g, items_lowres), run_lowres);
+    run_phase(g, plan(g, items_select), run_select);
+    run_phase(g, plan(g, items_rows), run_rows);
 }
 
 static int cpu_compute_batch(void *vctx,
@@ -213,7 +246,7 @@ static int cpu_compute_batch(void *vctx,
             cpu_head_carve(&heads[i], at);
             at += sizes[i];
         }
-        struct group g = {ctx, heads, gn, first};
+        struct group g = {ctx, heads, gn, first, 0};
         run_group(&g);
     }
     /* A problem that failed part-way has a partial output; that is allowed
