@@ -128,8 +128,15 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
     uint32_t kvh = hd->h / (p->H / p->Hkv);
     float qrow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float kmean[ATTN_MAX_HEAD_DIM];
+    /* running sum of the block's query rows, for its mean: the same
+     * additions in the same token order as summing the transposed block,
+     * but vectorised over d instead of one dependent chain per d */
+    _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
+    int mra = hd->method != ATTN_EXACT;
     for (uint32_t J = J0; J < J1; J++) {
         float c = 0.0f;
+        if (mra)
+            memset(qsum, 0, D * sizeof *qsum);
         float *qt = hd->qt + (size_t)J * D * CPU_TILE;
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
@@ -148,14 +155,17 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
             }
             for (uint32_t d = 0; d < D; d++)
                 qt[(size_t)d * CPU_TILE + jj] = qrow[d];
+            if (mra)
+                for (uint32_t d = 0; d < D; d++)
+                    qsum[d] += qrow[d];
             hd->kbias[t] = real ? 0.0f : -INFINITY;
         }
         hd->cnt[J] = c;
-        if (hd->method == ATTN_EXACT)
+        if (!mra)
             continue;
         hd->lnc[J] = c > 0.0f ? logf(c) : 0.0f;
-        /* block means: K and V rows through the kernel; Q from its
-         * transposed block, summed in token order all the same */
+        /* block means: K and V rows through the kernel, Q from the sum
+         * above; each sums its tokens in order */
         kern->block_mean(hd->k + (size_t)J * CPU_TILE * Dp, Dp, c, kmean);
         kern->block_mean(hd->v + (size_t)J * CPU_TILE * Dp, Dp, c,
                          hd->vh + (size_t)J * Dp);
@@ -163,12 +173,8 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
         memset(qh, 0, Dp * sizeof *qh);
         for (uint32_t d = 0; d < D; d++) {
             hd->khT[(size_t)d * hd->nb + J] = kmean[d];
-            if (c == 0.0f)
-                continue;
-            float s = 0.0f;
-            for (uint32_t jj = 0; jj < CPU_TILE; jj++)
-                s += qt[(size_t)d * CPU_TILE + jj];
-            qh[d] = s / c;
+            if (c != 0.0f)
+                qh[d] = qsum[d] / c;
         }
     }
 }
