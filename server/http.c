@@ -698,8 +698,7 @@ int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20),
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20), MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32, cfg->host,

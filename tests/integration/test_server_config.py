@@ -53,3 +53,17 @@ def test_environment_sets_flags_and_flags_win():
         assert {"ts", "level", "msg"} <= set(obj)
     access = [json.loads(l) for l in lines if '"access"' in l]
     assert any(a["path"] == "/nope" and a["status"] == 404 for a in access)
+
+
+def test_a_port_in_use_is_an_error(mrad):
+    r = run("--host", "127.0.0.1", "--port", str(mrad.port), "--backend", "cpu",
+            "--threads", "1")
+    assert r.returncode == 1
+    assert "cannot listen" in r.stderr
+    assert mrad.get("/healthz")[0] == 200
+
+
+def test_an_unavailable_backend_is_an_error():
+    r = run("--port", "0", "--backend", "cuda", "--devices", "63")
+    assert r.returncode == 1
+    assert "backend" in r.stderr
