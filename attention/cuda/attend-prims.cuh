@@ -1,11 +1,11 @@
 /*
- * attend-prims.cuh - the device primitives of the tensor-core attention
- * kernel (attend-mma.cuh): mma.sync m16n8k16 for f16 and bf16 with f32
- * accumulation, ldmatrix (plain and transposed), cp.async, and the
- * dynamic shared memory.  Kept apart so that the kernel can also be
+ * attend-prims.cuh - the device primitives of the fused attention kernels
+ * (attend-mma.cuh, attend-simt.cuh): mma.sync m16n8k16 for f16 and bf16
+ * with f32 accumulation, ldmatrix (plain and transposed), cp.async, and
+ * the dynamic shared memory.  Kept apart so that the kernels can also be
  * compiled against host emulations of exactly these primitives
- * (tests/cuda/test-attend-emul.cpp); attend-mma.cuh includes this file
- * unless MRAD_CUDA_PRIMS names another.
+ * (tests/cuda/test-attend-emul.cpp); the kernels include this file unless
+ * MRAD_CUDA_PRIMS names another.
  */
 #ifndef MRAD_CUDA_ATTEND_PRIMS_CUH
 #define MRAD_CUDA_ATTEND_PRIMS_CUH

@@ -120,6 +120,7 @@ template <class F> void launch(unsigned grid, unsigned threads, F f)
 #define threadIdx (::mrad_emu::t_tid)
 #define blockIdx (::mrad_emu::t_bid)
 #define __syncthreads() ::mrad_emu::block_sync()
+#define __syncwarp() ::mrad_emu::warp_sync()
 #define __ballot_sync(m, p) ::mrad_emu::ballot(p)
 #define __shfl_xor_sync(m, v, o) ::mrad_emu::shfl_xor(v, o)
 

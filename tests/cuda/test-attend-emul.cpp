@@ -1,14 +1,15 @@
 /*
- * test-attend-emul.cpp - the tensor-core attention kernel of
- * attention/cuda/attend-mma.cuh, run on the CPU.
+ * test-attend-emul.cpp - the fused attention kernels of
+ * attention/cuda/attend-mma.cuh (f16/bf16, tensor cores) and
+ * attend-simt.cuh (f32), run on the CPU.
  *
- * The kernel source is compiled as host C++ against emulated primitives
+ * The kernel sources are compiled as host C++ against emulated primitives
  * (emu-prims.h: a std::thread per GPU thread, barriers for __syncthreads,
  * warp-collective shuffle / ballot / ldmatrix / mma.sync following the PTX
  * fragment layouts).  The MRA plan the kernel consumes (CSR lists of
  * selected blocks, low-resolution softmax state) is built here on the host
  * with the library's selection functions.  The outputs are compared with
- * the CPU backend for mra2, mra2_sparse and exact, f16 and bf16, several
+ * the CPU backend for mra2, mra2_sparse and exact, f16, bf16 and f32, several
  * head dimensions (register and shared-memory Q paths, vector and scalar
  * loads), masks, grouped heads and odd N; and the 32-row and 128-row
  * variants of exact attention must agree bit for bit.  It needs no GPU; it
@@ -17,6 +18,7 @@
  */
 #define MRAD_CUDA_PRIMS "tests/cuda/emu-prims.h"
 #include "attention/cuda/attend-mma.cuh"
+#include "attention/cuda/attend-simt.cuh"
 
 #include <math.h>
 #include <setjmp.h>
@@ -45,7 +47,7 @@ struct tcase {
 
 struct data {
     attn_problem p;
-    std::vector<uint16_t> q, k, v, out, ref;
+    std::vector<unsigned char> q, k, v, out, ref; /* raw dtype bytes */
     std::vector<uint8_t> mask;
     std::vector<float> qf, kf, vf;
     /* the plan */
@@ -77,9 +79,10 @@ void init(data &d, const tcase &c)
         x = 2.0f * noise();
     for (auto &x : d.vf)
         x = noise();
-    d.q.resize(nq);
-    d.k.resize(nk);
-    d.v.resize(nk);
+    size_t es = attn_dtype_size(c.dt);
+    d.q.resize(nq * es);
+    d.k.resize(nk * es);
+    d.v.resize(nk * es);
     attn_from_f32(c.dt, d.qf.data(), d.q.data(), nq);
     attn_from_f32(c.dt, d.kf.data(), d.k.data(), nk);
     attn_from_f32(c.dt, d.vf.data(), d.v.data(), nk);
@@ -87,8 +90,8 @@ void init(data &d, const tcase &c)
     attn_to_f32(c.dt, d.q.data(), d.qf.data(), nq);
     attn_to_f32(c.dt, d.k.data(), d.kf.data(), nk);
     attn_to_f32(c.dt, d.v.data(), d.vf.data(), nk);
-    d.out.assign(nq, 0xffff);
-    d.ref.assign(nq, 0);
+    d.out.assign(nq * es, 0xff);
+    d.ref.assign(nq * es, 0);
     memset(&d.p, 0, sizeof d.p);
     if (c.masked) {
         d.mask.resize((size_t)c.B * c.N);
@@ -206,7 +209,7 @@ void plan(data &d)
     }
 }
 
-template <typename T, int DP, int W> void run_dp(data &d, bool use_list)
+attend_args args_for(data &d, bool use_list)
 {
     const attn_problem &p = d.p;
     attend_args a;
@@ -234,6 +237,13 @@ template <typename T, int DP, int W> void run_dp(data &d, bool use_list)
             a.low_num = d.low_num.data();
         }
     }
+    return a;
+}
+
+template <typename T, int DP, int W> void run_dp(data &d, bool use_list)
+{
+    const attn_problem &p = d.p;
+    attend_args a = args_for(d, use_list);
     uint32_t R = 16 * W;
     uint32_t qtiles = W == 2 ? a.nb : (p.N + R - 1) / R;
     mrad_emu::launch(qtiles * p.B * p.H, W * 32,
@@ -254,20 +264,44 @@ template <typename T, int W> void run(data &d, bool use_list)
     }
 }
 
+template <int DP> void run_f32_dp(data &d, bool use_list)
+{
+    attend_args a = args_for(d, use_list);
+    mrad_emu::launch(a.nb * d.p.B * d.p.H, 128,
+                     [&] { k_attend_f32<DP>(a, a.nb); });
+}
+
+void run_f32(data &d, bool use_list)
+{
+    switch (pad_dim(d.p.D)) {
+    case 32:
+        return run_f32_dp<32>(d, use_list);
+    case 64:
+        return run_f32_dp<64>(d, use_list);
+    case 128:
+        return run_f32_dp<128>(d, use_list);
+    default:
+        return run_f32_dp<256>(d, use_list);
+    }
+}
+
 template <int W> void run_t(data &d, bool use_list)
 {
-    if (d.p.dtype == ATTN_F16)
+    if (d.p.dtype == ATTN_F32)
+        run_f32(d, use_list);
+    else if (d.p.dtype == ATTN_F16)
         run<__half, W>(d, use_list);
     else
         run<__nv_bfloat16, W>(d, use_list);
 }
 
-double rel_diff(attn_dtype dt, const std::vector<uint16_t> &a,
-                const std::vector<uint16_t> &b)
+double rel_diff(attn_dtype dt, const std::vector<unsigned char> &a,
+                const std::vector<unsigned char> &b)
 {
-    std::vector<float> x(a.size()), y(b.size());
-    attn_to_f32(dt, a.data(), x.data(), a.size());
-    attn_to_f32(dt, b.data(), y.data(), b.size());
+    size_t n = a.size() / attn_dtype_size(dt);
+    std::vector<float> x(n), y(n);
+    attn_to_f32(dt, a.data(), x.data(), n);
+    attn_to_f32(dt, b.data(), y.data(), n);
     double num = 0, den = 0;
     for (size_t i = 0; i < x.size(); i++) {
         num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
@@ -288,10 +322,10 @@ void check_case(const tcase &c)
     attn_backend_free(cpu);
     if (c.method == ATTN_EXACT) {
         run_t<8>(d, false);
-        std::vector<uint16_t> tall = d.out;
-        d.out.assign(d.out.size(), 0xffff);
+        std::vector<unsigned char> tall = d.out;
+        d.out.assign(d.out.size(), 0xff);
         run_t<2>(d, false); /* the small-shared-memory fallback */
-        assert_memory_equal(tall.data(), d.out.data(), 2 * tall.size());
+        assert_memory_equal(tall.data(), d.out.data(), tall.size());
     } else {
         plan(d);
         run_t<2>(d, true);
@@ -300,7 +334,7 @@ void check_case(const tcase &c)
     printf("%-11s %-4s B=%u H=%u Hkv=%u N=%u D=%u%s: rel diff vs cpu %.2e\n",
            attn_method_name(c.method), attn_dtype_name(c.dt), c.B, c.H, c.Hkv,
            c.N, c.D, c.masked ? " masked" : "", err);
-    assert_true(err < 1e-2);
+    assert_true(err < (c.dt == ATTN_F32 ? 1e-4 : 1e-2));
 }
 
 void test_mra2(void **state)
@@ -319,6 +353,14 @@ void test_mra2_sparse(void **state)
     check_case({ATTN_MRA2_SPARSE, ATTN_F16, 2, 1, 1, 64, 24, 1, 1, 0, false});
 }
 
+void test_f32(void **state)
+{
+    (void)state;
+    check_case({ATTN_MRA2, ATTN_F32, 1, 2, 1, 190, 48, 2, 1, 0, true});
+    check_case({ATTN_MRA2_SPARSE, ATTN_F32, 1, 1, 1, 100, 130, 2, 0, 3, false});
+    check_case({ATTN_EXACT, ATTN_F32, 2, 1, 1, 77, 20, 0, 0, 0, true});
+}
+
 void test_exact(void **state)
 {
     (void)state;
@@ -335,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_exact),
         cmocka_unit_test(test_mra2),
         cmocka_unit_test(test_mra2_sparse),
+        cmocka_unit_test(test_f32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,165 @@
+/*
+ * attend-simt.cuh - the fused attention kernel for float32 inputs:
+ * plain FMA arithmetic, no tensor cores, so f32 results stay within 1e-4 of
+ * the float64 reference.
+ *
+ * One thread block of 128 threads owns one query block (32 rows) of one
+ * head.  It walks the key blocks of its row (the CSR list from plan.cu, or
+ * every block for exact attention) with an online softmax and writes each
+ * output row once.  Thread t owns row t/4 and every fourth column of the
+ * score tile and of the output, so the four threads of a row sit in one warp
+ * and reduce with shuffles.  Every sum runs in a fixed order: the output is
+ * bitwise reproducible.
+ *
+ * Launched by attend-simt.cu; also compiled against host emulations of the
+ * primitives by tests/cuda/test-attend-emul.cpp (MRAD_CUDA_PRIMS).
+ */
+#ifndef MRAD_CUDA_ATTEND_SIMT_CUH
+#define MRAD_CUDA_ATTEND_SIMT_CUH
+
+#include <math.h>
+
+#ifdef MRAD_CUDA_PRIMS
+#include MRAD_CUDA_PRIMS
+#else
+#include "attention/cuda/attend-prims.cuh"
+#endif
+
+namespace mrad_cuda
+{
+
+namespace
+{
+
+constexpr int SIMT_THREADS = 128;
+
+template <int DP>
+__global__ void __launch_bounds__(SIMT_THREADS)
+    k_attend_f32(attend_args a, uint32_t qtiles)
+{
+    constexpr int LQ = DP + 1; /* padded strides: no bank conflicts */
+    constexpr int NU = DP / 4; /* output columns per thread */
+    float *sm = dyn_smem<float>();
+    float *Qs = sm;            /* [32][LQ] */
+    float *Ks = Qs + BLK * LQ; /* [32][LQ] */
+    float *Vs = Ks + BLK * LQ; /* [32][DP] */
+    float *Ps = Vs + BLK * DP; /* [32][33] */
+    __shared__ uint32_t mword;
+
+    const int tid = threadIdx.x, r = tid / 4, q4 = tid % 4;
+    const uint32_t I = blockIdx.x % qtiles;
+    const size_t hb = blockIdx.x / qtiles;
+    const uint32_t b = (uint32_t)(hb / a.H), h = (uint32_t)(hb % a.H);
+    const size_t kvh = (size_t)b * a.Hkv + h / (a.H / a.Hkv);
+    const size_t N = a.N, D = a.D;
+    const float *q = (const float *)a.q + hb * N * D;
+    const float *k = (const float *)a.k + kvh * N * D;
+    const float *v = (const float *)a.v + kvh * N * D;
+    const uint8_t *mask = a.mask ? a.mask + (size_t)b * N : nullptr;
+    const uint32_t row0 = I * BLK;
+
+    for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
+        uint32_t rr = x / DP, d = x % DP, i = row0 + rr;
+        Qs[rr * LQ + d] = (i < N && d < D) ? q[i * D + d] : 0.0f;
+    }
+
+    float m = -INFINITY, l = 0.0f, acc[NU];
+    for (int u = 0; u < NU; u++)
+        acc[u] = 0.0f;
+    uint32_t ntiles = a.nb;
+    const uint32_t *lst = nullptr;
+    if (a.list) {
+        const uint32_t *o = a.row_off + hb * (a.nb + 1) + I;
+        ntiles = o[1] - o[0];
+        lst = a.list + hb * a.list_stride + o[0];
+        if (a.low_m) {
+            size_t row = hb * a.nb + I;
+            float z = a.low_z[row];
+            if (z > 0.0f) {
+                m = a.low_m[row];
+                l = q4 == 0 ? z : 0.0f; /* partial sums: counted once */
+                for (int u = 0; u < NU; u++) {
+                    uint32_t d = q4 + 4 * u;
+                    acc[u] = d < D ? a.low_num[row * D + d] : 0.0f;
+                }
+            }
+        }
+    }
+
+    for (uint32_t it = 0; it < ntiles; it++) {
+        uint32_t key0 = (lst ? lst[it] : it) * BLK;
+        __syncthreads(); /* the previous tile is no longer read */
+        for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
+            uint32_t c = x / DP, d = x % DP, j = key0 + c;
+            bool in = j < N && d < D;
+            Ks[c * LQ + d] = in ? k[j * D + d] : 0.0f;
+            Vs[c * DP + d] = in ? v[j * D + d] : 0.0f;
+        }
+        if (tid < 32) {
+            uint32_t j = key0 + tid;
+            bool ok = j < N && (!mask || mask[j]);
+            uint32_t w = __ballot_sync(0xffffffffu, ok);
+            if (tid == 0)
+                mword = w;
+        }
+        __syncthreads();
+
+        float s[8];
+        for (int u = 0; u < 8; u++)
+            s[u] = 0.0f;
+        for (int d = 0; d < DP; d++) {
+            float qv = Qs[r * LQ + d];
+            for (int u = 0; u < 8; u++)
+                s[u] = fmaf(qv, Ks[(q4 + 4 * u) * LQ + d], s[u]);
+        }
+        uint32_t mw = mword;
+        float mx = -INFINITY;
+        for (int u = 0; u < 8; u++) {
+            int c = q4 + 4 * u;
+            s[u] = ((mw >> c) & 1u) ? s[u] * a.scale : -INFINITY;
+            mx = fmaxf(mx, s[u]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(m, mx);
+        float muse = mnew == -INFINITY ? 0.0f : mnew;
+        float alpha = expf(m - muse);
+        float psum = 0.0f;
+        for (int u = 0; u < 8; u++) {
+            float p = expf(s[u] - muse);
+            Ps[r * 33 + q4 + 4 * u] = p;
+            psum += p;
+        }
+        l = l * alpha + psum;
+        m = mnew;
+        __syncwarp(); /* the row's four threads share one warp */
+        for (int u = 0; u < NU; u++)
+            acc[u] *= alpha;
+        for (int c = 0; c < BLK; c++) {
+            float p = Ps[r * 33 + c];
+            const float *vr = Vs + c * DP + q4;
+            for (int u = 0; u < NU; u++)
+                acc[u] = fmaf(p, vr[4 * u], acc[u]);
+        }
+    }
+
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    uint32_t i = row0 + r;
+    if (i >= N)
+        return;
+    bool real = !mask || mask[i];
+    float inv = (real && l > 0.0f) ? 1.0f / l : 0.0f;
+    float *out = (float *)a.out + (hb * N + i) * D;
+    for (int u = 0; u < NU; u++) {
+        uint32_t d = q4 + 4 * u;
+        if (d < D)
+            out[d] = real ? acc[u] * inv : 0.0f;
+    }
+}
+
+} // namespace
+
+} // namespace mrad_cuda
+
+#endif /* MRAD_CUDA_ATTEND_SIMT_CUH */
