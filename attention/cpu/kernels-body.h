@@ -290,6 +290,7 @@ static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
                           const float *cnt, const float *vh, uint32_t nb,
                           uint32_t Dp, float *vacc, float *m, float *sum)
 {
+    enum { DV = CPU_DPAD / KVEC };
     _Alignas(64) float w[CPU_FOLD_CHUNK];
     float M = -__builtin_inff(), S = 0.0f;
     for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
@@ -327,13 +328,22 @@ static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
         for (int t = 0; t < KVEC; t++)
             part += sv[t];
         S += part;
-        for (uint32_t j = 0; j < len; j++) {
-            if (w[j] == 0.0f)
-                continue;
-            vf wj = splat(w[j]);
-            const float *v = vh + (size_t)(J0 + j) * Dp;
-            for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
-                stv(vacc + d0, ld(vacc + d0) + wj * ld(v + d0));
+        /* 32 columns at a time held in registers across the chunk's
+         * terms (each column still sums its terms in increasing J) */
+        for (uint32_t d0 = 0; d0 < Dp; d0 += CPU_DPAD) {
+            vf a[DV];
+            for (int t = 0; t < DV; t++)
+                a[t] = ld(vacc + d0 + t * KVEC);
+            const float *v = vh + (size_t)J0 * Dp + d0;
+            for (uint32_t j = 0; j < len; j++, v += Dp) {
+                if (w[j] == 0.0f)
+                    continue;
+                vf wj = splat(w[j]);
+                for (int t = 0; t < DV; t++)
+                    a[t] += wj * ld(v + t * KVEC);
+            }
+            for (int t = 0; t < DV; t++)
+                stv(vacc + d0 + t * KVEC, a[t]);
         }
     }
     *m = M;

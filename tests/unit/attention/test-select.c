@@ -55,6 +55,45 @@ static void test_scores_row(void **state)
         assert_true(S[J] < -9000); /* empty query block: all empty pairs */
 }
 
+/* The row function gives bitwise the scores of attn_select_score() for
+ * every combination of empty blocks and priors, rows and columns inside
+ * and outside them. */
+static void test_scores_row_matches_score(void **state)
+{
+    (void)state;
+    enum { NB = 37 };
+    float L[NB], cnt[NB];
+    double S[NB];
+    uint64_t st = 12345;
+    for (int J = 0; J < NB; J++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        L[J] = (float)((double)(st >> 40) / (double)(1ull << 24)) * 8.0f - 4.0f;
+        cnt[J] = (J % 5 == 3) ? 0.0f : (float)(1 + J % 32);
+    }
+    L[4] = 0.0f, L[5] = -0.0f;
+    static const uint32_t firsts[] = {0, 1, 3, 40};
+    static const uint32_t diags[] = {0, 1, 2, 5, 100};
+    static const uint32_t rows[] = {0, 2, 7, 36};
+    static const float cIs[] = {0.0f, 32.0f};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 5; b++)
+            for (int c = 0; c < 4; c++)
+                for (int e = 0; e < 2; e++) {
+                    attn_select_scores_row(L, 1.5f, cnt, cIs[e], rows[c], NB,
+                                           firsts[a], diags[b], S);
+                    for (uint32_t J = 0; J < NB; J++) {
+                        double want = attn_select_score(
+                            L[J], 1.5f, cIs[e] == 0.0f || cnt[J] == 0.0f,
+                            rows[c], J, firsts[a], diags[b]);
+                        if (memcmp(&want, &S[J], sizeof want) != 0)
+                            fail_msg("I=%u J=%u first=%u diag=%u cI=%g: %.17g "
+                                     "!= %.17g",
+                                     rows[c], J, firsts[a], diags[b],
+                                     (double)cIs[e], S[J], want);
+                    }
+                }
+}
+
 struct item {
     double s;
     uint32_t i;
@@ -166,6 +205,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_score_terms),
         cmocka_unit_test(test_scores_row),
+        cmocka_unit_test(test_scores_row_matches_score),
         cmocka_unit_test(test_topk_against_sort),
         cmocka_unit_test(test_topk_ties_to_smaller_index),
         cmocka_unit_test(test_topk_nan_ranks_last),
