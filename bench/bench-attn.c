@@ -8,6 +8,10 @@
  *              [--dtype f32|f16|bf16] [--out FILE] [--quick]
  *
  * --quick stops at N = 4096 (for smoke runs).
+ *
+ * It also measures the latency of one tiny call (N = 128, one head, D =
+ * 64): what a short request pays on top of its arithmetic, such as waking
+ * worker threads.  Median and 10th/90th percentiles of 1001 calls.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -44,6 +48,69 @@ struct result {
     uint32_t N;
     double sec_per_head, gflops, density;
 };
+
+/* Latency of one small call, in seconds. */
+struct latency {
+    const char *method;
+    double p10, median, p90;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define LAT_N 128
+#define LAT_CALLS 1001
+
+/* Times LAT_CALLS calls of a one-head N = LAT_N problem of `method`.
+ * Returns ATTN_OK or the first error. */
+static int measure_latency(struct attn_backend *be, enum attn_method method,
+                           enum attn_dtype dt, struct latency *out)
+{
+    const uint32_t N = LAT_N, D = 64;
+    size_t n = (size_t)N * D, es = attn_dtype_size(dt);
+    void *q = malloc(n * es), *k = malloc(n * es), *v = malloc(n * es);
+    void *o = malloc(n * es);
+    double *t = malloc(LAT_CALLS * sizeof *t);
+    int rc = ATTN_ENOMEM;
+    if (q && k && v && o && t) {
+        uint64_t st = 7;
+        fill(q, n, dt, &st);
+        fill(k, n, dt, &st);
+        fill(v, n, dt, &st);
+        struct attn_problem p = {
+            .method = method,
+            .dtype = dt,
+            .B = 1,
+            .H = 1,
+            .Hkv = 1,
+            .N = N,
+            .D = D,
+            .q = q,
+            .k = k,
+            .v = v,
+            .out = o,
+            .block_per_row = 16,
+        };
+        rc = attn_backend_compute(be, &p, NULL); /* warm-up */
+        for (int i = 0; i < LAT_CALLS && rc == ATTN_OK; i++) {
+            double t0 = now();
+            rc = attn_backend_compute(be, &p, NULL);
+            t[i] = now() - t0;
+        }
+        if (rc == ATTN_OK) {
+            qsort(t, LAT_CALLS, sizeof *t, cmp_double);
+            out->method = attn_method_name(method);
+            out->p10 = t[LAT_CALLS / 10];
+            out->median = t[LAT_CALLS / 2];
+            out->p90 = t[LAT_CALLS * 9 / 10];
+        }
+    }
+    free(q), free(k), free(v), free(o), free(t);
+    return rc;
+}
 
 int main(int argc, char **argv)
 {
@@ -152,6 +219,19 @@ int main(int argc, char **argv)
         free(q), free(k), free(v), free(o);
     }
 
+    struct latency lat[2];
+    printf("one call, N = %d, one head: %7s %10s %10s %10s\n", LAT_N, "method",
+           "p10 us", "median us", "p90 us");
+    for (size_t mi = 0; mi < 2; mi++) {
+        rc = measure_latency(be, methods[mi], dt, &lat[mi]);
+        if (rc != ATTN_OK) {
+            fprintf(stderr, "bench-attn: %s\n", attn_strerror(rc));
+            return 1;
+        }
+        printf("%34s %10.1f %10.1f %10.1f\n", lat[mi].method, lat[mi].p10 * 1e6,
+               lat[mi].median * 1e6, lat[mi].p90 * 1e6);
+    }
+
     FILE *f = fopen(out_path, "w");
     if (!f) {
         perror(out_path);
@@ -169,6 +249,13 @@ int main(int argc, char **argv)
                 "\"gflops\": %.4g, \"density\": %.6g}%s\n",
                 res[i].method, res[i].N, res[i].sec_per_head, res[i].gflops,
                 res[i].density, i + 1 < nres ? "," : "");
+    fprintf(f, "  ],\n  \"latency\": [\n");
+    for (int i = 0; i < 2; i++)
+        fprintf(f,
+                "    {\"method\": \"%s\", \"N\": %d, \"H\": 1, "
+                "\"p10_s\": %.4g, \"median_s\": %.4g, \"p90_s\": %.4g}%s\n",
+                lat[i].method, LAT_N, lat[i].p10, lat[i].median, lat[i].p90,
+                i + 1 < 2 ? "," : "");
     fprintf(f, "  ]\n}\n");
     fclose(f);
     printf("wrote %s\n", out_path);
