@@ -143,15 +143,19 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
             float *k = hd->k + (size_t)t * Dp, *v = hd->v + (size_t)t * Dp;
             int real =
                 t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
-            memset(k, 0, Dp * sizeof *k);
-            memset(v, 0, Dp * sizeof *v);
-            memset(qrow, 0, D * sizeof *qrow);
             if (real) {
                 attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow,
                             D);
                 attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), k, D);
                 attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v, D);
+                /* only the padding columns need zeroing */
+                memset(k + D, 0, (Dp - D) * sizeof *k);
+                memset(v + D, 0, (Dp - D) * sizeof *v);
                 c += 1.0f;
+            } else {
+                memset(k, 0, Dp * sizeof *k);
+                memset(v, 0, Dp * sizeof *v);
+                memset(qrow, 0, D * sizeof *qrow);
             }
             for (uint32_t d = 0; d < D; d++)
                 qt[(size_t)d * CPU_TILE + jj] = qrow[d];
