@@ -240,6 +240,34 @@ class MradServer:
         return body.decode()
 
 
+_SECONDS_PER_HEAD = {}
+
+
+def slow_problem(srv, min_seconds=0.5, N=4096, D=64, max_heads=256):
+    """(q, k, v) of an exact-attention problem that keeps `srv` computing
+    for at least about `min_seconds`, for tests that need busy workers.
+    The compute time per head is measured once per --threads setting (a
+    few requests to `srv`, timed by their compute_us: count metrics as
+    differences) and reused by later servers."""
+    threads = srv.args[srv.args.index("--threads") + 1] if "--threads" in srv.args else None
+    key = (threads, N, D)
+    if key not in _SECONDS_PER_HEAD:
+        rng = np.random.default_rng(2024)
+        H = 1
+        while True:
+            q = rng.standard_normal((1, H, N, D)).astype(np.float32)
+            _, st = srv.attention(q, q, q, method="exact")
+            took = max(st["compute_us"], 1) / 1e6
+            # Long enough to time well, or as large as allowed.
+            if took >= 0.2 or H >= max_heads:
+                break
+            H = min(max_heads, H * 4)
+        _SECONDS_PER_HEAD[key] = took / H
+    H = min(max_heads, int(1.25 * min_seconds / _SECONDS_PER_HEAD[key]) + 1)
+    q = np.random.default_rng(H).standard_normal((1, H, N, D)).astype(np.float32)
+    return q, q.copy(), q.copy()
+
+
 def metric_value(text, name, labels=None):
     """The value of one sample of a Prometheus text exposition (None if
     absent).  labels: dict that must match exactly."""

@@ -7,14 +7,9 @@ import time
 
 import numpy as np
 
-from mrad_server import MradError, MradServer, encode_msgpack, metric_value
+from mrad_server import (MradError, MradServer, encode_msgpack, metric_value,
+                         slow_problem)
 
-RNG = np.random.default_rng(5)
-
-
-def problem(H, N=4096, D=64):
-    q = RNG.standard_normal((1, H, N, D)).astype(np.float32)
-    return q, q.copy(), q.copy()
 
 
 def run_bg(srv, results, i, prob, **params):
@@ -37,7 +32,7 @@ def test_sigterm_finishes_accepted_requests_then_exits_0():
     args = ["--batch-window-us", "0", "--max-batch-requests", "1"]
     srv = MradServer(args, threads=2).start()
     try:
-        probs = [problem(2) for _ in range(3)]
+        probs = [slow_problem(srv, 0.3) for _ in range(3)]
         results = [None] * 3
         threads = [threading.Thread(target=run_bg, args=(srv, results, i, probs[i]),
                                     kwargs={"method": "exact"}) for i in range(3)]
@@ -72,7 +67,8 @@ def test_drain_timeout_answers_503_and_exits():
     srv = MradServer(args, threads=2).start()
     try:
         results = [None] * 2
-        threads = [threading.Thread(target=run_bg, args=(srv, results, i, problem(4)),
+        big = slow_problem(srv, 0.6)
+        threads = [threading.Thread(target=run_bg, args=(srv, results, i, big),
                                     kwargs={"method": "exact"}) for i in range(2)]
         for t in threads:
             t.start()
@@ -97,7 +93,8 @@ def test_second_signal_ends_the_drain_at_once():
     srv = MradServer(args, threads=2).start()
     try:
         results = [None] * 2
-        threads = [threading.Thread(target=run_bg, args=(srv, results, i, problem(4)),
+        big = slow_problem(srv, 0.6)
+        threads = [threading.Thread(target=run_bg, args=(srv, results, i, big),
                                     kwargs={"method": "exact"}) for i in range(2)]
         for t in threads:
             t.start()
