@@ -665,6 +665,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- lifetime ---------------------------------------------------------- */
 
+/* Per-connection memory of libmicrohttpd (headers and the read buffer that
+ * body chunks arrive in).  libmicrohttpd clears it between requests, so a
+ * large pool costs every small request a large memset; 64 KiB keeps that
+ * cheap while large bodies still arrive in 32 KiB chunks. */
+#define CONNECTION_MEMORY (64u << 10)
+
 int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
                     struct mrad_sched *s, const struct mrad_http_info *info)
 {
@@ -698,7 +704,8 @@ int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1u << 20), MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+        MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32, cfg->host,
