@@ -25,6 +25,8 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
     hd->budget = attn_budget(p);
     hd->scale = attn_scale(p);
     hd->method = p->method;
+    hd->kv_inplace = p->dtype == ATTN_F32 && !p->mask && p->N % CPU_TILE == 0 &&
+                     p->D % CPU_DPAD == 0;
 }
 
 /* The workspace pieces in carving order: element size and count. */
@@ -57,8 +59,9 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
         return -1;
     int n = 0;
     pc[n++] = (struct piece){sizeof(float), qt, (void **)&hd->qt}; /* qt */
-    pc[n++] = (struct piece){sizeof(float), npd, (void **)&hd->k}; /* k */
-    pc[n++] = (struct piece){sizeof(float), npd, (void **)&hd->v}; /* v */
+    size_t kvc = hd->kv_inplace ? 0 : npd;
+    pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->kcopy};
+    pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->vcopy};
     pc[n++] =
         (struct piece){sizeof(float), Np, (void **)&hd->kbias};     /* kbias */
     pc[n++] = (struct piece){sizeof(float), nb, (void **)&hd->cnt}; /* cnt */
@@ -107,6 +110,17 @@ void cpu_head_carve(struct cpu_head *hd, void *mem)
         *pc[i].dst = bytes ? at : NULL;
         at += bytes;
     }
+    const struct attn_problem *p = hd->p;
+    if (hd->kv_inplace) {
+        /* rows of KV head h / (H / Hkv) of batch entry b, stride D = Dp */
+        size_t off =
+            ((size_t)hd->b * p->Hkv + hd->h / (p->H / p->Hkv)) * p->N * p->D;
+        hd->k = (const float *)p->k + off;
+        hd->v = (const float *)p->v + off;
+    } else {
+        hd->k = hd->kcopy;
+        hd->v = hd->vcopy;
+    }
 }
 
 /* Address of token t of head `head` (of `heads`) in a [B, heads, N, D]
@@ -140,22 +154,30 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
         float *qt = hd->qt + (size_t)J * D * CPU_TILE;
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
-            float *k = hd->k + (size_t)t * Dp, *v = hd->v + (size_t)t * Dp;
             int real =
                 t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
             if (real) {
                 attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow,
                             D);
-                attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), k, D);
-                attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v, D);
-                /* only the padding columns need zeroing */
-                memset(k + D, 0, (Dp - D) * sizeof *k);
-                memset(v + D, 0, (Dp - D) * sizeof *v);
                 c += 1.0f;
             } else {
-                memset(k, 0, Dp * sizeof *k);
-                memset(v, 0, Dp * sizeof *v);
                 memset(qrow, 0, D * sizeof *qrow);
+            }
+            if (!hd->kv_inplace) {
+                float *k = hd->kcopy + (size_t)t * Dp;
+                float *v = hd->vcopy + (size_t)t * Dp;
+                if (real) {
+                    attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), k,
+                                D);
+                    attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v,
+                                D);
+                    /* only the padding columns need zeroing */
+                    memset(k + D, 0, (Dp - D) * sizeof *k);
+                    memset(v + D, 0, (Dp - D) * sizeof *v);
+                } else {
+                    memset(k, 0, Dp * sizeof *k);
+                    memset(v, 0, Dp * sizeof *v);
+                }
             }
             for (uint32_t d = 0; d < D; d++)
                 qt[(size_t)d * CPU_TILE + jj] = qrow[d];

@@ -14,7 +14,10 @@
  * Every item writes only its own slice, and its arithmetic never depends
  * on which thread runs it, so results are bitwise reproducible.
  *
- * Memory per head is O(N*D + nb^2) (struct cpu_head_layout), never N x N.
+ * Memory per head is O(N*D + nb^2) (cpu_head_bytes()), never N x N.
+ * Where the caller's K and V already have the working layout (f32, no
+ * mask, whole blocks, D a multiple of CPU_DPAD) the kernels read them in
+ * place instead of from a copy, which saves the copy's memory traffic.
  */
 #ifndef MRAD_ATTN_CPU_HEAD_H
 #define MRAD_ATTN_CPU_HEAD_H
@@ -34,9 +37,12 @@ struct cpu_head {
     float scale;
     int method; /* enum attn_method */
     /* workspace, carved from the backend's arena by cpu_head_carve() */
-    float *qt;         /* [nb][D][32]: block I of Q transposed */
-    float *k;          /* [nb*32][Dp], masked rows 0 */
-    float *v;          /* [nb*32][Dp] */
+    float *qt;      /* [nb][D][32]: block I of Q transposed */
+    const float *k; /* [nb*32][Dp], masked rows 0: kcopy or the input */
+    const float *v; /* [nb*32][Dp]: vcopy or the input */
+    float *kcopy;   /* the working copies, when k/v are not read in place */
+    float *vcopy;
+    int kv_inplace;    /* f32, no mask, N % 32 == 0, D % CPU_DPAD == 0 */
     float *kbias;      /* [nb*32]: 0 for a real key, -inf otherwise */
     float *cnt;        /* [nb]: c_J */
     float *lnc;        /* [nb]: ln c_J (MRA; unused where c_J = 0) */
