@@ -234,9 +234,13 @@ static void put_process(struct text *t)
     struct rlimit rl = {0, 0};
     getrlimit(RLIMIT_NOFILE, &rl);
 
+    /* The process CPU clock has nanoseconds; /proc's ticks are 10 ms. */
+    struct timespec cpu;
+    double cpu_s = tick > 0 ? (double)(utime + stime) / (double)tick : 0;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu) == 0)
+        cpu_s = (double)cpu.tv_sec + (double)cpu.tv_nsec / 1e9;
     put_simple(t, "process_cpu_seconds_total", "counter",
-               "Total user and system CPU time spent in seconds.",
-               tick > 0 ? (double)(utime + stime) / (double)tick : 0);
+               "Total user and system CPU time spent in seconds.", cpu_s);
     put_simple(t, "process_resident_memory_bytes", "gauge",
                "Resident memory size in bytes.", (double)rss * (double)page);
     put_simple(t, "process_virtual_memory_bytes", "gauge",
