@@ -17,7 +17,7 @@
  * The head dimension is padded with zeros to DP in {32, 64, 128, 256}; rows
  * past N read as zeros.  For DP <= 128 the Q fragments stay in registers.
  *
- * The primitives (mma, ldmatrix, cp.async) come from attend-prims.cuh, or
+ * The primitives (mma, ldmatrix, cp.async) come from prims.cuh, or
  * from the file MRAD_CUDA_PRIMS names (the host emulation test); the
  * launchers are in attend-launch.cuh.
  */
@@ -30,7 +30,7 @@
 #ifdef MRAD_CUDA_PRIMS
 #include MRAD_CUDA_PRIMS
 #else
-#include "attention/cuda/attend-prims.cuh"
+#include "attention/cuda/prims.cuh"
 #endif
 
 namespace mrad_cuda

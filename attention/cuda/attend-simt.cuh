@@ -22,7 +22,7 @@
 #ifdef MRAD_CUDA_PRIMS
 #include MRAD_CUDA_PRIMS
 #else
-#include "attention/cuda/attend-prims.cuh"
+#include "attention/cuda/prims.cuh"
 #endif
 
 namespace mrad_cuda

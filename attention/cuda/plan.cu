@@ -21,10 +21,13 @@
  * their sum; one more batched GEMM gives sum_J P_IJ vh_J.  (M_I, Z_I, that
  * sum) is an online-softmax state the fused kernel simply continues.
  */
-#include <cub/block/block_scan.cuh>
 #include <math.h>
 
-#include "attention/cuda/common.cuh"
+#ifdef MRAD_CUDA_PRIMS
+#include MRAD_CUDA_PRIMS
+#else
+#include "attention/cuda/prims.cuh"
+#endif
 #include "attention/cuda/select-rule.cuh"
 
 namespace mrad_cuda
@@ -195,15 +198,46 @@ __global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
     }
 }
 
+/* Exclusive prefix sum over a block of SCAN_THREADS threads: *ex gets the
+ * sum of v over the threads before this one, *agg the block's total.
+ * Warp shuffles, then one warp over the warp totals; fixed order. */
+constexpr int SCAN_THREADS = 512;
+__device__ __forceinline__ void block_exclusive_sum(uint32_t v, uint32_t *ex,
+                                                    uint32_t *agg)
+{
+    __shared__ uint32_t tot[SCAN_THREADS / 32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    uint32_t x = v;
+    for (int o = 1; o < 32; o <<= 1) {
+        uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o)
+            x += y;
+    }
+    if (lane == 31)
+        tot[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        uint32_t t = lane < SCAN_THREADS / 32 ? tot[lane] : 0;
+        for (int o = 1; o < 32; o <<= 1) {
+            uint32_t y = __shfl_up_sync(0xffffffffu, t, o);
+            if (lane >= o)
+                t += y;
+        }
+        if (lane < SCAN_THREADS / 32)
+            tot[lane] = t;
+    }
+    __syncthreads();
+    *ex = (warp > 0 ? tot[warp - 1] : 0) + x - v;
+    *agg = tot[SCAN_THREADS / 32 - 1];
+    __syncthreads(); /* tot is reused by the next call */
+}
+
 /* Per head: equal pairs in the rows before each row (for the tie rule) and
  * the CSR offsets of the selected lists.  One block per head. */
-constexpr int SCAN_THREADS = 512;
 __global__ void __launch_bounds__(SCAN_THREADS)
     k_rowscan(uint32_t nb, const uint64_t *rstate, const uint32_t *row_gt,
               const uint32_t *row_eq, uint32_t *eq_before, uint32_t *row_off)
 {
-    using scan_t = cub::BlockScan<uint32_t, SCAN_THREADS>;
-    __shared__ typename scan_t::TempStorage tmp;
     size_t head = blockIdx.x;
     uint64_t need = rstate[head * 2 + 1];
     const uint32_t *gt = row_gt + head * nb, *eq = row_eq + head * nb;
@@ -213,13 +247,11 @@ __global__ void __launch_bounds__(SCAN_THREADS)
     for (uint32_t base = 0; base < nb; base += SCAN_THREADS) {
         uint32_t I = base + threadIdx.x;
         uint32_t e = I < nb ? eq[I] : 0, ex_e, agg_e;
-        scan_t(tmp).ExclusiveSum(e, ex_e, agg_e);
-        __syncthreads();
+        block_exclusive_sum(e, &ex_e, &agg_e);
         uint64_t before = (uint64_t)carry_eq + ex_e;
         uint32_t s = I < nb ? gt[I] + row_take(need, before, e) : 0;
         uint32_t ex_s, agg_s;
-        scan_t(tmp).ExclusiveSum(s, ex_s, agg_s);
-        __syncthreads();
+        block_exclusive_sum(s, &ex_s, &agg_s);
         if (I < nb) {
             eb[I] = (uint32_t)before;
             off[I] = carry_sel + ex_s;
@@ -246,7 +278,7 @@ __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
     size_t head = row / kc.nb;
     uint32_t I = (uint32_t)(row % kc.nb);
     uint64_t T = rstate[head * 2], need = rstate[head * 2 + 1];
-    uint32_t *out = list + head * list_stride + row_off[row];
+    uint32_t *out = list + head * list_stride + row_off[head * (kc.nb + 1) + I];
     uint32_t eqb = eq_before[row];
     size_t b = head / kc.H;
     const float *cnt = kc.cnt + b * kc.nb;
@@ -381,8 +413,8 @@ static void launch_means(const dev_problem &p, const void *x, uint32_t Hx,
 {
     size_t blocks = (size_t)p.B * Hx * p.nb;
     unsigned threads = p.D >= 128 ? 128 : 64;
-    k_means<T><<<(unsigned)blocks, threads, 0, st>>>((const T *)x, p.mask, cnt,
-                                                     Hx, p.N, p.D, p.nb, out);
+    MRAD_LAUNCH(k_means<T>, (unsigned)blocks, threads, st, (const T *)x, p.mask,
+                cnt, Hx, p.N, p.D, p.nb, out);
 }
 
 static void means(const dev_problem &p, const void *x, uint32_t Hx,
@@ -412,8 +444,8 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
         return ATTN_ENOTSUP;
 
     /* 1. counts and block means */
-    k_counts<<<grid_for((size_t)p.B * p.nb, 256), 256, 0, st>>>(
-        p.mask, p.B, p.N, p.nb, w.cnt);
+    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nb, 256), 256, st, p.mask,
+                p.B, p.N, p.nb, w.cnt);
     means(p, p.q, p.H, w.cnt, w.qh, st);
     means(p, p.k, p.Hkv, w.cnt, w.kh, st);
     if (full)
@@ -423,7 +455,7 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
      * contiguous in qh, so one GEMM per (b, KV head) covers them all: in
      * column-major terms L^T [nb x G*nb] = kh^T-op(kh) * qh. */
     const float one = 1.0f, zero = 0.0f, scale = p.scale;
-    rc = blas_err(cublasSgemmStridedBatched(
+    rc = blas_err(sgemm_strided(
         blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nb, (int)(G * p.nb), (int)p.D,
         &scale, w.kh, (int)p.D, (long long)p.nb * p.D, w.qh, (int)p.D,
         (long long)G * p.nb * p.D, &zero, w.L, (int)p.nb,
@@ -432,39 +464,40 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
         return rc;
 
     /* 3. r_I */
-    k_rowmax<<<grid_for(rows * 32, 256), 256, 0, st>>>(w.L, rows, p.nb, w.rmax);
+    MRAD_LAUNCH(k_rowmax, grid_for(rows * 32, 256), 256, st, w.L, rows, p.nb,
+                w.rmax);
 
     /* 4. radix select of the k-th largest key per head */
     key_ctx kc = {w.L,  w.rmax,        w.cnt,           p.H,
                   p.nb, p.prior_first, p.prior_diagonal};
-    k_radix_init<<<grid_for(heads, 128), 128, 0, st>>>(heads, p.budget,
-                                                       w.rstate);
+    MRAD_LAUNCH(k_radix_init, grid_for(heads, 128), 128, st, heads, p.budget,
+                w.rstate);
     if (p.budget > 0) {
         size_t chunks = (nn + HIST_CHUNK - 1) / HIST_CHUNK;
         for (int shift = 56; shift >= 0; shift -= 8) {
             cudaError_t e =
-                cudaMemsetAsync(w.hist, 0, heads * 256 * sizeof(uint32_t), st);
+                memset_async(w.hist, 0, heads * 256 * sizeof(uint32_t), st);
             if (e != cudaSuccess)
                 return cuda_err(e);
-            k_hist<<<(unsigned)(heads * chunks), 256, 0, st>>>(
-                kc, chunks, w.rstate, shift, w.hist);
-            k_radix_step<<<grid_for(heads, 128), 128, 0, st>>>(
-                heads, shift, w.hist, w.rstate);
+            MRAD_LAUNCH(k_hist, (unsigned)(heads * chunks), 256, st, kc, chunks,
+                        w.rstate, shift, w.hist);
+            MRAD_LAUNCH(k_radix_step, grid_for(heads, 128), 128, st, heads,
+                        shift, w.hist, w.rstate);
         }
     }
 
     /* 5. CSR lists with the tie rule; low-resolution weights */
-    k_rowcount<<<grid_for(rows * 32, 256), 256, 0, st>>>(kc, rows, w.rstate,
-                                                         w.row_gt, w.row_eq);
-    k_rowscan<<<(unsigned)heads, SCAN_THREADS, 0, st>>>(
-        p.nb, w.rstate, w.row_gt, w.row_eq, w.eq_before, w.row_off);
-    k_rowwrite<<<grid_for(rows * 32, 256), 256, 0, st>>>(
-        kc, rows, w.rstate, w.eq_before, w.row_off, p.budget, w.list, full, w.L,
-        w.low_m, w.low_z);
+    MRAD_LAUNCH(k_rowcount, grid_for(rows * 32, 256), 256, st, kc, rows,
+                w.rstate, w.row_gt, w.row_eq);
+    MRAD_LAUNCH(k_rowscan, (unsigned)heads, SCAN_THREADS, st, p.nb, w.rstate,
+                w.row_gt, w.row_eq, w.eq_before, w.row_off);
+    MRAD_LAUNCH(k_rowwrite, grid_for(rows * 32, 256), 256, st, kc, rows,
+                w.rstate, w.eq_before, w.row_off, p.budget, w.list, full, w.L,
+                w.low_m, w.low_z);
 
     /* 6. low_num = P vh, again one GEMM per (b, KV head) */
     if (full) {
-        rc = blas_err(cublasSgemmStridedBatched(
+        rc = blas_err(sgemm_strided(
             blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nb),
             (int)p.nb, &one, w.vh, (int)p.D, (long long)p.nb * p.D, w.L,
             (int)p.nb, (long long)G * p.nb * p.nb, &zero, w.low_num, (int)p.D,
@@ -472,7 +505,7 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
         if (rc)
             return rc;
     }
-    return cuda_err(cudaGetLastError());
+    return cuda_err(launch_status());
 }
 
 } // namespace mrad_cuda

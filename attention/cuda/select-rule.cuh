@@ -17,9 +17,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifndef __CUDACC__ /* plain C++ (the host emulation test) */
+#ifndef __CUDACC__ /* plain C++ (the host replay tests) */
+#ifndef __host__
 #define __host__
+#endif
+#ifndef __device__
 #define __device__
+#endif
 #endif
 
 namespace mrad_cuda

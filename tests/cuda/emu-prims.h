@@ -1,6 +1,6 @@
 /*
  * emu-prims.h - host emulation of the device primitives the tensor-core
- * attention kernel uses (attention/cuda/attend-prims.cuh), so that the very
+ * attention kernel uses (attention/cuda/prims.cuh), so that the very
  * kernel source of attend-mma.cuh runs on a CPU: every GPU thread of a
  * block is a std::thread, __syncthreads and the warp-collective operations
  * (shuffle, ballot, ldmatrix, mma.sync) exchange values through shared
@@ -25,6 +25,8 @@
 #include "attention/cuda/common.cuh"
 
 /* Plain host C++ from here on. */
+#undef __host__
+#define __host__
 #undef __global__
 #define __global__
 #undef __device__
@@ -42,9 +44,9 @@ namespace mrad_emu
 struct dim {
     unsigned x, y, z;
 };
-inline thread_local dim t_tid, t_bid;
+inline thread_local dim t_tid, t_bid, t_bdim;
 
-constexpr int MAX_WARPS = 8;
+constexpr int MAX_WARPS = 16;
 struct block_state {
     std::unique_ptr<std::barrier<>> all;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
@@ -71,14 +73,33 @@ inline void block_sync()
     blk->all->arrive_and_wait();
 }
 
-inline float shfl_xor(float v, int o)
+template <class T> T shfl_xor(T v, int o)
 {
-    memcpy(&blk->x[warp()][lane()][0], &v, 4);
+    static_assert(sizeof(T) <= 8, "two exchange words");
+    memcpy(&blk->x[warp()][lane()][0], &v, sizeof v);
     warp_sync();
-    float r;
-    memcpy(&r, &blk->x[warp()][lane() ^ o][0], 4);
+    T r;
+    memcpy(&r, &blk->x[warp()][lane() ^ o][0], sizeof r);
     warp_sync();
     return r;
+}
+
+/* __shfl_up_sync: lanes below `o` keep their own value. */
+template <class T> T shfl_up(T v, int o)
+{
+    static_assert(sizeof(T) <= 8, "two exchange words");
+    memcpy(&blk->x[warp()][lane()][0], &v, sizeof v);
+    warp_sync();
+    T r = v;
+    if (lane() >= o)
+        memcpy(&r, &blk->x[warp()][lane() - o][0], sizeof r);
+    warp_sync();
+    return r;
+}
+
+inline uint32_t atomic_add(uint32_t *p, uint32_t v)
+{
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
 inline uint32_t ballot(bool p)
@@ -104,9 +125,10 @@ template <class F> void launch(unsigned grid, unsigned threads, F f)
         blk = &bs;
         std::vector<std::thread> th;
         for (unsigned t = 0; t < threads; t++)
-            th.emplace_back([&f, t, b] {
+            th.emplace_back([&f, t, b, threads] {
                 t_tid = {t, 0, 0};
                 t_bid = {b, 0, 0};
+                t_bdim = {threads, 1, 1};
                 f();
             });
         for (auto &x : th)
@@ -119,6 +141,10 @@ template <class F> void launch(unsigned grid, unsigned threads, F f)
 
 #define threadIdx (::mrad_emu::t_tid)
 #define blockIdx (::mrad_emu::t_bid)
+#define blockDim (::mrad_emu::t_bdim)
+#define atomicAdd(p, v) ::mrad_emu::atomic_add(p, v)
+#define __popc(x) __builtin_popcount(x)
+#define __shfl_up_sync(m, v, o) ::mrad_emu::shfl_up(v, o)
 #define __syncthreads() ::mrad_emu::block_sync()
 #define __syncwarp() ::mrad_emu::warp_sync()
 #define __ballot_sync(m, p) ::mrad_emu::ballot(p)
@@ -229,6 +255,52 @@ inline void cp_async16(void *s, const void *g)
 }
 inline void cp_commit() {}
 template <int n> inline void cp_wait() {}
+
+/* Host side of plan.cu: launches run the blocks in turn, at once. */
+#define MRAD_LAUNCH(kern, grid, block, st, ...)                                \
+    ((void)(st),                                                               \
+     ::mrad_emu::launch((grid), (block), [&] { kern(__VA_ARGS__); }))
+
+/* cublasSgemmStridedBatched as cuBLAS defines it (column-major, op(A) is
+ * m x k, op(B) is k x n), on host memory. */
+inline cublasStatus_t sgemm_strided(cublasHandle_t, cublasOperation_t ta,
+                                    cublasOperation_t tb, int m, int n, int k,
+                                    const float *alpha, const float *A, int lda,
+                                    long long sA, const float *B, int ldb,
+                                    long long sB, const float *beta, float *C,
+                                    int ldc, long long sC, int batch)
+{
+    for (int bt = 0; bt < batch; bt++) {
+        const float *a = A + bt * sA, *b = B + bt * sB;
+        float *c = C + bt * sC;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                float acc = 0.0f;
+                for (int l = 0; l < k; l++) {
+                    float x = ta == CUBLAS_OP_N ? a[i + (long long)l * lda]
+                                                : a[l + (long long)i * lda];
+                    float y = tb == CUBLAS_OP_N ? b[l + (long long)j * ldb]
+                                                : b[j + (long long)l * ldb];
+                    acc += x * y;
+                }
+                float old =
+                    *beta != 0.0f ? *beta * c[i + (long long)j * ldc] : 0.0f;
+                c[i + (long long)j * ldc] = *alpha * acc + old;
+            }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+inline cudaError_t memset_async(void *p, int v, size_t n, cudaStream_t)
+{
+    memset(p, v, n);
+    return cudaSuccess;
+}
+
+inline cudaError_t launch_status()
+{
+    return cudaSuccess;
+}
 
 template <typename T> inline T *dyn_smem()
 {

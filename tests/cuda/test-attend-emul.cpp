@@ -15,10 +15,21 @@
  * variants of exact attention must agree bit for bit.  It needs no GPU; it
  * does not check timing, cp.async ordering or anything of the real
  * hardware beyond the documented semantics.
+ *
+ * The last group runs the whole device path of an MRA problem: plan.cu's
+ * mra_plan() (counts, means, logits through an emulated
+ * cublasSgemmStridedBatched with cuBLAS's column-major definition, the
+ * radix select, the row scan and the CSR lists, the low-resolution
+ * weights) and then the fused kernel.  Its lists must equal the host
+ * plan's exactly and its output must match the CPU backend.
  */
+/* The backend's code lands in a namespace of its own here, so that it
+ * cannot clash with the library's compiled copy that the test also links. */
+#define mrad_cuda mrad_cuda_emu
 #define MRAD_CUDA_PRIMS "tests/cuda/emu-prims.h"
 #include "attention/cuda/attend-mma.cuh"
 #include "attention/cuda/attend-simt.cuh"
+#include "attention/cuda/plan.cu"
 
 #include <math.h>
 #include <setjmp.h>
@@ -353,6 +364,108 @@ void test_mra2_sparse(void **state)
     check_case({ATTN_MRA2_SPARSE, ATTN_F16, 2, 1, 1, 64, 24, 1, 1, 0, false});
 }
 
+/* mra_plan() + the fused kernel, as backend.cu's run_problem() does it. */
+void check_pipeline(const tcase &c)
+{
+    data d;
+    init(d, c);
+    attn_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    attn_backend *cpu = nullptr;
+    assert_int_equal(attn_backend_new("cpu", &cfg, &cpu), ATTN_OK);
+    assert_int_equal(attn_backend_compute(cpu, &d.p, nullptr), ATTN_OK);
+    attn_backend_free(cpu);
+    plan(d);
+
+    dev_problem dp;
+    memset(&dp, 0, sizeof dp);
+    dp.method = c.method;
+    dp.dtype = c.dt;
+    dp.B = c.B;
+    dp.H = c.H;
+    dp.Hkv = c.Hkv;
+    dp.N = c.N;
+    dp.D = c.D;
+    dp.nb = attn_num_blocks(c.N);
+    dp.q = d.q.data();
+    dp.k = d.k.data();
+    dp.v = d.v.data();
+    dp.mask = d.p.mask;
+    dp.out = d.out.data();
+    dp.scale = attn_scale(&d.p);
+    dp.budget = attn_budget(&d.p);
+    dp.prior_first = c.pf;
+    dp.prior_diagonal = c.pd;
+    size_t sz[MRA_NBUF];
+    assert_true(mra_work_sizes(dp, sz));
+    std::vector<std::vector<uint64_t>> store(MRA_NBUF);
+    void *bufs[MRA_NBUF];
+    for (int i = 0; i < MRA_NBUF; i++) {
+        store[i].assign(sz[i] / 8 + 1, 0x7ff7ff7ff7ff7ff7ull); /* garbage */
+        bufs[i] = store[i].data();
+    }
+    mra_work w;
+    mra_work_bind(&w, bufs);
+    assert_int_equal(mra_plan(dp, w, nullptr, nullptr), ATTN_OK);
+
+    /* the same selection, in the same order, as the host plan */
+    size_t heads = (size_t)c.B * c.H;
+    uint32_t nb = dp.nb;
+    assert_memory_equal(w.row_off, d.row_off.data(),
+                        heads * (nb + 1) * sizeof(uint32_t));
+    assert_memory_equal(w.list, d.list.data(),
+                        heads * dp.budget * sizeof(uint32_t));
+    if (c.method == ATTN_MRA2)
+        for (size_t r = 0; r < heads * nb; r++) {
+            assert_true(fabsf(w.low_z[r] - d.low_z[r]) <=
+                        1e-4f * fabsf(d.low_z[r]) + 1e-6f);
+            if (d.low_z[r] > 0)
+                assert_true(fabsf(w.low_m[r] - d.low_m[r]) <= 1e-4f);
+        }
+
+    /* then the kernel on the device plan */
+    attend_args a = args_for(d, true);
+    a.list = w.list;
+    a.row_off = w.row_off;
+    if (c.method == ATTN_MRA2) {
+        a.low_m = w.low_m;
+        a.low_z = w.low_z;
+        a.low_num = w.low_num;
+    }
+    d.list.assign(w.list, w.list + heads * dp.budget);
+    if (c.dt == ATTN_F32) {
+        switch (pad_dim(c.D)) {
+        case 32:
+            mrad_emu::launch(nb * c.B * c.H, 128,
+                             [&] { k_attend_f32<32>(a, nb); });
+            break;
+        default:
+            mrad_emu::launch(nb * c.B * c.H, 128,
+                             [&] { k_attend_f32<64>(a, nb); });
+        }
+    } else {
+        mrad_emu::launch(nb * c.B * c.H, 64,
+                         [&] { k_attend_mma<__nv_bfloat16, 64, 2>(a, nb); });
+    }
+    double err = rel_diff(c.dt, d.out, d.ref);
+    printf("pipeline %-11s %-4s B=%u H=%u Hkv=%u N=%u D=%u: rel diff vs cpu "
+           "%.2e\n",
+           attn_method_name(c.method), attn_dtype_name(c.dt), c.B, c.H, c.Hkv,
+           c.N, c.D, err);
+    assert_true(err < (c.dt == ATTN_F32 ? 1e-4 : 1e-2));
+}
+
+void test_pipeline(void **state)
+{
+    (void)state;
+    /* bf16 pipelines use the D = 64 instantiation; f32 ones D <= 64 */
+    check_pipeline({ATTN_MRA2, ATTN_BF16, 2, 2, 1, 230, 64, 2, 0, 0, true});
+    check_pipeline(
+        {ATTN_MRA2_SPARSE, ATTN_BF16, 1, 2, 2, 300, 50, 3, 1, 3, true});
+    check_pipeline({ATTN_MRA2, ATTN_F32, 1, 3, 1, 161, 32, 1, 0, 2, false});
+    check_pipeline({ATTN_MRA2, ATTN_F32, 1, 1, 1, 400, 40, 4, 2, 0, true});
+}
+
 void test_f32(void **state)
 {
     (void)state;
@@ -374,10 +487,9 @@ void test_exact(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exact),
-        cmocka_unit_test(test_mra2),
-        cmocka_unit_test(test_mra2_sparse),
-        cmocka_unit_test(test_f32),
+        cmocka_unit_test(test_exact),       cmocka_unit_test(test_mra2),
+        cmocka_unit_test(test_mra2_sparse), cmocka_unit_test(test_f32),
+        cmocka_unit_test(test_pipeline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

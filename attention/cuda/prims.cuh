@@ -1,14 +1,15 @@
 /*
- * attend-prims.cuh - the device primitives of the fused attention kernels
- * (attend-mma.cuh, attend-simt.cuh): mma.sync m16n8k16 for f16 and bf16
- * with f32 accumulation, ldmatrix (plain and transposed), cp.async, and
- * the dynamic shared memory.  Kept apart so that the kernels can also be
- * compiled against host emulations of exactly these primitives
- * (tests/cuda/test-attend-emul.cpp); the kernels include this file unless
- * MRAD_CUDA_PRIMS names another.
+ * prims.cuh - what the backend's kernels use of the GPU beyond plain C++:
+ * mma.sync m16n8k16 for f16 and bf16 with f32 accumulation, ldmatrix
+ * (plain and transposed), cp.async, the dynamic shared memory, and on the
+ * host side kernel launches, the batched SGEMM and asynchronous memset.
+ * Kept apart so that the kernels (attend-*.cuh) and the planning code
+ * (plan.cu) can also be compiled against host emulations of exactly these
+ * primitives (tests/cuda/emu-prims.h, used by the emulation tests); they
+ * include this file unless MRAD_CUDA_PRIMS names another.
  */
-#ifndef MRAD_CUDA_ATTEND_PRIMS_CUH
-#define MRAD_CUDA_ATTEND_PRIMS_CUH
+#ifndef MRAD_CUDA_PRIMS_CUH
+#define MRAD_CUDA_PRIMS_CUH
 
 #include "attention/cuda/common.cuh"
 
@@ -102,6 +103,33 @@ template <int n> __device__ __forceinline__ void cp_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
 }
 
+/* Enqueues kern<<<grid, block, 0, st>>>(args...). */
+#define MRAD_LAUNCH(kern, grid, block, st, ...)                                \
+    kern<<<(grid), (block), 0, (st)>>>(__VA_ARGS__)
+
+/* cublasSgemmStridedBatched, column-major as cuBLAS defines it. */
+inline cublasStatus_t sgemm_strided(cublasHandle_t h, cublasOperation_t ta,
+                                    cublasOperation_t tb, int m, int n, int k,
+                                    const float *alpha, const float *A, int lda,
+                                    long long sA, const float *B, int ldb,
+                                    long long sB, const float *beta, float *C,
+                                    int ldc, long long sC, int batch)
+{
+    return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, A, lda, sA, B,
+                                     ldb, sB, beta, C, ldc, sC, batch);
+}
+
+inline cudaError_t memset_async(void *p, int v, size_t n, cudaStream_t st)
+{
+    return cudaMemsetAsync(p, v, n, st);
+}
+
+/* The error of the last launch (and clears it). */
+inline cudaError_t launch_status()
+{
+    return cudaGetLastError();
+}
+
 /* The block's dynamic shared memory. */
 template <typename T> __device__ __forceinline__ T *dyn_smem()
 {
@@ -113,4 +141,4 @@ template <typename T> __device__ __forceinline__ T *dyn_smem()
 
 } // namespace mrad_cuda
 
-#endif /* MRAD_CUDA_ATTEND_PRIMS_CUH */
+#endif /* MRAD_CUDA_PRIMS_CUH */
