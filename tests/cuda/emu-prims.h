@@ -114,27 +114,29 @@ inline uint32_t ballot(bool p)
 }
 
 /* Runs `grid` blocks of `threads` threads of kernel call f(), one block
- * after the other. */
+ * after the other, on one set of threads (a barrier between blocks keeps
+ * the block-wide statics of one block away from the next). */
 template <class F> void launch(unsigned grid, unsigned threads, F f)
 {
-    for (unsigned b = 0; b < grid; b++) {
-        block_state bs;
-        bs.all = std::make_unique<std::barrier<>>(threads);
-        for (unsigned w = 0; w < threads / 32; w++)
-            bs.warps.push_back(std::make_unique<std::barrier<>>(32));
-        blk = &bs;
-        std::vector<std::thread> th;
-        for (unsigned t = 0; t < threads; t++)
-            th.emplace_back([&f, t, b, threads] {
-                t_tid = {t, 0, 0};
+    block_state bs;
+    bs.all = std::make_unique<std::barrier<>>(threads);
+    for (unsigned w = 0; w < (threads + 31) / 32; w++)
+        bs.warps.push_back(std::make_unique<std::barrier<>>(32));
+    blk = &bs;
+    std::vector<std::thread> th;
+    for (unsigned t = 0; t < threads; t++)
+        th.emplace_back([&f, &bs, t, grid, threads] {
+            t_tid = {t, 0, 0};
+            t_bdim = {threads, 1, 1};
+            for (unsigned b = 0; b < grid; b++) {
                 t_bid = {b, 0, 0};
-                t_bdim = {threads, 1, 1};
                 f();
-            });
-        for (auto &x : th)
-            x.join();
-        blk = nullptr;
-    }
+                bs.all->arrive_and_wait();
+            }
+        });
+    for (auto &x : th)
+        x.join();
+    blk = nullptr;
 }
 
 } // namespace mrad_emu

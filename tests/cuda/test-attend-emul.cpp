@@ -464,6 +464,11 @@ void test_pipeline(void **state)
         {ATTN_MRA2_SPARSE, ATTN_BF16, 1, 2, 2, 300, 50, 3, 1, 3, true});
     check_pipeline({ATTN_MRA2, ATTN_F32, 1, 3, 1, 161, 32, 1, 0, 2, false});
     check_pipeline({ATTN_MRA2, ATTN_F32, 1, 1, 1, 400, 40, 4, 2, 0, true});
+    /* several histogram chunks and row-loop rounds (nb = 66) */
+    check_pipeline({ATTN_MRA2, ATTN_BF16, 1, 1, 1, 2100, 64, 3, 1, 5, true});
+    /* more block rows than one pass of the row scan (nb = 516) */
+    check_pipeline(
+        {ATTN_MRA2_SPARSE, ATTN_F32, 1, 1, 1, 16500, 32, 1, 0, 0, false});
 }
 
 void test_f32(void **state)
