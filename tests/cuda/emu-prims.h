@@ -15,6 +15,7 @@
 #ifndef MRAD_TESTS_CUDA_EMU_PRIMS_H
 #define MRAD_TESTS_CUDA_EMU_PRIMS_H
 
+#include <atomic>
 #include <barrier>
 #include <memory>
 #include <string.h>
@@ -113,6 +114,24 @@ inline uint32_t ballot(bool p)
     return m;
 }
 
+/* cp.async copies issued and not yet completed by a wait (per thread). */
+struct async_copy {
+    void *dst;
+    const void *src;
+};
+inline thread_local std::vector<async_copy> pending_open;
+inline thread_local std::vector<std::vector<async_copy>> pending_groups;
+/* Blocks that ended with copies still pending: a kernel bug. */
+inline std::atomic<unsigned> unwaited_copies{0};
+
+inline void cp_drop()
+{
+    if (!pending_open.empty() || !pending_groups.empty())
+        unwaited_copies++;
+    pending_open.clear();
+    pending_groups.clear();
+}
+
 /* Runs `grid` blocks of `threads` threads of kernel call f(), one block
  * after the other, on one set of threads (a barrier between blocks keeps
  * the block-wide statics of one block away from the next). */
@@ -131,6 +150,7 @@ template <class F> void launch(unsigned grid, unsigned threads, F f)
             for (unsigned b = 0; b < grid; b++) {
                 t_bid = {b, 0, 0};
                 f();
+                cp_drop();
                 bs.all->arrive_and_wait();
             }
         });
@@ -250,13 +270,27 @@ inline void ldsm_x4_t(uint32_t r[4], const void *p)
     ldsm_common(r, p, true);
 }
 
-/* cp.async completes at once here; the groups are no-ops. */
+/* cp.async: a copy lands only when a cp.async.wait_group lets its group
+ * complete (the oldest groups first, all but the n newest), so a kernel
+ * that reads shared memory before waiting reads stale data here too. */
 inline void cp_async16(void *s, const void *g)
 {
-    memcpy(s, g, 16);
+    mrad_emu::pending_open.push_back({s, g});
 }
-inline void cp_commit() {}
-template <int n> inline void cp_wait() {}
+inline void cp_commit()
+{
+    mrad_emu::pending_groups.push_back(std::move(mrad_emu::pending_open));
+    mrad_emu::pending_open.clear();
+}
+template <int n> inline void cp_wait()
+{
+    auto &groups = mrad_emu::pending_groups;
+    while (groups.size() > (size_t)n) {
+        for (const mrad_emu::async_copy &c : groups.front())
+            memcpy(c.dst, c.src, 16);
+        groups.erase(groups.begin());
+    }
+}
 
 /* Host side of plan.cu: launches run the blocks in turn, at once. */
 #define MRAD_LAUNCH(kern, grid, block, st, ...)                                \

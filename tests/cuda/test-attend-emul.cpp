@@ -341,6 +341,7 @@ void check_case(const tcase &c)
         plan(d);
         run_t<2>(d, true);
     }
+    assert_int_equal(mrad_emu::unwaited_copies.load(), 0);
     double err = rel_diff(c.dt, d.out, d.ref);
     printf("%-11s %-4s B=%u H=%u Hkv=%u N=%u D=%u%s: rel diff vs cpu %.2e\n",
            attn_method_name(c.method), attn_dtype_name(c.dt), c.B, c.H, c.Hkv,
