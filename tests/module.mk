@@ -14,3 +14,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(UNIT_HELPER_OBJS) $(PROTO_LIB) $(ATT
 
 .PHONY: tests-build
 tests-build: $(UNIT_TESTS)
+
+# Allocation-failure injection over decode -> compute -> encode: the
+# libraries' allocations are redirected at link time to counting wrappers
+# in the test (no hook in the library sources).
+ALLOCFAIL_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,--wrap=aligned_alloc
+$(BUILD)/tests/attention/test-allocfail: LDFLAGS += $(ALLOCFAIL_WRAP)

@@ -84,6 +84,7 @@ int cpu_pool_new(int threads, struct cpu_pool **out)
     if (threads > 1) {
         p->tids = calloc((size_t)threads - 1, sizeof *p->tids);
         if (!p->tids) {
+            p->threads = 1; /* no worker to join */
             cpu_pool_free(p);
             return ATTN_ENOMEM;
         }
