@@ -12,7 +12,7 @@ $(PROTO_LIB): $(PROTO_OBJS)
 LIBS += $(PROTO_LIB)
 
 # `make fuzz`: libFuzzer (clang) over the request, answer and error-body
-# decoders, seeded with the bodies of tests/data; new inputs it finds go
+# decoders, seeded with tests/fuzz/corpus/proto; new inputs it finds go
 # to $(BUILD)/fuzz/corpus.  FUZZ_SECONDS bounds each run.  A double-colon
 # rule, so other modules can add fuzz targets of their own.
 FUZZ_SECONDS ?= 60
@@ -28,7 +28,7 @@ $(PROTO_FUZZ): protocol/fuzz/fuzz-proto.c $(PROTO_SRCS) $(wildcard protocol/*.h)
 fuzz:: $(PROTO_FUZZ)
 	@mkdir -p $(BUILD)/fuzz/corpus
 	$(PROTO_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
-	    $(BUILD)/fuzz/corpus tests/data
+	    $(BUILD)/fuzz/corpus tests/fuzz/corpus/proto
 
 # `make bench-codec`: times encoding and decoding of large bodies.
 PROTO_BENCH := $(BIN)/bench-codec

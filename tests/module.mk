@@ -20,3 +20,23 @@ tests-build: $(UNIT_TESTS)
 # in the test (no hook in the library sources).
 ALLOCFAIL_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,--wrap=aligned_alloc
 $(BUILD)/tests/attention/test-allocfail: LDFLAGS += $(ALLOCFAIL_WRAP)
+
+# `make fuzz` (with protocol/module.mk's codec target): libFuzzer over the
+# HTTP request path of an in-process daemon (tests/fuzz/fuzz-http.c), built
+# from the server sources with clang and the fuzzer and sanitizers.  Seeds
+# are tests/fuzz/corpus/http; what the run finds goes to
+# $(BUILD)/fuzz/corpus-http.  FUZZ_SECONDS bounds the run.
+HTTP_FUZZ := $(BUILD)/fuzz/fuzz-http
+HTTP_FUZZ_SRCS := tests/fuzz/fuzz-http.c $(filter-out server/main.c,$(MRAD_SRCS)) $(PROTO_SRCS)
+
+$(HTTP_FUZZ): $(HTTP_FUZZ_SRCS) $(wildcard server/*.h protocol/*.h) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -o $@ $(HTTP_FUZZ_SRCS) $(ATTN_LIB) $(PROTO_LDLIBS) $(ATTN_LDLIBS) \
+	    -lmicrohttpd -luv -lm -pthread
+
+.PHONY: fuzz
+fuzz:: $(HTTP_FUZZ)
+	@mkdir -p $(BUILD)/fuzz/corpus-http
+	$(HTTP_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=20 \
+	    $(BUILD)/fuzz/corpus-http tests/fuzz/corpus/http
