@@ -42,6 +42,8 @@ static const struct option_def options[] = {
     {"devices", OPT_DEVS, CFG(devices), 0,
      "GPU ordinals, one compute worker each (e.g. 0,1); CPU: one worker"},
     {"threads", OPT_U32, CFG(threads), 0, "compute threads, 0 = all cores"},
+    {"isa", OPT_STR, CFGSTR(isa),
+     "CPU kernel path: auto|avx512|avx2|portable (/v1/info shows it)"},
     {"http-threads", OPT_U32, CFG(http_threads), 0,
      "HTTP threads (read, decode, encode; never compute)"},
     {"max-queue", OPT_U64, CFG(max_queue), 0,
@@ -60,6 +62,11 @@ static const struct option_def options[] = {
      "default deadline; a request's timeout_ms may only shorten it"},
     {"api-key-file", OPT_STR, CFGSTR(api_key_file),
      "file holding the API key; when set /v1/* needs Authorization: Bearer"},
+    {"conn-timeout-s", OPT_U32, CFG(conn_timeout_s), 0,
+     "close a connection silent this long; a body must arrive within it"},
+    {"tls-cert", OPT_STR, CFGSTR(tls_cert),
+     "PEM certificate file: serve HTTPS (needs --tls-key)"},
+    {"tls-key", OPT_STR, CFGSTR(tls_key), "PEM private key file of --tls-cert"},
     {"drain-timeout-ms", OPT_U64, CFG(drain_timeout_ms), 0,
      "on SIGTERM, how long to finish accepted requests"},
     {"log-format", OPT_LOGFMT, CFG(log_format), 0, "text|json"},
@@ -97,6 +104,8 @@ static void config_defaults(struct mrad_config *cfg)
     cfg->max_json_bytes = 8ull << 20;
     cfg->request_timeout_ms = 60000;
     cfg->drain_timeout_ms = 30000;
+    cfg->conn_timeout_s = 30;
+    strcpy(cfg->isa, "auto");
     cfg->log_format = MRAD_LOG_TEXT;
     cfg->log_level = MRAD_LOG_INFO;
     proto_limits_default(&cfg->limits);
@@ -340,6 +349,19 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
         fprintf(err, "mrad: --max-batch-requests, --http-threads, "
                      "--max-queue, --max-body-bytes and --request-timeout-ms "
                      "must be at least 1\n");
+        return MRAD_CONFIG_ERROR;
+    }
+    if (strcmp(cfg->isa, "auto") && strcmp(cfg->isa, "avx512") &&
+        strcmp(cfg->isa, "avx2") && strcmp(cfg->isa, "portable")) {
+        fprintf(err, "mrad: --isa: expected auto, avx512, avx2 or portable\n");
+        return MRAD_CONFIG_ERROR;
+    }
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
+        fprintf(err, "mrad: --tls-cert and --tls-key go together\n");
+        return MRAD_CONFIG_ERROR;
+    }
+    if (cfg->conn_timeout_s == 0) {
+        fprintf(err, "mrad: --conn-timeout-s must be at least 1\n");
         return MRAD_CONFIG_ERROR;
     }
     if (cfg->limits.max_head_dim > ATTN_MAX_HEAD_DIM) {

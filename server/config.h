@@ -49,6 +49,10 @@ struct mrad_config {
     enum mrad_log_level log_level;
     struct proto_limits limits;
     int test_faults; /* MRAD_TEST_FAULTS=1: honour X-Mrad-Inject-Fault */
+    uint32_t conn_timeout_s; /* idle limit per connection; body deadline */
+    char isa[16];            /* CPU kernel path: auto|avx512|avx2|portable */
+    char tls_cert[1024];     /* PEM certificate file; empty = plain HTTP */
+    char tls_key[1024];      /* PEM private key file */
 };
 
 /* What mrad_config_parse() asks the caller to do. */

@@ -25,6 +25,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "server/auth.h"
 #include "server/bufcache.h"
 #include "server/log.h"
 
@@ -36,6 +37,7 @@ struct mrad_http {
     uint16_t port;
     atomic_int ready, draining;
     atomic_uint_fast64_t pending_answers;
+    char *tls_cert, *tls_key; /* PEM text; libmicrohttpd keeps pointers */
 };
 
 enum conn_state {
@@ -193,6 +195,7 @@ static enum MHD_Result get_metrics(struct conn *c)
     struct mrad_metrics_gauges g = {
         .queue_depth = st.queue_depth,
         .inflight = st.inflight,
+        .queue_capacity = st.max_queue,
         .devices = devs,
         .ndevices = mrad_sched_devices(c->h->sched, devs, MRAD_MAX_DEVICES),
     };
@@ -254,21 +257,6 @@ static enum MHD_Result get_info(struct conn *c)
 
 /* ---- POST /v1/attention ------------------------------------------------ */
 
-/* Compares the presented key with the configured one in time that depends
- * only on the configured key's length. */
-static int key_matches(const struct mrad_config *cfg, const char *auth)
-{
-    static const char prefix[] = "Bearer ";
-    if (!auth || strncasecmp(auth, prefix, sizeof(prefix) - 1))
-        return 0;
-    const char *key = auth + sizeof(prefix) - 1;
-    size_t klen = strlen(key);
-    unsigned char diff = klen != cfg->api_key_len;
-    for (size_t i = 0; i < cfg->api_key_len; i++)
-        diff |= (unsigned char)(cfg->api_key[i] ^ (i < klen ? key[i] : 0));
-    return diff == 0;
-}
-
 /* Media type of the body, ignoring parameters and case.  Returns 0 and sets
  * *fmt, or -1 for anything else. */
 static int media_type(const char *ctype, enum proto_format *fmt)
@@ -304,10 +292,12 @@ static enum MHD_Result post_begin(struct conn *c)
     const char *ctype =
         MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Type");
     if (media_type(ctype, &c->fmt)) {
+        /* The header's value is not echoed: error messages name fields,
+         * never request bytes. */
         snprintf(msg, sizeof(msg),
-                 "Content-Type '%.60s' is not application/msgpack or "
+                 "Content-Type %s: use application/msgpack or "
                  "application/json",
-                 ctype ? ctype : "");
+                 ctype ? "not supported" : "missing");
         return defer_error(c, MRAD_EMEDIA, msg);
     }
     c->limit = cfg->max_body_bytes;
@@ -509,7 +499,8 @@ static enum MHD_Result route(struct conn *c)
      * stay open for orchestrators and scrapers. */
     const struct mrad_config *cfg = c->h->cfg;
     if (cfg->api_key_len && !strncmp(c->path, "/v1/", 4) &&
-        !key_matches(cfg, MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND,
+        !mrad_key_matches(cfg->api_key, cfg->api_key_len,
+                          MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND,
                                                       "Authorization")))
         return defer_error(c, MRAD_EUNAUTH,
                            "missing or wrong API key (Authorization: Bearer)");
@@ -529,9 +520,9 @@ static enum MHD_Result route(struct conn *c)
         c->state = ST_HEADERS;
         return MHD_YES;
     }
-    char msg[200];
-    snprintf(msg, sizeof(msg), "no endpoint %.120s", c->path);
-    return defer_error(c, MRAD_ENOTFOUND, msg);
+    /* The path is not echoed (request bytes stay out of messages). */
+    return defer_error(c, MRAD_ENOTFOUND,
+                       "no such endpoint (see GET /v1/info for the API)");
 }
 
 /* The request has been read: answer what route() decided. */
@@ -549,6 +540,20 @@ static enum MHD_Result answer_routed(struct conn *c)
     default:
         return get_info(c);
     }
+}
+
+/* A body must arrive within --conn-timeout-s of the request's start.
+ * libmicrohttpd's timeout only bounds silence, so a client trickling a
+ * byte now and then would hold its connection forever; this closes it
+ * (logged as 408). */
+static int read_too_slow(struct conn *c)
+{
+    uint64_t limit = (uint64_t)c->h->cfg->conn_timeout_s * 1000000000ull;
+    if (!limit || mrad_now_ns() - c->t0 <= limit)
+        return 0;
+    c->status = 408;
+    c->err_code = "request_timeout";
+    return 1;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
@@ -580,6 +585,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
         }
         return answer_routed(c);
     case ST_BODY:
+        if (*upload_size && read_too_slow(c))
+            return MHD_NO;
         if (*upload_size) {
             if (post_append(c, upload, *upload_size)) {
                 /* libmicrohttpd cannot answer in the middle of a body:
@@ -596,6 +603,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
         }
         return post_submit(c);
     case ST_TOOBIG:
+        if (*upload_size && read_too_slow(c))
+            return MHD_NO;
         if (*upload_size) {
             c->discarded += *upload_size;
             *upload_size = 0;
@@ -671,6 +680,28 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
  * cheap while large bodies still arrive in 32 KiB chunks. */
 #define CONNECTION_MEMORY (64u << 10)
 
+/* Reads a whole PEM file into a malloc'd, NUL-terminated string (at most
+ * 1 MiB).  Returns NULL (logged) on failure. */
+static char *read_pem(const char *what, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 1u << 20;
+    if (f && (buf = malloc(cap + 1)))
+        n = fread(buf, 1, cap + 1, f);
+    int bad = !f || !buf || ferror(f) || n == 0 || n > cap;
+    if (f)
+        fclose(f);
+    if (bad) {
+        mrad_log(MRAD_LOG_ERROR, "--%s %s: %s", what, path,
+                 !f ? strerror(errno) : "empty, unreadable or over 1 MiB");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
                     struct mrad_sched *s, const struct mrad_http_info *info)
 {
@@ -698,19 +729,42 @@ int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* TLS (GnuTLS inside libmicrohttpd) when a certificate is given; the
+     * options travel as an array so that they can be left out. */
+    struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}};
+    if (cfg->tls_cert[0]) {
+        h->tls_cert = read_pem("tls-cert", cfg->tls_cert);
+        h->tls_key = h->tls_cert ? read_pem("tls-key", cfg->tls_key) : NULL;
+        if (!h->tls_key || !MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+            if (h->tls_key)
+                mrad_log(MRAD_LOG_ERROR,
+                         "libmicrohttpd was built without TLS support");
+            freeaddrinfo(ai);
+            free(h->tls_cert), free(h->tls_key), free(h);
+            return -1;
+        }
+        flags |= MHD_USE_TLS;
+        tls[0] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+        tls[1] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+        tls[2] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    }
     h->d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
-        MHD_OPTION_END);
+        MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
-        mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32, cfg->host,
-                 cfg->port);
-        free(h);
+        mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32 "%s", cfg->host,
+                 cfg->port,
+                 cfg->tls_cert[0] ? " (or the TLS key/certificate is bad)"
+                                  : "");
+        free(h->tls_cert), free(h->tls_key), free(h);
         return -1;
     }
     const union MHD_DaemonInfo *di =
@@ -745,5 +799,7 @@ void mrad_http_stop(struct mrad_http *h)
     if (!h)
         return;
     MHD_stop_daemon(h->d);
+    free(h->tls_cert);
+    free(h->tls_key);
     free(h);
 }

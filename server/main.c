@@ -46,6 +46,9 @@ static int open_backends(const struct mrad_config *cfg,
     for (size_t i = 0; i < want; i++) {
         struct attn_config ac = {0};
         ac.threads = (int)cfg->threads;
+        /* "auto" leaves the choice to the library (MRAD_ISA, else the
+         * best this CPU runs). */
+        ac.isa = strcmp(cfg->isa, "auto") ? cfg->isa : NULL;
         ac.device = cfg->ndevices ? cfg->devices[i] : 0;
         int rc = attn_backend_new(cfg->backend, &ac, &be[i]);
         if (rc != ATTN_OK) {

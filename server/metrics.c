@@ -293,6 +293,9 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
                (double)g->queue_depth);
     put_simple(&t, "mrad_inflight_requests", "gauge",
                "Requests accepted and not yet answered.", (double)g->inflight);
+    put_simple(&t, "mrad_queue_capacity", "gauge",
+               "Requests the queue holds before answering 503 (--max-queue).",
+               (double)g->queue_capacity);
     int any = 0;
     for (size_t i = 0; i < g->ndevices; i++)
         any |= g->devices[i].ok;

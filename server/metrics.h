@@ -39,6 +39,7 @@ struct mrad_metrics_device {
 struct mrad_metrics_gauges {
     uint64_t queue_depth;
     uint64_t inflight;
+    uint64_t queue_capacity; /* --max-queue */
     const struct mrad_metrics_device *devices;
     size_t ndevices;
 };

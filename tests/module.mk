@@ -40,3 +40,6 @@ fuzz:: $(HTTP_FUZZ)
 	@mkdir -p $(BUILD)/fuzz/corpus-http
 	$(HTTP_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=20 \
 	    $(BUILD)/fuzz/corpus-http tests/fuzz/corpus/http
+
+# The daemon's API-key comparison, unit-tested on its own object.
+$(BUILD)/tests/server/test-auth: $(BUILD)/server/auth.o
