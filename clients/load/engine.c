@@ -254,6 +254,7 @@ static void record(struct engine *e, struct req *r, CURLcode rc, long status)
         hist_record(&res->lat_ok, lat_us);
     } else if (status == 503) {
         res->n503++;
+        hist_record(&res->lat_503, lat_us);
     } else if (status == 504) {
         res->n504++;
     } else {
@@ -369,6 +370,7 @@ int load_run(const struct load_config *cfg, struct load_result *res)
     memset(res, 0, sizeof *res);
     hist_reset(&res->lat_ok);
     hist_reset(&res->lat_all);
+    hist_reset(&res->lat_503);
     res->offered_rate = cfg->rate > 0 ? cfg->rate : 0;
     if (!cfg->nbodies)
         return -1;

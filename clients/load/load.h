@@ -56,6 +56,7 @@ struct load_result {
     double throughput;       /* 200 answers per second of the measured phase */
     struct hist lat_ok;      /* latencies of 200 answers */
     struct hist lat_all;     /* latencies of every completed request */
+    struct hist lat_503;     /* latencies of 503 answers (load shedding) */
 };
 
 /* Runs one load phase.  Returns 0, or -1 with a message on stderr when the

@@ -99,6 +99,8 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
     json_hist("latency_ms", &r->lat_ok);
     printf(",");
     json_hist("latency_all_ms", &r->lat_all);
+    printf(",");
+    json_hist("latency_503_ms", &r->lat_503);
     printf("}");
 }
 
