@@ -43,3 +43,13 @@ fuzz:: $(HTTP_FUZZ)
 
 # The daemon's API-key comparison, unit-tested on its own object.
 $(BUILD)/tests/server/test-auth: $(BUILD)/server/auth.o
+
+# `make soak`: overload at twice the measured capacity, then half of it,
+# SOAK_SECONDS each (tests/soak/soak.py; a 10 s version runs in make test).
+SOAK_SECONDS ?= 60
+.PHONY: soak
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p $(BUILD)/soak
+	MRAD_BIN_DIR=$(CURDIR)/$(BIN) .venv/bin/python tests/soak/soak.py \
+	    --seconds $(SOAK_SECONDS) --json $(BUILD)/soak/report.json
