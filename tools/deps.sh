@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config clang libmsgpack-dev libcmocka-dev
       libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev libgnutls28-dev
       prometheus gnuplot-nox python3 python3-venv python3-pip curl ca-certificates
-      systemd strace)
+      systemd strace valgrind openssl)
 [ -f tools/deps-extra.txt ] && mapfile -t -O "${#pkgs[@]}" pkgs < <(grep -v '^#' tools/deps-extra.txt | grep .)
 
 missing=()
