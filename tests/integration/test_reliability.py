@@ -210,3 +210,12 @@ def test_sigterm_with_50_in_flight_answers_every_accepted_request():
         assert "stopped" in srv.log_text()
     finally:
         srv.kill()
+
+
+def test_conn_timeout_does_not_cut_a_long_computation():
+    """A request computing longer than --conn-timeout-s is still answered:
+    the idle limit applies to reading, not to a suspended connection."""
+    with MradServer(["--conn-timeout-s", "1"], threads=2) as srv:
+        prob = slow_problem(srv, 2.0)
+        out, st = srv.attention(*prob, method="exact")
+        assert out.shape == prob[0].shape and st["compute_us"] > 1e6
