@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -172,6 +173,9 @@ static void path_until_ok(enum proto_format fmt, int threads)
      * earlier runs, so it may need fewer than the first run). */
     assert_true(n <= total);
     assert_true(n >= 1);
+    printf("%s, %d threads: %ld allocations on the first run, %ld failure "
+           "points each answered cleanly\n",
+           fmt == PROTO_JSON ? "json" : "msgpack", threads, total, n);
     /* The answer after all those failures is the same as before. */
     assert_int_equal(gotlen, wantlen);
     assert_memory_equal(got, want, wantlen);
