@@ -61,11 +61,13 @@ def method_section(doc):
         "f32, no mask, scale 1/sqrt(D).",
         "",
         "- **GEMM peak**: C = A B with 4096 x 4096 f32 matrices, best of 5 "
-        "runs after a warm-up, through Debian's OpenBLAS from C "
+        "runs after a warm-up, in two passes (at the start and at the end "
+        "of the step), through Debian's OpenBLAS from C "
         "(bench/cpu/gemm-peak.c, core type forced to SkylakeX because "
         "0.3.21 does not recognise this CPU), numpy's bundled OpenBLAS and "
         "PyTorch's MKL (bench/cpu/peak.py), with one thread and with all "
-        "cores.  The peak is the best of the three; percentages of peak "
+        "cores.  The peak is the best of the three over both passes; the "
+        "percentages of peak "
         "below use the all-core peak.",
         "- **PyTorch**: `torch.nn.functional.scaled_dot_product_attention` "
         "(torch %s from PyPI in .venv-bench, installed by "
@@ -104,13 +106,16 @@ def results_section(doc):
         doc["date"], doc["commit"],
         ", **quick mode: sizes and budgets too small for the figures to "
         "mean anything**" if doc.get("quick") else ""), ""]
-    out += ["### GEMM f32", "", "| library | threads | best GFLOP/s | "
+    out += ["### GEMM f32", "", "Pass 1 ran at the start of the step, "
+            "pass 2 at the end.", "",
+            "| pass | library | threads | best GFLOP/s | "
             "median GFLOP/s | CPU share | detail |",
-            "|---|---:|---:|---:|---:|---|"]
+            "|---:|---|---:|---:|---:|---:|---|"]
     for g in doc["gemm"]:
         share = g.get("cpu_share")
-        out.append("| %s | %d | %.1f | %.1f | %s | %s |" % (
-            g["source"], g["threads"], g["gflops_best"], g["gflops_median"],
+        out.append("| %s | %s | %d | %.1f | %.1f | %s | %s |" % (
+            g.get("pass", "–"), g["source"], g["threads"], g["gflops_best"],
+            g["gflops_median"],
             "%.0f%%" % (100 * share) if share is not None else "–",
             g.get("detail") or g.get("core", "")))
     out.append("")

@@ -266,11 +266,13 @@ def fmt_err(r, kind):
 
 def print_tables(doc):
     nproc = doc["threads"]
-    print("\nGEMM f32 (best / median GFLOP/s over 5 runs, CPU share)")
+    print("\nGEMM f32 (best / median GFLOP/s over 5 runs, CPU share; pass 1 "
+          "at the start, pass 2 at the end)")
     for g in doc["gemm"]:
         share = g.get("cpu_share")
-        print("  %-16s %2d thr  n=%d  %7.1f / %7.1f  %4s  %s" % (
-            g["source"], g["threads"], g["n"], g["gflops_best"],
+        print("  pass %s %-16s %2d thr  n=%d  %7.1f / %7.1f  %4s  %s" % (
+            g.get("pass", "-"), g["source"], g["threads"], g["n"],
+            g["gflops_best"],
             g["gflops_median"],
             "%.0f%%" % (100 * share) if share is not None else "-",
             g.get("detail") or g.get("core", "")))
