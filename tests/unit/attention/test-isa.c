@@ -33,11 +33,13 @@ static const char *const isas[NISA] = {"portable", "avx2", "avx512"};
 static void isa_problems(struct fx *f)
 {
     fx_init(&f[0], ATTN_EXACT, ATTN_F32, 1, 2, 1, 1000, 64, 71, 2.0);
+    /* f[5]: more than CPU_FOLD_CHUNK blocks, so the low-resolution fold
+     * rescales between chunks */
     fx_init(&f[1], ATTN_MRA2, ATTN_F32, 1, 2, 2, 2048, 64, 72, 2.0);
     fx_init(&f[2], ATTN_MRA2_SPARSE, ATTN_F32, 2, 2, 1, 333, 17, 73, 2.0);
     fx_init(&f[3], ATTN_MRA2, ATTN_F32, 1, 3, 3, 700, 100, 74, 2.0);
     fx_init(&f[4], ATTN_EXACT, ATTN_F32, 1, 1, 1, 31, 3, 75, 2.0);
-    fx_init(&f[5], ATTN_MRA2, ATTN_F32, 1, 2, 1, 9000, 32, 76, 2.0);
+    fx_init(&f[5], ATTN_MRA2, ATTN_F32, 1, 1, 1, 9000, 32, 76, 2.0);
     fx_mask_random(&f[2], 0.8, 3);
     fx_mask_range(&f[3], 100, 180);
     f[3].p.prior_diagonal = 3;
@@ -95,12 +97,14 @@ static void test_paths_stable_and_agree(void **state)
                     out[v][i] = malloc(bytes);
                     assert_non_null(out[v][i]);
                     memcpy(out[v][i], f[i].out, bytes);
-                    char what[64];
-                    snprintf(what, sizeof what, "%s, problem %d", isas[v], i);
-                    /* and each path meets the float64 reference */
-                    double err = fx_ref_error(&f[i], NULL);
+                    /* portable meets the float64 reference; the others are
+                     * held to portable below (and to the reference one by
+                     * one in test-backend) */
+                    double err = v == 0 ? fx_ref_error(&f[i], NULL) : 0.0;
                     if (!(err < 1e-5))
-                        fail_msg("%s: error %.3g against float64", what, err);
+                        fail_msg("portable, problem %d: error %.3g against "
+                                 "float64",
+                                 i, err);
                 } else if (memcmp(out[v][i], f[i].out, bytes) != 0) {
                     fail_msg("%s kernels, problem %d: 1 and %d threads differ",
                              isas[v], i, threads[t]);
@@ -216,7 +220,9 @@ static void test_inplace_matches_copy(void **state)
                 fail_msg("%s kernels, method %d: in place and copied differ",
                          isas[v], m);
             f.p.mask = NULL;
-            double err = fx_ref_error(&f, NULL);
+            /* the copied path is checked everywhere else; one look at the
+             * reference shows the in-place one is not wrong alike */
+            double err = v == 0 ? fx_ref_error(&f, NULL) : 0.0;
             if (!(err < 1e-5))
                 fail_msg("%s kernels, method %d: error %.3g", isas[v], m, err);
             free(plain);
