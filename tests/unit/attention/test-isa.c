@@ -33,12 +33,12 @@ static const char *const isas[NISA] = {"portable", "avx2", "avx512"};
 static void isa_problems(struct fx *f)
 {
     fx_init(&f[0], ATTN_EXACT, ATTN_F32, 1, 2, 1, 1000, 64, 71, 2.0);
-    /* f[5]: more than CPU_FOLD_CHUNK blocks, so the low-resolution fold
-     * rescales between chunks */
     fx_init(&f[1], ATTN_MRA2, ATTN_F32, 1, 2, 2, 2048, 64, 72, 2.0);
     fx_init(&f[2], ATTN_MRA2_SPARSE, ATTN_F32, 2, 2, 1, 333, 17, 73, 2.0);
     fx_init(&f[3], ATTN_MRA2, ATTN_F32, 1, 3, 3, 700, 100, 74, 2.0);
     fx_init(&f[4], ATTN_EXACT, ATTN_F32, 1, 1, 1, 31, 3, 75, 2.0);
+    /* more than CPU_FOLD_CHUNK blocks, so the low-resolution fold
+     * rescales between chunks */
     fx_init(&f[5], ATTN_MRA2, ATTN_F32, 1, 1, 1, 9000, 32, 76, 2.0);
     fx_mask_random(&f[2], 0.8, 3);
     fx_mask_range(&f[3], 100, 180);
