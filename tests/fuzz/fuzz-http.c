@@ -109,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* Write everything, reading (and dropping) answers meanwhile so that a
      * pipelined input cannot deadlock on full buffers; then read until the
-     * daemon closes or stays silent for 100 ms (an incomplete request waits
+     * daemon closes or stays silent for 25 ms (an incomplete request waits
      * for more bytes; a client that leaves is a case worth driving too).
      * At most 2 s per input. */
     size_t off = 0;
@@ -141,7 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
         }
         if (off == size)
-            idle = now_ms() + 100;
+            idle = now_ms() + 25;
     }
     close(fd);
     return 0;
