@@ -162,11 +162,28 @@ def results_section(doc):
     return out
 
 
+def contention(doc):
+    """(timed measurements that had under 90% of their cores, all timed
+    measurements): other processes on the machine."""
+    shares = [r.get("cpu_share") for r in doc["mrad"] + doc["sdpa"]
+              if r.get("cpu_share") is not None]
+    return sum(x < 0.9 for x in shares), len(shares)
+
+
 def targets_section(doc):
     met = sum(t["status"] == "PASS" for t in doc["targets"])
-    out = ["## Targets", "",
-           "%d of %d met in this run." % (met, len(doc["targets"])), "",
-           "| target | result | measured |", "|---|---|---|"]
+    low, total = contention(doc)
+    note = []
+    if low:
+        note = ["**%d of %d timed attention measurements had less than 90%% "
+                "of their cores** (column *CPU share* below): other "
+                "processes were running on this machine, and those figures "
+                "are low by up to that factor.  The targets are judged on "
+                "the figures as measured; rerun on a quiet machine before "
+                "drawing conclusions from them." % (low, total), ""]
+    out = (["## Targets", "",
+            "%d of %d met in this run." % (met, len(doc["targets"])), ""] +
+           note + ["| target | result | measured |", "|---|---|---|"])
     for t in doc["targets"]:
         out.append("| %s | **%s** | %s |" % (t["target"], t["status"],
                                              t["detail"]))

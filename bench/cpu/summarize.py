@@ -444,6 +444,13 @@ def main():
     doc["targets"] = check_targets(peak, sdpa, mrad, a.threads)
     doc["checks"] = sanity_checks(mrad)
     print_tables(doc)
+    shares = [r.get("cpu_share") for r in mrad + sdpa
+              if r.get("cpu_share") is not None]
+    low = sum(x < 0.9 for x in shares)
+    if low:
+        print("  warning: %d of %d timed measurements had under 90%% of their "
+              "cores (cpu%% column): other processes were running" % (
+                  low, len(shares)))
     if load[0] is not None and load[1] is not None:
         print("  load average (1 min) before / after: %.2f / %.2f on %d "
               "cores" % (load[0], load[1], a.threads))
