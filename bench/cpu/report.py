@@ -24,6 +24,12 @@ def err_cell(r, kind):
     return "–"
 
 
+def pct_of_peak(doc, r):
+    """A rate as a share of the GEMM peak with the same thread count."""
+    p = doc["peak"].get(str(r["threads"]), {}).get("gflops")
+    return "%.0f%%" % (100 * r["gflops"] / p) if p else "–"
+
+
 def machine_section(doc):
     m = doc["machine"]
     cores = "%s core(s) per socket x %s socket(s), %s thread(s) per core" % (
@@ -66,9 +72,9 @@ def method_section(doc):
         "(bench/cpu/gemm-peak.c, core type forced to SkylakeX because "
         "0.3.21 does not recognise this CPU), numpy's bundled OpenBLAS and "
         "PyTorch's MKL (bench/cpu/peak.py), with one thread and with all "
-        "cores.  The peak is the best of the three over both passes; the "
-        "percentages of peak "
-        "below use the all-core peak.",
+        "cores.  The peak is the best of the three over both passes; "
+        "percentages of peak below compare with the peak of the same "
+        "thread count.",
         "- **PyTorch**: `torch.nn.functional.scaled_dot_product_attention` "
         "(torch %s from PyPI in .venv-bench, installed by "
         "tools/bench-venv.sh%s), all threads, N in {1024, 4096, 16384}, "
@@ -101,7 +107,6 @@ def method_section(doc):
 
 def results_section(doc):
     nproc = doc["threads"]
-    peak = doc["peak"].get(str(nproc), {}).get("gflops")
     out = ["## Results", "", "Measured %s at commit %s%s." % (
         doc["date"], doc["commit"],
         ", **quick mode: sizes and budgets too small for the figures to "
@@ -147,7 +152,7 @@ def results_section(doc):
                    "%s |"
                    % (r["method"], r.get("bpr") or "", r["N"], r["threads"],
                       1e3 * r["time_s"], r["gflops"],
-                      "%.0f%%" % (100 * r["gflops"] / peak) if peak else "–",
+                      pct_of_peak(doc, r),
                       "%.0f%%" % (100 * share) if share is not None else "–",
                       "%.4f" % r["density"] if "density" in r else "",
                       err_cell(r, "local") if "density" in r else "",

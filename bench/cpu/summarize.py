@@ -279,7 +279,6 @@ def print_tables(doc):
     for t, p in sorted(doc["peak"].items()):
         print("  peak, %s thread(s): %.1f GFLOP/s (%s)" % (
             t, p["gflops"], p["source"]))
-    peak = doc["peak"].get(str(nproc), {}).get("gflops")
     print("\nattention, B=1 H=12 D=64 f32 (time: median; cpu%: CPU time "
           "over wall time x threads while timed; errors: relative "
           "Frobenius vs exact, * = on float64 rows)")
@@ -294,7 +293,8 @@ def print_tables(doc):
             print("  %-6s %4s %6d  failed: %s" % (r["method"], r.get("bpr"),
                                                   r["N"], r["error"]))
             continue
-        pct = "%5.0f%%" % (100 * r["gflops"] / peak) if peak else "     -"
+        pk = doc["peak"].get(str(r["threads"]), {}).get("gflops")
+        pct = "%5.0f%%" % (100 * r["gflops"] / pk) if pk else "     -"
         share = r.get("cpu_share")
         print("  %-6s %4s %6d %3d %10.2f %8.1f %6s %5s %8s %10s %10s" % (
             r["method"], r.get("bpr") or "", r["N"], r["threads"],
