@@ -27,7 +27,7 @@ for t in $(find tests/integration -maxdepth 1 -name 'test-*.sh' 2>/dev/null | so
 done
 if find tests/integration clients/python/tests -name 'test_*.py' 2>/dev/null | grep -q .; then
     run_one pytest .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration \
-        $( [ -d clients/python/tests ] && echo clients/python/tests )
+        $( [ -d clients/python/tests ] && echo clients/python/tests ) bench/cpu
 fi
 
 echo
