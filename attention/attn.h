@@ -26,17 +26,18 @@
 extern "C" {
 #endif
 
-#define ATTN_BLOCK 32       /* block size b of the spec */
+#define ATTN_BLOCK 32 /* block size b of the spec */
 #define ATTN_MAX_HEAD_DIM 256
 
 enum attn_err {
     ATTN_OK = 0,
-    ATTN_EINVAL = -1,   /* a problem field is out of range or inconsistent */
-    ATTN_ENOMEM = -2,   /* an allocation failed */
-    ATTN_ENOTSUP = -3,  /* the backend does not support this (method, dtype, ...) */
+    ATTN_EINVAL = -1, /* a problem field is out of range or inconsistent */
+    ATTN_ENOMEM = -2, /* an allocation failed */
+    ATTN_ENOTSUP =
+        -3, /* the backend does not support this (method, dtype, ...) */
     ATTN_EBACKEND = -4, /* the device failed (launch error, lost device) */
-    ATTN_ENODEV = -5,   /* the requested backend is not built or has no device */
-    ATTN_EFAULT = -6,   /* an injected fault (tests only) */
+    ATTN_ENODEV = -5, /* the requested backend is not built or has no device */
+    ATTN_EFAULT = -6, /* an injected fault (tests only) */
 };
 
 /* Returns a static, human-readable description of an attn_err code. */
@@ -50,7 +51,7 @@ enum attn_dtype {
 
 enum attn_method {
     ATTN_EXACT = 0,
-    ATTN_MRA2 = 1,        /* MRA-2, "full" mode: selected blocks + low-res terms */
+    ATTN_MRA2 = 1, /* MRA-2, "full" mode: selected blocks + low-res terms */
     ATTN_MRA2_SPARSE = 2, /* MRA-2-s: selected blocks only */
 };
 
@@ -120,13 +121,13 @@ double attn_flops(const struct attn_problem *p);
 
 /* Backend configuration; zero-initialise and set what you need. */
 struct attn_config {
-    int threads;     /* CPU worker threads; 0 = number of online cores */
+    int threads; /* CPU worker threads; 0 = number of online cores */
     /* CPU kernel path: "avx512", "avx2", "portable", or NULL/"auto": the
      * environment variable MRAD_ISA when set, else the best this CPU runs.
      * A path the CPU cannot run makes attn_backend_new fail with
      * ATTN_ENOTSUP. */
     const char *isa;
-    int device;      /* GPU ordinal for device backends */
+    int device; /* GPU ordinal for device backends */
 };
 
 struct attn_backend; /* opaque */

@@ -25,8 +25,9 @@ extern "C" {
 enum proto_err {
     PROTO_OK = 0,
     PROTO_EBADREQ = -1, /* malformed or invalid body: HTTP 400 bad_request */
-    PROTO_ETOOBIG = -2, /* tensor or problem over the limits: 413 payload_too_large */
-    PROTO_ENOMEM = -3,  /* allocation failure: 500 internal */
+    PROTO_ETOOBIG =
+        -2, /* tensor or problem over the limits: 413 payload_too_large */
+    PROTO_ENOMEM = -3, /* allocation failure: 500 internal */
 };
 
 const char *proto_strerror(int err);
@@ -39,11 +40,11 @@ enum proto_format {
 /* Limits that stop allocation bombs.  A zero field means "no limit" except
  * max_head_dim, where 0 means ATTN_MAX_HEAD_DIM. */
 struct proto_limits {
-    uint64_t max_batch;        /* B */
-    uint64_t max_heads;        /* H (and Hkv) */
-    uint64_t max_tokens;       /* N */
-    uint64_t max_head_dim;     /* D, at most ATTN_MAX_HEAD_DIM */
-    uint64_t max_elements;     /* B*H*N*D of q (and of the output) */
+    uint64_t max_batch;    /* B */
+    uint64_t max_heads;    /* H (and Hkv) */
+    uint64_t max_tokens;   /* N */
+    uint64_t max_head_dim; /* D, at most ATTN_MAX_HEAD_DIM */
+    uint64_t max_elements; /* B*H*N*D of q (and of the output) */
 };
 
 /* Default limits used by mrad and mractl (documented in mrad --help). */
@@ -60,11 +61,11 @@ void proto_limits_default(struct proto_limits *lim);
  */
 struct proto_request {
     struct attn_problem prob;
-    enum proto_format format;   /* the format the answer must use */
-    char id[PROTO_ID_MAX + 1];  /* echoed back when has_id */
+    enum proto_format format;  /* the format the answer must use */
+    char id[PROTO_ID_MAX + 1]; /* echoed back when has_id */
     int has_id;
-    uint64_t timeout_ms;        /* 0 = not given */
-    void *owned[5];             /* internal: buffers to free */
+    uint64_t timeout_ms; /* 0 = not given */
+    void *owned[5];      /* internal: buffers to free */
 };
 
 /*
@@ -84,7 +85,7 @@ void proto_request_release(struct proto_request *req);
 /* What the service adds to the attention statistics in the answer. */
 struct proto_stats {
     struct attn_stats attn;
-    const char *backend;       /* "cpu", "cuda" */
+    const char *backend; /* "cpu", "cuda" */
     uint64_t queue_us;
     uint64_t compute_us;
     uint32_t batch_requests;
@@ -128,14 +129,14 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
  */
 struct proto_response {
     enum attn_dtype dtype;
-    uint32_t shape[4];          /* B, H, N, D */
+    uint32_t shape[4]; /* B, H, N, D */
     const void *out;
     size_t out_bytes;
     char id[PROTO_ID_MAX + 1];
     int has_id;
     char method[16];
     char backend[16];
-    struct proto_stats stats;   /* stats.backend points at `backend` */
+    struct proto_stats stats; /* stats.backend points at `backend` */
     void *owned;
 };
 
@@ -148,8 +149,8 @@ void proto_response_release(struct proto_response *resp);
  * Parses a JSON error body into code and message (each truncated to its
  * buffer).  Returns PROTO_OK or PROTO_EBADREQ when the body is not one.
  */
-int proto_error_parse(const void *body, size_t len, char *code,
-                      size_t codelen, char *message, size_t msglen);
+int proto_error_parse(const void *body, size_t len, char *code, size_t codelen,
+                      char *message, size_t msglen);
 
 #ifdef __cplusplus
 }
