@@ -34,23 +34,34 @@ double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
                          uint32_t prior_first, uint32_t prior_diagonal);
 
 /*
- * Scores of one block row I of a head: S[J] for J in [0, nb).
- * L_row: the nb logits L_IJ; r: max over L_row (all J); cnt: the nb block
- * counts c_J; cI: c_I.  Pure, thread-safe.
+ * Order-preserving 64-bit key of a score: a larger score gives a larger
+ * key.  -0 counts as +0 (they compare equal); NaN gets key 0, below every
+ * number (-inf maps to 0x000fffffffffffff).  Pure.
  */
-void attn_select_scores_row(const float *L_row, float r, const float *cnt,
-                            float cI, uint32_t I, uint32_t nb,
-                            uint32_t prior_first, uint32_t prior_diagonal,
-                            double *S);
+uint64_t attn_select_key(double s);
 
 /*
- * Top-k of n scores: marks sel[i] = 1 for the k indices with the largest
- * S[i] (ties to the smaller index), 0 for the others.  Linear time (radix
- * select on order-preserving 64-bit keys).  `scratch` holds n uint32_t and
- * is clobbered; n must be below 2^32.  k >= n selects everything.  -0
- * equals +0; NaN ranks below every number.  Pure, thread-safe.
+ * Selection keys of one block row I of a head: key[J] =
+ * attn_select_key(S_IJ) for J in [0, nb).  L_row: the nb logits L_IJ; r:
+ * max over L_row (all J); cnt: the nb block counts c_J; cI: c_I.  Pure,
+ * thread-safe.
  */
-void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
+void attn_select_keys_row(const float *L_row, float r, const float *cnt,
+                          float cI, uint32_t I, uint32_t nb,
+                          uint32_t prior_first, uint32_t prior_diagonal,
+                          uint64_t *key);
+
+/* uint32_t elements of scratch attn_select_topk() needs for n keys. */
+#define ATTN_SELECT_SCRATCH(n) ((size_t)(n) + ((size_t)1 << 16))
+
+/*
+ * Top-k of n keys: marks sel[i] = 1 for the k indices with the largest
+ * key[i] (ties to the smaller index), 0 for the others.  Linear time
+ * (radix select).  `scratch` holds ATTN_SELECT_SCRATCH(n) uint32_t and is
+ * clobbered; n must be below 2^32.  k >= n selects everything.  Pure,
+ * thread-safe.
+ */
+void attn_select_topk(const uint64_t *key, size_t n, size_t k, uint8_t *sel,
                       uint32_t *scratch);
 
 #ifdef __cplusplus

@@ -31,36 +31,58 @@ double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
     return s;
 }
 
-void attn_select_scores_row(const float *L_row, float r, const float *cnt,
-                            float cI, uint32_t I, uint32_t nb,
-                            uint32_t prior_first, uint32_t prior_diagonal,
-                            double *S)
+/* attn_select_key() without branches, so that a row of keys vectorises. */
+static inline uint64_t key_of(double s)
 {
-    for (uint32_t J = 0; J < nb; J++)
-        S[J] = attn_select_score(L_row[J], r, cI == 0.0f || cnt[J] == 0.0f, I,
-                                 J, prior_first, prior_diagonal);
-}
-
-/* Order-preserving 64-bit key of a score: a larger score gives a larger
- * key.  -0 counts as +0 (they compare equal), NaN gets key 0, below every
- * number (-inf maps to 0x000fffffffffffff). */
-static inline uint64_t score_key(double s)
-{
-    if (isnan(s))
-        return 0;
     s += 0.0; /* -0 -> +0 */
     uint64_t u;
     memcpy(&u, &s, sizeof u);
-    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+    uint64_t neg = (uint64_t)0 - (u >> 63); /* all ones for a negative s */
+    uint64_t k = u ^ (neg | 0x8000000000000000ull);
+    return s != s ? 0 : k;
 }
 
+uint64_t attn_select_key(double s)
+{
+    return key_of(s);
+}
+
+/* The terms of attn_select_score() in the same order, each added whether
+ * or not it applies (as 0 when it does not): x - 0 and x + 0 are x, but
+ * for -0 + 0 = +0, which has the key of -0.  So the keys are those of
+ * attn_select_score(), without a branch per pair. */
+void attn_select_keys_row(const float *L_row, float r, const float *cnt,
+                          float cI, uint32_t I, uint32_t nb,
+                          uint32_t prior_first, uint32_t prior_diagonal,
+                          uint64_t *key)
+{
+    double rd = (double)r;
+    double first_I = I < prior_first ? ATTN_SCORE_PRIOR : 0.0;
+    uint32_t half = prior_diagonal / 2;
+    int64_t lo = prior_diagonal > 0 ? (int64_t)I - half : 1, /* no J in */
+        hi = prior_diagonal > 0 ? (int64_t)I + half : 0;     /* [lo, hi] */
+    int all_empty = cI == 0.0f;
+    for (uint32_t J = 0; J < nb; J++) {
+        double s = (double)L_row[J] - rd;
+        s -= (all_empty | (cnt[J] == 0.0f)) ? ATTN_SCORE_EMPTY : 0.0;
+        s += ((int64_t)J >= lo && (int64_t)J <= hi) ? ATTN_SCORE_PRIOR : 0.0;
+        s += first_I;
+        s += J < prior_first ? ATTN_SCORE_PRIOR : 0.0;
+        key[J] = key_of(s);
+    }
+}
+
+/* Digits of the radix select: the first one wide (the sign, the exponent
+ * and five bits of mantissa of a score), so that on large grids few keys
+ * share the boundary digit; then narrower ones for the shrinking list. */
+#define FIRST_BITS_LARGE 16
+#define FIRST_BITS_SMALL 8
 #define DIGIT_BITS 12
-#define DIGIT_SIZE (1u << DIGIT_BITS)
 
 /* Among the counts hist[], from the largest digit down, finds the digit
  * holding the want-th largest element; lowers *want by the elements above
  * it. */
-static uint32_t pick_digit(const size_t *hist, uint32_t size, size_t *want)
+static uint32_t pick_digit(const uint32_t *hist, uint32_t size, size_t *want)
 {
     uint32_t d = size;
     while (d-- > 0) {
@@ -71,7 +93,7 @@ static uint32_t pick_digit(const size_t *hist, uint32_t size, size_t *want)
     return 0; /* unreachable: the counts add up to at least *want */
 }
 
-void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
+void attn_select_topk(const uint64_t *key, size_t n, size_t k, uint8_t *sel,
                       uint32_t *scratch)
 {
     if (k >= n) {
@@ -79,53 +101,56 @@ void attn_select_topk(const double *S, size_t n, size_t k, uint8_t *sel,
             sel[i] = 1;
         return;
     }
-    memset(sel, 0, n);
-    if (k == 0)
+    if (k == 0) {
+        memset(sel, 0, n);
         return;
+    }
     /*
      * Radix select, most significant digit first.  A first pass counts the
      * top digit of every key; a second marks keys with a larger top digit
      * and gathers the ones on the boundary digit, in index order, into
-     * scratch.  Each later digit narrows that list the same way, keeping
+     * the list.  Each later digit narrows that list the same way, keeping
      * its order.  What remains at the end are keys equal to the k-th
      * largest, of which the first `want` (smallest indices) complete the
      * set: exactly the spec's tie rule.  Two passes over the grid plus
-     * passes over a shrinking list: linear time.
+     * passes over a shrinking list: linear time.  The passes are
+     * branch-free: on random scores a branch per key mispredicts often.
      */
-    size_t hist[DIGIT_SIZE];
+    uint32_t *hist = scratch + n; /* ATTN_SELECT_SCRATCH(n) */
+    uint32_t *list = scratch;
     size_t want = k;
-    const int top_shift = 64 - DIGIT_BITS;
-    memset(hist, 0, sizeof hist);
+    int bits = n >= ((size_t)1 << 16) ? FIRST_BITS_LARGE : FIRST_BITS_SMALL;
+    int shift = 64 - bits;
+    uint32_t size = 1u << bits;
+    memset(hist, 0, size * sizeof *hist);
     for (size_t i = 0; i < n; i++)
-        hist[score_key(S[i]) >> top_shift]++;
-    uint32_t d = pick_digit(hist, DIGIT_SIZE, &want);
+        hist[key[i] >> shift]++;
+    uint32_t d = pick_digit(hist, size, &want);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        uint32_t dig = (uint32_t)(score_key(S[i]) >> top_shift);
-        if (dig > d)
-            sel[i] = 1;
-        else if (dig == d)
-            scratch[m++] = (uint32_t)i;
+        uint32_t dig = (uint32_t)(key[i] >> shift);
+        sel[i] = dig > d;
+        list[m] = (uint32_t)i;
+        m += dig == d;
     }
-    for (int shift = top_shift - DIGIT_BITS; shift > -DIGIT_BITS;
-         shift -= DIGIT_BITS) {
-        int sh = shift < 0 ? 0 : shift;
-        uint32_t size = shift < 0 ? 1u << (DIGIT_BITS + shift) : DIGIT_SIZE;
+    while (shift > 0 && m > want) {
+        bits = shift < DIGIT_BITS ? shift : DIGIT_BITS;
+        shift -= bits;
+        size = 1u << bits;
         memset(hist, 0, size * sizeof *hist);
         for (size_t c = 0; c < m; c++)
-            hist[(score_key(S[scratch[c]]) >> sh) & (size - 1)]++;
+            hist[(key[list[c]] >> shift) & (size - 1)]++;
         d = pick_digit(hist, size, &want);
         size_t keep = 0;
         for (size_t c = 0; c < m; c++) {
-            uint32_t dig =
-                (uint32_t)(score_key(S[scratch[c]]) >> sh) & (size - 1);
-            if (dig > d)
-                sel[scratch[c]] = 1;
-            else if (dig == d)
-                scratch[keep++] = scratch[c];
+            uint32_t i = list[c];
+            uint32_t dig = (uint32_t)(key[i] >> shift) & (size - 1);
+            sel[i] = dig > d;
+            list[keep] = i;
+            keep += dig == d;
         }
         m = keep;
     }
     for (size_t c = 0; c < want && c < m; c++)
-        sel[scratch[c]] = 1;
+        sel[list[c]] = 1;
 }

@@ -74,8 +74,8 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     pc[n++] = (struct piece){sizeof(float), mra ? nbd : 0,
                              (void **)&hd->khT};                   /* khT */
     pc[n++] = (struct piece){sizeof(float), nn, (void **)&hd->L};  /* L */
-    pc[n++] = (struct piece){sizeof(double), nn, (void **)&hd->S}; /* S */
-    pc[n++] = (struct piece){sizeof(uint32_t), nn,
+    pc[n++] = (struct piece){sizeof(uint64_t), nn, (void **)&hd->key};
+    pc[n++] = (struct piece){sizeof(uint32_t), mra ? ATTN_SELECT_SCRATCH(nn) : 0,
                              (void **)&hd->scratch}; /* scratch */
     pc[n++] = (struct piece){sizeof(uint8_t), nn, (void **)&hd->sel}; /* sel */
     return n;
@@ -216,12 +216,12 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
     float r = L[0];
     for (uint32_t J = 1; J < nb; J++)
         r = L[J] > r ? L[J] : r;
-    attn_select_scores_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
-                           p->prior_diagonal, hd->S + (size_t)I * nb);
+    attn_select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
+                         p->prior_diagonal, hd->key + (size_t)I * nb);
 }
 
 void cpu_head_select(struct cpu_head *hd)
 {
     size_t n = (size_t)hd->nb * hd->nb;
-    attn_select_topk(hd->S, n, (size_t)hd->budget, hd->sel, hd->scratch);
+    attn_select_topk(hd->key, n, (size_t)hd->budget, hd->sel, hd->scratch);
 }

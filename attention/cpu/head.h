@@ -49,8 +49,8 @@ struct cpu_head {
     float *qh, *vh;    /* [nb][Dp]: block means (MRA) */
     float *khT;        /* [D][nb]: key block means, transposed (MRA) */
     float *L;          /* [nb][nb]: low-resolution logits (MRA) */
-    double *S;         /* [nb][nb]: selection scores (MRA) */
-    uint32_t *scratch; /* [nb*nb]: top-k scratch (MRA) */
+    uint64_t *key;     /* [nb][nb]: selection keys of the scores (MRA) */
+    uint32_t *scratch; /* [ATTN_SELECT_SCRATCH(nb*nb)]: top-k scratch (MRA) */
     uint8_t *sel;      /* [nb][nb]: 1 = selected (MRA) */
 };
 

@@ -25,8 +25,13 @@ typedef int32_t vi __attribute__((vector_size(KVEC * 4)));
 /* Unaligned access: the buffers are 64-byte aligned, but rows of a tile
  * only need 4-byte alignment at this level. */
 typedef float vfu __attribute__((vector_size(KVEC * 4), aligned(4)));
+/* KVEC bytes, unaligned: a vector's worth of selection flags */
+typedef uint8_t vbu __attribute__((vector_size(KVEC), aligned(1)));
 
 #define NJ (CPU_TILE / KVEC) /* vectors per 32 keys */
+/* Independent partial sums in k_lowres_fold: eight accumulators in all
+ * (CPU_DPAD / KVEC vectors each). */
+#define FOLD_STREAMS (8 / (CPU_DPAD / KVEC) > 0 ? 8 / (CPU_DPAD / KVEC) : 1)
 
 static inline vf ld(const float *p)
 {
@@ -298,15 +303,29 @@ static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
     for (uint32_t J0 = 0; J0 < nb; J0 += CPU_FOLD_CHUNK) {
         uint32_t len = nb - J0 < CPU_FOLD_CHUNK ? nb - J0 : CPU_FOLD_CHUNK;
         uint32_t padded = (len + KVEC - 1) / KVEC * KVEC;
-        float cm = -__builtin_inff();
-        for (uint32_t j = 0; j < len; j++) {
+        /* the logits, -inf where there is no term, and their maximum (a
+         * NaN logit never raises it, as in the scalar tail) */
+        vf cmv = splat(-__builtin_inff());
+        uint32_t j = 0;
+        for (; j + KVEC <= len; j += KVEC) {
+            uint32_t J = J0 + j;
+            vi none = __builtin_convertvector(*(const vbu *)(sel + J), vi) != 0;
+            none |= ld(cnt + J) == 0.0f;
+            vf lg = blend(none, splat(-__builtin_inff()), ld(L + J) + ld(lnc + J));
+            stv(w + j, lg);
+            cmv = vmax(lg, cmv);
+        }
+        float cm = cmv[0];
+        for (int t = 1; t < KVEC; t++)
+            cm = cmv[t] > cm ? cmv[t] : cm;
+        for (; j < len; j++) {
             uint32_t J = J0 + j;
             float lg =
                 (sel[J] || cnt[J] == 0.0f) ? -__builtin_inff() : L[J] + lnc[J];
             w[j] = lg;
             cm = lg > cm ? lg : cm;
         }
-        for (uint32_t j = len; j < padded; j++)
+        for (j = len; j < padded; j++)
             w[j] = -__builtin_inff();
         if (cm == -__builtin_inff())
             continue;
@@ -328,22 +347,50 @@ static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
         for (int t = 0; t < KVEC; t++)
             part += sv[t];
         S += part;
+        /* the terms with a nonzero weight, in order (a zero weight adds
+         * nothing, and skipping it keeps a non-finite mean of a selected
+         * or underflowed block out of the sum) */
+        uint32_t nz[CPU_FOLD_CHUNK], n = 0;
+        for (uint32_t j = 0; j < len; j++) {
+            nz[n] = j;
+            n += w[j] != 0.0f;
+        }
         /* 32 columns at a time held in registers across the chunk's
-         * terms (each column still sums its terms in increasing J) */
+         * terms, in FOLD_STREAMS interleaved partial sums (the c-th term
+         * goes to sum c % FOLD_STREAMS) so that the multiply-adds are not
+         * one dependent chain; the partial sums are added in a fixed order
+         * at the end of the chunk. */
         for (uint32_t d0 = 0; d0 < Dp; d0 += CPU_DPAD) {
-            vf a[DV];
-            for (int t = 0; t < DV; t++)
-                a[t] = ld(vacc + d0 + t * KVEC);
-            const float *v = vh + (size_t)J0 * Dp + d0;
-            for (uint32_t j = 0; j < len; j++, v += Dp) {
-                if (w[j] == 0.0f)
-                    continue;
-                vf wj = splat(w[j]);
-                for (int t = 0; t < DV; t++)
-                    a[t] += wj * ld(v + t * KVEC);
+            vf a[FOLD_STREAMS][DV];
+            for (int t = 0; t < DV; t++) {
+                a[0][t] = ld(vacc + d0 + t * KVEC);
+                for (int u = 1; u < FOLD_STREAMS; u++)
+                    a[u][t] = splat(0.0f);
             }
-            for (int t = 0; t < DV; t++)
-                stv(vacc + d0 + t * KVEC, a[t]);
+            const float *v = vh + (size_t)J0 * Dp + d0;
+            uint32_t c = 0;
+            for (; c + FOLD_STREAMS <= n; c += FOLD_STREAMS) {
+                for (int u = 0; u < FOLD_STREAMS; u++) {
+                    uint32_t j = nz[c + u];
+                    vf wj = splat(w[j]);
+                    const float *vr = v + (size_t)j * Dp;
+                    for (int t = 0; t < DV; t++)
+                        a[u][t] += wj * ld(vr + t * KVEC);
+                }
+            }
+            for (; c < n; c++) {
+                uint32_t j = nz[c];
+                vf wj = splat(w[j]);
+                const float *vr = v + (size_t)j * Dp;
+                for (int t = 0; t < DV; t++)
+                    a[c % FOLD_STREAMS][t] += wj * ld(vr + t * KVEC);
+            }
+            for (int t = 0; t < DV; t++) {
+                vf x = a[0][t];
+                for (int u = 1; u < FOLD_STREAMS; u++)
+                    x += a[u][t];
+                stv(vacc + d0 + t * KVEC, x);
+            }
         }
     }
     *m = M;

@@ -45,17 +45,17 @@ static void test_scores_row(void **state)
 {
     (void)state;
     float L[4] = {0.1f, -0.2f, 0.4f, 0.0f}, cnt[4] = {32, 0, 5, 1};
-    double S[4];
-    attn_select_scores_row(L, 0.4f, cnt, 3.0f, 2, 4, 1, 2, S);
+    uint64_t key[4];
+    attn_select_keys_row(L, 0.4f, cnt, 3.0f, 2, 4, 1, 2, key);
     for (uint32_t J = 0; J < 4; J++)
-        assert_float_equal(
-            S[J], attn_select_score(L[J], 0.4f, cnt[J] == 0, 2, J, 1, 2), 0);
-    attn_select_scores_row(L, 0.4f, cnt, 0.0f, 2, 4, 0, 0, S);
-    for (uint32_t J = 0; J < 4; J++)
-        assert_true(S[J] < -9000); /* empty query block: all empty pairs */
+        assert_int_equal(key[J], attn_select_key(attn_select_score(
+                                     L[J], 0.4f, cnt[J] == 0, 2, J, 1, 2)));
+    attn_select_keys_row(L, 0.4f, cnt, 0.0f, 2, 4, 0, 0, key);
+    for (uint32_t J = 0; J < 4; J++) /* empty query block: all empty pairs */
+        assert_true(key[J] < attn_select_key(-9000.0));
 }
 
-/* The row function gives bitwise the scores of attn_select_score() for
+/* The row function gives the keys of attn_select_score() for
  * every combination of empty blocks and priors, rows and columns inside
  * and outside them. */
 static void test_scores_row_matches_score(void **state)
@@ -63,7 +63,7 @@ static void test_scores_row_matches_score(void **state)
     (void)state;
     enum { NB = 37 };
     float L[NB], cnt[NB];
-    double S[NB];
+    uint64_t key[NB];
     uint64_t st = 12345;
     for (int J = 0; J < NB; J++) {
         st = st * 6364136223846793005ull + 1442695040888963407ull;
@@ -79,17 +79,18 @@ static void test_scores_row_matches_score(void **state)
         for (int b = 0; b < 5; b++)
             for (int c = 0; c < 4; c++)
                 for (int e = 0; e < 2; e++) {
-                    attn_select_scores_row(L, 1.5f, cnt, cIs[e], rows[c], NB,
-                                           firsts[a], diags[b], S);
+                    attn_select_keys_row(L, 1.5f, cnt, cIs[e], rows[c], NB,
+                                         firsts[a], diags[b], key);
                     for (uint32_t J = 0; J < NB; J++) {
                         double want = attn_select_score(
                             L[J], 1.5f, cIs[e] == 0.0f || cnt[J] == 0.0f,
                             rows[c], J, firsts[a], diags[b]);
-                        if (memcmp(&want, &S[J], sizeof want) != 0)
-                            fail_msg("I=%u J=%u first=%u diag=%u cI=%g: %.17g "
-                                     "!= %.17g",
+                        if (key[J] != attn_select_key(want))
+                            fail_msg("I=%u J=%u first=%u diag=%u cI=%g: key "
+                                     "%llx, want the key of %.17g",
                                      rows[c], J, firsts[a], diags[b],
-                                     (double)cIs[e], S[J], want);
+                                     (double)cIs[e],
+                                     (unsigned long long)key[J], want);
                     }
                 }
 }
@@ -113,12 +114,16 @@ static int cmp(const void *a, const void *b)
 static void check_topk(const double *S, size_t n, size_t k)
 {
     uint8_t *sel = malloc(n ? n : 1);
-    uint32_t *scratch = malloc((n ? n : 1) * sizeof *scratch);
+    uint32_t *scratch = malloc(ATTN_SELECT_SCRATCH(n) * sizeof *scratch);
+    uint64_t *key = malloc((n ? n : 1) * sizeof *key);
     struct item *it = malloc((n ? n : 1) * sizeof *it);
     assert_non_null(sel);
     assert_non_null(scratch);
     assert_non_null(it);
-    attn_select_topk(S, n, k, sel, scratch);
+    assert_non_null(key);
+    for (size_t i = 0; i < n; i++)
+        key[i] = attn_select_key(S[i]);
+    attn_select_topk(key, n, k, sel, scratch);
     for (size_t i = 0; i < n; i++)
         it[i] = (struct item){S[i], (uint32_t)i};
     qsort(it, n, sizeof *it, cmp);
@@ -131,15 +136,16 @@ static void check_topk(const double *S, size_t n, size_t k)
         got += sel[it[t].i];
     }
     assert_int_equal(got, want);
-    free(sel), free(scratch), free(it);
+    free(sel), free(scratch), free(it), free(key);
 }
 
 static void test_topk_against_sort(void **state)
 {
     (void)state;
     uint64_t st = 99;
-    static double S[5000];
-    static const size_t ns[] = {1, 2, 3, 10, 64, 1000, 5000};
+    /* 70000 takes the wide first digit (grids of 65536 pairs or more) */
+    static double S[70000];
+    static const size_t ns[] = {1, 2, 3, 10, 64, 1000, 5000, 70000};
     for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {
         size_t n = ns[a];
         for (int pattern = 0; pattern < 5; pattern++) {
@@ -171,16 +177,28 @@ static void test_topk_against_sort(void **state)
     }
 }
 
+/* attn_select_topk() on the keys of n scores. */
+static void topk_of(const double *S, size_t n, size_t k, uint8_t *sel)
+{
+    uint64_t key[8];
+    uint32_t *scratch = malloc(ATTN_SELECT_SCRATCH(n) * sizeof *scratch);
+    assert_non_null(scratch);
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++)
+        key[i] = attn_select_key(S[i]);
+    attn_select_topk(key, n, k, sel, scratch);
+    free(scratch);
+}
+
 static void test_topk_ties_to_smaller_index(void **state)
 {
     (void)state;
     double S[6] = {1, 2, 2, 2, 0, 2};
     uint8_t sel[6];
-    uint32_t scratch[6];
-    attn_select_topk(S, 6, 2, sel, scratch);
+    topk_of(S, 6, 2, sel);
     uint8_t want[6] = {0, 1, 1, 0, 0, 0};
     assert_memory_equal(sel, want, 6);
-    attn_select_topk(S, 6, 5, sel, scratch);
+    topk_of(S, 6, 5, sel);
     uint8_t want5[6] = {1, 1, 1, 1, 0, 1};
     assert_memory_equal(sel, want5, 6);
 }
@@ -190,11 +208,10 @@ static void test_topk_nan_ranks_last(void **state)
     (void)state;
     double S[5] = {NAN, -1e300, NAN, 0, -INFINITY};
     uint8_t sel[5];
-    uint32_t scratch[5];
-    attn_select_topk(S, 5, 3, sel, scratch);
+    topk_of(S, 5, 3, sel);
     uint8_t want[5] = {0, 1, 0, 1, 1};
     assert_memory_equal(sel, want, 5);
-    attn_select_topk(S, 5, 4, sel, scratch);
+    topk_of(S, 5, 4, sel);
     uint8_t want4[5] = {1, 1, 0, 1, 1};
     assert_memory_equal(sel, want4, 5);
     check_topk(S, 5, 2);
