@@ -35,7 +35,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
 
     _Alignas(64) float acc[CPU_TILE * ATTN_MAX_HEAD_DIM];
     _Alignas(64) float s[CPU_TILE * CPU_TILE];
-    _Alignas(64) float vlow[ATTN_MAX_HEAD_DIM];
+    const float *vlow = NULL;
     _Alignas(64) float row[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
     _Alignas(64) float tmax[CPU_TILE];
@@ -59,10 +59,10 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
             kern->softmax_tile(s, tmax, m, l, alpha);
             kern->pv_tile(s, hd->v + (size_t)J * CPU_TILE * Dp, Dp, alpha, acc);
         }
-        if (hd->method == ATTN_MRA2) {
-            kern->lowres_fold(hd->L + (size_t)I * nb, hd->lnc,
-                              hd->sel + (size_t)I * nb, hd->cnt, hd->vh, nb, Dp,
-                              vlow, &lt.m, &lt.sum);
+        if (hd->method == ATTN_MRA2) { /* folded in the fold phase */
+            vlow = hd->vlow + (size_t)I * Dp;
+            lt.m = hd->lm[I];
+            lt.sum = hd->lsum[I];
             lt.any = lt.m != -INFINITY;
         }
     }

@@ -81,9 +81,17 @@ static void run_load(void *arg, size_t item, int worker)
 static void run_lowres(void *arg, size_t item, int worker)
 {
     struct group *g = arg;
-    size_t h, I = locate(g, item, &h);
+    size_t h, G = locate(g, item, &h);
     (void)worker;
-    cpu_head_lowres(&g->heads[h], (uint32_t)I, g->ctx->kern);
+    cpu_head_lowres(&g->heads[h], (uint32_t)G, g->ctx->kern);
+}
+
+static void run_fold(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h, G = locate(g, item, &h);
+    (void)worker;
+    cpu_head_fold(&g->heads[h], (uint32_t)G, g->ctx->kern);
 }
 
 static void run_select(void *arg, size_t item, int worker)
@@ -125,7 +133,12 @@ static size_t items_rows(const struct cpu_head *hd)
 
 static size_t items_lowres(const struct cpu_head *hd)
 {
-    return hd->method == ATTN_EXACT ? 0 : hd->nb;
+    return hd->method == ATTN_EXACT ? 0 : cpu_head_row_groups(hd);
+}
+
+static size_t items_fold(const struct cpu_head *hd)
+{
+    return hd->method == ATTN_MRA2 ? cpu_head_row_groups(hd) : 0;
 }
 
 static size_t items_select(const struct cpu_head *hd)
@@ -175,9 +188,10 @@ static void run_group(struct group *g)
         flop += head_flop(&g->heads[i]);
     g->inline_only = flop < INLINE_FLOP;
     run_phase(g, plan(g, items_load), run_load);
-    /* MRA heads only; exact heads have no items in these two phases */
+    /* MRA heads only; exact heads have no items in these three phases */
     run_phase(g, plan(g, items_lowres), run_lowres);
     run_phase(g, plan(g, items_select), run_select);
+    run_phase(g, plan(g, items_fold), run_fold);
     run_phase(g, plan(g, items_rows), run_rows);
 }
 

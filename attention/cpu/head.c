@@ -78,6 +78,12 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     pc[n++] = (struct piece){sizeof(uint32_t), mra ? ATTN_SELECT_SCRATCH(nn) : 0,
                              (void **)&hd->scratch}; /* scratch */
     pc[n++] = (struct piece){sizeof(uint8_t), nn, (void **)&hd->sel}; /* sel */
+    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
+                             (void **)&hd->vlow}; /* vlow */
+    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
+                             (void **)&hd->lm}; /* lm */
+    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
+                             (void **)&hd->lsum}; /* lsum */
     return n;
 }
 
@@ -205,23 +211,42 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
     }
 }
 
-void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
+uint32_t cpu_head_row_groups(const struct cpu_head *hd)
+{
+    return (hd->nb + CPU_LR_ROWS - 1) / CPU_LR_ROWS;
+}
+
+void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
                      const struct cpu_kernels *kern)
 {
     const struct attn_problem *p = hd->p;
-    uint32_t nb = hd->nb;
-    float *L = hd->L + (size_t)I * nb;
-    kern->lowres_row(hd->qh + (size_t)I * hd->Dp, hd->khT, hd->D, nb, hd->scale,
-                     L);
-    float r = L[0];
-    for (uint32_t J = 1; J < nb; J++)
-        r = L[J] > r ? L[J] : r;
-    attn_select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
-                         p->prior_diagonal, hd->key + (size_t)I * nb);
+    uint32_t nb = hd->nb, I0 = G * CPU_LR_ROWS;
+    uint32_t rows = nb - I0 < CPU_LR_ROWS ? nb - I0 : CPU_LR_ROWS;
+    float *L = hd->L + (size_t)I0 * nb, rmax[CPU_LR_ROWS];
+    kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT,
+                      hd->D, nb, hd->scale, L, rmax);
+    for (uint32_t I = I0; I < I0 + rows; I++, L += nb) {
+        /* r_I: L[0], raised by every larger L[J] (so a NaN L[0] gives a
+         * NaN r_I, and a later NaN is passed over) */
+        float r = L[0] != L[0] ? L[0] : rmax[I - I0];
+        attn_select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
+                             p->prior_diagonal, hd->key + (size_t)I * nb);
+    }
 }
 
 void cpu_head_select(struct cpu_head *hd)
 {
     size_t n = (size_t)hd->nb * hd->nb;
     attn_select_topk(hd->key, n, (size_t)hd->budget, hd->sel, hd->scratch);
+}
+
+void cpu_head_fold(struct cpu_head *hd, uint32_t G,
+                   const struct cpu_kernels *kern)
+{
+    uint32_t nb = hd->nb, I0 = G * CPU_LR_ROWS;
+    uint32_t rows = nb - I0 < CPU_LR_ROWS ? nb - I0 : CPU_LR_ROWS;
+    kern->lowres_fold_rows(hd->L + (size_t)I0 * nb, hd->lnc,
+                           hd->sel + (size_t)I0 * nb, hd->cnt, hd->vh, nb,
+                           hd->Dp, rows, hd->vlow + (size_t)I0 * hd->Dp,
+                           hd->lm + I0, hd->lsum + I0);
 }

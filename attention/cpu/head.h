@@ -2,15 +2,18 @@
  * head.h - one query head of one batch entry, the CPU backend's unit of
  * work, and the phases that compute it.
  *
- * A head goes through up to four phases, each a parallel loop over
+ * A head goes through up to five phases, each a parallel loop over
  * independent items (see cpu-backend.c):
  *   1. load    (per block J): f32 working copies of Q (transposed per
  *              block), K and V with masked and padded tokens zeroed, the key
  *              bias, block counts, and for MRA the block means;
- *   2. lowres  (MRA, per block row I): L_IJ for all J, its row max, and the
- *              selection scores S_IJ;
+ *   2. lowres  (MRA, per CPU_LR_ROWS block rows): L_IJ for all J, each
+ *              row's max, and the selection keys of the scores S_IJ;
  *   3. select  (MRA, per head): the top-k blocks over the whole grid;
- *   4. rows    (per block row I): the outputs of the 32 query rows.
+ *   4. fold    (MRA, per CPU_LR_ROWS block rows): the low-resolution terms
+ *              of each block row (those not selected) folded into a
+ *              (max, weight sum, weighted value sum) triple;
+ *   5. rows    (per block row I): the outputs of the 32 query rows.
  * Every item writes only its own slice, and its arithmetic never depends
  * on which thread runs it, so results are bitwise reproducible.
  *
@@ -52,6 +55,8 @@ struct cpu_head {
     uint64_t *key;     /* [nb][nb]: selection keys of the scores (MRA) */
     uint32_t *scratch; /* [ATTN_SELECT_SCRATCH(nb*nb)]: top-k scratch (MRA) */
     uint8_t *sel;      /* [nb][nb]: 1 = selected (MRA) */
+    float *vlow;       /* [nb][Dp]: folded low-resolution values (MRA) */
+    float *lm, *lsum;  /* [nb]: their max logit and weight sum (MRA) */
 };
 
 /* Fills the shape fields of a head of problem p.  p must have passed
@@ -68,12 +73,17 @@ void cpu_head_carve(struct cpu_head *hd, void *mem);
 /* Phase 1 for key blocks [J0, J1). */
 void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                    const struct cpu_kernels *kern);
-/* Phase 2 for block row I (MRA only). */
-void cpu_head_lowres(struct cpu_head *hd, uint32_t I,
+/* Row groups of the lowres and fold phases: CPU_LR_ROWS block rows each. */
+uint32_t cpu_head_row_groups(const struct cpu_head *hd);
+/* Phase 2 for row group G (MRA only). */
+void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
                      const struct cpu_kernels *kern);
 /* Phase 3 (MRA only). */
 void cpu_head_select(struct cpu_head *hd);
-/* Phase 4 for block row I: writes rows I*32 .. min(N, I*32+32) of out. */
+/* Phase 4 for row group G (MRA only). */
+void cpu_head_fold(struct cpu_head *hd, uint32_t G,
+                   const struct cpu_kernels *kern);
+/* Phase 5 for block row I: writes rows I*32 .. min(N, I*32+32) of out. */
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                    const struct cpu_kernels *kern);
 

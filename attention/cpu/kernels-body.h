@@ -29,9 +29,9 @@ typedef float vfu __attribute__((vector_size(KVEC * 4), aligned(4)));
 typedef uint8_t vbu __attribute__((vector_size(KVEC), aligned(1)));
 
 #define NJ (CPU_TILE / KVEC) /* vectors per 32 keys */
-/* Independent partial sums in k_lowres_fold: eight accumulators in all
- * (CPU_DPAD / KVEC vectors each). */
-#define FOLD_STREAMS (8 / (CPU_DPAD / KVEC) > 0 ? 8 / (CPU_DPAD / KVEC) : 1)
+/* Vectors of J per row in k_lowres_rows: CPU_LR_ROWS x LR_JV accumulators,
+ * 16 of the 32 AVX-512 registers, 8 of the 16 elsewhere. */
+#define LR_JV (KVEC == 16 ? 4 : 2)
 
 static inline vf ld(const float *p)
 {
@@ -266,135 +266,206 @@ static void k_block_mean(const float *x, uint32_t Dp, float cnt, float *out)
     }
 }
 
-static void k_lowres_row(const float *qh, const float *khT, uint32_t D,
-                         uint32_t nb, float scale, float *L)
+/* CPU_LR_ROWS rows of low-resolution logits at a time, so that each
+ * vector of khT loaded serves every row: L[r][J] = scale * sum_d qh[r][d]
+ * * khT[d][J], and each row's maximum (NaN never raises it).  Rows past
+ * `rows` are computed on a copy of the last row and not stored.  Every L[r][J] is the same sum over d in the same order
+ * whichever part of the loop computes it. */
+static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
+                          const float *khT, uint32_t D, uint32_t nb,
+                          float scale, float *L, float *rmax)
 {
+    enum { R = CPU_LR_ROWS, JV = LR_JV };
+    const float *q[R];
+    vf mx[R];
+    for (int r = 0; r < R; r++)
+        mx[r] = splat(-__builtin_inff());
+    for (int r = 0; r < R; r++)
+        q[r] = qh + (size_t)((uint32_t)r < rows ? (uint32_t)r : rows - 1) * Dp;
     uint32_t J = 0;
-    /* four vectors of J at a time, then single vectors, then a scalar tail;
-     * each L[J] is the same sum over d in the same order either way */
-    for (; J + 4 * KVEC <= nb; J += 4 * KVEC) {
-        vf a[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
-        for (uint32_t d = 0; d < D; d++) {
-            vf x = splat(qh[d]);
-            const float *k = khT + (size_t)d * nb + J;
-            for (int t = 0; t < 4; t++)
-                a[t] += x * ld(k + t * KVEC);
+    for (; J + JV * KVEC <= nb; J += JV * KVEC) {
+        vf a[R][JV];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < JV; t++)
+                a[r][t] = splat(0.0f);
+        const float *k = khT + J;
+        for (uint32_t d = 0; d < D; d++, k += nb) {
+            vf kv[JV];
+            for (int t = 0; t < JV; t++)
+                kv[t] = ld(k + t * KVEC);
+            for (int r = 0; r < R; r++) {
+                vf x = splat(q[r][d]);
+                for (int t = 0; t < JV; t++)
+                    a[r][t] += x * kv[t];
+            }
         }
-        for (int t = 0; t < 4; t++)
-            stv(L + J + t * KVEC, a[t] * scale);
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < JV; t++) {
+                vf x = a[r][t] * scale;
+                mx[r] = vmax(x, mx[r]);
+                if ((uint32_t)r < rows)
+                    stv(L + (size_t)r * nb + J + t * KVEC, x);
+            }
     }
-    for (; J < nb; J++) {
-        float a = 0.0f;
-        for (uint32_t d = 0; d < D; d++)
-            a += qh[d] * khT[(size_t)d * nb + J];
-        L[J] = a * scale;
+    for (; J + KVEC <= nb; J += KVEC) {
+        vf a[R];
+        for (int r = 0; r < R; r++)
+            a[r] = splat(0.0f);
+        const float *k = khT + J;
+        for (uint32_t d = 0; d < D; d++, k += nb) {
+            vf kv = ld(k);
+            for (int r = 0; r < R; r++)
+                a[r] += splat(q[r][d]) * kv;
+        }
+        for (int r = 0; r < R; r++) {
+            vf x = a[r] * scale;
+            mx[r] = vmax(x, mx[r]);
+            if ((uint32_t)r < rows)
+                stv(L + (size_t)r * nb + J, x);
+        }
+    }
+    for (uint32_t r = 0; r < rows; r++) {
+        float m = mx[r][0];
+        for (int t = 1; t < KVEC; t++)
+            m = mx[r][t] > m ? mx[r][t] : m;
+        for (uint32_t j = J; j < nb; j++) {
+            float a = 0.0f;
+            for (uint32_t d = 0; d < D; d++)
+                a += q[r][d] * khT[(size_t)d * nb + j];
+            a *= scale;
+            L[(size_t)r * nb + j] = a;
+            m = a > m ? a : m;
+        }
+        rmax[r] = m;
     }
 }
 
-static void k_lowres_fold(const float *L, const float *lnc, const uint8_t *sel,
-                          const float *cnt, const float *vh, uint32_t nb,
-                          uint32_t Dp, float *vacc, float *m, float *sum)
+/* One chunk of a row's low-resolution terms: the logits into w (-inf
+ * where there is no term) and their maximum (a NaN logit never raises
+ * it). */
+static float fold_logits(const float *L, const float *lnc, const uint8_t *sel,
+                         const float *cnt, uint32_t len, float *w)
 {
-    enum { DV = CPU_DPAD / KVEC };
-    _Alignas(64) float w[CPU_FOLD_CHUNK];
-    float M = -__builtin_inff(), S = 0.0f;
-    for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
-        stv(vacc + d0, splat(0.0f));
+    vf cmv = splat(-__builtin_inff());
+    uint32_t j = 0;
+    for (; j + KVEC <= len; j += KVEC) {
+        vi none = __builtin_convertvector(*(const vbu *)(sel + j), vi) != 0;
+        none |= ld(cnt + j) == 0.0f;
+        vf lg = blend(none, splat(-__builtin_inff()), ld(L + j) + ld(lnc + j));
+        stv(w + j, lg);
+        cmv = vmax(lg, cmv);
+    }
+    float cm = cmv[0];
+    for (int t = 1; t < KVEC; t++)
+        cm = cmv[t] > cm ? cmv[t] : cm;
+    for (; j < len; j++) {
+        float lg = (sel[j] || cnt[j] == 0.0f) ? -__builtin_inff() : L[j] + lnc[j];
+        w[j] = lg;
+        cm = lg > cm ? lg : cm;
+    }
+    return cm;
+}
+
+/* The low-resolution terms of CPU_LR_ROWS block rows at a time, so that
+ * each block mean loaded serves every row (see kernels.h).  A row's sums
+ * are the same whatever rows share its call: it adds its own nonzero
+ * terms, in increasing J, into its own accumulators. */
+static void k_lowres_fold_rows(const float *L, const float *lnc,
+                               const uint8_t *sel, const float *cnt,
+                               const float *vh, uint32_t nb, uint32_t Dp,
+                               uint32_t rows, float *vacc, float *m, float *sum)
+{
+    enum { R = CPU_LR_ROWS, FV = 2, FC = FV * KVEC };
+    _Alignas(64) float w[R][CPU_FOLD_CHUNK];
+    uint32_t nz[CPU_FOLD_CHUNK];
+    float M[R], S[R];
+    for (int r = 0; r < R; r++) {
+        M[r] = -__builtin_inff();
+        S[r] = 0.0f;
+    }
+    for (uint32_t r = 0; r < rows; r++)
+        for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
+            stv(vacc + (size_t)r * Dp + d0, splat(0.0f));
     for (uint32_t J0 = 0; J0 < nb; J0 += CPU_FOLD_CHUNK) {
         uint32_t len = nb - J0 < CPU_FOLD_CHUNK ? nb - J0 : CPU_FOLD_CHUNK;
         uint32_t padded = (len + KVEC - 1) / KVEC * KVEC;
-        /* the logits, -inf where there is no term, and their maximum (a
-         * NaN logit never raises it, as in the scalar tail) */
-        vf cmv = splat(-__builtin_inff());
-        uint32_t j = 0;
-        for (; j + KVEC <= len; j += KVEC) {
-            uint32_t J = J0 + j;
-            vi none = __builtin_convertvector(*(const vbu *)(sel + J), vi) != 0;
-            none |= ld(cnt + J) == 0.0f;
-            vf lg = blend(none, splat(-__builtin_inff()), ld(L + J) + ld(lnc + J));
-            stv(w + j, lg);
-            cmv = vmax(lg, cmv);
-        }
-        float cm = cmv[0];
-        for (int t = 1; t < KVEC; t++)
-            cm = cmv[t] > cm ? cmv[t] : cm;
-        for (; j < len; j++) {
-            uint32_t J = J0 + j;
-            float lg =
-                (sel[J] || cnt[J] == 0.0f) ? -__builtin_inff() : L[J] + lnc[J];
-            w[j] = lg;
-            cm = lg > cm ? lg : cm;
-        }
-        for (j = len; j < padded; j++)
-            w[j] = -__builtin_inff();
-        if (cm == -__builtin_inff())
-            continue;
-        if (cm > M) { /* rescale what came before to the new maximum */
-            float sc = vexp(splat(M - cm))[0];
-            vf scv = splat(sc);
-            S *= sc;
-            for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
-                stv(vacc + d0, ld(vacc + d0) * scv);
-            M = cm;
-        }
-        vf sv = splat(0.0f), mv = splat(M);
-        for (uint32_t j = 0; j < padded; j += KVEC) {
-            vf p = vexp(ld(w + j) - mv);
-            sv += p;
-            stv(w + j, p);
-        }
-        float part = 0.0f;
-        for (int t = 0; t < KVEC; t++)
-            part += sv[t];
-        S += part;
-        /* the terms with a nonzero weight, in order (a zero weight adds
-         * nothing, and skipping it keeps a non-finite mean of a selected
-         * or underflowed block out of the sum) */
-        uint32_t nz[CPU_FOLD_CHUNK], n = 0;
-        for (uint32_t j = 0; j < len; j++) {
-            nz[n] = j;
-            n += w[j] != 0.0f;
-        }
-        /* 32 columns at a time held in registers across the chunk's
-         * terms, in FOLD_STREAMS interleaved partial sums (the c-th term
-         * goes to sum c % FOLD_STREAMS) so that the multiply-adds are not
-         * one dependent chain; the partial sums are added in a fixed order
-         * at the end of the chunk. */
-        for (uint32_t d0 = 0; d0 < Dp; d0 += CPU_DPAD) {
-            vf a[FOLD_STREAMS][DV];
-            for (int t = 0; t < DV; t++) {
-                a[0][t] = ld(vacc + d0 + t * KVEC);
-                for (int u = 1; u < FOLD_STREAMS; u++)
-                    a[u][t] = splat(0.0f);
+        for (int r = 0; r < R; r++) {
+            float *wr = w[r];
+            float cm = -__builtin_inff();
+            if ((uint32_t)r < rows)
+                cm = fold_logits(L + (size_t)r * nb + J0, lnc + J0,
+                                 sel + (size_t)r * nb + J0, cnt + J0, len, wr);
+            if (cm == -__builtin_inff()) { /* no term of this row here */
+                for (uint32_t j = 0; j < padded; j++)
+                    wr[j] = 0.0f;
+                continue;
             }
+            for (uint32_t j = len; j < padded; j++)
+                wr[j] = -__builtin_inff();
+            float *va = vacc + (size_t)r * Dp;
+            if (cm > M[r]) { /* rescale what came before to the new maximum */
+                float sc = vexp(splat(M[r] - cm))[0];
+                vf scv = splat(sc);
+                S[r] *= sc;
+                for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC)
+                    stv(va + d0, ld(va + d0) * scv);
+                M[r] = cm;
+            }
+            vf sv = splat(0.0f), mv = splat(M[r]);
+            for (uint32_t j = 0; j < padded; j += KVEC) {
+                vf p = vexp(ld(wr + j) - mv);
+                sv += p;
+                stv(wr + j, p);
+            }
+            float part = 0.0f;
+            for (int t = 0; t < KVEC; t++)
+                part += sv[t];
+            S[r] += part;
+        }
+        /* the terms some row weighs, in order; a zero weight adds nothing
+         * to its row, and skipping it keeps a non-finite mean of a
+         * selected or underflowed block out of that row */
+        uint32_t n = 0;
+        for (uint32_t j = 0; j < len; j++) {
+            int any = 0;
+            for (int r = 0; r < R; r++)
+                any |= w[r][j] != 0.0f;
+            nz[n] = j;
+            n += any;
+        }
+        /* FC columns at a time in registers: R rows x FV vectors */
+        for (uint32_t d0 = 0; d0 < Dp; d0 += FC) {
+            vf a[R][FV];
+            for (int r = 0; r < R; r++)
+                for (int t = 0; t < FV; t++)
+                    a[r][t] = (uint32_t)r < rows
+                                  ? ld(vacc + (size_t)r * Dp + d0 + t * KVEC)
+                                  : splat(0.0f);
             const float *v = vh + (size_t)J0 * Dp + d0;
-            uint32_t c = 0;
-            for (; c + FOLD_STREAMS <= n; c += FOLD_STREAMS) {
-                for (int u = 0; u < FOLD_STREAMS; u++) {
-                    uint32_t j = nz[c + u];
-                    vf wj = splat(w[j]);
-                    const float *vr = v + (size_t)j * Dp;
-                    for (int t = 0; t < DV; t++)
-                        a[u][t] += wj * ld(vr + t * KVEC);
+            for (uint32_t c = 0; c < n; c++) {
+                uint32_t j = nz[c];
+                const float *vr = v + (size_t)j * Dp;
+                vf vv[FV];
+                for (int t = 0; t < FV; t++)
+                    vv[t] = ld(vr + t * KVEC);
+                for (int r = 0; r < R; r++) {
+                    float x = w[r][j];
+                    if (x == 0.0f)
+                        continue;
+                    vf xv = splat(x);
+                    for (int t = 0; t < FV; t++)
+                        a[r][t] += xv * vv[t];
                 }
             }
-            for (; c < n; c++) {
-                uint32_t j = nz[c];
-                vf wj = splat(w[j]);
-                const float *vr = v + (size_t)j * Dp;
-                for (int t = 0; t < DV; t++)
-                    a[c % FOLD_STREAMS][t] += wj * ld(vr + t * KVEC);
-            }
-            for (int t = 0; t < DV; t++) {
-                vf x = a[0][t];
-                for (int u = 1; u < FOLD_STREAMS; u++)
-                    x += a[u][t];
-                stv(vacc + d0 + t * KVEC, x);
-            }
+            for (uint32_t r = 0; r < rows; r++)
+                for (int t = 0; t < FV; t++)
+                    stv(vacc + (size_t)r * Dp + d0 + t * KVEC, a[r][t]);
         }
     }
-    *m = M;
-    *sum = S;
+    for (uint32_t r = 0; r < rows; r++) {
+        m[r] = M[r];
+        sum[r] = S[r];
+    }
 }
 
 const struct cpu_kernels KTABLE = {
@@ -403,6 +474,6 @@ const struct cpu_kernels KTABLE = {
     .softmax_tile = k_softmax_tile,
     .pv_tile = k_pv_tile,
     .block_mean = k_block_mean,
-    .lowres_row = k_lowres_row,
-    .lowres_fold = k_lowres_fold,
+    .lowres_rows = k_lowres_rows,
+    .lowres_fold_rows = k_lowres_fold_rows,
 };

@@ -24,6 +24,9 @@
 #define CPU_TILE 32
 #define CPU_DPAD 32
 #define CPU_FOLD_CHUNK 256
+/* Block rows per call of the low-resolution kernels (and per work item of
+ * their phases), which share each vector of khT or vh they load. */
+#define CPU_LR_ROWS 4
 
 struct cpu_kernels {
     const char *name; /* "portable", ... */
@@ -46,20 +49,25 @@ struct cpu_kernels {
     /* Mean of the 32 rows of x (stride Dp) divided by cnt (0 when cnt is
      * 0): out[d], d < Dp. */
     void (*block_mean)(const float *x, uint32_t Dp, float cnt, float *out);
-    /* Low-resolution terms of one block row, folded: every J with
-     * sel[J] == 0 and cnt[J] > 0 is a term with logit L[J] + lnc[J] and
-     * value vh[J][:] (stride Dp).  On return *m is the largest logit (-inf
-     * when there is no term), *sum = sum_J exp(logit_J - m) and vacc[:Dp]
-     * = sum_J exp(logit_J - m) * vh[J][:].  Terms go in chunks of
-     * CPU_FOLD_CHUNK in increasing J, rescaled online between chunks: a
-     * fixed order. */
-    void (*lowres_fold)(const float *L, const float *lnc, const uint8_t *sel,
-                        const float *cnt, const float *vh, uint32_t nb,
-                        uint32_t Dp, float *vacc, float *m, float *sum);
-    /* One row of low-resolution logits: L[J] = scale * sum_d qh[d] *
-     * khT[d][J] for J < nb, khT of stride nb. */
-    void (*lowres_row)(const float *qh, const float *khT, uint32_t D,
-                       uint32_t nb, float scale, float *L);
+    /* Low-resolution terms of `rows` (1..CPU_LR_ROWS) consecutive block
+     * rows, folded: for row r, every J with sel[r*nb + J] == 0 and cnt[J]
+     * > 0 is a term with logit L[r*nb + J] + lnc[J] and value vh[J][:]
+     * (stride Dp).  On return m[r] is the row's largest logit (-inf when
+     * it has no term), sum[r] = sum_J exp(logit_J - m[r]) and
+     * vacc[r*Dp .. r*Dp+Dp) = sum_J exp(logit_J - m[r]) * vh[J][:].  Terms
+     * go in chunks of CPU_FOLD_CHUNK in increasing J, rescaled online
+     * between chunks: a fixed order per row, whatever rows share the
+     * call.  Dp is a multiple of CPU_DPAD. */
+    void (*lowres_fold_rows)(const float *L, const float *lnc,
+                             const uint8_t *sel, const float *cnt,
+                             const float *vh, uint32_t nb, uint32_t Dp,
+                             uint32_t rows, float *vacc, float *m, float *sum);
+    /* `rows` (1..CPU_LR_ROWS) rows of low-resolution logits: L[r*nb + J] =
+     * scale * sum_d qh[r*Dp + d] * khT[d][J] for J < nb, khT of stride
+     * nb, and rmax[r] = the largest non-NaN L[r*nb + J] (-inf if none). */
+    void (*lowres_rows)(const float *qh, uint32_t Dp, uint32_t rows,
+                        const float *khT, uint32_t D, uint32_t nb, float scale,
+                        float *L, float *rmax);
 };
 
 /* The portable C kernels (any x86-64 or other target). */
