@@ -11,6 +11,7 @@
  * triple and merged into each row's softmax at the end.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "attention/cpu/head.h"
@@ -68,11 +69,16 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
     }
 
     for (uint32_t i = 0; i < rows; i++) {
+        /* aligned f32 rows are written in place, others through `row` */
+        char *o = out + (size_t)(i0 + i) * D * es;
+        float *dst = p->dtype == ATTN_F32 && ((uintptr_t)o & 3) == 0
+                         ? (float *)(void *)o
+                         : row;
         /* a masked query row (kbias doubles as the token mask) or a row
          * with no terms at all is 0 */
         int real = hd->cnt[I] != 0.0f && hd->kbias[i0 + i] == 0.0f;
         if (!real || (l[i] == 0.0f && !lt.any)) {
-            memset(row, 0, D * sizeof *row);
+            memset(dst, 0, D * sizeof *dst);
         } else {
             float a = 0.0f, bl = 0.0f;
             float mx = lt.any && lt.m > m[i] ? lt.m : m[i];
@@ -82,13 +88,14 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                 bl = expf(lt.m - mx);
             float den = l[i] * a + lt.sum * bl;
             const float *ar = acc + (size_t)i * Dp;
-            for (uint32_t d = 0; d < D; d++) {
-                float num = ar[d] * a;
-                if (lt.any)
-                    num += vlow[d] * bl;
-                row[d] = num / den;
-            }
+            if (lt.any)
+                for (uint32_t d = 0; d < D; d++)
+                    dst[d] = (ar[d] * a + vlow[d] * bl) / den;
+            else
+                for (uint32_t d = 0; d < D; d++)
+                    dst[d] = ar[d] * a / den;
         }
-        attn_from_f32(p->dtype, row, out + (size_t)(i0 + i) * D * es, D);
+        if (dst == row)
+            attn_from_f32(p->dtype, row, o, D);
     }
 }
