@@ -378,6 +378,7 @@ static void k_lowres_fold_rows(const float *L, const float *lnc,
     enum { R = CPU_LR_ROWS, FV = 2, FC = FV * KVEC };
     _Alignas(64) float w[R][CPU_FOLD_CHUNK];
     uint32_t nz[CPU_FOLD_CHUNK];
+    uint8_t nzm[CPU_FOLD_CHUNK];
     float M[R], S[R];
     for (int r = 0; r < R; r++) {
         M[r] = -__builtin_inff();
@@ -425,13 +426,18 @@ static void k_lowres_fold_rows(const float *L, const float *lnc,
         /* the terms some row weighs, in order; a zero weight adds nothing
          * to its row, and skipping it keeps a non-finite mean of a
          * selected or underflowed block out of that row */
+        _Alignas(64) int32_t rmask[CPU_FOLD_CHUNK]; /* bit r: row r weighs j */
+        for (uint32_t j = 0; j < padded; j += KVEC) {
+            vi rm = (vi){0};
+            for (int r = 0; r < R; r++)
+                rm |= (ld(w[r] + j) != 0.0f) & (1 << r);
+            *(vi *)(void *)(rmask + j) = rm;
+        }
         uint32_t n = 0;
         for (uint32_t j = 0; j < len; j++) {
-            int any = 0;
-            for (int r = 0; r < R; r++)
-                any |= w[r][j] != 0.0f;
             nz[n] = j;
-            n += any;
+            nzm[n] = (uint8_t)rmask[j];
+            n += rmask[j] != 0;
         }
         /* FC columns at a time in registers: R rows x FV vectors */
         for (uint32_t d0 = 0; d0 < Dp; d0 += FC) {
@@ -448,11 +454,18 @@ static void k_lowres_fold_rows(const float *L, const float *lnc,
                 vf vv[FV];
                 for (int t = 0; t < FV; t++)
                     vv[t] = ld(vr + t * KVEC);
+                if (nzm[c] == (1u << R) - 1) { /* every row: no branches */
+                    for (int r = 0; r < R; r++) {
+                        vf xv = splat(w[r][j]);
+                        for (int t = 0; t < FV; t++)
+                            a[r][t] += xv * vv[t];
+                    }
+                    continue;
+                }
                 for (int r = 0; r < R; r++) {
-                    float x = w[r][j];
-                    if (x == 0.0f)
+                    if (!(nzm[c] >> r & 1))
                         continue;
-                    vf xv = splat(x);
+                    vf xv = splat(w[r][j]);
                     for (int t = 0; t < FV; t++)
                         a[r][t] += xv * vv[t];
                 }
