@@ -36,8 +36,6 @@ ATTN_OBJS := $(ATTN_SRCS:%.c=$(BUILD)/%.o) $(ATTN_CU_OBJS)
 # -march: the portable kernels must run on any x86-64, and ISA-specific
 # kernels are chosen at run time.
 $(BUILD)/attention/cpu/%.o: CFLAGS += -O3
-# The selection keys of a whole grid: a loop that vectorises at -O3.
-$(BUILD)/attention/select.o: CFLAGS += -O3
 # ISA-specific kernel variants: these two files alone get the ISA flags and
 # contract a*b+c into FMA; kernels.c calls them only on CPUs that have it.
 ifneq ($(filter x86_64 amd64,$(shell uname -m)),)

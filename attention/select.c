@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attention/internal.h"
+#include "attention/select-row.h"
 
 double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
                          uint32_t prior_first, uint32_t prior_diagonal)
@@ -31,45 +32,18 @@ double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
     return s;
 }
 
-/* attn_select_key() without branches, so that a row of keys vectorises. */
-static inline uint64_t key_of(double s)
-{
-    s += 0.0; /* -0 -> +0 */
-    uint64_t u;
-    memcpy(&u, &s, sizeof u);
-    uint64_t neg = (uint64_t)0 - (u >> 63); /* all ones for a negative s */
-    uint64_t k = u ^ (neg | 0x8000000000000000ull);
-    return s != s ? 0 : k;
-}
-
 uint64_t attn_select_key(double s)
 {
-    return key_of(s);
+    return attn_select_key_inline(s);
 }
 
-/* The terms of attn_select_score() in the same order, each added whether
- * or not it applies (as 0 when it does not): x - 0 and x + 0 are x, but
- * for -0 + 0 = +0, which has the key of -0.  So the keys are those of
- * attn_select_score(), without a branch per pair. */
 void attn_select_keys_row(const float *L_row, float r, const float *cnt,
                           float cI, uint32_t I, uint32_t nb,
                           uint32_t prior_first, uint32_t prior_diagonal,
                           uint64_t *key)
 {
-    double rd = (double)r;
-    double first_I = I < prior_first ? ATTN_SCORE_PRIOR : 0.0;
-    uint32_t half = prior_diagonal / 2;
-    int64_t lo = prior_diagonal > 0 ? (int64_t)I - half : 1, /* no J in */
-        hi = prior_diagonal > 0 ? (int64_t)I + half : 0;     /* [lo, hi] */
-    int all_empty = cI == 0.0f;
-    for (uint32_t J = 0; J < nb; J++) {
-        double s = (double)L_row[J] - rd;
-        s -= (all_empty | (cnt[J] == 0.0f)) ? ATTN_SCORE_EMPTY : 0.0;
-        s += ((int64_t)J >= lo && (int64_t)J <= hi) ? ATTN_SCORE_PRIOR : 0.0;
-        s += first_I;
-        s += J < prior_first ? ATTN_SCORE_PRIOR : 0.0;
-        key[J] = key_of(s);
-    }
+    attn_select_keys_row_inline(L_row, r, cnt, cI, I, nb, prior_first,
+                                prior_diagonal, key);
 }
 
 /* Digits of the radix select: the first one wide (the sign, the exponent

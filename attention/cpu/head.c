@@ -229,8 +229,9 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
         /* r_I: L[0], raised by every larger L[J] (so a NaN L[0] gives a
          * NaN r_I, and a later NaN is passed over) */
         float r = L[0] != L[0] ? L[0] : rmax[I - I0];
-        attn_select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb, p->prior_first,
-                             p->prior_diagonal, hd->key + (size_t)I * nb);
+        kern->select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb,
+                              p->prior_first, p->prior_diagonal,
+                              hd->key + (size_t)I * nb);
     }
 }
 

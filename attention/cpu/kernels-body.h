@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "attention/cpu/kernels.h"
+#include "attention/select-row.h"
 
 typedef float vf __attribute__((vector_size(KVEC * 4)));
 typedef int32_t vi __attribute__((vector_size(KVEC * 4)));
@@ -481,6 +482,16 @@ static void k_lowres_fold_rows(const float *L, const float *lnc,
     }
 }
 
+/* attn_select_keys_row(), compiled for this ISA. */
+static void k_select_keys_row(const float *L_row, float r, const float *cnt,
+                              float cI, uint32_t I, uint32_t nb,
+                              uint32_t prior_first, uint32_t prior_diagonal,
+                              uint64_t *key)
+{
+    attn_select_keys_row_inline(L_row, r, cnt, cI, I, nb, prior_first,
+                                prior_diagonal, key);
+}
+
 const struct cpu_kernels KTABLE = {
     .name = KNAME,
     .qk_tile = k_qk_tile,
@@ -489,4 +500,5 @@ const struct cpu_kernels KTABLE = {
     .block_mean = k_block_mean,
     .lowres_rows = k_lowres_rows,
     .lowres_fold_rows = k_lowres_fold_rows,
+    .select_keys_row = k_select_keys_row,
 };

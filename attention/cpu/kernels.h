@@ -68,6 +68,12 @@ struct cpu_kernels {
     void (*lowres_rows)(const float *qh, uint32_t Dp, uint32_t rows,
                         const float *khT, uint32_t D, uint32_t nb, float scale,
                         float *L, float *rmax);
+    /* attn_select_keys_row() (attention/internal.h), the same keys bit
+     * for bit, compiled for this ISA. */
+    void (*select_keys_row)(const float *L_row, float r, const float *cnt,
+                            float cI, uint32_t I, uint32_t nb,
+                            uint32_t prior_first, uint32_t prior_diagonal,
+                            uint64_t *key);
 };
 
 /* The portable C kernels (any x86-64 or other target). */

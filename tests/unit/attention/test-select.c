@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "attention/cpu/kernels.h"
 #include "attention/internal.h"
 
 static void test_score_terms(void **state)
@@ -70,11 +71,12 @@ static void test_scores_row_matches_score(void **state)
         L[J] = (float)((double)(st >> 40) / (double)(1ull << 24)) * 8.0f - 4.0f;
         cnt[J] = (J % 5 == 3) ? 0.0f : (float)(1 + J % 32);
     }
-    L[4] = 0.0f, L[5] = -0.0f;
+    L[4] = 0.0f, L[5] = -0.0f, L[6] = NAN, L[7] = -INFINITY, L[8] = INFINITY;
     static const uint32_t firsts[] = {0, 1, 3, 40};
     static const uint32_t diags[] = {0, 1, 2, 5, 100};
     static const uint32_t rows[] = {0, 2, 7, 36};
     static const float cIs[] = {0.0f, 32.0f};
+    static const char *const isas[] = {"portable", "avx2", "avx512"};
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 5; b++)
             for (int c = 0; c < 4; c++)
@@ -91,6 +93,19 @@ static void test_scores_row_matches_score(void **state)
                                      rows[c], J, firsts[a], diags[b],
                                      (double)cIs[e],
                                      (unsigned long long)key[J], want);
+                    }
+                    /* each CPU kernel variant this machine runs gives
+                     * the same keys */
+                    for (int v = 0; v < 3; v++) {
+                        const struct cpu_kernels *kern = cpu_kernels_pick(isas[v]);
+                        uint64_t kk[NB];
+                        if (!kern)
+                            continue;
+                        kern->select_keys_row(L, 1.5f, cnt, cIs[e], rows[c], NB,
+                                              firsts[a], diags[b], kk);
+                        if (memcmp(kk, key, sizeof kk) != 0)
+                            fail_msg("%s keys differ: I=%u first=%u diag=%u",
+                                     isas[v], rows[c], firsts[a], diags[b]);
                     }
                 }
 }
