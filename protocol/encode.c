@@ -150,7 +150,10 @@ static void put_tensor(struct pbuf *b, msgpack_packer *pk, int json, int dtype,
         }
         if (!b->failed)
             mp_tensor_head(b, pk, dname, dims, rank, bytes, w);
-        if (dtype >= 0) {
+        if (data == NULL) {
+            /* The payload is left out: the caller sends it from where it
+             * lies (proto_response_encode_split). */
+        } else if (dtype >= 0) {
             pbuf_put(b, data, bytes);
         } else if (pbuf_reserve(b, bytes) == 0) {
             const uint8_t *m = data;
@@ -194,50 +197,95 @@ static int finish(struct pbuf *b, int terminate, char **buf, size_t *len)
     return PROTO_OK;
 }
 
+/*
+ * The msgpack answer: {"out": tensor, "id": ..., "stats": {...}}.  With
+ * with_data 0 the output tensor's bytes are left out and *head_len is
+ * where they would start; every other byte is the same.
+ */
+static void encode_answer_msgpack(struct pbuf *b,
+                                  const struct proto_request *req,
+                                  const struct proto_stats *st,
+                                  const uint32_t *dims, size_t elems,
+                                  size_t bytes, int with_data, size_t *head_len)
+{
+    const struct attn_problem *p = &req->prob;
+    const char *method = attn_method_name(p->method);
+    const char *backend = st->backend ? st->backend : "";
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, pbuf_msgpack_write);
+    if (!with_data)
+        pbuf_reserve(b, 1024);
+    else if (bytes <= SIZE_MAX - 1024)
+        pbuf_reserve(b, bytes + 1024);
+    msgpack_pack_map(&pk, req->has_id ? 3 : 2);
+    mp_str(&pk, "out");
+    put_tensor(b, &pk, 0, p->dtype, dims, 4, with_data ? p->out : NULL, elems,
+               bytes);
+    *head_len = b->len;
+    if (req->has_id) {
+        mp_str(&pk, "id");
+        mp_str(&pk, req->id);
+    }
+    mp_str(&pk, "stats");
+    msgpack_pack_map(&pk, 8);
+    mp_str(&pk, "method");
+    mp_str(&pk, method ? method : "");
+    mp_str(&pk, "backend");
+    mp_str(&pk, backend);
+    mp_str(&pk, "blocks_selected");
+    msgpack_pack_uint64(&pk, st->attn.blocks_selected);
+    mp_str(&pk, "blocks_total");
+    msgpack_pack_uint64(&pk, st->attn.blocks_total);
+    mp_str(&pk, "density");
+    msgpack_pack_double(&pk, st->attn.density);
+    mp_str(&pk, "queue_us");
+    msgpack_pack_uint64(&pk, st->queue_us);
+    mp_str(&pk, "compute_us");
+    msgpack_pack_uint64(&pk, st->compute_us);
+    mp_str(&pk, "batch_requests");
+    msgpack_pack_uint32(&pk, st->batch_requests);
+}
+
+int proto_response_encode_split(const struct proto_request *req,
+                                const struct proto_stats *st, char **buf,
+                                size_t *head_len, size_t *out_len,
+                                size_t *tail_len)
+{
+    const struct attn_problem *p = &req->prob;
+    uint32_t dims[4] = {p->B, p->H, p->N, p->D};
+    size_t elems, bytes, head;
+    *buf = NULL;
+    if (req->format != PROTO_MSGPACK)
+        return PROTO_EBADREQ;
+    if (tensor_bytes(dims, 4, attn_dtype_size(p->dtype), &elems, &bytes) != 0)
+        return PROTO_ENOMEM;
+    struct pbuf b = {0};
+    encode_answer_msgpack(&b, req, st, dims, elems, bytes, 0, &head);
+    size_t len;
+    int rc = finish(&b, 0, buf, &len);
+    if (rc != PROTO_OK)
+        return rc;
+    *head_len = head;
+    *out_len = bytes;
+    *tail_len = len - head;
+    return PROTO_OK;
+}
+
 int proto_response_encode(const struct proto_request *req,
                           const struct proto_stats *st, char **buf, size_t *len)
 {
     const struct attn_problem *p = &req->prob;
     uint32_t dims[4] = {p->B, p->H, p->N, p->D};
-    size_t elems, bytes;
+    size_t elems, bytes, head;
     *buf = NULL;
     if (tensor_bytes(dims, 4, attn_dtype_size(p->dtype), &elems, &bytes) != 0)
         return PROTO_ENOMEM;
     const char *method = attn_method_name(p->method);
     const char *backend = st->backend ? st->backend : "";
     struct pbuf b = {0};
-    int json = req->format == PROTO_JSON;
 
-    if (!json) {
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
-        if (bytes <= SIZE_MAX - 1024)
-            pbuf_reserve(&b, bytes + 1024);
-        msgpack_pack_map(&pk, req->has_id ? 3 : 2);
-        mp_str(&pk, "out");
-        put_tensor(&b, &pk, 0, p->dtype, dims, 4, p->out, elems, bytes);
-        if (req->has_id) {
-            mp_str(&pk, "id");
-            mp_str(&pk, req->id);
-        }
-        mp_str(&pk, "stats");
-        msgpack_pack_map(&pk, 8);
-        mp_str(&pk, "method");
-        mp_str(&pk, method ? method : "");
-        mp_str(&pk, "backend");
-        mp_str(&pk, backend);
-        mp_str(&pk, "blocks_selected");
-        msgpack_pack_uint64(&pk, st->attn.blocks_selected);
-        mp_str(&pk, "blocks_total");
-        msgpack_pack_uint64(&pk, st->attn.blocks_total);
-        mp_str(&pk, "density");
-        msgpack_pack_double(&pk, st->attn.density);
-        mp_str(&pk, "queue_us");
-        msgpack_pack_uint64(&pk, st->queue_us);
-        mp_str(&pk, "compute_us");
-        msgpack_pack_uint64(&pk, st->compute_us);
-        mp_str(&pk, "batch_requests");
-        msgpack_pack_uint32(&pk, st->batch_requests);
+    if (req->format != PROTO_JSON) {
+        encode_answer_msgpack(&b, req, st, dims, elems, bytes, 1, &head);
         return finish(&b, 0, buf, len);
     }
 

@@ -53,6 +53,18 @@ void proto_limits_default(struct proto_limits *lim);
 #define PROTO_ID_MAX 128
 
 /*
+ * Where the answer's buffer prob.out comes from, for a caller that keeps
+ * its own large buffers for reuse: alloc(bytes, ctx) returns a buffer of
+ * at least `bytes` bytes aligned to 64, or NULL when out of memory, and
+ * release(buf, ctx) takes one back (from any thread).
+ */
+struct proto_out_alloc {
+    void *(*alloc)(size_t bytes, void *ctx);
+    void (*release)(void *buf, void *ctx);
+    void *ctx;
+};
+
+/*
  * A decoded request.  `prob` points either into the body passed to
  * proto_request_decode() (tensor data read in place when its alignment
  * allows) or into buffers the request owns; `prob.out` is always an owned,
@@ -66,6 +78,8 @@ struct proto_request {
     int has_id;
     uint64_t timeout_ms; /* 0 = not given */
     void *owned[5];      /* internal: buffers to free */
+    /* internal: where prob.out came from (zeroed: malloc) */
+    struct proto_out_alloc out_alloc;
 };
 
 /*
@@ -78,6 +92,18 @@ struct proto_request {
 int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
                          const struct proto_limits *lim,
                          struct proto_request *req, char *err, size_t errlen);
+
+/*
+ * proto_request_decode() with the answer's buffer from `oa` (NULL: from
+ * malloc, as proto_request_decode()); proto_request_release() gives it
+ * back through oa->release.
+ */
+int proto_request_decode_with(const void *body, size_t len,
+                              enum proto_format fmt,
+                              const struct proto_limits *lim,
+                              const struct proto_out_alloc *oa,
+                              struct proto_request *req, char *err,
+                              size_t errlen);
 
 /* Frees what the request owns (not the body).  Safe on a zeroed request. */
 void proto_request_release(struct proto_request *req);
@@ -100,6 +126,22 @@ struct proto_stats {
 int proto_response_encode(const struct proto_request *req,
                           const struct proto_stats *st, char **buf,
                           size_t *len);
+
+/*
+ * The msgpack 200 answer in pieces, for a server that sends the output
+ * tensor from where it was computed instead of copying it into the body.
+ * The body is the first head_len bytes of *buf, then the out_len bytes of
+ * req->prob.out, then the tail_len bytes of *buf that follow the head:
+ * byte for byte what proto_response_encode() writes.  head_len is a
+ * multiple of 16, as the tensor data starts 16-byte aligned in every
+ * msgpack body.  *buf is malloc'd (caller frees with free()).  Returns
+ * PROTO_OK, PROTO_ENOMEM, or PROTO_EBADREQ when req->format is not
+ * PROTO_MSGPACK (JSON answers have no payload to send apart).
+ */
+int proto_response_encode_split(const struct proto_request *req,
+                                const struct proto_stats *st, char **buf,
+                                size_t *head_len, size_t *out_len,
+                                size_t *tail_len);
 
 /*
  * Builds the JSON error body {"error": {"code": code, "message": message}}

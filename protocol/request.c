@@ -555,7 +555,10 @@ static int build_problem(struct tview *t, int have_mask,
         p->mask = mb;
     }
     /* The output; q's byte size was checked against size_t in load_data. */
-    void *out = proto_aligned_alloc((size_t)q->elements * es);
+    size_t out_bytes = (size_t)q->elements * es;
+    void *out = req->out_alloc.alloc
+                    ? req->out_alloc.alloc(out_bytes, req->out_alloc.ctx)
+                    : proto_aligned_alloc(out_bytes);
     if (out == NULL)
         return perr(err, errlen, PROTO_ENOMEM, "out: out of memory");
     req->owned[OWN_OUT] = p->out = out;
@@ -566,6 +569,17 @@ int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
                          const struct proto_limits *lim,
                          struct proto_request *req, char *err, size_t errlen)
 {
+    return proto_request_decode_with(body, len, fmt, lim, NULL, req, err,
+                                     errlen);
+}
+
+int proto_request_decode_with(const void *body, size_t len,
+                              enum proto_format fmt,
+                              const struct proto_limits *lim,
+                              const struct proto_out_alloc *oa,
+                              struct proto_request *req, char *err,
+                              size_t errlen)
+{
     struct proto_limits dflt;
     if (lim == NULL) {
         proto_limits_default(&dflt);
@@ -575,6 +589,8 @@ int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
         err[0] = '\0';
     memset(req, 0, sizeof *req);
     req->format = fmt;
+    if (oa != NULL && oa->alloc != NULL && oa->release != NULL)
+        req->out_alloc = *oa;
 
     msgpack_zone *zone = NULL;
     msgpack_object root;
@@ -615,6 +631,10 @@ void proto_request_release(struct proto_request *req)
 {
     if (req == NULL)
         return;
+    if (req->owned[OWN_OUT] != NULL && req->out_alloc.release != NULL) {
+        req->out_alloc.release(req->owned[OWN_OUT], req->out_alloc.ctx);
+        req->owned[OWN_OUT] = NULL;
+    }
     for (size_t i = 0; i < sizeof req->owned / sizeof req->owned[0]; i++) {
         free(req->owned[i]);
         req->owned[i] = NULL;

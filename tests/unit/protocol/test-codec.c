@@ -311,6 +311,156 @@ static void test_response_roundtrip(void **state)
     }
 }
 
+/* The pieces of proto_response_encode_split() around the output make the
+ * very bytes of proto_response_encode(), for every float dtype, shapes
+ * whose header integers and bin length take different widths, with and
+ * without ids of several lengths; the output starts 16-byte aligned. */
+static void test_response_split(void **state)
+{
+    (void)state;
+    static const uint32_t shapes[][4] = {
+        {1, 1, 1, 1},   {1, 12, 33, 64},  {2, 3, 5, 7},
+        {1, 1, 300, 9}, {3, 1, 70000, 1}, {2, 4, 37, 17},
+    };
+    char longid[PROTO_ID_MAX + 1];
+    memset(longid, 'z', PROTO_ID_MAX);
+    longid[PROTO_ID_MAX] = '\0';
+    const char *ids[] = {NULL, "", "r1", "an id of thirty-one bytes......",
+                         longid};
+    uint32_t seed = 7;
+    for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            for (size_t ii = 0; ii < sizeof ids / sizeof ids[0]; ii++) {
+                struct proto_request req;
+                memset(&req, 0, sizeof req);
+                struct attn_problem *p = &req.prob;
+                p->dtype = (enum attn_dtype)dt;
+                p->method = (enum attn_method)(ii % 3);
+                p->B = shapes[si][0];
+                p->H = p->Hkv = shapes[si][1];
+                p->N = shapes[si][2];
+                p->D = shapes[si][3];
+                size_t n = (size_t)p->B * p->H * p->N * p->D;
+                void *out = fill((enum attn_dtype)dt, n, &seed);
+                p->out = out;
+                req.format = PROTO_MSGPACK;
+                if (ids[ii] != NULL) {
+                    req.has_id = 1;
+                    strcpy(req.id, ids[ii]);
+                }
+                struct proto_stats st = {
+                    .attn = {.blocks_selected = si * 1000 + ii,
+                             .blocks_total = 1ull << (si * 7),
+                             .density = 1.0 / (double)(ii + 1)},
+                    .backend = ii % 2 ? "cuda" : "cpu",
+                    .queue_us = ii * 300,
+                    .compute_us = 123456789012ull >> si,
+                    .batch_requests = (uint32_t)(si + 1),
+                };
+                char *whole, *parts;
+                size_t wlen, head, olen, tail;
+                assert_int_equal(
+                    proto_response_encode(&req, &st, &whole, &wlen), PROTO_OK);
+                assert_int_equal(proto_response_encode_split(
+                                     &req, &st, &parts, &head, &olen, &tail),
+                                 PROTO_OK);
+                assert_int_equal(olen, n * attn_dtype_size(dt));
+                assert_int_equal(head % 16, 0);
+                assert_int_equal(head + olen + tail, wlen);
+                assert_memory_equal(whole, parts, head);
+                assert_memory_equal(whole + head, out, olen);
+                assert_memory_equal(whole + head + olen, parts + head, tail);
+                free(parts);
+                free(whole);
+                free(out);
+            }
+        }
+    }
+    /* JSON answers have no payload to send apart. */
+    struct proto_request req;
+    memset(&req, 0, sizeof req);
+    req.format = PROTO_JSON;
+    req.prob.B = req.prob.H = req.prob.Hkv = req.prob.N = req.prob.D = 1;
+    float one = 1;
+    req.prob.out = &one;
+    struct proto_stats st = {.backend = "cpu"};
+    char *parts = (char *)&one;
+    size_t head, olen, tail;
+    assert_int_equal(
+        proto_response_encode_split(&req, &st, &parts, &head, &olen, &tail),
+        PROTO_EBADREQ);
+    assert_null(parts);
+}
+
+/* A caller's allocator for the output buffer. */
+struct counting_alloc {
+    int allocs, releases;
+    void *last;
+};
+
+static void *count_alloc(size_t bytes, void *ctx)
+{
+    struct counting_alloc *a = ctx;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0)
+        return NULL;
+    a->allocs++;
+    a->last = p;
+    return p;
+}
+
+static void count_release(void *buf, void *ctx)
+{
+    struct counting_alloc *a = ctx;
+    assert_ptr_equal(buf, a->last);
+    a->releases++;
+    free(buf);
+}
+
+static void *fail_alloc(size_t bytes, void *ctx)
+{
+    (void)bytes;
+    (void)ctx;
+    return NULL;
+}
+
+static void test_decode_with_out_alloc(void **state)
+{
+    (void)state;
+    struct sample s;
+    sample_make(&s, ATTN_F32, 1);
+    char *body;
+    size_t len;
+    assert_int_equal(
+        proto_request_encode(&s.p, PROTO_MSGPACK, "a", 0, &body, &len), 0);
+    struct counting_alloc ca = {0};
+    struct proto_out_alloc oa = {count_alloc, count_release, &ca};
+    struct proto_request req;
+    char err[256];
+    assert_int_equal(proto_request_decode_with(body, len, PROTO_MSGPACK, NULL,
+                                               &oa, &req, err, sizeof err),
+                     PROTO_OK);
+    assert_int_equal(ca.allocs, 1);
+    assert_ptr_equal(req.prob.out, ca.last);
+    assert_int_equal((uintptr_t)req.prob.out % 64, 0);
+    proto_request_release(&req);
+    assert_int_equal(ca.releases, 1);
+    proto_request_release(&req); /* twice is harmless */
+    assert_int_equal(ca.releases, 1);
+
+    /* An allocator out of memory: a 500, and nothing left to release. */
+    struct proto_out_alloc none = {fail_alloc, count_release, &ca};
+    ca = (struct counting_alloc){0};
+    assert_int_equal(proto_request_decode_with(body, len, PROTO_MSGPACK, NULL,
+                                               &none, &req, err, sizeof err),
+                     PROTO_ENOMEM);
+    assert_int_equal(ca.releases, 0);
+    proto_request_release(&req);
+    assert_int_equal(ca.releases, 0);
+    free(body);
+    sample_free(&s);
+}
+
 static void test_response_errors(void **state)
 {
     (void)state;
@@ -482,6 +632,8 @@ int main(void)
         cmocka_unit_test(test_request_defaults),
         cmocka_unit_test(test_inplace_or_copy),
         cmocka_unit_test(test_response_roundtrip),
+        cmocka_unit_test(test_response_split),
+        cmocka_unit_test(test_decode_with_out_alloc),
         cmocka_unit_test(test_response_errors),
         cmocka_unit_test(test_error_body),
         cmocka_unit_test(test_json_text),

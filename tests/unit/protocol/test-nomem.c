@@ -104,6 +104,13 @@ static void test_encoders(void **state)
                      rc_ == PROTO_OK, free(out));
         assert_true(fails >= 1);
     }
+    /* The answer in pieces: its head and tail in one buffer. */
+    req.format = PROTO_MSGPACK;
+    size_t head, outlen, tail;
+    long split_fails = UNTIL_OK(
+        proto_response_encode_split(&req, &st, &out, &head, &outlen, &tail),
+        rc_ == PROTO_OK, free(out));
+    assert_true(split_fails >= 1);
     /* The answer decoder copies JSON numbers into an owned buffer. */
     req.format = PROTO_JSON;
     assert_int_equal(proto_response_encode(&req, &st, &out, &olen), PROTO_OK);
