@@ -1,7 +1,7 @@
 /*
  * bufcache.c - a small cache of large buffers, best fit first.
  *
- * Each buffer carries its capacity in a 16-byte header in front of the
+ * Each buffer carries its capacity in a 64-byte header in front of the
  * pointer handed out, so put() needs no size.  The cache is a handful of
  * slots under one mutex: it is touched twice per request.
  */
@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define HEADER 16             /* keeps the data 16-byte aligned */
+#define HEADER 64             /* keeps the data 64-byte aligned */
 #define MIN_CACHED (1u << 20) /* smaller buffers are cheap to allocate */
 #define SLOTS 8               /* buffers kept */
 #define MAX_CACHED_BYTES (2ull << 30) /* bytes kept in all */
@@ -42,9 +42,10 @@ void *mrad_bufcache_get(size_t size, size_t *cap)
         }
         pthread_mutex_unlock(&lock);
     }
-    char *h = malloc(size + HEADER);
-    if (!h)
+    void *p = NULL;
+    if (posix_memalign(&p, HEADER, size + HEADER))
         return NULL;
+    char *h = p;
     *(size_t *)h = size;
     *cap = size;
     return h + HEADER;

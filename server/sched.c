@@ -82,6 +82,7 @@ void mrad_job_unref(struct mrad_job *job)
         return;
     proto_request_release(&job->req);
     mrad_bufcache_put(job->body);
+    free(job->answer);
     free(job);
 }
 

@@ -43,6 +43,9 @@ struct mrad_job {
      * client is gone and the job should be dropped.  May be NULL. */
     int (*client_gone)(struct mrad_job *job);
     void *owner; /* the submitter's context, for the callbacks */
+    /* The submitter's encoded answer around prob.out (malloc'd), when the
+     * answer is sent from the job's own buffers; freed with the job. */
+    char *answer;
 
     /* The outcome, written by the finishing thread before done(). */
     enum mrad_err_source err_src;
@@ -64,8 +67,8 @@ uint64_t mrad_now_ns(void);
 /* Allocates a zeroed job holding one reference (the caller's).  NULL when
  * out of memory. */
 struct mrad_job *mrad_job_new(void);
-/* Drops a reference; the last one releases req, frees body and the job.
- * Any thread. */
+/* Drops a reference; the last one releases req, frees body, answer and
+ * the job.  Any thread. */
 void mrad_job_unref(struct mrad_job *job);
 
 struct mrad_sched; /* opaque */

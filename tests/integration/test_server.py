@@ -65,6 +65,62 @@ def test_id_is_echoed(mrad):
     assert m["id"] == "abc-42"
 
 
+def _wire(a, dtype):
+    """A float32 array as a wire tensor of f32, f16 or bf16 (truncated)."""
+    if dtype == "bf16":
+        data = (np.ascontiguousarray(a, "<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    else:
+        data = np.ascontiguousarray(a, "<f4" if dtype == "f32" else "<f2").tobytes()
+    return {"dtype": dtype, "shape": list(a.shape), "data": data}
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape,rid", [
+    ((1, 1, 1, 1), None),
+    ((2, 3, 37, 17), "r"),
+    ((1, 4, 300, 64), "an id of thirty-one bytes......"),
+    ((1, 2, 1100, 32), "z" * 128),
+])
+def test_msgpack_answer_is_one_exact_map_with_aligned_data(mrad, dtype, shape, rid):
+    """The answer is sent in pieces (its head, the output where it was
+    computed, its tail): the body must still be exactly one msgpack map,
+    Content-Length long, with the output's bytes starting 16-byte aligned
+    from the start of the body, as the encoder guarantees."""
+    q = RNG.standard_normal(shape).astype(np.float32)
+    m = {"q": _wire(q, dtype), "k": _wire(q[:, :1], dtype), "v": _wire(-q[:, :1], dtype),
+         "method": "exact"}
+    if rid is not None:
+        m["id"] = rid
+    status, hdrs, body = mrad.post(msgpack.packb(m, use_bin_type=True))
+    assert status == 200, body
+    assert hdrs["content-type"] == "application/msgpack"
+    assert int(hdrs["content-length"]) == len(body)
+    ans = msgpack.unpackb(body, raw=False)  # refuses trailing bytes
+    out = ans["out"]
+    es = 4 if dtype == "f32" else 2
+    assert out["dtype"] == dtype and out["shape"] == list(shape)
+    assert len(out["data"]) == int(np.prod(shape)) * es
+    # Where the payload starts: walk to the end of out.data.
+    u = msgpack.Unpacker(raw=False)
+    u.feed(body)
+    u.read_map_header()
+    assert u.unpack() == "out"
+    end = None
+    for _ in range(u.read_map_header()):
+        key, val = u.unpack(), u.unpack()
+        if key == "data":
+            end = u.tell()
+    start = end - len(out["data"])
+    assert start % 16 == 0
+    assert body[start:end] == out["data"]
+    assert ans.get("id") == rid
+    assert set(ans["stats"]) >= {"method", "backend", "blocks_selected", "blocks_total",
+                                 "density", "queue_us", "compute_us", "batch_requests"}
+    if dtype == "f32":  # exact attention averages rows of v
+        got = np.frombuffer(out["data"], "<f4")
+        assert np.all(np.abs(got) <= np.abs(q[:, :1]).max() + 1e-3)
+
+
 def test_json_request_gets_json_answer(mrad):
     q, k, v, mask = problem(B=1, H=2, Hkv=2, N=70, D=8)
     out, stats = mrad.attention(q, k, v, mask, fmt="json", method="mra2", block_per_row=1)
