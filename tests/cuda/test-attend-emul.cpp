@@ -168,9 +168,9 @@ void plan(data &d)
     d.low_z.assign(heads * nb, 0);
     d.low_num.assign(heads * nb * D, 0);
     std::vector<float> L((size_t)nb * nb);
-    std::vector<double> S((size_t)nb * nb);
+    std::vector<uint64_t> key((size_t)nb * nb);
     std::vector<uint8_t> sel((size_t)nb * nb);
-    std::vector<uint32_t> scratch((size_t)nb * nb);
+    std::vector<uint32_t> scratch(ATTN_SELECT_SCRATCH((size_t)nb * nb));
     for (size_t hb = 0; hb < heads; hb++) {
         uint32_t b = (uint32_t)(hb / p.H), h = (uint32_t)(hb % p.H);
         size_t kvh = (size_t)b * p.Hkv + h / G;
@@ -187,11 +187,11 @@ void plan(data &d)
             float r = -INFINITY;
             for (uint32_t J = 0; J < nb; J++)
                 r = fmaxf(r, L[(size_t)I * nb + J]);
-            attn_select_scores_row(&L[(size_t)I * nb], r, cb, cb[I], I, nb,
-                                   p.prior_first, p.prior_diagonal,
-                                   &S[(size_t)I * nb]);
+            attn_select_keys_row(&L[(size_t)I * nb], r, cb, cb[I], I, nb,
+                                 p.prior_first, p.prior_diagonal,
+                                 &key[(size_t)I * nb]);
         }
-        attn_select_topk(S.data(), S.size(), d.budget, sel.data(),
+        attn_select_topk(key.data(), key.size(), d.budget, sel.data(),
                          scratch.data());
         uint32_t at = 0;
         for (uint32_t I = 0; I < nb; I++) {

@@ -112,13 +112,13 @@ static std::vector<uint8_t> cpu_select(const grid &g)
 {
     uint32_t nb = g.nb;
     size_t n = (size_t)nb * nb;
-    std::vector<double> S(n);
+    std::vector<uint64_t> key(n);
     for (uint32_t I = 0; I < nb; I++)
-        attn_select_scores_row(&g.L[(size_t)I * nb], g.r[I], g.cnt.data(),
-                               g.cnt[I], I, nb, g.pf, g.pd, &S[(size_t)I * nb]);
+        attn_select_keys_row(&g.L[(size_t)I * nb], g.r[I], g.cnt.data(),
+                             g.cnt[I], I, nb, g.pf, g.pd, &key[(size_t)I * nb]);
     std::vector<uint8_t> sel(n);
-    std::vector<uint32_t> scratch(n);
-    attn_select_topk(S.data(), n, g.k, sel.data(), scratch.data());
+    std::vector<uint32_t> scratch(ATTN_SELECT_SCRATCH(n));
+    attn_select_topk(key.data(), n, g.k, sel.data(), scratch.data());
     return sel;
 }
 
