@@ -36,6 +36,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
 
     _Alignas(64) float acc[CPU_TILE * ATTN_MAX_HEAD_DIM];
     _Alignas(64) float s[CPU_TILE * CPU_TILE];
+    _Alignas(64) float qt[ATTN_MAX_HEAD_DIM * CPU_TILE];
     const float *vlow = NULL;
     _Alignas(64) float row[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
@@ -49,7 +50,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
             l[i] = 0.0f;
         }
         /* s holds the transposed tile, st[j][i] (see kernels.h) */
-        const float *qt = hd->qt + (size_t)I * D * CPU_TILE;
+        cpu_head_q_block(hd, I, qt);
         const uint8_t *sel =
             hd->method == ATTN_EXACT ? NULL : hd->sel + (size_t)I * nb;
         for (uint32_t J = 0; J < nb; J++) {

@@ -4,6 +4,7 @@
  * and the block selection.  The output phase is in block-row.c.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "attention/internal.h"
@@ -50,15 +51,12 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     int mra = hd->method != ATTN_EXACT;
     size_t nn = mra ? mul(nb, nb) : 0;
     size_t npd = mul(Np, Dp), nbd = mul(nb, D), nbdp = mul(nb, Dp);
-    size_t qt = mul(nbd, CPU_TILE);
     /* the selection indexes the grid with 32-bit integers */
     if (mra && nn > UINT32_MAX)
         return -1;
-    if (Np == 0 || (mra && nn == 0) || npd == 0 || nbd == 0 || nbdp == 0 ||
-        qt == 0)
+    if (Np == 0 || (mra && nn == 0) || npd == 0 || nbd == 0 || nbdp == 0)
         return -1;
     int n = 0;
-    pc[n++] = (struct piece){sizeof(float), qt, (void **)&hd->qt}; /* qt */
     size_t kvc = hd->kv_inplace ? 0 : npd;
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->kcopy};
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->vcopy};
@@ -140,6 +138,36 @@ static const char *row_addr(const struct cpu_head *hd, const void *base,
     return (const char *)base + idx * es;
 }
 
+/* Whether token t is a real token: inside N and not masked out. */
+static int token_real(const struct cpu_head *hd, uint32_t t)
+{
+    const struct attn_problem *p = hd->p;
+    return t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
+}
+
+void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
+{
+    const struct attn_problem *p = hd->p;
+    uint32_t D = hd->D;
+    float qrow[ATTN_MAX_HEAD_DIM];
+    for (uint32_t i = 0; i < CPU_TILE; i++) {
+        uint32_t t = I * CPU_TILE + i;
+        if (!token_real(hd, t)) {
+            for (uint32_t d = 0; d < D; d++)
+                qt[(size_t)d * CPU_TILE + i] = 0.0f;
+            continue;
+        }
+        const float *src = qrow;
+        const char *at = row_addr(hd, p->q, p->H, hd->h, t);
+        if (p->dtype == ATTN_F32 && ((uintptr_t)at & 3) == 0)
+            src = (const float *)(const void *)at;
+        else
+            attn_to_f32(p->dtype, at, qrow, D);
+        for (uint32_t d = 0; d < D; d++)
+            qt[(size_t)d * CPU_TILE + i] = src[d];
+    }
+}
+
 void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                    const struct cpu_kernels *kern)
 {
@@ -148,26 +176,25 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
     uint32_t kvh = hd->h / (p->H / p->Hkv);
     float qrow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float kmean[ATTN_MAX_HEAD_DIM];
-    /* running sum of the block's query rows, for its mean: the same
-     * additions in the same token order as summing the transposed block,
-     * but vectorised over d instead of one dependent chain per d */
+    /* running sum of the block's real query rows, for its mean, in token
+     * order (a masked or padded row would add zeros) */
     _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
     int mra = hd->method != ATTN_EXACT;
     for (uint32_t J = J0; J < J1; J++) {
         float c = 0.0f;
         if (mra)
             memset(qsum, 0, D * sizeof *qsum);
-        float *qt = hd->qt + (size_t)J * D * CPU_TILE;
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
-            int real =
-                t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
+            int real = token_real(hd, t);
             if (real) {
-                attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow,
-                            D);
+                if (mra) { /* Q's block means; exact needs no Q here */
+                    attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t),
+                                qrow, D);
+                    for (uint32_t d = 0; d < D; d++)
+                        qsum[d] += qrow[d];
+                }
                 c += 1.0f;
-            } else {
-                memset(qrow, 0, D * sizeof *qrow);
             }
             if (!hd->kv_inplace) {
                 float *k = hd->kcopy + (size_t)t * Dp;
@@ -185,11 +212,6 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                     memset(v, 0, Dp * sizeof *v);
                 }
             }
-            for (uint32_t d = 0; d < D; d++)
-                qt[(size_t)d * CPU_TILE + jj] = qrow[d];
-            if (mra)
-                for (uint32_t d = 0; d < D; d++)
-                    qsum[d] += qrow[d];
             hd->kbias[t] = real ? 0.0f : -INFINITY;
         }
         hd->cnt[J] = c;

@@ -4,16 +4,18 @@
  *
  * A head goes through up to five phases, each a parallel loop over
  * independent items (see cpu-backend.c):
- *   1. load    (per block J): f32 working copies of Q (transposed per
- *              block), K and V with masked and padded tokens zeroed, the key
- *              bias, block counts, and for MRA the block means;
+ *   1. load    (per block J): f32 working copies of K and V (where they
+ *              cannot be read in place) with masked and padded tokens
+ *              zeroed, the key bias, block counts, and for MRA the block
+ *              means;
  *   2. lowres  (MRA, per CPU_LR_ROWS block rows): L_IJ for all J, each
  *              row's max, and the selection keys of the scores S_IJ;
  *   3. select  (MRA, per head): the top-k blocks over the whole grid;
  *   4. fold    (MRA, per CPU_LR_ROWS block rows): the low-resolution terms
  *              of each block row (those not selected) folded into a
  *              (max, weight sum, weighted value sum) triple;
- *   5. rows    (per block row I): the outputs of the 32 query rows.
+ *   5. rows    (per block row I): the outputs of the 32 query rows, from
+ *              the block of Q transposed on the spot (cpu_head_q_block()).
  * Every item writes only its own slice, and its arithmetic never depends
  * on which thread runs it, so results are bitwise reproducible.
  *
@@ -40,7 +42,6 @@ struct cpu_head {
     float scale;
     int method; /* enum attn_method */
     /* workspace, carved from the backend's arena by cpu_head_carve() */
-    float *qt;      /* [nb][D][32]: block I of Q transposed */
     const float *k; /* [nb*32][Dp], masked rows 0: kcopy or the input */
     const float *v; /* [nb*32][Dp]: vcopy or the input */
     float *kcopy;   /* the working copies, when k/v are not read in place */
@@ -83,6 +84,9 @@ void cpu_head_select(struct cpu_head *hd);
 /* Phase 4 for row group G (MRA only). */
 void cpu_head_fold(struct cpu_head *hd, uint32_t G,
                    const struct cpu_kernels *kern);
+/* Block I of Q in f32, transposed: qt[d][i] for D rows of 32, zero for
+ * masked and padded tokens. */
+void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt);
 /* Phase 5 for block row I: writes rows I*32 .. min(N, I*32+32) of out. */
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                    const struct cpu_kernels *kern);
