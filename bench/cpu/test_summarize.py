@@ -82,6 +82,35 @@ def test_targets_pass_and_fail_on_their_thresholds():
     assert status(t, "exact-threads")["status"] == "FAIL"   # 1.7x
 
 
+def test_ratio_targets_take_the_median_of_back_to_back_rounds():
+    peak = {"2": {"gflops": 150.0}}
+    rows, sdpa = full_set(mra16=0.3)  # 20x from the main run alone
+    paired = {"sdpa": [], "mrad": []}
+    # three rounds: SDPA / mra2 = 24, 26, 30; mra2 1 / all = 1.5, 1.9, 2.0
+    for rnd, (s16, m_all, m_one) in enumerate(
+            [(4.8, 0.2, 0.3), (5.2, 0.2, 0.38), (6.0, 0.2, 0.4)], 1):
+        paired["sdpa"].append({"round": rnd, "N": 16384, "time_s": s16})
+        paired["mrad"] += [
+            dict(mrad("mra2", 16384, m_all, bpr=16), round=rnd),
+            dict(mrad("mra2", 16384, m_one, bpr=16, threads=1), round=rnd),
+            dict(mrad("exact", 16384, 10.0), round=rnd),
+            dict(mrad("exact", 16384, 17.0, threads=1), round=rnd),
+        ]
+    # a round without its SDPA time does not count
+    paired["mrad"].append(dict(mrad("mra2", 16384, 0.01, bpr=16), round=4))
+    t = summarize.check_targets(peak, sdpa, rows, NPROC, paired)
+    s = status(t, "mra2-vs-sdpa")
+    assert abs(s["value"] - 26.0) < 1e-9 and s["status"] == "PASS"
+    assert "median of 3 back-to-back rounds" in s["detail"]
+    assert abs(status(t, "mra2-threads")["value"] - 1.9) < 1e-9
+    assert status(t, "mra2-threads")["status"] == "PASS"
+    assert abs(status(t, "exact-threads")["value"] - 1.7) < 1e-9
+    assert status(t, "exact-threads")["status"] == "FAIL"
+    # without rounds the main run decides
+    t = summarize.check_targets(peak, sdpa, rows, NPROC, {"sdpa": [], "mrad": []})
+    assert status(t, "mra2-vs-sdpa")["status"] == "FAIL"
+
+
 def test_growth_bound_is_an_upper_bound():
     peak = {"2": {"gflops": 150.0}}
     rows, sdpa = full_set(mra16=0.26)  # 1.3x exactly: still met
