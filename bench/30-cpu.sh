@@ -53,9 +53,9 @@ PY=.venv-bench/bin/python
 [ -x "$PY" ] || PY=
 
 if [ "$QUICK" = 1 ]; then
-    NS="256 1024" BIG=2048 SCALE_N=1024 GEMM_N=1024 BUDGET=0.5 PAIR_ROUNDS=1
+    NS="256 1024" BIG=2048 SCALE_N=1024 GEMM_N=1024 BUDGET=0.5 PAIR_ROUNDS=1 PAIR_SMALL=256
 else
-    NS="1024 4096 16384" BIG=65536 SCALE_N=16384 GEMM_N=4096 BUDGET=6 PAIR_ROUNDS=3
+    NS="1024 4096 16384" BIG=65536 SCALE_N=16384 GEMM_N=4096 BUDGET=6 PAIR_ROUNDS=3 PAIR_SMALL=4096
 fi
 
 # GEMM through Debian's OpenBLAS.  Its 0.3.21 does not know recent Intel
@@ -120,23 +120,26 @@ step "mrad thread scaling N=$SCALE_N, 1 thread"
 "$BIN/bench-cpu" --n "$SCALE_N" --threads 1 --exact --bpr 16 --inputs local \
     --budget "$BUDGET" --max-reps 3 >>"$RAW/mrad.jsonl"
 
+PAIR_NS="$PAIR_SMALL $SCALE_N"
 # Ratios between two measurements taken minutes apart carry the drift of a
-# shared machine in them.  The targets that are ratios (MRA-2 against SDPA,
-# all cores against one) are therefore also measured in back-to-back
-# rounds: each round times SDPA, then mrad on all cores, then mrad on one,
-# at N=$SCALE_N, and the targets take the median of the per-round ratios.
+# shared machine in them.  The targets that are ratios (exact and MRA-2
+# against SDPA, all cores against one) are therefore also measured in
+# back-to-back rounds: each round times SDPA, then mrad on all cores, then
+# mrad on one thread, and the targets take the median of the per-round
+# ratios.
 for r in $(seq "$PAIR_ROUNDS"); do
-    step "paired round $r of $PAIR_ROUNDS: SDPA, mrad all cores, mrad 1 thread (N=$SCALE_N)"
+    step "paired round $r of $PAIR_ROUNDS: SDPA, mrad all cores, mrad 1 thread (N=$PAIR_NS)"
     if [ -n "$PY" ]; then
-        "$PY" bench/cpu/sdpa.py --n "$SCALE_N" --threads "$NPROC" --budget 0 \
-            --min-reps 1 --max-reps 1 | sed "s/^{/{\"round\": $r, /" \
+        "$PY" bench/cpu/sdpa.py --n "${PAIR_NS// /,}" --threads "$NPROC" \
+            --budget 0 --min-reps 1 --max-reps 1 | sed "s/^{/{\"round\": $r, /" \
             >>"$RAW/paired-sdpa.jsonl" || echo "30-cpu: sdpa.py failed"
     fi
-    for t in "$NPROC" 1; do
-        "$BIN/bench-cpu" --n "$SCALE_N" --threads "$t" --exact --bpr 16 \
+    for run in "$PAIR_SMALL $NPROC" "$SCALE_N $NPROC" "$SCALE_N 1"; do
+        set -- $run
+        "$BIN/bench-cpu" --n "$1" --threads "$2" --exact --bpr 16 \
             --inputs local --min-reps 1 --max-reps 1 | grep '"record": "result"' |
             sed "s/^{/{\"round\": $r, /" >>"$RAW/paired-mrad.jsonl" ||
-            echo "30-cpu: bench-cpu failed (paired round $r, $t threads)"
+            echo "30-cpu: bench-cpu failed (paired round $r, N=$1, $2 threads)"
     done
 done
 

@@ -89,8 +89,10 @@ def test_ratio_targets_take_the_median_of_back_to_back_rounds():
     # three rounds: SDPA / mra2 = 24, 26, 30; mra2 1 / all = 1.5, 1.9, 2.0
     for rnd, (s16, m_all, m_one) in enumerate(
             [(4.8, 0.2, 0.3), (5.2, 0.2, 0.38), (6.0, 0.2, 0.4)], 1):
-        paired["sdpa"].append({"round": rnd, "N": 16384, "time_s": s16})
+        paired["sdpa"] += [{"round": rnd, "N": 16384, "time_s": s16},
+                           {"round": rnd, "N": 4096, "time_s": 0.3 * rnd}]
         paired["mrad"] += [
+            dict(mrad("exact", 4096, 0.4), round=rnd),  # 0.75x, 1.5x, 2.25x
             dict(mrad("mra2", 16384, m_all, bpr=16), round=rnd),
             dict(mrad("mra2", 16384, m_one, bpr=16, threads=1), round=rnd),
             dict(mrad("exact", 16384, 10.0), round=rnd),
@@ -104,6 +106,8 @@ def test_ratio_targets_take_the_median_of_back_to_back_rounds():
     assert "median of 3 back-to-back rounds" in s["detail"]
     assert abs(status(t, "mra2-threads")["value"] - 1.9) < 1e-9
     assert status(t, "mra2-threads")["status"] == "PASS"
+    assert abs(status(t, "exact-vs-sdpa")["value"] - 1.5) < 1e-9
+    assert status(t, "exact-vs-sdpa")["status"] == "PASS"
     assert abs(status(t, "exact-threads")["value"] - 1.7) < 1e-9
     assert status(t, "exact-threads")["status"] == "FAIL"
     # without rounds the main run decides
