@@ -174,28 +174,14 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
     const struct attn_problem *p = hd->p;
     uint32_t D = hd->D, Dp = hd->Dp;
     uint32_t kvh = hd->h / (p->H / p->Hkv);
-    float qrow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float kmean[ATTN_MAX_HEAD_DIM];
-    /* running sum of the block's real query rows, for its mean, in token
-     * order (a masked or padded row would add zeros) */
-    _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
     int mra = hd->method != ATTN_EXACT;
     for (uint32_t J = J0; J < J1; J++) {
         float c = 0.0f;
-        if (mra)
-            memset(qsum, 0, D * sizeof *qsum);
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
             int real = token_real(hd, t);
-            if (real) {
-                if (mra) { /* Q's block means; exact needs no Q here */
-                    attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t),
-                                qrow, D);
-                    for (uint32_t d = 0; d < D; d++)
-                        qsum[d] += qrow[d];
-                }
-                c += 1.0f;
-            }
+            c += real ? 1.0f : 0.0f;
             if (!hd->kv_inplace) {
                 float *k = hd->kcopy + (size_t)t * Dp;
                 float *v = hd->vcopy + (size_t)t * Dp;
@@ -218,19 +204,41 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
         if (!mra)
             continue;
         hd->lnc[J] = c > 0.0f ? logf(c) : 0.0f;
-        /* block means: K and V rows through the kernel, Q from the sum
-         * above; each sums its tokens in order */
+        /* K's block means, which every block row's logits need; the means
+         * of Q and V wait for the lowres phase (cpu_head_means()) */
         kern->block_mean(hd->k + (size_t)J * CPU_TILE * Dp, Dp, c, kmean);
-        kern->block_mean(hd->v + (size_t)J * CPU_TILE * Dp, Dp, c,
-                         hd->vh + (size_t)J * Dp);
-        float *qh = hd->qh + (size_t)J * Dp;
-        memset(qh, 0, Dp * sizeof *qh);
-        for (uint32_t d = 0; d < D; d++) {
+        for (uint32_t d = 0; d < D; d++)
             hd->khT[(size_t)d * hd->nb + J] = kmean[d];
-            if (c != 0.0f)
-                qh[d] = qsum[d] / c;
-        }
     }
+}
+
+/* The block means of Q and V of block I (MRA): Q's from its real rows
+ * summed in token order (a masked or padded row would add zeros), V's
+ * through the kernel.  Needs block I loaded (cnt, and V's copy if any). */
+static void cpu_head_means(struct cpu_head *hd, uint32_t I,
+                           const struct cpu_kernels *kern)
+{
+    const struct attn_problem *p = hd->p;
+    uint32_t D = hd->D, Dp = hd->Dp;
+    float qrow[ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
+    float c = hd->cnt[I];
+    memset(qsum, 0, D * sizeof *qsum);
+    for (uint32_t i = 0; i < CPU_TILE; i++) {
+        uint32_t t = I * CPU_TILE + i;
+        if (!token_real(hd, t))
+            continue;
+        attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow, D);
+        for (uint32_t d = 0; d < D; d++)
+            qsum[d] += qrow[d];
+    }
+    float *qh = hd->qh + (size_t)I * Dp;
+    memset(qh, 0, Dp * sizeof *qh);
+    if (c != 0.0f)
+        for (uint32_t d = 0; d < D; d++)
+            qh[d] = qsum[d] / c;
+    kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
+                     hd->vh + (size_t)I * Dp);
 }
 
 uint32_t cpu_head_row_groups(const struct cpu_head *hd)
@@ -245,6 +253,10 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
     uint32_t nb = hd->nb, I0 = G * CPU_LR_ROWS;
     uint32_t rows = nb - I0 < CPU_LR_ROWS ? nb - I0 : CPU_LR_ROWS;
     float *L = hd->L + (size_t)I0 * nb, rmax[CPU_LR_ROWS];
+    /* the group's own Q and V means: reading them here, among the
+     * arithmetic, keeps the memory-bound load phase short */
+    for (uint32_t I = I0; I < I0 + rows; I++)
+        cpu_head_means(hd, I, kern);
     kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT,
                       hd->D, nb, hd->scale, L, rmax);
     for (uint32_t I = I0; I < I0 + rows; I++, L += nb) {

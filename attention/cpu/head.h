@@ -7,9 +7,10 @@
  *   1. load    (per block J): f32 working copies of K and V (where they
  *              cannot be read in place) with masked and padded tokens
  *              zeroed, the key bias, block counts, and for MRA the block
- *              means;
- *   2. lowres  (MRA, per CPU_LR_ROWS block rows): L_IJ for all J, each
- *              row's max, and the selection keys of the scores S_IJ;
+ *              means of K;
+ *   2. lowres  (MRA, per CPU_LR_ROWS block rows): the rows' block means of
+ *              Q and V, L_IJ for all J, each row's max, and the selection
+ *              keys of the scores S_IJ;
  *   3. select  (MRA, per head): the top-k blocks over the whole grid;
  *   4. fold    (MRA, per CPU_LR_ROWS block rows): the low-resolution terms
  *              of each block row (those not selected) folded into a
