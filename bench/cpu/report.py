@@ -101,8 +101,9 @@ def method_section(doc):
         "Times are measured on the local inputs.",
         "- **Thread scaling**: exact and MRA-2 (block_per_row 16) at "
         "N = 16384 with `attn_config.threads` = 1 against all cores.",
-        "- **Back-to-back rounds**: the four targets that are ratios "
-        "(exact and MRA-2 against SDPA, all cores against one thread) compare "
+        "- **Back-to-back rounds**: the five targets that are ratios "
+        "(exact and MRA-2 against SDPA, MRA-2's time per token at N = 16384 "
+        "against N = 4096, all cores against one thread) compare "
         "measurements that the main run takes minutes apart, while the "
         "speed of a shared machine drifts by tens of percent over minutes.  "
         "So the step also runs rounds of SDPA at N = 4096 and 16384, then "

@@ -93,6 +93,9 @@ def test_ratio_targets_take_the_median_of_back_to_back_rounds():
                            {"round": rnd, "N": 4096, "time_s": 0.3 * rnd}]
         paired["mrad"] += [
             dict(mrad("exact", 4096, 0.4), round=rnd),  # 0.75x, 1.5x, 2.25x
+            # per token 0.2 / 16384 against m4 / 4096: 1.25, 1.0, 0.8
+            dict(mrad("mra2", 4096, (0.04, 0.05, 0.0625)[rnd - 1], bpr=16),
+                 round=rnd),
             dict(mrad("mra2", 16384, m_all, bpr=16), round=rnd),
             dict(mrad("mra2", 16384, m_one, bpr=16, threads=1), round=rnd),
             dict(mrad("exact", 16384, 10.0), round=rnd),
@@ -106,6 +109,8 @@ def test_ratio_targets_take_the_median_of_back_to_back_rounds():
     assert "median of 3 back-to-back rounds" in s["detail"]
     assert abs(status(t, "mra2-threads")["value"] - 1.9) < 1e-9
     assert status(t, "mra2-threads")["status"] == "PASS"
+    assert abs(status(t, "mra2-linear")["value"] - 1.0) < 1e-9
+    assert status(t, "mra2-linear")["status"] == "PASS"
     assert abs(status(t, "exact-vs-sdpa")["value"] - 1.5) < 1e-9
     assert status(t, "exact-vs-sdpa")["status"] == "PASS"
     assert abs(status(t, "exact-threads")["value"] - 1.7) < 1e-9
