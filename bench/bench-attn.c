@@ -61,6 +61,29 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The problems timed here: B = 1, H heads (as many KV heads), block_per_row
+ * 16 for MRA. */
+static struct attn_problem bench_problem(enum attn_method method,
+                                         enum attn_dtype dt, uint32_t H,
+                                         uint32_t N, uint32_t D, void *q,
+                                         void *k, void *v, void *o)
+{
+    return (struct attn_problem){
+        .method = method,
+        .dtype = dt,
+        .B = 1,
+        .H = H,
+        .Hkv = H,
+        .N = N,
+        .D = D,
+        .q = q,
+        .k = k,
+        .v = v,
+        .out = o,
+        .block_per_row = 16,
+    };
+}
+
 #define LAT_N 128
 #define LAT_CALLS 1001
 
@@ -80,20 +103,7 @@ static int measure_latency(struct attn_backend *be, enum attn_method method,
         fill(q, n, dt, &st);
         fill(k, n, dt, &st);
         fill(v, n, dt, &st);
-        struct attn_problem p = {
-            .method = method,
-            .dtype = dt,
-            .B = 1,
-            .H = 1,
-            .Hkv = 1,
-            .N = N,
-            .D = D,
-            .q = q,
-            .k = k,
-            .v = v,
-            .out = o,
-            .block_per_row = 16,
-        };
+        struct attn_problem p = bench_problem(method, dt, 1, N, D, q, k, v, o);
         rc = attn_backend_compute(be, &p, NULL); /* warm-up */
         for (int i = 0; i < LAT_CALLS && rc == ATTN_OK; i++) {
             double t0 = now();
@@ -177,20 +187,8 @@ int main(int argc, char **argv)
         fill(k, n, dt, &st);
         fill(v, n, dt, &st);
         for (size_t mi = 0; mi < 2; mi++) {
-            struct attn_problem p = {
-                .method = methods[mi],
-                .dtype = dt,
-                .B = 1,
-                .H = H,
-                .Hkv = H,
-                .N = N,
-                .D = D,
-                .q = q,
-                .k = k,
-                .v = v,
-                .out = o,
-                .block_per_row = 16,
-            };
+            struct attn_problem p =
+                bench_problem(methods[mi], dt, H, N, D, q, k, v, o);
             struct attn_stats stats;
             /* warm-up (pool, arena), then repeat until 0.5 s or 3 runs */
             rc = attn_backend_compute(be, &p, &stats);

@@ -321,9 +321,9 @@ double rel_diff(attn_dtype dt, const std::vector<unsigned char> &a,
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-void check_case(const tcase &c)
+/* The case's inputs, and the CPU backend's answer in d.ref. */
+void init_with_reference(data &d, const tcase &c)
 {
-    data d;
     init(d, c);
     attn_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -331,6 +331,12 @@ void check_case(const tcase &c)
     assert_int_equal(attn_backend_new("cpu", &cfg, &cpu), ATTN_OK);
     assert_int_equal(attn_backend_compute(cpu, &d.p, nullptr), ATTN_OK);
     attn_backend_free(cpu);
+}
+
+void check_case(const tcase &c)
+{
+    data d;
+    init_with_reference(d, c);
     if (c.method == ATTN_EXACT) {
         run_t<8>(d, false);
         std::vector<unsigned char> tall = d.out;
@@ -369,13 +375,7 @@ void test_mra2_sparse(void **state)
 void check_pipeline(const tcase &c)
 {
     data d;
-    init(d, c);
-    attn_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    attn_backend *cpu = nullptr;
-    assert_int_equal(attn_backend_new("cpu", &cfg, &cpu), ATTN_OK);
-    assert_int_equal(attn_backend_compute(cpu, &d.p, nullptr), ATTN_OK);
-    attn_backend_free(cpu);
+    init_with_reference(d, c);
     plan(d);
 
     dev_problem dp;

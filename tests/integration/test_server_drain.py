@@ -28,6 +28,19 @@ def wait_inflight(srv, n, timeout=20.0):
     raise AssertionError(f"never saw {n} requests in flight")
 
 
+def two_slow_in_flight(srv):
+    """Two slow exact requests on their way, once both are in flight:
+    (results, threads); results[i] is filled when thread i ends."""
+    results = [None] * 2
+    big = slow_problem(srv, 0.6)
+    threads = [threading.Thread(target=run_bg, args=(srv, results, i, big),
+                                kwargs={"method": "exact"}) for i in range(2)]
+    for t in threads:
+        t.start()
+    wait_inflight(srv, 2)
+    return results, threads
+
+
 def test_sigterm_finishes_accepted_requests_then_exits_0():
     args = ["--batch-window-us", "0", "--max-batch-requests", "1"]
     srv = MradServer(args, threads=2).start()
@@ -66,13 +79,7 @@ def test_drain_timeout_answers_503_and_exits():
             "--drain-timeout-ms", "100"]
     srv = MradServer(args, threads=2).start()
     try:
-        results = [None] * 2
-        big = slow_problem(srv, 0.6)
-        threads = [threading.Thread(target=run_bg, args=(srv, results, i, big),
-                                    kwargs={"method": "exact"}) for i in range(2)]
-        for t in threads:
-            t.start()
-        wait_inflight(srv, 2)
+        results, threads = two_slow_in_flight(srv)
         t0 = time.monotonic()
         srv.signal()
         for t in threads:
@@ -92,13 +99,7 @@ def test_second_signal_ends_the_drain_at_once():
             "--drain-timeout-ms", "60000"]
     srv = MradServer(args, threads=2).start()
     try:
-        results = [None] * 2
-        big = slow_problem(srv, 0.6)
-        threads = [threading.Thread(target=run_bg, args=(srv, results, i, big),
-                                    kwargs={"method": "exact"}) for i in range(2)]
-        for t in threads:
-            t.start()
-        wait_inflight(srv, 2)
+        results, threads = two_slow_in_flight(srv)
         srv.signal()
         time.sleep(0.05)
         t0 = time.monotonic()
