@@ -243,9 +243,13 @@ class MradServer:
 _SECONDS_PER_HEAD = {}
 
 
-def slow_problem(srv, min_seconds=0.5, N=4096, D=64, max_heads=256):
+def slow_problem(srv, min_seconds=0.5, N=16384, D=64, max_heads=256):
     """(q, k, v) of an exact-attention problem that keeps `srv` computing
     for at least about `min_seconds`, for tests that need busy workers.
+    The long sequence makes it heavy in compute and light in bytes (12 MiB
+    a head), so that uploads and encoding take little of that time and
+    tests that need several requests in flight together get them on a
+    slow machine too.
     The compute time per head is measured once per --threads setting (a
     few requests to `srv`, timed by their compute_us: count metrics as
     differences) and reused by later servers."""
