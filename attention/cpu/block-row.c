@@ -87,14 +87,16 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                 a = expf(m[i] - mx);
             if (lt.any)
                 bl = expf(lt.m - mx);
-            float den = l[i] * a + lt.sum * bl;
+            /* one division per row; the D outputs are products */
+            float inv = 1.0f / (l[i] * a + lt.sum * bl);
+            float ca = a * inv, cb = bl * inv;
             const float *ar = acc + (size_t)i * Dp;
             if (lt.any)
                 for (uint32_t d = 0; d < D; d++)
-                    dst[d] = (ar[d] * a + vlow[d] * bl) / den;
+                    dst[d] = ar[d] * ca + vlow[d] * cb;
             else
                 for (uint32_t d = 0; d < D; d++)
-                    dst[d] = ar[d] * a / den;
+                    dst[d] = ar[d] * ca;
         }
         if (dst == row)
             attn_from_f32(p->dtype, row, o, D);
