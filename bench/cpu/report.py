@@ -108,11 +108,12 @@ def method_section(doc):
         "speed of a shared machine drifts by tens of percent over minutes.  "
         "So the step also runs rounds of SDPA at N = 4096 and 16384, then "
         "mrad (exact and MRA-2) at N = 4096 and 16384 on all cores, then at "
-        "16384 on one thread (each the median of up to 3 calls that fit in "
-        "a second after a warm-up), each right "
-        "after the other, and those targets are judged on the median of "
-        "the per-round ratios (their line in the table gives every "
-        "round).  The tables below keep the figures of the main run.",
+        "16384 on one thread (up to 3 calls that fit in a second after a "
+        "warm-up; at least 2 for SDPA), each right after the other.  Each "
+        "side of a ratio is its fastest call in the round, since other work "
+        "on the cores only ever adds time, and those targets are judged on "
+        "the median of the per-round ratios (their line in the table gives "
+        "every round).  The tables below keep the figures of the main run.",
         "",
     ]
 

@@ -127,12 +127,22 @@ def find(rows, **kw):
     return None
 
 
+def best_time(r):
+    """The fastest call of a measurement (its time_s without a list of
+    calls).  On a shared machine other work only ever adds time, so the
+    fastest call is the closest to what the code itself costs; the rounds
+    judge both sides of every ratio the same way."""
+    times = [t for t in r.get("times") or [] if t and t > 0]
+    return min(times) if times else r.get("time_s")
+
+
 def paired_ratios(paired, nproc, n=16384, small=4096):
     """Per-round ratios of the back-to-back rounds (30-cpu.sh): for each
     round with all its measurements, SDPA over exact at N=small and over
     mra2 (bpr 16) at N=n on all cores, and one thread over all cores for
-    mra2 and for exact at N=n.  Returns {target id: [(value, numerator,
-    denominator) of each complete round]}."""
+    mra2 and for exact at N=n, each side its fastest call (best_time()).
+    Returns {target id: [(value, numerator, denominator) of each complete
+    round]}."""
     out = {"exact-vs-sdpa": [], "mra2-vs-sdpa": [], "mra2-threads": [],
            "exact-threads": [], "mra2-linear": []}
     if not paired:
@@ -155,15 +165,14 @@ def paired_ratios(paired, nproc, n=16384, small=4096):
                               ("mra2-vs-sdpa", s, m_all),
                               ("mra2-threads", m_one, m_all),
                               ("exact-threads", e_one, e_all)):
-            if num and den and num.get("time_s") and den.get("time_s"):
-                out[tid].append((num["time_s"] / den["time_s"],
-                                 num["time_s"], den["time_s"]))
+            if num and den and best_time(num) and best_time(den):
+                out[tid].append((best_time(num) / best_time(den),
+                                 best_time(num), best_time(den)))
         # time per token at N=n over time per token at N=small
-        if m_all and m_small and m_all.get("time_s") and \
-                m_small.get("time_s"):
+        if m_all and m_small and best_time(m_all) and best_time(m_small):
             out["mra2-linear"].append((
-                (m_all["time_s"] / n) / (m_small["time_s"] / small),
-                m_small["time_s"], m_all["time_s"]))
+                (best_time(m_all) / n) / (best_time(m_small) / small),
+                best_time(m_small), best_time(m_all)))
     return out
 
 
@@ -231,7 +240,7 @@ def check_targets(peak, sdpa, mrad, nproc, paired=None):
 
     def vs_sdpa(tid, method, n, mine, theirs):
         """A speed-up over SDPA: from the rounds, else from the main run."""
-        if by_rounds(tid, lambda g: "medians: SDPA %.1f ms, %s %.1f ms" % (
+        if by_rounds(tid, lambda g: "medians of the best calls: SDPA %.1f ms, %s %.1f ms" % (
                 ms(g, 1), method, ms(g, 2))):
             return
         target(tid, {"%s_N=%d" % (method, n): mine, "SDPA_N=%d" % n: theirs},
@@ -250,7 +259,7 @@ def check_targets(peak, sdpa, mrad, nproc, paired=None):
     def growth():
         return (m16["time_s"] / 16384) / (m4["time_s"] / 4096)
 
-    if not by_rounds("mra2-linear", lambda g: "medians: %.2f us/token at "
+    if not by_rounds("mra2-linear", lambda g: "medians of the best calls: %.2f us/token at "
                      "4096, %.2f at 16384" % (ms(g, 1) * 1e3 / 4096,
                                               ms(g, 2) * 1e3 / 16384)):
         target("mra2-linear", {"mra2_N=4096": m4, "mra2_N=16384": m16},
@@ -260,7 +269,7 @@ def check_targets(peak, sdpa, mrad, nproc, paired=None):
                    growth()))
     for tid, many, one, name in (("mra2-threads", m16, m16_1, "mra2"),
                                  ("exact-threads", ex16, ex16_1, "exact")):
-        if by_rounds(tid, lambda g: "medians: 1 thread %.1f ms, %d threads "
+        if by_rounds(tid, lambda g: "medians of the best calls: 1 thread %.1f ms, %d threads "
                      "%.1f ms" % (ms(g, 1), nproc, ms(g, 2))):
             continue
         target(tid, {name + "_N=16384": many,
