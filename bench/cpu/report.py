@@ -87,7 +87,9 @@ def method_section(doc):
         "warm-up call (at least 2 at N = 16384, at most 7).  GFLOP/s are "
         "`attn_flops()`, the spec's count: 4 N^2 D per head for exact, "
         "4 k b^2 D + 2 nb^2 D for MRA-2, so MRA-2's rate counts only the "
-        "work it does.",
+        "work it does.  The tables give the median; the two "
+        "percent-of-peak targets set the fastest call's rate against the "
+        "peak, which is itself the best run of its GEMM.",
         "- **Errors**: relative Frobenius norm of (out - exact) over the "
         "whole output, against mrad's exact output on the same inputs.  At "
         "N = 65536 exact is not run (13 TFLOP); errors marked * are "

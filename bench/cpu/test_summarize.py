@@ -207,3 +207,16 @@ def test_rounds_take_each_measurements_fastest_call():
     r = summarize.paired_ratios(paired, NPROC)
     assert r["mra2-vs-sdpa"] == [(5.0 / 0.2, 5.0, 0.2)]
     assert r["mra2-threads"] == [(0.38 / 0.2, 0.38, 0.2)]
+
+
+def test_peak_targets_take_the_fastest_call():
+    """The GEMM peak is its best run, so the attention rate set against it
+    is the fastest call's; the median stays in the detail."""
+    peak = {"2": {"gflops": 100.0}}
+    rows, sdpa = full_set()
+    ex4 = summarize.find(rows, method="exact", N=4096)
+    ex4.update(flops=60e9, time_s=1.2, gflops=50.0, times=[1.2, 1.0, 1.3])
+    t = summarize.check_targets(peak, sdpa, rows, NPROC)
+    s = status(t, "exact-peak")
+    assert abs(s["value"] - 0.6) < 1e-9 and s["status"] == "PASS"
+    assert "median 50.0" in s["detail"]
