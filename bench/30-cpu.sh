@@ -74,13 +74,14 @@ grep -qw avx512f /proc/cpuinfo && core=SkylakeX
 # One pass of every GEMM measurement, tagged with its pass number.  It runs
 # at the start and again at the end: the peak is the best rate seen, so a
 # burst of other work on the machine during one pass does not lower it.
+# gemm_pass TAG [THREADS [REPS [FILE]]]: every library once, each record
+# tagged with TAG (a JSON member: "pass": 1, "round": 3, ...).
 gemm_pass() {
-    local pass=$1
-    step "GEMM peak, pass $pass: Debian OpenBLAS, numpy, torch"
+    local tag=$1 threads=${2:-1 $NPROC} reps=${3:-5} file=${4:-$RAW/gemm.jsonl}
     if [ $gemm_built = 1 ]; then
-        for t in 1 "$NPROC"; do
-            OPENBLAS_CORETYPE=$core OPENBLAS_NUM_THREADS=$t build/bench/gemm-peak "$GEMM_N" 5 |
-                sed "s/^{/{\"pass\": $pass, \"source\": \"openblas-debian\", /" >>"$RAW/gemm.jsonl" ||
+        for t in $threads; do
+            OPENBLAS_CORETYPE=$core OPENBLAS_NUM_THREADS=$t build/bench/gemm-peak "$GEMM_N" "$reps" |
+                sed "s/^{/{$tag, \"source\": \"openblas-debian\", /" >>"$file" ||
                 echo "30-cpu: gemm-peak failed ($t threads)"
         done
     fi
@@ -88,12 +89,13 @@ gemm_pass() {
         # numpy bundles a current OpenBLAS: the core-type override for
         # Debian's older one would slow it down, so it runs without.
         env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PY" bench/cpu/peak.py \
-            --n "$GEMM_N" --reps 5 --threads "1,$NPROC" |
-            sed "s/^{/{\"pass\": $pass, /" >>"$RAW/gemm.jsonl" ||
+            --n "$GEMM_N" --reps "$reps" --threads "${threads// /,}" |
+            sed "s/^{/{$tag, /" >>"$file" ||
             echo "30-cpu: peak.py failed"
     fi
 }
-gemm_pass 1
+step "GEMM peak, pass 1: Debian OpenBLAS, numpy, torch"
+gemm_pass '"pass": 1'
 
 if [ -n "$PY" ]; then
     step "PyTorch scaled_dot_product_attention"
@@ -124,13 +126,16 @@ PAIR_NS="$PAIR_SMALL $SCALE_N"
 # Ratios between two measurements taken minutes apart carry the drift of a
 # shared machine in them.  The targets that are ratios (exact and MRA-2
 # against SDPA, all cores against one) are therefore also measured in
-# back-to-back rounds: each round times SDPA, then mrad on all cores, then
-# mrad on one thread (up to 3 calls that fit in a second after a warm-up,
-# at least 1 for mrad and 2 for SDPA), each side of a ratio its fastest
-# call (other work on the cores only ever adds time), and the targets take
-# the median of the per-round ratios.
+# back-to-back rounds: each round times the GEMM peak on all cores (every
+# library, best of 3), SDPA, then mrad on all cores, then mrad on one
+# thread (up to 3 calls that fit in a second after a warm-up, at least 1
+# for mrad and 2 for SDPA), each side of a ratio its fastest call (other
+# work on the cores only ever adds time), and the targets take the median
+# of the per-round ratios.  The two percent-of-peak targets are ratios
+# too: the attention rate over the round's peak.
 for r in $(seq "$PAIR_ROUNDS"); do
-    step "paired round $r of $PAIR_ROUNDS: SDPA, mrad all cores, mrad 1 thread (N=$PAIR_NS)"
+    step "paired round $r of $PAIR_ROUNDS: GEMM, SDPA, mrad all cores, mrad 1 thread (N=$PAIR_NS)"
+    gemm_pass "\"round\": $r" "$NPROC" 3 "$RAW/paired-gemm.jsonl"
     if [ -n "$PY" ]; then
         "$PY" bench/cpu/sdpa.py --n "${PAIR_NS// /,}" --threads "$NPROC" \
             --budget 1 --min-reps 2 --max-reps 3 | sed "s/^{/{\"round\": $r, /" \
@@ -145,7 +150,8 @@ for r in $(seq "$PAIR_ROUNDS"); do
     done
 done
 
-gemm_pass 2
+step "GEMM peak, pass 2: Debian OpenBLAS, numpy, torch"
+gemm_pass '"pass": 2'
 
 step "summary"
 t_end=$(date +%s)

@@ -87,9 +87,7 @@ def method_section(doc):
         "warm-up call (at least 2 at N = 16384, at most 7).  GFLOP/s are "
         "`attn_flops()`, the spec's count: 4 N^2 D per head for exact, "
         "4 k b^2 D + 2 nb^2 D for MRA-2, so MRA-2's rate counts only the "
-        "work it does.  The tables give the median; the two "
-        "percent-of-peak targets set the fastest call's rate against the "
-        "peak, which is itself the best run of its GEMM.",
+        "work it does.  The tables give the median.",
         "- **Errors**: relative Frobenius norm of (out - exact) over the "
         "whole output, against mrad's exact output on the same inputs.  At "
         "N = 65536 exact is not run (13 TFLOP); errors marked * are "
@@ -103,12 +101,13 @@ def method_section(doc):
         "Times are measured on the local inputs.",
         "- **Thread scaling**: exact and MRA-2 (block_per_row 16) at "
         "N = 16384 with `attn_config.threads` = 1 against all cores.",
-        "- **Back-to-back rounds**: the five targets that are ratios "
-        "(exact and MRA-2 against SDPA, MRA-2's time per token at N = 16384 "
-        "against N = 4096, all cores against one thread) compare "
-        "measurements that the main run takes minutes apart, while the "
-        "speed of a shared machine drifts by tens of percent over minutes.  "
-        "So the step also runs rounds of SDPA at N = 4096 and 16384, then "
+        "- **Back-to-back rounds**: every target is a ratio (of rates "
+        "against the GEMM peak, exact and MRA-2 against SDPA, MRA-2's time "
+        "per token at N = 16384 against N = 4096, all cores against one "
+        "thread), and the main run takes its two sides minutes apart, while "
+        "the speed of a shared machine drifts by tens of percent over "
+        "minutes.  So the step also runs rounds of the GEMM peak on all "
+        "cores (every library, best of 3), SDPA at N = 4096 and 16384, then "
         "mrad (exact and MRA-2) at N = 4096 and 16384 on all cores, then at "
         "16384 on one thread (up to 3 calls that fit in a second after a "
         "warm-up; at least 2 for SDPA), each right after the other.  Each "
