@@ -223,6 +223,18 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
     float qrow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
     float c = hd->cnt[I];
+    float *qh = hd->qh + (size_t)I * Dp;
+    if (hd->kv_inplace && ((uintptr_t)p->q & 3) == 0) {
+        /* Q has the working layout too (f32 rows of Dp, every token
+         * real): the kernel sums its rows in place, in the same order as
+         * the loop below */
+        kern->block_mean((const float *)(const void *)row_addr(
+                             hd, p->q, p->H, hd->h, I * CPU_TILE),
+                         Dp, c, qh);
+        kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
+                         hd->vh + (size_t)I * Dp);
+        return;
+    }
     memset(qsum, 0, D * sizeof *qsum);
     for (uint32_t i = 0; i < CPU_TILE; i++) {
         uint32_t t = I * CPU_TILE + i;
@@ -232,7 +244,6 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
         for (uint32_t d = 0; d < D; d++)
             qsum[d] += qrow[d];
     }
-    float *qh = hd->qh + (size_t)I * Dp;
     memset(qh, 0, Dp * sizeof *qh);
     if (c != 0.0f)
         for (uint32_t d = 0; d < D; d++)
