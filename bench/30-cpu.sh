@@ -122,35 +122,43 @@ step "mrad thread scaling N=$SCALE_N, 1 thread"
 "$BIN/bench-cpu" --n "$SCALE_N" --threads 1 --exact --bpr 16 --inputs local \
     --budget "$BUDGET" --max-reps 3 >>"$RAW/mrad.jsonl"
 
-PAIR_NS="$PAIR_SMALL $SCALE_N"
 # Ratios between two measurements taken minutes apart carry the drift of a
-# shared machine in them.  The targets that are ratios (exact and MRA-2
-# against SDPA, all cores against one) are therefore also measured in
-# back-to-back rounds: each round times the GEMM peak on all cores (every
-# library, best of 3), SDPA, then mrad on all cores, then mrad on one
-# thread (up to 3 calls that fit in a second after a warm-up, at least 1
-# for mrad and 2 for SDPA), each side of a ratio its fastest call (other
-# work on the cores only ever adds time), and the targets take the median
-# of the per-round ratios.  The two percent-of-peak targets are ratios
-# too: the attention rate over the round's peak.  Even rounds time one
-# thread before all cores, so neither side of the thread scaling always
-# comes second.
+# shared machine in them.  Every target is a ratio (a rate against the
+# GEMM peak, exact and MRA-2 against SDPA, MRA-2's time per token at two
+# N, all cores against one thread), so they are also measured in
+# back-to-back rounds.  Each round times the GEMM peak on all cores (every
+# library, best of 3), SDPA at both N, mrad exact and MRA-2 at the small N,
+# then each thread-scaling pair right after each other: MRA-2 at the large
+# N on all cores and on one thread, then exact likewise.  Even rounds time
+# one thread first, so neither side always comes second.  mrad makes up to
+# 3 calls that fit in a second after a warm-up (at least 1; SDPA at least
+# 2), each side of a ratio is its fastest call (other work on the cores
+# only ever adds time), and the targets take the median of the per-round
+# ratios.
 for r in $(seq "$PAIR_ROUNDS"); do
-    runs=("$PAIR_SMALL $NPROC" "$SCALE_N $NPROC" "$SCALE_N 1")
-    [ $((r % 2)) = 0 ] && runs=("$SCALE_N 1" "$PAIR_SMALL $NPROC" "$SCALE_N $NPROC")
-    step "paired round $r of $PAIR_ROUNDS: GEMM, SDPA, mrad at (N threads): ${runs[*]}"
+    runs=("$PAIR_SMALL $NPROC --exact --bpr 16")
+    for m in "--bpr 16" "--exact --bpr none"; do
+        if [ $((r % 2)) = 1 ]; then
+            runs+=("$SCALE_N $NPROC $m" "$SCALE_N 1 $m")
+        else
+            runs+=("$SCALE_N 1 $m" "$SCALE_N $NPROC $m")
+        fi
+    done
+    step "paired round $r of $PAIR_ROUNDS: GEMM, SDPA, then mrad (N threads method):$(printf ' [%s]' "${runs[@]}")"
     gemm_pass "\"round\": $r" "$NPROC" 3 "$RAW/paired-gemm.jsonl"
     if [ -n "$PY" ]; then
-        "$PY" bench/cpu/sdpa.py --n "${PAIR_NS// /,}" --threads "$NPROC" \
+        "$PY" bench/cpu/sdpa.py --n "$PAIR_SMALL,$SCALE_N" --threads "$NPROC" \
             --budget 1 --min-reps 2 --max-reps 3 | sed "s/^{/{\"round\": $r, /" \
             >>"$RAW/paired-sdpa.jsonl" || echo "30-cpu: sdpa.py failed"
     fi
     for run in "${runs[@]}"; do
         set -- $run
-        "$BIN/bench-cpu" --n "$1" --threads "$2" --exact --bpr 16 \
+        n=$1 t=$2
+        shift 2
+        "$BIN/bench-cpu" --n "$n" --threads "$t" "$@" \
             --inputs local --budget 1 --min-reps 1 --max-reps 3 | grep '"record": "result"' |
             sed "s/^{/{\"round\": $r, /" >>"$RAW/paired-mrad.jsonl" ||
-            echo "30-cpu: bench-cpu failed (paired round $r, N=$1, $2 threads)"
+            echo "30-cpu: bench-cpu failed (paired round $r: $run)"
     done
 done
 

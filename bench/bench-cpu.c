@@ -3,7 +3,7 @@
  * backend's exact and MRA-2 attention through the public C API and
  * measures how far MRA-2 lands from exact attention.
  *
- *   bench-cpu --n N [--heads 12] [--dim 64] [--threads T] [--bpr 1,4,16,32]
+ *   bench-cpu --n N [--heads 12] [--dim 64] [--threads T] [--bpr 1,4,16,32|none]
  *             [--exact] [--ref-rows R] [--budget S] [--min-reps R]
  *             [--max-reps R] [--inputs local,gauss] [--seed X]
  *
@@ -451,6 +451,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 o->nbpr = 0;
             else
                 o->nkinds = 0;
+            if (bpr && !strcmp(val, "none")) /* exact alone */
+                continue;
             for (char *save, *t = strtok_r(buf, ",", &save); t;
                  t = strtok_r(NULL, ",", &save)) {
                 if (bpr) {
@@ -478,7 +480,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o)) {
         fprintf(stderr,
                 "usage: bench-cpu --n N [--heads H] [--dim D] [--threads T] "
-                "[--bpr 1,4,16,32] [--exact] [--ref-rows R] [--budget S] "
+                "[--bpr 1,4,16,32|none] [--exact] [--ref-rows R] [--budget S] "
                 "[--min-reps R] [--max-reps R] [--inputs local,gauss] "
                 "[--seed X]\n");
         return 1;
