@@ -135,16 +135,30 @@ step "mrad thread scaling N=$SCALE_N, 1 thread"
 # 2), each side of a ratio is its fastest call (other work on the cores
 # only ever adds time), and the targets take the median of the per-round
 # ratios.
+#
+# One thread runs once on each core, pinned (taskset): the cores of a
+# virtual machine need not be equally fast (on the 2-core machine of
+# docs/PERFORMANCE.md one ran a single thread about 1.4x faster than the
+# other), and all cores together can at best add their single-thread
+# rates, so the scaling targets set the all-cores rate against the mean
+# single-thread rate of the cores.
+ones=("-")
+if command -v taskset >/dev/null && [ "$NPROC" -gt 1 ]; then
+    ones=()
+    for c in $(seq 0 $((NPROC - 1))); do ones+=("$c"); done
+fi
 for r in $(seq "$PAIR_ROUNDS"); do
-    runs=("$PAIR_SMALL $NPROC --exact --bpr 16")
+    runs=("$PAIR_SMALL $NPROC - --exact --bpr 16")
     for m in "--bpr 16" "--exact --bpr none"; do
+        one=()
+        for c in "${ones[@]}"; do one+=("$SCALE_N 1 $c $m"); done
         if [ $((r % 2)) = 1 ]; then
-            runs+=("$SCALE_N $NPROC $m" "$SCALE_N 1 $m")
+            runs+=("$SCALE_N $NPROC - $m" "${one[@]}")
         else
-            runs+=("$SCALE_N 1 $m" "$SCALE_N $NPROC $m")
+            runs+=("${one[@]}" "$SCALE_N $NPROC - $m")
         fi
     done
-    step "paired round $r of $PAIR_ROUNDS: GEMM, SDPA, then mrad (N threads method):$(printf ' [%s]' "${runs[@]}")"
+    step "paired round $r of $PAIR_ROUNDS: GEMM, SDPA, then mrad (N threads core method):$(printf ' [%s]' "${runs[@]}")"
     gemm_pass "\"round\": $r" "$NPROC" 3 "$RAW/paired-gemm.jsonl"
     if [ -n "$PY" ]; then
         "$PY" bench/cpu/sdpa.py --n "$PAIR_SMALL,$SCALE_N" --threads "$NPROC" \
@@ -153,11 +167,15 @@ for r in $(seq "$PAIR_ROUNDS"); do
     fi
     for run in "${runs[@]}"; do
         set -- $run
-        n=$1 t=$2
-        shift 2
-        "$BIN/bench-cpu" --n "$n" --threads "$t" "$@" \
+        n=$1 t=$2 cpu=$3
+        shift 3
+        pin=() tag="\"round\": $r"
+        if [ "$cpu" != - ]; then
+            pin=(taskset -c "$cpu") tag="$tag, \"cpu\": $cpu"
+        fi
+        "${pin[@]}" "$BIN/bench-cpu" --n "$n" --threads "$t" "$@" \
             --inputs local --budget 1 --min-reps 1 --max-reps 3 | grep '"record": "result"' |
-            sed "s/^{/{\"round\": $r, /" >>"$RAW/paired-mrad.jsonl" ||
+            sed "s/^{/{$tag, /" >>"$RAW/paired-mrad.jsonl" ||
             echo "30-cpu: bench-cpu failed (paired round $r: $run)"
     done
 done

@@ -100,7 +100,14 @@ def method_section(doc):
         "models; *gauss*: every element N(0, 1), no structure at all.  "
         "Times are measured on the local inputs.",
         "- **Thread scaling**: exact and MRA-2 (block_per_row 16) at "
-        "N = 16384 with `attn_config.threads` = 1 against all cores.",
+        "N = 16384 with `attn_config.threads` = 1 against all cores.  The "
+        "cores of a virtual machine need not be equally fast: pinned with "
+        "taskset, one thread of MRA-2 took 0.41-0.43 s on one core of this "
+        "machine and 0.28-0.30 s on the other in the same minute, and all "
+        "cores together can at best add up their single-thread rates.  So "
+        "the rounds below run one thread pinned on each core in turn, and "
+        "the scaling targets set the all-cores rate against the cores' mean "
+        "single-thread rate.",
         "- **Back-to-back rounds**: every target is a ratio (of rates "
         "against the GEMM peak, exact and MRA-2 against SDPA, MRA-2's time "
         "per token at N = 16384 against N = 4096, all cores against one "

@@ -136,11 +136,28 @@ def best_time(r):
     return min(times) if times else r.get("time_s")
 
 
+def one_thread(rows, **kw):
+    """The one-thread side of a thread-scaling ratio in a round: a record
+    whose time is the harmonic mean of the fastest calls of every
+    one-thread measurement (30-cpu.sh runs one per core, pinned), so that
+    its rate is the cores' mean single-thread rate.  None if there are
+    none."""
+    ones = [r for r in rows if r.get("threads") == 1 and best_time(r) and
+            all(r.get(k) == v for k, v in kw.items()) and "error" not in r]
+    if not ones:
+        return None
+    if len(ones) == 1:
+        return {"time_s": best_time(ones[0]), "cores": 1}
+    rate = statistics.mean(1.0 / best_time(r) for r in ones)
+    return {"time_s": 1.0 / rate, "cores": len(ones)}
+
+
 def paired_ratios(paired, nproc, n=16384, small=4096):
     """Per-round ratios of the back-to-back rounds (30-cpu.sh): for each
     round with all its measurements, SDPA over exact at N=small and over
-    mra2 (bpr 16) at N=n on all cores, and one thread over all cores for
-    mra2 and for exact at N=n, each side its fastest call (best_time()).
+    mra2 (bpr 16) at N=n on all cores, and one thread (one_thread(): the
+    mean rate of the cores) over all cores for mra2 and for exact at N=n,
+    each side its fastest call (best_time()).
     Returns {target id: [(value, numerator, denominator) of each complete
     round]}."""
     out = {"exact-vs-sdpa": [], "mra2-vs-sdpa": [], "mra2-threads": [],
@@ -164,9 +181,9 @@ def paired_ratios(paired, nproc, n=16384, small=4096):
         e_small = find(mine, method="exact", N=small, threads=nproc)
         m_small = find(mine, method="mra2", N=small, bpr=16, threads=nproc)
         m_all = find(mine, method="mra2", N=n, bpr=16, threads=nproc)
-        m_one = find(mine, method="mra2", N=n, bpr=16, threads=1)
+        m_one = one_thread(mine, method="mra2", N=n, bpr=16)
         e_all = find(mine, method="exact", N=n, threads=nproc)
-        e_one = find(mine, method="exact", N=n, threads=1)
+        e_one = one_thread(mine, method="exact", N=n)
         for tid, num, den in (("exact-vs-sdpa", s_small, e_small),
                               ("mra2-vs-sdpa", s, m_all),
                               ("mra2-threads", m_one, m_all),
@@ -294,7 +311,8 @@ def check_targets(peak, sdpa, mrad, nproc, paired=None):
                    growth()))
     for tid, many, one, name in (("mra2-threads", m16, m16_1, "mra2"),
                                  ("exact-threads", ex16, ex16_1, "exact")):
-        if by_rounds(tid, lambda g: "medians of the best calls: 1 thread %.1f ms, %d threads "
+        if by_rounds(tid, lambda g: "medians of the best calls: 1 thread (mean rate of the cores, "
+                     "each pinned) %.1f ms, %d threads "
                      "%.1f ms" % (ms(g, 1), nproc, ms(g, 2))):
             continue
         target(tid, {name + "_N=16384": many,

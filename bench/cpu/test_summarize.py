@@ -247,3 +247,22 @@ def test_peak_targets_take_the_rounds_when_there_are_any():
     assert "median of 3 back-to-back rounds: 75% (75%, 60%, 150%)" in s["detail"]
     s = status(t, "mra2-peak")  # 0.5, 0.4, 1.0
     assert abs(s["value"] - 0.5) < 1e-9 and s["status"] == "PASS"
+
+
+def test_one_thread_is_the_mean_rate_of_the_cores():
+    """One thread pinned to each core: the scaling target divides by the
+    cores' mean single-thread rate, not by the faster core's alone."""
+    paired = {"sdpa": [], "mrad": [
+        dict(mrad("mra2", 16384, 0.17, bpr=16), round=1),
+        dict(mrad("mra2", 16384, 0.42, bpr=16, threads=1), round=1, cpu=0),
+        dict(mrad("mra2", 16384, 0.28, bpr=16, threads=1), round=1, cpu=1,
+             times=[0.30, 0.28])]}
+    r = summarize.paired_ratios(paired, NPROC)
+    (value, one, many), = r["mra2-threads"]
+    assert abs(one - 1.0 / ((1 / 0.42 + 1 / 0.28) / 2)) < 1e-12
+    assert many == 0.17 and abs(value - one / 0.17) < 1e-12
+    # a single unpinned measurement is used as it is
+    paired["mrad"] = paired["mrad"][:1] + [
+        dict(mrad("mra2", 16384, 0.3, bpr=16, threads=1), round=1)]
+    (value, one, _), = summarize.paired_ratios(paired, NPROC)["mra2-threads"]
+    assert one == 0.3
