@@ -224,6 +224,8 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
     _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
     float c = hd->cnt[I];
     float *qh = hd->qh + (size_t)I * Dp;
+    kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
+                     hd->vh + (size_t)I * Dp);
     if (hd->kv_inplace && ((uintptr_t)p->q & 3) == 0) {
         /* Q has the working layout too (f32 rows of Dp, every token
          * real): the kernel sums its rows in place, in the same order as
@@ -231,8 +233,6 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
         kern->block_mean((const float *)(const void *)row_addr(
                              hd, p->q, p->H, hd->h, I * CPU_TILE),
                          Dp, c, qh);
-        kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
-                         hd->vh + (size_t)I * Dp);
         return;
     }
     memset(qsum, 0, D * sizeof *qsum);
@@ -248,8 +248,6 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
     if (c != 0.0f)
         for (uint32_t d = 0; d < D; d++)
             qh[d] = qsum[d] / c;
-    kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
-                     hd->vh + (size_t)I * Dp);
 }
 
 uint32_t cpu_head_row_groups(const struct cpu_head *hd)
