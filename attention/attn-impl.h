@@ -20,11 +20,12 @@ extern "C" {
 
 struct attn_backend_i {
     const char *name;
-    /* Required.  Computes n problems already checked by attn_problem_check();
-     * writes errs[i] and, for MRA methods, stats[i].blocks_selected.
-     * Returns ATTN_OK or an error that failed the whole batch. */
+    /* Required.  Computes n problems already checked by attn_problem_check()
+     * and writes errs[i].  Returns ATTN_OK or an error that failed the whole
+     * batch.  Statistics are not a backend's business: backend.c derives
+     * them from the problem. */
     int (*compute_batch)(void *ctx, const struct attn_problem *const *probs,
-                         size_t n, struct attn_stats *stats, int *errs);
+                         size_t n, int *errs);
     /* Optional: one-line device description. */
     const char *(*device)(void *ctx);
     /* Optional: ATTN_OK or a sticky error. */

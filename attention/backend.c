@@ -167,15 +167,13 @@ int attn_backend_compute_batch(struct attn_backend *be,
     }
 
     /* Only valid problems reach the backend; map results back by index. */
-    if (n > SIZE_MAX / (sizeof(void *) + sizeof(size_t) +
-                        sizeof(struct attn_stats) + sizeof(int)))
+    if (n > SIZE_MAX / (sizeof(void *) + sizeof(size_t) + sizeof(int)))
         return ATTN_ENOMEM;
     const struct attn_problem **ok = malloc(n * sizeof *ok);
     size_t *where = malloc(n * sizeof *where);
-    struct attn_stats *bst = calloc(n, sizeof *bst);
     int *berr = calloc(n, sizeof *berr);
-    if (!ok || !where || !bst || !berr) {
-        free(ok), free(where), free(bst), free(berr);
+    if (!ok || !where || !berr) {
+        free(ok), free(where), free(berr);
         for (size_t i = 0; i < n; i++)
             errs[i] = ATTN_ENOMEM;
         return ATTN_ENOMEM;
@@ -191,7 +189,7 @@ int attn_backend_compute_batch(struct attn_backend *be,
     }
     int rc = ATTN_OK;
     if (m > 0) {
-        rc = be->iface->compute_batch(be->ctx, ok, m, bst, berr);
+        rc = be->iface->compute_batch(be->ctx, ok, m, berr);
         for (size_t j = 0; j < m; j++) {
             size_t i = where[j];
             errs[i] = rc != ATTN_OK ? rc : berr[j];
@@ -199,7 +197,7 @@ int attn_backend_compute_batch(struct attn_backend *be,
                 fill_stats(probs[i], &stats[i]);
         }
     }
-    free(ok), free(where), free(bst), free(berr);
+    free(ok), free(where), free(berr);
     /* A batch where nothing was valid still "ran": errs says why. */
     return rc;
 }

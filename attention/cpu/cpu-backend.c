@@ -197,7 +197,7 @@ static void run_group(struct group *g)
 
 static int cpu_compute_batch(void *vctx,
                              const struct attn_problem *const *probs, size_t n,
-                             struct attn_stats *stats, int *errs)
+                             int *errs)
 {
     struct cpu_ctx *ctx = vctx;
     /* heads of every problem, in order, with their owner */
@@ -264,12 +264,7 @@ static int cpu_compute_batch(void *vctx,
         run_group(&g);
     }
     /* A problem that failed part-way has a partial output; that is allowed
-     * (out is unspecified on error).  Statistics: |T| = k per MRA head. */
-    for (size_t i = 0; i < n; i++) {
-        const struct attn_problem *p = probs[i];
-        if (errs[i] == ATTN_OK && p->method != ATTN_EXACT)
-            stats[i].blocks_selected = (uint64_t)p->B * p->H * attn_budget(p);
-    }
+     * (out is unspecified on error). */
     free(heads), free(owner), free(sizes), free(first);
     /* Keep a normal-sized arena for the next call, but do not hold on to
      * the memory of one giant head between calls. */

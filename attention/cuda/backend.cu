@@ -322,10 +322,9 @@ int job_finish(cuda_ctx *c, job *j, int s)
 }
 
 int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
-                       attn_stats *stats, int *errs)
+                       int *errs)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    (void)stats; /* backend.c fills the statistics */
     if (c->sticky || cudaSetDevice(c->device) != cudaSuccess) {
         for (size_t i = 0; i < n; i++)
             errs[i] = ATTN_EBACKEND;
