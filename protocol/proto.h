@@ -151,6 +151,15 @@ int proto_response_encode_split(const struct proto_request *req,
 char *proto_error_body(const char *code, const char *message, size_t *len);
 
 /*
+ * Writes the n bytes of `s` as the inside of a JSON string (no quotes):
+ * '"' and '\\' escaped, control characters and DEL as short or \u00XX
+ * escapes, so the text stays on one line.  At most cap - 1 bytes are
+ * written, never half an escape, and the text is always terminated (cap >
+ * 0).  Returns the length written.  Pure, thread-safe.
+ */
+size_t proto_json_escape(char *dst, size_t cap, const char *s, size_t n);
+
+/*
  * Encodes a request body (msgpack or JSON) from a problem, for clients and
  * tools: the inverse of proto_request_decode().  id may be NULL;
  * timeout_ms 0 leaves it out.  Parameters equal to their defaults are still

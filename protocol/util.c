@@ -115,58 +115,67 @@ void pbuf_printf(struct pbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
-void pbuf_json_str(struct pbuf *b, const char *s, size_t n)
+/* The escape of one byte inside a JSON string: its length (2 or 6) with
+ * the escape in out, or 0 when the byte stands for itself.  Control
+ * characters and DEL are escaped, so a string stays on one line. */
+static size_t json_escape_byte(unsigned char c, char out[6])
 {
     static const char hex[] = "0123456789abcdef";
+    static const char shortcut[] = {['"'] = '"',  ['\\'] = '\\', ['\n'] = 'n',
+                                    ['\r'] = 'r', ['\t'] = 't',   ['\b'] = 'b',
+                                    ['\f'] = 'f'};
+    if (c < sizeof shortcut && shortcut[c]) {
+        out[0] = '\\';
+        out[1] = shortcut[c];
+        return 2;
+    }
+    if (c >= 0x20 && c != 0x7f)
+        return 0;
+    out[0] = '\\';
+    out[1] = 'u';
+    out[2] = '0';
+    out[3] = '0';
+    out[4] = hex[c >> 4];
+    out[5] = hex[c & 15];
+    return 6;
+}
+
+void pbuf_json_str(struct pbuf *b, const char *s, size_t n)
+{
     pbuf_put(b, "\"", 1);
     size_t run = 0; /* bytes copied verbatim in one go */
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        const char *esc = NULL;
-        char u[6];
-        switch (c) {
-        case '"':
-            esc = "\\\"";
-            break;
-        case '\\':
-            esc = "\\\\";
-            break;
-        case '\n':
-            esc = "\\n";
-            break;
-        case '\r':
-            esc = "\\r";
-            break;
-        case '\t':
-            esc = "\\t";
-            break;
-        case '\b':
-            esc = "\\b";
-            break;
-        case '\f':
-            esc = "\\f";
-            break;
-        default:
-            if (c < 0x20 || c == 0x7f) {
-                u[0] = '\\';
-                u[1] = 'u';
-                u[2] = '0';
-                u[3] = '0';
-                u[4] = hex[c >> 4];
-                u[5] = hex[c & 15];
-            } else {
-                continue;
-            }
-        }
+        char esc[6];
+        size_t len = json_escape_byte((unsigned char)s[i], esc);
+        if (!len)
+            continue;
         pbuf_put(b, s + run, i - run);
         run = i + 1;
-        if (esc != NULL)
-            pbuf_puts(b, esc);
-        else
-            pbuf_put(b, u, 6);
+        pbuf_put(b, esc, len);
     }
     pbuf_put(b, s + run, n - run);
     pbuf_put(b, "\"", 1);
+}
+
+size_t proto_json_escape(char *dst, size_t cap, const char *s, size_t n)
+{
+    size_t len = 0;
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char esc[6];
+        size_t e = json_escape_byte((unsigned char)s[i], esc);
+        if (!e) {
+            esc[0] = s[i];
+            e = 1;
+        }
+        if (len + e >= cap)
+            break;
+        memcpy(dst + len, esc, e);
+        len += e;
+    }
+    dst[len] = '\0';
+    return len;
 }
 
 void pbuf_json_float(struct pbuf *b, float f)

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "protocol/proto.h"
+
 static enum mrad_log_format log_fmt = MRAD_LOG_TEXT;
 static enum mrad_log_level log_min = MRAD_LOG_INFO;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -38,21 +40,12 @@ static void timestamp(char *buf, size_t len)
     snprintf(buf + n, len - n, ".%03ldZ", ts.tv_nsec / 1000000);
 }
 
-/* Appends `s` as a JSON string body (no quotes) to buf at *n. */
+/* Appends `s` as the inside of a JSON string to buf at *n, leaving room
+ * for the terminator (len is the room of buf). */
 static void json_escape(char *buf, size_t len, size_t *n, const char *s)
 {
-    for (; *s && *n + 7 < len; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            buf[(*n)++] = '\\';
-            buf[(*n)++] = (char)c;
-        } else if (c < 0x20) {
-            *n += (size_t)snprintf(buf + *n, len - *n, "\\u%04x", c);
-        } else {
-            buf[(*n)++] = (char)c;
-        }
-    }
-    buf[*n] = '\0';
+    if (*n < len)
+        *n += proto_json_escape(buf + *n, len - *n, s, strlen(s));
 }
 
 static void emit(char *line, size_t n, size_t cap)
