@@ -95,19 +95,6 @@ static inline int proto_mul_size(size_t a, size_t b, size_t *out)
     return __builtin_mul_overflow(a, b, out) ? -1 : 0;
 }
 
-/* realloc() that fails on purpose while fault injection says so; every
- * allocation of the codec that is not in a msgpack_zone goes through it or
- * through proto_aligned_alloc(). */
-void *proto_realloc(void *p, size_t n);
-
-/*
- * Test hook: after `count` more successful allocations, the codec's own
- * allocations fail (count < 0: never, the default).  Allocations inside
- * msgpack-c's zones are not covered.  Thread-safe, but global: only for
- * tests that run one thread.
- */
-void proto_fault_inject(long count);
-
 /* Allocates n bytes aligned to 64 (n may be 0: one byte is allocated).
  * Free with free(). */
 void *proto_aligned_alloc(size_t n);

@@ -51,7 +51,7 @@ static int push(struct jparser *j, const msgpack_object *o)
         size_t cap = j->capvals ? j->capvals * 2 : 64;
         if (cap > SIZE_MAX / sizeof *j->vals)
             return PROTO_ENOMEM;
-        msgpack_object *v = proto_realloc(j->vals, cap * sizeof *v);
+        msgpack_object *v = realloc(j->vals, cap * sizeof *v);
         if (v == NULL)
             return PROTO_ENOMEM;
         j->vals = v;

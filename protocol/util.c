@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +67,7 @@ int pbuf_reserve(struct pbuf *b, size_t more)
         }
         cap *= 2;
     }
-    char *p = proto_realloc(b->data, cap);
+    char *p = realloc(b->data, cap);
     if (p == NULL) {
         b->failed = 1;
         return -1;
@@ -203,33 +202,9 @@ int pbuf_msgpack_write(void *data, const char *buf, size_t len)
     return b->failed ? -1 : 0;
 }
 
-/* Allocations left before injected failures start; < 0 = no injection. */
-static atomic_long fault_budget = -1;
-
-void proto_fault_inject(long count)
-{
-    atomic_store(&fault_budget, count);
-}
-
-/* Consumes one allocation from the budget; false when it must fail. */
-static int alloc_allowed(void)
-{
-    long b = atomic_load(&fault_budget);
-    while (b > 0 && !atomic_compare_exchange_weak(&fault_budget, &b, b - 1))
-        ;
-    return b != 0;
-}
-
-void *proto_realloc(void *p, size_t n)
-{
-    return alloc_allowed() ? realloc(p, n) : NULL;
-}
-
 void *proto_aligned_alloc(size_t n)
 {
     void *p = NULL;
-    if (!alloc_allowed())
-        return NULL;
     if (posix_memalign(&p, 64, n ? n : 1) != 0)
         return NULL;
     return p;

@@ -20,6 +20,8 @@ tests-build: $(UNIT_TESTS)
 # in the test (no hook in the library sources).
 ALLOCFAIL_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,--wrap=aligned_alloc
 $(BUILD)/tests/attention/test-allocfail: LDFLAGS += $(ALLOCFAIL_WRAP)
+# The same for each entry point of the codec on its own.
+$(BUILD)/tests/protocol/test-nomem: LDFLAGS += $(ALLOCFAIL_WRAP)
 
 # `make fuzz` (with protocol/module.mk's codec target): libFuzzer over the
 # HTTP request path of an in-process daemon (tests/fuzz/fuzz-http.c), built
