@@ -37,7 +37,9 @@ enum attn_err {
         -3, /* the backend does not support this (method, dtype, ...) */
     ATTN_EBACKEND = -4, /* the device failed (launch error, lost device) */
     ATTN_ENODEV = -5, /* the requested backend is not built or has no device */
-    ATTN_EFAULT = -6, /* an injected fault (tests only) */
+    /* an injected fault: only the test hook attn_backend_inject_fault()
+     * (attention/attn-test.h) produces it */
+    ATTN_EFAULT = -6,
 };
 
 /* Returns a static, human-readable description of an attn_err code. */
@@ -167,10 +169,6 @@ int attn_backend_compute(struct attn_backend *be, const struct attn_problem *p,
 int attn_backend_compute_batch(struct attn_backend *be,
                                const struct attn_problem *const *probs,
                                size_t n, struct attn_stats *stats, int *errs);
-
-/* Test-only fault injection: the next `count` compute calls fail with
- * ATTN_EFAULT (count < 0 disables).  Thread-safe. */
-void attn_backend_inject_fault(struct attn_backend *be, int count);
 
 #ifdef __cplusplus
 }

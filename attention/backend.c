@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "attention/attn-impl.h"
+#include "attention/attn-test.h"
 
 const char *attn_strerror(int err)
 {

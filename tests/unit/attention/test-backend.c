@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "attention/attn-test.h"
 #include "tests/unit/attention/attn-fixture.h"
 
 static void test_create_by_name(void **state)
