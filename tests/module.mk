@@ -23,21 +23,43 @@ $(BUILD)/tests/attention/test-allocfail: LDFLAGS += $(ALLOCFAIL_WRAP)
 # The same for each entry point of the codec on its own.
 $(BUILD)/tests/protocol/test-nomem: LDFLAGS += $(ALLOCFAIL_WRAP)
 
-# `make fuzz` (with protocol/module.mk's codec target): libFuzzer over the
-# HTTP request path of an in-process daemon (tests/fuzz/fuzz-http.c), built
-# from the server sources with clang and the fuzzer and sanitizers.  Seeds
-# are tests/fuzz/corpus/http; what the run finds goes to
-# $(BUILD)/fuzz/corpus-http.  FUZZ_SECONDS bounds the run.
+# `make fuzz`: libFuzzer, built with clang and the fuzzer and sanitizers,
+# over two targets in turn; FUZZ_SECONDS bounds each run.  Double-colon
+# rules, so that another target can add a rule of its own.
+FUZZ_SECONDS ?= 60
+FUZZ_CC := clang $(CPPFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
+
+# The codec (tests/fuzz/fuzz-proto.c): the request, answer and error-body
+# decoders.  Seeds are the request bodies of tests/data, copied at run
+# time into $(BUILD)/fuzz/seeds-proto; what the run finds goes to
+# $(BUILD)/fuzz/corpus.
+PROTO_FUZZ := $(BUILD)/fuzz/fuzz-proto
+PROTO_FUZZ_SEEDS := $(wildcard tests/data/*.msgpack tests/data/*.json)
+
+$(PROTO_FUZZ): tests/fuzz/fuzz-proto.c $(PROTO_SRCS) $(wildcard protocol/*.h) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -o $@ tests/fuzz/fuzz-proto.c $(PROTO_SRCS) $(ATTN_LIB) \
+	    $(PROTO_LDLIBS) $(ATTN_LDLIBS) -lm
+
+.PHONY: fuzz
+fuzz:: $(PROTO_FUZZ)
+	@rm -rf $(BUILD)/fuzz/seeds-proto
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seeds-proto
+	cp $(PROTO_FUZZ_SEEDS) $(BUILD)/fuzz/seeds-proto/
+	$(PROTO_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    $(BUILD)/fuzz/corpus $(BUILD)/fuzz/seeds-proto
+
+# The HTTP request path of an in-process daemon (tests/fuzz/fuzz-http.c),
+# built from the server sources.  Seeds are tests/fuzz/corpus/http; what
+# the run finds goes to $(BUILD)/fuzz/corpus-http.
 HTTP_FUZZ := $(BUILD)/fuzz/fuzz-http
 HTTP_FUZZ_SRCS := tests/fuzz/fuzz-http.c $(filter-out server/main.c,$(MRAD_SRCS)) $(PROTO_SRCS)
 
 $(HTTP_FUZZ): $(HTTP_FUZZ_SRCS) $(wildcard server/*.h protocol/*.h) $(ATTN_LIB)
 	@mkdir -p $(@D)
-	clang $(CPPFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -o $@ $(HTTP_FUZZ_SRCS) $(ATTN_LIB) $(PROTO_LDLIBS) $(ATTN_LDLIBS) \
+	$(FUZZ_CC) -o $@ $(HTTP_FUZZ_SRCS) $(ATTN_LIB) $(PROTO_LDLIBS) $(ATTN_LDLIBS) \
 	    -lmicrohttpd -luv -lm -pthread
 
-.PHONY: fuzz
 fuzz:: $(HTTP_FUZZ)
 	@mkdir -p $(BUILD)/fuzz/corpus-http
 	$(HTTP_FUZZ) -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=20 \

@@ -1,10 +1,12 @@
 /*
- * test-fuzz-replay.c - replays the codec fuzz corpus (tests/fuzz/corpus/
- * proto/: the seeds and every input a fuzz run found worth keeping, crashes
- * included) through the fuzz target's own checks, so each input that once
- * crashed stays a regression test in `make test` (and under the sanitizers
- * in `make test SANITIZE=address,undefined`).  The target aborts on any
- * broken invariant; seeds named req-* must decode, bad-* must be refused.
+ * test-fuzz-replay.c - replays the codec fuzzer's seeds, the request
+ * bodies of tests/data (its *.msgpack and *.json files), through the fuzz
+ * target's own checks (tests/fuzz/fuzz-proto.c), so each of them stays a
+ * regression test in `make test` (and under the sanitizers in `make test
+ * SANITIZE=address,undefined`).  An input a fuzz run found worth keeping,
+ * a crash above all, is added to tests/data under a name ending in
+ * .msgpack (or .json when it is JSON text).  The target aborts on any
+ * broken invariant; files named req-* must decode, bad-* must be refused.
  */
 #include <dirent.h>
 #include <setjmp.h>
@@ -18,9 +20,9 @@
 #include <cmocka.h>
 
 /* The fuzz target itself: LLVMFuzzerTestOneInput and its round trip. */
-#include "protocol/fuzz/fuzz-proto.c"
+#include "tests/fuzz/fuzz-proto.c"
 
-#define CORPUS "tests/fuzz/corpus/proto"
+#define CORPUS "tests/data"
 
 static char *read_file(const char *path, size_t *len)
 {
@@ -38,6 +40,14 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* True for the files of tests/data that are bodies. */
+static int is_body(const char *name)
+{
+    size_t n = strlen(name);
+    return (n > 8 && !strcmp(name + n - 8, ".msgpack")) ||
+           (n > 5 && !strcmp(name + n - 5, ".json"));
+}
+
 static void test_replay_corpus(void **state)
 {
     (void)state;
@@ -46,7 +56,7 @@ static void test_replay_corpus(void **state)
     struct dirent *e;
     int files = 0, good = 0, bad = 0;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
+        if (e->d_name[0] == '.' || !is_body(e->d_name))
             continue;
         char path[512];
         snprintf(path, sizeof path, CORPUS "/%s", e->d_name);
