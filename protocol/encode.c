@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "protocol/internal.h"
 
 /* Bytes of a dense tensor with these dims, or -1 on overflow. */
 static int tensor_bytes(const uint32_t *dims, int rank, size_t esize,

@@ -3,11 +3,11 @@
  *
  * Both body formats are read into one tree type, msgpack-c's msgpack_object
  * (allocated in a msgpack_zone the reader creates and the caller frees with
- * msgpack_zone_free()), so that one validator serves msgpack and
- * JSON alike: msgpack bodies through msgpack_unpack_next() after a bounded
- * pre-scan, JSON bodies through the strict parser in json.c.  Strings and
- * bin data of a msgpack tree point into the body; a JSON tree owns its
- * unescaped strings in the zone.
+ * msgpack_zone_free()), so that one validator serves msgpack and JSON
+ * alike: msgpack bodies through msgpack_unpack_next() after a bounded
+ * pre-scan (msgpack-read.c), JSON bodies through the strict parser in
+ * json-read.c.  Strings and bin data of a msgpack tree point into the body;
+ * a JSON tree owns its unescaped strings in the zone.
  *
  * Writers append to a growable byte buffer (struct pbuf) whose growth is
  * overflow-checked; a failed allocation is remembered and reported once at
@@ -22,7 +22,7 @@
 
 #include <msgpack.h>
 
-#include "proto.h"
+#include "protocol/proto.h"
 
 /* Deepest container nesting accepted in a body (the schema needs 3). */
 #define PROTO_MAX_DEPTH 16

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "protocol/internal.h"
 
 /* Longest number literal accepted; longer ones carry no extra precision
  * that a float tensor could hold. */

@@ -13,7 +13,7 @@
  */
 #include <string.h>
 
-#include "internal.h"
+#include "protocol/internal.h"
 
 /* Big-endian reads of 1, 2, 4 bytes. */
 static uint32_t be(const unsigned char *p, size_t n)

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../attention/attn.h"
+#include "attention/attn.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "protocol/internal.h"
 
 /* The value of key `name` in map m, or NULL (first match wins). */
 static const msgpack_object *lookup(const msgpack_object *m, const char *name)

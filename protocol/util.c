@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "protocol/internal.h"
 
 const char *proto_strerror(int err)
 {

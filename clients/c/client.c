@@ -7,14 +7,14 @@
  * leaves the connection cache alone; that is what makes keep-alive work
  * with a single easy handle.
  */
-#include "mraclient.h"
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <curl/curl.h>
+
+#include "clients/c/mraclient.h"
 
 struct mrac_client {
     CURL *curl;

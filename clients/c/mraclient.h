@@ -28,8 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../../attention/attn.h"
-#include "../../protocol/proto.h"
+#include "attention/attn.h"
+#include "protocol/proto.h"
 
 #ifdef __cplusplus
 extern "C" {

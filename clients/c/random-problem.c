@@ -5,10 +5,10 @@
  * The values come from splitmix64 so that the same seed gives the same
  * bytes on every platform and build (the C library's rand() would not).
  */
-#include "mraclient.h"
-
 #include <stdlib.h>
 #include <string.h>
+
+#include "clients/c/mraclient.h"
 
 static uint64_t splitmix64(uint64_t *s)
 {

@@ -11,8 +11,6 @@
  *
  * Everything runs on the loop thread; nothing here needs a lock.
  */
-#include "load.h"
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +19,8 @@
 
 #include <curl/curl.h>
 #include <uv.h>
+
+#include "clients/load/load.h"
 
 struct req {
     CURL *easy;

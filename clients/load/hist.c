@@ -5,10 +5,10 @@
  * highest set bit, the value is shifted right by m-6 so that it falls in
  * [64, 128), and each shift owns 64 consecutive buckets.
  */
-#include "hist.h"
-
 #include <math.h>
 #include <string.h>
+
+#include "clients/load/hist.h"
 
 void hist_reset(struct hist *h)
 {

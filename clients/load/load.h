@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "hist.h"
+#include "clients/load/hist.h"
 
 /* One prepared request body; requests cycle through the bodies. */
 struct load_body {

@@ -4,10 +4,6 @@
  * --shape, or request files), runs one load phase or a sweep of rates,
  * and prints the report.  See `mra-load --help`.
  */
-#include "load.h"
-
-#include "../c/mraclient.h"
-
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -16,6 +12,9 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+
+#include "clients/c/mraclient.h"
+#include "clients/load/load.h"
 
 static void usage(FILE *f)
 {

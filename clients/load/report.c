@@ -4,10 +4,10 @@
  * against achieved throughput: where throughput stops following the
  * offered rate and latency turns up is where the service saturates).
  */
-#include "load.h"
-
 #include <stdio.h>
 #include <string.h>
+
+#include "clients/load/load.h"
 
 static double ms(uint64_t us)
 {

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mractl.h"
+#include "clients/mractl/mractl.h"
 #include "protocol/proto.h"
 
 char *mractl_read_file(const char *path, size_t *len)

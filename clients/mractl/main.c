@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mractl.h"
-#include "remote.h"
+#include "clients/mractl/mractl.h"
+#include "clients/mractl/remote.h"
 
 static int cmd_help(int argc, char **argv);
 

@@ -4,15 +4,14 @@
  * load tests.  The values come from mrac_random_problem(), the generator
  * mra-load uses too, so the same flags and seed give the same bytes.
  */
-#include "mractl.h"
-#include "remote.h"
-
-#include "../c/mraclient.h"
-
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "clients/c/mraclient.h"
+#include "clients/mractl/mractl.h"
+#include "clients/mractl/remote.h"
 
 static void usage_random(void)
 {

@@ -6,15 +6,14 @@
  * `mractl run --local` can be compared with cmp(1) on their out tensors;
  * failures go to stderr as the service's JSON error body.
  */
-#include "mractl.h"
-#include "remote.h"
-
-#include "../c/mraclient.h"
-
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "clients/c/mraclient.h"
+#include "clients/mractl/mractl.h"
+#include "clients/mractl/remote.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8080"
 

@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "attention/attn.h"
-#include "mractl.h"
+#include "clients/mractl/mractl.h"
 #include "protocol/proto.h"
 
 static void run_usage(FILE *f)

@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "body.h"
+#include "tests/unit/protocol/body.h"
 #include "protocol/proto.h"
 
 /* Deterministic pseudo-random numbers in [-2, 2). */

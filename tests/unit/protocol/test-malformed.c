@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "body.h"
+#include "tests/unit/protocol/body.h"
 #include "protocol/proto.h"
 
 struct bad_case {
