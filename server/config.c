@@ -249,9 +249,6 @@ void mrad_config_usage(FILE *out)
     }
     fprintf(out, "  --%-20s %s\n  --%-20s %s\n", "version",
             "print the version and exit", "help", "print this text and exit");
-    fprintf(out, "\nTest only: MRAD_TEST_FAULTS=1 makes a request carrying the "
-                 "header\nX-Mrad-Inject-Fault: 1 fail its batch with 500 "
-                 "internal.\n");
 }
 
 static const struct option_def *find_option(const char *name, size_t len)
@@ -296,9 +293,6 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
         if (v && *v && set_option(cfg, &options[i], v, env, err))
             return MRAD_CONFIG_ERROR;
     }
-    const char *tf = getenv("MRAD_TEST_FAULTS");
-    cfg->test_faults = tf && !strcmp(tf, "1");
-
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {

@@ -14,17 +14,10 @@
 #include <stdio.h>
 
 #include "protocol/proto.h"
+#include "server/log.h"
 
 #define MRAD_VERSION "0.1.0"
 #define MRAD_MAX_DEVICES 16
-
-enum mrad_log_format { MRAD_LOG_TEXT = 0, MRAD_LOG_JSON = 1 };
-enum mrad_log_level {
-    MRAD_LOG_DEBUG = 0,
-    MRAD_LOG_INFO = 1,
-    MRAD_LOG_WARN = 2,
-    MRAD_LOG_ERROR = 3,
-};
 
 struct mrad_config {
     char host[256];
@@ -48,7 +41,6 @@ struct mrad_config {
     enum mrad_log_format log_format;
     enum mrad_log_level log_level;
     struct proto_limits limits;
-    int test_faults; /* MRAD_TEST_FAULTS=1: honour X-Mrad-Inject-Fault */
     uint32_t conn_timeout_s; /* idle limit per connection; body deadline */
     char isa[16];            /* CPU kernel path: auto|avx512|avx2|portable */
     char tls_cert[1024];     /* PEM certificate file; empty = plain HTTP */

@@ -2,10 +2,12 @@
  * http.h - the HTTP front of mrad (libmicrohttpd).
  *
  * HTTP threads read bodies (enforcing the size limit while reading),
- * authenticate, decode and validate, submit jobs to the scheduler and
- * suspend the connection; the job's completion resumes it and the answer
- * is encoded on the HTTP thread.  /healthz, /readyz, /metrics and /v1/info
- * are answered directly from snapshots and never wait for compute.
+ * authenticate and hand each request to the route of its API surface
+ * (server/route.h): a computing route decodes and validates, submits a job
+ * to the scheduler and suspends the request; the job's completion resumes
+ * it and the answer is encoded on the HTTP thread.  Probes, metrics and
+ * information endpoints are answered directly from snapshots and never
+ * wait for compute.
  */
 #ifndef MRAD_SERVER_HTTP_H
 #define MRAD_SERVER_HTTP_H
@@ -13,14 +15,8 @@
 #include <stdint.h>
 
 #include "server/config.h"
+#include "server/route.h"
 #include "server/sched.h"
-
-/* What /v1/info and the response stats say about the compute side. */
-struct mrad_http_info {
-    const char *backend; /* "cpu", "cuda" */
-    const char *device;  /* description of the first device */
-    uint32_t workers;
-};
 
 struct mrad_http; /* opaque */
 

@@ -9,7 +9,13 @@
 
 #include <stdint.h>
 
-#include "server/config.h"
+enum mrad_log_format { MRAD_LOG_TEXT = 0, MRAD_LOG_JSON = 1 };
+enum mrad_log_level {
+    MRAD_LOG_DEBUG = 0,
+    MRAD_LOG_INFO = 1,
+    MRAD_LOG_WARN = 2,
+    MRAD_LOG_ERROR = 3,
+};
 
 /* Sets the format and the lowest level written.  Call before any thread
  * logs. */

@@ -146,7 +146,9 @@ int main(int argc, char **argv)
     mrad_metrics_init(MRAD_VERSION, backend);
 
     struct mrad_sched *sched;
-    if (mrad_sched_start(&sched, &cfg, be, devices, nbe))
+    struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
+                                   cfg.max_batch_tokens, cfg.batch_window_us};
+    if (mrad_sched_start(&sched, &sc, be, devices, nbe))
         return 1;
     struct mrad_http_info info = {backend, device, (uint32_t)nbe};
     struct mrad_http *http;

@@ -18,8 +18,10 @@
 #include <time.h>
 #include <uv.h>
 
-#include "server/bufcache.h"
 #include "server/log.h"
+#ifdef MRAD_TEST_HOOKS
+#include "attention/attn-test.h"
+#endif
 
 struct worker {
     struct mrad_sched *s;
@@ -42,7 +44,7 @@ struct worker {
 };
 
 struct mrad_sched {
-    const struct mrad_config *cfg;
+    struct mrad_sched_config cfg; /* a copy */
     pthread_mutex_t lock;
     /* Guarded by lock. */
     struct mrad_job *head, *tail; /* FIFO of waiting jobs */
@@ -68,22 +70,27 @@ uint64_t mrad_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-struct mrad_job *mrad_job_new(void)
+void mrad_job_init(struct mrad_job *job, const struct mrad_job_ops *ops,
+                   void *owner)
 {
-    struct mrad_job *job = calloc(1, sizeof(*job));
-    if (job)
-        atomic_init(&job->refs, 1);
-    return job;
+    memset(job, 0, sizeof(*job));
+    job->ops = ops;
+    job->owner = owner;
+    job->deadline_ns = UINT64_MAX;
+    atomic_init(&job->refs, 1);
+    atomic_init(&job->finished, 0);
+}
+
+void mrad_job_ref(struct mrad_job *job)
+{
+    atomic_fetch_add(&job->refs, 1);
 }
 
 void mrad_job_unref(struct mrad_job *job)
 {
     if (!job || atomic_fetch_sub(&job->refs, 1) != 1)
         return;
-    proto_request_release(&job->req);
-    mrad_bufcache_put(job->body);
-    free(job->answer);
-    free(job);
+    job->ops->release(job);
 }
 
 /* Claims the right to answer a job: 1 for the first caller, 0 after.  The
@@ -102,7 +109,7 @@ static void job_complete(struct mrad_sched *s, struct mrad_job *job,
     job->err_src = src;
     job->err = err;
     atomic_fetch_sub(&s->inflight, 1);
-    job->done(job);
+    job->ops->done(job);
 }
 
 /* Claims and completes a job with an error; no-op when it was answered
@@ -133,22 +140,27 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
     const struct attn_problem **probs = w->probs;
     struct attn_stats *stats = w->stats;
     int *errs = w->errs;
-    int fault = 0;
     uint64_t t0 = mrad_now_ns();
     for (size_t i = 0; i < n; i++) {
-        probs[i] = &jobs[i]->req.prob;
+        probs[i] = jobs[i]->prob;
         errs[i] = ATTN_OK;
-        fault |= jobs[i]->inject_fault;
         mrad_metrics_queue((double)(t0 - jobs[i]->enqueue_ns) / 1e9);
     }
     memset(stats, 0, n * sizeof(*stats));
-    /* Test-only: the fault counter of the backend makes exactly this
+#ifdef MRAD_TEST_HOOKS
+    /* Test builds: the fault counter of the backend makes exactly this
      * batch fail; it is disarmed afterwards in case nothing consumed it. */
+    int fault = 0;
+    for (size_t i = 0; i < n; i++)
+        fault |= jobs[i]->inject_fault;
     if (fault)
         attn_backend_inject_fault(w->be, 1);
+#endif
     int rc = attn_backend_compute_batch(w->be, probs, n, stats, errs);
+#ifdef MRAD_TEST_HOOKS
     if (fault)
         attn_backend_inject_fault(w->be, -1);
+#endif
     uint64_t t1 = mrad_now_ns();
     uint64_t compute_us = (t1 - t0) / 1000;
     mrad_metrics_batch((uint32_t)n, (double)(t1 - t0) / 1e9);
@@ -245,7 +257,7 @@ static struct mrad_job *collect_dropped(struct mrad_sched *s, uint64_t now)
     while (job) {
         struct mrad_job *next = job->next;
         int expired = now >= job->deadline_ns;
-        if (expired || (job->client_gone && job->client_gone(job))) {
+        if (expired || (job->ops->cancelled && job->ops->cancelled(job))) {
             unlink_job(s, prev, job);
             job->err = expired ? MRAD_ETIMEOUT : MRAD_EGONE;
             job->next = out;
@@ -276,8 +288,8 @@ static struct worker *idle_worker(struct mrad_sched *s)
 /* Moves up to one batch from the head of the queue to `w`. */
 static void fill_batch(struct mrad_sched *s, struct worker *w)
 {
-    uint64_t max_req = s->cfg->max_batch_requests;
-    uint64_t max_tok = s->cfg->max_batch_tokens, tok = 0;
+    uint64_t max_req = s->cfg.max_batch_requests;
+    uint64_t max_tok = s->cfg.max_batch_tokens, tok = 0;
     size_t n = 0;
     while (s->head && n < max_req) {
         struct mrad_job *job = s->head;
@@ -308,7 +320,7 @@ static void on_timer(uv_timer_t *t);
 static void schedule(struct mrad_sched *s)
 {
     uint64_t now = mrad_now_ns();
-    uint64_t window_ns = s->cfg->batch_window_us * 1000;
+    uint64_t window_ns = s->cfg.batch_window_us * 1000;
     uint64_t window_at = 0, next_deadline = UINT64_MAX;
     struct mrad_job *late[64];
     size_t nlate = 0;
@@ -317,9 +329,9 @@ static void schedule(struct mrad_sched *s)
     struct mrad_job *dropped = collect_dropped(s, now);
     struct worker *w;
     while (s->head && (w = idle_worker(s))) {
-        int full = s->depth >= s->cfg->max_batch_requests ||
-                   (s->cfg->max_batch_tokens &&
-                    s->depth_tokens >= s->cfg->max_batch_tokens);
+        int full = s->depth >= s->cfg.max_batch_requests ||
+                   (s->cfg.max_batch_tokens &&
+                    s->depth_tokens >= s->cfg.max_batch_tokens);
         uint64_t until = s->head->enqueue_ns + window_ns;
         if (!full && !s->draining && now < until) {
             window_at = until;
@@ -340,7 +352,7 @@ static void schedule(struct mrad_sched *s)
                     next_deadline = now; /* the rest on the next round */
                     continue;
                 }
-                atomic_fetch_add(&job->refs, 1);
+                mrad_job_ref(job);
                 late[nlate++] = job;
             } else if (job->deadline_ns < next_deadline) {
                 next_deadline = job->deadline_ns;
@@ -403,16 +415,43 @@ static void *sched_main(void *arg)
     return NULL;
 }
 
+/* Links a job behind the last one of its priority or a higher one, so
+ * that higher priorities go first and equal ones in arrival order.  With
+ * the lock held. */
+static void enqueue(struct mrad_sched *s, struct mrad_job *job)
+{
+    job->next = NULL;
+    if (!s->tail || s->tail->priority >= job->priority) {
+        if (s->tail)
+            s->tail->next = job;
+        else
+            s->head = job;
+        s->tail = job;
+    } else if (s->head->priority < job->priority) {
+        job->next = s->head;
+        s->head = job;
+    } else {
+        struct mrad_job *prev = s->head;
+        while (prev->next && prev->next->priority >= job->priority)
+            prev = prev->next;
+        job->next = prev->next;
+        prev->next = job;
+    }
+    s->depth++;
+    s->depth_tokens += job->tokens;
+}
+
 /* ---- public functions ----------------------------------------------- */
 
-int mrad_sched_start(struct mrad_sched **out, const struct mrad_config *cfg,
+int mrad_sched_start(struct mrad_sched **out,
+                     const struct mrad_sched_config *cfg,
                      struct attn_backend **backends, const int *devices,
                      size_t n)
 {
     struct mrad_sched *s = calloc(1, sizeof(*s));
     if (!s)
         return -1;
-    s->cfg = cfg;
+    s->cfg = *cfg;
     pthread_mutex_init(&s->lock, NULL);
     atomic_init(&s->inflight, 0);
     s->workers = calloc(n, sizeof(*s->workers));
@@ -473,21 +512,14 @@ int mrad_sched_submit(struct mrad_sched *s, struct mrad_job *job)
         pthread_mutex_unlock(&s->lock);
         return MRAD_EUNAVAIL;
     }
-    if (s->depth >= s->cfg->max_queue) {
+    if (s->depth >= s->cfg.max_queue) {
         pthread_mutex_unlock(&s->lock);
         return MRAD_EOVERLOAD;
     }
-    atomic_fetch_add(&job->refs, 1);
+    mrad_job_ref(job);
     atomic_fetch_add(&s->inflight, 1);
     job->enqueue_ns = mrad_now_ns();
-    job->next = NULL;
-    if (s->tail)
-        s->tail->next = job;
-    else
-        s->head = job;
-    s->tail = job;
-    s->depth++;
-    s->depth_tokens += job->tokens;
+    enqueue(s, job);
     pthread_mutex_unlock(&s->lock);
     uv_async_send(&s->wake);
     return MRAD_OK;
@@ -517,7 +549,7 @@ void mrad_sched_abort(struct mrad_sched *s, int err)
     for (size_t i = 0; run && i < s->nworkers; i++)
         for (size_t j = 0; j < s->workers[i].nbatch; j++) {
             run[k] = s->workers[i].batch[j];
-            atomic_fetch_add(&run[k]->refs, 1);
+            mrad_job_ref(run[k]);
             k++;
         }
     pthread_mutex_unlock(&s->lock);
@@ -539,7 +571,7 @@ void mrad_sched_status(struct mrad_sched *s, struct mrad_sched_status *st)
 {
     pthread_mutex_lock(&s->lock);
     st->queue_depth = s->depth;
-    st->max_queue = s->cfg->max_queue;
+    st->max_queue = s->cfg.max_queue;
     st->draining = s->draining;
     st->healthy = 1;
     for (size_t i = 0; i < s->nworkers; i++)

@@ -13,7 +13,10 @@
  * Jobs are reference counted: the submitter holds one reference and the
  * scheduler takes one at submit for as long as it or a worker may touch the
  * job, so a job answered with 504 while a worker still computes it stays
- * valid until the worker lets go.
+ * valid until the worker lets go.  A job carries only what scheduling
+ * needs (the problem, its cost, deadline and priority) and the
+ * submitter's callbacks; the scheduler never sees how the problem was
+ * decoded or where its answer goes.
  */
 #ifndef MRAD_SERVER_SCHED_H
 #define MRAD_SERVER_SCHED_H
@@ -23,29 +26,45 @@
 #include <stdint.h>
 
 #include "attention/attn.h"
-#include "protocol/proto.h"
-#include "server/config.h"
 #include "server/errors.h"
 #include "server/metrics.h"
 
+struct mrad_job;
+
+/*
+ * What the submitter of a job provides.  The scheduler knows nothing of
+ * where a job came from (an HTTP request, a test): it calls these and
+ * nothing else of the submitter.
+ */
+struct mrad_job_ops {
+    /* Required.  Called exactly once, from the scheduler or a worker
+     * thread, when the job's outcome is final (the outcome fields below
+     * are written before). */
+    void (*done)(struct mrad_job *job);
+    /* Optional.  Called by the scheduler thread while the job waits:
+     * nonzero when the submitter no longer wants the result (its client
+     * went away); the job is then finished with MRAD_EGONE. */
+    int (*cancelled)(struct mrad_job *job);
+    /* Required.  Called once, on whichever thread drops the last
+     * reference: releases what the submitter keeps behind the job (the
+     * job itself included when it is embedded in the submitter's own
+     * struct). */
+    void (*release)(struct mrad_job *job);
+};
+
 struct mrad_job {
     /* Set by the submitter before mrad_sched_submit(), then read-only. */
-    struct proto_request req; /* the problem; prob.out receives the answer */
-    void *body;      /* the request body, from mrad_bufcache_get(); released
-                        with the job */
-    uint64_t tokens; /* B*N, what --max-batch-tokens counts */
-    uint64_t deadline_ns; /* CLOCK_MONOTONIC; see mrad_now_ns() */
-    int inject_fault;     /* test only: fail the batch of this job */
-    /* Called once, from the scheduler or a worker thread, when the outcome
-     * below is final. */
-    void (*done)(struct mrad_job *job);
-    /* Called by the scheduler thread while the job waits: nonzero when the
-     * client is gone and the job should be dropped.  May be NULL. */
-    int (*client_gone)(struct mrad_job *job);
+    const struct attn_problem *prob; /* owned by the submitter; prob->out
+                                        receives the answer */
+    uint64_t tokens;                 /* B*N, what --max-batch-tokens counts */
+    uint64_t bytes;                  /* input and output bytes of the problem */
+    uint64_t deadline_ns;            /* CLOCK_MONOTONIC; see mrad_now_ns() */
+    int priority; /* higher goes first; FIFO within a priority */
+    const struct mrad_job_ops *ops;
     void *owner; /* the submitter's context, for the callbacks */
-    /* The submitter's encoded answer around prob.out (malloc'd), when the
-     * answer is sent from the job's own buffers; freed with the job. */
-    char *answer;
+#ifdef MRAD_TEST_HOOKS
+    int inject_fault; /* test builds only: fail the batch of this job */
+#endif
 
     /* The outcome, written by the finishing thread before done(). */
     enum mrad_err_source err_src;
@@ -64,21 +83,34 @@ struct mrad_job {
 /* Monotonic clock in nanoseconds. */
 uint64_t mrad_now_ns(void);
 
-/* Allocates a zeroed job holding one reference (the caller's).  NULL when
- * out of memory. */
-struct mrad_job *mrad_job_new(void);
-/* Drops a reference; the last one releases req, frees body, answer and
- * the job.  Any thread. */
+/* Zeroes a job and gives it one reference (the caller's), its callbacks
+ * and owner.  The memory is the submitter's: ops->release frees it. */
+void mrad_job_init(struct mrad_job *job, const struct mrad_job_ops *ops,
+                   void *owner);
+/* Takes one more reference.  Any thread. */
+void mrad_job_ref(struct mrad_job *job);
+/* Drops a reference; the last one calls ops->release.  NULL is ignored.
+ * Any thread. */
 void mrad_job_unref(struct mrad_job *job);
 
 struct mrad_sched; /* opaque */
 
+/* The scheduler's settings (from the daemon's flags of the same names). */
+struct mrad_sched_config {
+    uint64_t max_queue;          /* jobs waiting; beyond, MRAD_EOVERLOAD */
+    uint64_t max_batch_requests; /* jobs in one batch, >= 1 */
+    uint64_t max_batch_tokens;   /* sum of tokens in one batch; 0 = none */
+    uint64_t batch_window_us;    /* how long to wait for a batch to fill */
+};
+
 /*
- * Starts the scheduler thread and one worker per backend.  Takes ownership
+ * Starts the scheduler thread and one worker per backend (`cfg` is
+ * copied).  Takes ownership
  * of the `n` backend handles (freed by mrad_sched_free()); `devices[i]` is
  * the ordinal shown in metrics for backend i.  Returns 0 or -1.
  */
-int mrad_sched_start(struct mrad_sched **out, const struct mrad_config *cfg,
+int mrad_sched_start(struct mrad_sched **out,
+                     const struct mrad_sched_config *cfg,
                      struct attn_backend **backends, const int *devices,
                      size_t n);
 

@@ -68,6 +68,10 @@ fuzz:: $(HTTP_FUZZ)
 # The daemon's API-key comparison, unit-tested on its own object.
 $(BUILD)/tests/server/test-auth: $(BUILD)/server/auth.o
 
+# The scheduler, unit-tested with a backend of the test's own.
+$(BUILD)/tests/server/test-sched: $(BUILD)/server/sched.o $(BUILD)/server/log.o $(BUILD)/server/metrics.o
+$(BUILD)/tests/server/test-sched: LDLIBS += $(PROTO_LIB) -luv
+
 # `make soak`: overload at twice the measured capacity, then half of it,
 # SOAK_SECONDS each (tests/soak/soak.py; a 10 s version runs in make test).
 SOAK_SECONDS ?= 60

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 BIN=${BIN:-bin}
 export MRAD_BIN_DIR=$PWD/$BIN
+export MRAD_TESTHOOKS_BIN=$PWD/$BUILD/tests/server/mrad-testhooks
 passed=0 failed=0 failures=()
 
 run_one() { # name, command...

@@ -75,7 +75,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     mrad_metrics_init("fuzz", "cpu");
     static struct mrad_sched *sched;
-    if (mrad_sched_start(&sched, &cfg, be, devices, 1))
+    struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
+                                   cfg.max_batch_tokens, cfg.batch_window_us};
+    if (mrad_sched_start(&sched, &sc, be, devices, 1))
         abort();
     static struct mrad_http_info info = {"cpu", "fuzz", 1};
     static struct mrad_http *http;

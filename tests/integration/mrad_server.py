@@ -36,6 +36,14 @@ def mrad_binary():
     return os.path.join(d, "mrad")
 
 
+def mrad_testhooks_binary():
+    """Path of the test build of mrad (server/module.mk), which honours
+    the X-Mrad-Inject-Fault header; $MRAD_TESTHOOKS_BIN (tests/run.sh sets
+    it) or build/tests/server/mrad-testhooks."""
+    return os.environ.get("MRAD_TESTHOOKS_BIN") or os.path.join(
+        REPO, "build", "tests", "server", "mrad-testhooks")
+
+
 def tensor(a, dtype=None):
     """numpy array -> wire tensor map (f32 unless dtype says otherwise)."""
     dtype = dtype or ("u8" if a.dtype == np.uint8 else

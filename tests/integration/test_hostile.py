@@ -17,7 +17,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from mrad_server import MradServer, encode_msgpack, request_map, metric_value
+from mrad_server import (MradServer, encode_msgpack, metric_value, mrad_testhooks_binary,
+                         request_map)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSWER_WITHIN_S = 10.0
@@ -296,7 +297,7 @@ def test_fuzz_corpus_replays_cleanly(tmp_path):
     d = os.path.join(REPO, "tests", "fuzz", "corpus", "http")
     files = sorted(os.listdir(d))
     assert len(files) >= 20
-    with MradServer(threads=1, env={"MRAD_TEST_FAULTS": "1"}, extra_args=[
+    with MradServer(threads=1, binary=mrad_testhooks_binary(), extra_args=[
             "--api-key-file", str(keyfile), "--max-body-bytes", "65536",
             "--max-json-bytes", "65536", "--max-tokens", "4096",
             "--max-elements", "1048576", "--conn-timeout-s", "2"]) as srv:

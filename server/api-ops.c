@@ -1,0 +1,86 @@
+/*
+ * api-ops.c - the operations surface: GET /healthz, /readyz, /metrics.
+ *
+ * Open without the API key (orchestrators and scrapers call them), and
+ * answered from snapshots under short locks: they never wait behind the
+ * batch queue.
+ */
+#include "server/metrics.h"
+#include "server/route.h"
+
+/* 503 unavailable with the reason when the server cannot serve: draining
+ * or a broken backend; 0 when it can. */
+static int refuse_unhealthy(struct mrad_req *r,
+                            const struct mrad_sched_status *st, int *answered)
+{
+    const struct mrad_server *srv = mrad_req_server(r);
+    *answered = 1;
+    if (atomic_load(&srv->draining) || st->draining)
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
+                              "the server is draining");
+    if (!st->healthy)
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
+                              "a compute backend reports a device fault");
+    *answered = 0;
+    return 0;
+}
+
+static int get_healthz(struct mrad_req *r)
+{
+    struct mrad_sched_status st;
+    int answered;
+    mrad_sched_status(mrad_req_server(r)->sched, &st);
+    int rc = refuse_unhealthy(r, &st, &answered);
+    if (answered)
+        return rc;
+    return mrad_req_send_json(r, 200, "{\"status\":\"ok\"}");
+}
+
+static int get_readyz(struct mrad_req *r)
+{
+    const struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_sched_status st;
+    int answered;
+    mrad_sched_status(srv->sched, &st);
+    if (!atomic_load(&srv->ready))
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
+                              "the server is starting");
+    int rc = refuse_unhealthy(r, &st, &answered);
+    if (answered)
+        return rc;
+    if (st.queue_depth >= st.max_queue)
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD,
+                              "the request queue is full");
+    return mrad_req_send_json(r, 200, "{\"status\":\"ready\"}");
+}
+
+static int get_metrics(struct mrad_req *r)
+{
+    struct mrad_sched *sched = mrad_req_server(r)->sched;
+    struct mrad_sched_status st;
+    struct mrad_metrics_device devs[MRAD_MAX_DEVICES];
+    mrad_sched_status(sched, &st);
+    struct mrad_metrics_gauges g = {
+        .queue_depth = st.queue_depth,
+        .inflight = st.inflight,
+        .queue_capacity = st.max_queue,
+        .devices = devs,
+        .ndevices = mrad_sched_devices(sched, devs, MRAD_MAX_DEVICES),
+    };
+    size_t len;
+    char *text = mrad_metrics_render(&g, &len);
+    if (!text)
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
+                              "out of memory rendering the metrics");
+    return mrad_req_send(r, 200, "text/plain; version=0.0.4; charset=utf-8",
+                         text, len);
+}
+
+static const struct mrad_route routes[] = {
+    {"GET", "/healthz", 0, NULL, get_healthz, NULL},
+    {"GET", "/readyz", 0, NULL, get_readyz, NULL},
+    {"GET", "/metrics", 0, NULL, get_metrics, NULL},
+};
+
+const struct mrad_api mrad_api_ops = {"ops", NULL, routes,
+                                      sizeof(routes) / sizeof(routes[0])};

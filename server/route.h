@@ -1,0 +1,168 @@
+/*
+ * route.h - what an API surface sees of an HTTP request.
+ *
+ * server/http.c owns the libmicrohttpd plumbing: connections, suspend and
+ * resume, body intake within a limit, the API key, the access log and the
+ * request metrics.  An API surface (server/api-*.c) is a table of routes
+ * with their handlers, and server/routes.c lists the tables: adding an
+ * endpoint adds a route and a handler and never touches the plumbing.
+ *
+ * The life of a request.  The plumbing matches the method and path against
+ * the routes (404, or 405 with Allow, when none matches) and checks the API
+ * key when the path is under a surface's key prefix (401).  Then, on an
+ * HTTP thread each:
+ *   begin(r)   (optional) with the headers, before any byte of the body:
+ *              may set the body limit, refuse the request (mrad_req_error)
+ *              or keep state (mrad_req_set_data);
+ *   handle(r)  once the whole body is in (mrad_req_body): answers with one
+ *              mrad_req_send_*() or mrad_req_error() call, or suspends the
+ *              request (mrad_req_suspend) to answer later;
+ *   resume(r)  after mrad_req_resume() (called from any thread): answers.
+ * A route without a body flag gets its body discarded.  Each callback
+ * returns 0, or -1 to close the connection without an answer (the access
+ * log then shows the status the callback set, or 499).
+ *
+ * Ownership: the request and everything it hands out (headers, path,
+ * body) live until the request completes; the data set with
+ * mrad_req_set_data() is freed by its free function then, on an HTTP
+ * thread, after the access log line was written.
+ */
+#ifndef MRAD_SERVER_ROUTE_H
+#define MRAD_SERVER_ROUTE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/config.h"
+#include "server/errors.h"
+#include "server/sched.h"
+
+/* What /v1/info and the response stats say about the compute side. */
+struct mrad_http_info {
+    const char *backend; /* "cpu", "cuda" */
+    const char *device;  /* description of the first device */
+    uint32_t workers;
+};
+
+/* What handlers read of the server; shared by every thread. */
+struct mrad_server {
+    const struct mrad_config *cfg;
+    struct mrad_sched *sched;
+    struct mrad_http_info info;
+    atomic_int ready;    /* startup is over */
+    atomic_int draining; /* SIGTERM: new work is refused */
+};
+
+struct mrad_req; /* one HTTP request, owned by the plumbing */
+
+enum mrad_route_flags {
+    MRAD_ROUTE_BODY = 1, /* reads a request body (handle gets it) */
+};
+
+struct mrad_route {
+    const char *method; /* "GET" (HEAD too), "POST", "DELETE" */
+    const char *path;   /* exact path; a segment "*" matches one segment */
+    unsigned flags;     /* enum mrad_route_flags */
+    int (*begin)(struct mrad_req *r);  /* optional */
+    int (*handle)(struct mrad_req *r); /* required */
+    int (*resume)(struct mrad_req *r); /* required if handle suspends */
+};
+
+/* One API surface: its routes, and the path prefix under which every path
+ * (known or not) needs the API key when one is configured (NULL: none). */
+struct mrad_api {
+    const char *name;
+    const char *key_prefix;
+    const struct mrad_route *routes;
+    size_t nroutes;
+};
+
+/* Every surface the daemon serves (server/routes.c), NULL-terminated. */
+extern const struct mrad_api *const mrad_apis[];
+
+/* ---- reading the request -------------------------------------------- */
+
+const struct mrad_server *mrad_req_server(const struct mrad_req *r);
+const char *mrad_req_method(const struct mrad_req *r);
+const char *mrad_req_path(const struct mrad_req *r);
+/* The value of a request header (case-insensitive name), or NULL. */
+const char *mrad_req_header(const struct mrad_req *r, const char *name);
+/* CLOCK_MONOTONIC time (mrad_now_ns) at which the request began. */
+uint64_t mrad_req_start_ns(const struct mrad_req *r);
+/* The Content-Length the client announced, or -1 without one. */
+int64_t mrad_req_content_length(const struct mrad_req *r);
+
+/* In begin(): the largest body accepted (the default is
+ * --max-body-bytes).  When the announced Content-Length is over it, the
+ * 413 answer is queued at once and -1 is returned: begin() then returns
+ * 0. */
+int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit);
+
+/* In handle(): the body read (NULL when empty) and its length.  Owned by
+ * the request, unless taken: mrad_req_take_body() hands it over (release
+ * with mrad_bufcache_put) and leaves the request without one. */
+const char *mrad_req_body(const struct mrad_req *r, size_t *len);
+void *mrad_req_take_body(struct mrad_req *r, size_t *len);
+
+/* Per-request state of the handler, freed by `free_data` (may be NULL)
+ * when the request completes. */
+void mrad_req_set_data(struct mrad_req *r, void *data,
+                       void (*free_data)(void *data));
+void *mrad_req_data(const struct mrad_req *r);
+
+/* ---- suspending ------------------------------------------------------ */
+
+/* Suspends the request: nothing more happens to it until
+ * mrad_req_resume().  Counted in mrad_http_pending_answers() until the
+ * request completes.  In handle() only. */
+void mrad_req_suspend(struct mrad_req *r);
+/* Wakes a suspended request: the route's resume() runs on an HTTP thread.
+ * Any thread; once per suspend. */
+void mrad_req_resume(struct mrad_req *r);
+/* Nonzero when the client closed its end of the connection while the
+ * request is suspended (libmicrohttpd does not watch suspended
+ * connections).  Any thread, while the request is suspended. */
+int mrad_req_peer_closed(const struct mrad_req *r);
+
+/* ---- answering --------------------------------------------------------- */
+
+/* Adds a header to the answer about to be sent (copied).  Returns 0, or -1
+ * when the request holds too many. */
+int mrad_req_add_header(struct mrad_req *r, const char *name,
+                        const char *value);
+
+/* Answers with a malloc'd body, which the request frees.  Returns 0 or
+ * -1. */
+int mrad_req_send(struct mrad_req *r, unsigned status, const char *ctype,
+                  char *body, size_t len);
+/* Answers with a printf-formatted JSON body. */
+int mrad_req_send_json(struct mrad_req *r, unsigned status, const char *fmt,
+                       ...) __attribute__((format(printf, 3, 4)));
+
+/* Answers with a body in pieces, sent without a copy.  `release(cls)` is
+ * called once when the pieces are no longer needed: after the last byte is
+ * sent, when the connection closes first, or at once when this fails. */
+struct mrad_req_piece {
+    const void *data;
+    size_t len;
+};
+int mrad_req_send_pieces(struct mrad_req *r, unsigned status, const char *ctype,
+                         const struct mrad_req_piece *p, size_t n,
+                         void (*release)(void *cls), void *cls);
+
+/* Answers an error with the contract's JSON body (status and code from
+ * server/errors.c; Retry-After on overload, Allow on 405).  In begin() the
+ * answer waits until the body has been read (answering earlier would make
+ * the connection close under a client still sending), unless the client
+ * asked for "Expect: 100-continue". */
+int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
+                   const char *message);
+
+/* What the access log line says beyond the plumbing's own fields: the
+ * time queued and computing, and the request's id (the string must live
+ * until the request completes; NULL: none). */
+void mrad_req_set_log(struct mrad_req *r, uint64_t queue_us,
+                      uint64_t compute_us, const char *id);
+
+#endif /* MRAD_SERVER_ROUTE_H */
