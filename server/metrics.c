@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,26 @@ static void put_process(struct text *t)
                start_time);
 }
 
+/* One gauge per device that reports memory: the uint64_t field at `field`
+ * of struct mrad_metrics_device.  Nothing when no device reports. */
+static void put_devices(struct text *t, const struct mrad_metrics_gauges *g,
+                        const char *name, const char *help, size_t field)
+{
+    int any = 0;
+    for (size_t i = 0; i < g->ndevices; i++)
+        any |= g->devices[i].ok;
+    if (!any)
+        return;
+    put(t, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    for (size_t i = 0; i < g->ndevices; i++) {
+        const struct mrad_metrics_device *d = &g->devices[i];
+        uint64_t v;
+        memcpy(&v, (const char *)d + field, sizeof(v));
+        if (d->ok)
+            put(t, "%s{device=\"%d\"} %" PRIu64 "\n", name, d->device, v);
+    }
+}
+
 char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
 {
     struct text t = {malloc(16384), 0, 16384, 0};
@@ -296,25 +317,10 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
     put_simple(&t, "mrad_queue_capacity", "gauge",
                "Requests the queue holds before answering 503 (--max-queue).",
                (double)g->queue_capacity);
-    int any = 0;
-    for (size_t i = 0; i < g->ndevices; i++)
-        any |= g->devices[i].ok;
-    if (any) {
-        put(&t, "# HELP mrad_gpu_memory_used_bytes Device memory in use.\n"
-                "# TYPE mrad_gpu_memory_used_bytes gauge\n");
-        for (size_t i = 0; i < g->ndevices; i++)
-            if (g->devices[i].ok)
-                put(&t,
-                    "mrad_gpu_memory_used_bytes{device=\"%d\"} %" PRIu64 "\n",
-                    g->devices[i].device, g->devices[i].used);
-        put(&t, "# HELP mrad_gpu_memory_total_bytes Device memory in all.\n"
-                "# TYPE mrad_gpu_memory_total_bytes gauge\n");
-        for (size_t i = 0; i < g->ndevices; i++)
-            if (g->devices[i].ok)
-                put(&t,
-                    "mrad_gpu_memory_total_bytes{device=\"%d\"} %" PRIu64 "\n",
-                    g->devices[i].device, g->devices[i].total);
-    }
+    put_devices(&t, g, "mrad_gpu_memory_used_bytes", "Device memory in use.",
+                offsetof(struct mrad_metrics_device, used));
+    put_devices(&t, g, "mrad_gpu_memory_total_bytes", "Device memory in all.",
+                offsetof(struct mrad_metrics_device, total));
     put_process(&t);
     if (t.failed) {
         free(t.buf);
