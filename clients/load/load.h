@@ -1,6 +1,7 @@
 /*
- * load.h - internals of mra-load shared by its command line (main.c), its
- * event-loop engine (engine.c) and its reports (report.c).
+ * load.h - internals of mra-load shared by its command line (options.c),
+ * its driver (main.c), its event-loop engine (engine.c) and its reports
+ * (report.c).
  *
  * One run = one arrival schedule (a fixed rate, a Poisson process, or a
  * closed loop of C workers) played against the server for warmup +
@@ -59,6 +60,44 @@ struct load_result {
     struct hist lat_503;     /* latencies of 503 answers (load shedding) */
 };
 
+/* Most --shape and --file options. */
+#define LOAD_MAX_SHAPES 16
+#define LOAD_MAX_FILES 64
+
+/* The command line, as options.c reads it.  cfg holds the run settings
+ * (rate, poisson, concurrency, duration_s, warmup_s, timeout_s,
+ * max_inflight, seed); main.c fills in its url, api_key, bodies and
+ * progress.  The strings point into argv. */
+struct load_options {
+    struct load_config cfg;
+    const char *url;      /* base URL of the server */
+    const char *key_file; /* NULL = no key */
+    const char *sweep;    /* rates to sweep, see load_sweep_parse(); NULL =
+                             one run at cfg.rate */
+    const char *csv;      /* --csv, --plot: NULL = none */
+    const char *plot;
+    char *shapes[LOAD_MAX_SHAPES]; /* B,H,N,D of the random problems */
+    int nshapes;
+    char *files[LOAD_MAX_FILES]; /* request body files instead */
+    int nfiles;
+    char methods[256]; /* comma lists of names */
+    char dtypes[256];
+    uint32_t hkv, bpr, variants; /* of the random problems */
+    int rate_set;                /* --rate was given */
+    int json, quiet;
+};
+
+/* Reads the command line into *o, with the defaults for what it leaves
+ * out, and checks that the options go together.  Returns -1 when mra-load
+ * should go on, else the exit status to end with: 0 after --help, 2 on a
+ * usage error (message on stderr). */
+int load_options_parse(int argc, char **argv, struct load_options *o);
+
+/* Parses the rates of --sweep, R1,R2,... or START:STOP:STEP, into *rates
+ * (malloc'd; caller frees) and *n.  Returns 0, or -1 when the list is
+ * malformed (then *rates needs no freeing). */
+int load_sweep_parse(const char *s, double **rates, size_t *n);
+
 /* Runs one load phase.  Returns 0, or -1 with a message on stderr when the
  * event loop or libcurl could not be set up. */
 int load_run(const struct load_config *cfg, struct load_result *res);
@@ -67,7 +106,7 @@ int load_run(const struct load_config *cfg, struct load_result *res);
 void load_report_text(const struct load_config *cfg,
                       const struct load_result *r);
 void load_report_json(const struct load_config *cfg,
-                      const struct load_result *const *rs, size_t n);
+                      const struct load_result *rs, size_t n);
 void load_csv_header(FILE *f);
 void load_csv_row(FILE *f, const struct load_result *r);
 /* Writes a PNG of p50/p99 latency against achieved throughput with

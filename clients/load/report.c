@@ -105,20 +105,20 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
 }
 
 void load_report_json(const struct load_config *cfg,
-                      const struct load_result *const *rs, size_t n)
+                      const struct load_result *rs, size_t n)
 {
     if (n == 1) {
-        json_one(cfg, rs[0]);
+        json_one(cfg, &rs[0]);
         printf("\n");
         return;
     }
     printf("{\"runs\":[");
     for (size_t i = 0; i < n; i++) {
         struct load_config c = *cfg;
-        c.rate = rs[i]->offered_rate;
+        c.rate = rs[i].offered_rate;
         if (i)
             printf(",");
-        json_one(&c, rs[i]);
+        json_one(&c, &rs[i]);
     }
     printf("]}\n");
 }
