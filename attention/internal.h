@@ -1,10 +1,11 @@
 /*
  * internal.h - device-independent pieces shared by the attention backends.
  *
- * The block-selection rule of MRA-2 (score formula and top-k with the
- * spec's tie rule) lives here once, so the CPU backend and the host side of
- * the CUDA backend choose exactly the same blocks.  Never included by
- * public headers.
+ * The block selection of MRA-2 as functions for the backends: the score
+ * and its key (out of line here; the rule itself is attention/select-rule.h,
+ * which the CPU kernels and the CUDA device code compile too) and the
+ * top-k with the spec's tie rule, so every backend chooses exactly the
+ * same blocks.  Never included by public headers.
  */
 #ifndef MRAD_ATTN_INTERNAL_H
 #define MRAD_ATTN_INTERNAL_H
@@ -18,17 +19,14 @@
 extern "C" {
 #endif
 
-/* Penalty for a pair with an empty block, and bonus for a forced pair. */
-#define ATTN_SCORE_EMPTY 1e4
-#define ATTN_SCORE_PRIOR 5e3
-
 /*
  * Selection score S_IJ of the spec for one pair of blocks:
  *   L_IJ - r_I - 1e4*[empty] + 5e3*[|I-J| <= prior_diagonal/2, when
  *   prior_diagonal > 0] + 5e3*[I < prior_first] + 5e3*[J < prior_first].
  * `L` is the low-resolution logit, `r` its row maximum, `empty` is nonzero
- * when c_I * c_J == 0.  Computed in double so that the bonuses (5e3) do not
- * swallow the differences between logits.  Pure, thread-safe.
+ * when c_I * c_J == 0; I and J below 2^30.  Computed in double so that the
+ * bonuses (5e3) do not swallow the differences between logits.  The rule
+ * itself is attention/select-rule.h.  Pure, thread-safe.
  */
 double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
                          uint32_t prior_first, uint32_t prior_diagonal);

@@ -22,7 +22,7 @@ ATTN_CU_SRCS := $(wildcard attention/cuda/*.cu)
 ATTN_CU_OBJS := $(ATTN_CU_SRCS:%.cu=$(BUILD)/%.o)
 ATTN_LDLIBS  := -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
 CPPFLAGS     += -DMRAD_HAVE_CUDA=1
-$(BUILD)/attention/cuda/%.o: attention/cuda/%.cu $(wildcard attention/cuda/*.h attention/cuda/*.cuh) attention/attn.h attention/attn-impl.h
+$(BUILD)/attention/cuda/%.o: attention/cuda/%.cu $(wildcard attention/cuda/*.h attention/cuda/*.cuh) attention/attn.h attention/attn-impl.h attention/select-rule.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) $(NVCC_WARN) -I. -c $< -o $@
 else

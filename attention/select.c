@@ -2,8 +2,9 @@
  * select.c - block selection of MRA-2, shared by every backend.
  *
  * The score of a pair of blocks is the low-resolution logit relative to its
- * row maximum, pushed down for empty blocks and up for the priors (see
- * attention/README.md).  The selected set is the k pairs with the largest
+ * row maximum, pushed down for empty blocks and up for the priors (the
+ * rule and its keys: attention/select-rule.h, shared with the CPU kernels
+ * and the CUDA device code).  The selected set is the k pairs with the largest
  * scores over a head's whole grid, ties to the smaller flat index: a strict
  * total order, so the set is unique; a radix select on order-preserving
  * integer keys finds it in linear time with sequential memory access.
@@ -12,24 +13,13 @@
 #include <string.h>
 
 #include "attention/internal.h"
-#include "attention/select-row.h"
+#include "attention/select-rule.h"
 
 double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
                          uint32_t prior_first, uint32_t prior_diagonal)
 {
-    double s = (double)L - (double)r;
-    if (empty)
-        s -= ATTN_SCORE_EMPTY;
-    if (prior_diagonal > 0) {
-        uint32_t dist = I > J ? I - J : J - I;
-        if (dist <= prior_diagonal / 2)
-            s += ATTN_SCORE_PRIOR;
-    }
-    if (I < prior_first)
-        s += ATTN_SCORE_PRIOR;
-    if (J < prior_first)
-        s += ATTN_SCORE_PRIOR;
-    return s;
+    return attn_select_score_inline(L, r, empty != 0, I, J, prior_first,
+                                    prior_diagonal);
 }
 
 uint64_t attn_select_key(double s)

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "attention/cpu/kernels.h"
-#include "attention/select-row.h"
+#include "attention/select-rule.h"
 
 typedef float vf __attribute__((vector_size(KVEC * 4)));
 typedef int32_t vi __attribute__((vector_size(KVEC * 4)));
@@ -270,8 +270,9 @@ static void k_block_mean(const float *x, uint32_t Dp, float cnt, float *out)
 /* CPU_LR_ROWS rows of low-resolution logits at a time, so that each
  * vector of khT loaded serves every row: L[r][J] = scale * sum_d qh[r][d]
  * * khT[d][J], and each row's maximum (NaN never raises it).  Rows past
- * `rows` are computed on a copy of the last row and not stored.  Every L[r][J] is the same sum over d in the same order
- * whichever part of the loop computes it. */
+ * `rows` are computed on a copy of the last row and not stored.  Every
+ * L[r][J] is the same sum over d in the same order whichever part of the
+ * loop computes it. */
 static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
                           const float *khT, uint32_t D, uint32_t nb,
                           float scale, float *L, float *rmax)
@@ -360,7 +361,8 @@ static float fold_logits(const float *L, const float *lnc, const uint8_t *sel,
     for (int t = 1; t < KVEC; t++)
         cm = cmv[t] > cm ? cmv[t] : cm;
     for (; j < len; j++) {
-        float lg = (sel[j] || cnt[j] == 0.0f) ? -__builtin_inff() : L[j] + lnc[j];
+        float lg =
+            (sel[j] || cnt[j] == 0.0f) ? -__builtin_inff() : L[j] + lnc[j];
         w[j] = lg;
         cm = lg > cm ? lg : cm;
     }

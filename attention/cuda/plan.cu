@@ -5,10 +5,10 @@
  * ("full") mode the softmax state of the low-resolution terms of each block
  * row, which the fused kernel (attend-*.cu) starts from.
  *
- * Selection.  The score S_IJ is computed in double exactly as
- * attn_select_score() (attention/select.c) does, so that the CPU and the
- * GPU pick the same pairs from the same logits.  Each score becomes an
- * order-preserving 64-bit key; a radix select (8 passes of 8 bits, integer
+ * Selection.  The score S_IJ and its order-preserving 64-bit key come from
+ * attention/select-rule.h, the functions the CPU backend uses too, so that
+ * the CPU and the GPU pick the same pairs from the same logits.  A radix
+ * select (8 passes of 8 bits, integer
  * histograms) finds the key T of the k-th largest score and how many pairs
  * equal to T still belong to the set.  The tie rule of the spec (smaller
  * flat index I*nb + J first) then falls out of a prefix count of the equal
@@ -125,8 +125,9 @@ struct key_ctx {
     {
         size_t b = head / H;
         float cI = cnt[b * nb + I], cJ = cnt[b * nb + J];
-        return score_key(L[(head * nb + I) * nb + J], rmax[head * nb + I],
-                         cI == 0.0f || cJ == 0.0f, I, J, pf, pd);
+        return attn_select_pair_key(L[(head * nb + I) * nb + J],
+                                    rmax[head * nb + I],
+                                    cI == 0.0f || cJ == 0.0f, I, J, pf, pd);
     }
 };
 

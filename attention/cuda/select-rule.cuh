@@ -1,21 +1,22 @@
 /*
  * select-rule.cuh - the pure pieces of the GPU block selection (plan.cu),
  * kept apart and __host__ __device__ so that a host program can check them
- * against attn_select_topk() (tests/cuda/test-select-emul.cu) on machines
+ * against attn_select_topk() (tests/cuda/test-select-emul.cpp) on machines
  * without a GPU.
  *
- * A score becomes an order-preserving 64-bit key; a radix select over the
- * keys of a head finds the k-th largest key T and the number `need` of
- * pairs equal to T that still belong to the set; a pair is selected when
- * its key is above T, or equal to T and among the first `need` equal pairs
- * in flat (row-major) order, which is the spec's tie rule.
+ * A score becomes an order-preserving 64-bit key (attention/select-rule.h,
+ * the rule every backend shares); a radix select over the keys of a head
+ * finds the k-th largest key T and the number `need` of pairs equal to T
+ * that still belong to the set; a pair is selected when its key is above
+ * T, or equal to T and among the first `need` equal pairs in flat
+ * (row-major) order, which is the spec's tie rule.
  */
 #ifndef MRAD_CUDA_SELECT_RULE_CUH
 #define MRAD_CUDA_SELECT_RULE_CUH
 
-#include <math.h>
 #include <stdint.h>
-#include <string.h>
+
+#include "attention/select-rule.h"
 
 #ifndef __CUDACC__ /* plain C++ (the host replay tests) */
 #ifndef __host__
@@ -28,34 +29,6 @@
 
 namespace mrad_cuda
 {
-
-/* The selection score of the spec as an order-preserving key: a larger
- * score gives a larger key.  Same arithmetic, in the same order, as
- * attn_select_score() (attention/select.c); NaN ranks below every number. */
-__host__ __device__ inline uint64_t score_key(float L, float r, bool empty,
-                                              uint32_t I, uint32_t J,
-                                              uint32_t pf, uint32_t pd)
-{
-    double s = (double)L - (double)r;
-    if (empty)
-        s -= 1e4;
-    if (pd > 0) {
-        uint32_t dist = I > J ? I - J : J - I;
-        if (dist <= pd / 2)
-            s += 5e3;
-    }
-    if (I < pf)
-        s += 5e3;
-    if (J < pf)
-        s += 5e3;
-    if (isnan(s))
-        return 0;
-    if (s == 0.0)
-        s = 0.0; /* -0 and +0 are the same score */
-    uint64_t u;
-    memcpy(&u, &s, sizeof u);
-    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
-}
 
 /* Whether `key` agrees with the radix prefix on the bytes above `shift`
  * (the bytes already decided by earlier passes). */

@@ -4,11 +4,12 @@
  * plan.cu selects the top-k blocks of a head with a radix select over
  * order-preserving 64-bit keys and resolves ties by a prefix count in flat
  * order.  This test runs the very functions the kernels call
- * (attention/cuda/select-rule.cuh) in the order the kernels call them (8
- * histogram passes, per-row counts, the row scan, the row write) and checks
- * that the chosen set is the one attn_select_topk() - the CPU backend's
- * selection - chooses, on grids full of exact ties, empty blocks, priors,
- * extreme budgets and NaN.  It needs no GPU.
+ * (attention/select-rule.h for the keys, attention/cuda/select-rule.cuh
+ * for the rest) in the order the kernels call them (8 histogram passes,
+ * per-row counts, the row scan, the row write) and checks that the chosen
+ * set is the one attn_select_topk() - the CPU backend's selection -
+ * chooses, on grids full of exact ties, empty blocks, priors, extreme
+ * budgets and NaN.  It needs no GPU.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -51,9 +52,9 @@ static std::vector<uint8_t> gpu_select(const grid &g)
 {
     uint32_t nb = g.nb;
     auto key = [&](uint32_t I, uint32_t J) {
-        return score_key(g.L[(size_t)I * nb + J], g.r[I],
-                         g.cnt[I] == 0.0f || g.cnt[J] == 0.0f, I, J, g.pf,
-                         g.pd);
+        return attn_select_pair_key(g.L[(size_t)I * nb + J], g.r[I],
+                                    g.cnt[I] == 0.0f || g.cnt[J] == 0.0f, I, J,
+                                    g.pf, g.pd);
     };
     /* k_radix_init, then 8 x (k_hist, k_radix_step) */
     uint64_t prefix = g.k ? 0 : ~0ull, rem = g.k;
@@ -188,8 +189,9 @@ static void test_random_grids(void **state)
     }
 }
 
-/* Keys order like the scores: check score_key against plain comparisons,
- * including signed zeros, infinities and NaN (below everything). */
+/* Keys order like the scores: check attn_select_pair_key against plain
+ * comparisons, including signed zeros, infinities and NaN (below
+ * everything). */
 static void test_key_order(void **state)
 {
     (void)state;
@@ -198,8 +200,8 @@ static void test_key_order(void **state)
     size_t n = sizeof vals / sizeof vals[0];
     for (size_t a = 0; a < n; a++)
         for (size_t b = 0; b < n; b++) {
-            uint64_t ka = score_key(vals[a], 0.0f, false, 5, 9, 0, 0);
-            uint64_t kb = score_key(vals[b], 0.0f, false, 5, 9, 0, 0);
+            uint64_t ka = attn_select_pair_key(vals[a], 0.0f, 0, 5, 9, 0, 0);
+            uint64_t kb = attn_select_pair_key(vals[b], 0.0f, 0, 5, 9, 0, 0);
             double x = (double)vals[a], y = (double)vals[b];
             if (isnan(x) || isnan(y)) {
                 if (isnan(x) && !isnan(y))
@@ -211,13 +213,13 @@ static void test_key_order(void **state)
             assert_int_equal(ka < kb, x < y);
             assert_int_equal(ka == kb, x == y);
         }
-    /* the same arithmetic as attn_select_score */
+    /* the key of attn_select_score(), mapped here with branches */
     for (int i = 0; i < 1000; i++) {
         float L = (float)(next_u32() % 1000) * 0.01f - 5.0f, r = 3.0f;
         uint32_t I = next_u32() % 20, J = next_u32() % 20;
         int empty = next_u32() % 3 == 0;
         double s = attn_select_score(L, r, empty, I, J, 3, 4);
-        uint64_t k = score_key(L, r, empty, I, J, 3, 4);
+        uint64_t k = attn_select_pair_key(L, r, empty, I, J, 3, 4);
         uint64_t u;
         if (s == 0.0)
             s = 0.0;

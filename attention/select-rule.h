@@ -1,0 +1,137 @@
+/*
+ * select-rule.h - the block-selection score of MRA-2 and its
+ * order-preserving key, written once for every place that computes them:
+ * host C (attention/select.c), the CPU kernels (attention/cpu/
+ * kernels-body.h compiles the row loop below for each ISA) and the CUDA
+ * device code (attention/cuda/plan.cu).  So the CPU and the GPU pick the
+ * same pairs from the same logits.
+ *
+ * The score of the spec (attention/README.md), in double so that the
+ * bonuses do not swallow the differences between logits:
+ *   S_IJ = L_IJ - r_I - 1e4*[c_I*c_J = 0]
+ *          + 5e3*[prior_diagonal > 0 and |I-J| <= prior_diagonal/2]
+ *          + 5e3*[I < prior_first] + 5e3*[J < prior_first].
+ * The terms are added in that order, each whether or not it applies (as
+ * 0 * its size when it does not), so a loop over a row has no branch per
+ * pair and vectorises.  x - 0 and x + 0 are x, except -0 + 0 = +0, which
+ * has the same key as -0; every product is exact, so a compiler that
+ * contracts a*b+c into an FMA gets the same bits.  Every compilation of
+ * these functions therefore gives the same keys.
+ *
+ * Pure functions, no state.  Never included by public headers.
+ */
+#ifndef MRAD_ATTN_SELECT_RULE_H
+#define MRAD_ATTN_SELECT_RULE_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Callable from host code and, under nvcc, from device code too. */
+#ifdef __CUDACC__
+#define ATTN_HOST_DEVICE __host__ __device__
+#else
+#define ATTN_HOST_DEVICE
+#endif
+
+/* Penalty for a pair with an empty block, and bonus for a forced pair. */
+#define ATTN_SCORE_EMPTY 1e4
+#define ATTN_SCORE_PRIOR 5e3
+
+/* Block indices I, J must stay below this bound, so that the row's bounds
+ * below fit int32_t; both backends have nb * nb < 2^32, so nb < 2^16. */
+#define ATTN_SELECT_MAX_INDEX 0x3fffffff
+
+/* What the scores of block row I take from the row, computed once per row
+ * (int32_t bounds: integer comparisons that vectorise on every ISA). */
+struct attn_select_row {
+    double r;       /* r_I, the row maximum */
+    double first_I; /* ATTN_SCORE_PRIOR when I < prior_first, else 0 */
+    int32_t lo, hi; /* the diagonal band: lo <= J <= hi (lo > hi: none) */
+    int32_t pf;     /* the forced columns: J < pf */
+};
+
+static inline ATTN_HOST_DEVICE struct attn_select_row
+attn_select_row_init(float r, uint32_t I, uint32_t prior_first,
+                     uint32_t prior_diagonal)
+{
+    struct attn_select_row row;
+    /* |I - J| <= half; no J at all for half = -1 */
+    int32_t half = prior_diagonal / 2 < ATTN_SELECT_MAX_INDEX
+                       ? (int32_t)(prior_diagonal / 2)
+                       : ATTN_SELECT_MAX_INDEX;
+    if (prior_diagonal == 0)
+        half = -1;
+    row.r = (double)r;
+    row.first_I = I < prior_first ? ATTN_SCORE_PRIOR : 0.0;
+    row.lo = (int32_t)I - half;
+    row.hi = (int32_t)I + half;
+    row.pf = prior_first < ATTN_SELECT_MAX_INDEX ? (int32_t)prior_first
+                                                 : ATTN_SELECT_MAX_INDEX;
+    return row;
+}
+
+/* S_IJ of column J of the row: `L` is the low-resolution logit L_IJ,
+ * `empty` is 1 when c_I * c_J == 0, else 0. */
+static inline ATTN_HOST_DEVICE double
+attn_select_row_score(const struct attn_select_row *row, float L, int32_t empty,
+                      int32_t J)
+{
+    int32_t band = (J >= row->lo) & (J <= row->hi);
+    double s = (double)L - row->r;
+    s -= (double)empty * ATTN_SCORE_EMPTY;
+    s += (double)band * ATTN_SCORE_PRIOR;
+    s += row->first_I;
+    s += (double)(J < row->pf) * ATTN_SCORE_PRIOR;
+    return s;
+}
+
+/* S_IJ of one pair, the row taken from its arguments. */
+static inline ATTN_HOST_DEVICE double
+attn_select_score_inline(float L, float r, int32_t empty, uint32_t I,
+                         uint32_t J, uint32_t prior_first,
+                         uint32_t prior_diagonal)
+{
+    struct attn_select_row row =
+        attn_select_row_init(r, I, prior_first, prior_diagonal);
+    return attn_select_row_score(&row, L, empty, (int32_t)J);
+}
+
+/* The order-preserving key of a score: a larger score gives a larger key;
+ * -0 counts as +0, NaN gets key 0 (below every number, -inf included)
+ * through the mask of s == s.  No branches. */
+static inline ATTN_HOST_DEVICE uint64_t attn_select_key_inline(double s)
+{
+    s += 0.0; /* -0 -> +0 */
+    uint64_t u;
+    memcpy(&u, &s, sizeof u);
+    uint64_t neg = (uint64_t)0 - (u >> 63); /* all ones for a negative s */
+    uint64_t k = u ^ (neg | 0x8000000000000000ull);
+    return k & ((uint64_t)0 - (uint64_t)(s == s));
+}
+
+/* The key of pair (I, J): the key of attn_select_score_inline(). */
+static inline ATTN_HOST_DEVICE uint64_t
+attn_select_pair_key(float L, float r, int32_t empty, uint32_t I, uint32_t J,
+                     uint32_t prior_first, uint32_t prior_diagonal)
+{
+    return attn_select_key_inline(attn_select_score_inline(
+        L, r, empty, I, J, prior_first, prior_diagonal));
+}
+
+/* The keys of block row I: key[J] for J in [0, nb), from the row's logits
+ * L_row, its maximum r, the block counts cnt and c_I = cI.  A plain loop
+ * that each CPU kernel variant compiles for its own ISA (it vectorises on
+ * AVX2 and AVX-512). */
+static inline void attn_select_keys_row_inline(
+    const float *L_row, float r, const float *cnt, float cI, uint32_t I,
+    uint32_t nb, uint32_t prior_first, uint32_t prior_diagonal, uint64_t *key)
+{
+    struct attn_select_row row =
+        attn_select_row_init(r, I, prior_first, prior_diagonal);
+    int32_t all_empty = cI == 0.0f;
+    for (int32_t J = 0; J < (int32_t)nb; J++)
+        key[J] = attn_select_key_inline(attn_select_row_score(
+            &row, L_row[J], all_empty | (cnt[J] == 0.0f), J));
+}
+
+#endif /* MRAD_ATTN_SELECT_RULE_H */
