@@ -12,7 +12,7 @@
 #ifndef MRAD_ATTN_IMPL_H
 #define MRAD_ATTN_IMPL_H
 
-#include "attn.h"
+#include "attention/attn.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,9 +1,9 @@
 /*
  * ref64.h - float64 ground truth of MRA-2 attention for the unit tests,
- * written straight from /work/shared/spec/mra.md and sharing no code with
- * the library (its own selection by full sort, its own softmax), so the
- * tests compare two independent implementations.  Dense per head: test
- * sizes only.
+ * written straight from the method as attention/README.md states it and
+ * sharing no code with the library (its own selection by full sort, its
+ * own softmax), so the tests compare two independent implementations.
+ * Dense per head: test sizes only.
  */
 #ifndef MRAD_TEST_REF64_H
 #define MRAD_TEST_REF64_H
