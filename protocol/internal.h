@@ -109,6 +109,17 @@ const char *proto_type_name(const msgpack_object *o);
 /* String helpers over msgpack str objects. */
 int proto_str_eq(const msgpack_object *o, const char *s);
 
+/* Reads a number object (integer or float) into *v; returns 0, or -1 when
+ * the object is not a number. */
+int proto_get_number(const msgpack_object *o, double *v);
+
+/* Makes the bytes of bin object d available at an address that is a
+ * multiple of `align`: in place when the body allows (*owned = NULL), else
+ * as a copy in *owned (free it with free()).  *ptr gets the address.
+ * Returns PROTO_OK or PROTO_ENOMEM. */
+int proto_bin_aligned(const msgpack_object *d, size_t align, const void **ptr,
+                      void **owned);
+
 /* Reads an integer object into *v (int64 range); returns 0, or -1 when the
  * object is not an integer or does not fit int64 (then *v is unset and
  * *too_big says whether it was a large positive integer). */

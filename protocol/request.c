@@ -282,16 +282,9 @@ static int load_data(const struct tview *t, size_t esize, const void **ptr,
                         " bytes does not match the shape (%" PRIu64
                         " %s elements = %zu bytes)",
                         t->name, d->via.bin.size, t->elements, dname, bytes);
-        if ((uintptr_t)d->via.bin.ptr % esize == 0) {
-            *ptr = d->via.bin.ptr;
-            return PROTO_OK;
-        }
-        void *copy = proto_aligned_alloc(bytes);
-        if (copy == NULL)
+        if (proto_bin_aligned(d, esize, ptr, owned) != PROTO_OK)
             return perr(err, errlen, PROTO_ENOMEM, "%s.data: out of memory",
                         t->name);
-        memcpy(copy, d->via.bin.ptr, bytes);
-        *ptr = *owned = copy;
         return PROTO_OK;
     }
 
@@ -308,14 +301,7 @@ static int load_data(const struct tview *t, size_t esize, const void **ptr,
     for (uint32_t i = 0; i < d->via.array.size; i++) {
         const msgpack_object *e = &d->via.array.ptr[i];
         double x;
-        if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-            x = (double)e->via.u64;
-        else if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-            x = (double)e->via.i64;
-        else if (e->type == MSGPACK_OBJECT_FLOAT64 ||
-                 e->type == MSGPACK_OBJECT_FLOAT32)
-            x = e->via.f64;
-        else {
+        if (proto_get_number(e, &x) != 0) {
             free(buf);
             return perr(err, errlen, PROTO_EBADREQ,
                         "%s.data[%" PRIu32 "]: must be a number (got %s)",
@@ -385,8 +371,6 @@ static int parse_scalars(const msgpack_object *const *f,
                          struct proto_request *req, char *err, size_t errlen)
 {
     struct attn_problem *p = &req->prob;
-    uint64_t v;
-    int rc;
 
     p->method = ATTN_MRA2;
     if (f[K_METHOD] != NULL) {
@@ -411,54 +395,35 @@ static int parse_scalars(const msgpack_object *const *f,
                         rep);
         }
     }
-    if (f[K_BLOCK_PER_ROW] != NULL) {
-        rc = get_param(f[K_BLOCK_PER_ROW], "block_per_row", 1, UINT32_MAX, &v,
-                       err, errlen);
+    /* The integer parameters, checked in this order, and their ranges. */
+    static const struct {
+        enum rkey key;
+        int64_t lo;
+        uint64_t hi;
+    } ints[] = {
+        {K_BLOCK_PER_ROW, 1, UINT32_MAX}, {K_NUM_BLOCKS, 1, INT64_MAX},
+        {K_PRIOR_FIRST, 0, UINT32_MAX},   {K_PRIOR_DIAGONAL, 0, UINT32_MAX},
+        {K_TIMEOUT_MS, 1, INT64_MAX},
+    };
+    uint64_t iv[K_COUNT] = {0}; /* 0 when absent, as req was zeroed */
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        enum rkey k = ints[i].key;
+        if (f[k] == NULL)
+            continue;
+        int rc = get_param(f[k], rkey_names[k], ints[i].lo, ints[i].hi, &iv[k],
+                           err, errlen);
         if (rc != PROTO_OK)
             return rc;
-        p->block_per_row = (uint32_t)v;
     }
-    if (f[K_NUM_BLOCKS] != NULL) {
-        rc = get_param(f[K_NUM_BLOCKS], "num_blocks", 1, INT64_MAX, &v, err,
-                       errlen);
-        if (rc != PROTO_OK)
-            return rc;
-        p->num_blocks = v;
-    }
-    if (f[K_PRIOR_FIRST] != NULL) {
-        rc = get_param(f[K_PRIOR_FIRST], "prior_first", 0, UINT32_MAX, &v, err,
-                       errlen);
-        if (rc != PROTO_OK)
-            return rc;
-        p->prior_first = (uint32_t)v;
-    }
-    if (f[K_PRIOR_DIAGONAL] != NULL) {
-        rc = get_param(f[K_PRIOR_DIAGONAL], "prior_diagonal", 0, UINT32_MAX, &v,
-                       err, errlen);
-        if (rc != PROTO_OK)
-            return rc;
-        p->prior_diagonal = (uint32_t)v;
-    }
-    if (f[K_TIMEOUT_MS] != NULL) {
-        rc = get_param(f[K_TIMEOUT_MS], "timeout_ms", 1, INT64_MAX, &v, err,
-                       errlen);
-        if (rc != PROTO_OK)
-            return rc;
-        req->timeout_ms = v;
-    }
+    p->block_per_row = (uint32_t)iv[K_BLOCK_PER_ROW];
+    p->num_blocks = iv[K_NUM_BLOCKS];
+    p->prior_first = (uint32_t)iv[K_PRIOR_FIRST];
+    p->prior_diagonal = (uint32_t)iv[K_PRIOR_DIAGONAL];
+    req->timeout_ms = iv[K_TIMEOUT_MS];
     if (f[K_SCALE] != NULL) {
         const msgpack_object *s = f[K_SCALE];
         double d;
-        int64_t iv;
-        int too_big;
-        if (s->type == MSGPACK_OBJECT_FLOAT32 ||
-            s->type == MSGPACK_OBJECT_FLOAT64)
-            d = s->via.f64;
-        else if (proto_get_int(s, &iv, &too_big) == 0)
-            d = (double)iv;
-        else if (too_big)
-            d = (double)s->via.u64;
-        else
+        if (proto_get_number(s, &d) != 0)
             return perr(err, errlen, PROTO_EBADREQ,
                         "scale: must be a number (got %s)", proto_type_name(s));
         if (!isfinite(d) || !(d > 0))

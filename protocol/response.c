@@ -61,13 +61,7 @@ static int get_number(const msgpack_object *m, const char *name, double *v,
     const msgpack_object *o = lookup(m, name);
     if (o == NULL)
         return perr(err, errlen, PROTO_EBADREQ, "stats.%s: missing", name);
-    if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64)
-        *v = o->via.f64;
-    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-        *v = (double)o->via.u64;
-    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-        *v = (double)o->via.i64;
-    else
+    if (proto_get_number(o, v) != 0)
         return perr(err, errlen, PROTO_EBADREQ,
                     "stats.%s: must be a number (got %s)", name,
                     proto_type_name(o));
@@ -123,15 +117,8 @@ static int get_out(const msgpack_object *o, struct proto_response *r, char *err,
                         "out.data: length %" PRIu32
                         " bytes does not match the shape (%zu bytes)",
                         data->via.bin.size, bytes);
-        if ((uintptr_t)data->via.bin.ptr % es == 0) {
-            r->out = data->via.bin.ptr;
-            return PROTO_OK;
-        }
-        void *copy = proto_aligned_alloc(bytes);
-        if (copy == NULL)
+        if (proto_bin_aligned(data, es, &r->out, &r->owned) != PROTO_OK)
             return perr(err, errlen, PROTO_ENOMEM, "out.data: out of memory");
-        memcpy(copy, data->via.bin.ptr, bytes);
-        r->out = r->owned = copy;
         return PROTO_OK;
     }
     if (data == NULL || data->type != MSGPACK_OBJECT_ARRAY)

@@ -303,3 +303,32 @@ int proto_get_int(const msgpack_object *o, int64_t *v, int *too_big)
     }
     return -1;
 }
+
+int proto_get_number(const msgpack_object *o, double *v)
+{
+    if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64)
+        *v = o->via.f64;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        *v = (double)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *v = (double)o->via.i64;
+    else
+        return -1;
+    return 0;
+}
+
+int proto_bin_aligned(const msgpack_object *d, size_t align, const void **ptr,
+                      void **owned)
+{
+    *owned = NULL;
+    if ((uintptr_t)d->via.bin.ptr % align == 0) {
+        *ptr = d->via.bin.ptr;
+        return PROTO_OK;
+    }
+    void *copy = proto_aligned_alloc(d->via.bin.size);
+    if (copy == NULL)
+        return PROTO_ENOMEM;
+    memcpy(copy, d->via.bin.ptr, d->via.bin.size);
+    *ptr = *owned = copy;
+    return PROTO_OK;
+}

@@ -16,7 +16,8 @@
  * Threading: call mrac_global_init() once, before other threads start
  * (it initialises libcurl).  A client handle is used by one thread at a
  * time; create one client per thread.  Different clients are independent.
- * mrac_random_problem() and mrac_strerror() are re-entrant.
+ * mrac_random_problem(), mrac_strerror() and the name look-ups are
+ * re-entrant.
  *
  * Ownership: the library never keeps pointers into caller memory past the
  * call that received them; buffers it returns are malloc'd and released
@@ -27,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "attention/attn.h"
 #include "protocol/proto.h"
@@ -181,6 +183,24 @@ struct mrac_random_spec {
  */
 int mrac_random_problem(const struct mrac_random_spec *spec,
                         struct attn_problem *p, void **owned);
+
+/* Looks up a method or a dtype by its wire name ("mra2", "mra2_sparse",
+ * "exact"; "f32", "f16", "bf16"), as command lines name them.  Returns
+ * MRAC_OK and stores it, or MRAC_EINVAL (nothing stored) for another
+ * name.  Re-entrant. */
+int mrac_method_parse(const char *name, enum attn_method *m);
+int mrac_dtype_parse(const char *name, enum attn_dtype *dt);
+
+/*
+ * Reads the rest of stream f, or the whole file at path, into a malloc'd
+ * buffer (caller frees with free()), for request bodies and key files:
+ * *len receives the byte count, and a NUL byte follows the data (not
+ * counted), so text can be used as a string.  mrac_read_stream() does not
+ * close f.  Return NULL with errno set when the file cannot be opened or
+ * read, or memory runs out.
+ */
+char *mrac_read_stream(FILE *f, size_t *len);
+char *mrac_read_file(const char *path, size_t *len);
 
 #ifdef __cplusplus
 }

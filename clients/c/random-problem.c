@@ -1,6 +1,7 @@
 /*
  * random-problem.c - deterministic random attention problems, the one
- * generator behind `mractl random` and `mra-load --shape`.
+ * generator behind `mractl random` and `mra-load --shape`, and the look-up
+ * of the method and dtype names those commands take.
  *
  * The values come from splitmix64 so that the same seed gives the same
  * bytes on every platform and build (the C library's rand() would not).
@@ -103,4 +104,24 @@ int mrac_random_problem(const struct mrac_random_spec *spec,
     p->v = dst[2];
     *owned = mem;
     return MRAC_OK;
+}
+
+int mrac_method_parse(const char *name, enum attn_method *m)
+{
+    for (int i = ATTN_EXACT; i <= ATTN_MRA2_SPARSE; i++)
+        if (strcmp(name, attn_method_name((enum attn_method)i)) == 0) {
+            *m = (enum attn_method)i;
+            return MRAC_OK;
+        }
+    return MRAC_EINVAL;
+}
+
+int mrac_dtype_parse(const char *name, enum attn_dtype *dt)
+{
+    for (int i = ATTN_F32; i <= ATTN_BF16; i++)
+        if (strcmp(name, attn_dtype_name((enum attn_dtype)i)) == 0) {
+            *dt = (enum attn_dtype)i;
+            return MRAC_OK;
+        }
+    return MRAC_EINVAL;
 }

@@ -14,41 +14,6 @@
 #include "clients/c/mraclient.h"
 #include "clients/load/load.h"
 
-/* Reads a whole file into a malloc'd buffer (NUL-terminated). */
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        size_t got = fread(b + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-        if (n + 1 == cap) {
-            char *nb = cap <= SIZE_MAX / 2 ? realloc(b, cap * 2) : NULL;
-            if (!nb) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!b || bad) {
-        free(b);
-        return NULL;
-    }
-    b[n] = '\0';
-    *len = n;
-    return b;
-}
-
 static int parse_shape(const char *s, uint32_t dims[4])
 {
     char *end;
@@ -62,26 +27,6 @@ static int parse_shape(const char *s, uint32_t dims[4])
         s = end + 1;
     }
     return 0;
-}
-
-static int parse_method(const char *s, enum attn_method *m)
-{
-    for (int i = 0; i < 3; i++)
-        if (strcmp(s, attn_method_name((enum attn_method)i)) == 0) {
-            *m = (enum attn_method)i;
-            return 0;
-        }
-    return -1;
-}
-
-static int parse_dtype(const char *s, enum attn_dtype *d)
-{
-    for (int i = 0; i < 3; i++)
-        if (strcmp(s, attn_dtype_name((enum attn_dtype)i)) == 0) {
-            *d = (enum attn_dtype)i;
-            return 0;
-        }
-    return -1;
 }
 
 /* Splits a comma list into at most `max` pieces of a copy of s; returns the
@@ -113,7 +58,7 @@ static int set_target(struct load_options *o)
     o->cfg.url = endpoint;
     if (o->key_file) {
         size_t kl;
-        char *key = read_file(o->key_file, &kl);
+        char *key = mrac_read_file(o->key_file, &kl);
         if (!key) {
             fprintf(stderr, "mra-load: cannot read %s: %s\n", o->key_file,
                     strerror(errno));
@@ -131,7 +76,7 @@ static int read_bodies(const struct load_options *o, struct load_body *bodies,
 {
     for (int i = 0; i < o->nfiles; i++) {
         struct load_body *b = &bodies[(*nb)++];
-        b->data = read_file(o->files[i], &b->len);
+        b->data = mrac_read_file(o->files[i], &b->len);
         if (!b->data) {
             fprintf(stderr, "mra-load: cannot read %s: %s\n", o->files[i],
                     strerror(errno));
@@ -199,8 +144,8 @@ static int random_bodies(struct load_options *o, struct load_body *bodies,
                         .block_per_row = o->bpr,
                         .seed = o->cfg.seed + v,
                     };
-                    if (parse_method(mlist[m], &sp.method) ||
-                        parse_dtype(dlist[d], &sp.dtype)) {
+                    if (mrac_method_parse(mlist[m], &sp.method) ||
+                        mrac_dtype_parse(dlist[d], &sp.dtype)) {
                         fprintf(stderr,
                                 "mra-load: unknown method '%s' or dtype "
                                 "'%s'\n",

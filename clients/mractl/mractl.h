@@ -24,9 +24,9 @@ typedef int (*mractl_cmd_fn)(int argc, char **argv);
 int mractl_cmd_run(int argc, char **argv);
 
 /*
- * Reads a whole file ("-" for stdin) into a malloc'd buffer; *len receives
- * its length.  Returns NULL with errno set on failure.  Not thread-safe
- * (uses stdio on stdin).
+ * Reads a whole file ("-" for stdin) into a malloc'd buffer, NUL-terminated
+ * (mrac_read_file()); *len receives its length.  Returns NULL with errno
+ * set on failure.  Not thread-safe (uses stdio on stdin).
  */
 char *mractl_read_file(const char *path, size_t *len);
 

@@ -75,19 +75,9 @@ int mractl_cmd_random(int argc, char **argv)
             sp.seed = strtoull(v, &end, 10);
             bad = end == v || *end || errno;
         } else if (!strcmp(a, "--method")) {
-            bad = 1;
-            for (int m = 0; m < 3; m++)
-                if (!strcmp(v, attn_method_name((enum attn_method)m))) {
-                    sp.method = (enum attn_method)m;
-                    bad = 0;
-                }
+            bad = mrac_method_parse(v, &sp.method) != MRAC_OK;
         } else if (!strcmp(a, "--dtype")) {
-            bad = 1;
-            for (int t = 0; t < 3; t++)
-                if (!strcmp(v, attn_dtype_name((enum attn_dtype)t))) {
-                    sp.dtype = (enum attn_dtype)t;
-                    bad = 0;
-                }
+            bad = mrac_dtype_parse(v, &sp.dtype) != MRAC_OK;
         } else if (!strcmp(a, "--id")) {
             id = v;
             bad = strlen(v) > PROTO_ID_MAX;

@@ -5,7 +5,8 @@
  * answer it decodes (into the caller's buffer or its own), keep-alive
  * reuse, and every error path (HTTP errors with the wire code and
  * Retry-After, bad answers, refused connections, client timeouts, bad
- * arguments).
+ * arguments), and its helpers for command lines (method and dtype names,
+ * reading files).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -534,6 +535,53 @@ static void test_random_problem(void **state)
     assert_null(ma);
 }
 
+static void test_names(void **state)
+{
+    (void)state;
+    enum attn_method m = ATTN_EXACT;
+    enum attn_dtype dt = ATTN_F32;
+    assert_int_equal(mrac_method_parse("mra2_sparse", &m), MRAC_OK);
+    assert_int_equal(m, ATTN_MRA2_SPARSE);
+    assert_int_equal(mrac_method_parse("mra", &m), MRAC_EINVAL);
+    assert_int_equal(m, ATTN_MRA2_SPARSE); /* unchanged */
+    assert_int_equal(mrac_dtype_parse("bf16", &dt), MRAC_OK);
+    assert_int_equal(dt, ATTN_BF16);
+    assert_int_equal(mrac_dtype_parse("f64", &dt), MRAC_EINVAL);
+    assert_int_equal(dt, ATTN_BF16);
+}
+
+static void test_read_file(void **state)
+{
+    (void)state;
+    /* Larger than the first buffer, so that it grows. */
+    size_t n = (1 << 16) + 123;
+    char path[] = "/tmp/test-mraclient-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w+");
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++)
+        fputc('a' + (int)(i % 26), f);
+    assert_int_equal(fflush(f), 0);
+    size_t len = 0;
+    char *buf = mrac_read_file(path, &len);
+    assert_non_null(buf);
+    assert_int_equal(len, n);
+    assert_int_equal(buf[n - 1], 'a' + (int)((n - 1) % 26));
+    assert_int_equal(buf[n], '\0');
+    free(buf);
+    rewind(f);
+    assert_int_equal(fseek(f, (long)n - 3, SEEK_SET), 0);
+    buf = mrac_read_stream(f, &len);
+    assert_non_null(buf);
+    assert_int_equal(len, 3);
+    assert_string_equal(buf, "ghi");
+    free(buf);
+    fclose(f);
+    unlink(path);
+    assert_null(mrac_read_file(path, &len));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -543,6 +591,8 @@ int main(void)
         cmocka_unit_test(test_transport_errors),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_random_problem),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_read_file),
     };
     return cmocka_run_group_tests(tests, server_start, server_stop);
 }
