@@ -133,9 +133,13 @@ struct key_ctx {
 
 /* One radix pass: histogram of the byte at `shift` of the keys whose higher
  * bytes equal the prefix found so far.  Integer atomics: the counts do not
- * depend on the order the threads run in. */
-__global__ void k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate,
-                       int shift, uint32_t *hist)
+ * depend on the order the threads run in.  Eight blocks of 256 threads per
+ * multiprocessor (32 registers a thread): the eight passes stream the whole
+ * grid, so this kernel keeps full occupancy. */
+constexpr int HIST_THREADS = 256;
+__global__ void __launch_bounds__(HIST_THREADS, 8)
+    k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate, int shift,
+           uint32_t *hist)
 {
     __shared__ uint32_t sh[256];
     size_t head = blockIdx.x / chunks;
@@ -480,8 +484,8 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
                 memset_async(w.hist, 0, heads * 256 * sizeof(uint32_t), st);
             if (e != cudaSuccess)
                 return cuda_err(e);
-            MRAD_LAUNCH(k_hist, (unsigned)(heads * chunks), 256, st, kc, chunks,
-                        w.rstate, shift, w.hist);
+            MRAD_LAUNCH(k_hist, (unsigned)(heads * chunks), HIST_THREADS, st,
+                        kc, chunks, w.rstate, shift, w.hist);
             MRAD_LAUNCH(k_radix_step, grid_for(heads, 128), 128, st, heads,
                         shift, w.hist, w.rstate);
         }
