@@ -70,6 +70,24 @@ static inline vf vexp_poly(vf r)
     return p * r * r + r + 1.0f;
 }
 
+/* exp's range reduction x = n ln2 + r: n = round(x * LOG2E) comes from
+ * the ISA's rounding, r from here, with ln2 in two parts so that n times
+ * the first is exact (Cody and Waite). */
+#define VEXP_LOG2E 1.44269504088896341f
+static inline vf vexp_reduce(vf x, vf fn)
+{
+    vf r = x - fn * 0.693359375f;
+    return r - fn * -2.12194440e-4f;
+}
+
+/* 2^n for whole numbers n in [-126, 127] held as floats, built in the
+ * exponent bits. */
+static inline vf vexp_pow2(vf fn)
+{
+    vi e = __builtin_convertvector(fn, vi) + 127;
+    return (vf)(e << 23);
+}
+
 /*
  * vmax(x, m): lane-wise x > m ? x : m (a NaN x keeps m), and vexp(x):
  * exp per lane by range reduction x = n ln2 + r and the polynomial above
@@ -94,10 +112,9 @@ static inline vf vexp(vf xv)
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
     vf xx = (vf)x;
     vf fn =
-        (vf)_mm512_roundscale_ps((__m512)(xx * 1.44269504088896341f),
+        (vf)_mm512_roundscale_ps((__m512)(xx * VEXP_LOG2E),
                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = xx - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
+    vf r = vexp_reduce(xx, fn);
     __m512 y = _mm512_scalef_ps((__m512)vexp_poly(r), (__m512)fn);
     return (vf)_mm512_maskz_mov_ps(keep, y);
 }
@@ -116,12 +133,10 @@ static inline vf vexp(vf xv)
     x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
     x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
     vf xx = (vf)x;
-    vf fn = (vf)_mm256_round_ps((__m256)(xx * 1.44269504088896341f),
+    vf fn = (vf)_mm256_round_ps((__m256)(xx * VEXP_LOG2E),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = xx - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    vi e = __builtin_convertvector(fn, vi) + 127;
-    vf y = vexp_poly(r) * (vf)(e << 23);
+    vf r = vexp_reduce(xx, fn);
+    vf y = vexp_poly(r) * vexp_pow2(fn);
     return (vf)_mm256_and_ps((__m256)y, keep);
 }
 #else
@@ -135,13 +150,10 @@ static inline vf vexp(vf x)
     vi under = x < splat(-87.0f);
     x = blend(under, splat(-87.0f), x);
     x = blend(x > splat(88.0f), splat(88.0f), x);
-    vf t = x * 1.44269504088896341f + 12582912.0f; /* round to nearest */
+    vf t = x * VEXP_LOG2E + 12582912.0f; /* round to nearest */
     vf fn = t - 12582912.0f;
-    vf r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    vi e = __builtin_convertvector(fn, vi) + 127;
-    vf scale = (vf)(e << 23);
-    return (vf)((vi)(vexp_poly(r) * scale) & ~under);
+    vf r = vexp_reduce(x, fn);
+    return (vf)((vi)(vexp_poly(r) * vexp_pow2(fn)) & ~under);
 }
 #endif
 

@@ -18,8 +18,9 @@
  * past N read as zeros.  For DP <= 128 the Q fragments stay in registers.
  *
  * The primitives (mma, ldmatrix, cp.async) come from prims.cuh, or
- * from the file MRAD_CUDA_PRIMS names (the host emulation test); the
- * launchers are in attend-launch.cuh.
+ * from the file MRAD_CUDA_PRIMS names (the host emulation test), through
+ * attend-common.cuh, which also holds what this kernel does like the f32
+ * one; the launchers are in attend-launch.cuh.
  */
 #ifndef MRAD_CUDA_ATTEND_MMA_CUH
 #define MRAD_CUDA_ATTEND_MMA_CUH
@@ -27,11 +28,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifdef MRAD_CUDA_PRIMS
-#include MRAD_CUDA_PRIMS
-#else
-#include "attention/cuda/prims.cuh"
-#endif
+#include "attention/cuda/attend-common.cuh"
 
 namespace mrad_cuda
 {
@@ -84,24 +81,16 @@ __global__ void __launch_bounds__(W * 32, 1)
     const int g = lane / 4, t = lane % 4;
     const uint32_t tile = blockIdx.x % qtiles;
     const size_t hb = blockIdx.x / qtiles;
-    const uint32_t b = (uint32_t)(hb / a.H), h = (uint32_t)(hb % a.H);
-    const size_t kvh = (size_t)b * a.Hkv + h / (a.H / a.Hkv);
+    const head_tensors<uint16_t> ht = attend_head<uint16_t>(a, hb);
+    const uint16_t *q = ht.q, *k = ht.k, *v = ht.v;
+    const uint8_t *mask = ht.mask;
     const uint32_t N = a.N, D = a.D;
-    const uint16_t *q = (const uint16_t *)a.q + hb * N * D;
-    const uint16_t *k = (const uint16_t *)a.k + kvh * N * D;
-    const uint16_t *v = (const uint16_t *)a.v + kvh * N * D;
-    const uint8_t *mask = a.mask ? a.mask + (size_t)b * N : nullptr;
     const uint32_t row0 = tile * R;
     const bool vec = a.vec_ok != 0;
 
     /* The key tiles of this block: a CSR row, or all of them. */
-    uint32_t ntiles = a.nb;
-    const uint32_t *lst = nullptr;
-    if (a.list) {
-        const uint32_t *o = a.row_off + hb * (a.nb + 1) + tile;
-        ntiles = o[1] - o[0];
-        lst = a.list + hb * a.list_stride + o[0];
-    }
+    const uint32_t *lst;
+    const uint32_t ntiles = attend_tiles(a, hb, tile, &lst);
 
     float o_acc[DP / 8][4];
 #pragma unroll
@@ -137,9 +126,7 @@ __global__ void __launch_bounds__(W * 32, 1)
         load_rows<DP, LD, NT>(Ks, k, key0, BLK, N, D, vec, tid);
         load_rows<DP, LD, NT>(Vs, v, key0, BLK, N, D, vec, tid);
         if (warp == 0) {
-            uint32_t j = key0 + lane;
-            uint32_t w =
-                __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+            uint32_t w = key_tile_mask(mask, key0, N, lane);
             if (lane == 0)
                 mword[0] = w;
         }
@@ -159,9 +146,7 @@ __global__ void __launch_bounds__(W * 32, 1)
             load_rows<DP, LD, NT>(kd, k, key0, BLK, N, D, vec, tid);
             load_rows<DP, LD, NT>(vd, v, key0, BLK, N, D, vec, tid);
             if (warp == 0) {
-                uint32_t j = key0 + lane;
-                uint32_t w =
-                    __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+                uint32_t w = key_tile_mask(mask, key0, N, lane);
                 if (lane == 0)
                     mword[st ^ 1] = w;
             }
@@ -221,9 +206,7 @@ __global__ void __launch_bounds__(W * 32, 1)
         float muse[2], alpha[2], psum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float mnew = fmaxf(mrow[r], mx[r]);
+            float mnew = fmaxf(mrow[r], quad_max(mx[r]));
             muse[r] = mnew == -INFINITY ? 0.0f : mnew;
             alpha[r] = exp2f(mrow[r] - muse[r]);
             mrow[r] = mnew;
@@ -273,14 +256,11 @@ __global__ void __launch_bounds__(W * 32, 1)
     T *out = (T *)a.out;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        float l = lrow[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
         uint32_t i = row0 + warp * 16 + g + r * 8;
+        bool real = i < N && (!mask || mask[i]);
+        float inv = row_norm(lrow[r], real);
         if (i >= N)
             continue;
-        bool real = !mask || mask[i];
-        float inv = (real && l > 0.0f) ? 1.0f / l : 0.0f;
         T *o = out + (hb * N + i) * D;
 #pragma unroll
         for (int n = 0; n < DP / 8; n++) {

@@ -12,18 +12,15 @@
  * bitwise reproducible.
  *
  * Launched by attend-simt.cu; also compiled against host emulations of the
- * primitives by tests/cuda/test-attend-emul.cpp (MRAD_CUDA_PRIMS).
+ * primitives by tests/cuda/test-attend-emul.cpp (MRAD_CUDA_PRIMS).  What it
+ * does like the tensor-core kernel is in attend-common.cuh.
  */
 #ifndef MRAD_CUDA_ATTEND_SIMT_CUH
 #define MRAD_CUDA_ATTEND_SIMT_CUH
 
 #include <math.h>
 
-#ifdef MRAD_CUDA_PRIMS
-#include MRAD_CUDA_PRIMS
-#else
-#include "attention/cuda/prims.cuh"
-#endif
+#include "attention/cuda/attend-common.cuh"
 
 namespace mrad_cuda
 {
@@ -49,13 +46,10 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     const int tid = threadIdx.x, r = tid / 4, q4 = tid % 4;
     const uint32_t I = blockIdx.x % qtiles;
     const size_t hb = blockIdx.x / qtiles;
-    const uint32_t b = (uint32_t)(hb / a.H), h = (uint32_t)(hb % a.H);
-    const size_t kvh = (size_t)b * a.Hkv + h / (a.H / a.Hkv);
+    const head_tensors<float> ht = attend_head<float>(a, hb);
+    const float *q = ht.q, *k = ht.k, *v = ht.v;
+    const uint8_t *mask = ht.mask;
     const size_t N = a.N, D = a.D;
-    const float *q = (const float *)a.q + hb * N * D;
-    const float *k = (const float *)a.k + kvh * N * D;
-    const float *v = (const float *)a.v + kvh * N * D;
-    const uint8_t *mask = a.mask ? a.mask + (size_t)b * N : nullptr;
     const uint32_t row0 = I * BLK;
 
     for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
@@ -66,22 +60,18 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     float m = -INFINITY, l = 0.0f, acc[NU];
     for (int u = 0; u < NU; u++)
         acc[u] = 0.0f;
-    uint32_t ntiles = a.nb;
-    const uint32_t *lst = nullptr;
-    if (a.list) {
-        const uint32_t *o = a.row_off + hb * (a.nb + 1) + I;
-        ntiles = o[1] - o[0];
-        lst = a.list + hb * a.list_stride + o[0];
-        if (a.low_m) {
-            size_t row = hb * a.nb + I;
-            float z = a.low_z[row];
-            if (z > 0.0f) {
-                m = a.low_m[row];
-                l = q4 == 0 ? z : 0.0f; /* partial sums: counted once */
-                for (int u = 0; u < NU; u++) {
-                    uint32_t d = q4 + 4 * u;
-                    acc[u] = d < D ? a.low_num[row * D + d] : 0.0f;
-                }
+    const uint32_t *lst;
+    const uint32_t ntiles = attend_tiles(a, hb, I, &lst);
+    if (a.low_m) {
+        /* mra2: continue the softmax of the row's low-resolution terms */
+        size_t row = hb * a.nb + I;
+        float z = a.low_z[row];
+        if (z > 0.0f) {
+            m = a.low_m[row];
+            l = q4 == 0 ? z : 0.0f; /* partial sums: counted once */
+            for (int u = 0; u < NU; u++) {
+                uint32_t d = q4 + 4 * u;
+                acc[u] = d < D ? a.low_num[row * D + d] : 0.0f;
             }
         }
     }
@@ -96,9 +86,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
             Vs[c * DP + d] = in ? v[j * D + d] : 0.0f;
         }
         if (tid < 32) {
-            uint32_t j = key0 + tid;
-            bool ok = j < N && (!mask || mask[j]);
-            uint32_t w = __ballot_sync(0xffffffffu, ok);
+            uint32_t w = key_tile_mask(mask, key0, (uint32_t)N, tid);
             if (tid == 0)
                 mword = w;
         }
@@ -119,9 +107,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
             s[u] = ((mw >> c) & 1u) ? s[u] * a.scale : -INFINITY;
             mx = fmaxf(mx, s[u]);
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        float mnew = fmaxf(m, mx);
+        float mnew = fmaxf(m, quad_max(mx));
         float muse = mnew == -INFINITY ? 0.0f : mnew;
         float alpha = expf(m - muse);
         float psum = 0.0f;
@@ -143,13 +129,11 @@ __global__ void __launch_bounds__(SIMT_THREADS)
         }
     }
 
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
     uint32_t i = row0 + r;
+    bool real = i < N && (!mask || mask[i]);
+    float inv = row_norm(l, real);
     if (i >= N)
         return;
-    bool real = !mask || mask[i];
-    float inv = (real && l > 0.0f) ? 1.0f / l : 0.0f;
     float *out = (float *)a.out + (hb * N + i) * D;
     for (int u = 0; u < NU; u++) {
         uint32_t d = q4 + 4 * u;

@@ -85,14 +85,9 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ uint32_t warp_sum_u32(uint32_t v)
+/* Sum over the warp, every lane getting it; a fixed order of additions
+ * (float: bitwise reproducible). */
+template <typename T> __device__ __forceinline__ T warp_sum(T v)
 {
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -195,8 +190,8 @@ __global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
         gt += k > T;
         eq += k == T;
     }
-    gt = warp_sum_u32(gt);
-    eq = warp_sum_u32(eq);
+    gt = warp_sum(gt);
+    eq = warp_sum(eq);
     if (lane == 0) {
         row_gt[row] = gt;
         row_eq[row] = eq;

@@ -19,18 +19,25 @@ namespace mrad_cuda
 namespace
 {
 
+/* c += a b on the tensor cores: mma.sync m16n8k16, A row-major and B
+ * column-major fragments of the 16-bit input type named `ty` in PTX
+ * ("f16", "bf16"), f32 accumulators.  A macro because the instruction's
+ * name must be a string literal. */
+#define MRAD_MMA_M16N8K16(ty, c, a, b0, b1)                                    \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty ".f32 "    \
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "                     \
+                 "{%0,%1,%2,%3};\n"                                            \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])              \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),        \
+                   "r"(b1))
+
 template <typename T> struct mma_t;
 
 template <> struct mma_t<__half> {
     static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
                                                uint32_t b0, uint32_t b1)
     {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
-                       "r"(b1));
+        MRAD_MMA_M16N8K16("f16", c, a, b0, b1);
     }
     static __device__ __forceinline__ uint32_t pack(float x, float y)
     {
@@ -47,12 +54,7 @@ template <> struct mma_t<__nv_bfloat16> {
     static __device__ __forceinline__ void run(float c[4], const uint32_t a[4],
                                                uint32_t b0, uint32_t b1)
     {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
-                       "r"(b1));
+        MRAD_MMA_M16N8K16("bf16", c, a, b0, b1);
     }
     static __device__ __forceinline__ uint32_t pack(float x, float y)
     {
@@ -64,6 +66,7 @@ template <> struct mma_t<__nv_bfloat16> {
         *p = __float2bfloat16_rn(x);
     }
 };
+#undef MRAD_MMA_M16N8K16
 
 __device__ __forceinline__ uint32_t smem_addr(const void *p)
 {
