@@ -84,4 +84,4 @@ format:
 clean:
 	rm -rf build bin $(CLEAN_EXTRA)
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
