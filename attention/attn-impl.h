@@ -30,6 +30,8 @@ struct attn_backend_i {
     const char *(*device)(void *ctx);
     /* Optional: ATTN_OK or a sticky error. */
     int (*health)(void *ctx);
+    /* Optional: gives back the working memory kept between calls. */
+    void (*trim)(void *ctx);
     /* Optional: device memory held / total, in bytes. */
     int (*memory)(void *ctx, uint64_t *used, uint64_t *total);
     /* Required: releases ctx. */

@@ -40,6 +40,8 @@ enum attn_err {
     /* an injected fault: only the test hook attn_backend_inject_fault()
      * (attention/attn-test.h) produces it */
     ATTN_EFAULT = -6,
+    /* the problem's cancel flag was set: it stopped part-way */
+    ATTN_ECANCELED = -7,
 };
 
 /* Returns a static, human-readable description of an attn_err code. */
@@ -94,6 +96,11 @@ struct attn_problem {
     uint32_t block_per_row;  /* budget per block row; 0 = default (8) */
     uint32_t prior_first;    /* force the first n block rows and columns */
     uint32_t prior_diagonal; /* force a diagonal band of this width */
+    /* Optional: when the int it points to turns nonzero (set from any
+     * thread), the backend stops the problem between work items (a block
+     * row, a head) within milliseconds and fails it with ATTN_ECANCELED;
+     * the other problems of its batch go on.  NULL: never. */
+    const volatile int *cancel;
 };
 
 #define ATTN_DEFAULT_BLOCK_PER_ROW 8
@@ -120,6 +127,18 @@ float attn_scale(const struct attn_problem *p);
 /* FLOP count of a problem as the spec counts it (all heads, all entries):
  * exact 4*N^2*D per head; mra 4*k*b*b*D + 2*nb^2*D per head. */
 double attn_flops(const struct attn_problem *p);
+
+/* What a logit costs beyond its dot product (the exponential, the running
+ * maximum and the rescaling of the softmax), in flop-equivalents: at small
+ * D this, not the 4*D flops, is the work. */
+#define ATTN_COST_PER_LOGIT 96.0
+/* Work of a problem in flop-equivalents, for admission control: the
+ * attn_flops() products plus ATTN_COST_PER_LOGIT per logit computed at
+ * full resolution, and the block selection (3*D + 16 per pair of blocks).
+ * The budget is capped by what the grid holds, as attn_budget() does, so
+ * a huge block_per_row costs what exact attention costs, not more.
+ * Pure. */
+double attn_cost(const struct attn_problem *p);
 
 /* Backend configuration; zero-initialise and set what you need. */
 struct attn_config {
@@ -155,6 +174,12 @@ int attn_backend_health(const struct attn_backend *be);
  * (the CPU). */
 int attn_backend_memory(const struct attn_backend *be, uint64_t *used,
                         uint64_t *total);
+
+/* Gives back the working memory the backend keeps between calls for
+ * reuse (host buffers, device pools); the next call allocates again.  Same
+ * threading rule as the compute calls.  A no-op for backends that keep
+ * none. */
+void attn_backend_trim(struct attn_backend *be);
 
 /* Computes one problem.  Fills *stats (may be NULL).  Returns ATTN_OK or an
  * error; on error the contents of p->out are unspecified. */

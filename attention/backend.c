@@ -29,6 +29,8 @@ const char *attn_strerror(int err)
         return "backend not built or no device present";
     case ATTN_EFAULT:
         return "injected fault";
+    case ATTN_ECANCELED:
+        return "canceled";
     }
     return "unknown attention error";
 }
@@ -116,6 +118,12 @@ int attn_backend_memory(const struct attn_backend *be, uint64_t *used,
     if (!be->iface->memory)
         return ATTN_ENOTSUP;
     return be->iface->memory(be->ctx, used, total);
+}
+
+void attn_backend_trim(struct attn_backend *be)
+{
+    if (be && be->iface->trim)
+        be->iface->trim(be->ctx);
 }
 
 void attn_backend_inject_fault(struct attn_backend *be, int count)

@@ -129,3 +129,15 @@ double attn_flops(const struct attn_problem *p)
         return heads * 4.0 * N * N * D;
     return heads * (4.0 * (double)attn_budget(p) * b2 * D + 2.0 * nb * nb * D);
 }
+
+double attn_cost(const struct attn_problem *p)
+{
+    double heads = (double)p->B * (double)p->H;
+    double D = p->D, N = p->N, nb = attn_num_blocks(p->N);
+    double b2 = (double)ATTN_BLOCK * ATTN_BLOCK;
+    double per_logit = 4.0 * D + ATTN_COST_PER_LOGIT;
+    if (p->method == ATTN_EXACT)
+        return heads * N * N * per_logit;
+    return heads * ((double)attn_budget(p) * b2 * per_logit +
+                    nb * nb * (3.0 * D + 16.0));
+}

@@ -51,6 +51,14 @@ struct group {
     int inline_only; /* small group: no workers */
 };
 
+/* Nonzero when the head's problem was cancelled: its remaining items are
+ * skipped (a block row or a few blocks is at most milliseconds of work),
+ * and cpu_compute_batch() fails the problem with ATTN_ECANCELED. */
+static int cancelled(const struct cpu_head *hd)
+{
+    return hd->p->cancel && *hd->p->cancel;
+}
+
 /* Finds the head owning flat item `item`; returns the item's index inside
  * that head. */
 static size_t locate(const struct group *g, size_t item, size_t *head)
@@ -73,6 +81,8 @@ static void run_load(void *arg, size_t item, int worker)
     size_t h, k = locate(g, item, &h);
     (void)worker;
     struct cpu_head *hd = &g->heads[h];
+    if (cancelled(hd))
+        return;
     uint32_t J0 = (uint32_t)(k * LOAD_CHUNK);
     uint32_t J1 = J0 + LOAD_CHUNK < hd->nb ? J0 + LOAD_CHUNK : hd->nb;
     cpu_head_load(hd, J0, J1, g->ctx->kern);
@@ -83,7 +93,8 @@ static void run_lowres(void *arg, size_t item, int worker)
     struct group *g = arg;
     size_t h, G = locate(g, item, &h);
     (void)worker;
-    cpu_head_lowres(&g->heads[h], (uint32_t)G, g->ctx->kern);
+    if (!cancelled(&g->heads[h]))
+        cpu_head_lowres(&g->heads[h], (uint32_t)G, g->ctx->kern);
 }
 
 static void run_fold(void *arg, size_t item, int worker)
@@ -91,7 +102,8 @@ static void run_fold(void *arg, size_t item, int worker)
     struct group *g = arg;
     size_t h, G = locate(g, item, &h);
     (void)worker;
-    cpu_head_fold(&g->heads[h], (uint32_t)G, g->ctx->kern);
+    if (!cancelled(&g->heads[h]))
+        cpu_head_fold(&g->heads[h], (uint32_t)G, g->ctx->kern);
 }
 
 static void run_select(void *arg, size_t item, int worker)
@@ -100,7 +112,8 @@ static void run_select(void *arg, size_t item, int worker)
     size_t h;
     (void)worker;
     locate(g, item, &h);
-    cpu_head_select(&g->heads[h]);
+    if (!cancelled(&g->heads[h]))
+        cpu_head_select(&g->heads[h]);
 }
 
 static void run_rows(void *arg, size_t item, int worker)
@@ -108,7 +121,8 @@ static void run_rows(void *arg, size_t item, int worker)
     struct group *g = arg;
     size_t h, I = locate(g, item, &h);
     (void)worker;
-    cpu_head_rows(&g->heads[h], (uint32_t)I, g->ctx->kern);
+    if (!cancelled(&g->heads[h]))
+        cpu_head_rows(&g->heads[h], (uint32_t)I, g->ctx->kern);
 }
 
 /* Sets g->first for a phase with `per(head)` items per head (0 for heads
@@ -226,6 +240,8 @@ static int cpu_compute_batch(void *vctx,
         size_t gn = 0, bytes = 0;
         while (pi < n && gn < cap) {
             const struct attn_problem *p = probs[pi];
+            if (errs[pi] == ATTN_OK && p->cancel && *p->cancel)
+                errs[pi] = ATTN_ECANCELED;
             struct cpu_head hd;
             cpu_head_init(&hd, p, pb, ph);
             size_t sz = cpu_head_bytes(&hd);
@@ -262,6 +278,9 @@ static int cpu_compute_batch(void *vctx,
         }
         struct group g = {ctx, heads, gn, first, 0};
         run_group(&g);
+        for (size_t i = 0; i < gn; i++)
+            if (errs[owner[i]] == ATTN_OK && cancelled(&heads[i]))
+                errs[owner[i]] = ATTN_ECANCELED;
     }
     /* A problem that failed part-way has a partial output; that is allowed
      * (out is unspecified on error). */
@@ -274,6 +293,14 @@ static int cpu_compute_batch(void *vctx,
         ctx->arena_size = 0;
     }
     return ATTN_OK;
+}
+
+static void cpu_trim(void *vctx)
+{
+    struct cpu_ctx *ctx = vctx;
+    free(ctx->arena);
+    ctx->arena = NULL;
+    ctx->arena_size = 0;
 }
 
 static const char *cpu_device(void *vctx)
@@ -297,6 +324,7 @@ static const struct attn_backend_i cpu_iface = {
     .device = cpu_device,
     .health = NULL,
     .memory = NULL,
+    .trim = cpu_trim,
     .free = cpu_free,
 };
 

@@ -345,6 +345,10 @@ int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
     for (size_t i = 0; i < n; i++) {
         int s = (int)(i & 1);
         job *j = &jobs[s];
+        /* A cancelled problem is not launched (the GPU computes a problem
+         * in milliseconds: the check between problems is enough). */
+        if (!j->err && j->p->cancel && *j->p->cancel)
+            j->err = ATTN_ECANCELED;
         if (!j->err && !c->sticky)
             j->err = contain(c, job_launch(c, j, s));
         /* Every slot event is recorded so job_finish never waits on a
@@ -425,9 +429,11 @@ void cuda_free(void *ctx)
     free(c);
 }
 
+/* In the order of struct attn_backend_i (C++ has no designated
+ * initialisers before C++20). */
 const attn_backend_i cuda_iface = {
-    "cuda",      cuda_compute_batch, cuda_device,
-    cuda_health, cuda_memory,        cuda_free,
+    "cuda",      cuda_compute_batch, cuda_device, cuda_health,
+    nullptr,     cuda_memory,        cuda_free,
 };
 
 } // namespace

@@ -7,6 +7,7 @@
  * machine runs is also checked against the reference.
  */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -183,6 +185,81 @@ static void test_fault_injection(void **state)
     attn_backend_free(be);
 }
 
+/* Cancellation: a problem whose flag is set fails with ATTN_ECANCELED
+ * and its batch mates are computed as if alone; a flag set while a large
+ * problem computes stops it within a fraction of its compute time. */
+struct canceller {
+    volatile int *flag;
+    unsigned delay_ms;
+};
+
+static void *cancel_later(void *arg)
+{
+    struct canceller *c = arg;
+    struct timespec ts = {0, (long)c->delay_ms * 1000000};
+    nanosleep(&ts, NULL);
+    __atomic_store_n(c->flag, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void test_cancellation(void **state)
+{
+    (void)state;
+    struct attn_backend *be = fx_backend(0);
+    struct fx a, b;
+    fx_init(&a, ATTN_MRA2, ATTN_F32, 1, 2, 1, 300, 16, 41, 1.0);
+    fx_init(&b, ATTN_MRA2, ATTN_F32, 1, 2, 1, 300, 16, 42, 1.0);
+    volatile int flag = 1;
+    a.p.cancel = &flag;
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_ECANCELED);
+
+    /* b alone, then b beside the cancelled a: the same bits */
+    assert_int_equal(attn_backend_compute(be, &b.p, NULL), ATTN_OK);
+    size_t bytes = b.nq * attn_dtype_size(b.p.dtype);
+    void *alone = malloc(bytes);
+    assert_non_null(alone);
+    memcpy(alone, b.out, bytes);
+    memset(b.out, 0, bytes);
+    const struct attn_problem *pp[2] = {&a.p, &b.p};
+    int errs[2];
+    assert_int_equal(attn_backend_compute_batch(be, pp, 2, NULL, errs),
+                     ATTN_OK);
+    assert_int_equal(errs[0], ATTN_ECANCELED);
+    assert_int_equal(errs[1], ATTN_OK);
+    assert_memory_equal(alone, b.out, bytes);
+    free(alone);
+    fx_free(&a);
+    fx_free(&b);
+
+    /* A large exact problem (several seconds of compute) cancelled 30 ms
+     * in returns within half a second. */
+    if (fx_backend_is_cpu()) {
+        struct fx big;
+        fx_init(&big, ATTN_EXACT, ATTN_F32, 1, 16, 16, 16384, 64, 43, 1.0);
+        volatile int stop = 0;
+        big.p.cancel = &stop;
+        struct canceller c = {&stop, 30};
+        pthread_t t;
+        double t0 = now_s();
+        assert_int_equal(pthread_create(&t, NULL, cancel_later, &c), 0);
+        int rc = attn_backend_compute(be, &big.p, NULL);
+        double took = now_s() - t0;
+        pthread_join(t, NULL);
+        printf("cancelled after 30 ms: returned after %.0f ms\n", took * 1e3);
+        assert_int_equal(rc, ATTN_ECANCELED);
+        assert_true(took < 0.5);
+        fx_free(&big);
+    }
+    attn_backend_free(be);
+}
+
 /* The problems the determinism tests run: every method, masks, GQA,
  * batches, dtypes, sizes from one block to many. */
 #define NDET 7
@@ -317,6 +394,7 @@ int main(void)
         cmocka_unit_test(test_batch_bad_fail_alone),
         cmocka_unit_test(test_stats),
         cmocka_unit_test(test_fault_injection),
+        cmocka_unit_test(test_cancellation),
         cmocka_unit_test(test_bitwise_across_threads),
         cmocka_unit_test(test_bitwise_batch_vs_alone),
         cmocka_unit_test(test_cpu_isa_variants),

@@ -174,7 +174,7 @@ static void test_strerror(void **state)
 {
     (void)state;
     int codes[] = {ATTN_OK,       ATTN_EINVAL, ATTN_ENOMEM, ATTN_ENOTSUP,
-                   ATTN_EBACKEND, ATTN_ENODEV, ATTN_EFAULT};
+                   ATTN_EBACKEND, ATTN_ENODEV, ATTN_EFAULT, ATTN_ECANCELED};
     for (size_t i = 0; i < sizeof codes / sizeof *codes; i++) {
         const char *s = attn_strerror(codes[i]);
         assert_non_null(s);
