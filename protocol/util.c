@@ -120,9 +120,9 @@ void pbuf_printf(struct pbuf *b, const char *fmt, ...)
 static size_t json_escape_byte(unsigned char c, char out[6])
 {
     static const char hex[] = "0123456789abcdef";
-    static const char shortcut[] = {['"'] = '"',  ['\\'] = '\\', ['\n'] = 'n',
-                                    ['\r'] = 'r', ['\t'] = 't',   ['\b'] = 'b',
-                                    ['\f'] = 'f'};
+    static const char shortcut[] = {
+        ['"'] = '"',  ['\\'] = '\\', ['\n'] = 'n', ['\r'] = 'r',
+        ['\t'] = 't', ['\b'] = 'b',  ['\f'] = 'f'};
     if (c < sizeof shortcut && shortcut[c]) {
         out[0] = '\\';
         out[1] = shortcut[c];

@@ -1,7 +1,7 @@
 # tests/module.mk - cmocka unit tests: tests/unit/<module>/test-*.c, each
 # built into $(BUILD)/tests/<module>/test-* and linked with the libraries.
-# A test may add sources of its own as tests/unit/<module>/<name>-*.c
-# helpers listed in UNIT_TEST_HELPERS.
+# Sources named tests/unit/<module>/helper-*.c are linked into every test
+# (fixtures and references shared by several tests).
 
 UNIT_TEST_SRCS := $(wildcard tests/unit/*/test-*.c)
 UNIT_TESTS     := $(UNIT_TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
