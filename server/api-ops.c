@@ -56,14 +56,24 @@ static int get_readyz(struct mrad_req *r)
 
 static int get_metrics(struct mrad_req *r)
 {
-    struct mrad_sched *sched = mrad_req_server(r)->sched;
+    struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_sched *sched = srv->sched;
     struct mrad_sched_status st;
     struct mrad_metrics_device devs[MRAD_MAX_DEVICES];
     mrad_sched_status(sched, &st);
+    struct mrad_server_stats ss;
+    mrad_server_stats(srv, &ss);
     struct mrad_metrics_gauges g = {
         .queue_depth = st.queue_depth,
         .inflight = st.inflight,
         .queue_capacity = st.max_queue,
+        .open_connections = ss.open_connections,
+        .inflight_bytes = atomic_load(&srv->inflight_bytes),
+        .max_inflight_bytes = srv->max_inflight_bytes,
+        .head_timeouts = ss.head_timeouts,
+        .slow_uploads = ss.slow_uploads,
+        .lingering_closes = ss.lingering_closes,
+        .refused = ss.refused_connections,
         .devices = devs,
         .ndevices = mrad_sched_devices(sched, devs, MRAD_MAX_DEVICES),
     };
@@ -77,9 +87,9 @@ static int get_metrics(struct mrad_req *r)
 }
 
 static const struct mrad_route routes[] = {
-    {"GET", "/healthz", 0, NULL, get_healthz, NULL},
-    {"GET", "/readyz", 0, NULL, get_readyz, NULL},
-    {"GET", "/metrics", 0, NULL, get_metrics, NULL},
+    {"GET", "/healthz", MRAD_ROUTE_OPS, NULL, get_healthz, NULL},
+    {"GET", "/readyz", MRAD_ROUTE_OPS, NULL, get_readyz, NULL},
+    {"GET", "/metrics", MRAD_ROUTE_OPS, NULL, get_metrics, NULL},
 };
 
 const struct mrad_api mrad_api_ops = {"ops", NULL, routes,

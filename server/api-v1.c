@@ -22,6 +22,10 @@
 struct v1_call {
     struct mrad_job job; /* first: the job's owner is the call */
     struct mrad_req *r;
+    struct mrad_server *srv;
+    /* Bytes counted against --max-inflight-bytes for the body and for
+     * the answer. */
+    uint64_t body_reserved, out_reserved;
     struct proto_request req; /* the problem; prob.out gets the answer */
     enum proto_format fmt;
     void *body;   /* from mrad_bufcache_get(), the tensors point into it */
@@ -52,6 +56,7 @@ static void call_release(struct mrad_job *job)
     struct v1_call *call = job->owner;
     proto_request_release(&call->req);
     mrad_bufcache_put(call->body);
+    mrad_server_release(call->srv, call->body_reserved + call->out_reserved);
     free(call->answer);
     free(call);
 }
@@ -92,7 +97,7 @@ static int media_type(const char *ctype, enum proto_format *fmt)
 /* The headers: draining, media type, body limit, queue room. */
 static int attention_begin(struct mrad_req *r)
 {
-    const struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_server *srv = mrad_req_server(r);
     const struct mrad_config *cfg = srv->cfg;
     if (atomic_load(&srv->draining))
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
@@ -103,6 +108,7 @@ static int attention_begin(struct mrad_req *r)
                               "out of memory for the request");
     mrad_job_init(&call->job, &call_ops, call);
     call->r = r;
+    call->srv = mrad_req_server(r);
     mrad_req_set_data(r, call, call_unref);
     const char *ctype = mrad_req_header(r, "Content-Type");
     if (media_type(ctype, &call->fmt)) {
@@ -158,26 +164,59 @@ static size_t out_bytes(const struct attn_problem *p)
     return (size_t)p->B * p->H * p->N * p->D * attn_dtype_size(p->dtype);
 }
 
-/* The whole body is here: decode, submit, suspend. */
+/* The admission checks of a decoded problem: its estimated cost, and
+ * room for its answer.  Returns 0, or -1 with the error answered. */
+static int admit(struct mrad_req *r, struct v1_call *call)
+{
+    struct mrad_server *srv = call->srv;
+    const struct attn_problem *p = &call->req.prob;
+    char msg[256];
+    double cost = attn_cost(p);
+    if (cost > (double)srv->max_problem_flops) {
+        snprintf(msg, sizeof(msg),
+                 "problem too costly: about %.3g flop-equivalents estimated "
+                 "(method %s), over the limit of %.3g (--max-problem-flops)",
+                 cost, attn_method_name(p->method),
+                 (double)srv->max_problem_flops);
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
+        return -1;
+    }
+    uint64_t out = out_bytes(p);
+    if (mrad_server_reserve(srv, out)) {
+        snprintf(msg, sizeof(msg),
+                 "the service holds too many bytes now for an answer of "
+                 "%" PRIu64 " bytes (limit %" PRIu64 "); retry later",
+                 out, srv->max_inflight_bytes);
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD, msg);
+        return -1;
+    }
+    call->out_reserved = out;
+    return 0;
+}
+
+/* The whole body is here: decode, admit, submit, suspend. */
 static int attention_handle(struct mrad_req *r)
 {
-    const struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_server *srv = mrad_req_server(r);
     const struct mrad_config *cfg = srv->cfg;
     struct v1_call *call = mrad_req_data(r);
     struct mrad_job *job = &call->job;
     char err[256];
     size_t len;
-    /* The call owns the body from here on. */
-    call->body = mrad_req_take_body(r, &len);
+    /* The call owns the body (and its count) from here on. */
+    call->body = mrad_req_take_body(r, &len, &call->body_reserved);
     int rc = proto_request_decode_with(call->body ? call->body : "", len,
                                        call->fmt, &cfg->limits, &out_alloc,
                                        &call->req, err, sizeof(err));
     if (rc != PROTO_OK)
         return mrad_req_error(r, MRAD_SRC_PROTO, rc, err);
-    const struct attn_problem *p = &call->req.prob;
+    if (admit(r, call))
+        return 0;
+    struct attn_problem *p = &call->req.prob;
     uint64_t timeout_ms = cfg->request_timeout_ms;
     if (call->req.timeout_ms && call->req.timeout_ms < timeout_ms)
         timeout_ms = call->req.timeout_ms;
+    p->cancel = &job->cancel;
     job->prob = p;
     job->deadline_ns = mrad_req_start_ns(r) + timeout_ms * 1000000ull;
     job->tokens = (uint64_t)p->B * p->N;
@@ -259,7 +298,7 @@ static int send_pieces(struct mrad_req *r, struct v1_call *call,
 /* After the job's completion (or a refused submit) resumed the request. */
 static int attention_resume(struct mrad_req *r)
 {
-    const struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_server *srv = mrad_req_server(r);
     struct v1_call *call = mrad_req_data(r);
     const struct mrad_job *job = &call->job;
     char msg[256];
@@ -290,6 +329,8 @@ static int attention_resume(struct mrad_req *r)
      * answer has been sent. */
     mrad_bufcache_put(call->body);
     call->body = NULL;
+    mrad_server_release(call->srv, call->body_reserved);
+    call->body_reserved = 0;
     if (call->req.format == PROTO_MSGPACK &&
         out_bytes(&call->req.prob) >= ZERO_COPY_BYTES)
         return send_pieces(r, call, &st);
@@ -308,7 +349,7 @@ static int attention_resume(struct mrad_req *r)
 
 static int get_info(struct mrad_req *r)
 {
-    const struct mrad_server *srv = mrad_req_server(r);
+    struct mrad_server *srv = mrad_req_server(r);
     const struct mrad_config *cfg = srv->cfg;
     const struct proto_limits *l = &cfg->limits;
     char device[600];
@@ -321,16 +362,18 @@ static int get_info(struct mrad_req *r)
         "\"limits\":{\"max_batch\":%" PRIu64 ",\"max_heads\":%" PRIu64
         ",\"max_tokens\":%" PRIu64 ",\"max_head_dim\":%" PRIu64
         ",\"max_elements\":%" PRIu64 ",\"max_body_bytes\":%" PRIu64
-        ",\"max_json_bytes\":%" PRIu64 "},"
+        ",\"max_json_bytes\":%" PRIu64 ",\"max_problem_flops\":%" PRIu64
+        ",\"max_inflight_bytes\":%" PRIu64 ",\"max_connections\":%" PRIu32 "},"
         "\"defaults\":{\"method\":\"mra2\",\"block_per_row\":%d,"
         "\"timeout_ms\":%" PRIu64 "},"
         "\"batching\":{\"max_queue\":%" PRIu64
         ",\"max_batch_requests\":%" PRIu64 ",\"max_batch_tokens\":%" PRIu64
         ",\"batch_window_us\":%" PRIu64 "}}",
         MRAD_VERSION, srv->info.backend, device, srv->info.workers,
-        cfg->api_key_len ? "true" : "false", l->max_batch, l->max_heads,
-        l->max_tokens, l->max_head_dim ? l->max_head_dim : ATTN_MAX_HEAD_DIM,
-        l->max_elements, cfg->max_body_bytes, cfg->max_json_bytes,
+        srv->auth ? "true" : "false", l->max_batch, l->max_heads, l->max_tokens,
+        l->max_head_dim ? l->max_head_dim : ATTN_MAX_HEAD_DIM, l->max_elements,
+        cfg->max_body_bytes, cfg->max_json_bytes, srv->max_problem_flops,
+        srv->max_inflight_bytes, cfg->max_connections,
         ATTN_DEFAULT_BLOCK_PER_ROW, cfg->request_timeout_ms, cfg->max_queue,
         cfg->max_batch_requests, cfg->max_batch_tokens, cfg->batch_window_us);
 }

@@ -7,11 +7,14 @@
  */
 #include "server/config.h"
 
+#include "server/auth.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum opt_type {
     OPT_STR,    /* char[] of `size` bytes */
@@ -61,7 +64,31 @@ static const struct option_def options[] = {
     {"request-timeout-ms", OPT_U64, CFG(request_timeout_ms), 0,
      "default deadline; a request's timeout_ms may only shorten it"},
     {"api-key-file", OPT_STR, CFGSTR(api_key_file),
-     "file holding the API key; when set /v1/* needs Authorization: Bearer"},
+     "file of API keys, one per line; when set /v1/* needs "
+     "Authorization: Bearer <key> (SIGHUP reloads it)"},
+    {"max-connections", OPT_U32, CFG(max_connections), 0,
+     "open connections for requests; a few more are kept for probes and "
+     "/metrics"},
+    {"admin-port", OPT_U32, CFG(admin_port), 0,
+     "serve /healthz, /readyz and /metrics on this port too, apart from "
+     "request traffic (0 = none)"},
+    {"max-connections-per-ip", OPT_U32, CFG(max_connections_per_ip), 0,
+     "open connections from one client address (0 = no limit)"},
+    {"header-timeout-ms", OPT_U64, CFG(header_timeout_ms), 0,
+     "a request's head must arrive within this of its first byte"},
+    {"min-upload-rate", OPT_U64, CFG(min_upload_rate), 0,
+     "bytes/s a body must average after its first 5 s (0 = no limit)"},
+    {"max-inflight-bytes", OPT_U64, CFG(max_inflight_bytes), 0,
+     "bytes of bodies and answers held at once; beyond, 503 (0 = half the "
+     "memory)"},
+    {"max-problem-flops", OPT_U64, CFG(max_problem_flops), 0,
+     "largest estimated cost of one problem (0 = 5e12 on the CPU, 1e15 on "
+     "a GPU)"},
+    {"idle-release-ms", OPT_U64, CFG(idle_release_ms), 0,
+     "after this long without requests, cached buffers and free heap "
+     "pages go back to the system"},
+    {"log-file", OPT_STR, CFGSTR(log_file),
+     "write the log to this file instead of stderr (SIGHUP reopens it)"},
     {"conn-timeout-s", OPT_U32, CFG(conn_timeout_s), 0,
      "close a connection silent this long; a body must arrive within it"},
     {"tls-cert", OPT_STR, CFGSTR(tls_cert),
@@ -105,6 +132,11 @@ static void config_defaults(struct mrad_config *cfg)
     cfg->request_timeout_ms = 60000;
     cfg->drain_timeout_ms = 30000;
     cfg->conn_timeout_s = 30;
+    cfg->max_connections = 1000;
+    cfg->max_connections_per_ip = 128;
+    cfg->header_timeout_ms = 10000;
+    cfg->min_upload_rate = 16384;
+    cfg->idle_release_ms = 10000;
     strcpy(cfg->isa, "auto");
     cfg->log_format = MRAD_LOG_TEXT;
     cfg->log_level = MRAD_LOG_INFO;
@@ -260,25 +292,14 @@ static const struct option_def *find_option(const char *name, size_t len)
     return NULL;
 }
 
-/* Reads the first line of the key file, without its line ending. */
-static int load_api_key(struct mrad_config *cfg, FILE *err)
+/* Loads the key file into cfg->keys. */
+static int load_api_keys(struct mrad_config *cfg, FILE *err)
 {
-    FILE *f = fopen(cfg->api_key_file, "r");
-    if (!f) {
-        fprintf(err, "mrad: --api-key-file %s: %s\n", cfg->api_key_file,
-                strerror(errno));
+    char msg[160];
+    if (mrad_keyring_load(cfg->api_key_file, &cfg->keys, msg, sizeof(msg))) {
+        fprintf(err, "mrad: --api-key-file %s: %s\n", cfg->api_key_file, msg);
         return -1;
     }
-    char *line = fgets(cfg->api_key, sizeof(cfg->api_key), f);
-    fclose(f);
-    size_t n = line ? strcspn(cfg->api_key, "\r\n") : 0;
-    cfg->api_key[n] = '\0';
-    if (n == 0) {
-        fprintf(err, "mrad: --api-key-file %s: the key is empty\n",
-                cfg->api_key_file);
-        return -1;
-    }
-    cfg->api_key_len = n;
     return 0;
 }
 
@@ -333,8 +354,8 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
         fprintf(err, "mrad: --backend: expected auto, cpu or cuda\n");
         return MRAD_CONFIG_ERROR;
     }
-    if (cfg->port > 65535) {
-        fprintf(err, "mrad: --port: at most 65535\n");
+    if (cfg->port > 65535 || cfg->admin_port > 65535) {
+        fprintf(err, "mrad: --port, --admin-port: at most 65535\n");
         return MRAD_CONFIG_ERROR;
     }
     if (cfg->max_batch_requests == 0 || cfg->http_threads == 0 ||
@@ -362,7 +383,36 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
         fprintf(err, "mrad: --max-head-dim: at most %d\n", ATTN_MAX_HEAD_DIM);
         return MRAD_CONFIG_ERROR;
     }
-    if (cfg->api_key_file[0] && load_api_key(cfg, err))
+    if (cfg->max_connections == 0 || cfg->header_timeout_ms == 0) {
+        fprintf(err, "mrad: --max-connections and --header-timeout-ms must be "
+                     "at least 1\n");
+        return MRAD_CONFIG_ERROR;
+    }
+    if (cfg->api_key_file[0] && load_api_keys(cfg, err))
         return MRAD_CONFIG_ERROR;
     return MRAD_CONFIG_RUN;
+}
+
+/* Half the memory this process may use: the machine's, or its cgroup's
+ * limit when lower. */
+static uint64_t half_the_memory(void)
+{
+    uint64_t mem =
+        (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "r");
+    unsigned long long lim;
+    if (f && fscanf(f, "%llu", &lim) == 1 && lim < mem)
+        mem = lim;
+    if (f)
+        fclose(f);
+    return mem / 2;
+}
+
+void mrad_config_resolve(struct mrad_config *cfg, const char *backend)
+{
+    if (!cfg->max_inflight_bytes)
+        cfg->max_inflight_bytes = half_the_memory();
+    if (!cfg->max_problem_flops)
+        cfg->max_problem_flops =
+            strcmp(backend, "cpu") ? MRAD_GPU_MAX_FLOPS : MRAD_CPU_MAX_FLOPS;
 }

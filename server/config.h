@@ -18,6 +18,14 @@
 
 #define MRAD_VERSION "0.1.0"
 #define MRAD_MAX_DEVICES 16
+/* --max-problem-flops when not set: about 30 s of a 2-core CPU host, and
+ * about as long on a GPU. */
+#define MRAD_CPU_MAX_FLOPS 5000000000000ull
+#define MRAD_GPU_MAX_FLOPS 1000000000000000ull
+/* Connections kept beyond --max-connections for probes and /metrics. */
+#define MRAD_PROBE_CONNECTIONS 16
+
+struct mrad_keyring;
 
 struct mrad_config {
     char host[256];
@@ -35,16 +43,24 @@ struct mrad_config {
     uint64_t max_json_bytes;
     uint64_t request_timeout_ms;
     char api_key_file[1024];
-    char api_key[512]; /* loaded from api_key_file */
-    size_t api_key_len;
+    struct mrad_keyring *keys; /* loaded from api_key_file, or NULL */
     uint64_t drain_timeout_ms;
     enum mrad_log_format log_format;
     enum mrad_log_level log_level;
     struct proto_limits limits;
-    uint32_t conn_timeout_s; /* idle limit per connection; body deadline */
-    char isa[16];            /* CPU kernel path: auto|avx512|avx2|portable */
-    char tls_cert[1024];     /* PEM certificate file; empty = plain HTTP */
-    char tls_key[1024];      /* PEM private key file */
+    uint32_t conn_timeout_s;  /* idle limit per connection; body deadline */
+    uint32_t max_connections; /* for requests; probes have more */
+    uint32_t admin_port;      /* probes and /metrics; 0 = none */
+    uint32_t max_connections_per_ip; /* 0 = no limit */
+    uint64_t header_timeout_ms;      /* a request head's deadline */
+    uint64_t min_upload_rate;        /* bytes/s after a grace; 0 = none */
+    uint64_t max_inflight_bytes;     /* admission; 0 = from the memory */
+    uint64_t max_problem_flops;      /* admission; 0 = from the backend */
+    char log_file[1024];             /* empty: stderr */
+    uint64_t idle_release_ms; /* idle this long: cached memory released */
+    char isa[16];             /* CPU kernel path: auto|avx512|avx2|portable */
+    char tls_cert[1024];      /* PEM certificate file; empty = plain HTTP */
+    char tls_key[1024];       /* PEM private key file */
 };
 
 /* What mrad_config_parse() asks the caller to do. */
@@ -62,6 +78,11 @@ enum mrad_config_result {
  */
 int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
                       FILE *err);
+
+/* Fills the settings whose default depends on the machine or the backend
+ * ("cpu", "cuda"): --max-inflight-bytes (half the memory, or of the
+ * cgroup's limit) and --max-problem-flops, when they were left at 0. */
+void mrad_config_resolve(struct mrad_config *cfg, const char *backend);
 
 /* Prints the --help text (every flag, its default and its variable). */
 void mrad_config_usage(FILE *out);

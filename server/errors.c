@@ -33,6 +33,7 @@ static const struct row table[] = {
     {MRAD_SRC_SERVER, MRAD_ETIMEOUT, 504, "timeout"},
     {MRAD_SRC_SERVER, MRAD_EINTERNAL, 500, "internal"},
     {MRAD_SRC_SERVER, MRAD_EGONE, 499, "client_closed_request"},
+    {MRAD_SRC_SERVER, MRAD_ENOTIMPL, 501, "not_implemented"},
     {MRAD_SRC_PROTO, PROTO_EBADREQ, 400, "bad_request"},
     {MRAD_SRC_PROTO, PROTO_ETOOBIG, 413, "payload_too_large"},
     {MRAD_SRC_PROTO, PROTO_ENOMEM, 500, "internal"},
@@ -42,6 +43,9 @@ static const struct row table[] = {
     {MRAD_SRC_ATTN, ATTN_EBACKEND, 500, "internal"},
     {MRAD_SRC_ATTN, ATTN_ENODEV, 503, "unavailable"},
     {MRAD_SRC_ATTN, ATTN_EFAULT, 500, "internal"},
+    /* A cancelled problem's answer is decided by whoever cancelled it
+     * (504, 503, a gone client); this row only keeps the table whole. */
+    {MRAD_SRC_ATTN, ATTN_ECANCELED, 503, "unavailable"},
 };
 
 struct mrad_http_error mrad_error_http(enum mrad_err_source src, int err)

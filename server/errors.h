@@ -25,6 +25,7 @@ enum mrad_err {
     MRAD_EINTERNAL = -109, /* 500 internal */
     MRAD_EGONE = -110,     /* the client went away: nothing is sent; 499
                               in the access log and the metrics */
+    MRAD_ENOTIMPL = -111,  /* 501 not_implemented (a transfer coding) */
 };
 
 /* Where an error value comes from: the values of the three enums overlap,

@@ -4,15 +4,24 @@
  *
  * libmicrohttpd runs a pool of epoll threads (--http-threads) with
  * suspend/resume.  The access handler is called several times per
- * request: once with the headers (route, authenticate, the route's
- * begin()), then once per received chunk of the body (appended, the limit
- * checked as bytes arrive), then once with no data (the route's handle(),
- * which answers or suspends), and once more after a suspended request was
- * resumed (the route's resume()).  Per-request state lives in struct
- * mrad_req, created on the first call and freed by the completion
- * callback, which also writes the access log line and the request
- * metrics.  What the routes are and do is server/route.h's business; this
- * file knows no endpoint.
+ * request: once with the headers (framing checks, route, key, connection
+ * budget, the route's begin()), then once per received chunk of the body
+ * (appended, the limit checked as bytes arrive), then once with no data
+ * (the route's handle(), which answers or suspends), and once more after
+ * a suspended request was resumed (the route's resume()).  Per-request
+ * state lives in struct mrad_req, created on the first call and freed by
+ * the completion callback, which also writes the access log line and the
+ * request metrics.  What the routes are and do is server/route.h's
+ * business; this file knows no endpoint.  What a route can do with its
+ * request is in server/http-req.c; both share server/http-impl.h.
+ *
+ * Answers that cannot wait for the body (a refusal found in the headers)
+ * go out at once; libmicrohttpd then closes the connection, and the
+ * guard (server/guard.c) keeps the socket open a while to read and drop
+ * the rest of the body, so the client, still sending, does not see a
+ * reset before it reads the answer.  libmicrohttpd cannot answer in the
+ * middle of a body: a body that turns out too large while arriving gets
+ * its 413 written to the socket here, then the same lingering close.
  */
 #include "server/http.h"
 
@@ -20,6 +29,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -27,303 +37,19 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
 #include "protocol/proto.h"
-#include "server/auth.h"
 #include "server/bufcache.h"
+#include "server/http-impl.h"
 #include "server/log.h"
-
-struct mrad_http {
-    struct mrad_server srv; /* what handlers see */
-    struct MHD_Daemon *d;
-    uint16_t port;
-    atomic_uint_fast64_t pending_answers;
-    char *tls_cert, *tls_key; /* PEM text; libmicrohttpd keeps pointers */
-};
-
-enum req_state {
-    ST_HEADERS, /* routed; the answer waits for the end of the request */
-    ST_BODY,    /* reading the body of a body route */
-    ST_TOOBIG,  /* the body passed the limit: discarding it, then 413 */
-    ST_WAIT,    /* suspended: the route answers on resume */
-    ST_DONE,    /* a response is queued */
-};
-
-#define MAX_HEADERS 4 /* extra headers of one answer */
-
-struct mrad_req {
-    struct mrad_http *h;
-    struct MHD_Connection *mc;
-    const struct mrad_route *route;
-    uint64_t t0;
-    char method[16], path[128];
-    enum req_state state;
-    char *body;
-    size_t len, cap, limit;
-    int fd;
-    int in_begin;  /* routing the headers: errors wait for the body */
-    int suspended; /* counted in pending_answers */
-    int pend_err;  /* error to answer in ST_HEADERS, or 0 */
-    int pend_src;  /* its enum mrad_err_source */
-    char pend_msg[200];
-    uint64_t discarded; /* body bytes dropped after the limit */
-    void *data;
-    void (*free_data)(void *data);
-    char *hdr_name[MAX_HEADERS], *hdr_value[MAX_HEADERS];
-    size_t nhdr;
-    /* For the access log. */
-    unsigned status;
-    uint64_t bytes_out;
-    const char *err_code;
-    uint64_t queue_us, compute_us;
-    const char *id;
-};
 
 static enum MHD_Result rc_mhd(int rc)
 {
     return rc ? MHD_NO : MHD_YES;
-}
-
-/* ---- reading the request ------------------------------------------------ */
-
-const struct mrad_server *mrad_req_server(const struct mrad_req *r)
-{
-    return &r->h->srv;
-}
-
-const char *mrad_req_method(const struct mrad_req *r)
-{
-    return r->method;
-}
-
-const char *mrad_req_path(const struct mrad_req *r)
-{
-    return r->path;
-}
-
-const char *mrad_req_header(const struct mrad_req *r, const char *name)
-{
-    return MHD_lookup_connection_value(r->mc, MHD_HEADER_KIND, name);
-}
-
-uint64_t mrad_req_start_ns(const struct mrad_req *r)
-{
-    return r->t0;
-}
-
-int64_t mrad_req_content_length(const struct mrad_req *r)
-{
-    const char *clen = mrad_req_header(r, "Content-Length");
-    if (!clen)
-        return -1;
-    unsigned long long n = strtoull(clen, NULL, 10);
-    return n > INT64_MAX ? INT64_MAX : (int64_t)n;
-}
-
-const char *mrad_req_body(const struct mrad_req *r, size_t *len)
-{
-    *len = r->len;
-    return r->body;
-}
-
-void *mrad_req_take_body(struct mrad_req *r, size_t *len)
-{
-    void *b = r->body;
-    *len = r->len;
-    r->body = NULL;
-    return b;
-}
-
-void mrad_req_set_data(struct mrad_req *r, void *data,
-                       void (*free_data)(void *data))
-{
-    r->data = data;
-    r->free_data = free_data;
-}
-
-void *mrad_req_data(const struct mrad_req *r)
-{
-    return r->data;
-}
-
-void mrad_req_set_log(struct mrad_req *r, uint64_t queue_us,
-                      uint64_t compute_us, const char *id)
-{
-    r->queue_us = queue_us;
-    r->compute_us = compute_us;
-    r->id = id;
-}
-
-/* ---- suspending -------------------------------------------------------- */
-
-void mrad_req_suspend(struct mrad_req *r)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-    r->fd = ci ? ci->connect_fd : -1;
-    r->state = ST_WAIT;
-    if (!r->suspended) {
-        /* Counted from the suspend, so that a drain never sees a gap
-         * between "queued" and "answer pending". */
-        r->suspended = 1;
-        atomic_fetch_add(&r->h->pending_answers, 1);
-    }
-    MHD_suspend_connection(r->mc);
-}
-
-void mrad_req_resume(struct mrad_req *r)
-{
-    MHD_resume_connection(r->mc);
-}
-
-int mrad_req_peer_closed(const struct mrad_req *r)
-{
-    char ch;
-    if (r->fd < 0)
-        return 0;
-    ssize_t n = recv(r->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 ||
-           (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-/* ---- answers --------------------------------------------------------- */
-
-int mrad_req_add_header(struct mrad_req *r, const char *name, const char *value)
-{
-    if (r->nhdr == MAX_HEADERS)
-        return -1;
-    char *n = strdup(name), *v = strdup(value);
-    if (!n || !v) {
-        free(n), free(v);
-        return -1;
-    }
-    r->hdr_name[r->nhdr] = n;
-    r->hdr_value[r->nhdr++] = v;
-    return 0;
-}
-
-/* Adds the route's extra headers and queues the response. */
-static int queue(struct mrad_req *r, unsigned status, const char *ctype,
-                 struct MHD_Response *resp, uint64_t len)
-{
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    for (size_t i = 0; i < r->nhdr; i++)
-        MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
-    enum MHD_Result ret = MHD_queue_response(r->mc, status, resp);
-    MHD_destroy_response(resp);
-    r->state = ST_DONE;
-    if (ret != MHD_YES)
-        return -1;
-    r->status = status;
-    r->bytes_out = len;
-    return 0;
-}
-
-int mrad_req_send(struct mrad_req *r, unsigned status, const char *ctype,
-                  char *body, size_t len)
-{
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(body);
-        return -1;
-    }
-    return queue(r, status, ctype, resp, len);
-}
-
-int mrad_req_send_json(struct mrad_req *r, unsigned status, const char *fmt,
-                       ...)
-{
-    va_list ap;
-    char *buf = NULL;
-    va_start(ap, fmt);
-    int n = vasprintf(&buf, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -1;
-    return mrad_req_send(r, status, "application/json", buf, (size_t)n);
-}
-
-int mrad_req_send_pieces(struct mrad_req *r, unsigned status, const char *ctype,
-                         const struct mrad_req_piece *p, size_t n,
-                         void (*release)(void *cls), void *cls)
-{
-#if MHD_VERSION >= 0x00097400 /* MHD_create_response_from_iovec() */
-    struct MHD_IoVec iov[8];
-    uint64_t len = 0;
-    if (n > 8) {
-        release(cls);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++) {
-        iov[i] = (struct MHD_IoVec){p[i].data, p[i].len};
-        len += p[i].len;
-    }
-    struct MHD_Response *resp =
-        MHD_create_response_from_iovec(iov, (unsigned)n, release, cls);
-    if (!resp) {
-        /* libmicrohttpd calls the free callback only for a response it
-         * created. */
-        release(cls);
-        return -1;
-    }
-    return queue(r, status, ctype, resp, len);
-#else
-    /* Without iovec responses: one copy. */
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++)
-        len += p[i].len;
-    char *buf = malloc(len ? len : 1);
-    for (size_t i = 0, at = 0; buf && i < n; at += p[i].len, i++)
-        memcpy(buf + at, p[i].data, p[i].len);
-    release(cls);
-    return buf ? mrad_req_send(r, status, ctype, buf, len) : -1;
-#endif
-}
-
-/* The Allow header of a 405: the methods of the routes of this path. */
-static void allowed_methods(const char *path, char *buf, size_t len);
-
-static int send_error_now(struct mrad_req *r, enum mrad_err_source src, int err,
-                          const char *message)
-{
-    struct mrad_http_error he = mrad_error_http(src, err);
-    size_t len = 0;
-    char *body = proto_error_body(he.code, message, &len);
-    if (!body)
-        return -1;
-    r->err_code = he.code;
-    if (src == MRAD_SRC_SERVER && err == MRAD_EOVERLOAD)
-        mrad_req_add_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    else if (src == MRAD_SRC_SERVER && err == MRAD_EMETHOD) {
-        char allow[64];
-        allowed_methods(r->path, allow, sizeof(allow));
-        mrad_req_add_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-    }
-    return mrad_req_send(r, he.status, "application/json", body, len);
-}
-
-int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
-                   const char *message)
-{
-    if (!r->in_begin)
-        return send_error_now(r, src, err, message);
-    /* A client that sent "Expect: 100-continue" waits for a go-ahead
-     * before its body: answer now and spare it the upload.  Otherwise the
-     * answer waits for the end of the body: answering before that would
-     * make libmicrohttpd close the connection, and a client still sending
-     * could see a reset instead of the answer. */
-    const char *expect = mrad_req_header(r, "Expect");
-    if (expect && !strcasecmp(expect, "100-continue"))
-        return send_error_now(r, src, err, message);
-    r->pend_err = err;
-    r->pend_src = src;
-    snprintf(r->pend_msg, sizeof(r->pend_msg), "%s", message);
-    r->state = ST_HEADERS;
-    return 0;
 }
 
 /* ---- routing ------------------------------------------------------------ */
@@ -369,7 +95,7 @@ static const struct mrad_route *find_route(const char *method, const char *path,
     return NULL;
 }
 
-static void allowed_methods(const char *path, char *buf, size_t len)
+void mrad_http_allowed_methods(const char *path, char *buf, size_t len)
 {
     size_t n = 0;
     buf[0] = '\0';
@@ -385,20 +111,22 @@ static void allowed_methods(const char *path, char *buf, size_t len)
 }
 
 /* Nonzero when the path is under a surface's key prefix and the request
- * does not carry the key. */
-static int needs_key(const struct mrad_req *r)
+ * does not carry a key; the key's identity goes to r->key_id. */
+static int needs_key(struct mrad_req *r)
 {
-    const struct mrad_config *cfg = r->h->srv.cfg;
-    if (!cfg->api_key_len)
-        return 0;
+    struct mrad_http *h = r->h;
     int guarded = 0;
     for (const struct mrad_api *const *api = mrad_apis; *api; api++) {
         const char *p = (*api)->key_prefix;
         if (p && !strncmp(r->path, p, strlen(p)))
             guarded = 1;
     }
-    return guarded && !mrad_key_matches(cfg->api_key, cfg->api_key_len,
-                                        mrad_req_header(r, "Authorization"));
+    pthread_rwlock_rdlock(&h->keys_lock);
+    int ok = !h->keys ||
+             mrad_keyring_check(h->keys, mrad_req_header(r, "Authorization"),
+                                &r->key_id);
+    pthread_rwlock_unlock(&h->keys_lock);
+    return guarded && !ok;
 }
 
 int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit)
@@ -410,26 +138,81 @@ int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit)
         snprintf(msg, sizeof(msg),
                  "body of %" PRId64 " bytes is over the limit of %zu bytes", n,
                  r->limit);
-        send_error_now(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
         return -1;
     }
     return 0;
 }
 
-/* The headers of a request: route, key, the route's begin().  Errors
- * found here are answered once the body has been read (mrad_req_error).
- * Returns 0, or -1 to close the connection. */
-static int route_headers(struct mrad_req *r)
+/* Counts the request's headers named `name` (any case). */
+struct count_arg {
+    const char *name;
+    unsigned n;
+};
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind,
+                                    const char *key, const char *value)
+{
+    (void)kind, (void)value;
+    struct count_arg *a = cls;
+    a->n += !strcasecmp(key, a->name);
+    return MHD_YES;
+}
+
+static unsigned header_count(struct mrad_req *r, const char *name)
+{
+    struct count_arg a = {name, 0};
+    MHD_get_connection_values(r->mc, MHD_HEADER_KIND, count_header, &a);
+    return a.n;
+}
+
+/* The framing of the request, before anything else: a body has one
+ * length, given one way (two would let a proxy and mrad disagree on where
+ * the request ends), and HTTP/1.1 names its host.  Returns 0, or -1 with
+ * the error answered (the connection then closes). */
+static int check_framing(struct mrad_req *r, const char *version)
+{
+    const char *te = mrad_req_header(r, "Transfer-Encoding");
+    unsigned ncl = header_count(r, "Content-Length");
+    const char *why = NULL;
+    int err = MRAD_EBADREQ;
+    if (ncl > 1)
+        why = "more than one Content-Length header";
+    else if (te && ncl)
+        why = "both Content-Length and Transfer-Encoding";
+    else if (te && (header_count(r, "Transfer-Encoding") > 1 ||
+                    strcasecmp(te, "chunked")))
+        why = "Transfer-Encoding other than chunked is not supported",
+        err = MRAD_ENOTIMPL;
+    else if (!strcmp(version, MHD_HTTP_VERSION_1_1) && !header_count(r, "Host"))
+        why = "HTTP/1.1 request without a Host header";
+    if (!why)
+        return 0;
+    r->close_after = 1; /* whatever follows is not read */
+    mrad_req_error(r, MRAD_SRC_SERVER, err, why);
+    return -1;
+}
+
+/* The headers of a request: framing, route, key, connection budget, the
+ * route's begin().  Errors found here are answered at once.  Returns 0, or
+ * -1 to close the connection. */
+static int route_headers(struct mrad_req *r, const char *version)
 {
     int path_known;
+    struct mrad_http *h = r->h;
+    if (check_framing(r, version))
+        return 0;
     if (needs_key(r))
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAUTH,
                               "missing or wrong API key (Authorization: "
                               "Bearer)");
     r->route = find_route(r->method, r->path, &path_known);
+    /* The admin port serves the probes and /metrics only. */
+    if (r->admin && r->route && !(r->route->flags & MRAD_ROUTE_OPS))
+        r->route = NULL, path_known = 0;
     if (!r->route && path_known) {
         char allow[64], msg[96];
-        allowed_methods(r->path, allow, sizeof(allow));
+        mrad_http_allowed_methods(r->path, allow, sizeof(allow));
         snprintf(msg, sizeof(msg), "use %s for this endpoint", allow);
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EMETHOD, msg);
     }
@@ -438,17 +221,39 @@ static int route_headers(struct mrad_req *r)
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ENOTFOUND,
                               "no such endpoint (see GET /v1/info for the "
                               "API)");
-    if (!(r->route->flags & MRAD_ROUTE_BODY))
-        return 0;
-    r->limit = r->h->srv.cfg->max_body_bytes;
+    /* The connections past --max-connections are kept for probes and
+     * scrapes: anything else there is refused and its connection closed. */
+    if (!(r->route->flags & MRAD_ROUTE_OPS) &&
+        atomic_load(&h->open_connections) > h->srv.cfg->max_connections) {
+        atomic_fetch_add(&h->refused_connections, 1);
+        r->close_after = 1;
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD,
+                              "too many open connections");
+    }
+    if (!(r->route->flags & MRAD_ROUTE_BODY)) {
+        /* A body nobody reads: answered at once (and the body dropped by
+         * the lingering close) rather than read to its end. */
+        return r->has_body ? r->route->handle(r) : 0;
+    }
+    r->limit = h->srv.cfg->max_body_bytes;
     if (r->route->begin && r->route->begin(r))
         return -1;
     if (r->state != ST_HEADERS || r->pend_err)
         return 0; /* answered or refused */
-    /* With a Content-Length, the whole body in one allocation: no copies
-     * while it grows. */
+    /* With a Content-Length, the whole body in one allocation (no copies
+     * while it grows), counted against --max-inflight-bytes before a byte
+     * of it is read. */
     int64_t n = mrad_req_content_length(r);
     if (n > 0) {
+        if (mrad_server_reserve(&h->srv, (uint64_t)n)) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "the service holds too many request bytes now (limit "
+                     "%" PRIu64 " bytes); retry later",
+                     h->srv.max_inflight_bytes);
+            return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD, msg);
+        }
+        r->reserved = (uint64_t)n;
         r->body = mrad_bufcache_get((size_t)n, &r->cap);
         if (!r->body)
             return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
@@ -497,19 +302,26 @@ static void copy_stream(char *dst, const char *src, size_t n)
 #endif
 }
 
-/* Appends a chunk of the body.  Returns 0, or -1 when over the limit or
- * out of memory. */
+/* Appends a chunk of the body.  Returns 0, MRAD_ETOOBIG over the limit,
+ * MRAD_EOVERLOAD past --max-inflight-bytes or MRAD_EINTERNAL out of
+ * memory. */
 static int body_append(struct mrad_req *r, const char *data, size_t n)
 {
     if (n > r->limit - r->len)
-        return -1;
+        return MRAD_ETOOBIG;
     if (r->len + n > r->cap) {
         size_t cap = r->cap ? r->cap : 65536;
         while (cap < r->len + n)
             cap = cap > r->limit / 2 ? r->limit : cap * 2;
+        /* A body of unknown length is counted as it grows. */
+        if (cap > r->reserved) {
+            if (mrad_server_reserve(&r->h->srv, cap - r->reserved))
+                return MRAD_EOVERLOAD;
+            r->reserved = cap;
+        }
         char *b = mrad_bufcache_get(cap, &cap);
         if (!b)
-            return -1;
+            return MRAD_EINTERNAL;
         if (r->len)
             memcpy(b, r->body, r->len);
         mrad_bufcache_put(r->body);
@@ -521,13 +333,13 @@ static int body_append(struct mrad_req *r, const char *data, size_t n)
     else
         memcpy(r->body + r->len, data, n);
     r->len += n;
+    mrad_guard_body(r->gc, r->len);
     return 0;
 }
 
 /* A body must arrive within --conn-timeout-s of the request's start.
- * libmicrohttpd's timeout only bounds silence, so a client trickling a
- * byte now and then would hold its connection forever; this closes it
- * (logged as 408). */
+ * libmicrohttpd's timeout only bounds silence; the guard bounds the rate;
+ * this bounds the whole (logged as 408). */
 static int read_too_slow(struct mrad_req *r)
 {
     uint64_t limit = (uint64_t)r->h->srv.cfg->conn_timeout_s * 1000000000ull;
@@ -540,13 +352,65 @@ static int read_too_slow(struct mrad_req *r)
 
 /* ---- libmicrohttpd callbacks ------------------------------------------ */
 
-/* The request has been read: answer what route() decided, or run the
- * route's handler. */
-static enum MHD_Result answer_routed(struct mrad_req *r)
+/* A chunk of a body route's body. */
+static enum MHD_Result take_chunk(struct mrad_req *r, const char *upload,
+                                  size_t *upload_size)
 {
-    if (r->pend_err)
-        return rc_mhd(send_error_now(r, r->pend_src, r->pend_err, r->pend_msg));
-    return rc_mhd(r->route->handle(r));
+    if (read_too_slow(r))
+        return MHD_NO;
+    int err = body_append(r, upload, *upload_size);
+    *upload_size = 0;
+    if (!err)
+        return MHD_YES;
+    char msg[160];
+    r->discarded = r->len;
+    if (err == MRAD_ETOOBIG)
+        snprintf(msg, sizeof(msg), "body is over the limit of %zu bytes",
+                 r->limit);
+    else if (err == MRAD_EOVERLOAD)
+        snprintf(msg, sizeof(msg),
+                 "the service holds too many request bytes now (limit "
+                 "%" PRIu64 " bytes); retry later",
+                 r->h->srv.max_inflight_bytes);
+    else
+        snprintf(msg, sizeof(msg), "out of memory for the request body");
+    return mrad_http_fail_mid_body(r, MRAD_SRC_SERVER, err, msg);
+}
+
+/* The first call of a request: its headers. */
+static enum MHD_Result first_call(struct mrad_listener *l,
+                                  struct MHD_Connection *mc, const char *url,
+                                  const char *method, const char *version,
+                                  void **con_cls)
+{
+    struct mrad_http *h = l->h;
+    struct mrad_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return MHD_NO;
+    r->h = h;
+    r->admin = l->admin;
+    r->mc = mc;
+    r->t0 = mrad_now_ns();
+    r->fd = -1;
+    pthread_mutex_init(&r->wake_lock, NULL);
+    snprintf(r->method, sizeof(r->method), "%s", method);
+    snprintf(r->path, sizeof(r->path), "%s", url);
+    r->http10 = !strcmp(version, MHD_HTTP_VERSION_1_0);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    r->gc = ci ? ci->socket_context : NULL;
+    ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    r->fd = ci ? ci->connect_fd : -1;
+    mrad_guard_head_done(r->gc);
+    atomic_fetch_add(&h->live_requests, 1);
+    *con_cls = r;
+    int64_t clen = mrad_req_content_length(r);
+    r->has_body = clen > 0 || mrad_req_header(r, "Transfer-Encoding");
+    r->state = ST_HEADERS;
+    r->in_begin = 1;
+    int rc = route_headers(r, version);
+    r->in_begin = 0;
+    return rc_mhd(rc);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
@@ -554,73 +418,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
                                   const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    (void)version;
     struct mrad_req *r = *con_cls;
-    if (!r) {
-        r = calloc(1, sizeof(*r));
-        if (!r)
-            return MHD_NO;
-        r->h = cls;
-        r->mc = mc;
-        r->t0 = mrad_now_ns();
-        r->fd = -1;
-        snprintf(r->method, sizeof(r->method), "%s", method);
-        snprintf(r->path, sizeof(r->path), "%s", url);
-        *con_cls = r;
-        r->state = ST_HEADERS;
-        r->in_begin = 1;
-        int rc = route_headers(r);
-        r->in_begin = 0;
-        return rc_mhd(rc);
-    }
+    if (!r)
+        return first_call(cls, mc, url, method, version, con_cls);
     switch (r->state) {
     case ST_HEADERS:
         if (*upload_size) {
-            /* A body nobody will read: discard it. */
-            *upload_size = 0;
-            return MHD_YES;
-        }
-        return answer_routed(r);
-    case ST_BODY:
-        if (*upload_size && read_too_slow(r))
-            return MHD_NO;
-        if (*upload_size) {
-            if (body_append(r, upload, *upload_size)) {
-                /* libmicrohttpd cannot answer in the middle of a body:
-                 * drop what was read, discard the rest and answer 413 at
-                 * its end, or close if it goes on much longer. */
-                mrad_bufcache_put(r->body);
-                r->body = NULL;
-                r->discarded = r->len + *upload_size;
-                r->len = 0;
-                r->state = ST_TOOBIG;
-            }
-            *upload_size = 0;
-            return MHD_YES;
-        }
-        return answer_routed(r);
-    case ST_TOOBIG:
-        if (*upload_size && read_too_slow(r))
-            return MHD_NO;
-        if (*upload_size) {
+            /* Cannot happen: a request with a body to a route without one
+             * is answered with its headers.  Dropped all the same. */
             r->discarded += *upload_size;
             *upload_size = 0;
-            if (r->discarded / 2 <= r->limit)
-                return MHD_YES;
-            r->status = 413; /* for the log: the answer is a close */
-            r->err_code = "payload_too_large";
-            return MHD_NO;
-        } else {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "body is over the limit of %zu bytes",
-                     r->limit);
-            return rc_mhd(
-                send_error_now(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg));
+            return MHD_YES;
         }
+        if (r->pend_err)
+            return rc_mhd(
+                mrad_req_error(r, MRAD_SRC_SERVER, r->pend_err, r->pend_msg));
+        return rc_mhd(r->route->handle(r));
+    case ST_BODY:
+        if (*upload_size)
+            return take_chunk(r, upload, upload_size);
+        mrad_guard_head_done(r->gc); /* the body is in: no rate now */
+        return rc_mhd(r->route->handle(r));
     case ST_WAIT:
         return rc_mhd(r->route->resume(r));
     case ST_DONE:
         /* Body bytes after an early answer: discard them. */
+        r->discarded += *upload_size;
         *upload_size = 0;
         return MHD_YES;
     }
@@ -658,9 +481,32 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (r->free_data)
         r->free_data(r->data);
     mrad_bufcache_put(r->body);
+    mrad_server_release(&h->srv, r->reserved);
+    mrad_guard_request_done(r->gc);
     for (size_t i = 0; i < r->nhdr; i++)
         free(r->hdr_name[i]), free(r->hdr_value[i]);
+    pthread_mutex_destroy(&r->wake_lock);
+    atomic_fetch_sub(&h->live_requests, 1);
     free(r);
+}
+
+/* Connections: counted for the budget, watched by the guard. */
+static void on_connection(void *cls, struct MHD_Connection *mc,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct mrad_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add(&h->open_connections, 1);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context =
+            ci ? mrad_guard_watch(h->guard, ci->connect_fd) : NULL;
+    } else {
+        atomic_fetch_sub(&h->open_connections, 1);
+        mrad_guard_forget(h->guard, *socket_context);
+        *socket_context = NULL;
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -708,76 +554,172 @@ static char *read_pem(const char *what, const char *path)
     return buf;
 }
 
-int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
-                    struct mrad_sched *s, const struct mrad_http_info *info)
+/* Opens the listening socket of host:port.  Returns it, or -1 (logged). */
+static int listen_on(const char *host, uint32_t port, const char *what,
+                     int *family)
 {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%" PRIu32, cfg->port);
-    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
+    char pbuf[8];
+    snprintf(pbuf, sizeof(pbuf), "%" PRIu32, port);
+    int gai = getaddrinfo(host, pbuf, &hints, &ai);
     if (gai) {
-        mrad_log(MRAD_LOG_ERROR, "cannot resolve --host %s: %s", cfg->host,
+        mrad_log(MRAD_LOG_ERROR, "cannot resolve --host %s: %s", host,
                  gai_strerror(gai));
         return -1;
     }
-    struct mrad_http *h = calloc(1, sizeof(*h));
-    if (!h) {
-        freeaddrinfo(ai);
-        return -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1024)) {
+        mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32 " (%s): %s",
+                 host, port, what, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
     }
-    h->srv.cfg = cfg;
-    h->srv.sched = s;
-    h->srv.info = *info;
+    *family = ai->ai_family;
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* The port a listening socket is bound to. */
+static uint16_t bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len))
+        return 0;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* Starts a daemon on `fd` (taken over).  NULL when it fails. */
+static struct MHD_Daemon *start_daemon(struct mrad_http *h,
+                                       struct mrad_listener *l, int fd,
+                                       int family, unsigned threads,
+                                       unsigned limit, unsigned per_ip)
+{
+    const struct mrad_config *cfg = h->srv.cfg;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
+    if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* TLS (GnuTLS inside libmicrohttpd) when a certificate is given; the
      * options travel as an array so that they can be left out. */
     struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}};
-    if (cfg->tls_cert[0]) {
-        h->tls_cert = read_pem("tls-cert", cfg->tls_cert);
-        h->tls_key = h->tls_cert ? read_pem("tls-key", cfg->tls_key) : NULL;
-        if (!h->tls_key || !MHD_is_feature_supported(MHD_FEATURE_TLS)) {
-            if (h->tls_key)
-                mrad_log(MRAD_LOG_ERROR,
-                         "libmicrohttpd was built without TLS support");
-            freeaddrinfo(ai);
-            free(h->tls_cert), free(h->tls_key), free(h);
-            return -1;
-        }
+    if (h->tls) {
         flags |= MHD_USE_TLS;
         tls[0] =
             (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
         tls[1] =
             (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
-        tls[2] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
     }
-    h->d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        per_ip, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!h->d) {
-        mrad_log(MRAD_LOG_ERROR, "cannot listen on %s:%" PRIu32 "%s", cfg->host,
-                 cfg->port,
-                 cfg->tls_cert[0] ? " (or the TLS key/certificate is bad)"
-                                  : "");
-        free(h->tls_cert), free(h->tls_key), free(h);
+    if (!d) {
+        mrad_log(MRAD_LOG_ERROR, "cannot start serving%s",
+                 h->tls ? " (is the TLS key/certificate bad?)" : "");
+        close(fd);
+    }
+    return d;
+}
+
+static void http_free(struct mrad_http *h)
+{
+    if (h->admin_d)
+        MHD_stop_daemon(h->admin_d);
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    mrad_guard_stop(h->guard);
+    mrad_keyring_free(h->keys);
+    pthread_rwlock_destroy(&h->keys_lock);
+    free(h->tls_cert);
+    free(h->tls_key);
+    free(h);
+}
+
+int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
+                    struct mrad_sched *s, const struct mrad_http_info *info)
+{
+    struct mrad_http *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -1;
+    h->srv.cfg = cfg;
+    h->srv.sched = s;
+    h->srv.info = *info;
+    h->srv.auth = cfg->keys != NULL;
+    h->srv.max_inflight_bytes = cfg->max_inflight_bytes;
+    h->srv.max_problem_flops = cfg->max_problem_flops;
+    h->main = (struct mrad_listener){h, 0};
+    h->admin = (struct mrad_listener){h, 1};
+    pthread_rwlock_init(&h->keys_lock, NULL);
+    struct mrad_guard_config gcfg = {cfg->header_timeout_ms * 1000000ull,
+                                     cfg->min_upload_rate};
+    if (mrad_guard_start(&h->guard, &gcfg)) {
+        mrad_log(MRAD_LOG_ERROR, "cannot start the connection guard");
+        pthread_rwlock_destroy(&h->keys_lock);
+        free(h);
         return -1;
     }
-    const union MHD_DaemonInfo *di =
-        MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : (uint16_t)cfg->port;
+    if (cfg->tls_cert[0]) {
+        h->tls_cert = read_pem("tls-cert", cfg->tls_cert);
+        h->tls_key = h->tls_cert ? read_pem("tls-key", cfg->tls_key) : NULL;
+        if (h->tls_key && !MHD_is_feature_supported(MHD_FEATURE_TLS))
+            mrad_log(MRAD_LOG_ERROR,
+                     "libmicrohttpd was built without TLS support");
+        if (!h->tls_key || !MHD_is_feature_supported(MHD_FEATURE_TLS)) {
+            http_free(h);
+            return -1;
+        }
+        h->tls = 1;
+    }
+    int family;
+    int fd = listen_on(cfg->host, cfg->port, "--port", &family);
+    if (fd < 0) {
+        http_free(h);
+        return -1;
+    }
+    h->port = bound_port(fd);
+    h->d =
+        start_daemon(h, &h->main, fd, family, (unsigned)cfg->http_threads,
+                     (unsigned)(cfg->max_connections + MRAD_PROBE_CONNECTIONS),
+                     (unsigned)cfg->max_connections_per_ip);
+    if (!h->d) {
+        http_free(h);
+        return -1;
+    }
+    if (cfg->admin_port) {
+        fd = listen_on(cfg->host, cfg->admin_port, "--admin-port", &family);
+        h->admin_port = fd >= 0 ? bound_port(fd) : 0;
+        h->admin_d = fd >= 0 ? start_daemon(h, &h->admin, fd, family, 1,
+                                            MRAD_PROBE_CONNECTIONS * 4, 0)
+                             : NULL;
+        if (!h->admin_d) {
+            http_free(h);
+            return -1;
+        }
+    }
+    /* Owned from here on: a failed start leaves them to the caller. */
+    h->keys = cfg->keys;
     *out = h;
     return 0;
+}
+
+uint16_t mrad_http_admin_port(const struct mrad_http *h)
+{
+    return h->admin_port;
 }
 
 uint16_t mrad_http_port(const struct mrad_http *h)
@@ -800,12 +742,24 @@ uint64_t mrad_http_pending_answers(const struct mrad_http *h)
     return atomic_load(&((struct mrad_http *)h)->pending_answers);
 }
 
+int mrad_http_busy(const struct mrad_http *h)
+{
+    struct mrad_http *m = (struct mrad_http *)h;
+    return atomic_load(&m->live_requests) > 0 ||
+           atomic_load(&m->srv.inflight_bytes) > 0;
+}
+
+void mrad_http_set_keys(struct mrad_http *h, struct mrad_keyring *keys)
+{
+    pthread_rwlock_wrlock(&h->keys_lock);
+    struct mrad_keyring *old = h->keys;
+    h->keys = keys;
+    pthread_rwlock_unlock(&h->keys_lock);
+    mrad_keyring_free(old);
+}
+
 void mrad_http_stop(struct mrad_http *h)
 {
-    if (!h)
-        return;
-    MHD_stop_daemon(h->d);
-    free(h->tls_cert);
-    free(h->tls_key);
-    free(h);
+    if (h)
+        http_free(h);
 }

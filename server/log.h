@@ -1,5 +1,6 @@
 /*
- * log.h - the daemon's log: one line per event on stderr, as text or JSON.
+ * log.h - the daemon's log: one line per event on stderr (or a file), as
+ * text or JSON.
  *
  * Thread-safe: each line is written with a single locked write, so lines
  * of different threads never interleave.
@@ -20,6 +21,13 @@ enum mrad_log_level {
 /* Sets the format and the lowest level written.  Call before any thread
  * logs. */
 void mrad_log_init(enum mrad_log_format fmt, enum mrad_log_level level);
+
+/* Sends the log to the file at `path` (appended, created 0640) instead of
+ * stderr.  Returns 0, or -1 with errno set (the log is unchanged). */
+int mrad_log_open(const char *path);
+/* Reopens the file of mrad_log_open() (after a rotation, on SIGHUP); a
+ * no-op when the log is stderr.  Returns 0 or -1 with errno set. */
+int mrad_log_reopen(void);
 
 /* Logs a message (printf format) at `level`. */
 void mrad_log(enum mrad_log_level level, const char *fmt, ...)

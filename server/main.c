@@ -14,16 +14,20 @@
  * locks and never wait behind the queue.  The main thread only starts
  * everything, then waits for SIGTERM/SIGINT and runs the drain.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "attention/attn.h"
+#include "server/auth.h"
 #include "server/bufcache.h"
 #include "server/config.h"
 #include "server/http.h"
@@ -67,6 +71,38 @@ static int open_backends(const struct mrad_config *cfg,
     return 0;
 }
 
+/* SIGHUP: reopen the log file and reload the API keys.  A key file that
+ * no longer loads keeps the keys in use (logged). */
+static void reload(const struct mrad_config *cfg, struct mrad_http *http)
+{
+    if (mrad_log_reopen())
+        mrad_log(MRAD_LOG_ERROR, "SIGHUP: cannot reopen --log-file %s: %s",
+                 cfg->log_file, strerror(errno));
+    if (!cfg->api_key_file[0]) {
+        mrad_log(MRAD_LOG_INFO, "SIGHUP: log reopened");
+        return;
+    }
+    struct mrad_keyring *keys;
+    char msg[160];
+    if (mrad_keyring_load(cfg->api_key_file, &keys, msg, sizeof(msg))) {
+        mrad_log(MRAD_LOG_ERROR,
+                 "SIGHUP: --api-key-file %s: %s; the keys in use stay",
+                 cfg->api_key_file, msg);
+        return;
+    }
+    mrad_log(MRAD_LOG_INFO, "SIGHUP: log reopened, %zu API keys loaded",
+             mrad_keyring_count(keys));
+    mrad_http_set_keys(http, keys);
+}
+
+/* Waits up to `ms` for a signal of `sigs`; returns it, or 0 on timeout. */
+static int wait_signal(const sigset_t *sigs, unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    int sig = sigtimedwait(sigs, NULL, &ts);
+    return sig > 0 ? sig : 0;
+}
+
 /* After SIGTERM: refuse new work, finish what was accepted, stop. */
 static void drain(const struct mrad_config *cfg, struct mrad_http *http,
                   struct mrad_sched *sched, const sigset_t *sigs)
@@ -85,18 +121,91 @@ static void drain(const struct mrad_config *cfg, struct mrad_http *http,
             break;
         /* Waiting for the next signal doubles as the poll interval: a
          * second SIGTERM/SIGINT ends the drain at once. */
-        struct timespec poll = {0, 5 * 1000000};
-        int again = sigtimedwait(sigs, NULL, &poll) > 0;
+        int sig = wait_signal(sigs, 5);
+        if (sig == SIGHUP)
+            reload(cfg, http);
+        int again = sig == SIGTERM || sig == SIGINT;
         if (again || mrad_now_ns() - t0 >= limit) {
             mrad_log(MRAD_LOG_WARN,
                      "%s: answering %" PRIu64 " requests with 503",
                      again ? "second signal" : "drain timeout", st.inflight);
+            /* Running computations are cancelled: their workers return
+             * within milliseconds. */
             mrad_sched_abort(sched, MRAD_EUNAVAIL);
             /* Give the HTTP threads a moment to send those answers. */
             for (int i = 0; i < 200 && mrad_http_pending_answers(http); i++)
                 sleep_ms(10);
             break;
         }
+    }
+}
+
+/* Once the service has been idle for --idle-release-ms, the memory kept
+ * for reuse goes back to the system: cached buffers, and the free pages
+ * of the heap (which main() tells glibc to keep while busy). */
+struct idle_state {
+    uint64_t busy_ns; /* last time something was in flight */
+    int released;     /* released since then */
+    uint64_t trim_at; /* when to trim the heap, 0 = done */
+};
+
+static void release_when_idle(const struct mrad_config *cfg,
+                              struct mrad_http *http, struct mrad_sched *sched,
+                              struct idle_state *is)
+{
+    struct mrad_sched_status st;
+    mrad_sched_status(sched, &st);
+    uint64_t now = mrad_now_ns();
+    if (st.inflight || mrad_http_pending_answers(http) ||
+        mrad_http_busy(http)) {
+        is->busy_ns = now;
+        is->released = 0;
+        is->trim_at = 0;
+        return;
+    }
+    if (is->released) {
+        if (is->trim_at && now >= is->trim_at) {
+            malloc_trim(0);
+            is->trim_at = 0;
+            mrad_log(MRAD_LOG_DEBUG, "idle: cached memory released");
+        }
+        return;
+    }
+    if (now - is->busy_ns < cfg->idle_release_ms * 1000000ull)
+        return;
+    mrad_sched_trim(sched);
+    mrad_bufcache_clear();
+    /* The workers free their memory on their own threads: the heap is
+     * trimmed on the next round, after they did. */
+    is->released = 1;
+    is->trim_at = now + 200 * 1000000ull;
+}
+
+/* Room for --max-connections: the soft limit on open files goes up to the
+ * hard one; the connection limits shrink to what fits. */
+static void fit_open_files(struct mrad_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    /* Descriptors beyond connections: the log, epoll sets, the backends,
+     * the lingering closes. */
+    uint64_t room = rl.rlim_cur > 512 ? rl.rlim_cur - 256 : rl.rlim_cur / 2;
+    uint64_t want = (uint64_t)cfg->max_connections + MRAD_PROBE_CONNECTIONS;
+    if (rl.rlim_cur != RLIM_INFINITY && want > room) {
+        uint32_t fit = room > MRAD_PROBE_CONNECTIONS + 1
+                           ? (uint32_t)(room - MRAD_PROBE_CONNECTIONS)
+                           : 1;
+        mrad_log(MRAD_LOG_WARN,
+                 "--max-connections %" PRIu32 " lowered to %" PRIu32
+                 " (open file limit %llu)",
+                 cfg->max_connections, fit, (unsigned long long)rl.rlim_cur);
+        cfg->max_connections = fit;
     }
 }
 
@@ -109,6 +218,11 @@ int main(int argc, char **argv)
     if (rc != MRAD_CONFIG_RUN)
         return 2;
     mrad_log_init(cfg.log_format, cfg.log_level);
+    if (cfg.log_file[0] && mrad_log_open(cfg.log_file)) {
+        fprintf(stderr, "mrad: --log-file %s: %s\n", cfg.log_file,
+                strerror(errno));
+        return 2;
+    }
 
     /* Request bodies, tensors and answers are megabytes each.  glibc
      * serves blocks past its mmap threshold with fresh mmap()s, so every
@@ -116,23 +230,30 @@ int main(int argc, char **argv)
      * highest threshold glibc accepts (32 MiB on 64-bit) and no trimming
      * keep such blocks in the heap for reuse; larger request bodies are
      * reused through server/bufcache.c.  (Setting the trim
-     * threshold alone would freeze the mmap threshold at 128 KiB.) */
+     * threshold alone would freeze the mmap threshold at 128 KiB.)  Once
+     * the service is idle, release_when_idle() gives it all back. */
     mallopt(M_MMAP_THRESHOLD, (int)(4 * 1024 * 1024 * sizeof(long)));
     mallopt(M_TRIM_THRESHOLD, 1024 << 20);
     /* One arena: glibc hands each thread its own arena, whose heaps are
      * unmapped as soon as they empty, and a body allocated on an HTTP
      * thread is freed on a worker.  The main heap keeps its pages. */
     mallopt(M_ARENA_MAX, 1);
+    fit_open_files(&cfg);
 
     /* Every thread inherits this mask: only the main thread takes the
-     * termination signals, in sigwait().  SIGPIPE is ignored (a client
-     * that leaves mid-answer is an error value, not a signal). */
+     * signals it handles, in sigtimedwait().  SIGPIPE is ignored (a
+     * client that leaves mid-answer is an error value, not a signal), and
+     * so are SIGUSR1 and SIGUSR2 (nothing uses them; their default action
+     * would kill the process). */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
 
     struct attn_backend *be[MRAD_MAX_DEVICES];
     int devices[MRAD_MAX_DEVICES];
@@ -144,6 +265,7 @@ int main(int argc, char **argv)
     snprintf(backend, sizeof(backend), "%s", attn_backend_name(be[0]));
     snprintf(device, sizeof(device), "%s", attn_backend_device(be[0]));
     mrad_metrics_init(MRAD_VERSION, backend);
+    mrad_config_resolve(&cfg, backend);
 
     struct mrad_sched *sched;
     struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
@@ -161,9 +283,17 @@ int main(int argc, char **argv)
              "mrad %s listening on %s:%u backend=%s device=\"%s\" workers=%zu",
              MRAD_VERSION, cfg.host, (unsigned)mrad_http_port(http), backend,
              device, nbe);
+    if (cfg.admin_port)
+        mrad_log(MRAD_LOG_INFO, "probes and /metrics also on %s:%u (admin)",
+                 cfg.host, (unsigned)mrad_http_admin_port(http));
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    struct idle_state idle = {mrad_now_ns(), 0, 0};
+    int sig;
+    while ((sig = wait_signal(&sigs, 500)) != SIGTERM && sig != SIGINT) {
+        if (sig == SIGHUP)
+            reload(&cfg, http);
+        release_when_idle(&cfg, http, sched, &idle);
+    }
     mrad_log(MRAD_LOG_INFO, "received %s, draining",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
     drain(&cfg, http, sched, &sigs);

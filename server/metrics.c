@@ -317,6 +317,25 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
     put_simple(&t, "mrad_queue_capacity", "gauge",
                "Requests the queue holds before answering 503 (--max-queue).",
                (double)g->queue_capacity);
+    put_simple(&t, "mrad_open_connections", "gauge",
+               "Client connections open now.", (double)g->open_connections);
+    put_simple(&t, "mrad_inflight_bytes", "gauge",
+               "Bytes of request bodies and answers held now.",
+               (double)g->inflight_bytes);
+    put_simple(&t, "mrad_inflight_bytes_limit", "gauge",
+               "Bytes held at most before answering 503 "
+               "(--max-inflight-bytes).",
+               (double)g->max_inflight_bytes);
+    put(&t,
+        "# HELP mrad_connections_closed_total Connections the daemon "
+        "closed or refused, by reason.\n"
+        "# TYPE mrad_connections_closed_total counter\n"
+        "mrad_connections_closed_total{reason=\"head_timeout\"} %" PRIu64 "\n"
+        "mrad_connections_closed_total{reason=\"slow_upload\"} %" PRIu64 "\n"
+        "mrad_connections_closed_total{reason=\"lingering_close\"} %" PRIu64
+        "\n"
+        "mrad_connections_closed_total{reason=\"over_limit\"} %" PRIu64 "\n",
+        g->head_timeouts, g->slow_uploads, g->lingering_closes, g->refused);
     put_devices(&t, g, "mrad_gpu_memory_used_bytes", "Device memory in use.",
                 offsetof(struct mrad_metrics_device, used));
     put_devices(&t, g, "mrad_gpu_memory_total_bytes", "Device memory in all.",

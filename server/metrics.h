@@ -40,6 +40,10 @@ struct mrad_metrics_gauges {
     uint64_t queue_depth;
     uint64_t inflight;
     uint64_t queue_capacity; /* --max-queue */
+    uint64_t open_connections;
+    uint64_t inflight_bytes, max_inflight_bytes;
+    /* connections closed by the daemon, by reason */
+    uint64_t head_timeouts, slow_uploads, lingering_closes, refused;
     const struct mrad_metrics_device *devices;
     size_t ndevices;
 };

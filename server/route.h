@@ -7,13 +7,16 @@
  * with their handlers, and server/routes.c lists the tables: adding an
  * endpoint adds a route and a handler and never touches the plumbing.
  *
- * The life of a request.  The plumbing matches the method and path against
- * the routes (404, or 405 with Allow, when none matches) and checks the API
- * key when the path is under a surface's key prefix (401).  Then, on an
- * HTTP thread each:
+ * The life of a request.  The plumbing checks the framing (one
+ * Content-Length or chunked, a Host in HTTP/1.1), matches the method and
+ * path against the routes (404, or 405 with Allow, when none matches),
+ * checks the API key when the path is under a surface's key prefix (401),
+ * and keeps the last connections for the routes flagged MRAD_ROUTE_OPS.
+ * Then, on an HTTP thread each:
  *   begin(r)   (optional) with the headers, before any byte of the body:
- *              may set the body limit, refuse the request (mrad_req_error)
- *              or keep state (mrad_req_set_data);
+ *              may set the body limit, refuse the request (mrad_req_error:
+ *              answered at once, the rest of the body read and dropped by a
+ *              lingering close) or keep state (mrad_req_set_data);
  *   handle(r)  once the whole body is in (mrad_req_body): answers with one
  *              mrad_req_send_*() or mrad_req_error() call, or suspends the
  *              request (mrad_req_suspend) to answer later;
@@ -50,14 +53,37 @@ struct mrad_server {
     const struct mrad_config *cfg;
     struct mrad_sched *sched;
     struct mrad_http_info info;
+    int auth;            /* API keys are required under key prefixes */
     atomic_int ready;    /* startup is over */
     atomic_int draining; /* SIGTERM: new work is refused */
+    /* Bytes of request bodies and answers held now, and the limit
+     * (--max-inflight-bytes): see mrad_server_reserve(). */
+    atomic_uint_fast64_t inflight_bytes;
+    uint64_t max_inflight_bytes;
+    uint64_t max_problem_flops; /* resolved --max-problem-flops */
 };
+
+/* Counts a buffer of `bytes` against --max-inflight-bytes.  Returns 0, or
+ * -1 when it does not fit (nothing counted): the caller answers 503
+ * overloaded.  Any thread. */
+int mrad_server_reserve(struct mrad_server *srv, uint64_t bytes);
+/* Gives back what mrad_server_reserve() counted.  Any thread. */
+void mrad_server_release(struct mrad_server *srv, uint64_t bytes);
+
+/* The connections' side, for the metrics. */
+struct mrad_server_stats {
+    uint64_t open_connections;
+    uint64_t head_timeouts, slow_uploads, lingering_closes;
+    uint64_t refused_connections; /* over --max-connections */
+};
+void mrad_server_stats(struct mrad_server *srv, struct mrad_server_stats *st);
 
 struct mrad_req; /* one HTTP request, owned by the plumbing */
 
 enum mrad_route_flags {
     MRAD_ROUTE_BODY = 1, /* reads a request body (handle gets it) */
+    MRAD_ROUTE_OPS = 2,  /* a probe or /metrics: may use the connections
+                            kept beyond --max-connections */
 };
 
 struct mrad_route {
@@ -83,11 +109,14 @@ extern const struct mrad_api *const mrad_apis[];
 
 /* ---- reading the request -------------------------------------------- */
 
-const struct mrad_server *mrad_req_server(const struct mrad_req *r);
+struct mrad_server *mrad_req_server(const struct mrad_req *r);
 const char *mrad_req_method(const struct mrad_req *r);
 const char *mrad_req_path(const struct mrad_req *r);
 /* The value of a request header (case-insensitive name), or NULL. */
 const char *mrad_req_header(const struct mrad_req *r, const char *name);
+/* The identity of the API key the request presented (see
+ * mrad_keyring_check), or 0 when the server needs none. */
+uint64_t mrad_req_key_id(const struct mrad_req *r);
 /* CLOCK_MONOTONIC time (mrad_now_ns) at which the request began. */
 uint64_t mrad_req_start_ns(const struct mrad_req *r);
 /* The Content-Length the client announced, or -1 without one. */
@@ -100,10 +129,12 @@ int64_t mrad_req_content_length(const struct mrad_req *r);
 int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit);
 
 /* In handle(): the body read (NULL when empty) and its length.  Owned by
- * the request, unless taken: mrad_req_take_body() hands it over (release
- * with mrad_bufcache_put) and leaves the request without one. */
+ * the request, unless taken: mrad_req_take_body() hands it over with the
+ * bytes counted for it against --max-inflight-bytes (*reserved): the
+ * caller releases the buffer with mrad_bufcache_put() and the count with
+ * mrad_server_release(). */
 const char *mrad_req_body(const struct mrad_req *r, size_t *len);
-void *mrad_req_take_body(struct mrad_req *r, size_t *len);
+void *mrad_req_take_body(struct mrad_req *r, size_t *len, uint64_t *reserved);
 
 /* Per-request state of the handler, freed by `free_data` (may be NULL)
  * when the request completes. */
@@ -120,10 +151,13 @@ void mrad_req_suspend(struct mrad_req *r);
 /* Wakes a suspended request: the route's resume() runs on an HTTP thread.
  * Any thread; once per suspend. */
 void mrad_req_resume(struct mrad_req *r);
-/* Nonzero when the client closed its end of the connection while the
- * request is suspended (libmicrohttpd does not watch suspended
- * connections).  Any thread, while the request is suspended. */
-int mrad_req_peer_closed(const struct mrad_req *r);
+/* Nonzero when the client went away while the request is suspended
+ * (libmicrohttpd does not watch suspended connections).  A client that
+ * only shut down its sending side (a half-close) still gets its answer:
+ * at the end of its data the plumbing sends an interim "100 Continue",
+ * which a client that closed altogether answers with a reset, seen on the
+ * next call.  Any thread, while the request is suspended. */
+int mrad_req_peer_closed(struct mrad_req *r);
 
 /* ---- answering --------------------------------------------------------- */
 
@@ -152,10 +186,12 @@ int mrad_req_send_pieces(struct mrad_req *r, unsigned status, const char *ctype,
                          void (*release)(void *cls), void *cls);
 
 /* Answers an error with the contract's JSON body (status and code from
- * server/errors.c; Retry-After on overload, Allow on 405).  In begin() the
- * answer waits until the body has been read (answering earlier would make
- * the connection close under a client still sending), unless the client
- * asked for "Expect: 100-continue". */
+ * server/errors.c; Retry-After on overload, Allow on 405,
+ * WWW-Authenticate on 401).  In begin() the answer goes out at once and
+ * the connection closes after it; what the client still sends of its body
+ * is read and dropped for a while first (a lingering close), so that a
+ * client that sends its whole body before reading still reads the
+ * answer. */
 int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
                    const char *message);
 

@@ -39,6 +39,7 @@ struct worker {
     int *errs;
     int busy; /* a batch is assigned or running */
     int stop;
+    int trim; /* give the backend's kept memory back when idle */
     int healthy;
     struct mrad_metrics_device mem;
 };
@@ -121,6 +122,15 @@ static void job_finish(struct mrad_sched *s, struct mrad_job *job,
         job_complete(s, job, src, err);
 }
 
+/* Answers a running job with an error and stops its computation. */
+static void job_cancel(struct mrad_sched *s, struct mrad_job *job, int err)
+{
+    if (!job_claim(job))
+        return;
+    job->cancel = 1;
+    job_complete(s, job, MRAD_SRC_SERVER, err);
+}
+
 /* ---- workers ------------------------------------------------------- */
 
 static void worker_sample(struct worker *w)
@@ -198,8 +208,14 @@ static void *worker_main(void *arg)
     worker_sample(w);
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        while (!w->stop && !w->nbatch)
+        while (!w->stop && !w->nbatch && !w->trim)
             pthread_cond_wait(&w->cond, &s->lock);
+        if (w->trim && !w->nbatch) {
+            w->trim = 0;
+            pthread_mutex_unlock(&s->lock);
+            attn_backend_trim(w->be);
+            continue;
+        }
         if (w->stop && !w->nbatch) {
             pthread_mutex_unlock(&s->lock);
             break;
@@ -323,6 +339,7 @@ static void schedule(struct mrad_sched *s)
     uint64_t window_ns = s->cfg.batch_window_us * 1000;
     uint64_t window_at = 0, next_deadline = UINT64_MAX;
     struct mrad_job *late[64];
+    int late_err[64];
     size_t nlate = 0;
 
     pthread_mutex_lock(&s->lock);
@@ -339,20 +356,25 @@ static void schedule(struct mrad_sched *s)
         }
         fill_batch(s, w);
     }
-    /* Running jobs past their deadline are answered now; the worker
-     * finishes the computation and discards it. */
+    /* Running jobs past their deadline, or whose submitter went away, are
+     * answered now and their computation cancelled; the worker returns
+     * within milliseconds and drops what it has. */
+    int running = 0;
     for (size_t i = 0; i < s->nworkers; i++) {
         struct worker *wk = &s->workers[i];
         for (size_t j = 0; j < wk->nbatch; j++) {
             struct mrad_job *job = wk->batch[j];
             if (atomic_load(&job->finished))
                 continue;
-            if (now >= job->deadline_ns) {
+            running = 1;
+            int expired = now >= job->deadline_ns;
+            if (expired || (job->ops->cancelled && job->ops->cancelled(job))) {
                 if (nlate == 64) {
                     next_deadline = now; /* the rest on the next round */
                     continue;
                 }
                 mrad_job_ref(job);
+                late_err[nlate] = expired ? MRAD_ETIMEOUT : MRAD_EGONE;
                 late[nlate++] = job;
             } else if (job->deadline_ns < next_deadline) {
                 next_deadline = job->deadline_ns;
@@ -362,7 +384,7 @@ static void schedule(struct mrad_sched *s)
     for (struct mrad_job *job = s->head; job; job = job->next)
         if (job->deadline_ns < next_deadline)
             next_deadline = job->deadline_ns;
-    if (s->head && now + POLL_NS < next_deadline)
+    if ((s->head || running) && now + POLL_NS < next_deadline)
         next_deadline = now + POLL_NS;
     pthread_mutex_unlock(&s->lock);
 
@@ -374,7 +396,7 @@ static void schedule(struct mrad_sched *s)
         mrad_job_unref(job);
     }
     for (size_t i = 0; i < nlate; i++) {
-        job_finish(s, late[i], MRAD_SRC_SERVER, MRAD_ETIMEOUT);
+        job_cancel(s, late[i], late_err[i]);
         mrad_job_unref(late[i]);
     }
 
@@ -561,10 +583,20 @@ void mrad_sched_abort(struct mrad_sched *s, int err)
         mrad_job_unref(job);
     }
     for (size_t i = 0; i < k; i++) {
-        job_finish(s, run[i], MRAD_SRC_SERVER, err);
+        job_cancel(s, run[i], err);
         mrad_job_unref(run[i]);
     }
     free(run);
+}
+
+void mrad_sched_trim(struct mrad_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nworkers; i++) {
+        s->workers[i].trim = 1;
+        pthread_cond_signal(&s->workers[i].cond);
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 void mrad_sched_status(struct mrad_sched *s, struct mrad_sched_status *st)

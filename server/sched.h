@@ -41,9 +41,10 @@ struct mrad_job_ops {
      * thread, when the job's outcome is final (the outcome fields below
      * are written before). */
     void (*done)(struct mrad_job *job);
-    /* Optional.  Called by the scheduler thread while the job waits:
-     * nonzero when the submitter no longer wants the result (its client
-     * went away); the job is then finished with MRAD_EGONE. */
+    /* Optional.  Called by the scheduler thread (at least every 50 ms)
+     * while the job waits or computes: nonzero when the submitter no
+     * longer wants the result (its client went away); the job is then
+     * finished with MRAD_EGONE and its computation cancelled. */
     int (*cancelled)(struct mrad_job *job);
     /* Required.  Called once, on whichever thread drops the last
      * reference: releases what the submitter keeps behind the job (the
@@ -65,6 +66,11 @@ struct mrad_job {
 #ifdef MRAD_TEST_HOOKS
     int inject_fault; /* test builds only: fail the batch of this job */
 #endif
+
+    /* Set to 1 by the scheduler when the job is answered while a worker
+     * may still compute it (deadline, cancellation, abort): point the
+     * problem's cancel field here so that the computation stops. */
+    volatile int cancel;
 
     /* The outcome, written by the finishing thread before done(). */
     enum mrad_err_source err_src;
@@ -127,6 +133,10 @@ void mrad_sched_drain(struct mrad_sched *s);
  * the end of the drain timeout).  Workers still computing carry on and
  * discard their results. */
 void mrad_sched_abort(struct mrad_sched *s, int err);
+
+/* Asks every worker to give its backend's kept working memory back
+ * (attn_backend_trim) once it has no batch.  Any thread. */
+void mrad_sched_trim(struct mrad_sched *s);
 
 struct mrad_sched_status {
     uint64_t queue_depth; /* jobs waiting for a worker */

@@ -74,6 +74,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (attn_backend_new("cpu", &ac, &be[0]) != ATTN_OK)
         abort();
     mrad_metrics_init("fuzz", "cpu");
+    mrad_config_resolve(&cfg, "cpu");
     static struct mrad_sched *sched;
     struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
                                    cfg.max_batch_tokens, cfg.batch_window_us};

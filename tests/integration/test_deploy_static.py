@@ -65,7 +65,7 @@ def test_promtool_check_config_with_rules(tmp_path):
     assert "SUCCESS: 8 rules found" in proc.stdout + proc.stderr
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["mrad"]["metrics_path"] == "/metrics"
-    assert jobs["mrad"]["static_configs"][0]["targets"] == ["mrad:8080"]
+    assert jobs["mrad"]["static_configs"][0]["targets"] == ["mrad:8081"]
 
 
 def test_promtool_check_rules():
@@ -324,6 +324,11 @@ def test_k8s_objects_fit_together():
         assert k in ctr["resources"]["requests"] and k in ctr["resources"]["limits"]
     port = ctr["ports"][0]
     assert port["containerPort"] == int(cfg["MRAD_PORT"]) and cfg["MRAD_HOST"] == "0.0.0.0"
+    # The probes and the scrape use the admin port.
+    (admin,) = [p for p in ctr["ports"] if p["name"] == "admin"]
+    assert admin["containerPort"] == int(cfg["MRAD_ADMIN_PORT"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert ctr[probe]["httpGet"]["port"] == "admin"
 
     # Draining fits in the grace period.
     pause = ctr["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -350,7 +355,8 @@ def test_k8s_objects_fit_together():
     assert svc["spec"]["ports"][0]["targetPort"] == port["name"]
     mon = objs[("ServiceMonitor", "mrad")]
     assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert mon["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+    (svc_admin,) = [p for p in svc["spec"]["ports"] if p["targetPort"] == "admin"]
+    assert mon["spec"]["endpoints"][0]["port"] == svc_admin["name"]
 
     # HPA -> Deployment and the adapter's metric.
     hpa = objs[("HorizontalPodAutoscaler", "mrad")]

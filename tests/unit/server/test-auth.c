@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -101,11 +102,81 @@ static void test_time_does_not_depend_on_the_difference(void **state)
     free(want), free(first), free(last), free(shorter);
 }
 
+/* Writes `text` to a temporary file; returns its path (static). */
+static const char *key_file(const char *text, size_t len)
+{
+    static char path[64];
+    strcpy(path, "/tmp/mrad-test-keys-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+static void test_keyring(void **state)
+{
+    (void)state;
+    char err[160];
+    struct mrad_keyring *k;
+    const char *ok = "first\r\n\nsecond-key\nthird.key";
+    const char *path = key_file(ok, strlen(ok));
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), 0);
+    unlink(path);
+    assert_int_equal(mrad_keyring_count(k), 3);
+    uint64_t a = 0, b = 0, c = 0;
+    assert_int_equal(mrad_keyring_check(k, "Bearer first", &a), 1);
+    assert_int_equal(mrad_keyring_check(k, "Bearer second-key", &b), 1);
+    assert_int_equal(mrad_keyring_check(k, "Bearer third.key", &c), 1);
+    assert_true(a && b && c && a != b && b != c && a != c);
+    assert_int_equal(mrad_keyring_check(k, "Bearer first\r", NULL), 0);
+    assert_int_equal(mrad_keyring_check(k, "Bearer fourth", NULL), 0);
+    assert_int_equal(mrad_keyring_check(k, NULL, NULL), 0);
+    mrad_keyring_free(k);
+
+    /* The same key, loaded again, has the same identity. */
+    path = key_file("second-key\n", 11);
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), 0);
+    unlink(path);
+    uint64_t b2 = 0;
+    assert_int_equal(mrad_keyring_check(k, "Bearer second-key", &b2), 1);
+    assert_true(b2 == b);
+    mrad_keyring_free(k);
+
+    /* A key of 4096 bytes loads; one of 4097 is refused, not cut. */
+    char *big = malloc(MRAD_KEY_MAX + 2);
+    assert_non_null(big);
+    memset(big, 'x', MRAD_KEY_MAX + 1);
+    path = key_file(big, MRAD_KEY_MAX);
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), 0);
+    unlink(path);
+    mrad_keyring_free(k);
+    path = key_file(big, MRAD_KEY_MAX + 1);
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), -1);
+    unlink(path);
+    assert_non_null(strstr(err, "line 1"));
+    assert_non_null(strstr(err, "longer than 4096"));
+    free(big);
+
+    /* No key, a space inside a key, a missing file. */
+    path = key_file("\n\n", 2);
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), -1);
+    unlink(path);
+    assert_non_null(strstr(err, "no key"));
+    path = key_file("good\nbad key\n", 14);
+    assert_int_equal(mrad_keyring_load(path, &k, err, sizeof(err)), -1);
+    unlink(path);
+    assert_non_null(strstr(err, "line 2"));
+    assert_int_equal(
+        mrad_keyring_load("/nonexistent/keys", &k, err, sizeof(err)), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers),
         cmocka_unit_test(test_time_does_not_depend_on_the_difference),
+        cmocka_unit_test(test_keyring),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -35,6 +35,7 @@ struct gate_backend {
     pthread_cond_t cond;
     int open;    /* compute calls pass */
     int entered; /* compute calls started */
+    int left;    /* compute calls returned */
     size_t sizes[MAX_BATCHES];
     const struct attn_problem *first[MAX_BATCHES];
     size_t nbatches;
@@ -57,6 +58,8 @@ static int gate_compute(void *ctx, const struct attn_problem *const *probs,
         pthread_cond_wait(&g->cond, &g->lock);
     for (size_t i = 0; i < n; i++)
         errs[i] = g->fail ? ATTN_EBACKEND : ATTN_OK;
+    g->left++;
+    pthread_cond_broadcast(&g->cond);
     pthread_mutex_unlock(&g->lock);
     return ATTN_OK;
 }
@@ -99,6 +102,17 @@ static void gate_wait_entered(struct gate_backend *g, int count)
     pthread_mutex_lock(&g->lock);
     while (g->entered < count)
         pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Waits until `count` compute calls have returned, then closes the gate
+ * again. */
+static void gate_wait_left_and_close(struct gate_backend *g, int count)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->left < count)
+        pthread_cond_wait(&g->cond, &g->lock);
+    g->open = 0;
     pthread_mutex_unlock(&g->lock);
 }
 
@@ -385,6 +399,35 @@ static void test_cancellation(void **state)
     finish(s, jobs, 3);
 }
 
+/* A running job whose submitter cancels, or whose deadline passes, is
+ * answered at once and its cancel flag set, so that the backend stops. */
+static void test_cancel_running(void **state)
+{
+    (void)state;
+    struct gate_backend g;
+    struct mrad_sched *s = start(&g, 0, 64, 1, 0, 0);
+    struct tjob jobs[2];
+    tjob_init(&jobs[0], 0, 32);
+    assert_int_equal(mrad_sched_submit(s, &jobs[0].job), MRAD_OK);
+    gate_wait_entered(&g, 1);
+    assert_int_equal(jobs[0].job.cancel, 0);
+    __atomic_store_n(&jobs[0].cancel, 1, __ATOMIC_SEQ_CST);
+    wait_done(jobs, 1);
+    assert_int_equal(jobs[0].job.err, MRAD_EGONE);
+    assert_int_equal(jobs[0].job.cancel, 1);
+    gate_open(&g);
+    gate_wait_left_and_close(&g, 1);
+    tjob_init(&jobs[1], 1, 32);
+    jobs[1].job.deadline_ns = mrad_now_ns() + 200ull * 1000000;
+    assert_int_equal(mrad_sched_submit(s, &jobs[1].job), MRAD_OK);
+    gate_wait_entered(&g, 2);
+    wait_done(jobs + 1, 1);
+    assert_int_equal(jobs[1].job.err, MRAD_ETIMEOUT);
+    assert_int_equal(jobs[1].job.cancel, 1);
+    gate_open(&g);
+    finish(s, jobs, 2);
+}
+
 /* --max-queue counts waiting jobs: beyond it submit refuses with
  * MRAD_EOVERLOAD and done() is never called for the refused job. */
 static void test_queue_limit(void **state)
@@ -497,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_priority),
         cmocka_unit_test(test_deadlines),
         cmocka_unit_test(test_cancellation),
+        cmocka_unit_test(test_cancel_running),
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_drain_and_abort),
         cmocka_unit_test(test_backend_error),
