@@ -9,6 +9,7 @@
  * point into, the encoded answer.  protocol/SPEC.md is the contract.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,12 @@
 /* One POST /v1/attention: the job and what the answer needs. */
 struct v1_call {
     struct mrad_job job; /* first: the job's owner is the call */
+    /* The request, until it ends (the job may outlive it: a worker still
+     * computing a job answered 504).  `lock` guards it and `woken` against
+     * the scheduler's thread, which asks whether the client left. */
+    pthread_mutex_t lock;
     struct mrad_req *r;
+    int woken;
     struct mrad_server *srv;
     /* Bytes counted against --max-inflight-bytes for the body and for
      * the answer. */
@@ -42,13 +48,23 @@ struct v1_call {
 static void call_done(struct mrad_job *job)
 {
     struct v1_call *call = job->owner;
-    mrad_req_resume(call->r);
+    /* Under the lock: the request cannot end before this returns (its
+     * end takes the lock), and no probe of the client crosses the
+     * answer. */
+    pthread_mutex_lock(&call->lock);
+    call->woken = 1;
+    if (call->r)
+        mrad_req_resume(call->r);
+    pthread_mutex_unlock(&call->lock);
 }
 
 static int call_cancelled(struct mrad_job *job)
 {
     struct v1_call *call = job->owner;
-    return mrad_req_peer_closed(call->r);
+    pthread_mutex_lock(&call->lock);
+    int gone = !call->r || (!call->woken && mrad_req_peer_closed(call->r));
+    pthread_mutex_unlock(&call->lock);
+    return gone;
 }
 
 static void call_release(struct mrad_job *job)
@@ -58,6 +74,7 @@ static void call_release(struct mrad_job *job)
     mrad_bufcache_put(call->body);
     mrad_server_release(call->srv, call->body_reserved + call->out_reserved);
     free(call->answer);
+    pthread_mutex_destroy(&call->lock);
     free(call);
 }
 
@@ -68,6 +85,9 @@ static const struct mrad_job_ops call_ops = {call_done, call_cancelled,
 static void call_unref(void *data)
 {
     struct v1_call *call = data;
+    pthread_mutex_lock(&call->lock);
+    call->r = NULL;
+    pthread_mutex_unlock(&call->lock);
     mrad_job_unref(&call->job);
 }
 
@@ -107,6 +127,7 @@ static int attention_begin(struct mrad_req *r)
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
                               "out of memory for the request");
     mrad_job_init(&call->job, &call_ops, call);
+    pthread_mutex_init(&call->lock, NULL);
     call->r = r;
     call->srv = mrad_req_server(r);
     mrad_req_set_data(r, call, call_unref);

@@ -72,8 +72,7 @@ struct mrad_req {
     char pend_msg[160];
     int http10;                /* an HTTP/1.0 request: no interim answers */
     int suspended;             /* counted in pending_answers */
-    pthread_mutex_t wake_lock; /* the probe against the resume */
-    int resumed, probed;
+    int probed;    /* the interim answer of mrad_req_peer_closed() sent */
     uint64_t key_id;
     void *data;
     void (*free_data)(void *data);

@@ -139,21 +139,15 @@ void mrad_req_suspend(struct mrad_req *r)
         r->suspended = 1;
         atomic_fetch_add(&r->h->pending_answers, 1);
     }
-    pthread_mutex_lock(&r->wake_lock);
-    r->resumed = 0;
-    pthread_mutex_unlock(&r->wake_lock);
     mrad_guard_head_done(r->gc); /* no deadline of the guard while queued */
     MHD_suspend_connection(r->mc);
 }
 
 void mrad_req_resume(struct mrad_req *r)
 {
-    /* Under the lock: once resumed, the probe of mrad_req_peer_closed()
-     * never writes, as the answer may be on its way. */
-    pthread_mutex_lock(&r->wake_lock);
-    r->resumed = 1;
+    /* The request may complete (and be freed) on an HTTP thread as soon
+     * as this returns: nothing of it is touched after. */
     MHD_resume_connection(r->mc);
-    pthread_mutex_unlock(&r->wake_lock);
 }
 
 /* TCP state of the socket (TCP_CLOSE once reset), or -1. */
@@ -182,22 +176,15 @@ int mrad_req_peer_closed(struct mrad_req *r)
      * the end of its data counts as gone. */
     if (r->h->tls || r->http10)
         return 1;
-    int gone = 0;
-    pthread_mutex_lock(&r->wake_lock);
-    if (!r->resumed) {
-        if (!r->probed) {
-            static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            r->probed = 1;
-            gone = send(r->fd, probe, sizeof(probe) - 1,
-                        MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-                   errno != EAGAIN && errno != EWOULDBLOCK;
-        } else {
-            /* A closed client answered the probe with a reset. */
-            gone = tcp_state(r->fd) == TCP_CLOSE;
-        }
+    if (!r->probed) {
+        static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        r->probed = 1;
+        return send(r->fd, probe, sizeof(probe) - 1,
+                    MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+               errno != EAGAIN && errno != EWOULDBLOCK;
     }
-    pthread_mutex_unlock(&r->wake_lock);
-    return gone;
+    /* A closed client answered the probe with a reset. */
+    return tcp_state(r->fd) == TCP_CLOSE;
 }
 
 /* ---- answers --------------------------------------------------------- */

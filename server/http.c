@@ -392,7 +392,6 @@ static enum MHD_Result first_call(struct mrad_listener *l,
     r->mc = mc;
     r->t0 = mrad_now_ns();
     r->fd = -1;
-    pthread_mutex_init(&r->wake_lock, NULL);
     snprintf(r->method, sizeof(r->method), "%s", method);
     snprintf(r->path, sizeof(r->path), "%s", url);
     r->http10 = !strcmp(version, MHD_HTTP_VERSION_1_0);
@@ -485,7 +484,6 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     mrad_guard_request_done(r->gc);
     for (size_t i = 0; i < r->nhdr; i++)
         free(r->hdr_name[i]), free(r->hdr_value[i]);
-    pthread_mutex_destroy(&r->wake_lock);
     atomic_fetch_sub(&h->live_requests, 1);
     free(r);
 }

@@ -148,15 +148,18 @@ void *mrad_req_data(const struct mrad_req *r);
  * mrad_req_resume().  Counted in mrad_http_pending_answers() until the
  * request completes.  In handle() only. */
 void mrad_req_suspend(struct mrad_req *r);
-/* Wakes a suspended request: the route's resume() runs on an HTTP thread.
- * Any thread; once per suspend. */
+/* Wakes a suspended request: the route's resume() runs on an HTTP thread,
+ * and the request may complete and be freed as soon as this returns.  Any
+ * thread; once per suspend. */
 void mrad_req_resume(struct mrad_req *r);
 /* Nonzero when the client went away while the request is suspended
  * (libmicrohttpd does not watch suspended connections).  A client that
  * only shut down its sending side (a half-close) still gets its answer:
  * at the end of its data the plumbing sends an interim "100 Continue",
  * which a client that closed altogether answers with a reset, seen on the
- * next call.  Any thread, while the request is suspended. */
+ * next call.  The caller makes sure the request is suspended and not being
+ * resumed meanwhile (the interim answer must not cross the answer), and
+ * calls it from one thread at a time. */
 int mrad_req_peer_closed(struct mrad_req *r);
 
 /* ---- answering --------------------------------------------------------- */

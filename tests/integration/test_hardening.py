@@ -585,8 +585,14 @@ def test_sighup_reloads_keys_and_reopens_the_log(tmp_path):
         assert srv.proc.poll() is None
         assert srv.get("/v1/info", headers=auth)[0] == 401
         assert srv.get("/v1/info", headers={"Authorization": "Bearer new-key"})[0] == 200
+        # The access line is written once the answer has gone out.
+        deadline = time.monotonic() + 5
+        while ("access GET /v1/info 200" not in log.read_text() and
+               time.monotonic() < deadline):
+            time.sleep(0.05)
         assert "SIGHUP" in log.read_text()
         assert "access GET /v1/info 200" in log.read_text()
+        assert "access GET /v1/info 200" in (tmp_path / "mrad.log.1").read_text()
         # A key file that no longer loads keeps the keys in use.
         keyfile.write_text("")
         srv.signal(signal.SIGHUP)
