@@ -252,7 +252,7 @@ int proto_response_encode_split(const struct proto_request *req,
                                 size_t *tail_len)
 {
     const struct attn_problem *p = &req->prob;
-    uint32_t dims[4] = {p->B, p->H, p->N, p->D};
+    uint32_t dims[4] = {p->B, p->H, p->Nq, p->D};
     size_t elems, bytes, head;
     *buf = NULL;
     if (req->format != PROTO_MSGPACK)
@@ -275,7 +275,7 @@ int proto_response_encode(const struct proto_request *req,
                           const struct proto_stats *st, char **buf, size_t *len)
 {
     const struct attn_problem *p = &req->prob;
-    uint32_t dims[4] = {p->B, p->H, p->N, p->D};
+    uint32_t dims[4] = {p->B, p->H, p->Nq, p->D};
     size_t elems, bytes, head;
     *buf = NULL;
     if (tensor_bytes(dims, 4, attn_dtype_size(p->dtype), &elems, &bytes) != 0)
@@ -330,13 +330,13 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
     if (es == 0 || method == NULL || p->q == NULL || p->k == NULL ||
         p->v == NULL || p->Hkv == 0 || p->H % p->Hkv != 0)
         return PROTO_EBADREQ;
-    uint32_t qd[4] = {p->B, p->H, p->N, p->D};
-    uint32_t kd[4] = {p->B, p->Hkv, p->N, p->D};
-    uint32_t md[2] = {p->B, p->N};
-    size_t qe, qb, ke, kb, me, mb;
+    uint32_t qd[4] = {p->B, p->H, p->Nq, p->D};
+    uint32_t kd[4] = {p->B, p->Hkv, p->Nk, p->D};
+    uint32_t md[2] = {p->B, p->Nk}, qmd[2] = {p->B, p->Nq};
+    size_t qe, qb, ke, kb, me, mb, qme, qmb;
     if (tensor_bytes(qd, 4, es, &qe, &qb) ||
         tensor_bytes(kd, 4, es, &ke, &kb) || tensor_bytes(md, 2, 1, &me, &mb) ||
-        qe == 0 || ke == 0)
+        tensor_bytes(qmd, 2, 1, &qme, &qmb) || qe == 0 || ke == 0)
         return PROTO_EBADREQ;
 
     struct param params[] = {
@@ -347,32 +347,36 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
         {"timeout_ms", timeout_ms},
     };
     size_t nparams = sizeof params / sizeof params[0];
-    size_t nkeys = 4 + (p->mask != NULL) + (p->scale != 0) + (id != NULL);
+    size_t nkeys = 4 + (p->mask != NULL) + (p->q_mask != NULL) +
+                   (p->causal != 0) + (p->scale != 0) + (id != NULL);
     for (size_t i = 0; i < nparams; i++)
         nkeys += params[i].value != 0;
 
     struct pbuf b = {0};
-    const char *names[3] = {"q", "k", "v"};
-    const void *datas[3] = {p->q, p->k, p->v};
-    const uint32_t *dims[3] = {qd, kd, kd};
-    size_t elems[3] = {qe, ke, ke}, bytes[3] = {qb, kb, kb};
+    /* q, k, v, then the masks that are set. */
+    const char *names[5] = {"q", "k", "v", "mask", "q_mask"};
+    const void *datas[5] = {p->q, p->k, p->v, p->mask, p->q_mask};
+    const uint32_t *dims[5] = {qd, kd, kd, md, qmd};
+    size_t elems[5] = {qe, ke, ke, me, qme}, bytes[5] = {qb, kb, kb, mb, qmb};
 
     if (fmt == PROTO_MSGPACK) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
         size_t total = qb;
         if (!__builtin_add_overflow(total, 2 * kb, &total) &&
-            !__builtin_add_overflow(total, mb + 1024, &total))
+            !__builtin_add_overflow(total, mb + qmb + 1024, &total))
             pbuf_reserve(&b, total);
         msgpack_pack_map(&pk, nkeys);
-        for (int t = 0; t < 3; t++) {
+        for (int t = 0; t < 5; t++) {
+            if (datas[t] == NULL)
+                continue;
             mp_str(&pk, names[t]);
-            put_tensor(&b, &pk, 0, p->dtype, dims[t], 4, datas[t], elems[t],
-                       bytes[t]);
+            put_tensor(&b, &pk, 0, t < 3 ? (int)p->dtype : -1, dims[t],
+                       t < 3 ? 4 : 2, datas[t], elems[t], bytes[t]);
         }
-        if (p->mask != NULL) {
-            mp_str(&pk, "mask");
-            put_tensor(&b, &pk, 0, -1, md, 2, p->mask, me, mb);
+        if (p->causal) {
+            mp_str(&pk, "causal");
+            msgpack_pack_true(&pk);
         }
         mp_str(&pk, "method");
         mp_str(&pk, method);
@@ -396,15 +400,15 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
         return PROTO_EBADREQ;
 
     pbuf_put(&b, "{", 1);
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < 5; t++) {
+        if (datas[t] == NULL)
+            continue;
         pbuf_printf(&b, "%s\"%s\":", t ? "," : "", names[t]);
-        put_tensor(&b, NULL, 1, p->dtype, dims[t], 4, datas[t], elems[t],
-                   bytes[t]);
+        put_tensor(&b, NULL, 1, t < 3 ? (int)p->dtype : -1, dims[t],
+                   t < 3 ? 4 : 2, datas[t], elems[t], bytes[t]);
     }
-    if (p->mask != NULL) {
-        pbuf_puts(&b, ",\"mask\":");
-        put_tensor(&b, NULL, 1, -1, md, 2, p->mask, me, mb);
-    }
+    if (p->causal)
+        pbuf_puts(&b, ",\"causal\":true");
     pbuf_printf(&b, ",\"method\":\"%s\"", method);
     for (size_t i = 0; i < nparams; i++)
         if (params[i].value != 0)

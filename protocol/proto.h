@@ -42,9 +42,10 @@ enum proto_format {
 struct proto_limits {
     uint64_t max_batch;    /* B */
     uint64_t max_heads;    /* H (and Hkv) */
-    uint64_t max_tokens;   /* N */
+    uint64_t max_tokens;   /* Nq and Nk, each */
     uint64_t max_head_dim; /* D, at most ATTN_MAX_HEAD_DIM */
-    uint64_t max_elements; /* B*H*N*D of q (and of the output) */
+    uint64_t max_elements; /* of any one tensor: B*H*Nq*D of q (and of the
+                              output), B*Hkv*Nk*D of k and v */
 };
 
 /* Default limits used by mrad and mractl (documented in mrad --help). */
@@ -77,7 +78,7 @@ struct proto_request {
     char id[PROTO_ID_MAX + 1]; /* echoed back when has_id */
     int has_id;
     uint64_t timeout_ms; /* 0 = not given */
-    void *owned[5];      /* internal: buffers to free */
+    void *owned[6];      /* internal: buffers to free */
     /* internal: where prob.out came from (zeroed: malloc) */
     struct proto_out_alloc out_alloc;
 };
@@ -163,11 +164,12 @@ size_t proto_json_escape(char *dst, size_t cap, const char *s, size_t n);
  * Encodes a request body (msgpack or JSON) from a problem, for clients and
  * tools: the inverse of proto_request_decode().  id may be NULL;
  * timeout_ms 0 leaves it out.  Parameters equal to their defaults are still
- * written when set in the problem.  Returns PROTO_OK or PROTO_ENOMEM with a
- * malloc'd buffer in *buf, or PROTO_EBADREQ when the problem itself is
- * inconsistent (unknown dtype or method, NULL tensors, H % Hkv != 0).  In
- * msgpack, tensor data starts 16-byte aligned from the start of the body,
- * so that a decoder reads it in place.
+ * written when set in the problem; mask and q_mask are written when not
+ * NULL, and causal as `true` when set (left out otherwise).  Returns PROTO_OK
+ * or PROTO_ENOMEM with a malloc'd buffer in *buf, or PROTO_EBADREQ when the
+ * problem itself is inconsistent (unknown dtype or method, NULL tensors, H %
+ * Hkv != 0).  In msgpack, tensor data starts 16-byte aligned from the start of
+ * the body, so that a decoder reads it in place.
  */
 int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
                          const char *id, uint64_t timeout_ms, char **buf,
@@ -180,7 +182,7 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
  */
 struct proto_response {
     enum attn_dtype dtype;
-    uint32_t shape[4]; /* B, H, N, D */
+    uint32_t shape[4]; /* B, H, Nq, D */
     const void *out;
     size_t out_bytes;
     char id[PROTO_ID_MAX + 1];

@@ -4,12 +4,13 @@
  *
  * The body is first read into a msgpack_object tree (msgpack or JSON, see
  * internal.h), then checked field by field against the schema of
- * protocol/SPEC.md.  Every rejection names the field and what was wrong,
- * because the message goes back to whoever wrote the request.  Sizes are
- * checked against the limits (413) before anything is allocated, and all
- * size arithmetic is overflow-checked.  Tensor data from a msgpack body is
- * used in place when it is aligned to its element size; only misaligned
- * data and JSON number arrays are copied.
+ * protocol/SPEC.md.  Every rejection names the field and what was wrong
+ * (a shape that does not fit the others is shown next to the shape it
+ * should have), because the message goes back to whoever wrote the
+ * request.  Sizes are checked against the limits (413) before anything is
+ * allocated, and all size arithmetic is overflow-checked.  Tensor data from
+ * a msgpack body is used in place when it is aligned to its element size;
+ * only misaligned data and JSON number arrays are copied.
  */
 #include <float.h>
 #include <inttypes.h>
@@ -20,10 +21,12 @@
 #include "protocol/internal.h"
 
 enum rkey {
-    K_Q,
+    K_Q, /* the tensors first, in the order of enum tkind */
     K_K,
     K_V,
     K_MASK,
+    K_Q_MASK,
+    K_CAUSAL,
     K_METHOD,
     K_BLOCK_PER_ROW,
     K_NUM_BLOCKS,
@@ -36,28 +39,62 @@ enum rkey {
 };
 
 static const char *const rkey_names[K_COUNT] = {
-    "q",          "k",           "v",
-    "mask",       "method",      "block_per_row",
-    "num_blocks", "prior_first", "prior_diagonal",
-    "scale",      "timeout_ms",  "id",
+    "q",
+    "k",
+    "v",
+    "mask",
+    "q_mask",
+    "causal",
+    "method",
+    "block_per_row",
+    "num_blocks",
+    "prior_first",
+    "prior_diagonal",
+    "scale",
+    "timeout_ms",
+    "id",
 };
 
-/* Index of the owned buffers in struct proto_request.owned. */
-enum { OWN_Q, OWN_K, OWN_V, OWN_MASK, OWN_OUT };
+/* The tensors of a request, in the order of their keys, and where their
+ * data goes in struct proto_request.owned (OWN_OUT: the answer's). */
+enum tkind { T_Q, T_K, T_V, T_MASK, T_QMASK, T_COUNT };
+enum { OWN_OUT = T_COUNT };
+_Static_assert(K_Q_MASK == (int)T_QMASK && K_MASK == (int)T_MASK,
+               "the tensor keys come first, in the order of enum tkind");
+_Static_assert(OWN_OUT + 1 ==
+                   sizeof((struct proto_request *)0)->owned / sizeof(void *),
+               "one owned buffer per tensor and one for the answer");
+
+/* What each tensor's shape must be: its rank and dimension names, which
+ * messages use.  q and the output are [B, H, Nq, D], k and v [B, Hkv, Nk,
+ * D], the key mask [B, Nk] and the query mask [B, Nq]. */
+static const struct tshape {
+    int rank;
+    const char *dims[4];
+    const char *text; /* "[B,H,Nq,D]" */
+} tshapes[T_COUNT] = {
+    {4, {"B", "H", "Nq", "D"}, "[B,H,Nq,D]"},
+    {4, {"B", "Hkv", "Nk", "D"}, "[B,Hkv,Nk,D]"},
+    {4, {"B", "Hkv", "Nk", "D"}, "[B,Hkv,Nk,D]"},
+    {2, {"B", "Nk"}, "[B,Nk]"},
+    {2, {"B", "Nq"}, "[B,Nq]"},
+};
 
 /* A tensor as found in the body, before it is checked against the others. */
 struct tview {
-    const char *name; /* "q", "k", "v", "mask" */
-    int dtype;        /* enum attn_dtype, or -1 for u8 */
+    const char *name; /* "q", "k", "v", "mask", "q_mask" */
+    enum tkind kind;
+    int dtype; /* enum attn_dtype, or -1 for u8 */
     int rank;
     uint64_t shape[4];
     uint64_t elements; /* product of shape */
     const msgpack_object *data;
 };
 
-static const char *const dim_names4[4] = {"B", "H", "N", "D"};
-static const char *const dim_names_kv[4] = {"B", "Hkv", "N", "D"};
-static const char *const dim_names2[2] = {"B", "N"};
+static int is_mask(enum tkind kind)
+{
+    return kind == T_MASK || kind == T_QMASK;
+}
 
 /* A printable, bounded rendering of a key for messages: non-printable
  * bytes become '?', long keys are cut. */
@@ -114,14 +151,14 @@ static int map_fields(const msgpack_object *m, const char *where,
     return PROTO_OK;
 }
 
-static int parse_dtype(const msgpack_object *o, const char *name, int is_mask,
+static int parse_dtype(const msgpack_object *o, const char *name, int mask,
                        int *dtype, char *err, size_t errlen)
 {
     if (o->type != MSGPACK_OBJECT_STR)
         return perr(err, errlen, PROTO_EBADREQ,
                     "%s.dtype: must be a string (got %s)", name,
                     proto_type_name(o));
-    if (is_mask) {
+    if (mask) {
         if (proto_str_eq(o, "u8")) {
             *dtype = -1;
             return PROTO_OK;
@@ -137,16 +174,18 @@ static int parse_dtype(const msgpack_object *o, const char *name, int is_mask,
     char rep[64];
     key_repr(o, rep, sizeof rep);
     return perr(err, errlen, PROTO_EBADREQ, "%s.dtype: must be %s (got \"%s\")",
-                name, is_mask ? "\"u8\"" : "\"f32\", \"f16\" or \"bf16\"", rep);
+                name, mask ? "\"u8\"" : "\"f32\", \"f16\" or \"bf16\"", rep);
 }
 
 /* Reads the map of one tensor: dtype, shape (rank and positive integer
  * dimensions), and where its data is; sizes are checked later. */
-static int parse_tensor(const msgpack_object *o, const char *name, int is_mask,
+static int parse_tensor(const msgpack_object *o, enum tkind kind,
                         enum proto_format fmt, struct tview *t, char *err,
                         size_t errlen)
 {
     static const char *const tkeys[3] = {"dtype", "shape", "data"};
+    const char *name = rkey_names[kind];
+    const struct tshape *ts = &tshapes[kind];
     const msgpack_object *f[3];
     int rc = map_fields(o, name, tkeys, 3, f, err, errlen);
     if (rc != PROTO_OK)
@@ -156,38 +195,34 @@ static int parse_tensor(const msgpack_object *o, const char *name, int is_mask,
             return perr(err, errlen, PROTO_EBADREQ, "%s.%s: missing", name,
                         tkeys[i]);
     t->name = name;
-    if ((rc = parse_dtype(f[0], name, is_mask, &t->dtype, err, errlen)) != 0)
+    t->kind = kind;
+    rc = parse_dtype(f[0], name, is_mask(kind), &t->dtype, err, errlen);
+    if (rc != PROTO_OK)
         return rc;
 
-    int want = is_mask ? 2 : 4;
-    const char *dims = is_mask ? "[B, N]" : "[B, H, N, D]";
-    if (!is_mask && name[0] != 'q')
-        dims = "[B, Hkv, N, D]";
     if (f[1]->type != MSGPACK_OBJECT_ARRAY)
         return perr(err, errlen, PROTO_EBADREQ,
-                    "%s.shape: must be an array %s (got %s)", name, dims,
+                    "%s.shape: must be an array %s (got %s)", name, ts->text,
                     proto_type_name(f[1]));
-    if (f[1]->via.array.size != (uint32_t)want)
+    if (f[1]->via.array.size != (uint32_t)ts->rank)
         return perr(err, errlen, PROTO_EBADREQ,
                     "%s.shape: must have %d dimensions %s (got %" PRIu32 ")",
-                    name, want, dims, f[1]->via.array.size);
-    t->rank = want;
-    const char *const *dn =
-        is_mask ? dim_names2 : (name[0] == 'q' ? dim_names4 : dim_names_kv);
-    for (int i = 0; i < want; i++) {
+                    name, ts->rank, ts->text, f[1]->via.array.size);
+    t->rank = ts->rank;
+    for (int i = 0; i < ts->rank; i++) {
         const msgpack_object *d = &f[1]->via.array.ptr[i];
+        const char *dn = ts->dims[i];
         if (d->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
             return perr(err, errlen, PROTO_EBADREQ,
                         "%s.shape[%d]: %s must be >= 1 (got %" PRId64 ")", name,
-                        i, dn[i], d->via.i64);
+                        i, dn, d->via.i64);
         if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             return perr(err, errlen, PROTO_EBADREQ,
                         "%s.shape[%d]: %s must be an integer (got %s)", name, i,
-                        dn[i], proto_type_name(d));
+                        dn, proto_type_name(d));
         if (d->via.u64 == 0)
             return perr(err, errlen, PROTO_EBADREQ,
-                        "%s.shape[%d]: %s must be >= 1 (got 0)", name, i,
-                        dn[i]);
+                        "%s.shape[%d]: %s must be >= 1 (got 0)", name, i, dn);
         t->shape[i] = d->via.u64;
     }
 
@@ -201,13 +236,12 @@ static int parse_tensor(const msgpack_object *o, const char *name, int is_mask,
 }
 
 /* Checks a tensor's dimensions and element count against the limits (413)
- * and against 32-bit and 64-bit arithmetic. */
+ * and against 32-bit and 64-bit arithmetic: max_tokens bounds Nq and Nk
+ * alike, max_elements every tensor (q and the output, k and v). */
 static int check_size(struct tview *t, const struct proto_limits *lim,
                       char *err, size_t errlen)
 {
-    const char *const *dn =
-        t->rank == 2 ? dim_names2
-                     : (t->name[0] == 'q' ? dim_names4 : dim_names_kv);
+    const char *const *dn = tshapes[t->kind].dims;
     for (int i = 0; i < t->rank; i++) {
         uint64_t v = t->shape[i], max;
         const char *d = dn[i];
@@ -250,16 +284,48 @@ static int check_size(struct tview *t, const struct proto_limits *lim,
     return PROTO_OK;
 }
 
-/* Compares dimension i of tensor a with dimension j of tensor b. */
-static int same_dim(const struct tview *a, int i, const struct tview *b, int j,
-                    const char *dname, char *err, size_t errlen)
+/* Writes a shape as "[1,2,40,8]" into buf; `free_dims` (a bit per
+ * dimension) writes those as their names instead ("[1,Hkv,Nk,8]"). */
+static void shape_text(const uint64_t *shape, int rank, const char *const *dims,
+                       unsigned free_dims, char *buf, size_t n)
 {
-    if (a->shape[i] == b->shape[j])
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < rank && o < n; i++) {
+        int w = (free_dims >> i) & 1
+                    ? snprintf(buf + o, n - o, "%s%s", i ? "," : "[", dims[i])
+                    : snprintf(buf + o, n - o, "%s%" PRIu64, i ? "," : "[",
+                               shape[i]);
+        o += w > 0 ? (size_t)w : 0;
+    }
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+/*
+ * Checks that tensor t has the shape `want` (the dimensions whose bit is
+ * set in free_dims may be anything), which comes from tensor `from`; the
+ * message shows both shapes with t's dimension names:
+ *   "q_mask: shape [1,7] does not match q's [B,Nq] = [1,8]".
+ * `hint` (or NULL) is added in parentheses.
+ */
+static int same_shape(const struct tview *t, const uint64_t *want,
+                      unsigned free_dims, const char *from, const char *hint,
+                      char *err, size_t errlen)
+{
+    int same = 1;
+    for (int i = 0; i < t->rank; i++)
+        same = same && (((free_dims >> i) & 1) || t->shape[i] == want[i]);
+    if (same)
         return PROTO_OK;
+    const struct tshape *ts = &tshapes[t->kind];
+    char got[96], exp[96];
+    shape_text(t->shape, t->rank, ts->dims, 0, got, sizeof got);
+    shape_text(want, t->rank, ts->dims, free_dims, exp, sizeof exp);
     return perr(err, errlen, PROTO_EBADREQ,
-                "%s.shape[%d]: %s must match %s.shape[%d] (%" PRIu64
-                " vs %" PRIu64 ")",
-                a->name, i, dname, b->name, j, a->shape[i], b->shape[j]);
+                "%s: shape %s does not match %s's %s = %s%s%s%s", t->name, got,
+                from, ts->text, exp, hint ? " (" : "", hint ? hint : "",
+                hint ? ")" : "");
 }
 
 /* Checks the data length and makes the tensor's data available as an
@@ -435,6 +501,14 @@ static int parse_scalars(const msgpack_object *const *f,
                         "scale: %g is outside the range of float32", d);
         p->scale = fs;
     }
+    if (f[K_CAUSAL] != NULL) {
+        const msgpack_object *c = f[K_CAUSAL];
+        if (c->type != MSGPACK_OBJECT_BOOLEAN)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "causal: must be a boolean, true or false (got %s)",
+                        proto_type_name(c));
+        p->causal = c->via.boolean ? 1 : 0;
+    }
     if (f[K_ID] != NULL) {
         const msgpack_object *id = f[K_ID];
         if (id->type != MSGPACK_OBJECT_STR)
@@ -454,27 +528,47 @@ static int parse_scalars(const msgpack_object *const *f,
     return PROTO_OK;
 }
 
-/* Checks the tensors against each other, then loads their data. */
-static int build_problem(struct tview *t, int have_mask,
+/* Loads a u8 mask's data and checks that every byte is 0 or 1. */
+static int load_mask(const struct tview *m, const uint8_t **out, void **owned,
+                     char *err, size_t errlen)
+{
+    const void *mp;
+    int rc = load_data(m, 1, &mp, owned, err, errlen);
+    if (rc != PROTO_OK)
+        return rc;
+    const uint8_t *mb = mp;
+    for (uint64_t i = 0; i < m->elements; i++)
+        if (mb[i] > 1)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.data[%" PRIu64 "]: must be 0 or 1 (got %u)",
+                        m->name, i, mb[i]);
+    *out = mb;
+    return PROTO_OK;
+}
+
+/*
+ * Checks the tensors against each other, then loads their data.  `have`
+ * has a bit per enum tkind for the tensors the body holds.  q fixes B, H,
+ * Nq and D; k fixes Hkv and Nk; every other shape follows from those two.
+ */
+static int build_problem(struct tview *t, unsigned have,
                          const struct proto_limits *lim,
                          struct proto_request *req, char *err, size_t errlen)
 {
-    struct tview *q = &t[0], *k = &t[1], *v = &t[2], *m = &t[3];
+    struct tview *q = &t[T_Q], *k = &t[T_K], *v = &t[T_V];
+    struct tview *m = &t[T_MASK], *qm = &t[T_QMASK];
     struct attn_problem *p = &req->prob;
     int rc;
 
-    for (int i = 0; i < 3 + have_mask; i++)
-        if ((rc = check_size(&t[i], lim, err, errlen)) != PROTO_OK)
-            return rc;
-    static const int qdims[3] = {0, 2, 3};
-    for (int i = 0; i < 3; i++) {
-        int d = qdims[i];
-        if ((rc = same_dim(q, d, k, d, dim_names4[d], err, errlen)) != 0)
-            return rc;
-    }
-    for (int d = 0; d < 4; d++)
-        if ((rc = same_dim(v, d, k, d, dim_names_kv[d], err, errlen)) != 0)
-            return rc;
+    for (int i = 0; i < T_COUNT; i++)
+        if ((have >> i) & 1)
+            if ((rc = check_size(&t[i], lim, err, errlen)) != PROTO_OK)
+                return rc;
+    /* k: B and D of q (bits 1 and 2 free: Hkv and Nk); v: k's shape. */
+    const uint64_t kwant[4] = {q->shape[0], 0, 0, q->shape[3]};
+    if ((rc = same_shape(k, kwant, 6u, "q", NULL, err, errlen)) != 0 ||
+        (rc = same_shape(v, k->shape, 0, "k", NULL, err, errlen)) != 0)
+        return rc;
     if (k->shape[1] > q->shape[1] || q->shape[1] % k->shape[1] != 0)
         return perr(err, errlen, PROTO_EBADREQ,
                     "k.shape[1]: Hkv = %" PRIu64
@@ -488,9 +582,24 @@ static int build_problem(struct tview *t, int have_mask,
         return perr(err, errlen, PROTO_EBADREQ,
                     "v.dtype: must match q.dtype (%s vs %s)",
                     attn_dtype_name(v->dtype), attn_dtype_name(q->dtype));
-    if (have_mask) {
-        if ((rc = same_dim(m, 0, q, 0, "B", err, errlen)) != 0 ||
-            (rc = same_dim(m, 1, q, 2, "N", err, errlen)) != 0)
+    /* The masks: the one over the keys and the one over the queries are
+     * easy to swap when Nq != Nk, so the message says which is which. */
+    uint64_t Nq = q->shape[2], Nk = k->shape[2];
+    const uint64_t mwant[2] = {q->shape[0], Nk}, qmwant[2] = {q->shape[0], Nq};
+    if ((have >> T_MASK) & 1) {
+        const char *hint = m->shape[1] == Nq && Nq != Nk
+                               ? "mask is over the keys; q_mask is over the "
+                                 "queries"
+                               : NULL;
+        if ((rc = same_shape(m, mwant, 0, "k", hint, err, errlen)) != 0)
+            return rc;
+    }
+    if ((have >> T_QMASK) & 1) {
+        const char *hint = qm->shape[1] == Nk && Nq != Nk
+                               ? "q_mask is over the queries; mask is over "
+                                 "the keys"
+                               : NULL;
+        if ((rc = same_shape(qm, qmwant, 0, "q", hint, err, errlen)) != 0)
             return rc;
     }
 
@@ -498,28 +607,24 @@ static int build_problem(struct tview *t, int have_mask,
     p->B = (uint32_t)q->shape[0];
     p->H = (uint32_t)q->shape[1];
     p->Hkv = (uint32_t)k->shape[1];
-    p->N = (uint32_t)q->shape[2];
+    p->Nq = (uint32_t)Nq;
+    p->Nk = (uint32_t)Nk;
     p->D = (uint32_t)q->shape[3];
     size_t es = attn_dtype_size(p->dtype);
 
-    if ((rc = load_data(q, es, &p->q, &req->owned[OWN_Q], err, errlen)) ||
-        (rc = load_data(k, es, &p->k, &req->owned[OWN_K], err, errlen)) ||
-        (rc = load_data(v, es, &p->v, &req->owned[OWN_V], err, errlen)))
+    if ((rc = load_data(q, es, &p->q, &req->owned[T_Q], err, errlen)) ||
+        (rc = load_data(k, es, &p->k, &req->owned[T_K], err, errlen)) ||
+        (rc = load_data(v, es, &p->v, &req->owned[T_V], err, errlen)))
         return rc;
-    if (have_mask) {
-        const void *mp;
-        rc = load_data(m, 1, &mp, &req->owned[OWN_MASK], err, errlen);
-        if (rc != PROTO_OK)
-            return rc;
-        const uint8_t *mb = mp;
-        for (uint64_t i = 0; i < m->elements; i++)
-            if (mb[i] > 1)
-                return perr(err, errlen, PROTO_EBADREQ,
-                            "mask.data[%" PRIu64 "]: must be 0 or 1 (got %u)",
-                            i, mb[i]);
-        p->mask = mb;
-    }
-    /* The output; q's byte size was checked against size_t in load_data. */
+    if (((have >> T_MASK) & 1) &&
+        (rc = load_mask(m, &p->mask, &req->owned[T_MASK], err, errlen)) != 0)
+        return rc;
+    if (((have >> T_QMASK) & 1) &&
+        (rc = load_mask(qm, &p->q_mask, &req->owned[T_QMASK], err, errlen)) !=
+            0)
+        return rc;
+    /* The output [B, H, Nq, D], q's size: checked against size_t in
+     * load_data. */
     size_t out_bytes = (size_t)q->elements * es;
     void *out = req->out_alloc.alloc
                     ? req->out_alloc.alloc(out_bytes, req->out_alloc.ctx)
@@ -565,19 +670,22 @@ int proto_request_decode_with(const void *body, size_t len,
 
     const msgpack_object *f[K_COUNT];
     rc = map_fields(&root, "", rkey_names, K_COUNT, f, err, errlen);
-    struct tview t[4];
+    struct tview t[T_COUNT];
+    unsigned have = 0;
     memset(t, 0, sizeof t);
-    for (int i = K_Q; rc == PROTO_OK && i <= K_MASK; i++)
-        if (f[i] != NULL)
-            rc = parse_tensor(f[i], rkey_names[i], i == K_MASK, fmt, &t[i], err,
-                              errlen);
-    for (int i = K_Q; rc == PROTO_OK && i <= K_V; i++)
+    for (int i = 0; rc == PROTO_OK && i < T_COUNT; i++) {
+        if (f[i] == NULL)
+            continue;
+        rc = parse_tensor(f[i], (enum tkind)i, fmt, &t[i], err, errlen);
+        have |= 1u << i;
+    }
+    for (int i = T_Q; rc == PROTO_OK && i <= T_V; i++)
         if (f[i] == NULL)
             rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
     if (rc == PROTO_OK)
         rc = parse_scalars(f, req, err, errlen);
     if (rc == PROTO_OK)
-        rc = build_problem(t, f[K_MASK] != NULL, lim, req, err, errlen);
+        rc = build_problem(t, have, lim, req, err, errlen);
     if (rc == PROTO_OK) {
         /* The attention library's own check of the finished problem. */
         char msg[256];

@@ -68,7 +68,7 @@ static int get_number(const msgpack_object *m, const char *name, double *v,
     return PROTO_OK;
 }
 
-/* Reads "out": dtype, shape [B, H, N, D] and data (bin in place when
+/* Reads "out": dtype, shape [B, H, Nq, D] and data (bin in place when
  * aligned, else copied; a JSON array converted, null read as NaN). */
 static int get_out(const msgpack_object *o, struct proto_response *r, char *err,
                    size_t errlen)

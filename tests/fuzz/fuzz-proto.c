@@ -5,8 +5,9 @@
  * in both formats (with tight limits, so large shapes take the 413 path
  * instead of allocating), the answer decoder and the error-body parser.
  * A request that decodes must also encode to an answer and a request that
- * decode again to the same problem, which checks the encoders on whatever
- * shapes the fuzzer finds.  Sanitizers turn any bad read into a crash.
+ * decode again to the same problem (shapes, masks, causality, data),
+ * which checks the encoders on whatever shapes the fuzzer finds.  Sanitizers
+ * turn any bad read into a crash.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -14,11 +15,24 @@
 
 #include "protocol/proto.h"
 
+/* Two masks of n bytes hold the same tokens (a problem counts any nonzero
+ * byte as real; the wire carries 0 and 1); NULL only equals NULL. */
+static int same_mask(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    for (size_t i = 0; i < n; i++)
+        if ((a[i] != 0) != (b[i] != 0))
+            return 0;
+    return 1;
+}
+
 static void roundtrip(const struct proto_request *req)
 {
     const struct attn_problem *p = &req->prob;
     size_t es = attn_dtype_size(p->dtype);
-    size_t nq = (size_t)p->B * p->H * p->N * p->D;
+    size_t nq = (size_t)p->B * p->H * p->Nq * p->D;
+    size_t nk = (size_t)p->B * p->Hkv * p->Nk * p->D;
     memset(p->out, 0, nq * es);
     struct proto_stats st = {.backend = "cpu", .batch_requests = 1};
     char *ans, *body, err[256];
@@ -39,9 +53,14 @@ static void roundtrip(const struct proto_request *req)
         if (proto_request_decode(body, blen, req->format, NULL, &again, err,
                                  sizeof err) != PROTO_OK)
             abort();
-        if (again.prob.N != p->N || again.prob.D != p->D ||
-            again.prob.method != p->method || again.prob.scale != p->scale ||
-            memcmp(again.prob.q, p->q, nq * es) != 0)
+        const struct attn_problem *a = &again.prob;
+        if (a->Nq != p->Nq || a->Nk != p->Nk || a->D != p->D ||
+            a->Hkv != p->Hkv || a->causal != p->causal ||
+            a->method != p->method || a->scale != p->scale ||
+            memcmp(a->q, p->q, nq * es) != 0 ||
+            memcmp(a->v, p->v, nk * es) != 0 ||
+            !same_mask(a->mask, p->mask, (size_t)p->B * p->Nk) ||
+            !same_mask(a->q_mask, p->q_mask, (size_t)p->B * p->Nq))
             abort();
         proto_request_release(&again);
         free(body);

@@ -1,6 +1,7 @@
 /*
  * test-codec.c - tests the wire codec on bodies that must be accepted:
  * request and response round trips in msgpack and JSON for every dtype,
+ * self- and cross-attention shapes with key and query masks and causality,
  * tensor data read in place or copied depending on its alignment, JSON
  * string escapes and numbers, limits at their edge, error bodies.
  */
@@ -25,7 +26,7 @@ static float rnd(uint32_t *s)
 struct sample {
     struct attn_problem p;
     void *q, *k, *v;
-    uint8_t *mask;
+    uint8_t *mask, *q_mask;
 };
 
 static void *fill(enum attn_dtype dt, size_t n, uint32_t *seed)
@@ -39,9 +40,26 @@ static void *fill(enum attn_dtype dt, size_t n, uint32_t *seed)
     return out;
 }
 
-/* A problem with every optional field set, odd sizes and grouped heads. */
-static void sample_make(struct sample *s, enum attn_dtype dt, int with_mask)
+/* Mask bytes with zeros and a few nonzero values other than 1 (the wire
+ * carries them as 1). */
+static uint8_t *mask_make(size_t n, int shift)
 {
+    uint8_t *m = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        m[i] = ((i + shift) % 5 == 0) ? 0 : ((i + shift) % 7 == 0 ? 5 : 1);
+    return m;
+}
+
+/* The shapes of the samples: self-attention without and with a mask,
+ * more keys than queries with both masks and causality, and more queries
+ * than keys with a query mask only. */
+enum { SAMPLE_PLAIN, SAMPLE_MASK, SAMPLE_CROSS, SAMPLE_WIDE, SAMPLE_KINDS };
+
+/* A problem with every optional field set, odd sizes and grouped heads. */
+static void sample_make(struct sample *s, enum attn_dtype dt, int kind)
+{
+    static const uint32_t nq[SAMPLE_KINDS] = {37, 37, 37, 70};
+    static const uint32_t nk[SAMPLE_KINDS] = {37, 37, 53, 5};
     uint32_t seed = 12345 + (uint32_t)dt;
     memset(s, 0, sizeof *s);
     struct attn_problem *p = &s->p;
@@ -49,7 +67,8 @@ static void sample_make(struct sample *s, enum attn_dtype dt, int with_mask)
     p->B = 2;
     p->H = 4;
     p->Hkv = 2;
-    p->N = 37;
+    p->Nq = nq[kind];
+    p->Nk = nk[kind];
     p->D = 17;
     p->method = ATTN_MRA2_SPARSE;
     p->block_per_row = 3;
@@ -57,16 +76,15 @@ static void sample_make(struct sample *s, enum attn_dtype dt, int with_mask)
     p->prior_first = 1;
     p->prior_diagonal = 3;
     p->scale = 0.3f;
-    size_t nq = 2 * 4 * 37 * 17, nk = 2 * 2 * 37 * 17;
-    p->q = s->q = fill(dt, nq, &seed);
-    p->k = s->k = fill(dt, nk, &seed);
-    p->v = s->v = fill(dt, nk, &seed);
-    if (with_mask) {
-        s->mask = malloc(2 * 37);
-        for (int i = 0; i < 2 * 37; i++)
-            s->mask[i] = (i % 5 == 0) ? 0 : (i % 7 == 0 ? 5 : 1);
-        p->mask = s->mask;
-    }
+    p->causal = kind >= SAMPLE_CROSS;
+    size_t nqe = (size_t)2 * 4 * p->Nq * 17, nke = (size_t)2 * 2 * p->Nk * 17;
+    p->q = s->q = fill(dt, nqe, &seed);
+    p->k = s->k = fill(dt, nke, &seed);
+    p->v = s->v = fill(dt, nke, &seed);
+    if (kind == SAMPLE_MASK || kind == SAMPLE_CROSS)
+        p->mask = s->mask = mask_make((size_t)2 * p->Nk, 0);
+    if (kind >= SAMPLE_CROSS)
+        p->q_mask = s->q_mask = mask_make((size_t)2 * p->Nq, 3);
 }
 
 static void sample_free(struct sample *s)
@@ -75,6 +93,14 @@ static void sample_free(struct sample *s)
     free(s->k);
     free(s->v);
     free(s->mask);
+    free(s->q_mask);
+}
+
+static void assert_same_mask(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    assert_int_equal(a == NULL, b == NULL);
+    for (size_t i = 0; a != NULL && i < n; i++)
+        assert_int_equal(a[i] != 0, b[i]);
 }
 
 static void assert_same_problem(const struct attn_problem *a,
@@ -85,23 +111,23 @@ static void assert_same_problem(const struct attn_problem *a,
     assert_int_equal(a->B, b->B);
     assert_int_equal(a->H, b->H);
     assert_int_equal(a->Hkv, b->Hkv);
-    assert_int_equal(a->N, b->N);
+    assert_int_equal(a->Nq, b->Nq);
+    assert_int_equal(a->Nk, b->Nk);
     assert_int_equal(a->D, b->D);
+    assert_int_equal(a->causal != 0, b->causal);
     assert_true(a->scale == b->scale);
     assert_int_equal(a->num_blocks, b->num_blocks);
     assert_int_equal(a->block_per_row, b->block_per_row);
     assert_int_equal(a->prior_first, b->prior_first);
     assert_int_equal(a->prior_diagonal, b->prior_diagonal);
     size_t es = attn_dtype_size(a->dtype);
-    size_t nq = (size_t)a->B * a->H * a->N * a->D * es;
-    size_t nk = (size_t)a->B * a->Hkv * a->N * a->D * es;
+    size_t nq = (size_t)a->B * a->H * a->Nq * a->D * es;
+    size_t nk = (size_t)a->B * a->Hkv * a->Nk * a->D * es;
     assert_memory_equal(a->q, b->q, nq);
     assert_memory_equal(a->k, b->k, nk);
     assert_memory_equal(a->v, b->v, nk);
-    assert_int_equal(a->mask == NULL, b->mask == NULL);
-    if (a->mask != NULL)
-        for (size_t i = 0; i < (size_t)a->B * a->N; i++)
-            assert_int_equal(a->mask[i] != 0, b->mask[i]);
+    assert_same_mask(a->mask, b->mask, (size_t)a->B * a->Nk);
+    assert_same_mask(a->q_mask, b->q_mask, (size_t)a->B * a->Nq);
 }
 
 static void test_request_roundtrip(void **state)
@@ -109,7 +135,7 @@ static void test_request_roundtrip(void **state)
     (void)state;
     for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
         for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
-            for (int m = 0; m < 2; m++) {
+            for (int m = 0; m < SAMPLE_KINDS; m++) {
                 struct sample s;
                 sample_make(&s, (enum attn_dtype)dt, m);
                 char *body;
@@ -123,7 +149,8 @@ static void test_request_roundtrip(void **state)
                 int rc = proto_request_decode(body, len, fmt, NULL, &req, err,
                                               sizeof err);
                 if (rc != PROTO_OK)
-                    print_error("fmt %d dtype %d: %s\n", fmt, dt, err);
+                    print_error("fmt %d dtype %d kind %d: %s\n", fmt, dt, m,
+                                err);
                 assert_int_equal(rc, PROTO_OK);
                 assert_same_problem(&s.p, &req.prob);
                 assert_int_equal(req.format, fmt);
@@ -161,6 +188,10 @@ static void test_request_defaults(void **state)
     assert_int_equal(req.prob.block_per_row, 0);
     assert_int_equal(req.prob.num_blocks, 0);
     assert_null(req.prob.mask);
+    assert_null(req.prob.q_mask);
+    assert_int_equal(req.prob.causal, 0);
+    assert_int_equal(req.prob.Nq, 3);
+    assert_int_equal(req.prob.Nk, 3);
     assert_false(req.has_id);
     assert_int_equal(req.timeout_ms, 0);
     proto_request_release(&req);
@@ -182,6 +213,70 @@ static void test_request_defaults(void **state)
     free(body);
 }
 
+/* Cross-attention bodies: Nq and Nk independent, each mask over its own
+ * side, causal as a boolean in both formats; the answer is [B,H,Nq,D]. */
+static void test_request_cross(void **state)
+{
+    (void)state;
+    static const char *const tmpls[] = {
+        "{'q':{'dtype':'f32','shape':[2,2,1,4],'data':'bin:64'},"
+        "'k':{'dtype':'f32','shape':[2,1,300,4],'data':'bin:9600'},"
+        "'v':{'dtype':'f32','shape':[2,1,300,4],'data':'bin:9600'},"
+        "'mask':{'dtype':'u8','shape':[2,300],'data':'bin:600:1'},"
+        "'q_mask':{'dtype':'u8','shape':[2,1],'data':'bin:2:1'},"
+        "'causal':true}",
+        "{'q':{'dtype':'f32','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
+        "'k':{'dtype':'f32','shape':[1,1,2,2],'data':[1,2,3,4]},"
+        "'v':{'dtype':'f32','shape':[1,1,2,2],'data':[1,2,3,4]},"
+        "'q_mask':{'dtype':'u8','shape':[1,3],'data':[1,0,1]},"
+        "'causal':false}",
+    };
+    static const uint32_t want[2][3] = {{1, 300, 1}, {3, 2, 0}};
+    for (int i = 0; i < 2; i++) {
+        enum proto_format fmt = i == 0 ? PROTO_MSGPACK : PROTO_JSON;
+        size_t len;
+        char *body = fmt == PROTO_MSGPACK ? tbody_msgpack(tmpls[i], &len)
+                                          : tbody_json(tmpls[i]);
+        if (fmt == PROTO_JSON)
+            len = strlen(body);
+        struct proto_request req;
+        char err[256];
+        int rc =
+            proto_request_decode(body, len, fmt, NULL, &req, err, sizeof err);
+        if (rc != PROTO_OK)
+            fail_msg("body %d: %s", i, err);
+        assert_int_equal(req.prob.Nq, want[i][0]);
+        assert_int_equal(req.prob.Nk, want[i][1]);
+        assert_int_equal(req.prob.causal, want[i][2]);
+        assert_non_null(req.prob.q_mask);
+        assert_int_equal(req.prob.mask == NULL, i == 1);
+        if (i == 1) {
+            assert_int_equal(req.prob.q_mask[0], 1);
+            assert_int_equal(req.prob.q_mask[1], 0);
+        }
+        /* The answer has q's shape. */
+        struct proto_stats st = {.backend = "cpu"};
+        char *ans;
+        size_t alen;
+        memset(req.prob.out, 0,
+               (size_t)req.prob.B * req.prob.H * req.prob.Nq * req.prob.D * 4);
+        assert_int_equal(proto_response_encode(&req, &st, &ans, &alen),
+                         PROTO_OK);
+        struct proto_response r;
+        assert_int_equal(
+            proto_response_decode(ans, alen, fmt, &r, err, sizeof err),
+            PROTO_OK);
+        assert_int_equal(r.shape[0], req.prob.B);
+        assert_int_equal(r.shape[1], req.prob.H);
+        assert_int_equal(r.shape[2], req.prob.Nq);
+        assert_int_equal(r.shape[3], req.prob.D);
+        proto_response_release(&r);
+        free(ans);
+        proto_request_release(&req);
+        free(body);
+    }
+}
+
 /* Where the tensor bytes land in memory decides between in place and a
  * copy: slide one body over eight offsets of an aligned buffer. */
 static void test_inplace_or_copy(void **state)
@@ -189,7 +284,7 @@ static void test_inplace_or_copy(void **state)
     (void)state;
     for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
         struct sample s;
-        sample_make(&s, (enum attn_dtype)dt, 1);
+        sample_make(&s, (enum attn_dtype)dt, SAMPLE_CROSS);
         char *body;
         size_t len;
         assert_int_equal(
@@ -212,8 +307,10 @@ static void test_inplace_or_copy(void **state)
             assert_int_equal((uintptr_t)q % es, 0);
             assert_int_equal((uintptr_t)req.prob.k % es, 0);
             assert_int_equal((uintptr_t)req.prob.v % es, 0);
-            /* The mask (bytes) is always read in place. */
+            /* The masks (bytes) are always read in place. */
             const char *m = (const char *)req.prob.mask;
+            assert_true(m >= space + off && m < space + off + len);
+            m = (const char *)req.prob.q_mask;
             assert_true(m >= space + off && m < space + off + len);
             /* The encoder aligns every tensor's data to 16 bytes from the
              * start of the body, so an aligned body is read in place. */
@@ -239,7 +336,7 @@ static void test_response_roundtrip(void **state)
     for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
         for (int dt = ATTN_F32; dt <= ATTN_BF16; dt++) {
             struct sample s;
-            sample_make(&s, (enum attn_dtype)dt, 0);
+            sample_make(&s, (enum attn_dtype)dt, SAMPLE_CROSS);
             char *body, *ans;
             size_t len, alen;
             assert_int_equal(
@@ -338,9 +435,10 @@ static void test_response_split(void **state)
                 p->method = (enum attn_method)(ii % 3);
                 p->B = shapes[si][0];
                 p->H = p->Hkv = shapes[si][1];
-                p->N = shapes[si][2];
+                p->Nq = shapes[si][2];
+                p->Nk = shapes[si][2] / 2 + 1;
                 p->D = shapes[si][3];
-                size_t n = (size_t)p->B * p->H * p->N * p->D;
+                size_t n = (size_t)p->B * p->H * p->Nq * p->D;
                 void *out = fill((enum attn_dtype)dt, n, &seed);
                 p->out = out;
                 req.format = PROTO_MSGPACK;
@@ -380,7 +478,8 @@ static void test_response_split(void **state)
     struct proto_request req;
     memset(&req, 0, sizeof req);
     req.format = PROTO_JSON;
-    req.prob.B = req.prob.H = req.prob.Hkv = req.prob.N = req.prob.D = 1;
+    req.prob.B = req.prob.H = req.prob.Hkv = req.prob.D = 1;
+    req.prob.Nq = req.prob.Nk = 1;
     float one = 1;
     req.prob.out = &one;
     struct proto_stats st = {.backend = "cpu"};
@@ -603,12 +702,38 @@ static void test_limits_edge(void **state)
     assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
                                           err, sizeof err),
                      PROTO_ETOOBIG);
-    assert_non_null(strstr(err, "q.shape[2]: N = 40 exceeds the limit of 39"));
+    assert_non_null(strstr(err, "q.shape[2]: Nq = 40 exceeds the limit of 39"));
     lim.max_tokens = 40;
     lim.max_elements = 639;
     assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
                                           err, sizeof err),
                      PROTO_ETOOBIG);
+    free(body);
+
+    /* max_tokens bounds Nk as well as Nq, and max_elements k and v as well
+     * as q: few queries do not let through many keys. */
+    body = tbody_msgpack(
+        "{'q':{'dtype':'f32','shape':[1,2,1,8],'data':'bin:64'},"
+        "'k':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'},"
+        "'v':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'}}",
+        &len);
+    lim.max_tokens = 40;
+    lim.max_elements = 640;
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_OK);
+    proto_request_release(&req);
+    lim.max_tokens = 39;
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_ETOOBIG);
+    assert_non_null(strstr(err, "k.shape[2]: Nk = 40 exceeds the limit of 39"));
+    lim.max_tokens = 40;
+    lim.max_elements = 639;
+    assert_int_equal(proto_request_decode(body, len, PROTO_MSGPACK, &lim, &req,
+                                          err, sizeof err),
+                     PROTO_ETOOBIG);
+    assert_non_null(strstr(err, "k.shape: 640 elements exceed the limit"));
     free(body);
 }
 
@@ -630,6 +755,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_roundtrip),
         cmocka_unit_test(test_request_defaults),
+        cmocka_unit_test(test_request_cross),
         cmocka_unit_test(test_inplace_or_copy),
         cmocka_unit_test(test_response_roundtrip),
         cmocka_unit_test(test_response_split),

@@ -32,6 +32,8 @@ struct bad_case {
 #define TK "'k':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'}"
 #define TV "'v':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'}"
 #define QKV TQ "," TK "," TV
+/* q of 8 queries, for cross-attention with TK and TV's 40 keys. */
+#define XQ "'q':{'dtype':'f32','shape':[1,2,8,8],'data':'bin:512'}"
 #define TQS(shape, bin)                                                        \
     "'q':{'dtype':'f32','shape':" shape ",'data':'bin:" bin "'}," TK "," TV
 #define BAD PROTO_EBADREQ
@@ -72,7 +74,8 @@ static const struct bad_case msgpack_cases[] = {
     C("{" TQS("[2,40,8]", "2560") "}", BAD, "q.shape: must have 4"),
     C("{" TQS("[1,'2',40,8]", "2560") "}", BAD,
       "q.shape[1]: H must be an integer"),
-    C("{" TQS("[1,2,0,8]", "0") "}", BAD, "q.shape[2]: N must be >= 1 (got 0)"),
+    C("{" TQS("[1,2,0,8]", "0") "}", BAD,
+      "q.shape[2]: Nq must be >= 1 (got 0)"),
     C("{" TQS("[-1,2,40,8]", "2560") "}", BAD,
       "q.shape[0]: B must be >= 1 (got -1)"),
     C("{" TQS("[1,2,40,8.5]", "2560") "}", BAD,
@@ -82,18 +85,24 @@ static const struct bad_case msgpack_cases[] = {
     C("{'q':{'dtype':'f32','shape':[1,2,40,8],'data':[1,2]}," TK "," TV "}",
       BAD, "q.data: must be binary data (got an array)"),
     C("{" TQS("[1,2,40,8]", "2559") "}", BAD, "q.data: length 2559"),
-    C("{" TQ ",'k':{'dtype':'f32','shape':[1,1,39,8],'data':'bin:1248'},"
-      "'v':{'dtype':'f32','shape':[1,1,39,8],'data':'bin:1248'}}",
-      BAD, "q.shape[2]: N must match k.shape[2] (40 vs 39)"),
+    /* k and v must agree on Nk (q's Nq may differ from both). */
+    C("{" TQ ",'k':{'dtype':'f32','shape':[1,1,39,8],'data':'bin:1248'}," TV
+      "}",
+      BAD, "v: shape [1,1,40,8] does not match k's [B,Hkv,Nk,D] = [1,1,39,8]"),
+    C("{" TQ "," TK ",'v':{'dtype':'f32','shape':[1,1,41,8],"
+      "'data':'bin:1312'}}",
+      BAD, "v: shape [1,1,41,8] does not match k's [B,Hkv,Nk,D] = [1,1,40,8]"),
     C("{" TQ ",'k':{'dtype':'f32','shape':[1,1,40,4],'data':'bin:640'},"
       "'v':{'dtype':'f32','shape':[1,1,40,4],'data':'bin:640'}}",
-      BAD, "q.shape[3]: D must match k.shape[3]"),
+      BAD,
+      "k: shape [1,1,40,4] does not match q's [B,Hkv,Nk,D] = [1,Hkv,Nk,8]"),
     C("{" TQ ",'k':{'dtype':'f32','shape':[2,1,40,8],'data':'bin:2560'},"
       "'v':{'dtype':'f32','shape':[2,1,40,8],'data':'bin:2560'}}",
-      BAD, "q.shape[0]: B must match k.shape[0]"),
+      BAD,
+      "k: shape [2,1,40,8] does not match q's [B,Hkv,Nk,D] = [1,Hkv,Nk,8]"),
     C("{" TQ "," TK ",'v':{'dtype':'f32','shape':[1,2,40,8],"
       "'data':'bin:2560'}}",
-      BAD, "v.shape[1]: Hkv must match k.shape[1] (2 vs 1)"),
+      BAD, "v: shape [1,2,40,8] does not match k's [B,Hkv,Nk,D] = [1,1,40,8]"),
     C("{'q':{'dtype':'f32','shape':[1,3,40,8],'data':'bin:3840'},"
       "'k':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'},"
       "'v':{'dtype':'f32','shape':[1,2,40,8],'data':'bin:2560'}}",
@@ -112,14 +121,69 @@ static const struct bad_case msgpack_cases[] = {
     C("{" QKV ",'mask':{'dtype':'u8','shape':[1,1,1,40],'data':'bin:40'}}", BAD,
       "mask.shape: must have 2"),
     C("{" QKV ",'mask':{'dtype':'u8','shape':[1,39],'data':'bin:39'}}", BAD,
-      "mask.shape[1]: N must match q.shape[2] (39 vs 40)"),
+      "mask: shape [1,39] does not match k's [B,Nk] = [1,40]"),
     C("{" QKV ",'mask':{'dtype':'u8','shape':[2,40],'data':'bin:80'}}", BAD,
-      "mask.shape[0]: B must match q.shape[0]"),
+      "mask: shape [2,40] does not match k's [B,Nk] = [1,40]"),
     C("{" QKV ",'mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:2'}}", BAD,
       "mask.data[0]: must be 0 or 1 (got 2)"),
     C("{" QKV ",'mask':{'dtype':'u8','shape':[1,40],'data':'bin:41'}}", BAD,
       "mask.data: length 41"),
     C("{" QKV ",'mask':[1,1]}", BAD, "mask: must be a map"),
+    /* The query mask: the rules of the key mask, over q's [B, Nq]. */
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,39],'data':'bin:39'}}", BAD,
+      "q_mask: shape [1,39] does not match q's [B,Nq] = [1,40]"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[2,40],'data':'bin:80'}}", BAD,
+      "q_mask: shape [2,40] does not match q's [B,Nq] = [1,40]"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[40],'data':'bin:40'}}", BAD,
+      "q_mask.shape: must have 2 dimensions [B,Nq] (got 1)"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,0],'data':'bin:0'}}", BAD,
+      "q_mask.shape[1]: Nq must be >= 1 (got 0)"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:2'}}", BAD,
+      "q_mask.data[0]: must be 0 or 1 (got 2)"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:255'}}",
+      BAD, "q_mask.data[0]: must be 0 or 1 (got 255)"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:39'}}", BAD,
+      "q_mask.data: length 39"),
+    C("{" QKV ",'q_mask':{'dtype':'f32','shape':[1,40],'data':'bin:160'}}", BAD,
+      "q_mask.dtype: must be \"u8\" (got \"f32\")"),
+    C("{" QKV ",'q_mask':{'dtype':'bool','shape':[1,40],'data':'bin:40'}}", BAD,
+      "q_mask.dtype: must be \"u8\""),
+    C("{" QKV ",'q_mask':{'shape':[1,40],'data':'bin:40'}}", BAD,
+      "q_mask.dtype: missing"),
+    C("{" QKV ",'q_mask':true}", BAD, "q_mask: must be a map (got a boolean)"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:1'},"
+      "'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:1'}}",
+      BAD, "q_mask: duplicate key"),
+    /* Cross-attention, 8 queries and 40 keys: each mask over its side. */
+    C("{" XQ "," TK "," TV ",'mask':{'dtype':'u8','shape':[1,8],'data':'bin:8'}"
+      "}",
+      BAD,
+      "mask: shape [1,8] does not match k's [B,Nk] = [1,40] (mask is over "
+      "the keys; q_mask is over the queries)"),
+    C("{" XQ "," TK "," TV
+      ",'q_mask':{'dtype':'u8','shape':[1,40],'data':'bin:40'}}",
+      BAD,
+      "q_mask: shape [1,40] does not match q's [B,Nq] = [1,8] (q_mask is "
+      "over the queries; mask is over the keys)"),
+    C("{" XQ "," TK ",'v':{'dtype':'f32','shape':[1,1,8,8],'data':'bin:256'}}",
+      BAD, "v: shape [1,1,8,8] does not match k's [B,Hkv,Nk,D] = [1,1,40,8]"),
+    C("{" XQ ",'k':{'dtype':'f32','shape':[1,1,40,4],'data':'bin:640'},"
+      "'v':{'dtype':'f32','shape':[1,1,40,4],'data':'bin:640'}}",
+      BAD,
+      "k: shape [1,1,40,4] does not match q's [B,Hkv,Nk,D] = [1,Hkv,Nk,8]"),
+    /* causal is a boolean, nothing else. */
+    C("{" QKV ",'causal':1}", BAD,
+      "causal: must be a boolean, true or false (got an integer)"),
+    C("{" QKV ",'causal':0}", BAD, "causal: must be a boolean"),
+    C("{" QKV ",'causal':'true'}", BAD,
+      "causal: must be a boolean, true or false (got a string)"),
+    C("{" QKV ",'causal':null}", BAD,
+      "causal: must be a boolean, true or false (got null)"),
+    C("{" QKV ",'causal':[true]}", BAD, "causal: must be a boolean"),
+    C("{" QKV ",'causal':'f64:1'}", BAD,
+      "causal: must be a boolean, true or false (got a float)"),
+    C("{" QKV ",'causal':true,'causal':false}", BAD, "causal: duplicate key"),
+    C("{" QKV ",'Causal':true}", BAD, "Causal: unknown key"),
     C("{" QKV ",'method':'fast'}", BAD, "method: must be"),
     C("{" QKV ",'method':2}", BAD, "method: must be a string"),
     C("{" QKV ",'block_per_row':0}", BAD, "block_per_row: must be >= 1"),
@@ -158,22 +222,32 @@ static const struct bad_case msgpack_cases[] = {
       "q.shape[0]: B = 100 exceeds the limit of 64"),
     C("{" TQS("[1,1000,40,8]", "2560") "}", BIG, "q.shape[1]: H = 1000"),
     C("{" TQS("[1,2,200000,8]", "2560") "}", BIG,
-      "q.shape[2]: N = 200000 exceeds the limit of 131072"),
+      "q.shape[2]: Nq = 200000 exceeds the limit of 131072"),
     C("{" TQS("[1,2,40,512]", "2560") "}", BIG,
       "q.shape[3]: D = 512 exceeds the limit of 256"),
     C("{" TQS("[18446744073709551615,2,40,8]", "2560") "}", BIG,
       "q.shape[0]: B = 18446744073709551615 exceeds"),
     C("{" TQ ",'k':{'dtype':'f32','shape':[1,1,200000,8],'data':'bin:1'},"
       "'v':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'}}",
-      BIG, "k.shape[2]: N = 200000"),
+      BIG, "k.shape[2]: Nk = 200000 exceeds the limit of 131072"),
+    C("{" XQ ",'k':{'dtype':'f32','shape':[1,1,200000,8],'data':'bin:1'},"
+      "'v':{'dtype':'f32','shape':[1,1,200000,8],'data':'bin:1'}}",
+      BIG, "k.shape[2]: Nk = 200000 exceeds the limit of 131072"),
     C("{" QKV ",'mask':{'dtype':'u8','shape':[1000,40],'data':'bin:4'}}", BIG,
       "mask.shape[0]: B = 1000"),
+    C("{" QKV ",'mask':{'dtype':'u8','shape':[1,200000],'data':'bin:4'}}", BIG,
+      "mask.shape[1]: Nk = 200000 exceeds"),
+    C("{" QKV ",'q_mask':{'dtype':'u8','shape':[1,200000],'data':'bin:4'}}",
+      BIG, "q_mask.shape[1]: Nq = 200000 exceeds the limit of 131072"),
     {"{" TQS("[1,2,40,8]", "2560") "}", PROTO_ETOOBIG,
      "q.shape: 640 elements exceed the limit of 100", 0, 100},
     {"{" TQS("[4294967295,4294967295,4294967295,8]", "4") "}", PROTO_ETOOBIG,
      "q.shape: the element count overflows 64 bits", 1, 0},
     {"{" TQS("[1,2,1099511627776,8]", "4") "}", PROTO_ETOOBIG,
-     "q.shape[2]: N = 1099511627776 exceeds the largest supported", 1, 0},
+     "q.shape[2]: Nq = 1099511627776 exceeds the largest supported", 1, 0},
+    /* max_elements bounds k and v too, not only q: 8 queries, 40 keys. */
+    {"{" XQ "," TK "," TV "}", PROTO_ETOOBIG,
+     "k.shape: 320 elements exceed the limit of 300", 0, 300},
 };
 
 /* Small valid JSON tensors: q, k, v [1,1,2,2]. */
@@ -234,6 +308,18 @@ static const struct bad_case json_cases[] = {
     C("{" JQKV ",'mask':{'dtype':'u8','shape':[1,2],'data':[1,0.5]}}", BAD,
       "mask.data[1]: must be 0 or 1"),
     C("{" JQKV ",'id':'\\u0000'}", BAD, "id: must be UTF-8 text"),
+    C("{" JQKV ",'q_mask':{'dtype':'u8','shape':[1,2],'data':[1,2]}}", BAD,
+      "q_mask.data[1]: must be 0 or 1 (got 2)"),
+    C("{" JQKV ",'q_mask':{'dtype':'u8','shape':[1,2],'data':[true,1]}}", BAD,
+      "q_mask.data[0]: must be a number (got a boolean)"),
+    C("{" JQKV ",'q_mask':{'dtype':'u8','shape':[1,3],'data':[1,1,1]}}", BAD,
+      "q_mask: shape [1,3] does not match q's [B,Nq] = [1,2]"),
+    C("{" JQKV ",'causal':1}", BAD,
+      "causal: must be a boolean, true or false (got an integer)"),
+    C("{" JQKV ",'causal':'yes'}", BAD,
+      "causal: must be a boolean, true or false (got a string)"),
+    C("{" JQKV ",'causal':null}", BAD, "causal: must be a boolean"),
+    C("{" JQKV ",'causal':tru}", BAD, "expected a value"),
     C("{'q':{'dtype':'f32','shape':[1,1,2,2],'data':'bin:16'}," JKV "}", BAD,
       "q.data: must be an array of numbers"),
 };
@@ -274,7 +360,7 @@ static void check_result(const char *what, size_t i, int rc, int want,
                          const struct proto_request *req, int *fails)
 {
     int ok = rc == want && strstr(err, field) != NULL;
-    for (size_t k = 0; k < 5; k++)
+    for (size_t k = 0; k < sizeof req->owned / sizeof req->owned[0]; k++)
         ok = ok && req->owned[k] == NULL;
     if (!ok) {
         print_error("%s case %zu: rc %d (want %d), message \"%s\" "
@@ -416,7 +502,9 @@ static void test_every_truncation(void **state)
     (void)state;
     size_t len;
     char *body = tbody_msgpack("{" QKV ",'mask':{'dtype':'u8','shape':[1,40],"
-                               "'data':'bin:40:1'},'id':'x','scale':0.5}",
+                               "'data':'bin:40:1'},'q_mask':{'dtype':'u8',"
+                               "'shape':[1,40],'data':'bin:40:1'},"
+                               "'causal':true,'id':'x','scale':0.5}",
                                &len);
     struct proto_request req;
     char err[256];

@@ -120,7 +120,7 @@ static void test_request_decode(void **state)
                      PROTO_ENOMEM);
     fail_after(-1);
     assert_non_null(strstr(err, "out of memory"));
-    for (int i = 0; i < 5; i++)
+    for (size_t i = 0; i < sizeof req.owned / sizeof req.owned[0]; i++)
         assert_null(req.owned[i]);
     free(mis);
     free(body);
@@ -129,11 +129,13 @@ static void test_request_decode(void **state)
         "{'q':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
         "'k':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
         "'v':{'dtype':'bf16','shape':[1,1,3,2],'data':[1,2,3,4,5,6]},"
-        "'mask':{'dtype':'u8','shape':[1,3],'data':[1,0,1]}}");
+        "'mask':{'dtype':'u8','shape':[1,3],'data':[1,0,1]},"
+        "'q_mask':{'dtype':'u8','shape':[1,3],'data':[0,1,1]},"
+        "'causal':true}");
     fails = UNTIL_OK(proto_request_decode(json, strlen(json), PROTO_JSON, NULL,
                                           &req, err, sizeof err),
                      rc_ == PROTO_OK, proto_request_release(&req));
-    assert_true(fails >= 6); /* value stack, 4 tensors, output */
+    assert_true(fails >= 7); /* value stack, 5 tensors, output */
     free(json);
 }
 
