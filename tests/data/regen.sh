@@ -20,6 +20,17 @@ $py tools/mkreq.py --shape 2,2,33,3 --hkv 2 --dtype f16 --method mra2 \
     -o $out/req-diag-f16.msgpack
 $py tools/mkreq.py --shape 1,1,5,4 --dtype f16 --method exact --scale 0.5 \
     --id data-json --json --seed 4 -o $out/req-exact-f16.json
+# Cross-attention: 40 queries over 100 keys (causal, both masks, a prior
+# on the shifted diagonal), a decode step of one query over 300 keys, and
+# more queries than keys (the first 35 see no key).
+$py tools/mkreq.py --shape 1,2,40,8 --kv-len 100 --hkv 1 --causal \
+    --mask random --q-mask random --block-per-row 1 --prior-diagonal 3 \
+    --id data-cross --seed 6 -o $out/req-cross-causal-f32.msgpack
+$py tools/mkreq.py --shape 2,4,1,16 --kv-len 300 --hkv 2 --dtype bf16 \
+    --causal --mask blocks --num-blocks 3 --seed 7 \
+    -o $out/req-decode-bf16.msgpack
+$py tools/mkreq.py --shape 1,1,40,4 --kv-len 5 --dtype f16 --causal \
+    --method mra2_sparse --json --seed 8 -o $out/req-wide-causal-f16.json
 
 # Malformed bodies: a valid one edited in one place each.
 $py - "$out" <<'PY'
@@ -49,4 +60,12 @@ bad = dict(good, mask=wire.tensor(np.full((1, 40), 2, np.uint8), "u8"))
 write("bad-mask-value.msgpack", wire.pack(bad))
 bad = dict(good, q=dict(good["q"], shape=[1, 2, 400000, 8]))
 write("bad-too-big.msgpack", wire.pack(bad))
+bad = dict(good, q_mask=wire.tensor(np.ones((1, 39), np.uint8), "u8"))
+write("bad-q-mask-shape.msgpack", wire.pack(bad))
+bad = dict(good, causal=1)
+write("bad-causal-type.msgpack", wire.pack(bad))
+# 8 queries over 40 keys, with the key mask sized like the queries
+bad = dict(good, q=wire.tensor(q[:, :, :8], "f32"),
+           mask=wire.tensor(np.ones((1, 8), np.uint8), "u8"))
+write("bad-mask-queries.msgpack", wire.pack(bad))
 PY

@@ -2,10 +2,13 @@
 numpy and msgpack, for tests and tools (protocol/SPEC.md is the contract).
 
     body = encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack",
-                          method="mra2", block_per_row=8, ...)
+                          method="mra2", block_per_row=8, q_mask=None,
+                          causal=None, ...)
     out, stats, id = decode_response(body, fmt="msgpack")
 
-q: [B, H, N, D]; k, v: [B, Hkv, N, D]; mask: [B, N] of 0/1 or None.  Arrays
+q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D]; mask: [B, Nk] of 0/1 or None;
+q_mask: [B, Nq] of 0/1 or None; causal: True/False, or None to leave the
+key out.  The answer's out is [B, H, Nq, D].  Arrays
 are converted to `dtype` ("f32", "f16", "bf16"; bf16 rounds to nearest even
 through uint16).  decode_response returns the output as float32 for f32
 and bf16 (every bf16 value is a float32) and float16 for f16.
@@ -22,7 +25,7 @@ import numpy as np
 
 DTYPES = ("f32", "f16", "bf16")
 PARAMS = ("method", "block_per_row", "num_blocks", "prior_first",
-          "prior_diagonal", "scale", "timeout_ms", "id")
+          "prior_diagonal", "scale", "timeout_ms", "id", "causal")
 
 
 def f32_to_bf16_bits(x):
@@ -103,10 +106,11 @@ def pack(obj, fmt="msgpack"):
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack", **params):
+def encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack",
+                   q_mask=None, **params):
     """A request body.  params: method, block_per_row, num_blocks,
-    prior_first, prior_diagonal, scale, timeout_ms, id; None leaves a
-    parameter out."""
+    prior_first, prior_diagonal, scale, timeout_ms, id, causal; None
+    leaves a parameter out."""
     for name in params:
         if name not in PARAMS:
             raise TypeError(f"unknown request parameter {name!r}")
@@ -116,9 +120,16 @@ def encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack", **params):
             "v": tensor(v, dtype, fmt)}
     if mask is not None:
         body["mask"] = tensor(np.asarray(mask, dtype=np.uint8), "u8", fmt)
+    if q_mask is not None:
+        body["q_mask"] = tensor(np.asarray(q_mask, dtype=np.uint8), "u8", fmt)
     for name, val in params.items():
-        if val is not None:
-            body[name] = float(val) if name == "scale" else val
+        if val is None:
+            continue
+        if name == "scale":
+            val = float(val)
+        elif name == "causal":
+            val = bool(val)
+        body[name] = val
     return pack(body, fmt)
 
 
@@ -139,8 +150,8 @@ def decode_response(body, fmt="msgpack"):
 
 
 def decode_request(body, fmt="msgpack"):
-    """The arrays and parameters of a request body (float32 arrays, mask as
-    uint8 or None), as a dict ready for mra_ref.attention()."""
+    """The arrays and parameters of a request body (float32 arrays, masks
+    as uint8 or absent), as a dict ready for mra_ref.attention()."""
     msg = json.loads(body) if fmt == "json" else msgpack.unpackb(body,
                                                                  raw=False)
     out = {}
@@ -153,12 +164,14 @@ def decode_request(body, fmt="msgpack"):
             out[name] = from_bytes(t["data"], t["dtype"], t["shape"]) \
                 .astype(np.float64)
         out["dtype"] = t["dtype"]
-    if "mask" in msg:
-        t = msg["mask"]
+    for name in ("mask", "q_mask"):
+        if name not in msg:
+            continue
+        t = msg[name]
         data = t["data"]
         m = np.array(data, dtype=np.uint8) if fmt == "json" else \
             np.frombuffer(data, dtype=np.uint8)
-        out["mask"] = m.reshape(t["shape"])
+        out[name] = m.reshape(t["shape"])
     for name in PARAMS:
         if name in msg:
             out[name] = msg[name]
