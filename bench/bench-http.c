@@ -362,7 +362,7 @@ int main(int argc, char **argv)
     struct attn_problem p = {0};
     p.method = o.method;
     p.dtype = ATTN_F32;
-    p.B = o.B, p.H = o.H, p.Hkv = o.H, p.N = o.N, p.D = o.D;
+    p.B = o.B, p.H = o.H, p.Hkv = o.H, p.Nq = p.Nk = o.N, p.D = o.D;
     p.q = qkv, p.k = qkv + n, p.v = qkv + 2 * n;
     p.out = out;
 

@@ -178,11 +178,11 @@ static void out_put(void *buf, void *ctx)
 
 static const struct proto_out_alloc out_alloc = {out_get, out_put, NULL};
 
-/* Bytes of a decoded problem's output (their count fits: it was checked
- * by the decoder). */
+/* Bytes of a decoded problem's output [B, H, Nq, D] (their count fits: it
+ * was checked by the decoder). */
 static size_t out_bytes(const struct attn_problem *p)
 {
-    return (size_t)p->B * p->H * p->N * p->D * attn_dtype_size(p->dtype);
+    return (size_t)p->B * p->H * p->Nq * p->D * attn_dtype_size(p->dtype);
 }
 
 /* The admission checks of a decoded problem: its estimated cost, and
@@ -240,7 +240,9 @@ static int attention_handle(struct mrad_req *r)
     p->cancel = &job->cancel;
     job->prob = p;
     job->deadline_ns = mrad_req_start_ns(r) + timeout_ms * 1000000ull;
-    job->tokens = (uint64_t)p->B * p->N;
+    /* What a batch holds: the queries and the keys each entry reads (a
+     * decode step of one query over a long context weighs its context). */
+    job->tokens = (uint64_t)p->B * ((uint64_t)p->Nq + p->Nk);
     job->bytes = len + out_bytes(p);
 #ifdef MRAD_TEST_HOOKS
     job->inject_fault = call->inject_fault;

@@ -397,7 +397,7 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
 
     size_t esz = attn_dtype_size(p->dtype);
     size_t n = esz;
-    const uint32_t dims[4] = {p->B, p->H, p->N, p->D};
+    const uint32_t dims[4] = {p->B, p->H, p->Nq, p->D}; /* the output's */
     for (int i = 0; i < 4; i++) {
         if (dims[i] && n > SIZE_MAX / dims[i])
             return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
@@ -432,7 +432,7 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
         return fail(err, MRAC_EPROTO, st, "bad_response", "%s", perr);
     }
     if (r.dtype != p->dtype || r.shape[0] != p->B || r.shape[1] != p->H ||
-        r.shape[2] != p->N || r.shape[3] != p->D || r.out_bytes != n) {
+        r.shape[2] != p->Nq || r.shape[3] != p->D || r.out_bytes != n) {
         proto_response_release(&r);
         free(a.body.data);
         return fail(err, MRAC_EPROTO, st, "bad_response", "%s",

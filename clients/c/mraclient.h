@@ -104,7 +104,7 @@ struct mrac_call {
 
 /* The answer to one problem. */
 struct mrac_result {
-    void *out; /* B*H*N*D elements in the problem's dtype; see
+    void *out; /* B*H*Nq*D elements in the problem's dtype; see
                   mrac_attention() for who owns it */
     size_t out_bytes;
     int out_owned;            /* 1 when `out` is malloc'd by the library */
@@ -120,7 +120,7 @@ struct mrac_result {
  *
  * `p` is checked with attn_problem_check() first (p->out may be NULL).
  * When p->out is not NULL the output tensor is written there (it must hold
- * B*H*N*D elements of p->dtype) and res->out == p->out; otherwise the
+ * B*H*Nq*D elements of p->dtype) and res->out == p->out; otherwise the
  * library mallocs it and res->out_owned is 1.  Either way release the
  * result with mrac_result_release(), which frees only what the library
  * allocated.  On error nothing needs releasing and the contents of p->out
@@ -163,23 +163,36 @@ int mrac_health(struct mrac_client *c, char **text, struct mrac_error *err);
 int mrac_info(struct mrac_client *c, char **text, struct mrac_error *err);
 int mrac_metrics(struct mrac_client *c, char **text, struct mrac_error *err);
 
+/* The masks mrac_random_problem() can give a problem (key or query). */
+enum mrac_mask_kind {
+    MRAC_MASK_NONE = 0, /* no mask: NULL */
+    MRAC_MASK_ONES,     /* every token real */
+    MRAC_MASK_RANDOM,   /* each token real with probability 3/4 */
+    MRAC_MASK_BLOCKS,   /* tokens 32..63 and the last token masked */
+    MRAC_MASK_ZEROS,    /* every token masked */
+};
+
 /* What mrac_random_problem() generates. */
 struct mrac_random_spec {
-    uint32_t B, H, Hkv, N, D; /* Hkv 0 = H */
+    uint32_t B, H, Hkv, Nq, Nk, D; /* Hkv 0 = H; Nk 0 = Nq */
     enum attn_method method;
     enum attn_dtype dtype;
     uint64_t seed;
-    uint32_t block_per_row; /* 0 = leave at the default */
+    uint32_t block_per_row;     /* 0 = leave at the default */
+    int causal;                 /* sets attn_problem.causal */
+    enum mrac_mask_kind mask;   /* the key mask, [B, Nk] */
+    enum mrac_mask_kind q_mask; /* the query mask, [B, Nq] */
 };
 
 /*
- * Fills *p with a problem of random q, k, v (uniform in [-1, 1), then
- * converted to spec->dtype) from a deterministic generator seeded by
- * spec->seed, for trying the service and for load tests.  The tensors live
- * in one malloc'd block stored in *owned (free it with free() when done
- * with p); p->mask and p->out are NULL.  Returns MRAC_OK, MRAC_EINVAL
- * (a shape that attn_problem_check() rejects or whose size overflows) or
- * MRAC_ENOMEM.  Re-entrant.
+ * Fills *p with a problem of random q [B, H, Nq, D] and k, v [B, Hkv, Nk,
+ * D] (uniform in [-1, 1), then converted to spec->dtype), and the masks
+ * spec asks for, from a deterministic generator seeded by spec->seed, for
+ * trying the service and for load tests.  The tensors and masks live in
+ * one malloc'd block stored in *owned (free it with free() when done with
+ * p); p->out is NULL.  Returns MRAC_OK, MRAC_EINVAL (a shape that
+ * attn_problem_check() rejects or whose size overflows, an unknown mask
+ * kind) or MRAC_ENOMEM.  Re-entrant.
  */
 int mrac_random_problem(const struct mrac_random_spec *spec,
                         struct attn_problem *p, void **owned);
@@ -190,6 +203,10 @@ int mrac_random_problem(const struct mrac_random_spec *spec,
  * name.  Re-entrant. */
 int mrac_method_parse(const char *name, enum attn_method *m);
 int mrac_dtype_parse(const char *name, enum attn_dtype *dt);
+/* Looks up a mask kind by its command-line name: "none", "ones",
+ * "random", "blocks", "zeros" (the names tools/mkreq.py uses).  Same
+ * returns.  Re-entrant. */
+int mrac_mask_parse(const char *name, enum mrac_mask_kind *kind);
 
 /*
  * Reads the rest of stream f, or the whole file at path, into a malloc'd

@@ -76,8 +76,10 @@ struct load_options {
                              one run at cfg.rate */
     const char *csv;      /* --csv, --plot: NULL = none */
     const char *plot;
-    char *shapes[LOAD_MAX_SHAPES]; /* B,H,N,D of the random problems */
+    char *shapes[LOAD_MAX_SHAPES]; /* B,H,Nq,D of the random problems */
     int nshapes;
+    uint32_t kv_len;             /* Nk of the random problems; 0 = their Nq */
+    int causal;                  /* the random problems are causal */
     char *files[LOAD_MAX_FILES]; /* request body files instead */
     int nfiles;
     char methods[256]; /* comma lists of names */

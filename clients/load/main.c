@@ -128,7 +128,7 @@ static int random_bodies(struct load_options *o, struct load_body *bodies,
     for (int s = 0; s < o->nshapes; s++) {
         uint32_t dims[4];
         if (parse_shape(o->shapes[s], dims) != 0) {
-            fprintf(stderr, "mra-load: bad --shape '%s' (want B,H,N,D)\n",
+            fprintf(stderr, "mra-load: bad --shape '%s' (want B,H,Nq,D)\n",
                     o->shapes[s]);
             return 2;
         }
@@ -138,8 +138,10 @@ static int random_bodies(struct load_options *o, struct load_body *bodies,
                     struct mrac_random_spec sp = {
                         .B = dims[0],
                         .H = dims[1],
-                        .N = dims[2],
+                        .Nq = dims[2],
+                        .Nk = o->kv_len,
                         .D = dims[3],
+                        .causal = o->causal,
                         .Hkv = o->hkv,
                         .block_per_row = o->bpr,
                         .seed = o->cfg.seed + v,

@@ -27,8 +27,14 @@ static void usage(FILE *f)
             "  --duration S         measured seconds per run (default 10)\n"
             "  --warmup S           seconds before, not recorded (default 1)\n"
             "Requests (cycled through):\n"
-            "  --shape B,H,N,D      random problem (repeatable; default "
+            "  --shape B,H,Nq,D     random problem (repeatable; default "
             "1,8,1024,64)\n"
+            "  --kv-len Nk          keys of every random problem (default "
+            "Nq):\n"
+            "                       e.g. --shape 1,8,1,64 --kv-len 8192 for "
+            "decoding\n"
+            "  --causal             causal attention (query i sees keys j <= "
+            "i + Nk - Nq)\n"
             "  --hkv N              key/value heads (default H)\n"
             "  --method M[,M...]    mra2, mra2_sparse, exact (default mra2)\n"
             "  --dtype T[,T...]     f32, f16, bf16 (default f32)\n"
@@ -61,6 +67,8 @@ enum {
     O_DUR,
     O_WARM,
     O_SHAPE,
+    O_KVLEN,
+    O_CAUSAL,
     O_HKV,
     O_METHOD,
     O_DTYPE,
@@ -84,7 +92,8 @@ static const struct option opts[] = {
     {"rate", 1, 0, O_RATE},         {"poisson", 0, 0, O_POISSON},
     {"concurrency", 1, 0, O_CONC},  {"sweep", 1, 0, O_SWEEP},
     {"duration", 1, 0, O_DUR},      {"warmup", 1, 0, O_WARM},
-    {"shape", 1, 0, O_SHAPE},       {"hkv", 1, 0, O_HKV},
+    {"shape", 1, 0, O_SHAPE},       {"kv-len", 1, 0, O_KVLEN},
+    {"causal", 0, 0, O_CAUSAL},     {"hkv", 1, 0, O_HKV},
     {"method", 1, 0, O_METHOD},     {"dtype", 1, 0, O_DTYPE},
     {"block-per-row", 1, 0, O_BPR}, {"variants", 1, 0, O_VARIANTS},
     {"seed", 1, 0, O_SEED},         {"file", 1, 0, O_FILE},
@@ -126,6 +135,14 @@ static int apply(struct load_options *o, int c)
         if (o->nshapes == LOAD_MAX_SHAPES)
             return -1;
         o->shapes[o->nshapes++] = optarg;
+        return 0;
+    case O_KVLEN: {
+        unsigned long long n = strtoull(optarg, &end, 10);
+        o->kv_len = n <= UINT32_MAX ? (uint32_t)n : 0;
+        return *end || *optarg == '-' || o->kv_len == 0 ? -1 : 0;
+    }
+    case O_CAUSAL:
+        o->causal = 1;
         return 0;
     case O_HKV:
         o->hkv = (uint32_t)strtoul(optarg, &end, 10);
@@ -229,8 +246,9 @@ int load_options_parse(int argc, char **argv, struct load_options *o)
         fprintf(stderr, "mra-load: --csv and --plot go with --sweep\n");
         return 2;
     }
-    if (o->nfiles && o->nshapes) {
-        fprintf(stderr, "mra-load: use --shape or --file, not both\n");
+    if (o->nfiles && (o->nshapes || o->kv_len || o->causal)) {
+        fprintf(stderr, "mra-load: use --shape (with --kv-len, --causal) or "
+                        "--file, not both\n");
         return 2;
     }
     return -1;

@@ -20,7 +20,8 @@ static const struct {
      "compute one request body: run --local FILE|- [--threads N] [--json]\n"
      "           or send it to a server: run --url URL FILE|-"},
     {"random", mractl_cmd_random,
-     "write a random request body: random --shape B,H,N,D [-o FILE]"},
+     "write a random request body: random --shape B,H,Nq,D\n"
+     "           [--kv-len Nk] [--causal] [-o FILE]"},
     {"health", mractl_cmd_health, "GET /healthz of a server [--url URL]"},
     {"info", mractl_cmd_info, "GET /v1/info of a server [--url URL]"},
     {"metrics", mractl_cmd_metrics, "GET /metrics of a server [--url URL]"},

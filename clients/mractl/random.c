@@ -1,8 +1,10 @@
 /*
  * random.c - `mractl random`: writes the body of a random attention
  * request (msgpack, or JSON with --json) for trying the service and for
- * load tests.  The values come from mrac_random_problem(), the generator
- * mra-load uses too, so the same flags and seed give the same bytes.
+ * load tests: self- or cross-attention (--kv-len), causal or not, with
+ * generated key and query masks.  The values come from mrac_random_problem(),
+ * the generator mra-load uses too, so the same flags and seed give the same
+ * bytes.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,13 +18,20 @@
 static void usage_random(void)
 {
     fprintf(stderr,
-            "usage: mractl random --shape B,H,N,D [--hkv N]\n"
+            "usage: mractl random --shape B,H,Nq,D [--kv-len Nk] [--hkv N]\n"
+            "           [--causal] [--mask KIND] [--q-mask KIND]\n"
             "           [--method mra2|mra2_sparse|exact] "
             "[--dtype f32|f16|bf16]\n"
             "           [--seed S] [--block-per-row K] [--id ID] [--json] "
             "[-o FILE]\n"
-            "Writes a request body with q, k, v uniform in [-1, 1) to FILE "
-            "(default stdout).\n");
+            "Writes a request body with q [B,H,Nq,D] and k, v "
+            "[B,Hkv,Nk,D] uniform\n"
+            "in [-1, 1) to FILE (default stdout).\n"
+            "  --kv-len Nk    keys of k and v (default Nq)\n"
+            "  --causal       query i sees keys j <= i + Nk - Nq\n"
+            "  --mask KIND    key mask [B,Nk]: none (default), ones, random, "
+            "blocks, zeros\n"
+            "  --q-mask KIND  query mask [B,Nq], the same kinds\n");
 }
 
 static int parse_u32(const char *s, uint32_t *v)
@@ -47,6 +56,10 @@ int mractl_cmd_random(int argc, char **argv)
             json = 1;
             continue;
         }
+        if (!strcmp(a, "--causal")) {
+            sp.causal = 1;
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage_random();
             return MRACTL_EXIT_USAGE;
@@ -63,8 +76,14 @@ int mractl_cmd_random(int argc, char **argv)
             unsigned b, h, n, d;
             bad = sscanf(v, "%u,%u,%u,%u%c", &b, &h, &n, &d, &extra) != 4 ||
                   !b || !h || !n || !d;
-            sp.B = b, sp.H = h, sp.N = n, sp.D = d;
+            sp.B = b, sp.H = h, sp.Nq = n, sp.D = d;
             have_shape = 1;
+        } else if (!strcmp(a, "--kv-len")) {
+            bad = parse_u32(v, &sp.Nk);
+        } else if (!strcmp(a, "--mask")) {
+            bad = mrac_mask_parse(v, &sp.mask) != MRAC_OK;
+        } else if (!strcmp(a, "--q-mask")) {
+            bad = mrac_mask_parse(v, &sp.q_mask) != MRAC_OK;
         } else if (!strcmp(a, "--hkv")) {
             bad = parse_u32(v, &sp.Hkv);
         } else if (!strcmp(a, "--block-per-row")) {
@@ -95,7 +114,7 @@ int mractl_cmd_random(int argc, char **argv)
     if (!have_shape) {
         usage_random();
         return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
-                           "--shape B,H,N,D is required");
+                           "--shape B,H,Nq,D is required");
     }
 
     struct attn_problem p;
@@ -111,8 +130,10 @@ int mractl_cmd_random(int argc, char **argv)
             .B = sp.B,
             .H = sp.H,
             .Hkv = sp.Hkv ? sp.Hkv : sp.H,
-            .N = sp.N,
+            .Nq = sp.Nq,
+            .Nk = sp.Nk ? sp.Nk : sp.Nq,
             .D = sp.D,
+            .causal = sp.causal,
             .q = stand_in,
             .k = stand_in,
             .v = stand_in,

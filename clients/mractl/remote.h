@@ -18,7 +18,8 @@ int mractl_cmd_run_remote(int argc, char **argv);
 int mractl_cmd_health(int argc, char **argv);
 int mractl_cmd_info(int argc, char **argv);
 int mractl_cmd_metrics(int argc, char **argv);
-/* `mractl random --shape B,H,N,D [...]`: writes a random request body. */
+/* `mractl random --shape B,H,Nq,D [--kv-len Nk] [...]`: writes a random
+ * request body. */
 int mractl_cmd_random(int argc, char **argv);
 
 #endif /* MRAD_MRACTL_REMOTE_H */

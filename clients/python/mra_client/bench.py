@@ -2,9 +2,12 @@
 
     python -m mra_client.bench --url http://127.0.0.1:8080 \\
         --shape 1,8,1024,64 --requests 200 --concurrency 4
+    python -m mra_client.bench --shape 1,8,1,64 --kv-len 8192 --causal
 
 C threads share one Client (one keep-alive connection each) and send
---requests random problems in total, back to back; prints throughput and
+--requests random problems in total, back to back (--kv-len gives the keys
+their own length, as in a decode step over a cache; --causal makes the
+problem causal); prints throughput and
 latency percentiles (of successful calls) and counts errors by code.  For
 open-loop load and saturation sweeps use bin/mra-load instead.
 """
@@ -33,7 +36,7 @@ def percentile(sorted_values, q):
 def parse_shape(s):
     dims = [int(x) for x in s.split(",")]
     if len(dims) != 4 or min(dims) < 1:
-        raise argparse.ArgumentTypeError("want B,H,N,D")
+        raise argparse.ArgumentTypeError("want B,H,Nq,D")
     return dims
 
 
@@ -43,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--api-key-file")
     ap.add_argument("--shape", type=parse_shape, default=[1, 8, 1024, 64])
+    ap.add_argument("--kv-len", type=int, help="Nk (default Nq)")
+    ap.add_argument("--causal", action="store_true")
     ap.add_argument("--hkv", type=int)
     ap.add_argument("--method", default="mra2", choices=["mra2", "mra2_sparse", "exact"])
     ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
@@ -54,18 +59,21 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.requests < 1 or a.concurrency < 1:
         ap.error("--requests and --concurrency must be at least 1")
+    if a.kv_len is not None and a.kv_len < 1:
+        ap.error("--kv-len must be at least 1")
 
     key = None
     if a.api_key_file:
         with open(a.api_key_file) as f:
             key = f.readline().strip()
-    B, H, N, D = a.shape
-    hkv = a.hkv or H
+    B, H, Nq, D = a.shape
+    hkv, Nk = a.hkv or H, a.kv_len or Nq
     rng = np.random.default_rng(a.seed)
-    q = rng.uniform(-1, 1, (B, H, N, D)).astype(np.float32)
-    k = rng.uniform(-1, 1, (B, hkv, N, D)).astype(np.float32)
-    v = rng.uniform(-1, 1, (B, hkv, N, D)).astype(np.float32)
-    body = encode_request(q, k, v, method=a.method, dtype=a.dtype)
+    q = rng.uniform(-1, 1, (B, H, Nq, D)).astype(np.float32)
+    k = rng.uniform(-1, 1, (B, hkv, Nk, D)).astype(np.float32)
+    v = rng.uniform(-1, 1, (B, hkv, Nk, D)).astype(np.float32)
+    body = encode_request(q, k, v, method=a.method, dtype=a.dtype,
+                          causal=a.causal)
 
     client = Client(a.url, api_key=key, timeout=a.timeout)
     lock = threading.Lock()

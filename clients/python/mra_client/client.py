@@ -21,8 +21,9 @@ from .errors import MradError, TransportError, error_for
 class Result:
     """The answer to one attention call.
 
-    out: numpy array of q's shape: float32 for f32 and bf16 (widened
-    exactly), float16 for f16.  out_raw: the answer as it travelled
+    out: numpy array of q's shape ([B, H, Nq, D]): float32 for f32 and
+    bf16 (widened exactly), float16 for f16.  out_raw: the answer as it
+    travelled
     (uint16 bit patterns for bf16).  dtype: the wire dtype.  stats: dict
     of the service's statistics (method, backend, blocks_selected,
     blocks_total, density, queue_us, compute_us, batch_requests).  id: the
@@ -153,21 +154,28 @@ class Client:
             raise MradError(status, "bad_response", str(e)) from e
 
     def attention(self, q, k, v, mask=None, method="mra2", dtype=None, id=None,
-                  **params):
+                  causal=False, q_mask=None, **params):
         """Computes attention on the server.
 
-        q: [B, H, N, D]; k, v: [B, Hkv, N, D] (H % Hkv == 0); 2-d and 3-d
-        arrays are taken as B = 1 (and H = 1).  mask: [B, N] of 0/1 or None.
+        q: [B, H, Nq, D]; k, v: [B, Hkv, Nk, D] (H % Hkv == 0; Nk may
+        differ from Nq, as in cross-attention or a decode step over a
+        cache); 2-d and 3-d arrays are taken as B = 1 (and H = 1).  mask:
+        [B, Nk] of 0/1 over the keys, or None.  q_mask: [B, Nq] of 0/1 over
+        the queries, or None (then the key mask when Nq == Nk, else every
+        query is real).  causal: query i sees key j only when
+        j <= i + Nk - Nq (the queries are the last Nq positions).
         method: "mra2", "mra2_sparse" or "exact".  dtype: None follows q
         (float32 -> "f32", float16 -> "f16", ml_dtypes bfloat16 -> "bf16",
         other floats -> "f32"); "bf16" rounds float input to nearest even,
         or takes uint16 input as the bits.  params: block_per_row,
         num_blocks, prior_first, prior_diagonal, scale, timeout_ms.
-        Returns a Result; raises MradError (a subclass per error code).
+        Returns a Result whose out has q's shape; raises MradError (a
+        subclass per error code).
         """
         qa = np.asarray(q)
         body = wire.encode_request(q, k, v, mask=mask, method=method,
-                                   dtype=dtype, id=id, **params)
+                                   dtype=dtype, id=id, causal=causal,
+                                   q_mask=q_mask, **params)
         msg = self.attention_raw(body)
         raw, dt = msg["out"]
         if raw.size != qa.size:

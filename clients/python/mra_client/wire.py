@@ -82,14 +82,26 @@ def as4d(x, name):
     return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
+def as2d(x, name):
+    """A mask: [N] or [B, N] of 0/1 -> the [B, N] uint8 wire form."""
+    m = np.asarray(x)
+    if m.ndim < 1 or m.ndim > 2:
+        raise ValueError(f"{name} must have 1 or 2 dimensions, not {m.ndim}")
+    m = m.reshape((1,) * (2 - m.ndim) + m.shape)
+    return (m != 0).astype(np.uint8)
+
+
 def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
-                   **params):
+                   causal=False, q_mask=None, **params):
     """The msgpack body of POST /v1/attention.
 
-    q: [B, H, N, D] (or [H, N, D], [N, D]); k, v: [B, Hkv, N, D] likewise;
-    mask: [B, N] (or [N]) of 0/1; dtype: "f32", "f16", "bf16" or None to
-    follow q's dtype; params: block_per_row, num_blocks, prior_first,
-    prior_diagonal, scale, timeout_ms.  Returns bytes.
+    q: [B, H, Nq, D] (or [H, Nq, D], [Nq, D]); k, v: [B, Hkv, Nk, D]
+    likewise, where Nk may differ from Nq; mask: [B, Nk] (or [Nk]) of 0/1
+    over the keys; q_mask: [B, Nq] (or [Nq]) of 0/1 over the queries;
+    causal: query i sees keys j <= i + Nk - Nq (written only when true);
+    dtype: "f32", "f16", "bf16" or None to follow q's dtype; params:
+    block_per_row, num_blocks, prior_first, prior_diagonal, scale,
+    timeout_ms.  Returns bytes.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
@@ -106,9 +118,11 @@ def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
         "method": method,
     }
     if mask is not None:
-        m = np.asarray(mask)
-        m = m.reshape((1,) * (2 - m.ndim) + m.shape) if m.ndim < 2 else m
-        body["mask"] = tensor((m != 0).astype(np.uint8), "u8")
+        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+    if q_mask is not None:
+        body["q_mask"] = tensor(as2d(q_mask, "q_mask"), "u8")
+    if causal:
+        body["causal"] = True
     for key, val in params.items():
         if val is None:
             continue

@@ -156,7 +156,7 @@ static int serve_one(int fd, char *buf, size_t cap, size_t *have)
             srv.got_timeout = req.timeout_ms;
             snprintf(srv.got_id, sizeof srv.got_id, "%s",
                      req.has_id ? req.id : "");
-            size_t n = (size_t)req.prob.B * req.prob.H * req.prob.N *
+            size_t n = (size_t)req.prob.B * req.prob.H * req.prob.Nq *
                        req.prob.D * attn_dtype_size(req.prob.dtype);
             memcpy(req.prob.out, req.prob.q, n);
             if (srv.echo_shape_d)
@@ -270,22 +270,24 @@ static void script(enum reply_kind kind, int status, const char *headers,
 static void test_round_trip(void **state)
 {
     (void)state;
+    /* Cross-attention: 40 queries over 70 keys, causal, both masks; the
+     * answer has q's shape. */
     struct mrac_random_spec sp = {.B = 2,
                                   .H = 2,
                                   .Hkv = 1,
-                                  .N = 40,
+                                  .Nq = 40,
+                                  .Nk = 70,
                                   .D = 8,
                                   .method = ATTN_MRA2_SPARSE,
                                   .dtype = ATTN_BF16,
                                   .seed = 5,
-                                  .block_per_row = 3};
+                                  .block_per_row = 3,
+                                  .causal = 1,
+                                  .mask = MRAC_MASK_BLOCKS,
+                                  .q_mask = MRAC_MASK_RANDOM};
     struct attn_problem p;
     void *mem;
     assert_int_equal(mrac_random_problem(&sp, &p, &mem), MRAC_OK);
-    uint8_t mask[80];
-    for (int i = 0; i < 80; i++)
-        mask[i] = i % 7 != 0;
-    p.mask = mask;
     p.prior_first = 1;
 
     script(REPLY_ECHO_Q, 200, "", "");
@@ -321,13 +323,16 @@ static void test_round_trip(void **state)
     assert_int_equal(srv.got.B, 2);
     assert_int_equal(srv.got.H, 2);
     assert_int_equal(srv.got.Hkv, 1);
-    assert_int_equal(srv.got.N, 40);
+    assert_int_equal(srv.got.Nq, 40);
+    assert_int_equal(srv.got.Nk, 70);
+    assert_int_equal(srv.got.causal, 1);
     assert_int_equal(srv.got.D, 8);
     assert_int_equal(srv.got.dtype, ATTN_BF16);
     assert_int_equal(srv.got.method, ATTN_MRA2_SPARSE);
     assert_int_equal(srv.got.block_per_row, 3);
     assert_int_equal(srv.got.prior_first, 1);
     assert_non_null(srv.got.mask);
+    assert_non_null(srv.got.q_mask);
     assert_string_equal(srv.got_id, "req-1");
     assert_int_equal(srv.got_timeout, 750);
 
@@ -365,7 +370,7 @@ static void test_http_errors(void **state)
 {
     (void)state;
     struct mrac_random_spec sp = {
-        .B = 1, .H = 1, .N = 32, .D = 4, .dtype = ATTN_F32};
+        .B = 1, .H = 1, .Nq = 32, .D = 4, .dtype = ATTN_F32};
     struct attn_problem p;
     void *mem;
     assert_int_equal(mrac_random_problem(&sp, &p, &mem), MRAC_OK);
@@ -491,7 +496,8 @@ static void test_bad_arguments(void **state)
                              .B = 1,
                              .H = 3,
                              .Hkv = 2,
-                             .N = 8,
+                             .Nq = 8,
+                             .Nk = 8,
                              .D = 4};
     float buf[96] = {0};
     p.q = p.k = p.v = buf;
@@ -510,7 +516,7 @@ static void test_random_problem(void **state)
     struct mrac_random_spec sp = {.B = 1,
                                   .H = 4,
                                   .Hkv = 2,
-                                  .N = 50,
+                                  .Nq = 50,
                                   .D = 16,
                                   .dtype = ATTN_F32,
                                   .seed = 9};
@@ -528,8 +534,41 @@ static void test_random_problem(void **state)
     }
     assert_true(lo >= -1.0f && hi < 1.0f && hi - lo > 1.5f);
     assert_true(memcmp(a.q, a.k, 2 * 50 * 16 * 4) != 0);
+    /* Nk 0 means Nq; no masks unless asked for */
+    assert_int_equal(a.Nq, 50);
+    assert_int_equal(a.Nk, 50);
+    assert_false(a.causal);
+    assert_null(a.mask);
+    assert_null(a.q_mask);
+    free(mb);
+
+    /* 3 queries over 300 keys with both masks: q, k and v keep the bytes
+     * of the same seed without masks (they are drawn first) */
+    sp.Nq = 3;
+    sp.Nk = 300;
+    sp.causal = 1;
+    sp.mask = MRAC_MASK_BLOCKS;
+    sp.q_mask = MRAC_MASK_RANDOM;
+    assert_int_equal(mrac_random_problem(&sp, &b, &mb), MRAC_OK);
+    assert_int_equal(b.Nq, 3);
+    assert_int_equal(b.Nk, 300);
+    assert_true(b.causal);
+    assert_memory_equal(a.q, b.q, 4 * 3 * 16 * 4);
+    assert_non_null(b.mask);
+    assert_non_null(b.q_mask);
+    for (uint32_t j = 0; j < 300; j++)
+        assert_int_equal(b.mask[j], !((j >= 32 && j < 64) || j == 299));
+    for (uint32_t i = 0; i < 3; i++)
+        assert_true(b.q_mask[i] <= 1);
+    const float *k = b.k;
+    for (size_t i = 0; i < (size_t)2 * 300 * 16; i++)
+        assert_true(k[i] >= -1.0f && k[i] < 1.0f);
     free(ma);
     free(mb);
+    sp.mask = (enum mrac_mask_kind)99;
+    assert_int_equal(mrac_random_problem(&sp, &a, &ma), MRAC_EINVAL);
+    assert_null(ma);
+    sp.mask = MRAC_MASK_NONE;
     sp.H = 3; /* not a multiple of Hkv */
     assert_int_equal(mrac_random_problem(&sp, &a, &ma), MRAC_EINVAL);
     assert_null(ma);
@@ -548,6 +587,13 @@ static void test_names(void **state)
     assert_int_equal(dt, ATTN_BF16);
     assert_int_equal(mrac_dtype_parse("f64", &dt), MRAC_EINVAL);
     assert_int_equal(dt, ATTN_BF16);
+    enum mrac_mask_kind mk = MRAC_MASK_NONE;
+    assert_int_equal(mrac_mask_parse("blocks", &mk), MRAC_OK);
+    assert_int_equal(mk, MRAC_MASK_BLOCKS);
+    assert_int_equal(mrac_mask_parse("zeros", &mk), MRAC_OK);
+    assert_int_equal(mk, MRAC_MASK_ZEROS);
+    assert_int_equal(mrac_mask_parse("half", &mk), MRAC_EINVAL);
+    assert_int_equal(mk, MRAC_MASK_ZEROS);
 }
 
 static void test_read_file(void **state)
