@@ -55,10 +55,13 @@ def tensor(a, dtype=None):
 def request_map(q, k, v, mask=None, **params):
     """The request map of POST /v1/attention; params are the optional keys
     (method, block_per_row, num_blocks, prior_first, prior_diagonal, scale,
-    timeout_ms, id)."""
+    timeout_ms, id, causal, and q_mask as an array [B, Nq] of 0/1)."""
     m = {"q": tensor(q), "k": tensor(k), "v": tensor(v)}
     if mask is not None:
         m["mask"] = tensor(np.asarray(mask, dtype=np.uint8), "u8")
+    if params.get("q_mask") is not None:
+        params = dict(params, q_mask=tensor(
+            np.asarray(params["q_mask"], dtype=np.uint8), "u8"))
     m.update({key: val for key, val in params.items() if val is not None})
     return m
 
@@ -75,6 +78,9 @@ def encode_json(q, k, v, mask=None, **params):
          "v": jt(np.asarray(v, np.float32), "f32")}
     if mask is not None:
         m["mask"] = jt(np.asarray(mask, np.uint8), "u8")
+    if params.get("q_mask") is not None:
+        params = dict(params, q_mask=jt(np.asarray(params["q_mask"], np.uint8),
+                                        "u8"))
     m.update({key: val for key, val in params.items() if val is not None})
     return json.dumps(m).encode()
 

@@ -1,9 +1,11 @@
 """Black-box tests of the C clients against a live bin/mrad: `mractl run
 --url` answers bitwise like `mractl run --local` for every method and
-dtype, errors surface as the service's JSON error with the documented exit
-statuses, and bin/mra-load measures a rate the server holds (all 200) and
-an overload (503s counted), measures latency from intended send times
-(no coordinated omission), and writes its sweep CSV and plot."""
+dtype, and for causal cross-attention bodies (checked against the float64
+reference too), errors surface as the service's JSON error with the
+documented exit statuses, and bin/mra-load measures a rate the server
+holds (all 200), a causal decode-shaped load and an overload (503s
+counted), measures latency from intended send times (no coordinated
+omission), and writes its sweep CSV and plot."""
 import csv
 import http.server
 import json
@@ -13,8 +15,11 @@ import threading
 import time
 
 import msgpack
+import numpy as np
 import pytest
 
+import mra_ref
+import wire
 from mrad_server import MradServer
 
 BIN = os.environ.get("MRAD_BIN_DIR") or os.path.join(
@@ -57,6 +62,39 @@ def test_run_url_matches_local(mrad, tmp_path, method, dtype):
     assert rout["data"] == lout["data"]
     assert rstats["blocks_selected"] == lstats["blocks_selected"]
     assert msgpack.unpackb(remote.stdout, raw=False)["id"] == "r1"
+
+
+CROSS_SHAPES = [("2,4,20,32", "150"), ("1,2,1,16", "500"),
+                ("1,2,90,16", "40")]
+
+
+@pytest.mark.parametrize("shape,kv_len", CROSS_SHAPES)
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_run_url_cross_attention(mrad, tmp_path, method, shape, kv_len):
+    """Causal cross-attention bodies from `mractl random --kv-len --causal
+    --q-mask`: the server answers bitwise like the offline runner, with q's
+    shape, and both match the float64 reference."""
+    body = random_body(tmp_path / "req.msgpack", shape, "--kv-len", kv_len,
+                       "--hkv", "1", "--causal", "--mask", "random",
+                       "--q-mask", "random", "--method", method,
+                       "--block-per-row", "1", "--seed", "11")
+    remote = tool("mractl", "run", "--url", mrad.url, body)
+    local = tool("mractl", "run", "--local", body)
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert local.returncode == 0, local.stderr.decode()
+    (rout, rstats), (lout, lstats) = out_tensor(remote.stdout), out_tensor(local.stdout)
+    B, H, Nq, D = (int(x) for x in shape.split(","))
+    assert rout["shape"] == [B, H, Nq, D]
+    assert rout["data"] == lout["data"]
+    req = wire.decode_request(body.read_bytes())
+    assert req["causal"] is True and req["k"].shape[2] == int(kv_len)
+    ref, sel, tot = mra_ref.attention(req["q"], req["k"], req["v"],
+                                      mask=req["mask"], q_mask=req["q_mask"],
+                                      causal=True, method=method,
+                                      block_per_row=1)
+    out = np.frombuffer(rout["data"], "<f4").reshape(rout["shape"])
+    assert mra_ref.rel_err(out, ref) <= 1e-4
+    assert (rstats["blocks_selected"], rstats["blocks_total"]) == (sel, tot)
 
 
 def test_random_is_deterministic(tmp_path):
@@ -147,6 +185,20 @@ def test_load_held_rate(mrad):
                   "--duration", "1", "--warmup", "0.2")
     assert closed["mode"] == "closed" and closed["status"]["200"] > 0
     assert closed["status"]["200"] == closed["completed"]
+
+
+def test_load_decode_shapes(mrad):
+    """Decode-shaped causal load: 1 and 16 queries over 2048 keys."""
+    rep = load(mrad.url, "--shape", "1,4,1,32", "--shape", "1,4,16,32",
+               "--kv-len", "2048", "--hkv", "2", "--causal", "--method",
+               "mra2,exact", "--rate", "30", "--duration", "1",
+               "--warmup", "0.2")
+    assert rep["sent"] > 10 and rep["completed"] == rep["sent"]
+    assert rep["status"]["200"] == rep["sent"]
+    bad = tool("mra-load", "--url", mrad.url, "--kv-len", "0")
+    assert bad.returncode == 2 and b"--kv-len" in bad.stderr
+    bad = tool("mra-load", "--url", mrad.url, "--file", "x", "--causal")
+    assert bad.returncode == 2 and b"not both" in bad.stderr
 
 
 def test_load_overload_and_sweep(tmp_path):

@@ -3,9 +3,12 @@ checked against the float64 reference (tests/pyref/mra_ref.py).
 
 Covers every method, masks (random, whole blocks, all masked), priors,
 budgets up to every block (which must equal exact attention), grouped
-heads, odd N and D, the three dtypes, JSON bodies, the committed request
-files of tests/data, and malformed bodies (exit 2, JSON error on stderr
-naming the field).  The binary is found in $MRAD_BIN_DIR (default bin/).
+heads, odd N and D, the three dtypes, JSON bodies, cross-attention (Nq
+above, below and equal to Nk, one query), causal masking at offsets that
+are and are not multiples of the block, query masks, the committed
+request files of tests/data, `mractl random`, and malformed bodies (exit
+2, JSON error on stderr naming the field).  The binary is found in
+$MRAD_BIN_DIR (default bin/).
 """
 import json
 import os
@@ -41,10 +44,13 @@ def run_file(tmp_path, body, name="req.msgpack", extra=()):
     return mractl("run", "--local", path, *extra)
 
 
-def inputs(shape, hkv=None, seed=0, mask=None):
-    B, H, N, D = shape
+def inputs(shape, hkv=None, seed=0, mask=None, nk=None):
+    """q [B, H, Nq, D] for shape = (B, H, Nq, D), k and v [B, hkv, nk, D]
+    (nk defaults to Nq) and a key mask [B, nk] of the kind asked for."""
+    B, H, Nq, D = shape
+    N = nk or Nq
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, H, N, D), dtype=np.float32)
+    q = rng.standard_normal((B, H, Nq, D), dtype=np.float32)
     k = rng.standard_normal((B, hkv or H, N, D), dtype=np.float32)
     v = rng.standard_normal((B, hkv or H, N, D), dtype=np.float32)
     if mask == "random":
@@ -59,9 +65,7 @@ def inputs(shape, hkv=None, seed=0, mask=None):
 
 def check(out, stats, q, k, v, mask, dtype, **params):
     """Compares an answer with the reference on the dtype-rounded inputs."""
-    ref_params = {n: params[n] for n in ("method", "block_per_row",
-                                         "num_blocks", "prior_first",
-                                         "prior_diagonal", "scale")
+    ref_params = {n: params[n] for n in REF_PARAMS
                   if params.get(n) is not None}
     ref, sel, total = mra_ref.attention(
         wire.round_to_dtype(q, dtype), wire.round_to_dtype(k, dtype),
@@ -78,6 +82,11 @@ def check(out, stats, q, k, v, mask, dtype, **params):
     assert stats["batch_requests"] == 1
     assert stats["compute_us"] >= 0
     return ref
+
+
+# What the reference takes besides the tensors and the key mask.
+REF_PARAMS = ("method", "block_per_row", "num_blocks", "prior_first",
+              "prior_diagonal", "scale", "q_mask", "causal")
 
 
 def roundtrip(tmp_path, q, k, v, mask=None, dtype="f32", fmt="msgpack",
@@ -164,6 +173,157 @@ def test_odd_sizes(tmp_path, N, D):
     check(out, stats, q, k, v, None, "f32", block_per_row=1)
 
 
+def query_mask(B, Nq, seed):
+    rng = np.random.default_rng(seed)
+    m = (rng.random((B, Nq)) < 0.75).astype(np.uint8)
+    m[:, -1] = 1  # the last query (the one a decode step wants) is real
+    return m
+
+
+# Cross-attention and causal masking.  (Nq, Nk): fewer queries than keys
+# at offsets that are (64) and are not (60, 299) multiples of the block,
+# more queries than keys (negative offsets: the first queries see no key
+# when causal), one query, and Nq == Nk.
+CROSS = [(40, 100), (32, 96), (100, 40), (70, 5), (1, 300), (1, 1),
+         (65, 65)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("nq,nk", CROSS)
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_cross_attention(tmp_path, method, nq, nk, causal):
+    q, k, v, mask = inputs((1, 2, nq, 8), hkv=1, seed=20 + nq, mask="random",
+                           nk=nk)
+    params = dict(method=method, block_per_row=1, causal=causal)
+    out, stats = roundtrip(tmp_path, q, k, v, mask, **params)
+    assert out.shape == (1, 2, nq, 8)  # the output has q's shape
+    check(out, stats, q, k, v, mask, "f32", **params)
+    if causal and nq > nk:  # the first Nq - Nk queries see no key
+        assert not out[:, :, :nq - nk].any()
+
+
+@pytest.mark.parametrize("dtype", wire.DTYPES)
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_cross_dtypes(tmp_path, method, dtype):
+    q, k, v, mask = inputs((2, 2, 33, 16), hkv=1, seed=30, mask="blocks",
+                           nk=130)
+    qm = query_mask(2, 33, 31)
+    params = dict(method=method, num_blocks=4, causal=True, q_mask=qm)
+    out, stats = roundtrip(tmp_path, q, k, v, mask, dtype, **params)
+    check(out, stats, q, k, v, mask, dtype, **params)
+    assert not out[np.broadcast_to(qm[:, None, :] == 0, out.shape[:3])].any()
+
+
+@pytest.mark.parametrize("nq,nk", [(96, 96), (50, 96)])
+def test_query_mask(tmp_path, nq, nk):
+    """q_mask replaces the key mask for the queries: with Nq == Nk the key
+    mask no longer zeroes query rows, and without q_mask it does."""
+    q, k, v, mask = inputs((2, 2, nq, 8), seed=32, mask="blocks", nk=nk)
+    qm = query_mask(2, nq, 33)
+    for params in (dict(q_mask=qm), dict(q_mask=qm, causal=True), dict()):
+        out, stats = roundtrip(tmp_path, q, k, v, mask, method="mra2",
+                               block_per_row=2, **params)
+        check(out, stats, q, k, v, mask, "f32", method="mra2",
+              block_per_row=2, **params)
+        rows = np.abs(out).sum(axis=-1) != 0  # [B, H, Nq]
+        if "q_mask" in params:
+            assert not rows[np.broadcast_to(qm[:, None, :] == 0,
+                                            rows.shape)].any()
+        elif nq == nk:  # the key mask covers the queries too
+            assert not rows[:, :, 32:64].any()
+
+
+def test_padding_and_causal(tmp_path):
+    """Right-padded sequences of different lengths, causal: what a batch of
+    prompts looks like."""
+    q, k, v, _ = inputs((3, 2, 90, 16), seed=34)
+    mask = np.zeros((3, 90), np.uint8)
+    for b, n in enumerate((90, 61, 7)):
+        mask[b, :n] = 1
+    for method in ("mra2", "mra2_sparse", "exact"):
+        params = dict(method=method, block_per_row=2, causal=True)
+        out, stats = roundtrip(tmp_path, q, k, v, mask, **params)
+        check(out, stats, q, k, v, mask, "f32", **params)
+        assert not out[2, :, 7:].any() and not out[1, :, 61:].any()
+
+
+@pytest.mark.parametrize("H,hkv,nq,nk", [(4, 2, 64, 64), (4, 1, 20, 150),
+                                         (6, 3, 1, 200)])
+def test_grouped_heads_causal(tmp_path, H, hkv, nq, nk):
+    q, k, v, mask = inputs((2, H, nq, 8), hkv=hkv, seed=35, mask="random",
+                           nk=nk)
+    params = dict(method="mra2", block_per_row=1, causal=True)
+    out, stats = roundtrip(tmp_path, q, k, v, mask, **params)
+    check(out, stats, q, k, v, mask, "f32", **params)
+
+
+@pytest.mark.parametrize("nq,nk", [(64, 160), (40, 125), (120, 50),
+                                   (96, 96)])
+@pytest.mark.parametrize("prior_first,prior_diagonal", [(0, 3), (1, 1),
+                                                        (2, 5)])
+def test_priors_with_offsets(tmp_path, nq, nk, prior_first, prior_diagonal):
+    """The diagonal band is centred on key block I + floor((Nk - Nq)/32)."""
+    q, k, v, _ = inputs((1, 2, nq, 8), hkv=1, seed=36, nk=nk)
+    for causal in (False, True):
+        params = dict(method="mra2_sparse", num_blocks=2, causal=causal,
+                      prior_first=prior_first, prior_diagonal=prior_diagonal)
+        out, stats = roundtrip(tmp_path, q, k, v, **params)
+        check(out, stats, q, k, v, None, "f32", **params)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("nq,nk", [(40, 100), (100, 40), (1, 77), (70, 70)])
+def test_full_budget_equals_exact(tmp_path, nq, nk, causal):
+    """With a budget of at least the visible pairs, both MRA modes are
+    exact attention, for any Nq, Nk, causal or not."""
+    q, k, v, mask = inputs((1, 2, nq, 16), seed=37, mask="random", nk=nk)
+    qm = query_mask(1, nq, 38)
+    exact, ex_stats = roundtrip(tmp_path, q, k, v, mask, method="exact",
+                                causal=causal, q_mask=qm)
+    nbq, nbk = -(-nq // 32), -(-nk // 32)
+    for method in ("mra2", "mra2_sparse"):
+        for budget in (dict(num_blocks=nbq * nbk),
+                       dict(block_per_row=nbk)):
+            out, stats = roundtrip(tmp_path, q, k, v, mask, method=method,
+                                   causal=causal, q_mask=qm, **budget)
+            check(out, stats, q, k, v, mask, "f32", method=method,
+                  causal=causal, q_mask=qm, **budget)
+            assert mra_ref.rel_err(out, exact.astype(np.float64)) <= 1e-5
+            assert stats["density"] == 1.0
+            assert stats["blocks_total"] == ex_stats["blocks_total"]
+
+
+def test_random_command(tmp_path):
+    """`mractl random` writes cross-attention bodies: --kv-len, --causal,
+    --mask and --q-mask, the same bytes for the same flags."""
+    args = ["random", "--shape", "2,4,3,16", "--kv-len", "130", "--hkv", "2",
+            "--causal", "--mask", "blocks", "--q-mask", "random",
+            "--method", "mra2_sparse", "--block-per-row", "2", "--seed", "4"]
+    a, b = mractl(*args), mractl(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout
+    req = wire.decode_request(a.stdout)
+    assert req["q"].shape == (2, 4, 3, 16) and req["k"].shape == (2, 2, 130, 16)
+    assert req["v"].shape == (2, 2, 130, 16)
+    assert req["causal"] is True
+    assert req["mask"].shape == (2, 130) and req["q_mask"].shape == (2, 3)
+    assert not req["mask"][:, 32:64].any() and req["mask"][:, :32].all()
+    p = run_file(tmp_path, a.stdout)
+    assert p.returncode == 0, p.stderr
+    out, stats, _ = wire.decode_response(p.stdout)
+    params = {n: req[n] for n in REF_PARAMS if n in req}
+    check(out, stats, req["q"], req["k"], req["v"], req["mask"], "f32",
+          **params)
+    # without --kv-len Nk is Nq; a zero length is refused
+    c = mractl("random", "--shape", "1,1,5,4", "--json")
+    assert json.loads(c.stdout)["k"]["shape"] == [1, 1, 5, 4]
+    assert "causal" not in json.loads(c.stdout)
+    d = mractl("random", "--shape", "1,1,5,4", "--kv-len", "0")
+    assert d.returncode == 2 and b"--kv-len" in d.stderr
+    e = mractl("random", "--shape", "1,1,5,4", "--q-mask", "half")
+    assert e.returncode == 2 and b"--q-mask" in e.stderr
+
+
 @pytest.mark.parametrize("dtype", wire.DTYPES)
 def test_json_bodies(tmp_path, dtype):
     q, k, v, mask = inputs((1, 2, 40, 5), seed=8, mask="random")
@@ -197,9 +357,7 @@ def test_data_files(path):
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     out, stats, rid = wire.decode_response(p.stdout, fmt)
     assert rid == req.get("id")
-    params = {n: req[n] for n in ("method", "block_per_row", "num_blocks",
-                                  "prior_first", "prior_diagonal", "scale")
-              if n in req}
+    params = {n: req[n] for n in REF_PARAMS if n in req}
     check(out, stats, req["q"], req["k"], req["v"], req.get("mask"),
           req["dtype"], **params)
 
@@ -240,7 +398,7 @@ def bad_bodies():
         "bad_request", "q.shape: must have 4"
     yield "zero dim", wire.pack(dict(good, q=dict(good["q"],
                                                    shape=[1, 2, 0, 8]))), \
-        "bad_request", "q.shape[2]: N must be >= 1"
+        "bad_request", "q.shape[2]: Nq must be >= 1"
     yield "hkv", wire.pack(dict(good, q=wire.tensor(
         np.zeros((1, 3, 40, 8)), "f32"), k=wire.tensor(
         np.zeros((1, 2, 40, 8)), "f32"), v=wire.tensor(
@@ -255,7 +413,32 @@ def bad_bodies():
     yield "id", wire.pack(dict(good, id="x" * 129)), "bad_request", \
         "id: must be at most 128 bytes"
     yield "mask shape", wire.pack(dict(good, mask=wire.tensor(
-        np.ones((1, 41)), "u8"))), "bad_request", "mask.shape[1]"
+        np.ones((1, 41)), "u8"))), "bad_request", \
+        "mask: shape [1,41] does not match k's [B,Nk] = [1,40]"
+    yield "q_mask shape", wire.pack(dict(good, q_mask=wire.tensor(
+        np.ones((1, 7)), "u8"))), "bad_request", \
+        "q_mask: shape [1,7] does not match q's [B,Nq] = [1,40]"
+    yield "q_mask value", wire.pack(dict(good, q_mask=wire.tensor(
+        np.full((1, 40), 3), "u8"))), "bad_request", \
+        "q_mask.data[0]: must be 0 or 1 (got 3)"
+    yield "q_mask dtype", wire.pack(dict(good, q_mask=wire.tensor(
+        np.ones((1, 40)), "f32"))), "bad_request", "q_mask.dtype: must be"
+    yield "causal int", wire.pack(dict(good, causal=1)), "bad_request", \
+        "causal: must be a boolean"
+    yield "causal str", wire.pack(dict(good, causal="yes")), "bad_request", \
+        "causal: must be a boolean, true or false (got a string)"
+    yield "k v lengths", wire.pack(dict(good, v=wire.tensor(
+        np.zeros((1, 1, 39, 8)), "f32"))), "bad_request", \
+        "v: shape [1,1,39,8] does not match k's [B,Hkv,Nk,D] = [1,1,40,8]"
+    yield "mask over queries", wire.pack(dict(
+        good, k=wire.tensor(np.zeros((1, 1, 70, 8)), "f32"),
+        v=wire.tensor(np.zeros((1, 1, 70, 8)), "f32"),
+        mask=wire.tensor(np.ones((1, 40)), "u8"))), "bad_request", \
+        "mask is over the keys"
+    yield "too many keys", wire.pack(dict(
+        good, k=dict(good["k"], shape=[1, 1, 200000, 8]),
+        v=dict(good["v"], shape=[1, 1, 200000, 8]))), "payload_too_large", \
+        "k.shape[2]: Nk = 200000 exceeds the limit of 131072"
     yield "overflow", wire.pack(dict(good, q=dict(
         good["q"], shape=[2**63, 2**63, 2**63, 8]))), "payload_too_large", \
         "q.shape[0]"

@@ -1,6 +1,7 @@
-"""Black-box tests of bin/mrad: answers against the float64 reference,
-JSON requests, keep-alive, the GET endpoints, the error bodies of the
-contract and a live `promtool check metrics`."""
+"""Black-box tests of bin/mrad: answers against the float64 reference
+(cross-attention and causal masking included), JSON requests, keep-alive,
+the GET endpoints, the error bodies of the contract and a live `promtool
+check metrics`."""
 import json
 import shutil
 import socket
@@ -54,6 +55,68 @@ def test_answers_match_reference(mrad, method, params):
     assert stats["density"] == pytest.approx(selected / total)
     assert stats["batch_requests"] >= 1
     assert stats["compute_us"] >= 0 and stats["queue_us"] >= 0
+
+
+# Cross-attention and causal masking through the daemon: (method, B, H,
+# Hkv, Nq, Nk, causal, query mask, params, format).
+CROSS_CASES = [
+    ("mra2", 2, 2, 1, 40, 100, True, True, {"block_per_row": 1}, "msgpack"),
+    ("mra2_sparse", 1, 4, 2, 100, 40, True, False,
+     {"num_blocks": 3, "prior_diagonal": 3}, "msgpack"),
+    ("exact", 2, 2, 2, 1, 257, True, False, {}, "msgpack"),
+    ("mra2", 1, 2, 1, 1, 257, False, False, {"block_per_row": 2}, "msgpack"),
+    ("mra2", 2, 2, 1, 64, 64, True, True, {"prior_first": 1,
+                                           "num_blocks": 2}, "msgpack"),
+    ("mra2_sparse", 1, 2, 1, 33, 70, True, True, {"block_per_row": 1},
+     "json"),
+]
+
+
+@pytest.mark.parametrize("method,B,H,Hkv,nq,nk,causal,qmask,params,fmt",
+                         CROSS_CASES)
+def test_cross_attention_matches_reference(mrad, method, B, H, Hkv, nq, nk,
+                                           causal, qmask, params, fmt):
+    rng = np.random.default_rng(nq * 1000 + nk)
+    q = rng.standard_normal((B, H, nq, 16)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, nk, 16)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, nk, 16)).astype(np.float32)
+    mask = np.ones((B, nk), np.uint8)
+    mask[-1, nk // 2:] = 0  # a padded last entry
+    q_mask = None
+    if qmask:
+        q_mask = (rng.random((B, nq)) < 0.7).astype(np.uint8)
+    out, stats = mrad.attention(q, k, v, mask, fmt=fmt, method=method,
+                                causal=causal, q_mask=q_mask, **params)
+    ref, selected, total = reference(q, k, v, mask, method=method,
+                                     causal=causal, q_mask=q_mask, **params)
+    assert out.shape == (B, H, nq, 16)
+    assert mra_ref.rel_err(out, ref) <= 1e-4
+    assert stats["blocks_selected"] == selected
+    assert stats["blocks_total"] == total
+
+
+def test_cross_attention_errors_name_the_field(mrad):
+    q, k, v, _ = problem(B=1, H=2, Hkv=1, N=32, D=8, masked=False)
+    cases = [
+        (dict(causal=1), "causal: must be a boolean"),
+        (dict(causal="true"), "causal: must be a boolean"),
+        (dict(q_mask=np.ones((1, 31), np.uint8)),
+         "q_mask: shape [1,31] does not match q's [B,Nq] = [1,32]"),
+        (dict(q_mask=np.full((1, 32), 2, np.uint8)),
+         "q_mask.data[0]: must be 0 or 1 (got 2)"),
+    ]
+    for params, text in cases:
+        status, hdrs, body = mrad.post(encode_msgpack(q, k, v, **params))
+        assert error_of(status, hdrs, body) == (400, "bad_request")
+        assert text in json.loads(body)["error"]["message"]
+    # the key mask of a cross-attention problem covers the keys
+    k2 = np.concatenate([k, k], axis=2)
+    status, hdrs, body = mrad.post(encode_msgpack(q, k2, k2, mask=np.ones(
+        (1, 32), np.uint8)))
+    assert error_of(status, hdrs, body) == (400, "bad_request")
+    assert "mask: shape [1,32] does not match k's [B,Nk] = [1,64]" in \
+        json.loads(body)["error"]["message"]
+    assert mrad.get("/healthz")[0] == 200
 
 
 def test_id_is_echoed(mrad):

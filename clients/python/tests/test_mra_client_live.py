@@ -97,6 +97,38 @@ def test_round_trip(server, method, dtype):
     assert mra_ref.rel_err(r.out, ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("nq,nk", [(20, 150), (1, 300), (90, 40)])
+@pytest.mark.parametrize("method", ["mra2", "mra2_sparse", "exact"])
+def test_cross_attention(server, method, nq, nk):
+    """attention(q, k, v, causal=True, q_mask=...) with Nq != Nk: the answer
+    has q's shape, is bitwise what `mractl run --local` computes and close
+    to the float64 reference."""
+    rng = np.random.default_rng(nq + nk)
+    q = rng.standard_normal((2, 4, nq, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 2, nk, 16)).astype(np.float32)
+    v = rng.standard_normal((2, 2, nk, 16)).astype(np.float32)
+    mask = (rng.random((2, nk)) < 0.8).astype(np.uint8)
+    q_mask = (rng.random((2, nq)) < 0.8).astype(np.uint8)
+    q_mask[:, -1] = 1
+    params = dict(block_per_row=1, prior_diagonal=3)
+    c = Client(server.url)
+    r = c.attention(q, k, v, mask=mask, method=method, causal=True,
+                    q_mask=q_mask, **params)
+    assert r.out.shape == (2, 4, nq, 16)
+    body = encode_request(q, k, v, mask=mask, method=method, causal=True,
+                          q_mask=q_mask, **params)
+    local = msgpack.unpackb(run_local(body), raw=False)
+    assert local["out"]["data"] == r.out_raw.tobytes()
+    ref, sel, tot = mra_ref.attention(q, k, v, mask, method=method,
+                                      causal=True, q_mask=q_mask, **params)
+    assert (sel, tot) == (r.stats["blocks_selected"], r.stats["blocks_total"])
+    assert mra_ref.rel_err(r.out, ref) < TOL["f32"]
+    assert not r.out[np.broadcast_to(q_mask[:, None, :] == 0,
+                                     r.out.shape[:3])].any()
+    if nq > nk:  # the first Nq - Nk queries see no key
+        assert not r.out[:, :, :nq - nk].any()
+
+
 def test_shapes_and_bf16_bits(server):
     """2-d input is one head of one entry; uint16 input is bf16 bits."""
     q, k, v, _ = problem(seed=3, B=1, H=1, Hkv=1, N=33, D=16)
@@ -249,3 +281,10 @@ def test_bench_module(server):
     assert rep["ok"] == 12 and rep["errors"] == {}
     lat = rep["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    # a causal decode-shaped load: one query over many keys
+    p = subprocess.run([sys.executable, "-m", "mra_client.bench", "--url", server.url,
+                        "--shape", "1,2,1,16", "--kv-len", "500", "--causal",
+                        "--requests", "4", "--json"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    assert json.loads(p.stdout)["ok"] == 4

@@ -68,6 +68,31 @@ def test_request_body_follows_the_contract():
         encode_request(q, k, k, method="linear")
 
 
+def test_cross_attention_bodies():
+    """Nq and Nk travel independently; q_mask is a second u8 tensor over
+    the queries; causal is a msgpack boolean, left out when false."""
+    q = np.zeros((1, 2, 3, 4), np.float32)
+    k = np.ones((1, 1, 70, 4), np.float32)
+    body = msgpack.unpackb(encode_request(q, k, k, mask=np.ones(70),
+                                          q_mask=[1, 0, 1], causal=True),
+                           raw=False)
+    assert body["q"]["shape"] == [1, 2, 3, 4]
+    assert body["k"]["shape"] == body["v"]["shape"] == [1, 1, 70, 4]
+    assert body["mask"]["shape"] == [1, 70]
+    assert body["q_mask"] == {"dtype": "u8", "shape": [1, 3],
+                              "data": b"\x01\x00\x01"}
+    assert body["causal"] is True
+    plain = msgpack.unpackb(encode_request(q, k, k, causal=False), raw=False)
+    assert "causal" not in plain and "q_mask" not in plain
+    # a decode step: one query of 2-d input over 2-d keys
+    one = msgpack.unpackb(encode_request(q[0, 0, :1], k[0, 0], k[0, 0],
+                                         causal=True), raw=False)
+    assert one["q"]["shape"] == [1, 1, 1, 4]
+    assert one["k"]["shape"] == [1, 1, 70, 4]
+    with pytest.raises(ValueError):
+        encode_request(q, k, k, q_mask=np.ones((1, 1, 3)))
+
+
 def test_decode_response():
     out = np.arange(6, dtype=np.float16).reshape(1, 1, 2, 3)
     raw = msgpack.packb({"out": {"dtype": "f16", "shape": [1, 1, 2, 3],
