@@ -26,7 +26,7 @@ $py tools/mkreq.py --shape 1,1,5,4 --dtype f16 --method exact --scale 0.5 \
 $py tools/mkreq.py --shape 1,2,40,8 --kv-len 100 --hkv 1 --causal \
     --mask random --q-mask random --block-per-row 1 --prior-diagonal 3 \
     --id data-cross --seed 6 -o $out/req-cross-causal-f32.msgpack
-$py tools/mkreq.py --shape 2,4,1,16 --kv-len 300 --hkv 2 --dtype bf16 \
+$py tools/mkreq.py --shape 2,2,1,8 --kv-len 300 --hkv 1 --dtype bf16 \
     --causal --mask blocks --num-blocks 3 --seed 7 \
     -o $out/req-decode-bf16.msgpack
 $py tools/mkreq.py --shape 1,1,40,4 --kv-len 5 --dtype f16 --causal \
