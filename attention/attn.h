@@ -79,18 +79,26 @@ void attn_from_f32(enum attn_dtype dt, const float *src, void *dst, size_t n);
 
 /*
  * One attention problem: a batch of B entries, H query heads, Hkv key/value
- * heads (H % Hkv == 0), N tokens, head dimension D.  Tensors are dense,
- * row-major, in `dtype`, aligned to their element size:
- *   q, out: [B, H, N, D]    k, v: [B, Hkv, N, D]    mask: [B, N] (0/1) or NULL
- * The problem does not own any of the memory it points to.
+ * heads (H % Hkv == 0), Nq queries and Nk keys, head dimension D.  Tensors
+ * are dense, row-major, in `dtype`, aligned to their element size:
+ *   q, out: [B, H, Nq, D]    k, v: [B, Hkv, Nk, D]
+ *   mask: [B, Nk] (0/1) or NULL    q_mask: [B, Nq] (0/1) or NULL
+ * With causal set, query i sees key j only when j <= i + Nk - Nq (the
+ * queries are the last Nq positions of the keys', as in KV-cache decoding).
+ * attention/README.md has the exact semantics.  The problem does not own
+ * any of the memory it points to.
  */
 struct attn_problem {
     enum attn_method method;
     enum attn_dtype dtype;
-    uint32_t B, H, Hkv, N, D;
+    uint32_t B, H, Hkv, Nq, Nk, D;
     const void *q, *k, *v;
-    const uint8_t *mask; /* NULL = every token real; nonzero byte = real */
+    const uint8_t *mask; /* keys: NULL = every key real; nonzero = real */
+    /* queries: NULL = the key mask when Nq == Nk (self-attention), else
+     * every query real */
+    const uint8_t *q_mask;
     void *out;
+    int causal;              /* nonzero: bottom-right aligned causal mask */
     float scale;             /* logit scale; 0 = 1/sqrt(D) */
     uint64_t num_blocks;     /* total budget per head; 0 = use block_per_row */
     uint32_t block_per_row;  /* budget per block row; 0 = default (8) */
@@ -107,8 +115,9 @@ struct attn_problem {
 
 /* Per-problem statistics, summed over batch entries and query heads. */
 struct attn_stats {
-    uint64_t blocks_selected; /* |T| summed; nb*nb per head for exact */
-    uint64_t blocks_total;    /* nb*nb summed */
+    uint64_t blocks_selected; /* |T| summed (forced partial pairs included);
+                                 the pairs not hidden, for exact */
+    uint64_t blocks_total;    /* pairs not hidden by causality, summed */
     double density;           /* blocks_selected / blocks_total */
 };
 
@@ -119,13 +128,38 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen);
 
 /* Number of 32-token blocks nb = ceil(N / 32). */
 uint32_t attn_num_blocks(uint32_t N);
+
+/*
+ * The block grid of one head: nbq x nbk pairs of query and key blocks.
+ * With causal attention a pair (I, J) is visible (every key of J is seen
+ * by every query of I), partial (some are) or hidden (none are), on the
+ * padded grid; without, every pair is visible.  In block row I the pairs
+ * J < vis(I) are visible, vis(I) <= J < seen(I) partial, J >= seen(I)
+ * hidden.
+ */
+struct attn_grid {
+    uint32_t nbq, nbk;
+    int64_t off; /* Nk - Nq: query i sits at key position i + off */
+    int causal;
+    uint64_t visible, partial; /* pairs of the head */
+};
+void attn_grid_init(struct attn_grid *g, const struct attn_problem *p);
+/* vis(I) and seen(I) of block row I (both nbk without causality). */
+void attn_grid_row(const struct attn_grid *g, uint32_t I, uint32_t *vis,
+                   uint32_t *seen);
+/* floor((I*32 + off) / 32) - I: the key block of the diagonal of block
+ * row I, relative to I (0 when Nq == Nk). */
+int64_t attn_grid_diag_shift(const struct attn_grid *g);
+
 /* The budget k of the spec for one head: num_blocks if set, else
- * block_per_row * nb (default 8 per row), capped at nb * nb. */
+ * block_per_row * nbq (default 8 per row), capped at the visible pairs
+ * (all nbq * nbk without causality).  Causal partial pairs come on top. */
 uint64_t attn_budget(const struct attn_problem *p);
 /* Resolved logit scale: p->scale, or 1/sqrt(D) when it is 0. */
 float attn_scale(const struct attn_problem *p);
 /* FLOP count of a problem as the spec counts it (all heads, all entries):
- * exact 4*N^2*D per head; mra 4*k*b*b*D + 2*nb^2*D per head. */
+ * exact 4*b*b*D per computed pair of blocks (all pairs not hidden); mra
+ * 4*(k + partial)*b*b*D + 2*nbq*nbk*D per head. */
 double attn_flops(const struct attn_problem *p);
 
 /* What a logit costs beyond its dot product (the exponential, the running

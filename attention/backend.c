@@ -145,15 +145,18 @@ static int take_fault(struct attn_backend *be)
     return 0;
 }
 
-/* The statistics of the spec, from the problem alone: every head selects
- * exactly k = attn_budget() blocks (all of them for exact). */
+/* The statistics of the spec, from the problem alone: every head computes
+ * its k = attn_budget() blocks plus the causal partial pairs (every pair
+ * not hidden for exact), out of the pairs not hidden. */
 static void fill_stats(const struct attn_problem *p, struct attn_stats *st)
 {
-    uint64_t nb = attn_num_blocks(p->N);
+    struct attn_grid g;
+    attn_grid_init(&g, p);
     uint64_t heads = (uint64_t)p->B * p->H;
-    st->blocks_total = heads * nb * nb;
-    st->blocks_selected =
-        p->method == ATTN_EXACT ? st->blocks_total : heads * attn_budget(p);
+    st->blocks_total = heads * (g.visible + g.partial);
+    st->blocks_selected = p->method == ATTN_EXACT
+                              ? st->blocks_total
+                              : heads * (attn_budget(p) + g.partial);
     st->density = st->blocks_total
                       ? (double)st->blocks_selected / (double)st->blocks_total
                       : 0.0;

@@ -33,8 +33,9 @@ double attn_select_score(float L, float r, int empty, uint32_t I, uint32_t J,
 
 /*
  * Order-preserving 64-bit key of a score: a larger score gives a larger
- * key.  -0 counts as +0 (they compare equal); NaN gets key 0, below every
- * number (-inf maps to 0x000fffffffffffff).  Pure.
+ * key.  -0 counts as +0 (they compare equal); NaN gets key 1, below every
+ * number (-inf maps to 0x000fffffffffffff) and above the key 0 of pairs
+ * outside the selection (ATTN_SELECT_KEY_NONE).  Pure.
  */
 uint64_t attn_select_key(double s);
 
@@ -48,6 +49,16 @@ void attn_select_keys_row(const float *L_row, float r, const float *cnt,
                           float cI, uint32_t I, uint32_t nb,
                           uint32_t prior_first, uint32_t prior_diagonal,
                           uint64_t *key);
+
+/*
+ * The same for a block row of any grid: the diagonal band centred on key
+ * block `center` (I + attn_grid_diag_shift()), and key[J] = 0 for J >= vis
+ * (causally partial or hidden pairs, which the budget never picks).
+ */
+void attn_select_keys_row_at(const float *L_row, float r, const float *cnt,
+                             float cI, uint32_t I, int64_t center, uint32_t vis,
+                             uint32_t nb, uint32_t prior_first,
+                             uint32_t prior_diagonal, uint64_t *key);
 
 /* uint32_t elements of scratch attn_select_topk() needs for n keys. */
 #define ATTN_SELECT_SCRATCH(n) ((size_t)(n) + ((size_t)1 << 16))

@@ -58,8 +58,10 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen)
         return fail(msg, msglen, "H (query heads) must be >= 1");
     if (p->Hkv < 1)
         return fail(msg, msglen, "Hkv (key/value heads) must be >= 1");
-    if (p->N < 1)
-        return fail(msg, msglen, "N (tokens) must be >= 1");
+    if (p->Nq < 1)
+        return fail(msg, msglen, "Nq (query tokens) must be >= 1");
+    if (p->Nk < 1)
+        return fail(msg, msglen, "Nk (key tokens) must be >= 1");
     if (p->D < 1)
         return fail(msg, msglen, "D (head dimension) must be >= 1");
     if (p->D > ATTN_MAX_HEAD_DIM)
@@ -69,11 +71,11 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen)
         return fail(msg, msglen, "H (%u) is not a multiple of Hkv (%u)",
                     (unsigned)p->H, (unsigned)p->Hkv);
     size_t nq, nkv, nm;
-    if (!mul_ok(&nq, p->B, p->H, p->N, p->D, es))
-        return fail(msg, msglen, "q/out size B*H*N*D overflows");
-    if (!mul_ok(&nkv, p->B, p->Hkv, p->N, p->D, es))
-        return fail(msg, msglen, "k/v size B*Hkv*N*D overflows");
-    if (!mul_ok(&nm, p->B, p->N, 1, 1, 1))
+    if (!mul_ok(&nq, p->B, p->H, p->Nq, p->D, es))
+        return fail(msg, msglen, "q/out size B*H*Nq*D overflows");
+    if (!mul_ok(&nkv, p->B, p->Hkv, p->Nk, p->D, es))
+        return fail(msg, msglen, "k/v size B*Hkv*Nk*D overflows");
+    if (!mul_ok(&nm, p->B, p->Nq > p->Nk ? p->Nq : p->Nk, 1, 1, 1))
         return fail(msg, msglen, "mask size B*N overflows");
     (void)nq, (void)nkv, (void)nm;
     if (!p->q)
@@ -91,10 +93,10 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen)
                     es);
     if (!isfinite(p->scale) || p->scale < 0.0f)
         return fail(msg, msglen, "scale must be finite and >= 0 (0 = default)");
-    /* The budget: block_per_row * nb and num_blocks are capped at nb*nb,
-     * so any value is meaningful; what must hold is that nb*nb fits the
-     * 64-bit counters (nb < 2^27 always does) and that a per-row budget
-     * times nb does not wrap (2^32 * 2^27 < 2^64). */
+    /* The budget: block_per_row * nbq and num_blocks are capped at the
+     * visible pairs, so any value is meaningful; what must hold is that
+     * nbq*nbk fits the 64-bit counters (nb < 2^27 always does) and that a
+     * per-row budget times nbq does not wrap (2^32 * 2^27 < 2^64). */
     return ATTN_OK;
 }
 
@@ -103,14 +105,59 @@ uint32_t attn_num_blocks(uint32_t N)
     return (uint32_t)(((uint64_t)N + ATTN_BLOCK - 1) / ATTN_BLOCK);
 }
 
+/* floor(a / b) for b > 0 */
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static uint32_t clamp_blocks(int64_t x, uint32_t nbk)
+{
+    return x < 0 ? 0 : x > (int64_t)nbk ? nbk : (uint32_t)x;
+}
+
+void attn_grid_row(const struct attn_grid *g, uint32_t I, uint32_t *vis,
+                   uint32_t *seen)
+{
+    if (!g->causal) {
+        *vis = *seen = g->nbk;
+        return;
+    }
+    const int64_t b = ATTN_BLOCK;
+    /* visible: b(J+1) - 1 <= bI + off;  hidden: bJ > b(I+1) - 1 + off */
+    *vis = clamp_blocks(floor_div(b * I + g->off + 1, b), g->nbk);
+    *seen = clamp_blocks(floor_div(b * I + b - 1 + g->off, b) + 1, g->nbk);
+}
+
+void attn_grid_init(struct attn_grid *g, const struct attn_problem *p)
+{
+    g->nbq = attn_num_blocks(p->Nq);
+    g->nbk = attn_num_blocks(p->Nk);
+    g->off = (int64_t)p->Nk - (int64_t)p->Nq;
+    g->causal = p->causal != 0;
+    g->visible = g->partial = 0;
+    for (uint32_t I = 0; I < g->nbq; I++) {
+        uint32_t vis, seen;
+        attn_grid_row(g, I, &vis, &seen);
+        g->visible += vis;
+        g->partial += seen - vis;
+    }
+}
+
+int64_t attn_grid_diag_shift(const struct attn_grid *g)
+{
+    return floor_div(g->off, ATTN_BLOCK);
+}
+
 uint64_t attn_budget(const struct attn_problem *p)
 {
-    uint64_t nb = attn_num_blocks(p->N);
-    uint64_t all = nb * nb;
+    struct attn_grid g;
+    attn_grid_init(&g, p);
     uint64_t bpr =
         p->block_per_row ? p->block_per_row : ATTN_DEFAULT_BLOCK_PER_ROW;
-    uint64_t k = p->num_blocks ? p->num_blocks : bpr * nb;
-    return k < all ? k : all;
+    uint64_t k = p->num_blocks ? p->num_blocks : bpr * g.nbq;
+    return k < g.visible ? k : g.visible;
 }
 
 float attn_scale(const struct attn_problem *p)
@@ -120,24 +167,47 @@ float attn_scale(const struct attn_problem *p)
     return (float)(1.0 / sqrt((double)p->D));
 }
 
+/* Query-key pairs an exact head computes: Nq * Nk, or under causality
+ * the sum over queries i of the keys j <= i + off (0 to Nk each). */
+static double exact_pairs(const struct attn_problem *p)
+{
+    double Nq = p->Nq, Nk = p->Nk;
+    if (!p->causal)
+        return Nq * Nk;
+    /* c(i) = clamp(i + a, 0, Nk) with a = off + 1, summed over i < Nq */
+    double a = (double)p->Nk - (double)p->Nq + 1.0, sum = 0.0;
+    double lo = -a < 0 ? 0 : -a; /* first i with c > 0 */
+    double hi = Nk - a < Nq ? (Nk - a < 0 ? 0 : Nk - a) : Nq; /* c = Nk on */
+    if (hi > lo) /* i in [lo, hi): c = i + a */
+        sum += (hi - lo) * (lo + hi - 1.0) / 2.0 + (hi - lo) * a;
+    if (Nq > hi)
+        sum += (Nq - (hi > lo ? hi : lo)) * Nk;
+    return sum;
+}
+
 double attn_flops(const struct attn_problem *p)
 {
-    double heads = (double)p->B * (double)p->H;
-    double D = p->D, N = p->N, nb = attn_num_blocks(p->N);
+    struct attn_grid g;
+    attn_grid_init(&g, p);
+    double heads = (double)p->B * (double)p->H, D = p->D;
     double b2 = (double)ATTN_BLOCK * ATTN_BLOCK;
     if (p->method == ATTN_EXACT)
-        return heads * 4.0 * N * N * D;
-    return heads * (4.0 * (double)attn_budget(p) * b2 * D + 2.0 * nb * nb * D);
+        return heads * 4.0 * exact_pairs(p) * D;
+    double hi = (double)attn_budget(p) + (double)g.partial;
+    return heads *
+           (4.0 * hi * b2 * D + 2.0 * (double)g.nbq * (double)g.nbk * D);
 }
 
 double attn_cost(const struct attn_problem *p)
 {
+    struct attn_grid g;
+    attn_grid_init(&g, p);
     double heads = (double)p->B * (double)p->H;
-    double D = p->D, N = p->N, nb = attn_num_blocks(p->N);
     double b2 = (double)ATTN_BLOCK * ATTN_BLOCK;
-    double per_logit = 4.0 * D + ATTN_COST_PER_LOGIT;
+    double per_logit = 4.0 * p->D + ATTN_COST_PER_LOGIT;
     if (p->method == ATTN_EXACT)
-        return heads * N * N * per_logit;
-    return heads * ((double)attn_budget(p) * b2 * per_logit +
-                    nb * nb * (3.0 * D + 16.0));
+        return heads * exact_pairs(p) * per_logit;
+    double hi = (double)attn_budget(p) + (double)g.partial;
+    return heads * (hi * b2 * per_logit +
+                    (double)g.nbq * (double)g.nbk * (3.0 * p->D + 16.0));
 }

@@ -9,8 +9,12 @@
  * The score of the spec (attention/README.md), in double so that the
  * bonuses do not swallow the differences between logits:
  *   S_IJ = L_IJ - r_I - 1e4*[c_I*c_J = 0]
- *          + 5e3*[prior_diagonal > 0 and |I-J| <= prior_diagonal/2]
- *          + 5e3*[I < prior_first] + 5e3*[J < prior_first].
+ *          + 5e3*[prior_diagonal > 0 and |J - c(I)| <= prior_diagonal/2]
+ *          + 5e3*[I < prior_first] + 5e3*[J < prior_first],
+ * where c(I) is the key block on the diagonal of block row I (I itself
+ * when there are as many queries as keys; attn_grid_diag_shift()).  Pairs
+ * the budget may not pick (causally partial or hidden) get the key
+ * ATTN_SELECT_KEY_NONE, below every score's key.
  * The terms are added in that order, each whether or not it applies (as
  * 0 * its size when it does not), so a loop over a row has no branch per
  * pair and vectorises.  x - 0 and x + 0 are x, except -0 + 0 = +0, which
@@ -33,6 +37,10 @@
 #define ATTN_HOST_DEVICE
 #endif
 
+/* The key of a pair outside the selection (causally partial or hidden):
+ * every score's key is larger, NaN's included. */
+#define ATTN_SELECT_KEY_NONE 0
+
 /* Penalty for a pair with an empty block, and bonus for a forced pair. */
 #define ATTN_SCORE_EMPTY 1e4
 #define ATTN_SCORE_PRIOR 5e3
@@ -50,24 +58,43 @@ struct attn_select_row {
     int32_t pf;     /* the forced columns: J < pf */
 };
 
+/* The row of block row I whose diagonal band is centred on key block
+ * `center` (I + attn_grid_diag_shift()). */
 static inline ATTN_HOST_DEVICE struct attn_select_row
-attn_select_row_init(float r, uint32_t I, uint32_t prior_first,
-                     uint32_t prior_diagonal)
+attn_select_row_init_at(float r, uint32_t I, int64_t center,
+                        uint32_t prior_first, uint32_t prior_diagonal)
 {
     struct attn_select_row row;
-    /* |I - J| <= half; no J at all for half = -1 */
+    /* |J - center| <= half; no J at all for half = -1 */
     int32_t half = prior_diagonal / 2 < ATTN_SELECT_MAX_INDEX
                        ? (int32_t)(prior_diagonal / 2)
                        : ATTN_SELECT_MAX_INDEX;
     if (prior_diagonal == 0)
         half = -1;
+    /* keep the band's ends inside int32_t; a centre far outside the grid
+     * leaves the band empty there either way */
+    if (center > ATTN_SELECT_MAX_INDEX)
+        center = ATTN_SELECT_MAX_INDEX;
+    if (center < -ATTN_SELECT_MAX_INDEX)
+        center = -ATTN_SELECT_MAX_INDEX;
     row.r = (double)r;
     row.first_I = I < prior_first ? ATTN_SCORE_PRIOR : 0.0;
-    row.lo = (int32_t)I - half;
-    row.hi = (int32_t)I + half;
+    row.lo = (int32_t)center - half;
+    row.hi = (int32_t)center + half;
+    if (half < 0)
+        row.lo = 1, row.hi = 0;
     row.pf = prior_first < ATTN_SELECT_MAX_INDEX ? (int32_t)prior_first
                                                  : ATTN_SELECT_MAX_INDEX;
     return row;
+}
+
+/* The row of block row I of a square grid (diagonal at J = I). */
+static inline ATTN_HOST_DEVICE struct attn_select_row
+attn_select_row_init(float r, uint32_t I, uint32_t prior_first,
+                     uint32_t prior_diagonal)
+{
+    return attn_select_row_init_at(r, I, (int64_t)I, prior_first,
+                                   prior_diagonal);
 }
 
 /* S_IJ of column J of the row: `L` is the low-resolution logit L_IJ,
@@ -97,8 +124,8 @@ attn_select_score_inline(float L, float r, int32_t empty, uint32_t I,
 }
 
 /* The order-preserving key of a score: a larger score gives a larger key;
- * -0 counts as +0, NaN gets key 0 (below every number, -inf included)
- * through the mask of s == s.  No branches. */
+ * -0 counts as +0, NaN gets key 1 (below every number, -inf included, and
+ * above ATTN_SELECT_KEY_NONE) through the mask of s == s.  No branches. */
 static inline ATTN_HOST_DEVICE uint64_t attn_select_key_inline(double s)
 {
     s += 0.0; /* -0 -> +0 */
@@ -106,7 +133,8 @@ static inline ATTN_HOST_DEVICE uint64_t attn_select_key_inline(double s)
     memcpy(&u, &s, sizeof u);
     uint64_t neg = (uint64_t)0 - (u >> 63); /* all ones for a negative s */
     uint64_t k = u ^ (neg | 0x8000000000000000ull);
-    return k & ((uint64_t)0 - (uint64_t)(s == s));
+    uint64_t num = (uint64_t)0 - (uint64_t)(s == s);
+    return (k & num) | (~num & 1);
 }
 
 /* The key of pair (I, J): the key of attn_select_score_inline(). */
@@ -119,19 +147,34 @@ attn_select_pair_key(float L, float r, int32_t empty, uint32_t I, uint32_t J,
 }
 
 /* The keys of block row I: key[J] for J in [0, nb), from the row's logits
- * L_row, its maximum r, the block counts cnt and c_I = cI.  A plain loop
- * that each CPU kernel variant compiles for its own ISA (it vectorises on
- * AVX2 and AVX-512). */
+ * L_row, its maximum r, the key block counts cnt and the query block's
+ * count cI; the diagonal band is centred on key block `center`, and the
+ * pairs J >= vis (causally partial or hidden) get ATTN_SELECT_KEY_NONE.  A
+ * plain loop that each CPU kernel variant compiles for its own ISA (it
+ * vectorises on AVX2 and AVX-512). */
+static inline void
+attn_select_keys_row_at_inline(const float *L_row, float r, const float *cnt,
+                               float cI, uint32_t I, int64_t center,
+                               uint32_t vis, uint32_t nb, uint32_t prior_first,
+                               uint32_t prior_diagonal, uint64_t *key)
+{
+    struct attn_select_row row =
+        attn_select_row_init_at(r, I, center, prior_first, prior_diagonal);
+    int32_t all_empty = cI == 0.0f;
+    for (int32_t J = 0; J < (int32_t)nb; J++) {
+        uint64_t k = attn_select_key_inline(attn_select_row_score(
+            &row, L_row[J], all_empty | (cnt[J] == 0.0f), J));
+        key[J] = k & ((uint64_t)0 - (uint64_t)(J < (int32_t)vis));
+    }
+}
+
+/* The keys of block row I of a square grid, every pair selectable. */
 static inline void attn_select_keys_row_inline(
     const float *L_row, float r, const float *cnt, float cI, uint32_t I,
     uint32_t nb, uint32_t prior_first, uint32_t prior_diagonal, uint64_t *key)
 {
-    struct attn_select_row row =
-        attn_select_row_init(r, I, prior_first, prior_diagonal);
-    int32_t all_empty = cI == 0.0f;
-    for (int32_t J = 0; J < (int32_t)nb; J++)
-        key[J] = attn_select_key_inline(attn_select_row_score(
-            &row, L_row[J], all_empty | (cnt[J] == 0.0f), J));
+    attn_select_keys_row_at_inline(L_row, r, cnt, cI, I, (int64_t)I, nb, nb,
+                                   prior_first, prior_diagonal, key);
 }
 
 #endif /* MRAD_ATTN_SELECT_RULE_H */

@@ -36,6 +36,15 @@ void attn_select_keys_row(const float *L_row, float r, const float *cnt,
                                 prior_diagonal, key);
 }
 
+void attn_select_keys_row_at(const float *L_row, float r, const float *cnt,
+                             float cI, uint32_t I, int64_t center, uint32_t vis,
+                             uint32_t nb, uint32_t prior_first,
+                             uint32_t prior_diagonal, uint64_t *key)
+{
+    attn_select_keys_row_at_inline(L_row, r, cnt, cI, I, center, vis, nb,
+                                   prior_first, prior_diagonal, key);
+}
+
 /* Digits of the radix select: the first one wide (the sign, the exponent
  * and five bits of mantissa of a score), so that on large grids few keys
  * share the boundary digit; then narrower ones for the shrinking list. */

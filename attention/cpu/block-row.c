@@ -5,6 +5,9 @@
  * High-resolution terms stream through an online (flash-style) softmax one
  * 32x32 tile at a time, key blocks in increasing J, so nothing N x N is
  * ever held.  exact is the case where every non-empty key block is a tile.
+ * Under causality, key blocks hidden from the whole block row are never
+ * visited, and a partial one has its logits of keys beyond each query's
+ * position set to -inf before the softmax.
  * The low-resolution terms of MRA-2 ("full" mode) have a logit L_IJ +
  * ln c_J that is the same for every query row of the block, so they are
  * folded once per block row into a (max, weight sum, weighted value sum)
@@ -23,16 +26,33 @@ struct lowres_terms {
     float sum; /* sum of exp(logit - m) */
 };
 
+/* Hides the keys of a tile that come after each query's position: key j
+ * of the tile is seen by query i when j <= i + d (d = 32*(I - J) + off).
+ * The tile's row maxima are taken again over what is left. */
+static void causal_mask(float *st, float *tmax, int64_t d)
+{
+    for (int i = 0; i < CPU_TILE; i++)
+        tmax[i] = -INFINITY;
+    for (int j = 0; j < CPU_TILE; j++) {
+        float *row = st + j * CPU_TILE;
+        for (int i = 0; i < CPU_TILE; i++) {
+            if ((int64_t)j > (int64_t)i + d)
+                row[i] = -INFINITY;
+            tmax[i] = row[i] > tmax[i] ? row[i] : tmax[i];
+        }
+    }
+}
+
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                    const struct cpu_kernels *kern)
 {
     const struct attn_problem *p = hd->p;
-    uint32_t nb = hd->nb, D = hd->D, Dp = hd->Dp;
+    uint32_t nbk = hd->nbk, D = hd->D, Dp = hd->Dp;
     size_t es = attn_dtype_size(p->dtype);
     char *out =
-        (char *)p->out + (((size_t)hd->b * p->H + hd->h) * p->N) * D * es;
+        (char *)p->out + (((size_t)hd->b * p->H + hd->h) * hd->Nq) * D * es;
     uint32_t i0 = I * CPU_TILE;
-    uint32_t rows = hd->N - i0 < CPU_TILE ? hd->N - i0 : CPU_TILE;
+    uint32_t rows = hd->Nq - i0 < CPU_TILE ? hd->Nq - i0 : CPU_TILE;
 
     _Alignas(64) float acc[CPU_TILE * ATTN_MAX_HEAD_DIM];
     _Alignas(64) float s[CPU_TILE * CPU_TILE];
@@ -41,9 +61,14 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
     _Alignas(64) float row[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float m[CPU_TILE], l[CPU_TILE], alpha[CPU_TILE];
     _Alignas(64) float tmax[CPU_TILE];
+    int real[CPU_TILE], any = 0;
+    for (uint32_t i = 0; i < CPU_TILE; i++)
+        any |= real[i] = cpu_head_query_real(hd, i0 + i);
 
     struct lowres_terms lt = {0, -INFINITY, 0.0f};
-    if (hd->cnt[I] != 0.0f) {
+    if (any) {
+        uint32_t vis, seen;
+        attn_grid_row(&hd->grid, I, &vis, &seen);
         memset(acc, 0, (size_t)CPU_TILE * Dp * sizeof *acc);
         for (int i = 0; i < CPU_TILE; i++) {
             m[i] = -INFINITY;
@@ -52,12 +77,16 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
         /* s holds the transposed tile, st[j][i] (see kernels.h) */
         cpu_head_q_block(hd, I, qt);
         const uint8_t *sel =
-            hd->method == ATTN_EXACT ? NULL : hd->sel + (size_t)I * nb;
-        for (uint32_t J = 0; J < nb; J++) {
-            if ((sel && !sel[J]) || hd->cnt[J] == 0.0f)
+            hd->method == ATTN_EXACT ? NULL : hd->sel + (size_t)I * nbk;
+        for (uint32_t J = 0; J < seen; J++) {
+            if ((sel && sel[J] != 1) || hd->cnt[J] == 0.0f)
                 continue;
             kern->qk_tile(hd->k + (size_t)J * CPU_TILE * Dp, qt, D, Dp,
                           hd->scale, hd->kbias + (size_t)J * CPU_TILE, s, tmax);
+            if (J >= vis)
+                causal_mask(s, tmax,
+                            (int64_t)CPU_TILE * ((int64_t)I - J) +
+                                hd->grid.off);
             kern->softmax_tile(s, tmax, m, l, alpha);
             kern->pv_tile(s, hd->v + (size_t)J * CPU_TILE * Dp, Dp, alpha, acc);
         }
@@ -75,10 +104,9 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
         float *dst = p->dtype == ATTN_F32 && ((uintptr_t)o & 3) == 0
                          ? (float *)(void *)o
                          : row;
-        /* a masked query row (kbias doubles as the token mask) or a row
-         * with no terms at all is 0 */
-        int real = hd->cnt[I] != 0.0f && hd->kbias[i0 + i] == 0.0f;
-        if (!real || (l[i] == 0.0f && !lt.any)) {
+        /* a masked query row or a row with no terms at all (under
+         * causality: one that sees no real key) is 0 */
+        if (!real[i] || (l[i] == 0.0f && !lt.any)) {
             memset(dst, 0, D * sizeof *dst);
         } else {
             float a = 0.0f, bl = 0.0f;

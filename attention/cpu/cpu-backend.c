@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "attention/attn-impl.h"
+#include "attention/cpu/decode.h"
 #include "attention/cpu/head.h"
 #include "attention/cpu/kernels.h"
 #include "attention/cpu/pool.h"
@@ -84,7 +85,7 @@ static void run_load(void *arg, size_t item, int worker)
     if (cancelled(hd))
         return;
     uint32_t J0 = (uint32_t)(k * LOAD_CHUNK);
-    uint32_t J1 = J0 + LOAD_CHUNK < hd->nb ? J0 + LOAD_CHUNK : hd->nb;
+    uint32_t J1 = J0 + LOAD_CHUNK < hd->nbk ? J0 + LOAD_CHUNK : hd->nbk;
     cpu_head_load(hd, J0, J1, g->ctx->kern);
 }
 
@@ -137,12 +138,12 @@ static size_t plan(struct group *g, size_t (*per)(const struct cpu_head *))
 
 static size_t items_load(const struct cpu_head *hd)
 {
-    return (hd->nb + LOAD_CHUNK - 1) / LOAD_CHUNK;
+    return (hd->nbk + LOAD_CHUNK - 1) / LOAD_CHUNK;
 }
 
 static size_t items_rows(const struct cpu_head *hd)
 {
-    return hd->nb;
+    return hd->nbq;
 }
 
 static size_t items_lowres(const struct cpu_head *hd)
@@ -178,9 +179,13 @@ static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
  * plus a few operations per loaded element. */
 static double head_flop(const struct cpu_head *hd)
 {
-    double nd = (double)hd->nb * CPU_TILE * hd->D, nb = hd->nb;
-    double blocks = hd->method == ATTN_EXACT ? nb * nb : (double)hd->budget;
-    return 4.0 * blocks * CPU_TILE * CPU_TILE * hd->D + 2.0 * nb * nb * hd->D +
+    double nd = (double)hd->nbk * CPU_TILE * hd->D;
+    double pairs = (double)hd->nbq * hd->nbk;
+    double seen = (double)(hd->grid.visible + hd->grid.partial);
+    double blocks = hd->method == ATTN_EXACT
+                        ? seen
+                        : (double)hd->budget + (double)hd->grid.partial;
+    return 4.0 * blocks * CPU_TILE * CPU_TILE * hd->D + 2.0 * pairs * hd->D +
            8.0 * nd;
 }
 
@@ -233,8 +238,28 @@ static int cpu_compute_batch(void *vctx,
         return ATTN_ENOMEM;
     }
 
+    /* Problems with few queries take the decode path, one at a time. */
+    int threads = cpu_pool_threads(ctx->pool);
+    for (size_t i = 0; i < n; i++) {
+        const struct attn_problem *p = probs[i];
+        if (!cpu_decode_fits(p))
+            continue;
+        if (p->cancel && *p->cancel) {
+            errs[i] = ATTN_ECANCELED;
+            continue;
+        }
+        size_t bytes = cpu_decode_bytes(p, threads);
+        if (bytes == 0 || arena_reserve(ctx, bytes) != ATTN_OK) {
+            errs[i] = ATTN_ENOMEM;
+            continue;
+        }
+        errs[i] = cpu_decode_run(p, ctx->pool, ctx->kern, ctx->arena);
+    }
+
     size_t pi = 0;           /* problem of the next head */
     uint32_t pb = 0, ph = 0; /* its batch entry and head */
+    while (pi < n && cpu_decode_fits(probs[pi]))
+        pi++;
     while (pi < n) {
         /* form a group */
         size_t gn = 0, bytes = 0;
@@ -261,6 +286,8 @@ static int cpu_compute_batch(void *vctx,
                 if (++pb == p->B) {
                     pb = 0;
                     pi++;
+                    while (pi < n && cpu_decode_fits(probs[pi]))
+                        pi++;
                 }
             }
         }

@@ -19,15 +19,22 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
     hd->p = p;
     hd->b = b;
     hd->h = h;
-    hd->N = p->N;
+    hd->Nq = p->Nq;
+    hd->Nk = p->Nk;
     hd->D = p->D;
     hd->Dp = (p->D + CPU_DPAD - 1) / CPU_DPAD * CPU_DPAD;
-    hd->nb = attn_num_blocks(p->N);
+    attn_grid_init(&hd->grid, p);
+    hd->nbq = hd->grid.nbq;
+    hd->nbk = hd->grid.nbk;
     hd->budget = attn_budget(p);
     hd->scale = attn_scale(p);
     hd->method = p->method;
-    hd->kv_inplace = p->dtype == ATTN_F32 && !p->mask && p->N % CPU_TILE == 0 &&
-                     p->D % CPU_DPAD == 0;
+    /* The query mask: q_mask, or in self-attention the key mask. */
+    hd->qmask = p->q_mask ? p->q_mask : p->Nq == p->Nk ? p->mask : NULL;
+    hd->kv_inplace = p->dtype == ATTN_F32 && !p->mask &&
+                     p->Nk % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
+    hd->q_inplace = p->dtype == ATTN_F32 && !hd->qmask &&
+                    p->Nq % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
 }
 
 /* The workspace pieces in carving order: element size and count. */
@@ -46,48 +53,44 @@ static size_t mul(size_t a, size_t b)
 /* Fills pc[] and returns their number, or -1 if a count overflows. */
 static int pieces(struct cpu_head *hd, struct piece *pc)
 {
-    size_t nb = hd->nb, Dp = hd->Dp, D = hd->D;
-    size_t Np = mul(nb, CPU_TILE);
+    size_t nbq = hd->nbq, nbk = hd->nbk, Dp = hd->Dp, D = hd->D;
+    size_t Npk = mul(nbk, CPU_TILE);
     int mra = hd->method != ATTN_EXACT;
-    size_t nn = mra ? mul(nb, nb) : 0;
-    size_t npd = mul(Np, Dp), nbd = mul(nb, D), nbdp = mul(nb, Dp);
+    size_t nn = mra ? mul(nbq, nbk) : 0;
+    size_t npd = mul(Npk, Dp), nkd = mul(nbk, D);
+    size_t nqdp = mul(nbq, Dp), nkdp = mul(nbk, Dp);
     /* the selection indexes the grid with 32-bit integers */
     if (mra && nn > UINT32_MAX)
         return -1;
-    if (Np == 0 || (mra && nn == 0) || npd == 0 || nbd == 0 || nbdp == 0)
+    if (Npk == 0 || (mra && nn == 0) || npd == 0 || nkd == 0 || nqdp == 0 ||
+        nkdp == 0)
         return -1;
     int n = 0;
     size_t kvc = hd->kv_inplace ? 0 : npd;
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->kcopy};
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->vcopy};
-    pc[n++] =
-        (struct piece){sizeof(float), Np, (void **)&hd->kbias};     /* kbias */
-    pc[n++] = (struct piece){sizeof(float), nb, (void **)&hd->cnt}; /* cnt */
-    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
-                             (void **)&hd->lnc}; /* lnc */
-    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
-                             (void **)&hd->qh}; /* qh */
-    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
-                             (void **)&hd->vh}; /* vh */
-    pc[n++] = (struct piece){sizeof(float), mra ? nbd : 0,
-                             (void **)&hd->khT};                   /* khT */
-    pc[n++] = (struct piece){sizeof(float), nn, (void **)&hd->L};  /* L */
+    pc[n++] = (struct piece){sizeof(float), Npk, (void **)&hd->kbias};
+    pc[n++] = (struct piece){sizeof(float), nbk, (void **)&hd->cnt};
+    pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->cntq};
+    pc[n++] = (struct piece){sizeof(float), mra ? nbk : 0, (void **)&hd->lnc};
+    pc[n++] = (struct piece){sizeof(float), mra ? nqdp : 0, (void **)&hd->qh};
+    pc[n++] = (struct piece){sizeof(float), mra ? nkdp : 0, (void **)&hd->vh};
+    pc[n++] = (struct piece){sizeof(float), mra ? nkd : 0, (void **)&hd->khT};
+    pc[n++] = (struct piece){sizeof(float), nn, (void **)&hd->L};
     pc[n++] = (struct piece){sizeof(uint64_t), nn, (void **)&hd->key};
-    pc[n++] = (struct piece){sizeof(uint32_t), mra ? ATTN_SELECT_SCRATCH(nn) : 0,
-                             (void **)&hd->scratch}; /* scratch */
-    pc[n++] = (struct piece){sizeof(uint8_t), nn, (void **)&hd->sel}; /* sel */
-    pc[n++] = (struct piece){sizeof(float), mra ? nbdp : 0,
-                             (void **)&hd->vlow}; /* vlow */
-    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
-                             (void **)&hd->lm}; /* lm */
-    pc[n++] = (struct piece){sizeof(float), mra ? nb : 0,
-                             (void **)&hd->lsum}; /* lsum */
+    pc[n++] =
+        (struct piece){sizeof(uint32_t), mra ? ATTN_SELECT_SCRATCH(nn) : 0,
+                       (void **)&hd->scratch};
+    pc[n++] = (struct piece){sizeof(uint8_t), nn, (void **)&hd->sel};
+    pc[n++] = (struct piece){sizeof(float), mra ? nqdp : 0, (void **)&hd->vlow};
+    pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->lm};
+    pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->lsum};
     return n;
 }
 
 size_t cpu_head_bytes(const struct cpu_head *hd)
 {
-    struct piece pc[16];
+    struct piece pc[20];
     struct cpu_head copy = *hd; /* pieces() records field addresses */
     int n = pieces(&copy, pc);
     size_t total = 0;
@@ -106,7 +109,7 @@ size_t cpu_head_bytes(const struct cpu_head *hd)
 
 void cpu_head_carve(struct cpu_head *hd, void *mem)
 {
-    struct piece pc[16];
+    struct piece pc[20];
     int n = pieces(hd, pc); /* >= 0: cpu_head_bytes() succeeded */
     char *at = mem;
     for (int i = 0; i < n; i++) {
@@ -118,7 +121,7 @@ void cpu_head_carve(struct cpu_head *hd, void *mem)
     if (hd->kv_inplace) {
         /* rows of KV head h / (H / Hkv) of batch entry b, stride D = Dp */
         size_t off =
-            ((size_t)hd->b * p->Hkv + hd->h / (p->H / p->Hkv)) * p->N * p->D;
+            ((size_t)hd->b * p->Hkv + hd->h / (p->H / p->Hkv)) * p->Nk * p->D;
         hd->k = (const float *)p->k + off;
         hd->v = (const float *)p->v + off;
     } else {
@@ -127,22 +130,28 @@ void cpu_head_carve(struct cpu_head *hd, void *mem)
     }
 }
 
-/* Address of token t of head `head` (of `heads`) in a [B, heads, N, D]
+/* Address of token t of head `head` (of `heads`) in a [B, heads, n, D]
  * tensor. */
 static const char *row_addr(const struct cpu_head *hd, const void *base,
-                            uint32_t heads, uint32_t head, uint32_t t)
+                            uint32_t heads, uint32_t head, uint32_t n,
+                            uint32_t t)
 {
     const struct attn_problem *p = hd->p;
     size_t es = attn_dtype_size(p->dtype);
-    size_t idx = (((size_t)hd->b * heads + head) * p->N + t) * p->D;
+    size_t idx = (((size_t)hd->b * heads + head) * n + t) * p->D;
     return (const char *)base + idx * es;
 }
 
-/* Whether token t is a real token: inside N and not masked out. */
-static int token_real(const struct cpu_head *hd, uint32_t t)
+/* Whether key t is a real key: inside Nk and not masked out. */
+static int key_real(const struct cpu_head *hd, uint32_t t)
 {
     const struct attn_problem *p = hd->p;
-    return t < hd->N && (!p->mask || p->mask[(size_t)hd->b * p->N + t]);
+    return t < hd->Nk && (!p->mask || p->mask[(size_t)hd->b * p->Nk + t]);
+}
+
+int cpu_head_query_real(const struct cpu_head *hd, uint32_t t)
+{
+    return t < hd->Nq && (!hd->qmask || hd->qmask[(size_t)hd->b * hd->Nq + t]);
 }
 
 void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
@@ -152,13 +161,13 @@ void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
     float qrow[ATTN_MAX_HEAD_DIM];
     for (uint32_t i = 0; i < CPU_TILE; i++) {
         uint32_t t = I * CPU_TILE + i;
-        if (!token_real(hd, t)) {
+        if (!cpu_head_query_real(hd, t)) {
             for (uint32_t d = 0; d < D; d++)
                 qt[(size_t)d * CPU_TILE + i] = 0.0f;
             continue;
         }
         const float *src = qrow;
-        const char *at = row_addr(hd, p->q, p->H, hd->h, t);
+        const char *at = row_addr(hd, p->q, p->H, hd->h, hd->Nq, t);
         if (p->dtype == ATTN_F32 && ((uintptr_t)at & 3) == 0)
             src = (const float *)(const void *)at;
         else
@@ -180,16 +189,18 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
         float c = 0.0f;
         for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
             uint32_t t = J * CPU_TILE + jj;
-            int real = token_real(hd, t);
+            int real = key_real(hd, t);
             c += real ? 1.0f : 0.0f;
             if (!hd->kv_inplace) {
                 float *k = hd->kcopy + (size_t)t * Dp;
                 float *v = hd->vcopy + (size_t)t * Dp;
                 if (real) {
-                    attn_to_f32(p->dtype, row_addr(hd, p->k, p->Hkv, kvh, t), k,
-                                D);
-                    attn_to_f32(p->dtype, row_addr(hd, p->v, p->Hkv, kvh, t), v,
-                                D);
+                    kern->to_f32(p->dtype,
+                                 row_addr(hd, p->k, p->Hkv, kvh, hd->Nk, t), k,
+                                 D);
+                    kern->to_f32(p->dtype,
+                                 row_addr(hd, p->v, p->Hkv, kvh, hd->Nk, t), v,
+                                 D);
                     /* only the padding columns need zeroing */
                     memset(k + D, 0, (Dp - D) * sizeof *k);
                     memset(v + D, 0, (Dp - D) * sizeof *v);
@@ -208,39 +219,37 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
          * of Q and V wait for the lowres phase (cpu_head_means()) */
         kern->block_mean(hd->k + (size_t)J * CPU_TILE * Dp, Dp, c, kmean);
         for (uint32_t d = 0; d < D; d++)
-            hd->khT[(size_t)d * hd->nb + J] = kmean[d];
+            hd->khT[(size_t)d * hd->nbk + J] = kmean[d];
     }
 }
 
-/* The block means of Q and V of block I (MRA): Q's from its real rows
- * summed in token order (a masked or padded row would add zeros), V's
- * through the kernel.  Needs block I loaded (cnt, and V's copy if any). */
-static void cpu_head_means(struct cpu_head *hd, uint32_t I,
-                           const struct cpu_kernels *kern)
+/* The block mean of Q of query block I (MRA): its real rows summed in
+ * token order (a masked or padded row would add zeros); also c_I. */
+static void cpu_head_q_mean(struct cpu_head *hd, uint32_t I,
+                            const struct cpu_kernels *kern)
 {
     const struct attn_problem *p = hd->p;
     uint32_t D = hd->D, Dp = hd->Dp;
     float qrow[ATTN_MAX_HEAD_DIM];
     _Alignas(64) float qsum[ATTN_MAX_HEAD_DIM];
-    float c = hd->cnt[I];
+    float c = hd->cntq[I];
     float *qh = hd->qh + (size_t)I * Dp;
-    kern->block_mean(hd->v + (size_t)I * CPU_TILE * Dp, Dp, c,
-                     hd->vh + (size_t)I * Dp);
-    if (hd->kv_inplace && ((uintptr_t)p->q & 3) == 0) {
-        /* Q has the working layout too (f32 rows of Dp, every token
-         * real): the kernel sums its rows in place, in the same order as
-         * the loop below */
+    if (hd->q_inplace && ((uintptr_t)p->q & 3) == 0) {
+        /* Q has the working layout (f32 rows of Dp, every query real):
+         * the kernel sums its rows in place, in the same order as the
+         * loop below */
         kern->block_mean((const float *)(const void *)row_addr(
-                             hd, p->q, p->H, hd->h, I * CPU_TILE),
+                             hd, p->q, p->H, hd->h, hd->Nq, I * CPU_TILE),
                          Dp, c, qh);
         return;
     }
     memset(qsum, 0, D * sizeof *qsum);
     for (uint32_t i = 0; i < CPU_TILE; i++) {
         uint32_t t = I * CPU_TILE + i;
-        if (!token_real(hd, t))
+        if (!cpu_head_query_real(hd, t))
             continue;
-        attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, t), qrow, D);
+        attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, hd->Nq, t), qrow,
+                    D);
         for (uint32_t d = 0; d < D; d++)
             qsum[d] += qrow[d];
     }
@@ -252,45 +261,88 @@ static void cpu_head_means(struct cpu_head *hd, uint32_t I,
 
 uint32_t cpu_head_row_groups(const struct cpu_head *hd)
 {
-    return (hd->nb + CPU_LR_ROWS - 1) / CPU_LR_ROWS;
+    return (hd->nbq + CPU_LR_ROWS - 1) / CPU_LR_ROWS;
+}
+
+/* The query counts c_I of block rows [I0, I1) (MRA). */
+static void count_queries(struct cpu_head *hd, uint32_t I0, uint32_t I1)
+{
+    for (uint32_t I = I0; I < I1; I++) {
+        float c = 0.0f;
+        for (uint32_t i = 0; i < CPU_TILE; i++)
+            c += cpu_head_query_real(hd, I * CPU_TILE + i) ? 1.0f : 0.0f;
+        hd->cntq[I] = c;
+    }
 }
 
 void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
                      const struct cpu_kernels *kern)
 {
     const struct attn_problem *p = hd->p;
-    uint32_t nb = hd->nb, I0 = G * CPU_LR_ROWS;
-    uint32_t rows = nb - I0 < CPU_LR_ROWS ? nb - I0 : CPU_LR_ROWS;
-    float *L = hd->L + (size_t)I0 * nb, rmax[CPU_LR_ROWS];
-    /* the group's own Q and V means: reading them here, among the
-     * arithmetic, keeps the memory-bound load phase short */
+    uint32_t nbq = hd->nbq, nbk = hd->nbk, I0 = G * CPU_LR_ROWS;
+    uint32_t rows = nbq - I0 < CPU_LR_ROWS ? nbq - I0 : CPU_LR_ROWS;
+    float *L = hd->L + (size_t)I0 * nbk, rmax[CPU_LR_ROWS];
+    /* The group's own Q means and a share of V's (the fold needs them
+     * all): reading them here, among the arithmetic, keeps the
+     * memory-bound load phase short.  In self-attention the share is the
+     * group's own blocks. */
+    uint32_t groups = cpu_head_row_groups(hd);
+    uint32_t J0 = (uint32_t)((uint64_t)G * nbk / groups);
+    uint32_t J1 = (uint32_t)((uint64_t)(G + 1) * nbk / groups);
+    for (uint32_t J = J0; J < J1; J++)
+        kern->block_mean(hd->v + (size_t)J * CPU_TILE * hd->Dp, hd->Dp,
+                         hd->cnt[J], hd->vh + (size_t)J * hd->Dp);
+    count_queries(hd, I0, I0 + rows);
     for (uint32_t I = I0; I < I0 + rows; I++)
-        cpu_head_means(hd, I, kern);
+        cpu_head_q_mean(hd, I, kern);
     kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT,
-                      hd->D, nb, hd->scale, L, rmax);
-    for (uint32_t I = I0; I < I0 + rows; I++, L += nb) {
+                      hd->D, nbk, hd->scale, L, rmax);
+    int64_t shift = attn_grid_diag_shift(&hd->grid);
+    for (uint32_t I = I0; I < I0 + rows; I++, L += nbk) {
+        uint32_t vis, seen;
+        attn_grid_row(&hd->grid, I, &vis, &seen);
         /* r_I: L[0], raised by every larger L[J] (so a NaN L[0] gives a
-         * NaN r_I, and a later NaN is passed over) */
+         * NaN r_I, and a later NaN is passed over), over the pairs that
+         * are not hidden (0 when every pair is) */
         float r = L[0] != L[0] ? L[0] : rmax[I - I0];
-        kern->select_keys_row(L, r, hd->cnt, hd->cnt[I], I, nb,
-                              p->prior_first, p->prior_diagonal,
-                              hd->key + (size_t)I * nb);
+        if (seen < nbk) {
+            r = 0.0f;
+            if (seen > 0) {
+                r = L[0];
+                for (uint32_t J = 1; J < seen; J++)
+                    r = L[J] > r ? L[J] : r;
+            }
+        }
+        kern->select_keys_row(L, r, hd->cnt, hd->cntq[I], I, (int64_t)I + shift,
+                              vis, nbk, p->prior_first, p->prior_diagonal,
+                              hd->key + (size_t)I * nbk);
     }
 }
 
 void cpu_head_select(struct cpu_head *hd)
 {
-    size_t n = (size_t)hd->nb * hd->nb;
+    size_t n = (size_t)hd->nbq * hd->nbk;
     attn_select_topk(hd->key, n, (size_t)hd->budget, hd->sel, hd->scratch);
+    if (!hd->grid.causal)
+        return;
+    /* Partial pairs are always computed (their keys masked query by
+     * query); hidden ones never. */
+    for (uint32_t I = 0; I < hd->nbq; I++) {
+        uint32_t vis, seen;
+        attn_grid_row(&hd->grid, I, &vis, &seen);
+        uint8_t *row = hd->sel + (size_t)I * hd->nbk;
+        memset(row + vis, 1, seen - vis);
+        memset(row + seen, 2, hd->nbk - seen);
+    }
 }
 
 void cpu_head_fold(struct cpu_head *hd, uint32_t G,
                    const struct cpu_kernels *kern)
 {
-    uint32_t nb = hd->nb, I0 = G * CPU_LR_ROWS;
-    uint32_t rows = nb - I0 < CPU_LR_ROWS ? nb - I0 : CPU_LR_ROWS;
-    kern->lowres_fold_rows(hd->L + (size_t)I0 * nb, hd->lnc,
-                           hd->sel + (size_t)I0 * nb, hd->cnt, hd->vh, nb,
+    uint32_t nbq = hd->nbq, nbk = hd->nbk, I0 = G * CPU_LR_ROWS;
+    uint32_t rows = nbq - I0 < CPU_LR_ROWS ? nbq - I0 : CPU_LR_ROWS;
+    kern->lowres_fold_rows(hd->L + (size_t)I0 * nbk, hd->lnc,
+                           hd->sel + (size_t)I0 * nbk, hd->cnt, hd->vh, nbk,
                            hd->Dp, rows, hd->vlow + (size_t)I0 * hd->Dp,
                            hd->lm + I0, hd->lsum + I0);
 }

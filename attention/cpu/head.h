@@ -4,26 +4,31 @@
  *
  * A head goes through up to five phases, each a parallel loop over
  * independent items (see cpu-backend.c):
- *   1. load    (per block J): f32 working copies of K and V (where they
- *              cannot be read in place) with masked and padded tokens
- *              zeroed, the key bias, block counts, and for MRA the block
- *              means of K;
- *   2. lowres  (MRA, per CPU_LR_ROWS block rows): the rows' block means of
- *              Q and V, L_IJ for all J, each row's max, and the selection
- *              keys of the scores S_IJ;
- *   3. select  (MRA, per head): the top-k blocks over the whole grid;
+ *   1. load    (per key block J): f32 working copies of K and V (where
+ *              they cannot be read in place) with masked and padded keys
+ *              zeroed, the key bias, key block counts, and for MRA the
+ *              block means of K;
+ *   2. lowres  (MRA, per CPU_LR_ROWS query block rows): the rows' block
+ *              means of Q (and a share of V's), L_IJ for all J, each
+ *              row's max, and the selection keys of the scores S_IJ;
+ *   3. select  (MRA, per head): the top-k blocks over the whole grid, then
+ *              the causally partial pairs marked computed and the hidden
+ *              ones marked skipped;
  *   4. fold    (MRA, per CPU_LR_ROWS block rows): the low-resolution terms
- *              of each block row (those not selected) folded into a
+ *              of each block row (visible pairs not selected) folded into a
  *              (max, weight sum, weighted value sum) triple;
- *   5. rows    (per block row I): the outputs of the 32 query rows, from
- *              the block of Q transposed on the spot (cpu_head_q_block()).
+ *   5. rows    (per query block row I): the outputs of the 32 query rows,
+ *              from the block of Q transposed on the spot
+ *              (cpu_head_q_block()); causally hidden key blocks are never
+ *              visited and partial ones are masked query by query.
  * Every item writes only its own slice, and its arithmetic never depends
  * on which thread runs it, so results are bitwise reproducible.
  *
- * Memory per head is O(N*D + nb^2) (cpu_head_bytes()), never N x N.
- * Where the caller's K and V already have the working layout (f32, no
- * mask, whole blocks, D a multiple of CPU_DPAD) the kernels read them in
- * place instead of from a copy, which saves the copy's memory traffic.
+ * Memory per head is O((Nq + Nk)*D + nbq*nbk) (cpu_head_bytes()), never
+ * Nq x Nk.  Where the caller's K and V already have the working layout
+ * (f32, no mask, whole blocks, D a multiple of CPU_DPAD) the kernels read
+ * them in place instead of from a copy, which saves the copy's memory
+ * traffic.
  */
 #ifndef MRAD_ATTN_CPU_HEAD_H
 #define MRAD_ATTN_CPU_HEAD_H
@@ -36,29 +41,37 @@
 
 struct cpu_head {
     const struct attn_problem *p;
-    uint32_t b, h;     /* batch entry and query head */
-    uint32_t N, D, Dp; /* tokens, head dim, padded head dim */
-    uint32_t nb;       /* blocks */
-    uint64_t budget;   /* k of the spec (MRA) */
+    uint32_t b, h;         /* batch entry and query head */
+    uint32_t Nq, Nk;       /* queries, keys */
+    uint32_t D, Dp;        /* head dim, padded head dim */
+    uint32_t nbq, nbk;     /* query and key blocks */
+    struct attn_grid grid; /* which pairs causality hides */
+    uint64_t budget;       /* k of the spec (MRA) */
     float scale;
-    int method; /* enum attn_method */
+    int method;           /* enum attn_method */
+    const uint8_t *qmask; /* [B, Nq] query mask in use, or NULL (all real) */
     /* workspace, carved from the backend's arena by cpu_head_carve() */
-    const float *k; /* [nb*32][Dp], masked rows 0: kcopy or the input */
-    const float *v; /* [nb*32][Dp]: vcopy or the input */
+    const float *k; /* [nbk*32][Dp], masked rows 0: kcopy or the input */
+    const float *v; /* [nbk*32][Dp]: vcopy or the input */
     float *kcopy;   /* the working copies, when k/v are not read in place */
     float *vcopy;
-    int kv_inplace;    /* f32, no mask, N % 32 == 0, D % CPU_DPAD == 0 */
-    float *kbias;      /* [nb*32]: 0 for a real key, -inf otherwise */
-    float *cnt;        /* [nb]: c_J */
-    float *lnc;        /* [nb]: ln c_J (MRA; unused where c_J = 0) */
-    float *qh, *vh;    /* [nb][Dp]: block means (MRA) */
-    float *khT;        /* [D][nb]: key block means, transposed (MRA) */
-    float *L;          /* [nb][nb]: low-resolution logits (MRA) */
-    uint64_t *key;     /* [nb][nb]: selection keys of the scores (MRA) */
-    uint32_t *scratch; /* [ATTN_SELECT_SCRATCH(nb*nb)]: top-k scratch (MRA) */
-    uint8_t *sel;      /* [nb][nb]: 1 = selected (MRA) */
-    float *vlow;       /* [nb][Dp]: folded low-resolution values (MRA) */
-    float *lm, *lsum;  /* [nb]: their max logit and weight sum (MRA) */
+    int kv_inplace;    /* f32, no key mask, Nk % 32 == 0, D % CPU_DPAD == 0 */
+    int q_inplace;     /* f32, every query real, Nq % 32 == 0, D % CPU_DPAD
+                          == 0: Q's block means summed in place */
+    float *kbias;      /* [nbk*32]: 0 for a real key, -inf otherwise */
+    float *cnt;        /* [nbk]: c_J of the keys */
+    float *cntq;       /* [nbq]: c_I of the queries (MRA) */
+    float *lnc;        /* [nbk]: ln c_J (MRA; unused where c_J = 0) */
+    float *qh;         /* [nbq][Dp]: query block means (MRA) */
+    float *vh;         /* [nbk][Dp]: value block means (MRA) */
+    float *khT;        /* [D][nbk]: key block means, transposed (MRA) */
+    float *L;          /* [nbq][nbk]: low-resolution logits (MRA) */
+    uint64_t *key;     /* [nbq][nbk]: selection keys of the scores (MRA) */
+    uint32_t *scratch; /* [ATTN_SELECT_SCRATCH(nbq*nbk)]: top-k scratch */
+    uint8_t *sel;      /* [nbq][nbk]: 0 = not selected, 1 = computed at full
+                          resolution, 2 = hidden by causality (MRA) */
+    float *vlow;       /* [nbq][Dp]: folded low-resolution values (MRA) */
+    float *lm, *lsum;  /* [nbq]: their max logit and weight sum (MRA) */
 };
 
 /* Fills the shape fields of a head of problem p.  p must have passed
@@ -72,10 +85,11 @@ size_t cpu_head_bytes(const struct cpu_head *hd);
  * aligned). */
 void cpu_head_carve(struct cpu_head *hd, void *mem);
 
-/* Phase 1 for key blocks [J0, J1). */
+/* Phase 1 for key blocks [J0, J1): ceil(nbk / chunk) items. */
 void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                    const struct cpu_kernels *kern);
-/* Row groups of the lowres and fold phases: CPU_LR_ROWS block rows each. */
+/* Row groups of the lowres and fold phases: CPU_LR_ROWS query block rows
+ * each. */
 uint32_t cpu_head_row_groups(const struct cpu_head *hd);
 /* Phase 2 for row group G (MRA only). */
 void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
@@ -85,10 +99,13 @@ void cpu_head_select(struct cpu_head *hd);
 /* Phase 4 for row group G (MRA only). */
 void cpu_head_fold(struct cpu_head *hd, uint32_t G,
                    const struct cpu_kernels *kern);
-/* Block I of Q in f32, transposed: qt[d][i] for D rows of 32, zero for
- * masked and padded tokens. */
+/* Nonzero when query t is real: inside Nq and not masked out. */
+int cpu_head_query_real(const struct cpu_head *hd, uint32_t t);
+/* Query block I in f32, transposed: qt[d][i] for D rows of 32, zero for
+ * masked and padded queries. */
 void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt);
-/* Phase 5 for block row I: writes rows I*32 .. min(N, I*32+32) of out. */
+/* Phase 5 for query block row I: writes rows I*32 .. min(Nq, I*32+32) of
+ * out. */
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                    const struct cpu_kernels *kern);
 

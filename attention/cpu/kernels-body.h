@@ -18,6 +18,7 @@
  */
 #include <string.h>
 
+#include "attention/attn.h"
 #include "attention/cpu/kernels.h"
 #include "attention/select-rule.h"
 
@@ -214,10 +215,15 @@ static void k_softmax_tile(float *st, const float *tmax, float *m, float *l,
     vf mx[NJ], sum[NJ];
     for (int t = 0; t < NJ; t++) {
         vf old = ld(m + t * KVEC);
-        mx[t] = vmax(ld(tmax + t * KVEC), old);
+        vf top = vmax(ld(tmax + t * KVEC), old);
+        stv(m + t * KVEC, top);
+        /* A row that has seen no key yet (a causal tile can hide every
+         * key from some of its rows) keeps m = -inf and subtracts 0
+         * instead, so that its exponentials are 0, not exp(-inf + inf);
+         * any other row subtracts its maximum as always. */
+        mx[t] = blend(top == splat(-__builtin_inff()), splat(0.0f), top);
         vf al = vexp(old - mx[t]); /* -inf - finite -> 0 */
         stv(alpha + t * KVEC, al);
-        stv(m + t * KVEC, mx[t]);
         sum[t] = splat(0.0f);
     }
     for (int j = 0; j < CPU_TILE; j++) {
@@ -496,14 +502,207 @@ static void k_lowres_fold_rows(const float *L, const float *lnc,
     }
 }
 
-/* attn_select_keys_row(), compiled for this ISA. */
+/* attn_select_keys_row_at(), compiled for this ISA. */
 static void k_select_keys_row(const float *L_row, float r, const float *cnt,
-                              float cI, uint32_t I, uint32_t nb,
-                              uint32_t prior_first, uint32_t prior_diagonal,
-                              uint64_t *key)
+                              float cI, uint32_t I, int64_t center,
+                              uint32_t vis, uint32_t nb, uint32_t prior_first,
+                              uint32_t prior_diagonal, uint64_t *key)
 {
-    attn_select_keys_row_inline(L_row, r, cnt, cI, I, nb, prior_first,
-                                prior_diagonal, key);
+    attn_select_keys_row_at_inline(L_row, r, cnt, cI, I, center, vis, nb,
+                                   prior_first, prior_diagonal, key);
+}
+
+/* f16 bits to f32, KVEC at a time: exact for every value (subnormals
+ * included), without F16C, by the shift-and-rescale method: normal
+ * numbers moved into f32's exponent range by a multiply with 2^-112,
+ * subnormals through a float subtraction of a magic bias. */
+typedef uint16_t vhu __attribute__((vector_size(KVEC * 2), aligned(2)));
+typedef uint32_t vu __attribute__((vector_size(KVEC * 4)));
+
+static inline vf f16_to_f32v(vhu h)
+{
+    vu w = __builtin_convertvector(h, vu) << 16;
+    vu sign = w & 0x80000000u;
+    vu two_w = w + w;
+    vf normal = (vf)((two_w >> 4) + (0xE0u << 23)) * 0x1p-112f;
+    vf denormal = (vf)((two_w >> 17) | (126u << 23)) - 0.5f;
+    vi small = (vi)(two_w < (1u << 27));
+    vu bits = ((vu)denormal & (vu)small) | ((vu)normal & ~(vu)small);
+    return (vf)(sign | bits);
+}
+
+/* n elements of `dt` at src into f32 at dst (see kernels.h). */
+static void k_to_f32(int dt, const void *src, float *dst, size_t n)
+{
+    size_t i = 0;
+    if (dt == ATTN_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = src;
+    if (dt == ATTN_BF16) {
+        for (; i + KVEC <= n; i += KVEC)
+            stv(dst + i,
+                (vf)(__builtin_convertvector(*(const vhu *)(h + i), vu) << 16));
+    } else {
+#if KVEC == 16 && defined(__AVX512F__)
+        for (; i + KVEC <= n; i += KVEC)
+            _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                          (const __m256i *)(h + i))));
+#else
+        for (; i + KVEC <= n; i += KVEC)
+            stv(dst + i, f16_to_f32v(*(const vhu *)(h + i)));
+#endif
+    }
+    if (i < n)
+        attn_to_f32((enum attn_dtype)dt, h + i, dst + i, n - i);
+}
+
+/* The sum of a vector's lanes, in a fixed order (a pairwise tree), so a
+ * given KVEC always gives the same bits. */
+static inline float hsum(vf x)
+{
+    float t[KVEC];
+    for (int i = 0; i < KVEC; i++)
+        t[i] = x[i];
+    for (int w = KVEC / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++)
+            t[i] += t[i + w];
+    return t[0];
+}
+
+/* KVEC vectors in, one out: out[j] = sum of the lanes of v[j], by a
+ * fixed tree of lane shuffles and adds (halving each vector's partial sums
+ * level by level), so a given KVEC always gives the same bits and a dot
+ * product costs a few operations of reduction instead of a whole
+ * horizontal sum. */
+#define SHUF __builtin_shufflevector
+static inline vf reduce_lanes(vf *v)
+{
+#if KVEC == 16
+    vf c[8], e[4], f[2];
+    for (int i = 0; i < 8; i++)
+        c[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                    19, 20, 21, 22, 23) +
+               SHUF(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24,
+                    25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        e[i] = SHUF(c[2 * i], c[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                    18, 19, 24, 25, 26, 27) +
+               SHUF(c[2 * i], c[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                    22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        f[i] = SHUF(e[2 * i], e[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17,
+                    20, 21, 24, 25, 28, 29) +
+               SHUF(e[2 * i], e[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
+                    22, 23, 26, 27, 30, 31);
+    return SHUF(f[0], f[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                28, 30) +
+           SHUF(f[0], f[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                29, 31);
+#elif KVEC == 8
+    vf c[4], e[2];
+    for (int i = 0; i < 4; i++)
+        c[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               SHUF(v[2 * i], v[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; i++)
+        e[i] = SHUF(c[2 * i], c[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+               SHUF(c[2 * i], c[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return SHUF(e[0], e[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+           SHUF(e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#elif KVEC == 4
+    vf c[2];
+    for (int i = 0; i < 2; i++)
+        c[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 1, 4, 5) +
+               SHUF(v[2 * i], v[2 * i + 1], 2, 3, 6, 7);
+    return SHUF(c[0], c[1], 0, 2, 4, 6) + SHUF(c[0], c[1], 1, 3, 5, 7);
+#else
+#error "reduce_lanes: KVEC must be 4, 8 or 16"
+#endif
+}
+#undef SHUF
+
+/* Few query rows against a block of 32 keys, lanes over the head
+ * dimension (see kernels.h): s[r][j] = scale * q_r . k_j + kbias[j] and
+ * smax[r] = max_j s[r][j].  For each row, KVEC keys at a time: one
+ * accumulator per key summed in d order (the block of keys stays in L1
+ * across rows), then reduce_lanes() turns the KVEC accumulators into the
+ * KVEC dot products. */
+static void k_qk_rows(const float *k, const float *q, uint32_t rows,
+                      uint32_t Dp, float scale, const float *kbias, float *s,
+                      float *smax)
+{
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *qr = q + (size_t)r * Dp;
+        vf mx = splat(-__builtin_inff());
+        for (int j0 = 0; j0 < CPU_TILE; j0 += KVEC) {
+            vf a[KVEC];
+            for (int jj = 0; jj < KVEC; jj++)
+                a[jj] = splat(0.0f);
+            for (uint32_t d0 = 0; d0 < Dp; d0 += KVEC) {
+                vf qv = ld(qr + d0);
+                for (int jj = 0; jj < KVEC; jj++)
+                    a[jj] += ld(k + (size_t)(j0 + jj) * Dp + d0) * qv;
+            }
+            vf x = reduce_lanes(a) * scale + ld(kbias + j0);
+            stv(s + (size_t)r * CPU_TILE + j0, x);
+            mx = vmax(x, mx);
+        }
+        float m = mx[0];
+        for (int t = 1; t < KVEC; t++)
+            m = mx[t] > m ? mx[t] : m;
+        smax[r] = m;
+    }
+}
+
+/* The online-softmax step of few rows (see kernels.h). */
+static void k_softmax_rows(float *s, const float *smax, uint32_t rows, float *m,
+                           float *l, float *alpha)
+{
+    for (uint32_t r = 0; r < rows; r++) {
+        float top = smax[r] > m[r] ? smax[r] : m[r];
+        /* a row that has seen no key keeps -inf and subtracts 0 */
+        float ms = top == -__builtin_inff() ? 0.0f : top;
+        vf sum = splat(0.0f);
+        float *row = s + (size_t)r * CPU_TILE;
+        for (int j = 0; j < CPU_TILE; j += KVEC) {
+            vf p = vexp(ld(row + j) - ms);
+            sum += p;
+            stv(row + j, p);
+        }
+        float al = vexp(splat(m[r] - ms))[0];
+        alpha[r] = al;
+        l[r] = l[r] * al + hsum(sum);
+        m[r] = top;
+    }
+}
+
+/* acc[r][:] = acc[r][:] * alpha[r] + sum_j p[r][j] * v[j][:] for few rows
+ * (see kernels.h); two vectors of columns at a time, the rows'
+ * accumulators in registers across the 32 keys. */
+static void k_pv_rows(const float *p, const float *v, uint32_t rows,
+                      uint32_t Dp, const float *alpha, float *acc)
+{
+    enum { R = CPU_FEW_ROWS };
+    for (uint32_t d0 = 0; d0 < Dp; d0 += 2 * KVEC) {
+        vf a[R][2];
+        for (uint32_t r = 0; r < rows; r++)
+            for (int t = 0; t < 2; t++)
+                a[r][t] =
+                    ld(acc + (size_t)r * Dp + d0 + t * KVEC) * splat(alpha[r]);
+        const float *vr = v + d0;
+        for (int j = 0; j < CPU_TILE; j++, vr += Dp) {
+            vf v0 = ld(vr), v1 = ld(vr + KVEC);
+            for (uint32_t r = 0; r < rows; r++) {
+                vf w = splat(p[r * CPU_TILE + j]);
+                a[r][0] += w * v0;
+                a[r][1] += w * v1;
+            }
+        }
+        for (uint32_t r = 0; r < rows; r++)
+            for (int t = 0; t < 2; t++)
+                stv(acc + (size_t)r * Dp + d0 + t * KVEC, a[r][t]);
+    }
 }
 
 const struct cpu_kernels KTABLE = {
@@ -515,4 +714,8 @@ const struct cpu_kernels KTABLE = {
     .lowres_rows = k_lowres_rows,
     .lowres_fold_rows = k_lowres_fold_rows,
     .select_keys_row = k_select_keys_row,
+    .to_f32 = k_to_f32,
+    .qk_rows = k_qk_rows,
+    .softmax_rows = k_softmax_rows,
+    .pv_rows = k_pv_rows,
 };

@@ -27,6 +27,9 @@
 /* Block rows per call of the low-resolution kernels (and per work item of
  * their phases), which share each vector of khT or vh they load. */
 #define CPU_LR_ROWS 4
+/* Query rows of the few-row kernels (decoding: a handful of queries
+ * against many keys), whose lanes run over the head dimension instead. */
+#define CPU_FEW_ROWS 8
 
 struct cpu_kernels {
     const char *name; /* "portable", ... */
@@ -68,12 +71,35 @@ struct cpu_kernels {
     void (*lowres_rows)(const float *qh, uint32_t Dp, uint32_t rows,
                         const float *khT, uint32_t D, uint32_t nb, float scale,
                         float *L, float *rmax);
-    /* attn_select_keys_row() (attention/internal.h), the same keys bit
+    /* attn_select_keys_row_at() (attention/internal.h), the same keys bit
      * for bit, compiled for this ISA. */
     void (*select_keys_row)(const float *L_row, float r, const float *cnt,
-                            float cI, uint32_t I, uint32_t nb,
-                            uint32_t prior_first, uint32_t prior_diagonal,
-                            uint64_t *key);
+                            float cI, uint32_t I, int64_t center, uint32_t vis,
+                            uint32_t nb, uint32_t prior_first,
+                            uint32_t prior_diagonal, uint64_t *key);
+    /* attn_to_f32(): n elements of dtype dt (enum attn_dtype) at src into
+     * f32 at dst, vectorised; the same values (every conversion to f32 is
+     * exact). */
+    void (*to_f32)(int dt, const void *src, float *dst, size_t n);
+    /* Few-row kernels, for a handful of query rows against many keys:
+     * the same products as qk_tile, softmax_tile and pv_tile, but row-major
+     * (s[r][j], r < rows <= CPU_FEW_ROWS) with lanes over the head
+     * dimension, so no lane is spent on an absent query row.  q: rows of
+     * stride Dp (zero-padded); k, v: 32 rows of stride Dp.
+     *   qk_rows:      s[r][j] = scale * q_r . k_j + kbias[j], smax[r] =
+     *                 max_j s[r][j];
+     *   softmax_rows: m[r] raised to smax[r], alpha[r] = exp(m_old - m),
+     *                 s replaced by exp(s - m) (a row with m = -inf uses
+     *                 0 for m, so its terms are 0), l[r] = l[r] * alpha[r]
+     *                 + sum_j;
+     *   pv_rows:      acc[r][:] = acc[r][:] * alpha[r] + sum_j s[r][j] *
+     *                 v[j][:] (acc of stride Dp). */
+    void (*qk_rows)(const float *k, const float *q, uint32_t rows, uint32_t Dp,
+                    float scale, const float *kbias, float *s, float *smax);
+    void (*softmax_rows)(float *s, const float *smax, uint32_t rows, float *m,
+                         float *l, float *alpha);
+    void (*pv_rows)(const float *p, const float *v, uint32_t rows, uint32_t Dp,
+                    const float *alpha, float *acc);
 };
 
 /* The portable C kernels (any x86-64 or other target). */

@@ -20,7 +20,8 @@ struct fx {
     struct attn_problem p;
     void *q, *k, *v, *out;   /* in p.dtype */
     double *q64, *k64, *v64; /* the same values as float64 */
-    uint8_t *mask;           /* [B, N], used when p.mask is set */
+    uint8_t *mask;           /* [B, Nk], used when p.mask is set */
+    uint8_t *qmask;          /* [B, Nq], used when p.q_mask is set */
     size_t nq, nkv;          /* elements of q/out and of k/v */
 };
 
@@ -30,11 +31,17 @@ struct fx {
 void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
              uint32_t B, uint32_t H, uint32_t Hkv, uint32_t N, uint32_t D,
              uint64_t seed, double amp);
+/* The same with Nq queries and Nk keys. */
+void fx_init_cross(struct fx *f, enum attn_method method, enum attn_dtype dt,
+                   uint32_t B, uint32_t H, uint32_t Hkv, uint32_t Nq,
+                   uint32_t Nk, uint32_t D, uint64_t seed, double amp);
 void fx_free(struct fx *f);
-/* Turns the mask on with each token real with probability `keep`. */
+/* Turns the key mask on with each key real with probability `keep`. */
 void fx_mask_random(struct fx *f, double keep, uint64_t seed);
-/* Masks tokens [t0, t1) of every batch entry (turns the mask on). */
+/* Masks keys [t0, t1) of every batch entry (turns the mask on). */
 void fx_mask_range(struct fx *f, uint32_t t0, uint32_t t1);
+/* Turns the query mask on with each query real with probability `keep`. */
+void fx_qmask_random(struct fx *f, double keep, uint64_t seed);
 
 /* The backend name of ATTN_TEST_BACKEND, "cpu" by default. */
 const char *fx_backend_name(void);
@@ -50,7 +57,8 @@ double fx_ref_error(const struct fx *f, uint64_t *selected);
 /* Tolerance for relative error of the dtype on the backend under test. */
 double fx_tolerance(enum attn_dtype dt);
 /* Runs f on be and checks it against the float64 reference: the call
- * succeeds, the statistics are the spec's (blocks_total = B*H*nb*nb,
+ * succeeds, the statistics are the spec's (blocks_total = the pairs not
+ * hidden, B*H*nbq*nbk without causality,
  * blocks_selected = the reference's |T|, density their ratio), every
  * output is finite, and the relative error is below fx_tolerance().
  * `what` names the case in failure messages.  Returns the error. */

@@ -49,14 +49,14 @@ static void fill(void *dst, double *d64, size_t n, enum attn_dtype dt,
     }
 }
 
-void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
-             uint32_t B, uint32_t H, uint32_t Hkv, uint32_t N, uint32_t D,
-             uint64_t seed, double amp)
+void fx_init_cross(struct fx *f, enum attn_method method, enum attn_dtype dt,
+                   uint32_t B, uint32_t H, uint32_t Hkv, uint32_t Nq,
+                   uint32_t Nk, uint32_t D, uint64_t seed, double amp)
 {
     memset(f, 0, sizeof *f);
     size_t es = attn_dtype_size(dt);
-    f->nq = (size_t)B * H * N * D;
-    f->nkv = (size_t)B * Hkv * N * D;
+    f->nq = (size_t)B * H * Nq * D;
+    f->nkv = (size_t)B * Hkv * Nk * D;
     f->q = malloc(f->nq * es);
     f->k = malloc(f->nkv * es);
     f->v = malloc(f->nkv * es);
@@ -64,7 +64,8 @@ void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
     f->q64 = malloc(f->nq * sizeof(double));
     f->k64 = malloc(f->nkv * sizeof(double));
     f->v64 = malloc(f->nkv * sizeof(double));
-    f->mask = malloc((size_t)B * N);
+    f->mask = malloc((size_t)B * Nk);
+    f->qmask = malloc((size_t)B * Nq);
     assert_non_null(f->q);
     assert_non_null(f->k);
     assert_non_null(f->v);
@@ -73,7 +74,9 @@ void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
     assert_non_null(f->k64);
     assert_non_null(f->v64);
     assert_non_null(f->mask);
-    memset(f->mask, 1, (size_t)B * N);
+    assert_non_null(f->qmask);
+    memset(f->mask, 1, (size_t)B * Nk);
+    memset(f->qmask, 1, (size_t)B * Nq);
     /* garbage in out, so a backend that skips a row is caught */
     memset(f->out, 0x7f, f->nq * es);
     uint64_t st = seed * 0x2545f4914f6cdd1dull + 1;
@@ -86,7 +89,8 @@ void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
         .B = B,
         .H = H,
         .Hkv = Hkv,
-        .N = N,
+        .Nq = Nq,
+        .Nk = Nk,
         .D = D,
         .q = f->q,
         .k = f->k,
@@ -95,17 +99,24 @@ void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
     };
 }
 
+void fx_init(struct fx *f, enum attn_method method, enum attn_dtype dt,
+             uint32_t B, uint32_t H, uint32_t Hkv, uint32_t N, uint32_t D,
+             uint64_t seed, double amp)
+{
+    fx_init_cross(f, method, dt, B, H, Hkv, N, N, D, seed, amp);
+}
+
 void fx_free(struct fx *f)
 {
     free(f->q), free(f->k), free(f->v), free(f->out);
-    free(f->q64), free(f->k64), free(f->v64), free(f->mask);
+    free(f->q64), free(f->k64), free(f->v64), free(f->mask), free(f->qmask);
     memset(f, 0, sizeof *f);
 }
 
 void fx_mask_random(struct fx *f, double keep, uint64_t seed)
 {
     uint64_t st = seed;
-    for (size_t i = 0; i < (size_t)f->p.B * f->p.N; i++)
+    for (size_t i = 0; i < (size_t)f->p.B * f->p.Nk; i++)
         f->mask[i] = fx_uniform(&st) < keep;
     f->p.mask = f->mask;
 }
@@ -113,9 +124,17 @@ void fx_mask_random(struct fx *f, double keep, uint64_t seed)
 void fx_mask_range(struct fx *f, uint32_t t0, uint32_t t1)
 {
     for (uint32_t b = 0; b < f->p.B; b++)
-        for (uint32_t t = t0; t < t1 && t < f->p.N; t++)
-            f->mask[(size_t)b * f->p.N + t] = 0;
+        for (uint32_t t = t0; t < t1 && t < f->p.Nk; t++)
+            f->mask[(size_t)b * f->p.Nk + t] = 0;
     f->p.mask = f->mask;
+}
+
+void fx_qmask_random(struct fx *f, double keep, uint64_t seed)
+{
+    uint64_t st = seed;
+    for (size_t i = 0; i < (size_t)f->p.B * f->p.Nq; i++)
+        f->qmask[i] = fx_uniform(&st) < keep;
+    f->p.q_mask = f->qmask;
 }
 
 const char *fx_backend_name(void)
@@ -188,8 +207,7 @@ double fx_check(struct attn_backend *be, struct fx *f, const char *what)
         fail_msg("%s: compute failed: %s", what, attn_strerror(rc));
     uint64_t sel = 0;
     double err = fx_ref_error(f, &sel);
-    uint64_t nb = attn_num_blocks(f->p.N);
-    uint64_t total = (uint64_t)f->p.B * f->p.H * nb * nb;
+    uint64_t total = (uint64_t)f->p.B * f->p.H * ref64_pairs_seen(&f->p);
     if (st.blocks_total != total || st.blocks_selected != sel)
         fail_msg("%s: stats %llu/%llu, want %llu/%llu", what,
                  (unsigned long long)st.blocks_selected,

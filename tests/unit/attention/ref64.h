@@ -12,12 +12,18 @@
 
 #include "attention/attn.h"
 
-/* Computes problem p (method, shape, mask, scale, budget, priors; its
- * tensor pointers are ignored) on the float64 inputs q [B,H,N,D], k and v
- * [B,Hkv,N,D] into out [B,H,N,D].  *selected receives |T| summed over
- * heads (may be NULL).  Returns 0, or -1 if memory ran out. */
+/* Computes problem p (method, shape, masks, causality, scale, budget,
+ * priors; its tensor pointers but mask and q_mask are ignored) on the
+ * float64 inputs q [B,H,Nq,D], k and v [B,Hkv,Nk,D] into out [B,H,Nq,D].
+ * *selected receives |T| summed over heads, forced partial pairs included
+ * (the pairs not hidden, for exact; may be NULL).  Returns 0, or -1 if
+ * memory ran out. */
 int ref64_attention(const struct attn_problem *p, const double *q,
                     const double *k, const double *v, double *out,
                     uint64_t *selected);
+
+/* Pairs of blocks of one head that causality does not hide (nbq * nbk
+ * without it), by the spec's classification. */
+uint64_t ref64_pairs_seen(const struct attn_problem *p);
 
 #endif /* MRAD_TEST_REF64_H */

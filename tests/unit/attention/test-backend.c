@@ -123,7 +123,7 @@ static void test_batch_bad_fail_alone(void **state)
     assert_int_equal(st[2].blocks_selected, 4 * 9);
     for (int i = 0; i < 4; i += 2) {
         fx_init(&alone, f[i].p.method, f[i].p.dtype, f[i].p.B, f[i].p.H,
-                f[i].p.Hkv, f[i].p.N, f[i].p.D, (uint64_t)i + 1, 2.0);
+                f[i].p.Hkv, f[i].p.Nq, f[i].p.D, (uint64_t)i + 1, 2.0);
         assert_int_equal(attn_backend_compute(be, &alone.p, NULL), ATTN_OK);
         assert_memory_equal(alone.out, f[i].out,
                             alone.nq * attn_dtype_size(alone.p.dtype));

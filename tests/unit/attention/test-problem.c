@@ -24,7 +24,8 @@ static struct attn_problem good(void)
         .B = 2,
         .H = 4,
         .Hkv = 2,
-        .N = 40,
+        .Nq = 40,
+        .Nk = 40,
         .D = 8,
         .q = buf,
         .k = buf,
@@ -74,8 +75,10 @@ static void test_each_bad_field(void **state)
     expect_bad(&p, "H");
     p = good(), p.Hkv = 0;
     expect_bad(&p, "Hkv");
-    p = good(), p.N = 0;
-    expect_bad(&p, "N");
+    p = good(), p.Nq = 0;
+    expect_bad(&p, "Nq");
+    p = good(), p.Nk = 0;
+    expect_bad(&p, "Nk");
     p = good(), p.D = 0;
     expect_bad(&p, "D");
     p = good(), p.D = ATTN_MAX_HEAD_DIM + 1;
@@ -104,10 +107,11 @@ static void test_size_overflow(void **state)
 {
     (void)state;
     struct attn_problem p = good();
-    p.B = UINT32_MAX, p.H = UINT32_MAX, p.Hkv = 1, p.N = UINT32_MAX;
+    p.B = UINT32_MAX, p.H = UINT32_MAX, p.Hkv = 1, p.Nq = UINT32_MAX;
+    p.Nk = UINT32_MAX;
     p.D = 256;
-    expect_bad(&p, "B*H*N*D");
-    p.H = 1, p.Hkv = 1, p.B = UINT32_MAX, p.N = UINT32_MAX;
+    expect_bad(&p, "B*H*Nq*D");
+    p.H = 1, p.Hkv = 1, p.B = UINT32_MAX, p.Nq = p.Nk = UINT32_MAX;
     if (sizeof(size_t) == 8) {
         p.D = 256; /* 2^32 * 2^32 * 2^8 * 4 bytes overflows 64 bits */
         expect_bad(&p, "overflows");
@@ -118,7 +122,7 @@ static void test_message_truncated_and_optional(void **state)
 {
     (void)state;
     struct attn_problem p = good();
-    p.N = 0;
+    p.Nq = 0;
     char small[4] = "xxx";
     assert_int_equal(attn_problem_check(&p, small, sizeof small), ATTN_EINVAL);
     assert_int_equal(strlen(small), 3); /* terminated within msglen */
@@ -135,7 +139,7 @@ static void test_num_blocks_budget(void **state)
     assert_int_equal(attn_num_blocks(UINT32_MAX), 134217728u);
 
     struct attn_problem p = good();
-    p.N = 1000;                                /* nb = 32 */
+    p.Nq = p.Nk = 1000;                        /* nb = 32 */
     assert_int_equal(attn_budget(&p), 8 * 32); /* default 8 per row */
     p.block_per_row = 3;
     assert_int_equal(attn_budget(&p), 3 * 32);
@@ -145,7 +149,7 @@ static void test_num_blocks_budget(void **state)
     assert_int_equal(attn_budget(&p), 1024);
     p.num_blocks = 0, p.block_per_row = 100;
     assert_int_equal(attn_budget(&p), 1024);
-    p.N = 1, p.block_per_row = 0;
+    p.Nq = p.Nk = 1, p.block_per_row = 0;
     assert_int_equal(attn_budget(&p), 1);
 }
 

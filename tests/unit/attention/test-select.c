@@ -91,18 +91,20 @@ static void test_scores_row_matches_score(void **state)
                             fail_msg("I=%u J=%u first=%u diag=%u cI=%g: key "
                                      "%llx, want the key of %.17g",
                                      rows[c], J, firsts[a], diags[b],
-                                     (double)cIs[e],
-                                     (unsigned long long)key[J], want);
+                                     (double)cIs[e], (unsigned long long)key[J],
+                                     want);
                     }
                     /* each CPU kernel variant this machine runs gives
                      * the same keys */
                     for (int v = 0; v < 3; v++) {
-                        const struct cpu_kernels *kern = cpu_kernels_pick(isas[v]);
+                        const struct cpu_kernels *kern =
+                            cpu_kernels_pick(isas[v]);
                         uint64_t kk[NB];
                         if (!kern)
                             continue;
-                        kern->select_keys_row(L, 1.5f, cnt, cIs[e], rows[c], NB,
-                                              firsts[a], diags[b], kk);
+                        kern->select_keys_row(L, 1.5f, cnt, cIs[e], rows[c],
+                                              rows[c], NB, NB, firsts[a],
+                                              diags[b], kk);
                         if (memcmp(kk, key, sizeof kk) != 0)
                             fail_msg("%s keys differ: I=%u first=%u diag=%u",
                                      isas[v], rows[c], firsts[a], diags[b]);
