@@ -240,9 +240,10 @@ static int attention_handle(struct mrad_req *r)
     p->cancel = &job->cancel;
     job->prob = p;
     job->deadline_ns = mrad_req_start_ns(r) + timeout_ms * 1000000ull;
-    /* What a batch holds: the queries and the keys each entry reads (a
-     * decode step of one query over a long context weighs its context). */
-    job->tokens = (uint64_t)p->B * ((uint64_t)p->Nq + p->Nk);
+    /* What --max-batch-tokens counts: B*N in self-attention, and in
+     * general the longer side (a decode step of one query over a long
+     * context weighs its context). */
+    job->tokens = (uint64_t)p->B * (p->Nq > p->Nk ? p->Nq : p->Nk);
     job->bytes = len + out_bytes(p);
 #ifdef MRAD_TEST_HOOKS
     job->inject_fault = call->inject_fault;

@@ -54,7 +54,7 @@ static const struct option_def options[] = {
     {"max-batch-requests", OPT_U64, CFG(max_batch_requests), 0,
      "requests in one batch"},
     {"max-batch-tokens", OPT_U64, CFG(max_batch_tokens), 0,
-     "sum of B*N over the requests of one batch (0 = no limit)"},
+     "sum of B*max(Nq,Nk) over the requests of one batch (0 = no limit)"},
     {"batch-window-us", OPT_U64, CFG(batch_window_us), 0,
      "how long an idle worker may wait to fill a batch (0: never; whole ms)"},
     {"max-body-bytes", OPT_U64, CFG(max_body_bytes), 0,

@@ -37,7 +37,7 @@ struct mrad_config {
     uint32_t http_threads; /* libmicrohttpd thread pool size */
     uint64_t max_queue;    /* requests waiting for a worker */
     uint64_t max_batch_requests;
-    uint64_t max_batch_tokens; /* sum of B*N in one batch */
+    uint64_t max_batch_tokens; /* sum of B*max(Nq,Nk) in one batch */
     uint64_t batch_window_us;
     uint64_t max_body_bytes;
     uint64_t max_json_bytes;

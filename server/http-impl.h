@@ -70,8 +70,8 @@ struct mrad_req {
     int pend_err;    /* a refusal of a request without a body, answered
                         at its end (the connection stays open) */
     char pend_msg[160];
-    int http10;                /* an HTTP/1.0 request: no interim answers */
-    int suspended;             /* counted in pending_answers */
+    int http10;    /* an HTTP/1.0 request: no interim answers */
+    int suspended; /* counted in pending_answers */
     int probed;    /* the interim answer of mrad_req_peer_closed() sent */
     uint64_t key_id;
     void *data;

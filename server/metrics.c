@@ -294,7 +294,7 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
     put_histogram(&t, &h_batch);
     put_histogram(&t, &h_density);
     put_simple(&t, "mrad_tokens_total", "counter",
-               "Tokens computed (B*N summed over requests).",
+               "Tokens computed (B*max(Nq,Nk) summed over requests).",
                (double)tokens_total);
     put_simple(&t, "mrad_blocks_selected_total", "counter",
                "Blocks computed at full resolution.",

@@ -24,7 +24,7 @@ void mrad_metrics_request(unsigned status, double seconds);
 void mrad_metrics_queue(double seconds);
 /* One batch: how many requests it held and how long it computed. */
 void mrad_metrics_batch(uint32_t requests, double compute_seconds);
-/* One computed problem: its tokens (B*N) and block statistics. */
+/* One computed problem: its tokens (B*max(Nq,Nk)) and block statistics. */
 void mrad_metrics_problem(uint64_t tokens, uint64_t blocks_selected,
                           uint64_t blocks_total, double density);
 

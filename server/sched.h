@@ -57,7 +57,7 @@ struct mrad_job {
     /* Set by the submitter before mrad_sched_submit(), then read-only. */
     const struct attn_problem *prob; /* owned by the submitter; prob->out
                                         receives the answer */
-    uint64_t tokens;                 /* B*N, what --max-batch-tokens counts */
+    uint64_t tokens;                 /* B*max(Nq,Nk): --max-batch-tokens */
     uint64_t bytes;                  /* input and output bytes of the problem */
     uint64_t deadline_ns;            /* CLOCK_MONOTONIC; see mrad_now_ns() */
     int priority; /* higher goes first; FIFO within a priority */

@@ -174,7 +174,9 @@ def test_data_connections_past_the_limit_are_refused_but_probes_answer():
 def test_per_ip_limit():
     with MradServer(["--max-connections-per-ip", "5"], threads=1) as srv:
         held = [connect(srv) for _ in range(5)]
-        time.sleep(0.2)
+        for c in held:  # each accepted and answered, then kept open
+            c.sendall(request_head("GET", "/healthz"))
+            assert read_answer(c)[0] == 200
         extra = connect(srv)
         extra.sendall(request_head("GET", "/healthz"))
         status, _, _ = read_answer(extra, timeout=5)
