@@ -36,7 +36,28 @@ struct attn_backend_i {
     int (*memory)(void *ctx, uint64_t *used, uint64_t *total);
     /* Required: releases ctx. */
     void (*free)(void *ctx);
+    /* Optional (all three or none): stores of keys and values.  kv_new
+     * sets up kv->impl for kv->shape (checked); kv_append appends t->n > 0
+     * tokens (backend.c counts kv->tokens after it succeeds: the backend
+     * reads the count before); kv_free releases kv->impl. */
+    int (*kv_new)(void *ctx, struct attn_kv *kv);
+    int (*kv_append)(void *ctx, struct attn_kv *kv,
+                     const struct attn_kv_tokens *t);
+    void (*kv_free)(void *ctx, struct attn_kv *kv);
 };
+
+/* A store of keys and values (attn.h): the part every backend shares. */
+struct attn_kv {
+    struct attn_backend *be; /* the backend that holds it */
+    struct attn_kv_shape shape;
+    uint32_t tokens;
+    void *impl; /* the backend's */
+};
+
+/* Bytes of one page of a store: 32 tokens of keys and values of every
+ * (entry, KV head), their f32 sums, the tokens' mask bytes and counts.
+ * Every backend keeps its stores in such pages. */
+uint64_t attn_kv_page_bytes(const struct attn_kv_shape *shape);
 
 struct attn_backend {
     const struct attn_backend_i *iface;

@@ -88,6 +88,8 @@ void attn_from_f32(enum attn_dtype dt, const float *src, void *dst, size_t n);
  * attention/README.md has the exact semantics.  The problem does not own
  * any of the memory it points to.
  */
+struct attn_kv; /* a store of keys and values, below */
+
 struct attn_problem {
     enum attn_method method;
     enum attn_dtype dtype;
@@ -109,6 +111,19 @@ struct attn_problem {
      * row, a head) within milliseconds and fails it with ATTN_ECANCELED;
      * the other problems of its batch go on.  NULL: never. */
     const volatile int *cancel;
+    /* Optional: keys, values and key mask from a store of the backend
+     * (attn_kv_new) instead of k, v and mask, which are then unused.  The
+     * store's shape must match (dtype, B, Hkv, D) and Nk must be its token
+     * count once `append` is applied. */
+    struct attn_kv *kv;
+    /* Optional, with kv: tokens appended to the store just before this
+     * problem is computed, in the order of the problems of a batch (so a
+     * decoding step is one call); append.n = 0 for none. */
+    struct attn_kv_tokens {
+        const void *k, *v;   /* [B, Hkv, n, D] in the store's dtype */
+        const uint8_t *mask; /* [B, n], NULL: every token real */
+        uint32_t n;
+    } append;
 };
 
 #define ATTN_DEFAULT_BLOCK_PER_ROW 8
@@ -214,6 +229,47 @@ int attn_backend_memory(const struct attn_backend *be, uint64_t *used,
  * threading rule as the compute calls.  A no-op for backends that keep
  * none. */
 void attn_backend_trim(struct attn_backend *be);
+
+/*
+ * Resident keys and values: a store the backend keeps between calls (host
+ * memory on the CPU, device memory on a GPU), so that decoding steps send
+ * only their queries and new tokens.  B entries, Hkv heads, head dimension
+ * D, in one dtype; tokens are appended (with their key mask) and never
+ * removed.  Appends cost the new tokens only (the store grows by blocks of
+ * 32 tokens, never copying what it holds), and the store keeps each
+ * block's key and value sums up to date, so MRA selects blocks from
+ * ceil(Nk/32) block means instead of reading every key.
+ *
+ * Threading: a store belongs to the backend that made it; create, append
+ * and compute with the backend's threading rule (one thread at a time).
+ * attn_kv_free() may be called from any thread once no call that uses the
+ * store is running.
+ */
+struct attn_kv_shape {
+    enum attn_dtype dtype;
+    uint32_t B, Hkv, D;
+};
+
+/* Creates an empty store.  Returns ATTN_OK, ATTN_EINVAL (a bad shape),
+ * ATTN_ENOMEM, or ATTN_ENOTSUP when the backend keeps none. */
+int attn_kv_new(struct attn_backend *be, const struct attn_kv_shape *shape,
+                struct attn_kv **out);
+/* Appends t->n tokens: t->k, t->v [B, Hkv, n, D] in the store's dtype,
+ * t->mask [B, n] or NULL.  Returns ATTN_OK, ATTN_EINVAL or ATTN_ENOMEM (the
+ * store then holds what it held). */
+int attn_kv_append(struct attn_kv *kv, const struct attn_kv_tokens *t);
+/* Frees a store (NULL is ignored). */
+void attn_kv_free(struct attn_kv *kv);
+/* Tokens held. */
+uint32_t attn_kv_tokens(const struct attn_kv *kv);
+const struct attn_kv_shape *attn_kv_shape_of(const struct attn_kv *kv);
+/* Bytes the backend holds for the store now. */
+uint64_t attn_kv_bytes(const struct attn_kv *kv);
+/* Bytes a store of this shape holds with `tokens` tokens on a backend of
+ * this name ("cpu", "cuda"): what attn_kv_bytes() will say, for a caller
+ * that budgets before appending. */
+uint64_t attn_kv_bytes_for(const char *backend,
+                           const struct attn_kv_shape *shape, uint64_t tokens);
 
 /* Computes one problem.  Fills *stats (may be NULL).  Returns ATTN_OK or an
  * error; on error the contents of p->out are unspecified. */

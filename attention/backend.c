@@ -162,6 +162,25 @@ static void fill_stats(const struct attn_problem *p, struct attn_stats *st)
                       : 0.0;
 }
 
+/* Computes the m problems ok[] (indices where[] of the batch) as one call
+ * of the backend and records their results. */
+static int run(struct attn_backend *be, const struct attn_problem **ok,
+               const size_t *where, int *berr, size_t m,
+               const struct attn_problem *const *probs,
+               struct attn_stats *stats, int *errs)
+{
+    if (m == 0)
+        return ATTN_OK;
+    int rc = be->iface->compute_batch(be->ctx, ok, m, berr);
+    for (size_t j = 0; j < m; j++) {
+        size_t i = where[j];
+        errs[i] = rc != ATTN_OK ? rc : berr[j];
+        if (stats && errs[i] == ATTN_OK)
+            fill_stats(probs[i], &stats[i]);
+    }
+    return rc;
+}
+
 int attn_backend_compute_batch(struct attn_backend *be,
                                const struct attn_problem *const *probs,
                                size_t n, struct attn_stats *stats, int *errs)
@@ -190,25 +209,47 @@ int attn_backend_compute_batch(struct attn_backend *be,
             errs[i] = ATTN_ENOMEM;
         return ATTN_ENOMEM;
     }
+    /* Problems go to the backend in runs.  A problem that appends to a
+     * store first ends the run when the run reads that store, so every
+     * problem sees exactly the appends of the problems before it and its
+     * own. */
     size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (attn_problem_check(probs[i], NULL, 0) != ATTN_OK) {
+    int rc = ATTN_OK;
+    for (size_t i = 0; i < n && rc == ATTN_OK; i++) {
+        const struct attn_problem *p = probs[i];
+        if (attn_problem_check(p, NULL, 0) != ATTN_OK ||
+            (p->kv && p->kv->be != be)) {
             errs[i] = ATTN_EINVAL;
             continue;
         }
-        ok[m] = probs[i];
+        if (p->kv && p->append.n) {
+            int reads = 0;
+            for (size_t j = 0; j < m; j++)
+                reads |= ok[j]->kv == p->kv;
+            if (reads) {
+                rc = run(be, ok, where, berr, m, probs, stats, errs);
+                m = 0;
+            }
+            if (rc != ATTN_OK)
+                break;
+            if ((uint64_t)p->kv->tokens + p->append.n != p->Nk) {
+                errs[i] = ATTN_EINVAL;
+                continue;
+            }
+            int err = attn_kv_append(p->kv, &p->append);
+            if (err != ATTN_OK) {
+                errs[i] = err;
+                continue;
+            }
+        } else if (p->kv && p->kv->tokens != p->Nk) {
+            errs[i] = ATTN_EINVAL;
+            continue;
+        }
+        ok[m] = p;
         where[m++] = i;
     }
-    int rc = ATTN_OK;
-    if (m > 0) {
-        rc = be->iface->compute_batch(be->ctx, ok, m, berr);
-        for (size_t j = 0; j < m; j++) {
-            size_t i = where[j];
-            errs[i] = rc != ATTN_OK ? rc : berr[j];
-            if (stats && errs[i] == ATTN_OK)
-                fill_stats(probs[i], &stats[i]);
-        }
-    }
+    if (rc == ATTN_OK)
+        rc = run(be, ok, where, berr, m, probs, stats, errs);
     free(ok), free(where), free(berr);
     /* A batch where nothing was valid still "ran": errs says why. */
     return rc;
@@ -222,4 +263,91 @@ int attn_backend_compute(struct attn_backend *be, const struct attn_problem *p,
         return ATTN_EINVAL;
     int rc = attn_backend_compute_batch(be, &p, 1, stats, &err);
     return rc != ATTN_OK ? rc : err;
+}
+
+/* ---- stores of keys and values ------------------------------------------ */
+
+uint64_t attn_kv_page_bytes(const struct attn_kv_shape *sh)
+{
+    uint64_t units = (uint64_t)sh->B * sh->Hkv;
+    uint64_t rows = units * ATTN_BLOCK * sh->D * attn_dtype_size(sh->dtype);
+    /* keys and values, their f32 sums per unit, the mask and counts */
+    return 2 * rows + units * 2 * sh->D * sizeof(float) +
+           (uint64_t)sh->B * (ATTN_BLOCK + sizeof(float));
+}
+
+uint64_t attn_kv_bytes_for(const char *backend,
+                           const struct attn_kv_shape *shape, uint64_t tokens)
+{
+    (void)backend; /* every backend keeps the same pages */
+    uint64_t pages = (tokens + ATTN_BLOCK - 1) / ATTN_BLOCK;
+    return pages * attn_kv_page_bytes(shape);
+}
+
+static int shape_ok(const struct attn_kv_shape *sh)
+{
+    return sh && attn_dtype_size(sh->dtype) && sh->B >= 1 && sh->Hkv >= 1 &&
+           sh->D >= 1 && sh->D <= ATTN_MAX_HEAD_DIM &&
+           attn_kv_page_bytes(sh) < ((uint64_t)1 << 40);
+}
+
+int attn_kv_new(struct attn_backend *be, const struct attn_kv_shape *shape,
+                struct attn_kv **out)
+{
+    if (!be || !out || !shape_ok(shape))
+        return ATTN_EINVAL;
+    *out = NULL;
+    if (!be->iface->kv_new)
+        return ATTN_ENOTSUP;
+    struct attn_kv *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return ATTN_ENOMEM;
+    kv->be = be;
+    kv->shape = *shape;
+    int rc = be->iface->kv_new(be->ctx, kv);
+    if (rc != ATTN_OK) {
+        free(kv);
+        return rc;
+    }
+    *out = kv;
+    return ATTN_OK;
+}
+
+int attn_kv_append(struct attn_kv *kv, const struct attn_kv_tokens *t)
+{
+    if (!kv || !t || (t->n && (!t->k || !t->v)))
+        return ATTN_EINVAL;
+    if (t->n == 0)
+        return ATTN_OK;
+    if ((uint64_t)kv->tokens + t->n > UINT32_MAX)
+        return ATTN_EINVAL;
+    int rc = kv->be->iface->kv_append(kv->be->ctx, kv, t);
+    if (rc == ATTN_OK)
+        kv->tokens += t->n;
+    return rc;
+}
+
+void attn_kv_free(struct attn_kv *kv)
+{
+    if (!kv)
+        return;
+    kv->be->iface->kv_free(kv->be->ctx, kv);
+    free(kv);
+}
+
+uint32_t attn_kv_tokens(const struct attn_kv *kv)
+{
+    return kv ? kv->tokens : 0;
+}
+
+const struct attn_kv_shape *attn_kv_shape_of(const struct attn_kv *kv)
+{
+    return kv ? &kv->shape : NULL;
+}
+
+uint64_t attn_kv_bytes(const struct attn_kv *kv)
+{
+    return kv ? attn_kv_bytes_for(attn_backend_name(kv->be), &kv->shape,
+                                  kv->tokens)
+              : 0;
 }

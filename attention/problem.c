@@ -10,7 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "attention/attn.h"
+#include "attention/attn-impl.h"
 
 static int fail(char *msg, size_t msglen, const char *fmt, ...)
 {
@@ -80,14 +80,36 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen)
     (void)nq, (void)nkv, (void)nm;
     if (!p->q)
         return fail(msg, msglen, "q is NULL");
-    if (!p->k)
+    if (p->kv) {
+        const struct attn_kv_shape *sh = &p->kv->shape;
+        if (sh->dtype != p->dtype || sh->B != p->B || sh->Hkv != p->Hkv ||
+            sh->D != p->D)
+            return fail(msg, msglen,
+                        "kv: the store is %s [B=%u, Hkv=%u, D=%u], the "
+                        "problem %s [B=%u, Hkv=%u, D=%u]",
+                        attn_dtype_name(sh->dtype), (unsigned)sh->B,
+                        (unsigned)sh->Hkv, (unsigned)sh->D,
+                        attn_dtype_name(p->dtype), (unsigned)p->B,
+                        (unsigned)p->Hkv, (unsigned)p->D);
+        if (p->append.n && (!p->append.k || !p->append.v))
+            return fail(msg, msglen, "append: k or v is NULL");
+        if (p->append.n &&
+            (!aligned(p->append.k, es) || !aligned(p->append.v, es)))
+            return fail(msg, msglen,
+                        "append: k and v must be aligned to the %zu-byte "
+                        "element",
+                        es);
+    } else if (p->append.n) {
+        return fail(msg, msglen, "append without kv");
+    }
+    if (!p->kv && !p->k)
         return fail(msg, msglen, "k is NULL");
-    if (!p->v)
+    if (!p->kv && !p->v)
         return fail(msg, msglen, "v is NULL");
     if (!p->out)
         return fail(msg, msglen, "out is NULL");
-    if (!aligned(p->q, es) || !aligned(p->k, es) || !aligned(p->v, es) ||
-        !aligned(p->out, es))
+    if (!aligned(p->q, es) || !aligned(p->out, es) ||
+        (!p->kv && (!aligned(p->k, es) || !aligned(p->v, es))))
         return fail(msg, msglen,
                     "q, k, v and out must be aligned to the %zu-byte element",
                     es);

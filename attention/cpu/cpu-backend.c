@@ -17,6 +17,7 @@
 #include "attention/attn-impl.h"
 #include "attention/cpu/decode.h"
 #include "attention/cpu/head.h"
+#include "attention/cpu/kv.h"
 #include "attention/cpu/kernels.h"
 #include "attention/cpu/pool.h"
 
@@ -330,6 +331,11 @@ static void cpu_trim(void *vctx)
     ctx->arena_size = 0;
 }
 
+const struct cpu_kernels *cpu_backend_kernels(void *vctx)
+{
+    return ((struct cpu_ctx *)vctx)->kern;
+}
+
 static const char *cpu_device(void *vctx)
 {
     return ((struct cpu_ctx *)vctx)->device;
@@ -353,6 +359,9 @@ static const struct attn_backend_i cpu_iface = {
     .memory = NULL,
     .trim = cpu_trim,
     .free = cpu_free,
+    .kv_new = cpu_kv_new,
+    .kv_append = cpu_kv_append,
+    .kv_free = cpu_kv_free,
 };
 
 /* "model name" of the first processor in /proc/cpuinfo, or "cpu". */

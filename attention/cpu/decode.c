@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "attention/cpu/kv.h"
 #include "attention/internal.h"
 
 #define ALIGN 64
@@ -39,8 +40,7 @@ struct dec {
     float scale;
     uint64_t budget;
     int64_t shift;
-    const uint8_t *qmask; /* [B, Nq] or NULL */
-    int kv_direct;        /* f32 rows of stride D = Dp, 4-byte aligned */
+    int kv_direct; /* f32 rows of stride D = Dp, 4-byte aligned */
     /* workspace */
     float *part;      /* exact: [U][ntile][nch][tw * (Dp + 2)] */
     float *cnt, *lnc; /* MRA: [U][nbk] */
@@ -113,9 +113,9 @@ static void dec_init(struct dec *d, const struct attn_problem *p)
     d->scale = attn_scale(p);
     d->budget = attn_budget(p);
     d->shift = attn_grid_diag_shift(&d->grid);
-    d->qmask = p->q_mask ? p->q_mask : p->Nq == p->Nk ? p->mask : NULL;
-    d->kv_direct = p->dtype == ATTN_F32 && d->D == d->Dp &&
-                   ((uintptr_t)p->k & 3) == 0 && ((uintptr_t)p->v & 3) == 0;
+    d->kv_direct =
+        p->dtype == ATTN_F32 && d->D == d->Dp &&
+        (p->kv || (((uintptr_t)p->k & 3) == 0 && ((uintptr_t)p->v & 3) == 0));
 }
 
 static size_t worker_size(const struct dec *d)
@@ -240,44 +240,36 @@ static int cancelled(const struct dec *d)
 /* Whether query t of batch entry b is real. */
 static int query_real(const struct dec *d, uint32_t b, uint32_t t)
 {
-    return !d->qmask || d->qmask[(size_t)b * d->Nq + t];
-}
-
-/* Key or value row t of unit u (KV head u % Hkv of entry u / Hkv). */
-static const char *kv_row(const struct dec *d, const void *base, uint32_t u,
-                          uint32_t t)
-{
-    size_t es = attn_dtype_size(d->p->dtype);
-    return (const char *)base + ((size_t)u * d->Nk + t) * d->D * es;
+    return cpu_query_real(d->p, b, t);
 }
 
 /*
  * The f32 rows of key and value block J of unit u, stride Dp: pointers
- * into the inputs when they have that layout (f32, D a multiple of
- * CPU_DPAD, a whole block of real keys), else rows converted into w->kb and
- * w->vb with masked and padded keys zeroed.  w->kbias gets 0 for a real
- * key and -inf for the others.  Returns the count of real keys.
+ * into the inputs or the store when they have that layout (f32, D a
+ * multiple of CPU_DPAD, a whole block of real keys), else rows converted
+ * into w->kb and w->vb with masked and padded keys zeroed.  w->kbias gets 0
+ * for a real key and -inf for the others.  Returns the count of real keys.
  */
 static float block_rows(const struct dec *d, uint32_t u, uint32_t J,
                         struct wbuf *w, const float **k, const float **v)
 {
     const struct attn_problem *p = d->p;
-    uint32_t b = u / p->Hkv, t0 = J * TILE, D = d->D, Dp = d->Dp;
-    const uint8_t *mask = p->mask ? p->mask + (size_t)b * d->Nk : NULL;
-    if (d->kv_direct && !mask && t0 + TILE <= d->Nk) {
-        *k = (const float *)(const void *)kv_row(d, p->k, u, t0);
-        *v = (const float *)(const void *)kv_row(d, p->v, u, t0);
+    uint32_t b = u / p->Hkv, h = u % p->Hkv, t0 = J * TILE, D = d->D;
+    uint32_t Dp = d->Dp;
+    if (d->kv_direct && cpu_kv_block_whole(p, b, J)) {
+        *k = (const float *)(const void *)cpu_kv_row(p, 0, b, h, t0);
+        *v = (const float *)(const void *)cpu_kv_row(p, 1, b, h, t0);
         memset(w->kbias, 0, TILE * sizeof(float));
         return (float)TILE;
     }
     float c = 0.0f;
     for (uint32_t jj = 0; jj < TILE; jj++) {
         uint32_t t = t0 + jj;
-        int real = t < d->Nk && (!mask || mask[t]);
+        int real = t < d->Nk && cpu_kv_real(p, b, t);
         float *kr = w->kb + (size_t)jj * Dp, *vr = w->vb + (size_t)jj * Dp;
         if (real) {
-            d->kern->to_f32(p->dtype, kv_row(d, p->k, u, t), kr, D);
-            d->kern->to_f32(p->dtype, kv_row(d, p->v, u, t), vr, D);
+            d->kern->to_f32(p->dtype, cpu_kv_row(p, 0, b, h, t), kr, D);
+            d->kern->to_f32(p->dtype, cpu_kv_row(p, 1, b, h, t), vr, D);
             memset(kr + D, 0, (Dp - D) * sizeof(float));
             memset(vr + D, 0, (Dp - D) * sizeof(float));
         } else {
@@ -530,6 +522,22 @@ static void mra_means(void *arg, size_t item, int worker)
     float *khT = d->khT + (size_t)u * d->D * d->nbk;
     if (cancelled(d))
         return;
+    if (d->p->kv) { /* the store keeps each block's sums */
+        for (uint32_t J = J0; J < J1; J++) {
+            const float *ks, *vs;
+            float n = cpu_kv_block_sums(d->p, u, J, &ks, &vs);
+            cnt[J] = n;
+            lnc[J] = n > 0.0f ? logf(n) : 0.0f;
+            for (uint32_t x = 0; x < d->D; x++)
+                khT[(size_t)x * d->nbk + J] = n != 0.0f ? ks[x] / n : 0.0f;
+            if (d->vh) {
+                float *vh = d->vh + ((size_t)u * d->nbk + J) * d->Dp;
+                for (uint32_t x = 0; x < d->Dp; x++)
+                    vh[x] = n != 0.0f && x < d->D ? vs[x] / n : 0.0f;
+            }
+        }
+        return;
+    }
     for (uint32_t J = J0; J < J1; J++) {
         const float *k, *v;
         float n = block_rows(d, u, J, &w, &k, &v);

@@ -9,6 +9,7 @@
 
 #include "attention/internal.h"
 #include "attention/cpu/head.h"
+#include "attention/cpu/kv.h"
 
 #define ALIGN 64
 
@@ -29,11 +30,9 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
     hd->budget = attn_budget(p);
     hd->scale = attn_scale(p);
     hd->method = p->method;
-    /* The query mask: q_mask, or in self-attention the key mask. */
-    hd->qmask = p->q_mask ? p->q_mask : p->Nq == p->Nk ? p->mask : NULL;
-    hd->kv_inplace = p->dtype == ATTN_F32 && !p->mask &&
+    hd->kv_inplace = p->dtype == ATTN_F32 && !p->mask && !p->kv &&
                      p->Nk % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
-    hd->q_inplace = p->dtype == ATTN_F32 && !hd->qmask &&
+    hd->q_inplace = p->dtype == ATTN_F32 && cpu_queries_all_real(p) &&
                     p->Nq % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
 }
 
@@ -145,13 +144,12 @@ static const char *row_addr(const struct cpu_head *hd, const void *base,
 /* Whether key t is a real key: inside Nk and not masked out. */
 static int key_real(const struct cpu_head *hd, uint32_t t)
 {
-    const struct attn_problem *p = hd->p;
-    return t < hd->Nk && (!p->mask || p->mask[(size_t)hd->b * p->Nk + t]);
+    return t < hd->Nk && cpu_kv_real(hd->p, hd->b, t);
 }
 
 int cpu_head_query_real(const struct cpu_head *hd, uint32_t t)
 {
-    return t < hd->Nq && (!hd->qmask || hd->qmask[(size_t)hd->b * hd->Nq + t]);
+    return t < hd->Nq && cpu_query_real(hd->p, hd->b, t);
 }
 
 void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
@@ -195,11 +193,9 @@ void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                 float *k = hd->kcopy + (size_t)t * Dp;
                 float *v = hd->vcopy + (size_t)t * Dp;
                 if (real) {
-                    kern->to_f32(p->dtype,
-                                 row_addr(hd, p->k, p->Hkv, kvh, hd->Nk, t), k,
+                    kern->to_f32(p->dtype, cpu_kv_row(p, 0, hd->b, kvh, t), k,
                                  D);
-                    kern->to_f32(p->dtype,
-                                 row_addr(hd, p->v, p->Hkv, kvh, hd->Nk, t), v,
+                    kern->to_f32(p->dtype, cpu_kv_row(p, 1, hd->b, kvh, t), v,
                                  D);
                     /* only the padding columns need zeroing */
                     memset(k + D, 0, (Dp - D) * sizeof *k);

@@ -48,8 +48,7 @@ struct cpu_head {
     struct attn_grid grid; /* which pairs causality hides */
     uint64_t budget;       /* k of the spec (MRA) */
     float scale;
-    int method;           /* enum attn_method */
-    const uint8_t *qmask; /* [B, Nq] query mask in use, or NULL (all real) */
+    int method; /* enum attn_method */
     /* workspace, carved from the backend's arena by cpu_head_carve() */
     const float *k; /* [nbk*32][Dp], masked rows 0: kcopy or the input */
     const float *v; /* [nbk*32][Dp]: vcopy or the input */
