@@ -2,7 +2,8 @@
  * attend-common.cuh - what the fused attention kernels (attend-mma.cuh for
  * f16 / bf16, attend-simt.cuh for f32) do alike: find the tensors of a
  * thread block's head, the key tiles it walks, which keys of a tile are
- * real, and reduce and normalise an output row held by four threads.
+ * real and which a query row sees under causality, and reduce and
+ * normalise an output row held by four threads.
  *
  * Compiled against the same primitives as the kernels: prims.cuh, or the
  * file MRAD_CUDA_PRIMS names (the host emulation test).
@@ -18,6 +19,7 @@
 #else
 #include "attention/cuda/prims.cuh"
 #endif
+#include "attention/cuda/select-rule.cuh"
 
 namespace mrad_cuda
 {
@@ -27,10 +29,11 @@ namespace
 
 /* The tensors one query head reads, with elements stored as E. */
 template <typename E> struct head_tensors {
-    const E *q;          /* [N, D] its query rows */
-    const E *k, *v;      /* [N, D] the rows of the KV head it shares */
-    const uint8_t *mask; /* [N] its batch entry's mask, or NULL */
-    uint32_t b;          /* its batch entry */
+    const E *q;           /* [Nq, D] its query rows */
+    const E *k, *v;       /* [Nk, D] the rows of the KV head it shares */
+    const uint8_t *mask;  /* [Nk] its batch entry's key mask, or NULL */
+    const uint8_t *qmask; /* [Nq] its batch entry's query mask, or NULL */
+    uint32_t b;           /* its batch entry */
 };
 
 /* The tensors of query head hb = b * H + h: the H / Hkv query heads of a
@@ -44,27 +47,78 @@ __device__ __forceinline__ head_tensors<E> attend_head(const attend_args &a,
     t.b = (uint32_t)(hb / a.H);
     uint32_t h = (uint32_t)(hb % a.H);
     size_t kvh = (size_t)t.b * a.Hkv + h / (a.H / a.Hkv);
-    size_t nd = (size_t)a.N * a.D;
-    t.q = (const E *)a.q + hb * nd;
-    t.k = (const E *)a.k + kvh * nd;
-    t.v = (const E *)a.v + kvh * nd;
-    t.mask = a.mask ? a.mask + (size_t)t.b * a.N : nullptr;
+    size_t kd = (size_t)a.Nk * a.D;
+    t.q = (const E *)a.q + hb * ((size_t)a.Nq * a.D);
+    t.k = (const E *)a.k + kvh * kd;
+    t.v = (const E *)a.v + kvh * kd;
+    t.mask = a.mask ? a.mask + (size_t)t.b * a.Nk : nullptr;
+    t.qmask = a.qmask ? a.qmask + (size_t)t.b * a.Nq : nullptr;
     return t;
 }
 
-/* The key tiles that query block `tile` of head hb walks: returns their
- * number and points *list at the block row's CSR list of plan.cu, or, for
- * exact attention, sets it NULL: every tile, in order. */
-__device__ __forceinline__ uint32_t attend_tiles(const attend_args &a,
-                                                 size_t hb, uint32_t tile,
-                                                 const uint32_t **list)
+/* The query tile a thread block owns, of `qtiles` per head: under
+ * causality the last rows come first, since they see the most keys (the
+ * longest blocks start first and the short ones fill the tail). */
+__device__ __forceinline__ uint32_t attend_qtile(const attend_args &a,
+                                                 uint32_t qtiles)
 {
-    *list = nullptr;
-    if (!a.list)
-        return a.nb;
-    const uint32_t *o = a.row_off + hb * (a.nb + 1) + tile;
-    *list = a.list + hb * a.list_stride + o[0];
-    return o[1] - o[0];
+    uint32_t t = blockIdx.x % qtiles;
+    return a.causal ? qtiles - 1 - t : t;
+}
+
+/* The key tiles a thread block walks, in order: the n0 tiles of a CSR
+ * list (MRA: the pairs the budget picked), then the key blocks first,
+ * first + 1, ... up to n in all (exact: every block the rows see; MRA
+ * under causality: the block row's partial pairs). */
+struct tile_walk {
+    const uint32_t *list;
+    uint32_t n0, first, n;
+
+    __device__ __forceinline__ uint32_t at(uint32_t it) const
+    {
+        return it < n0 ? list[it] : first + (it - n0);
+    }
+};
+
+/* The key tiles of the `rows` query rows from row0 of head hb.  MRA
+ * (rows = 32, a block row): its CSR row of plan.cu, then its causally
+ * partial key blocks vis(I) .. seen(I) - 1.  Exact: the key blocks that
+ * hold a key some real row of the block sees (hidden ones are never
+ * visited). */
+__device__ __forceinline__ tile_walk attend_tiles(const attend_args &a,
+                                                  size_t hb, uint32_t row0,
+                                                  uint32_t rows)
+{
+    tile_walk w;
+    w.list = nullptr;
+    w.n0 = w.first = 0;
+    if (!a.list) {
+        uint32_t last = row0 + rows < a.Nq ? row0 + rows - 1 : a.Nq - 1;
+        w.n = a.causal ? key_blocks_upto((int64_t)last + a.off, a.nbk) : a.nbk;
+        return w;
+    }
+    uint32_t I = row0 / BLK, vis, seen;
+    const uint32_t *o = a.row_off + hb * (a.nbq + 1) + I;
+    w.list = a.list + hb * a.list_stride + o[0];
+    w.n0 = o[1] - o[0];
+    grid_row(I, a.off, a.causal, a.nbk, &vis, &seen);
+    w.first = vis;
+    w.n = w.n0 + (seen - vis);
+    return w;
+}
+
+/* The columns of the tile that starts at key key0 that query row i sees:
+ * bit c for key key0 + c, all of them without causality, else those with
+ * key0 + c <= i + off. */
+__device__ __forceinline__ uint32_t causal_cols(const attend_args &a,
+                                                uint32_t i, uint32_t key0)
+{
+    if (!a.causal)
+        return 0xffffffffu;
+    int64_t last = (int64_t)i + a.off - key0; /* the last column seen */
+    if (last >= BLK - 1)
+        return 0xffffffffu;
+    return last < 0 ? 0u : (2u << last) - 1u;
 }
 
 /* Which keys of the tile that starts at token key0 are real (below N and
@@ -76,6 +130,13 @@ __device__ __forceinline__ uint32_t key_tile_mask(const uint8_t *mask,
 {
     uint32_t j = key0 + lane;
     return __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+}
+
+/* Whether query row i is real: below Nq and not masked out. */
+__device__ __forceinline__ bool query_real(const uint8_t *qmask, uint32_t i,
+                                           uint32_t Nq)
+{
+    return i < Nq && (!qmask || qmask[i]);
 }
 
 /* Max and sum over the four consecutive lanes that hold one row. */

@@ -42,7 +42,7 @@ int launch(const attend_args &a, cudaStream_t st)
         (int)smem);
     if (e != cudaSuccess)
         return cuda_err(e);
-    uint32_t qtiles = W == 2 ? a.nb : (a.N + R - 1) / R;
+    uint32_t qtiles = W == 2 ? a.nbq : (a.Nq + R - 1) / R;
     size_t ctas = (size_t)qtiles * a.B * a.H;
     if (ctas > 0x7fffffffu)
         return ATTN_ENOTSUP;

@@ -4,18 +4,22 @@
  *
  * A thread block owns 16*W query rows of one head (W warps, 16 rows each)
  * and walks 32-key tiles: for MRA-2 (W = 2) the key blocks of its block row
- * listed by plan.cu, starting from the row's low-resolution softmax state
- * in mra2 mode; for exact attention (W = 8) every key block.  Per tile a
- * warp computes S = Q K^T (ldmatrix + mma), masks padded and masked keys,
- * updates its running max / sum (online softmax, base 2), rescales its
- * output accumulators and adds P V with P rounded to the input type, as
- * flash attention does.  K/V tiles are double-buffered in shared memory
- * with cp.async, so the loads of the next tile overlap the math of this
- * one.  No N x N buffer, no atomics: each output row is written once, by
- * one warp, with every sum in a fixed order (bitwise reproducible).
+ * listed by plan.cu and then its causally partial ones, starting from the
+ * row's low-resolution softmax state in mra2 mode; for exact attention
+ * (W = 8) every key block its rows see (causally hidden blocks are never
+ * loaded).  Per tile a warp computes S = Q K^T (ldmatrix + mma), masks
+ * padded and masked keys and, under causality, the keys past each row's
+ * position, updates its running max / sum (online softmax, base 2),
+ * rescales its output accumulators and adds P V with P rounded to the
+ * input type, as flash attention does.  K/V tiles are double-buffered in
+ * shared memory with cp.async, so the loads of the next tile overlap the
+ * math of this one.  No N x N buffer, no atomics: each output row is
+ * written once, by one warp, with every sum in a fixed order (bitwise
+ * reproducible).
  *
  * The head dimension is padded with zeros to DP in {32, 64, 128, 256}; rows
- * past N read as zeros.  For DP <= 128 the Q fragments stay in registers.
+ * past Nq (queries) or Nk (keys) read as zeros.  For DP <= 128 the Q
+ * fragments stay in registers.
  *
  * The primitives (mma, ldmatrix, cp.async) come from prims.cuh, or
  * from the file MRAD_CUDA_PRIMS names (the host emulation test), through
@@ -62,8 +66,10 @@ __device__ __forceinline__ void load_rows(uint16_t *dst, const uint16_t *src,
     }
 }
 
+/* For DP <= 64, at most 128 registers a thread, so that two 256-thread
+ * blocks of exact attention share a multiprocessor. */
 template <typename T, int DP, int W>
-__global__ void __launch_bounds__(W * 32, 1)
+__global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
     k_attend_mma(attend_args a, uint32_t qtiles)
 {
     constexpr int NT = W * 32;  /* threads */
@@ -79,18 +85,21 @@ __global__ void __launch_bounds__(W * 32, 1)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const uint32_t tile = blockIdx.x % qtiles;
+    const uint32_t tile = attend_qtile(a, qtiles);
     const size_t hb = blockIdx.x / qtiles;
     const head_tensors<uint16_t> ht = attend_head<uint16_t>(a, hb);
     const uint16_t *q = ht.q, *k = ht.k, *v = ht.v;
     const uint8_t *mask = ht.mask;
-    const uint32_t N = a.N, D = a.D;
+    const uint32_t Nq = a.Nq, Nk = a.Nk, D = a.D;
     const uint32_t row0 = tile * R;
     const bool vec = a.vec_ok != 0;
+    /* this thread's two rows: g and g + 8 of its warp's 16 */
+    const uint32_t my_row = row0 + warp * 16 + g;
 
-    /* The key tiles of this block: a CSR row, or all of them. */
-    const uint32_t *lst;
-    const uint32_t ntiles = attend_tiles(a, hb, tile, &lst);
+    /* The key tiles of this block: a CSR row and its partial blocks, or
+     * every block its rows see. */
+    const tile_walk tw = attend_tiles(a, hb, row0, R);
+    const uint32_t ntiles = tw.n;
 
     float o_acc[DP / 8][4];
 #pragma unroll
@@ -102,7 +111,7 @@ __global__ void __launch_bounds__(W * 32, 1)
     if (a.low_m) {
         /* mra2: continue the softmax of the row's low-resolution terms,
          * kept in base 2 like the rest of the kernel. */
-        size_t row = hb * a.nb + tile;
+        size_t row = hb * a.nbq + tile;
         float z = a.low_z[row];
         if (z > 0.0f) {
             float m2 = a.low_m[row] * LOG2E;
@@ -121,12 +130,12 @@ __global__ void __launch_bounds__(W * 32, 1)
     }
 
     if (ntiles > 0) {
-        load_rows<DP, LD, NT>(Qs, q, row0, R, N, D, vec, tid);
-        uint32_t key0 = (lst ? lst[0] : 0) * BLK;
-        load_rows<DP, LD, NT>(Ks, k, key0, BLK, N, D, vec, tid);
-        load_rows<DP, LD, NT>(Vs, v, key0, BLK, N, D, vec, tid);
+        load_rows<DP, LD, NT>(Qs, q, row0, R, Nq, D, vec, tid);
+        uint32_t key0 = tw.at(0) * BLK;
+        load_rows<DP, LD, NT>(Ks, k, key0, BLK, Nk, D, vec, tid);
+        load_rows<DP, LD, NT>(Vs, v, key0, BLK, Nk, D, vec, tid);
         if (warp == 0) {
-            uint32_t w = key_tile_mask(mask, key0, N, lane);
+            uint32_t w = key_tile_mask(mask, key0, Nk, lane);
             if (lane == 0)
                 mword[0] = w;
         }
@@ -140,13 +149,13 @@ __global__ void __launch_bounds__(W * 32, 1)
     for (uint32_t it = 0; it < ntiles; it++) {
         const int st = it & 1;
         if (it + 1 < ntiles) {
-            uint32_t key0 = (lst ? lst[it + 1] : it + 1) * BLK;
+            uint32_t key0 = tw.at(it + 1) * BLK;
             uint16_t *kd = Ks + (st ^ 1) * BLK * LD;
             uint16_t *vd = Vs + (st ^ 1) * BLK * LD;
-            load_rows<DP, LD, NT>(kd, k, key0, BLK, N, D, vec, tid);
-            load_rows<DP, LD, NT>(vd, v, key0, BLK, N, D, vec, tid);
+            load_rows<DP, LD, NT>(kd, k, key0, BLK, Nk, D, vec, tid);
+            load_rows<DP, LD, NT>(vd, v, key0, BLK, Nk, D, vec, tid);
             if (warp == 0) {
-                uint32_t w = key_tile_mask(mask, key0, N, lane);
+                uint32_t w = key_tile_mask(mask, key0, Nk, lane);
                 if (lane == 0)
                     mword[st ^ 1] = w;
             }
@@ -192,15 +201,20 @@ __global__ void __launch_bounds__(W * 32, 1)
         }
 
         /* Mask, scale to base 2, online softmax.  Thread holds rows g and
-         * g+8, columns n*8 + 2t + {0,1}. */
-        const uint32_t mw = mword[st];
+         * g+8, columns n*8 + 2t + {0,1}; mw[r] has the columns its row
+         * sees (real keys, and under causality not past its position).  A
+         * row that has seen no key yet keeps a running max of -inf and
+         * subtracts 0 instead (muse), so its exponentials are 0, not NaN. */
+        const uint32_t key0 = tw.at(it) * BLK;
+        const uint32_t mw[2] = {mword[st] & causal_cols(a, my_row, key0),
+                                mword[st] & causal_cols(a, my_row + 8, key0)};
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < 4; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int c = n * 8 + 2 * t + (e & 1);
-                s[n][e] = ((mw >> c) & 1u) ? s[n][e] * sl2 : -INFINITY;
+                s[n][e] = ((mw[e / 2] >> c) & 1u) ? s[n][e] * sl2 : -INFINITY;
                 mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
             }
         float muse[2], alpha[2], psum[2] = {0.0f, 0.0f};
@@ -256,12 +270,12 @@ __global__ void __launch_bounds__(W * 32, 1)
     T *out = (T *)a.out;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        uint32_t i = row0 + warp * 16 + g + r * 8;
-        bool real = i < N && (!mask || mask[i]);
+        uint32_t i = my_row + r * 8;
+        bool real = query_real(ht.qmask, i, Nq);
         float inv = row_norm(lrow[r], real);
-        if (i >= N)
+        if (i >= Nq)
             continue;
-        T *o = out + (hb * N + i) * D;
+        T *o = out + (hb * Nq + i) * D;
 #pragma unroll
         for (int n = 0; n < DP / 8; n++) {
             uint32_t d = n * 8 + 2 * t;

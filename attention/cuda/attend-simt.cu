@@ -24,10 +24,10 @@ template <int DP> int launch(const attend_args &a, cudaStream_t st)
         (int)smem);
     if (e != cudaSuccess)
         return cuda_err(e);
-    size_t ctas = (size_t)a.nb * a.B * a.H;
+    size_t ctas = (size_t)a.nbq * a.B * a.H;
     if (ctas > 0x7fffffffu)
         return ATTN_ENOTSUP;
-    k_attend_f32<DP><<<(unsigned)ctas, SIMT_THREADS, smem, st>>>(a, a.nb);
+    k_attend_f32<DP><<<(unsigned)ctas, SIMT_THREADS, smem, st>>>(a, a.nbq);
     return cuda_err(cudaGetLastError());
 }
 

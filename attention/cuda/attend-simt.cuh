@@ -4,12 +4,13 @@
  * the float64 reference.
  *
  * One thread block of 128 threads owns one query block (32 rows) of one
- * head.  It walks the key blocks of its row (the CSR list from plan.cu, or
- * every block for exact attention) with an online softmax and writes each
- * output row once.  Thread t owns row t/4 and every fourth column of the
- * score tile and of the output, so the four threads of a row sit in one warp
- * and reduce with shuffles.  Every sum runs in a fixed order: the output is
- * bitwise reproducible.
+ * head.  It walks the key blocks of its row (the CSR list from plan.cu and
+ * the causally partial blocks, or for exact attention every block its rows
+ * see) with an online softmax and writes each output row once.  Thread t
+ * owns row t/4 and every fourth column of the score tile and of the
+ * output, so the four threads of a row sit in one warp and reduce with
+ * shuffles.  Every sum runs in a fixed order: the output is bitwise
+ * reproducible.
  *
  * Launched by attend-simt.cu; also compiled against host emulations of the
  * primitives by tests/cuda/test-attend-emul.cpp (MRAD_CUDA_PRIMS).  What it
@@ -41,30 +42,30 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     float *Ks = Qs + BLK * LQ; /* [32][LQ] */
     float *Vs = Ks + BLK * LQ; /* [32][DP] */
     float *Ps = Vs + BLK * DP; /* [32][33] */
-    __shared__ uint32_t mword;
+    __shared__ uint32_t mword; /* the real keys of the tile */
 
     const int tid = threadIdx.x, r = tid / 4, q4 = tid % 4;
-    const uint32_t I = blockIdx.x % qtiles;
+    const uint32_t I = attend_qtile(a, qtiles);
     const size_t hb = blockIdx.x / qtiles;
     const head_tensors<float> ht = attend_head<float>(a, hb);
     const float *q = ht.q, *k = ht.k, *v = ht.v;
     const uint8_t *mask = ht.mask;
-    const size_t N = a.N, D = a.D;
+    const size_t Nq = a.Nq, Nk = a.Nk, D = a.D;
     const uint32_t row0 = I * BLK;
 
     for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
         uint32_t rr = x / DP, d = x % DP, i = row0 + rr;
-        Qs[rr * LQ + d] = (i < N && d < D) ? q[i * D + d] : 0.0f;
+        Qs[rr * LQ + d] = (i < Nq && d < D) ? q[i * D + d] : 0.0f;
     }
 
     float m = -INFINITY, l = 0.0f, acc[NU];
     for (int u = 0; u < NU; u++)
         acc[u] = 0.0f;
-    const uint32_t *lst;
-    const uint32_t ntiles = attend_tiles(a, hb, I, &lst);
+    const tile_walk tw = attend_tiles(a, hb, row0, BLK);
+    const uint32_t ntiles = tw.n;
     if (a.low_m) {
         /* mra2: continue the softmax of the row's low-resolution terms */
-        size_t row = hb * a.nb + I;
+        size_t row = hb * a.nbq + I;
         float z = a.low_z[row];
         if (z > 0.0f) {
             m = a.low_m[row];
@@ -77,16 +78,16 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     }
 
     for (uint32_t it = 0; it < ntiles; it++) {
-        uint32_t key0 = (lst ? lst[it] : it) * BLK;
+        uint32_t key0 = tw.at(it) * BLK;
         __syncthreads(); /* the previous tile is no longer read */
         for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
             uint32_t c = x / DP, d = x % DP, j = key0 + c;
-            bool in = j < N && d < D;
+            bool in = j < Nk && d < D;
             Ks[c * LQ + d] = in ? k[j * D + d] : 0.0f;
             Vs[c * DP + d] = in ? v[j * D + d] : 0.0f;
         }
         if (tid < 32) {
-            uint32_t w = key_tile_mask(mask, key0, (uint32_t)N, tid);
+            uint32_t w = key_tile_mask(mask, key0, (uint32_t)Nk, tid);
             if (tid == 0)
                 mword = w;
         }
@@ -100,7 +101,10 @@ __global__ void __launch_bounds__(SIMT_THREADS)
             for (int u = 0; u < 8; u++)
                 s[u] = fmaf(qv, Ks[(q4 + 4 * u) * LQ + d], s[u]);
         }
-        uint32_t mw = mword;
+        /* masked and padded keys, and under causality the keys past the
+         * row's position, are -inf; a row that has seen no key yet
+         * subtracts 0 (muse), so its exponentials are 0, not NaN */
+        uint32_t mw = mword & causal_cols(a, row0 + r, key0);
         float mx = -INFINITY;
         for (int u = 0; u < 8; u++) {
             int c = q4 + 4 * u;
@@ -130,11 +134,11 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     }
 
     uint32_t i = row0 + r;
-    bool real = i < N && (!mask || mask[i]);
+    bool real = query_real(ht.qmask, i, (uint32_t)Nq);
     float inv = row_norm(l, real);
-    if (i >= N)
+    if (i >= Nq)
         return;
-    float *out = (float *)a.out + (hb * N + i) * D;
+    float *out = (float *)a.out + (hb * Nq + i) * D;
     for (int u = 0; u < NU; u++) {
         uint32_t d = q4 + 4 * u;
         if (d < D)

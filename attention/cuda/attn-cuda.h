@@ -26,8 +26,8 @@ extern "C" {
 int attn_cuda_device_count(void);
 
 /*
- * Computes one problem whose q, k, v, mask and out point to device memory
- * of the backend's GPU.  `be` must come from attn_backend_new("cuda" or
+ * Computes one problem whose q, k, v, mask, q_mask and out point to device
+ * memory of the backend's GPU.  `be` must come from attn_backend_new("cuda" or
  * "auto") and be a CUDA backend (else ATTN_ENOTSUP).  The problem is
  * checked with attn_problem_check() (ATTN_EINVAL).  `stream` is a
  * cudaStream_t to enqueue the work on: the call then returns once the work

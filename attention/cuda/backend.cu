@@ -97,21 +97,23 @@ bool layout(const size_t *sizes, int n, size_t *off, size_t *total)
     return true;
 }
 
-/* The host tensors of a problem: q, k, v, mask, out. */
-constexpr int NT = 5;
+/* The host tensors of a problem: q, k, v, mask, q_mask, out (the inputs
+ * first, so that one copy moves them all). */
+constexpr int NT = 6, T_OUT = NT - 1;
 bool tensor_sizes(const attn_problem *p, size_t sz[NT])
 {
     size_t es = attn_dtype_size(p->dtype), qn, kn;
-    if (__builtin_mul_overflow((size_t)p->B * p->H, (size_t)p->N, &qn) ||
+    if (__builtin_mul_overflow((size_t)p->B * p->H, (size_t)p->Nq, &qn) ||
         __builtin_mul_overflow(qn, (size_t)p->D * es, &qn) ||
-        __builtin_mul_overflow((size_t)p->B * p->Hkv, (size_t)p->N, &kn) ||
+        __builtin_mul_overflow((size_t)p->B * p->Hkv, (size_t)p->Nk, &kn) ||
         __builtin_mul_overflow(kn, (size_t)p->D * es, &kn))
         return false;
     sz[0] = qn;
     sz[1] = kn;
     sz[2] = kn;
-    sz[3] = p->mask ? (size_t)p->B * p->N : 0;
-    sz[4] = qn;
+    sz[3] = p->mask ? (size_t)p->B * p->Nk : 0;
+    sz[4] = p->q_mask ? (size_t)p->B * p->Nq : 0;
+    sz[T_OUT] = qn;
     return true;
 }
 
@@ -159,9 +161,11 @@ int contain(cuda_ctx *c, int rc)
 }
 
 /* Resolves a checked problem whose tensors sit at the given device
- * addresses into the kernels' description. */
+ * addresses into the kernels' description.  The query mask is q_mask, or
+ * in self-attention (Nq == Nk) the key mask, or none. */
 dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
-                     const void *v, const uint8_t *mask, void *out)
+                     const void *v, const uint8_t *mask, const uint8_t *q_mask,
+                     void *out)
 {
     dev_problem d;
     d.method = p->method;
@@ -169,15 +173,20 @@ dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
     d.B = p->B;
     d.H = p->H;
     d.Hkv = p->Hkv;
-    d.N = p->N;
+    d.Nq = p->Nq;
+    d.Nk = p->Nk;
     d.D = p->D;
-    d.nb = attn_num_blocks(p->N);
+    d.nbq = attn_num_blocks(p->Nq);
+    d.nbk = attn_num_blocks(p->Nk);
     d.q = q;
     d.k = k;
     d.v = v;
     d.mask = mask;
+    d.qmask = p->q_mask ? q_mask : p->Nq == p->Nk ? mask : nullptr;
     d.out = out;
     d.scale = attn_scale(p);
+    d.causal = p->causal != 0;
+    d.off = (int64_t)p->Nk - (int64_t)p->Nq;
     d.budget = p->method == ATTN_EXACT ? 0 : attn_budget(p);
     d.prior_first = p->prior_first;
     d.prior_diagonal = p->prior_diagonal;
@@ -205,17 +214,22 @@ int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
     a.k = p.k;
     a.v = p.v;
     a.mask = p.mask;
+    a.qmask = p.qmask;
     a.out = p.out;
     a.B = p.B;
     a.H = p.H;
     a.Hkv = p.Hkv;
-    a.N = p.N;
+    a.Nq = p.Nq;
+    a.Nk = p.Nk;
     a.D = p.D;
-    a.nb = p.nb;
+    a.nbq = p.nbq;
+    a.nbk = p.nbk;
     a.scale = p.scale;
+    a.causal = p.causal;
+    a.off = p.off;
     a.vec_ok = p.D % 8 == 0 &&
                ((uintptr_t)p.q | (uintptr_t)p.k | (uintptr_t)p.v) % 16 == 0;
-    if (p.D > ATTN_MAX_HEAD_DIM || p.nb > 65535)
+    if (p.D > ATTN_MAX_HEAD_DIM || p.nbq > 65535 || p.nbk > 65535)
         return ATTN_ENOTSUP;
 
     if (p.method != ATTN_EXACT) {
@@ -281,12 +295,13 @@ int job_upload(cuda_ctx *c, job *j, int s)
     if (rc)
         return rc;
     char *h = (char *)c->stage[s].base;
-    const void *src[4] = {j->p->q, j->p->k, j->p->v, j->p->mask};
-    for (int i = 0; i < 4; i++)
+    const void *src[T_OUT] = {j->p->q, j->p->k, j->p->v, j->p->mask,
+                              j->p->q_mask};
+    for (int i = 0; i < T_OUT; i++)
         if (j->sz[i])
             memcpy(h + j->off[i], src[i], j->sz[i]);
-    /* q, k, v and the mask are contiguous: one copy. */
-    cudaError_t e = cudaMemcpyAsync(c->din[s].base, h, j->off[4],
+    /* q, k, v and the masks are contiguous: one copy. */
+    cudaError_t e = cudaMemcpyAsync(c->din[s].base, h, j->off[T_OUT],
                                     cudaMemcpyHostToDevice, c->copy);
     if (e == cudaSuccess)
         e = cudaEventRecord(c->h2d[s], c->copy);
@@ -302,12 +317,14 @@ int job_launch(cuda_ctx *c, job *j, int s)
         return cuda_err(e);
     dev_problem p = make_dev(j->p, d + j->off[0], d + j->off[1], d + j->off[2],
                              j->p->mask ? (uint8_t *)d + j->off[3] : nullptr,
-                             d + j->off[4]);
+                             j->p->q_mask ? (uint8_t *)d + j->off[4] : nullptr,
+                             d + j->off[T_OUT]);
     int rc = run_problem(c, p, c->comp);
     if (rc)
         return rc;
-    e = cudaMemcpyAsync((char *)c->stage[s].base + j->off[4], d + j->off[4],
-                        j->sz[4], cudaMemcpyDeviceToHost, c->comp);
+    e = cudaMemcpyAsync((char *)c->stage[s].base + j->off[T_OUT],
+                        d + j->off[T_OUT], j->sz[T_OUT], cudaMemcpyDeviceToHost,
+                        c->comp);
     return cuda_err(e);
 }
 
@@ -317,7 +334,7 @@ int job_finish(cuda_ctx *c, job *j, int s)
     cudaError_t e = cudaEventSynchronize(c->done[s]);
     if (e != cudaSuccess)
         return cuda_err(e);
-    memcpy(j->p->out, (char *)c->stage[s].base + j->off[4], j->sz[4]);
+    memcpy(j->p->out, (char *)c->stage[s].base + j->off[T_OUT], j->sz[T_OUT]);
     return ATTN_OK;
 }
 
@@ -517,7 +534,7 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
     if (c->sticky || cudaSetDevice(c->device) != cudaSuccess)
         return ATTN_EBACKEND;
     cudaStream_t st = stream ? (cudaStream_t)stream : c->comp;
-    dev_problem d = make_dev(p, p->q, p->k, p->v, p->mask, p->out);
+    dev_problem d = make_dev(p, p->q, p->k, p->v, p->mask, p->q_mask, p->out);
     int rc = order_after_last(c, st);
     if (!rc)
         rc = run_problem(c, d, st);

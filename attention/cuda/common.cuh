@@ -23,48 +23,57 @@ namespace mrad_cuda
 
 constexpr int BLK = ATTN_BLOCK; /* 32: the spec's block size b */
 
-/* One problem as the kernels see it: device pointers, resolved scale and
- * budget.  Built by the backend from a checked struct attn_problem. */
+/* One problem as the kernels see it: device pointers, resolved scale,
+ * query mask and budget.  Built by the backend from a checked struct
+ * attn_problem. */
 struct dev_problem {
     int method; /* enum attn_method */
     int dtype;  /* enum attn_dtype */
-    uint32_t B, H, Hkv, N, D, nb;
+    uint32_t B, H, Hkv, Nq, Nk, D;
+    uint32_t nbq, nbk; /* query and key blocks */
     const void *q, *k, *v;
-    const uint8_t *mask; /* [B, N] or NULL */
+    const uint8_t *mask;  /* keys [B, Nk] or NULL */
+    const uint8_t *qmask; /* queries [B, Nq] or NULL: q_mask, or in
+                             self-attention the key mask */
     void *out;
     float scale;
-    uint64_t budget; /* k of the spec, already capped at nb*nb */
+    int causal;
+    int64_t off;     /* Nk - Nq: query i sits at key position i + off */
+    uint64_t budget; /* k of the spec, already capped at the visible pairs */
     uint32_t prior_first, prior_diagonal;
 };
 
 /* Device work buffers of one MRA problem (all carved from the pool).
  * Shapes: "heads" = B*H query heads, "kvh" = B*Hkv. */
 struct mra_work {
-    float *cnt;          /* [B, nb] block counts c_J */
-    float *qh;           /* [heads, nb, D] query block means */
-    float *kh, *vh;      /* [kvh, nb, D] key / value block means */
-    float *L;            /* [heads, nb, nb] logits, later the low-res weights */
-    float *rmax;         /* [heads, nb] r_I */
-    float *low_m;        /* [heads, nb] max low-res logit of each block row */
-    float *low_z;        /* [heads, nb] sum of low-res weights */
-    float *low_num;      /* [heads, nb, D] low-res weighted value sums */
+    float *cnt;          /* [B, nbk] key block counts c_J */
+    float *cntq;         /* [B, nbq] query block counts c_I */
+    float *qh;           /* [heads, nbq, D] query block means */
+    float *kh, *vh;      /* [kvh, nbk, D] key / value block means */
+    float *L;            /* [heads, nbq, nbk] logits, later low-res weights */
+    float *rmax;         /* [heads, nbq] r_I */
+    float *low_m;        /* [heads, nbq] max low-res logit of each block row */
+    float *low_z;        /* [heads, nbq] sum of low-res weights */
+    float *low_num;      /* [heads, nbq, D] low-res weighted value sums */
     uint32_t *hist;      /* [heads, 256] radix histogram */
     uint64_t *rstate;    /* [heads, 2] radix prefix and remaining count */
-    uint32_t *row_gt;    /* [heads, nb] pairs above the threshold per row */
-    uint32_t *row_eq;    /* [heads, nb] pairs equal to the threshold per row */
-    uint32_t *eq_before; /* [heads, nb] equal pairs in earlier rows */
-    uint32_t *row_off;   /* [heads, nb + 1] CSR offsets into the head's list */
+    uint32_t *row_gt;    /* [heads, nbq] pairs above the threshold per row */
+    uint32_t *row_eq;    /* [heads, nbq] pairs equal to the threshold */
+    uint32_t *eq_before; /* [heads, nbq] equal pairs in earlier rows */
+    uint32_t *row_off;   /* [heads, nbq + 1] CSR offsets into the list */
     uint32_t *list;      /* [heads, budget] selected J per row, ascending */
 };
 
 /* Byte sizes of the buffers of struct mra_work, in declaration order, for
  * a problem; returns false when a size overflows size_t. */
-constexpr int MRA_NBUF = 16;
+constexpr int MRA_NBUF = 17;
 bool mra_work_sizes(const dev_problem &p, size_t sizes[MRA_NBUF]);
 /* Points the members of *w at consecutive slices of `bufs`. */
 void mra_work_bind(mra_work *w, void *const bufs[MRA_NBUF]);
 
-/* Builds the selection (CSR lists) and, in mra2 mode, the low-resolution
+/* Builds the selection (CSR lists of the pairs the budget picked; the
+ * causally partial pairs of a row, forced into the set, are not listed:
+ * the fused kernels add them) and, in mra2 mode, the low-resolution
  * softmax state of every block row.  Enqueued on `stream` (the cuBLAS
  * handle is bound to it).  Returns a cudaError_t / cuBLAS failure mapped
  * to an attn_err code. */
@@ -74,12 +83,17 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
 /* Arguments of the fused attention kernels. */
 struct attend_args {
     const void *q, *k, *v;
-    const uint8_t *mask;
+    const uint8_t *mask;  /* keys [B, Nk] or NULL */
+    const uint8_t *qmask; /* queries [B, Nq] or NULL (every query real) */
     void *out;
-    uint32_t B, H, Hkv, N, D, nb;
+    uint32_t B, H, Hkv, Nq, Nk, D, nbq, nbk;
     float scale;
-    /* MRA: per query head, row_off[nb + 1] into list (stride list_stride
-     * per head); NULL list = exact attention over every key block. */
+    int causal;  /* query i sees key j only when j <= i + off */
+    int64_t off; /* Nk - Nq */
+    /* MRA: per query head, row_off[nbq + 1] into list (stride list_stride
+     * per head); NULL list = exact attention over every key block that is
+     * not hidden.  Under causality the partial key blocks of a block row
+     * follow its list. */
     const uint32_t *list;
     const uint32_t *row_off;
     uint64_t list_stride;

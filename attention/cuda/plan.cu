@@ -20,6 +20,16 @@
  * unselected non-empty pairs (0 elsewhere), with M_I their maximum and Z_I
  * their sum; one more batched GEMM gives sum_J P_IJ vh_J.  (M_I, Z_I, that
  * sum) is an online-softmax state the fused kernel simply continues.
+ *
+ * Cross-attention and causality.  The grid of a head is nbq x nbk (query
+ * blocks x key blocks).  Under causal attention the pairs of a block row
+ * past vis(I) (select-rule.cuh) are not selectable: their key is
+ * ATTN_SELECT_KEY_NONE, below every other, and the budget never exceeds
+ * the visible pairs, so the passes over the grid skip them without
+ * reading their logits.  r_I is taken over the pairs not hidden; partial
+ * and hidden pairs give no low-resolution term.  The partial pairs are
+ * computed at full resolution all the same: the fused kernel walks them
+ * after the row's list.
  */
 #include <math.h>
 
@@ -38,7 +48,8 @@ namespace
 
 constexpr int HIST_CHUNK = 4096; /* grid elements per histogram block */
 
-/* c_J for every (b, J): number of real tokens in the block. */
+/* c_J for every (b, J): number of real tokens in the block, of a sequence
+ * of N tokens with mask [B, N] (or NULL). */
 __global__ void k_counts(const uint8_t *mask, uint32_t B, uint32_t N,
                          uint32_t nb, float *cnt)
 {
@@ -94,37 +105,51 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v)
     return v;
 }
 
-/* r_I = max_J L_IJ: one warp per block row. */
-__global__ void k_rowmax(const float *L, size_t rows, uint32_t nb, float *rmax)
+/* The shape of a head's grid, and what every selection kernel needs to
+ * compute a key. */
+struct key_ctx {
+    const float *L, *rmax, *cnt, *cntq;
+    uint32_t H, nbq, nbk, pf, pd;
+    int causal;
+    int64_t off, shift; /* Nk - Nq; diag_shift(off) */
+
+    __device__ __forceinline__ void row(uint32_t I, uint32_t *vis,
+                                        uint32_t *seen) const
+    {
+        grid_row(I, off, causal, nbk, vis, seen);
+    }
+
+    /* The key of pair (I, J) of a head, for J < vis(I) (the others have
+     * ATTN_SELECT_KEY_NONE and are never looked at). */
+    __device__ __forceinline__ uint64_t key(size_t head, uint32_t I,
+                                            uint32_t J) const
+    {
+        size_t b = head / H;
+        float cI = cntq[b * nbq + I], cJ = cnt[b * nbk + J];
+        return pair_key_at(L[(head * nbq + I) * nbk + J], rmax[head * nbq + I],
+                           cI == 0.0f || cJ == 0.0f, I, (int64_t)I + shift, J,
+                           pf, pd);
+    }
+};
+
+/* r_I over the pairs of the row that are not hidden (row_max() of
+ * select-rule.cuh): one warp per block row. */
+__global__ void k_rowmax(key_ctx kc, size_t rows, float *rmax)
 {
     size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
-    const float *l = L + row * nb;
+    uint32_t vis, seen;
+    kc.row((uint32_t)(row % kc.nbq), &vis, &seen);
+    const float *l = kc.L + row * kc.nbk;
     float m = -INFINITY;
-    for (uint32_t J = lane; J < nb; J += 32)
+    for (uint32_t J = lane; J < seen; J += 32)
         m = fmaxf(m, l[J]);
     m = warp_max(m);
     if (lane == 0)
-        rmax[row] = m;
+        rmax[row] = row_max(seen ? l[0] : 0.0f, m, seen);
 }
-
-/* What every selection kernel needs to compute a key. */
-struct key_ctx {
-    const float *L, *rmax, *cnt;
-    uint32_t H, nb, pf, pd;
-
-    __device__ __forceinline__ uint64_t key(size_t head, uint32_t I,
-                                            uint32_t J) const
-    {
-        size_t b = head / H;
-        float cI = cnt[b * nb + I], cJ = cnt[b * nb + J];
-        return attn_select_pair_key(L[(head * nb + I) * nb + J],
-                                    rmax[head * nb + I],
-                                    cI == 0.0f || cJ == 0.0f, I, J, pf, pd);
-    }
-};
 
 /* One radix pass: histogram of the byte at `shift` of the keys whose higher
  * bytes equal the prefix found so far.  Integer atomics: the counts do not
@@ -143,12 +168,16 @@ __global__ void __launch_bounds__(HIST_THREADS, 8)
         sh[i] = 0;
     __syncthreads();
     uint64_t prefix = rstate[head * 2];
-    size_t n = (size_t)kc.nb * kc.nb;
+    size_t n = (size_t)kc.nbq * kc.nbk;
     size_t e0 = chunk * HIST_CHUNK;
     size_t e1 = e0 + HIST_CHUNK < n ? e0 + HIST_CHUNK : n;
     for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-        /* nb * nb < 2^32 (checked by mra_plan): 32-bit division */
-        uint32_t I = (uint32_t)e / kc.nb, J = (uint32_t)e % kc.nb;
+        /* nbq * nbk < 2^32 (checked by mra_plan): 32-bit division */
+        uint32_t I = (uint32_t)e / kc.nbk, J = (uint32_t)e % kc.nbk;
+        uint32_t vis, seen;
+        kc.row(I, &vis, &seen);
+        if (J >= vis) /* not selectable: below the k-th largest key */
+            continue;
         uint64_t k = kc.key(head, I, J);
         if (radix_in_prefix(k, prefix, shift))
             atomicAdd(&sh[(k >> shift) & 255], 1u);
@@ -181,11 +210,12 @@ __global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
-    size_t head = row / kc.nb;
-    uint32_t I = (uint32_t)(row % kc.nb);
+    size_t head = row / kc.nbq;
+    uint32_t I = (uint32_t)(row % kc.nbq);
     uint64_t T = rstate[head * 2];
-    uint32_t gt = 0, eq = 0;
-    for (uint32_t J = lane; J < kc.nb; J += 32) {
+    uint32_t gt = 0, eq = 0, vis, seen;
+    kc.row(I, &vis, &seen);
+    for (uint32_t J = lane; J < vis; J += 32) {
         uint64_t k = kc.key(head, I, J);
         gt += k > T;
         eq += k == T;
@@ -265,7 +295,8 @@ __global__ void __launch_bounds__(SCAN_THREADS)
 
 /* Per block row: writes the selected J in ascending order into the row's
  * slice of the list; in full mode also turns the row of logits into the
- * low-resolution weights and stores (M_I, Z_I).  One warp per row. */
+ * low-resolution weights (0 for selected, empty, partial and hidden pairs)
+ * and stores (M_I, Z_I).  One warp per row. */
 __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
                            const uint32_t *eq_before, const uint32_t *row_off,
                            uint64_t list_stride, uint32_t *list, int full,
@@ -275,21 +306,23 @@ __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
-    size_t head = row / kc.nb;
-    uint32_t I = (uint32_t)(row % kc.nb);
+    size_t head = row / kc.nbq;
+    uint32_t I = (uint32_t)(row % kc.nbq);
     uint64_t T = rstate[head * 2], need = rstate[head * 2 + 1];
-    uint32_t *out = list + head * list_stride + row_off[head * (kc.nb + 1) + I];
+    uint32_t *out =
+        list + head * list_stride + row_off[head * (kc.nbq + 1) + I];
     uint32_t eqb = eq_before[row];
     size_t b = head / kc.H;
-    const float *cnt = kc.cnt + b * kc.nb;
-    float cI = cnt[I];
-    float *Lrow = Lw + row * kc.nb;
+    const float *cnt = kc.cnt + b * kc.nbk;
+    float cI = kc.cntq[b * kc.nbq + I];
+    float *Lrow = Lw + row * kc.nbk;
     uint32_t lt_mask = (1u << lane) - 1u;
-    uint32_t nsel = 0, neq = 0;
+    uint32_t nsel = 0, neq = 0, vis, seen;
+    kc.row(I, &vis, &seen);
     float mx = -INFINITY;
-    for (uint32_t J0 = 0; J0 < kc.nb; J0 += 32) {
+    for (uint32_t J0 = 0; J0 < vis; J0 += 32) {
         uint32_t J = J0 + lane;
-        bool valid = J < kc.nb;
+        bool valid = J < vis;
         uint64_t k = valid ? kc.key(head, I, J) : 0;
         bool eq = valid && k == T;
         uint32_t beq = __ballot_sync(0xffffffffu, eq);
@@ -312,9 +345,9 @@ __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
         return;
     mx = warp_max(mx);
     float z = 0.0f;
-    for (uint32_t J = lane; J < kc.nb; J += 32) {
+    for (uint32_t J = lane; J < kc.nbk; J += 32) {
         float l = Lrow[J], cJ = cnt[J], p = 0.0f;
-        if (l != -INFINITY && cI > 0.0f && cJ > 0.0f)
+        if (J < vis && l != -INFINITY && cI > 0.0f && cJ > 0.0f)
             p = expf(l + logf(cJ) - mx);
         Lrow[J] = p;
         z += p;
@@ -363,113 +396,132 @@ static bool mul3(size_t a, size_t b, size_t c, size_t *out)
 bool mra_work_sizes(const dev_problem &p, size_t sz[MRA_NBUF])
 {
     size_t heads = (size_t)p.B * p.H, kvh = (size_t)p.B * p.Hkv;
-    size_t nb = p.nb, D = p.D, nn;
-    if (__builtin_mul_overflow(nb, nb, &nn) || p.budget > nn)
+    size_t nbq = p.nbq, nbk = p.nbk, D = p.D, nn, hq, hk;
+    if (__builtin_mul_overflow(nbq, nbk, &nn) || p.budget > nn ||
+        __builtin_mul_overflow(heads, nbq, &hq) ||
+        __builtin_mul_overflow(kvh, nbk, &hk))
         return false;
-    bool ok = mul3(p.B, nb, 4, &sz[0]) &&        /* cnt */
-              mul3(heads * nb, D, 4, &sz[1]) &&  /* qh */
-              mul3(kvh * nb, D, 4, &sz[2]) &&    /* kh */
-              mul3(kvh * nb, D, 4, &sz[3]) &&    /* vh */
-              mul3(heads, nn, 4, &sz[4]) &&      /* L */
-              mul3(heads, nb, 4, &sz[5]) &&      /* rmax */
-              mul3(heads, nb, 4, &sz[6]) &&      /* low_m */
-              mul3(heads, nb, 4, &sz[7]) &&      /* low_z */
-              mul3(heads * nb, D, 4, &sz[8]) &&  /* low_num */
-              mul3(heads, 256, 4, &sz[9]) &&     /* hist */
-              mul3(heads, 2, 8, &sz[10]) &&      /* rstate */
-              mul3(heads, nb, 4, &sz[11]) &&     /* row_gt */
-              mul3(heads, nb, 4, &sz[12]) &&     /* row_eq */
-              mul3(heads, nb, 4, &sz[13]) &&     /* eq_before */
-              mul3(heads, nb + 1, 4, &sz[14]) && /* row_off */
-              mul3(heads, p.budget, 4, &sz[15]); /* list */
-    /* heads * nb and kvh * nb above cannot overflow: both are below the
-     * product heads * nb * nb checked first (nb >= 1). */
+    bool ok = mul3(p.B, nbk, 4, &sz[0]) &&        /* cnt */
+              mul3(p.B, nbq, 4, &sz[1]) &&        /* cntq */
+              mul3(hq, D, 4, &sz[2]) &&           /* qh */
+              mul3(hk, D, 4, &sz[3]) &&           /* kh */
+              mul3(hk, D, 4, &sz[4]) &&           /* vh */
+              mul3(heads, nn, 4, &sz[5]) &&       /* L */
+              mul3(hq, 1, 4, &sz[6]) &&           /* rmax */
+              mul3(hq, 1, 4, &sz[7]) &&           /* low_m */
+              mul3(hq, 1, 4, &sz[8]) &&           /* low_z */
+              mul3(hq, D, 4, &sz[9]) &&           /* low_num */
+              mul3(heads, 256, 4, &sz[10]) &&     /* hist */
+              mul3(heads, 2, 8, &sz[11]) &&       /* rstate */
+              mul3(hq, 1, 4, &sz[12]) &&          /* row_gt */
+              mul3(hq, 1, 4, &sz[13]) &&          /* row_eq */
+              mul3(hq, 1, 4, &sz[14]) &&          /* eq_before */
+              mul3(heads, nbq + 1, 4, &sz[15]) && /* row_off */
+              mul3(heads, p.budget, 4, &sz[16]);  /* list */
     return ok;
 }
 
 void mra_work_bind(mra_work *w, void *const b[MRA_NBUF])
 {
     w->cnt = (float *)b[0];
-    w->qh = (float *)b[1];
-    w->kh = (float *)b[2];
-    w->vh = (float *)b[3];
-    w->L = (float *)b[4];
-    w->rmax = (float *)b[5];
-    w->low_m = (float *)b[6];
-    w->low_z = (float *)b[7];
-    w->low_num = (float *)b[8];
-    w->hist = (uint32_t *)b[9];
-    w->rstate = (uint64_t *)b[10];
-    w->row_gt = (uint32_t *)b[11];
-    w->row_eq = (uint32_t *)b[12];
-    w->eq_before = (uint32_t *)b[13];
-    w->row_off = (uint32_t *)b[14];
-    w->list = (uint32_t *)b[15];
+    w->cntq = (float *)b[1];
+    w->qh = (float *)b[2];
+    w->kh = (float *)b[3];
+    w->vh = (float *)b[4];
+    w->L = (float *)b[5];
+    w->rmax = (float *)b[6];
+    w->low_m = (float *)b[7];
+    w->low_z = (float *)b[8];
+    w->low_num = (float *)b[9];
+    w->hist = (uint32_t *)b[10];
+    w->rstate = (uint64_t *)b[11];
+    w->row_gt = (uint32_t *)b[12];
+    w->row_eq = (uint32_t *)b[13];
+    w->eq_before = (uint32_t *)b[14];
+    w->row_off = (uint32_t *)b[15];
+    w->list = (uint32_t *)b[16];
 }
 
+/* Block means of a tensor [B*Hx, N, D] of N tokens with mask [B, N] (or
+ * NULL) and block counts cnt [B, nb]. */
 template <typename T>
 static void launch_means(const dev_problem &p, const void *x, uint32_t Hx,
+                         uint32_t N, uint32_t nb, const uint8_t *mask,
                          const float *cnt, float *out, cudaStream_t st)
 {
-    size_t blocks = (size_t)p.B * Hx * p.nb;
+    size_t blocks = (size_t)p.B * Hx * nb;
     unsigned threads = p.D >= 128 ? 128 : 64;
-    MRAD_LAUNCH(k_means<T>, (unsigned)blocks, threads, st, (const T *)x, p.mask,
-                cnt, Hx, p.N, p.D, p.nb, out);
+    MRAD_LAUNCH(k_means<T>, (unsigned)blocks, threads, st, (const T *)x, mask,
+                cnt, Hx, N, p.D, nb, out);
 }
 
-static void means(const dev_problem &p, const void *x, uint32_t Hx,
-                  const float *cnt, float *out, cudaStream_t st)
+static void means(const dev_problem &p, const void *x, uint32_t Hx, uint32_t N,
+                  uint32_t nb, const uint8_t *mask, const float *cnt,
+                  float *out, cudaStream_t st)
 {
     if (p.dtype == ATTN_F32)
-        launch_means<float>(p, x, Hx, cnt, out, st);
+        launch_means<float>(p, x, Hx, N, nb, mask, cnt, out, st);
     else if (p.dtype == ATTN_F16)
-        launch_means<__half>(p, x, Hx, cnt, out, st);
+        launch_means<__half>(p, x, Hx, N, nb, mask, cnt, out, st);
     else
-        launch_means<__nv_bfloat16>(p, x, Hx, cnt, out, st);
+        launch_means<__nv_bfloat16>(p, x, Hx, N, nb, mask, cnt, out, st);
 }
 
 int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
              cudaStream_t st)
 {
-    size_t heads = (size_t)p.B * p.H, rows = heads * p.nb;
-    size_t nn = (size_t)p.nb * p.nb;
+    size_t heads = (size_t)p.B * p.H, rows = heads * p.nbq;
+    size_t nn = (size_t)p.nbq * p.nbk;
     uint32_t G = p.H / p.Hkv;
     int full = p.method == ATTN_MRA2;
     int rc;
 
     /* The grids below put a whole dimension into x. */
-    if ((size_t)p.B * p.H * p.nb > 0x7fffffffu ||
+    if (rows > 0x7fffffffu || (size_t)p.B * p.Hkv * p.nbk > 0x7fffffffu ||
         heads * ((nn + HIST_CHUNK - 1) / HIST_CHUNK) > 0x7fffffffu ||
         nn > 0xffffffffu || heads > 0x7fffffffu)
         return ATTN_ENOTSUP;
 
-    /* 1. counts and block means */
-    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nb, 256), 256, st, p.mask,
-                p.B, p.N, p.nb, w.cnt);
-    means(p, p.q, p.H, w.cnt, w.qh, st);
-    means(p, p.k, p.Hkv, w.cnt, w.kh, st);
+    /* 1. counts and block means: keys over Nk with the key mask, queries
+     * over Nq with the query mask */
+    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbk, 256), 256, st, p.mask,
+                p.B, p.Nk, p.nbk, w.cnt);
+    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbq, 256), 256, st, p.qmask,
+                p.B, p.Nq, p.nbq, w.cntq);
+    means(p, p.q, p.H, p.Nq, p.nbq, p.qmask, w.cntq, w.qh, st);
+    means(p, p.k, p.Hkv, p.Nk, p.nbk, p.mask, w.cnt, w.kh, st);
     if (full)
-        means(p, p.v, p.Hkv, w.cnt, w.vh, st);
+        means(p, p.v, p.Hkv, p.Nk, p.nbk, p.mask, w.cnt, w.vh, st);
 
     /* 2. L = s * qh kh^T.  The G query heads sharing one KV head are
      * contiguous in qh, so one GEMM per (b, KV head) covers them all: in
-     * column-major terms L^T [nb x G*nb] = kh^T-op(kh) * qh. */
+     * column-major terms L^T [nbk x G*nbq] = kh^T-op(kh) * qh. */
     const float one = 1.0f, zero = 0.0f, scale = p.scale;
     rc = blas_err(sgemm_strided(
-        blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nb, (int)(G * p.nb), (int)p.D,
-        &scale, w.kh, (int)p.D, (long long)p.nb * p.D, w.qh, (int)p.D,
-        (long long)G * p.nb * p.D, &zero, w.L, (int)p.nb,
-        (long long)G * p.nb * p.nb, (int)(p.B * p.Hkv)));
+        blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nbk, (int)(G * p.nbq), (int)p.D,
+        &scale, w.kh, (int)p.D, (long long)p.nbk * p.D, w.qh, (int)p.D,
+        (long long)G * p.nbq * p.D, &zero, w.L, (int)p.nbk,
+        (long long)G * p.nbq * p.nbk, (int)(p.B * p.Hkv)));
     if (rc)
         return rc;
 
     /* 3. r_I */
-    MRAD_LAUNCH(k_rowmax, grid_for(rows * 32, 256), 256, st, w.L, rows, p.nb,
-                w.rmax);
+    key_ctx kc;
+    kc.L = w.L;
+    kc.rmax = w.rmax;
+    kc.cnt = w.cnt;
+    kc.cntq = w.cntq;
+    kc.H = p.H;
+    kc.nbq = p.nbq;
+    kc.nbk = p.nbk;
+    kc.pf = p.prior_first;
+    kc.pd = p.prior_diagonal;
+    kc.causal = p.causal;
+    kc.off = p.off;
+    kc.shift = diag_shift(p.off);
+    MRAD_LAUNCH(k_rowmax, grid_for(rows * 32, 256), 256, st, kc, rows, w.rmax);
 
     /* 4. radix select of the k-th largest key per head */
-    key_ctx kc = {w.L,  w.rmax,        w.cnt,           p.H,
-                  p.nb, p.prior_first, p.prior_diagonal};
     MRAD_LAUNCH(k_radix_init, grid_for(heads, 128), 128, st, heads, p.budget,
                 w.rstate);
     if (p.budget > 0) {
@@ -489,7 +541,7 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
     /* 5. CSR lists with the tie rule; low-resolution weights */
     MRAD_LAUNCH(k_rowcount, grid_for(rows * 32, 256), 256, st, kc, rows,
                 w.rstate, w.row_gt, w.row_eq);
-    MRAD_LAUNCH(k_rowscan, (unsigned)heads, SCAN_THREADS, st, p.nb, w.rstate,
+    MRAD_LAUNCH(k_rowscan, (unsigned)heads, SCAN_THREADS, st, p.nbq, w.rstate,
                 w.row_gt, w.row_eq, w.eq_before, w.row_off);
     MRAD_LAUNCH(k_rowwrite, grid_for(rows * 32, 256), 256, st, kc, rows,
                 w.rstate, w.eq_before, w.row_off, p.budget, w.list, full, w.L,
@@ -498,10 +550,10 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
     /* 6. low_num = P vh, again one GEMM per (b, KV head) */
     if (full) {
         rc = blas_err(sgemm_strided(
-            blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nb),
-            (int)p.nb, &one, w.vh, (int)p.D, (long long)p.nb * p.D, w.L,
-            (int)p.nb, (long long)G * p.nb * p.nb, &zero, w.low_num, (int)p.D,
-            (long long)G * p.nb * p.D, (int)(p.B * p.Hkv)));
+            blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nbq),
+            (int)p.nbk, &one, w.vh, (int)p.D, (long long)p.nbk * p.D, w.L,
+            (int)p.nbk, (long long)G * p.nbq * p.nbk, &zero, w.low_num,
+            (int)p.D, (long long)G * p.nbq * p.D, (int)(p.B * p.Hkv)));
         if (rc)
             return rc;
     }

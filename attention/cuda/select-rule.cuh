@@ -10,12 +10,21 @@
  * that still belong to the set; a pair is selected when its key is above
  * T, or equal to T and among the first `need` equal pairs in flat
  * (row-major) order, which is the spec's tie rule.
+ *
+ * The grid of a head is nbq x nbk blocks (queries x keys).  Under causal
+ * attention the block row I sees the key blocks J < vis(I) wholly and
+ * vis(I) <= J < seen(I) in part; the rest are hidden.  Only the visible
+ * pairs compete for the budget: the others have the key
+ * ATTN_SELECT_KEY_NONE, below every score's, and since the budget never
+ * exceeds the visible pairs, the k-th largest key is a visible pair's and
+ * the radix select never needs to look at the others.
  */
 #ifndef MRAD_CUDA_SELECT_RULE_CUH
 #define MRAD_CUDA_SELECT_RULE_CUH
 
 #include <stdint.h>
 
+#include "attention/attn.h"
 #include "attention/select-rule.h"
 
 #ifndef __CUDACC__ /* plain C++ (the host replay tests) */
@@ -29,6 +38,69 @@
 
 namespace mrad_cuda
 {
+
+/* The number of key blocks that hold a key at a position <= pos, i.e.
+ * that a query at key position pos sees at least in part (0 .. nbk). */
+__host__ __device__ inline uint32_t key_blocks_upto(int64_t pos, uint32_t nbk)
+{
+    if (pos < 0)
+        return 0;
+    int64_t n = pos / ATTN_BLOCK + 1;
+    return n < (int64_t)nbk ? (uint32_t)n : nbk;
+}
+
+/* vis(I) and seen(I) of block row I (attn_grid_row() of attention/
+ * problem.c, which tests/cuda/test-select-emul.cpp checks this against):
+ * the rows of query block I sit at key positions 32 I + off .. 32 I + 31 +
+ * off (off = Nk - Nq); a key block is visible when its last key is seen
+ * by the first row, and seen in part when its first key is seen by the
+ * last row.  Without causality every block is visible. */
+__host__ __device__ inline void grid_row(uint32_t I, int64_t off, int causal,
+                                         uint32_t nbk, uint32_t *vis,
+                                         uint32_t *seen)
+{
+    if (!causal) {
+        *vis = *seen = nbk;
+        return;
+    }
+    int64_t first = (int64_t)I * ATTN_BLOCK + off;
+    *vis = key_blocks_upto(first - (ATTN_BLOCK - 1), nbk);
+    *seen = key_blocks_upto(first + (ATTN_BLOCK - 1), nbk);
+}
+
+/* floor(off / 32): the key block on the diagonal of block row I is
+ * I + diag_shift(off) (attn_grid_diag_shift()). */
+__host__ __device__ inline int64_t diag_shift(int64_t off)
+{
+    int64_t q = off / ATTN_BLOCK;
+    return (off % ATTN_BLOCK != 0 && off < 0) ? q - 1 : q;
+}
+
+/* The key of a selectable pair (I, J) (J < vis(I)) of a grid whose row I
+ * has its diagonal band centred on key block `center`: key[J] of
+ * attn_select_keys_row_at_inline(), one pair at a time.  The pairs
+ * J >= vis(I) have ATTN_SELECT_KEY_NONE. */
+__host__ __device__ inline uint64_t pair_key_at(float L, float r, int32_t empty,
+                                                uint32_t I, int64_t center,
+                                                uint32_t J, uint32_t pf,
+                                                uint32_t pd)
+{
+    struct attn_select_row row = attn_select_row_init_at(r, I, center, pf, pd);
+    return attn_select_key_inline(
+        attn_select_row_score(&row, L, empty, (int32_t)J));
+}
+
+/* The row maximum r_I of the spec over the pairs of a row that are not
+ * hidden, as the CPU backend takes it: the first logit L0 raised by every
+ * larger one, so a NaN L0 gives NaN and a later NaN is passed over; `mx`
+ * is the fmaxf of the row's logits (NaN passed over), `seen` the pairs not
+ * hidden, and a row that sees none has r_I = 0. */
+__host__ __device__ inline float row_max(float L0, float mx, uint32_t seen)
+{
+    if (seen == 0)
+        return 0.0f;
+    return L0 != L0 ? L0 : mx;
+}
 
 /* Whether `key` agrees with the radix prefix on the bytes above `shift`
  * (the bytes already decided by earlier passes). */

@@ -3,12 +3,15 @@
 scaled_dot_product_attention (flash) on the same GPU.
 
 For bf16, D in {64, 128}, B*H = 16 and N from 1024 to 131072 it times one
-call of: mrad mra2 (block_per_row 4 and 16), mrad exact, and SDPA.  mrad is
+call of: mrad mra2 (block_per_row 4 and 16), mrad exact, and SDPA; and the
+causal variants of mrad exact and mra2 (bpr 16) against their non-causal
+selves, in back-to-back rounds (the median ratio of the rounds).  mrad is
 loaded with ctypes from build/libmrad-bench.so (MRAD_BENCH_SO) and runs on
 PyTorch's tensors and current stream, so both sides are timed the same way
 (CUDA events, after warm-up).  Prints a table, writes bench-out/cuda.json,
 and reports the targets: mra2 (bpr 16) >= 3x SDPA at N=16384 and >= 10x at
-N=65536; mrad exact >= 70% of SDPA's speed.
+N=65536; mrad exact >= 70% of SDPA's speed; at N=16384 causal exact takes
+<= 0.6x the time of non-causal exact, and causal mra2 bpr 16 <= 0.75x.
 
 TFLOP/s use the spec's FLOP counts (attn_flops: exact 4 N^2 D per head, MRA
 4 k b^2 D + 2 nb^2 D); bandwidth is the minimum traffic (q, k, v read once,
@@ -39,11 +42,15 @@ def load_lib(path):
     lib.mrad_bench_strerror.argtypes = [ctypes.c_int]
     u32, u64, ptr = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t
     lib.mrad_bench_run.restype = ctypes.c_int
-    lib.mrad_bench_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                   u32, u32, u32, u32, u32, ptr, ptr, ptr,
-                                   ptr, u32, u64, ctypes.c_void_p]
+    i32 = ctypes.c_int
+    # be, method, dtype, B, H, Hkv, Nq, Nk, D, causal, q, k, v, out, bpr,
+    # num_blocks, stream
+    lib.mrad_bench_run.argtypes = [ctypes.c_void_p, i32, i32, u32, u32, u32,
+                                   u32, u32, u32, i32, ptr, ptr, ptr, ptr,
+                                   u32, u64, ctypes.c_void_p]
     lib.mrad_bench_flops.restype = ctypes.c_double
-    lib.mrad_bench_flops.argtypes = [ctypes.c_int, u32, u32, u32, u32, u32,
+    # method, B, H, Nq, Nk, D, causal, bpr, num_blocks
+    lib.mrad_bench_flops.argtypes = [i32, u32, u32, u32, u32, u32, i32, u32,
                                      u64]
     return lib
 
@@ -95,13 +102,13 @@ def main():
     # share a real stream handle to be ordered.
     bench_stream = torch.cuda.Stream(device=dev)
 
-    def run_mrad(method, q, k, v, out, bpr, num_blocks=0):
-        N, D = q.shape[2], q.shape[3]
+    def run_mrad(method, q, k, v, out, bpr, num_blocks=0, causal=False):
+        Nq, Nk, D = q.shape[2], k.shape[2], q.shape[3]
         stream = torch.cuda.current_stream().cuda_stream
         assert stream, "run under torch.cuda.stream(bench_stream)"
-        rc = lib.mrad_bench_run(be, method, BF16, B, H, H, N, D,
-                                q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                                out.data_ptr(), bpr, num_blocks,
+        rc = lib.mrad_bench_run(be, method, BF16, B, H, H, Nq, Nk, D,
+                                int(causal), q.data_ptr(), k.data_ptr(),
+                                v.data_ptr(), out.data_ptr(), bpr, num_blocks,
                                 ctypes.c_void_p(stream))
         if rc != 0:
             raise RuntimeError("mrad: " + lib.mrad_bench_strerror(rc).decode())
@@ -130,6 +137,18 @@ def main():
         a, b = a.double(), b.double()
         return float((a - b).norm() / b.norm())
 
+    def ratio_rounds(fast, slow, budget_s):
+        """Median over back-to-back rounds of time(fast) / time(slow), so
+        that drift of a shared GPU hits both sides alike."""
+        rounds = 1 if args.quick else 3
+        ratios, tf, ts = [], [], []
+        for _ in range(rounds):
+            ts.append(timed(slow, budget_s))
+            tf.append(timed(fast, budget_s))
+            ratios.append(tf[-1] / ts[-1])
+        ratios.sort()
+        return ratios[len(ratios) // 2], min(tf), min(ts)
+
     def measure(rows, checks):
         for D in (64, 128):
             # correctness spot checks against SDPA at a small size
@@ -145,6 +164,24 @@ def main():
             torch.cuda.synchronize()
             checks.append({"D": D, "what": "mra2 full budget vs sdpa",
                            "rel": rel(out, ref)})
+            # causal (Nq == Nk: SDPA's top-left alignment is ours too)
+            ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            run_mrad(EXACT, q, k, v, out, 0, causal=True)
+            torch.cuda.synchronize()
+            checks.append({"D": D, "what": "causal exact vs sdpa",
+                           "rel": rel(out, ref)})
+            run_mrad(MRA2, q, k, v, out, 0, num_blocks=32 * 32, causal=True)
+            torch.cuda.synchronize()
+            checks.append({"D": D, "what": "causal mra2 full vs sdpa",
+                           "rel": rel(out, ref)})
+            # cross-attention: 256 queries over the 1024 keys
+            qc = q[:, :, :256].contiguous()
+            ref = F.scaled_dot_product_attention(qc, k, v)
+            outc = torch.empty_like(qc)
+            run_mrad(EXACT, qc, k, v, outc, 0)
+            torch.cuda.synchronize()
+            checks.append({"D": D, "what": "cross exact vs sdpa",
+                           "rel": rel(outc, ref)})
             for N in sizes:
                 g = torch.Generator(device=dev).manual_seed(N + D)
                 q, k, v = (torch.randn(B, H, N, D, device=dev, generator=g,
@@ -161,11 +198,25 @@ def main():
                 for bpr in (4, 16):
                     res[f"mra2_bpr{bpr}"] = timed(
                         lambda: run_mrad(MRA2, q, k, v, out, bpr), budget)
-                fl_exact = lib.mrad_bench_flops(EXACT, B, H, N, D, 0, 0)
-                for key in ("sdpa", "exact", "mra2_bpr4", "mra2_bpr16"):
-                    fl = fl_exact if key in ("sdpa", "exact") else \
-                        lib.mrad_bench_flops(MRA2, B, H, N, D,
-                                             int(key.split("bpr")[1]), 0)
+                # causal against non-causal, back to back
+                res["causal_exact_ratio"], res["exact_causal"], _ = \
+                    ratio_rounds(
+                        lambda: run_mrad(EXACT, q, k, v, out, 0, causal=True),
+                        lambda: run_mrad(EXACT, q, k, v, out, 0), budget)
+                res["causal_mra2_bpr16_ratio"], res["mra2_bpr16_causal"], _ = \
+                    ratio_rounds(
+                        lambda: run_mrad(MRA2, q, k, v, out, 16, causal=True),
+                        lambda: run_mrad(MRA2, q, k, v, out, 16), budget)
+                fl_exact = lib.mrad_bench_flops(EXACT, B, H, N, N, D, 0, 0, 0)
+                flops = {"sdpa": fl_exact, "exact": fl_exact,
+                         "exact_causal": lib.mrad_bench_flops(
+                             EXACT, B, H, N, N, D, 1, 0, 0),
+                         "mra2_bpr16_causal": lib.mrad_bench_flops(
+                             MRA2, B, H, N, N, D, 1, 16, 0)}
+                for bpr in (4, 16):
+                    flops[f"mra2_bpr{bpr}"] = lib.mrad_bench_flops(
+                        MRA2, B, H, N, N, D, 0, bpr, 0)
+                for key, fl in flops.items():
                     res[key + "_tflops"] = fl / res[key] / 1e12
                     res[key + "_gbps"] = nbytes / res[key] / 1e9
                 rows.append(res)
@@ -175,7 +226,10 @@ def main():
                       f"mra2/4 {res['mra2_bpr4']*1e3:8.3f} ms  mra2/16 "
                       f"{res['mra2_bpr16']*1e3:8.3f} ms "
                       f"({res['mra2_bpr16_tflops']:6.1f} TF/s, "
-                      f"{res['mra2_bpr16_gbps']:6.0f} GB/s)  x{res['sdpa']/res['mra2_bpr16']:.1f}",
+                      f"{res['mra2_bpr16_gbps']:6.0f} GB/s)  x{res['sdpa']/res['mra2_bpr16']:.1f}  "
+                      f"causal/non-causal: exact "
+                      f"{res['causal_exact_ratio']:.2f} mra2/16 "
+                      f"{res['causal_mra2_bpr16_ratio']:.2f}",
                       flush=True)
                 del q, k, v, out
                 torch.cuda.empty_cache()
@@ -189,29 +243,39 @@ def main():
     for c in checks:
         print(f"  D={c['D']:3d} {c['what']:26s} {c['rel']:.2e}")
 
+    # targets: (name, value, wanted bound, True when the value must be at
+    # least the bound, False when at most)
     targets = []
     for D in (64, 128):
         by_n = {r["N"]: r for r in rows if r["D"] == D}
         for N, want in ((16384, 3.0), (65536, 10.0)):
             if N in by_n:
                 x = by_n[N]["sdpa"] / by_n[N]["mra2_bpr16"]
-                targets.append((f"D={D} N={N} mra2 bpr16 speedup", x, want))
+                targets.append((f"D={D} N={N} mra2 bpr16 speedup", x, want,
+                                True))
         for N, r in sorted(by_n.items()):
             if N >= 4096:
                 targets.append((f"D={D} N={N} exact / sdpa speed",
-                                r["sdpa"] / r["exact"], 0.7))
+                                r["sdpa"] / r["exact"], 0.7, True))
+        if 16384 in by_n:
+            r = by_n[16384]
+            targets.append((f"D={D} N=16384 causal/non-causal exact",
+                            r["causal_exact_ratio"], 0.6, False))
+            targets.append((f"D={D} N=16384 causal/non-causal mra2/16",
+                            r["causal_mra2_bpr16_ratio"], 0.75, False))
     print("\ntargets:")
-    for name, got, want in targets:
-        print(f"  {name:34s} {got:7.2f}  (want >= {want})  "
-              f"{'ok' if got >= want else 'MISSED'}")
+    for name, got, want, at_least in targets:
+        ok = got >= want if at_least else got <= want
+        print(f"  {name:38s} {got:7.2f}  (want {'>=' if at_least else '<='} "
+              f"{want})  {'ok' if ok else 'MISSED'}")
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__,
                    "B": B, "H": H, "dtype": "bf16", "rows": rows,
                    "checks": checks,
-                   "targets": [{"name": n, "value": g, "want": w}
-                               for n, g, w in targets],
+                   "targets": [{"name": n, "value": g, "want": w,
+                                "at_least": a} for n, g, w, a in targets],
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                   f, indent=1)
     print(f"\nwrote {args.out}")

@@ -35,11 +35,13 @@ const char *mrad_bench_strerror(int err)
     return attn_strerror(err);
 }
 
-/* Fills a problem from flat arguments (device pointers as integers). */
+/* Fills a problem from flat arguments (device pointers as integers):
+ * Nq queries, Nk keys, causal or not; no masks. */
 static struct attn_problem problem(int method, int dtype, uint32_t B,
-                                   uint32_t H, uint32_t Hkv, uint32_t N,
-                                   uint32_t D, uintptr_t q, uintptr_t k,
-                                   uintptr_t v, uintptr_t out, uint32_t bpr,
+                                   uint32_t H, uint32_t Hkv, uint32_t Nq,
+                                   uint32_t Nk, uint32_t D, int causal,
+                                   uintptr_t q, uintptr_t k, uintptr_t v,
+                                   uintptr_t out, uint32_t bpr,
                                    uint64_t num_blocks)
 {
     struct attn_problem p = {0};
@@ -48,8 +50,10 @@ static struct attn_problem problem(int method, int dtype, uint32_t B,
     p.B = B;
     p.H = H;
     p.Hkv = Hkv;
-    p.N = N;
+    p.Nq = Nq;
+    p.Nk = Nk;
     p.D = D;
+    p.causal = causal;
     p.q = (const void *)q;
     p.k = (const void *)k;
     p.v = (const void *)v;
@@ -62,20 +66,22 @@ static struct attn_problem problem(int method, int dtype, uint32_t B,
 /* Enqueues one problem on `stream` (a cudaStream_t; NULL = the backend's
  * own, synchronously).  Returns an attn_err code. */
 int mrad_bench_run(void *be, int method, int dtype, uint32_t B, uint32_t H,
-                   uint32_t Hkv, uint32_t N, uint32_t D, uintptr_t q,
-                   uintptr_t k, uintptr_t v, uintptr_t out, uint32_t bpr,
-                   uint64_t num_blocks, void *stream)
+                   uint32_t Hkv, uint32_t Nq, uint32_t Nk, uint32_t D,
+                   int causal, uintptr_t q, uintptr_t k, uintptr_t v,
+                   uintptr_t out, uint32_t bpr, uint64_t num_blocks,
+                   void *stream)
 {
-    struct attn_problem p =
-        problem(method, dtype, B, H, Hkv, N, D, q, k, v, out, bpr, num_blocks);
+    struct attn_problem p = problem(method, dtype, B, H, Hkv, Nq, Nk, D, causal,
+                                    q, k, v, out, bpr, num_blocks);
     return attn_cuda_compute_device(be, &p, stream);
 }
 
 /* The spec's FLOP count of that problem (attn_flops). */
-double mrad_bench_flops(int method, uint32_t B, uint32_t H, uint32_t N,
-                        uint32_t D, uint32_t bpr, uint64_t num_blocks)
+double mrad_bench_flops(int method, uint32_t B, uint32_t H, uint32_t Nq,
+                        uint32_t Nk, uint32_t D, int causal, uint32_t bpr,
+                        uint64_t num_blocks)
 {
-    struct attn_problem p =
-        problem(method, ATTN_BF16, B, H, H, N, D, 0, 0, 0, 0, bpr, num_blocks);
+    struct attn_problem p = problem(method, ATTN_BF16, B, H, H, Nq, Nk, D,
+                                    causal, 0, 0, 0, 0, bpr, num_blocks);
     return attn_flops(&p);
 }

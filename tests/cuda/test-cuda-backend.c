@@ -2,11 +2,12 @@
  * test-cuda-backend.c - GPU-specific checks of the CUDA backend that the
  * shared attention unit tests (run with ATTN_TEST_BACKEND=cuda) do not make:
  * bitwise reproducibility across runs and batch compositions, the
- * full-budget identity mra2 == exact, agreement with the CPU backend on
- * long sequences, the device-pointer entry point of attn-cuda.h, and the
- * device / memory / health queries.  On a machine without a GPU it checks
- * instead that asking for "cuda" answers ATTN_ENODEV and "auto" falls back
- * to the CPU.
+ * full-budget identity mra2 == exact (causal too), agreement with the CPU
+ * backend on long sequences and on cross-attention, query masks and causal
+ * attention with offsets, the device-pointer entry point of attn-cuda.h,
+ * and the device / memory / health queries.  On a machine without a GPU it
+ * checks instead that asking for "cuda" answers ATTN_ENODEV and "auto" falls
+ * back to the CPU.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -27,7 +28,7 @@
 struct case_data {
     struct attn_problem p;
     void *q, *k, *v, *out;
-    uint8_t *mask;
+    uint8_t *mask, *q_mask;
     size_t nq, nk; /* elements of q/out and of k/v */
 };
 
@@ -52,15 +53,18 @@ static void fill(enum attn_dtype dt, void *dst, size_t n, float amp)
     free(tmp);
 }
 
-static void case_init(struct case_data *c, enum attn_method m,
-                      enum attn_dtype dt, uint32_t B, uint32_t H, uint32_t Hkv,
-                      uint32_t N, uint32_t D, int masked, uint64_t seed)
+/* A cross-attention problem of Nq queries and Nk keys; `masked` masks
+ * keys (holes and trailing padding). */
+static void case_init_cross(struct case_data *c, enum attn_method m,
+                            enum attn_dtype dt, uint32_t B, uint32_t H,
+                            uint32_t Hkv, uint32_t Nq, uint32_t Nk, uint32_t D,
+                            int masked, uint64_t seed)
 {
     memset(c, 0, sizeof *c);
     rng_state = seed;
     size_t es = attn_dtype_size(dt);
-    c->nq = (size_t)B * H * N * D;
-    c->nk = (size_t)B * Hkv * N * D;
+    c->nq = (size_t)B * H * Nq * D;
+    c->nk = (size_t)B * Hkv * Nk * D;
     c->q = malloc(c->nq * es);
     c->k = malloc(c->nk * es);
     c->v = malloc(c->nk * es);
@@ -72,23 +76,46 @@ static void case_init(struct case_data *c, enum attn_method m,
     fill(dt, c->k, c->nk, 2.0f);
     fill(dt, c->v, c->nk, 1.0f);
     if (masked) {
-        c->mask = malloc((size_t)B * N);
+        c->mask = malloc((size_t)B * Nk);
         assert_non_null(c->mask);
-        for (size_t i = 0; i < (size_t)B * N; i++)
-            c->mask[i] = (i % 7 != 3) && (i % N < N - 5);
+        for (size_t i = 0; i < (size_t)B * Nk; i++)
+            c->mask[i] = (i % 7 != 3) && (i % Nk + 5 < Nk);
     }
     c->p.method = m;
     c->p.dtype = dt;
     c->p.B = B;
     c->p.H = H;
     c->p.Hkv = Hkv;
-    c->p.N = N;
+    c->p.Nq = Nq;
+    c->p.Nk = Nk;
     c->p.D = D;
     c->p.q = c->q;
     c->p.k = c->k;
     c->p.v = c->v;
     c->p.mask = c->mask;
     c->p.out = c->out;
+}
+
+/* Self-attention: N queries and keys, the key mask masks queries too. */
+static void case_init(struct case_data *c, enum attn_method m,
+                      enum attn_dtype dt, uint32_t B, uint32_t H, uint32_t Hkv,
+                      uint32_t N, uint32_t D, int masked, uint64_t seed)
+{
+    case_init_cross(c, m, dt, B, H, Hkv, N, N, D, masked, seed);
+}
+
+/* Gives the problem a query mask of its own: holes, the first query
+ * padding, and query block 1 wholly masked. */
+static void case_add_q_mask(struct case_data *c)
+{
+    size_t n = (size_t)c->p.B * c->p.Nq;
+    c->q_mask = malloc(n);
+    assert_non_null(c->q_mask);
+    for (size_t i = 0; i < n; i++) {
+        size_t t = i % c->p.Nq;
+        c->q_mask[i] = (i % 11 != 6) && t != 0 && !(t >= 32 && t < 64);
+    }
+    c->p.q_mask = c->q_mask;
 }
 
 static void case_free(struct case_data *c)
@@ -98,6 +125,7 @@ static void case_free(struct case_data *c)
     free(c->v);
     free(c->out);
     free(c->mask);
+    free(c->q_mask);
 }
 
 /* Relative Frobenius distance of two outputs of n elements. */
@@ -170,7 +198,11 @@ static void test_deterministic(void **state)
     case_init(&a, ATTN_MRA2, ATTN_BF16, 2, 4, 2, 1000, 64, 1, 7);
     a.p.block_per_row = 4;
     case_init(&x, ATTN_EXACT, ATTN_F32, 1, 2, 2, 333, 40, 1, 8);
-    case_init(&y, ATTN_MRA2_SPARSE, ATTN_F16, 1, 3, 1, 2049, 128, 0, 9);
+    /* causal cross-attention with a query mask between them */
+    case_init_cross(&y, ATTN_MRA2_SPARSE, ATTN_F16, 1, 3, 1, 700, 2049, 128, 0,
+                    9);
+    y.p.causal = 1;
+    case_add_q_mask(&y);
     size_t bytes = a.nq * attn_dtype_size(a.p.dtype);
     void *first = malloc(bytes);
     assert_non_null(first);
@@ -196,26 +228,35 @@ static void test_deterministic(void **state)
     attn_backend_free(be);
 }
 
-/* With every block selected, mra2 and mra2_sparse are exact attention. */
+/* With every block selected, mra2 and mra2_sparse are exact attention:
+ * self-attention, then causal attention with Nq = Nk and with an offset
+ * that is not a multiple of 32 (the budget past the visible pairs). */
 static void test_full_budget_is_exact(void **state)
 {
     (void)state;
     struct attn_backend *be = new_backend("cuda");
     const enum attn_dtype dts[] = {ATTN_F32, ATTN_F16, ATTN_BF16};
-    for (int t = 0; t < 3; t++) {
+    const uint32_t shapes[3][3] = {
+        {2065, 2065, 0}, {2065, 2065, 1}, {700, 2065, 1}}; /* Nq, Nk, causal */
+    for (int t = 0; t < 9; t++) {
+        const uint32_t *sh = shapes[t / 3];
         struct case_data e, m;
-        case_init(&e, ATTN_EXACT, dts[t], 1, 2, 1, 2065, 80, 1, 11);
-        case_init(&m, ATTN_MRA2, dts[t], 1, 2, 1, 2065, 80, 1, 11);
-        uint64_t nb = attn_num_blocks(2065);
-        m.p.num_blocks = nb * nb;
+        case_init_cross(&e, ATTN_EXACT, dts[t % 3], 1, 2, 1, sh[0], sh[1], 80,
+                        1, 11);
+        case_init_cross(&m, ATTN_MRA2, dts[t % 3], 1, 2, 1, sh[0], sh[1], 80, 1,
+                        11);
+        e.p.causal = m.p.causal = (int)sh[2];
+        uint64_t nb = attn_num_blocks(sh[0]) * attn_num_blocks(sh[1]);
+        m.p.num_blocks = nb;
         assert_int_equal(attn_backend_compute(be, &e.p, NULL), ATTN_OK);
         for (int s = 0; s < 2; s++) {
             m.p.method = s ? ATTN_MRA2_SPARSE : ATTN_MRA2;
             assert_int_equal(attn_backend_compute(be, &m.p, NULL), ATTN_OK);
-            double err = rel_diff(dts[t], m.out, e.out, e.nq);
-            printf("full budget %s %s: rel diff %.3g\n",
-                   attn_dtype_name(dts[t]), attn_method_name(m.p.method), err);
-            assert_true(err < (dts[t] == ATTN_F32 ? 1e-5 : 1e-2));
+            double err = rel_diff(dts[t % 3], m.out, e.out, e.nq);
+            printf("full budget %s %s Nq=%u Nk=%u%s: rel diff %.3g\n",
+                   attn_dtype_name(dts[t % 3]), attn_method_name(m.p.method),
+                   sh[0], sh[1], sh[2] ? " causal" : "", err);
+            assert_true(err < (dts[t % 3] == ATTN_F32 ? 1e-5 : 1e-2));
         }
         case_free(&e);
         case_free(&m);
@@ -233,34 +274,75 @@ static void test_matches_cpu(void **state)
     struct {
         enum attn_method m;
         enum attn_dtype dt;
-        uint32_t B, H, Hkv, N, D, bpr, pf, pd;
-        int masked;
+        uint32_t B, H, Hkv, Nq, Nk, D, bpr, pf, pd;
+        int masked, causal, q_masked;
         double tol;
     } cases[] = {
-        {ATTN_MRA2, ATTN_F32, 2, 4, 1, 1500, 48, 8, 1, 3, 1, 1e-4},
-        {ATTN_MRA2_SPARSE, ATTN_F32, 1, 2, 2, 777, 33, 3, 0, 5, 1, 1e-4},
-        {ATTN_EXACT, ATTN_F32, 1, 3, 3, 901, 256, 0, 0, 0, 1, 1e-4},
-        {ATTN_MRA2, ATTN_BF16, 1, 2, 2, 16384, 128, 16, 0, 0, 0, 1e-2},
-        {ATTN_MRA2, ATTN_F16, 1, 2, 1, 4100, 64, 8, 2, 0, 1, 1e-2},
+        {ATTN_MRA2, ATTN_F32, 2, 4, 1, 1500, 1500, 48, 8, 1, 3, 1, 0, 0, 1e-4},
+        {ATTN_MRA2_SPARSE, ATTN_F32, 1, 2, 2, 777, 777, 33, 3, 0, 5, 1, 0, 0,
+         1e-4},
+        {ATTN_EXACT, ATTN_F32, 1, 3, 3, 901, 901, 256, 0, 0, 0, 1, 0, 0, 1e-4},
+        {ATTN_MRA2, ATTN_BF16, 1, 2, 2, 16384, 16384, 128, 16, 0, 0, 0, 0, 0,
+         1e-2},
+        {ATTN_MRA2, ATTN_F16, 1, 2, 1, 4100, 4100, 64, 8, 2, 0, 1, 0, 0, 1e-2},
+        /* cross-attention: Nq < Nk, Nq > Nk, Nq = 1, query masks */
+        {ATTN_MRA2, ATTN_BF16, 2, 4, 2, 1000, 5000, 64, 8, 0, 3, 1, 0, 1, 1e-2},
+        {ATTN_EXACT, ATTN_F16, 1, 2, 1, 3000, 700, 128, 0, 0, 0, 1, 0, 1, 1e-2},
+        {ATTN_MRA2_SPARSE, ATTN_F32, 1, 2, 1, 1, 4000, 64, 8, 0, 0, 1, 0, 0,
+         1e-4},
+        /* causal: Nq = Nk with padding and grouped heads; offsets that are
+         * and are not multiples of 32; rows that see nothing (Nq > Nk);
+         * decoding (Nq = 1); priors on the shifted diagonal */
+        {ATTN_EXACT, ATTN_BF16, 2, 4, 2, 4100, 4100, 64, 0, 0, 0, 1, 1, 0,
+         1e-2},
+        {ATTN_EXACT, ATTN_F32, 1, 2, 1, 1000, 3000, 80, 0, 0, 0, 1, 1, 1, 1e-4},
+        {ATTN_MRA2, ATTN_BF16, 1, 4, 1, 8192, 8192, 128, 16, 0, 0, 0, 1, 0,
+         1e-2},
+        {ATTN_MRA2, ATTN_F16, 1, 2, 2, 1024, 4096, 64, 8, 1, 3, 1, 1, 0, 1e-2},
+        {ATTN_MRA2, ATTN_F32, 1, 2, 1, 1000, 3017, 48, 4, 0, 5, 1, 1, 1, 1e-4},
+        {ATTN_MRA2_SPARSE, ATTN_BF16, 1, 2, 1, 3000, 2000, 64, 8, 0, 0, 1, 1, 0,
+         1e-2},
+        {ATTN_MRA2, ATTN_BF16, 1, 8, 2, 1, 6000, 128, 8, 0, 0, 0, 1, 0, 1e-2},
+        {ATTN_EXACT, ATTN_F16, 1, 8, 2, 1, 6000, 128, 0, 0, 0, 1, 1, 0, 1e-2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct case_data g, c;
-        case_init(&g, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
-                  cases[i].Hkv, cases[i].N, cases[i].D, cases[i].masked,
-                  100 + i);
-        case_init(&c, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
-                  cases[i].Hkv, cases[i].N, cases[i].D, cases[i].masked,
-                  100 + i);
+        case_init_cross(&g, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
+                        cases[i].Hkv, cases[i].Nq, cases[i].Nk, cases[i].D,
+                        cases[i].masked, 100 + i);
+        case_init_cross(&c, cases[i].m, cases[i].dt, cases[i].B, cases[i].H,
+                        cases[i].Hkv, cases[i].Nq, cases[i].Nk, cases[i].D,
+                        cases[i].masked, 100 + i);
+        if (cases[i].q_masked) {
+            case_add_q_mask(&g);
+            case_add_q_mask(&c);
+        }
+        g.p.causal = c.p.causal = cases[i].causal;
         g.p.block_per_row = c.p.block_per_row = cases[i].bpr;
         g.p.prior_first = c.p.prior_first = cases[i].pf;
         g.p.prior_diagonal = c.p.prior_diagonal = cases[i].pd;
-        assert_int_equal(attn_backend_compute(gpu, &g.p, NULL), ATTN_OK);
-        assert_int_equal(attn_backend_compute(cpu, &c.p, NULL), ATTN_OK);
+        struct attn_stats sg, sc;
+        assert_int_equal(attn_backend_compute(gpu, &g.p, &sg), ATTN_OK);
+        assert_int_equal(attn_backend_compute(cpu, &c.p, &sc), ATTN_OK);
+        assert_int_equal(sg.blocks_selected, sc.blocks_selected);
+        assert_int_equal(sg.blocks_total, sc.blocks_total);
         double err = rel_diff(cases[i].dt, g.out, c.out, g.nq);
-        printf("vs cpu: %s %s N=%u D=%u: rel diff %.3g\n",
+        printf("vs cpu: %s %s Nq=%u Nk=%u D=%u%s%s%s: rel diff %.3g\n",
                attn_method_name(cases[i].m), attn_dtype_name(cases[i].dt),
-               cases[i].N, cases[i].D, err);
+               cases[i].Nq, cases[i].Nk, cases[i].D,
+               cases[i].masked ? " masked" : "",
+               cases[i].q_masked ? " q_mask" : "",
+               cases[i].causal ? " causal" : "", err);
         assert_true(err < cases[i].tol);
+        /* rows the CPU leaves at zero (masked queries, causal rows that
+         * see no real key) are zero here too */
+        size_t es = attn_dtype_size(cases[i].dt), rb = cases[i].D * es;
+        unsigned char *zero = calloc(1, rb);
+        assert_non_null(zero);
+        for (size_t r = 0; r < g.nq / cases[i].D; r++)
+            if (!memcmp((char *)c.out + r * rb, zero, rb))
+                assert_memory_equal((char *)g.out + r * rb, zero, rb);
+        free(zero);
         case_free(&g);
         case_free(&c);
     }
@@ -329,6 +411,59 @@ static void test_device_pointers(void **state)
     attn_backend_free(be);
 }
 
+/* The device-pointer path with a query mask of its own, cross-attention
+ * and causality: the bits of the host path. */
+static void test_device_pointers_cross(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    struct case_data c;
+    case_init_cross(&c, ATTN_MRA2, ATTN_BF16, 2, 4, 2, 900, 2500, 64, 1, 22);
+    case_add_q_mask(&c);
+    c.p.causal = 1;
+    size_t qb = c.nq * 2, kb = c.nk * 2;
+    size_t mb = (size_t)2 * 2500, qmb = (size_t)2 * 900;
+    assert_int_equal(attn_backend_compute(be, &c.p, NULL), ATTN_OK);
+    void *want = malloc(qb), *got = malloc(qb);
+    assert_true(want && got);
+    memcpy(want, c.out, qb);
+    void *dq, *dk, *dv, *dout, *dmask, *dqmask;
+    assert_int_equal(cudaMalloc(&dq, qb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dk, kb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dv, kb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dout, qb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dmask, mb), cudaSuccess);
+    assert_int_equal(cudaMalloc(&dqmask, qmb), cudaSuccess);
+    cudaMemcpy(dq, c.q, qb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dk, c.k, kb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dv, c.v, kb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dmask, c.mask, mb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dqmask, c.q_mask, qmb, cudaMemcpyHostToDevice);
+    assert_int_equal(cudaMemset(dout, 0, qb), cudaSuccess);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    struct attn_problem p = c.p;
+    p.q = dq;
+    p.k = dk;
+    p.v = dv;
+    p.mask = dmask;
+    p.q_mask = dqmask;
+    p.out = dout;
+    assert_int_equal(attn_cuda_compute_device(be, &p, NULL), ATTN_OK);
+    assert_int_equal(cudaMemcpy(got, dout, qb, cudaMemcpyDeviceToHost),
+                     cudaSuccess);
+    assert_memory_equal(want, got, qb);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    cudaFree(dmask);
+    cudaFree(dqmask);
+    free(want);
+    free(got);
+    case_free(&c);
+    attn_backend_free(be);
+}
+
 int main(void)
 {
     if (attn_cuda_device_count() < 1) {
@@ -343,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_full_budget_is_exact),
         cmocka_unit_test(test_matches_cpu),
         cmocka_unit_test(test_device_pointers),
+        cmocka_unit_test(test_device_pointers_cross),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,11 @@
  * per-row counts, the row scan, the row write) and checks that the chosen
  * set is the one attn_select_topk() - the CPU backend's selection -
  * chooses, on grids full of exact ties, empty blocks, priors, extreme
- * budgets and NaN.  It needs no GPU.
+ * budgets and NaN; on cross-attention grids (nbq != nbk, the diagonal band
+ * shifted by the offset) and causal ones, where the kernels never look at
+ * the pairs past vis(I).  It also checks the device copy of the causal
+ * grid (select-rule.cuh) against the library's attn_grid_row().  It needs
+ * no GPU.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -40,66 +44,80 @@ static uint32_t next_u32(void)
     return (uint32_t)(rng >> 32);
 }
 
-/* One head's grid: logits, block counts, priors and budget. */
+/* One head's grid: nbq x nbk logits, block counts of keys and queries,
+ * each row's maximum, the causal shape, priors and budget. */
 struct grid {
-    uint32_t nb, pf, pd;
+    uint32_t nbq, nbk, pf, pd;
+    int causal;
+    int64_t off; /* Nk - Nq */
     uint64_t k;
-    std::vector<float> L, cnt, r;
+    std::vector<float> L, cnt, cntq, r;
 };
 
-/* The selection as plan.cu computes it, step by step. */
+/* vis(I) and the centre of the diagonal band of row I, as plan.cu's
+ * kernels compute them. */
+static uint32_t row_vis(const grid &g, uint32_t I)
+{
+    uint32_t vis, seen;
+    grid_row(I, g.off, g.causal, g.nbk, &vis, &seen);
+    return vis;
+}
+
+/* The selection as plan.cu computes it, step by step; the kernels visit
+ * only the pairs J < vis(I). */
 static std::vector<uint8_t> gpu_select(const grid &g)
 {
-    uint32_t nb = g.nb;
+    uint32_t nbq = g.nbq, nbk = g.nbk;
+    int64_t shift = diag_shift(g.off);
     auto key = [&](uint32_t I, uint32_t J) {
-        return attn_select_pair_key(g.L[(size_t)I * nb + J], g.r[I],
-                                    g.cnt[I] == 0.0f || g.cnt[J] == 0.0f, I, J,
-                                    g.pf, g.pd);
+        return pair_key_at(g.L[(size_t)I * nbk + J], g.r[I],
+                           g.cntq[I] == 0.0f || g.cnt[J] == 0.0f, I,
+                           (int64_t)I + shift, J, g.pf, g.pd);
     };
     /* k_radix_init, then 8 x (k_hist, k_radix_step) */
     uint64_t prefix = g.k ? 0 : ~0ull, rem = g.k;
     if (g.k > 0) {
-        for (int shift = 56; shift >= 0; shift -= 8) {
+        for (int shift8 = 56; shift8 >= 0; shift8 -= 8) {
             uint32_t hist[256] = {0};
-            for (uint32_t I = 0; I < nb; I++)
-                for (uint32_t J = 0; J < nb; J++) {
+            for (uint32_t I = 0; I < nbq; I++)
+                for (uint32_t J = 0; J < row_vis(g, I); J++) {
                     uint64_t k = key(I, J);
-                    if (radix_in_prefix(k, prefix, shift))
-                        hist[(k >> shift) & 255]++;
+                    if (radix_in_prefix(k, prefix, shift8))
+                        hist[(k >> shift8) & 255]++;
                 }
-            radix_pick(hist, shift, &prefix, &rem);
+            radix_pick(hist, shift8, &prefix, &rem);
         }
     }
     uint64_t T = prefix, need = rem;
     /* k_rowcount */
-    std::vector<uint32_t> gt(nb), eq(nb), before(nb), off(nb + 1);
-    for (uint32_t I = 0; I < nb; I++)
-        for (uint32_t J = 0; J < nb; J++) {
+    std::vector<uint32_t> gt(nbq), eq(nbq), before(nbq), off(nbq + 1);
+    for (uint32_t I = 0; I < nbq; I++)
+        for (uint32_t J = 0; J < row_vis(g, I); J++) {
             uint64_t k = key(I, J);
             gt[I] += k > T;
             eq[I] += k == T;
         }
     /* k_rowscan */
     uint64_t ce = 0, cs = 0;
-    for (uint32_t I = 0; I < nb; I++) {
+    for (uint32_t I = 0; I < nbq; I++) {
         before[I] = (uint32_t)ce;
         off[I] = (uint32_t)cs;
         cs += gt[I] + row_take(need, ce, eq[I]);
         ce += eq[I];
     }
-    off[nb] = (uint32_t)cs;
-    assert_int_equal(cs, g.k < (uint64_t)nb * nb ? g.k : (uint64_t)nb * nb);
+    off[nbq] = (uint32_t)cs;
+    assert_int_equal(cs, g.k);
     /* k_rowwrite: lists ascending within [off[I], off[I+1]) */
-    std::vector<uint8_t> sel((size_t)nb * nb, 0);
-    for (uint32_t I = 0; I < nb; I++) {
+    std::vector<uint8_t> sel((size_t)nbq * nbk, 0);
+    for (uint32_t I = 0; I < nbq; I++) {
         uint64_t neq = 0;
         uint32_t n = 0;
-        for (uint32_t J = 0; J < nb; J++) {
+        for (uint32_t J = 0; J < row_vis(g, I); J++) {
             uint64_t k = key(I, J);
             bool s = is_selected(k, T, need, (uint64_t)before[I] + neq);
             neq += k == T;
             if (s) {
-                sel[(size_t)I * nb + J] = 1;
+                sel[(size_t)I * nbk + J] = 1;
                 n++;
             }
         }
@@ -108,51 +126,78 @@ static std::vector<uint8_t> gpu_select(const grid &g)
     return sel;
 }
 
-/* The CPU backend's selection of the same grid. */
+/* The CPU backend's selection of the same grid (attention/cpu/head.c:
+ * every pair's key, NONE past vis(I), then the top k). */
 static std::vector<uint8_t> cpu_select(const grid &g)
 {
-    uint32_t nb = g.nb;
-    size_t n = (size_t)nb * nb;
+    attn_grid ag;
+    memset(&ag, 0, sizeof ag);
+    ag.nbq = g.nbq;
+    ag.nbk = g.nbk;
+    ag.off = g.off;
+    ag.causal = g.causal;
+    int64_t shift = attn_grid_diag_shift(&ag);
+    size_t n = (size_t)g.nbq * g.nbk;
     std::vector<uint64_t> key(n);
-    for (uint32_t I = 0; I < nb; I++)
-        attn_select_keys_row(&g.L[(size_t)I * nb], g.r[I], g.cnt.data(),
-                             g.cnt[I], I, nb, g.pf, g.pd, &key[(size_t)I * nb]);
+    for (uint32_t I = 0; I < g.nbq; I++) {
+        uint32_t vis, seen;
+        attn_grid_row(&ag, I, &vis, &seen);
+        attn_select_keys_row_at(&g.L[(size_t)I * g.nbk], g.r[I], g.cnt.data(),
+                                g.cntq[I], I, (int64_t)I + shift, vis, g.nbk,
+                                g.pf, g.pd, &key[(size_t)I * g.nbk]);
+    }
     std::vector<uint8_t> sel(n);
     std::vector<uint32_t> scratch(ATTN_SELECT_SCRATCH(n));
     attn_select_topk(key.data(), n, g.k, sel.data(), scratch.data());
     return sel;
 }
 
-/* levels: how many distinct logit values (few = many exact ties). */
+/* levels: how many distinct logit values (few = many exact ties).  A
+ * square grid unless nbk is given; k is capped at the visible pairs, as
+ * attn_budget() does. */
 static grid make_grid(uint32_t nb, uint32_t levels, int empties, uint32_t pf,
-                      uint32_t pd, uint64_t k)
+                      uint32_t pd, uint64_t k, uint32_t nbk = 0,
+                      int64_t off = 0, int causal = 0)
 {
     grid g;
-    g.nb = nb;
+    g.nbq = nb;
+    g.nbk = nbk ? nbk : nb;
     g.pf = pf;
     g.pd = pd;
-    g.k = k;
-    g.L.resize((size_t)nb * nb);
-    g.cnt.resize(nb);
-    g.r.resize(nb);
-    for (uint32_t J = 0; J < nb; J++)
+    g.causal = causal;
+    g.off = off;
+    g.L.resize((size_t)g.nbq * g.nbk);
+    g.cnt.resize(g.nbk);
+    g.cntq.resize(g.nbq);
+    g.r.resize(g.nbq);
+    for (uint32_t J = 0; J < g.nbk; J++)
         g.cnt[J] = (empties && next_u32() % 4 == 0)
                        ? 0.0f
                        : (float)(1 + next_u32() % 32);
-    for (uint32_t I = 0; I < nb; I++) {
+    for (uint32_t I = 0; I < g.nbq; I++)
+        g.cntq[I] = (empties && next_u32() % 5 == 0)
+                        ? 0.0f
+                        : (float)(1 + next_u32() % 32);
+    uint64_t visible = 0;
+    for (uint32_t I = 0; I < g.nbq; I++) {
+        uint32_t vis, seen;
+        grid_row(I, off, causal, g.nbk, &vis, &seen);
+        visible += vis;
         float m = -INFINITY;
-        for (uint32_t J = 0; J < nb; J++) {
+        for (uint32_t J = 0; J < g.nbk; J++) {
             float x =
                 levels
                     ? (float)(next_u32() % levels) * 0.25f - 1.0f
                     : (float)(next_u32() * (1.0 / 4294967296.0)) * 8.0f - 4.0f;
-            if (g.cnt[I] == 0.0f || g.cnt[J] == 0.0f)
+            if (g.cntq[I] == 0.0f || g.cnt[J] == 0.0f)
                 x = 0.0f; /* empty means give zero logits */
-            g.L[(size_t)I * nb + J] = x;
-            m = fmaxf(m, x);
+            g.L[(size_t)I * g.nbk + J] = x;
+            if (J < seen)
+                m = fmaxf(m, x);
         }
-        g.r[I] = m;
+        g.r[I] = seen ? m : 0.0f;
     }
+    g.k = k < visible ? k : visible;
     return g;
 }
 
@@ -163,7 +208,9 @@ static void check(const grid &g)
     for (size_t i = 0; i < a.size(); i++)
         diff += a[i] != b[i];
     if (diff)
-        printf("nb=%u k=%llu pf=%u pd=%u: %zu pairs differ\n", g.nb,
+        printf("nbq=%u nbk=%u off=%lld causal=%d k=%llu pf=%u pd=%u: %zu "
+               "pairs differ\n",
+               g.nbq, g.nbk, (long long)g.off, g.causal,
                (unsigned long long)g.k, g.pf, g.pd, diff);
     assert_int_equal(diff, 0);
 }
@@ -176,17 +223,89 @@ static void test_random_grids(void **state)
         uint64_t all = (uint64_t)nb * nb;
         const uint64_t ks[] = {0, 1, nb, 4ull * nb, all - 1, all, all + 5};
         for (uint64_t k : ks) {
-            if (k > all + 5 || (k == 0 && nb == 0))
-                continue;
-            uint64_t kk = k < all ? k : all; /* attn_budget caps */
-            check(make_grid(nb, 0, 0, 0, 0, kk));
-            check(make_grid(nb, 0, 1, 0, 0, kk));
-            check(make_grid(nb, 3, 1, 0, 0, kk));
-            check(make_grid(nb, 2, 1, 1, 3, kk));
-            check(make_grid(nb, 0, 1, 2, 0, kk));
-            check(make_grid(nb, 1, 0, 0, 2, kk));
+            check(make_grid(nb, 0, 0, 0, 0, k));
+            check(make_grid(nb, 0, 1, 0, 0, k));
+            check(make_grid(nb, 3, 1, 0, 0, k));
+            check(make_grid(nb, 2, 1, 1, 3, k));
+            check(make_grid(nb, 0, 1, 2, 0, k));
+            check(make_grid(nb, 1, 0, 0, 2, k));
         }
     }
+}
+
+/* Cross-attention and causal grids: query and key block counts apart,
+ * offsets Nk - Nq that are and are not multiples of 32, negative ones,
+ * the diagonal band centred on the shifted diagonal, every budget from 0
+ * past the visible pairs. */
+static void test_causal_grids(void **state)
+{
+    (void)state;
+    const struct {
+        uint32_t Nq, Nk;
+    } shapes[] = {{1, 1},       {1, 500},   {32, 32},   {100, 100},
+                  {200, 1000},  {300, 90},  {64, 192},  {97, 161},
+                  {1000, 1100}, {700, 700}, {40, 1400}, {1, 33}};
+    for (const auto &sh : shapes)
+        for (int causal = 0; causal < 2; causal++) {
+            uint32_t nbq = attn_num_blocks(sh.Nq), nbk = attn_num_blocks(sh.Nk);
+            int64_t off = (int64_t)sh.Nk - (int64_t)sh.Nq;
+            uint64_t all = (uint64_t)nbq * nbk;
+            const uint64_t ks[] = {0, 1, nbq, 3ull * nbq, all / 2, all};
+            for (uint64_t k : ks) {
+                check(make_grid(nbq, 0, 1, 0, 0, k, nbk, off, causal));
+                check(make_grid(nbq, 3, 1, 0, 3, k, nbk, off, causal));
+                check(make_grid(nbq, 2, 0, 1, 5, k, nbk, off, causal));
+                check(make_grid(nbq, 1, 1, 2, 2, k, nbk, off, causal));
+            }
+        }
+}
+
+/* The device copy of the causal grid (grid_row, diag_shift) against the
+ * library's (attn_grid_row, attn_grid_diag_shift), and row_max against
+ * the CPU's rule for r_I. */
+static void test_grid_rows(void **state)
+{
+    (void)state;
+    for (uint32_t Nq = 1; Nq < 300; Nq += 7)
+        for (uint32_t Nk = 1; Nk < 300; Nk += 5)
+            for (int causal = 0; causal < 2; causal++) {
+                attn_problem p;
+                memset(&p, 0, sizeof p);
+                p.Nq = Nq;
+                p.Nk = Nk;
+                p.causal = causal;
+                attn_grid ag;
+                attn_grid_init(&ag, &p);
+                assert_int_equal(diag_shift(ag.off), attn_grid_diag_shift(&ag));
+                for (uint32_t I = 0; I < ag.nbq; I++) {
+                    uint32_t v0, s0, v1, s1;
+                    attn_grid_row(&ag, I, &v0, &s0);
+                    grid_row(I, ag.off, causal, ag.nbk, &v1, &s1);
+                    assert_int_equal(v0, v1);
+                    assert_int_equal(s0, s1);
+                }
+            }
+    const int64_t offs[] = {-1000000, -33, -32, -31, -1, 0, 1, 31, 32, 33};
+    for (int64_t off : offs)
+        for (uint32_t I = 0; I < 3; I++) {
+            attn_grid ag;
+            memset(&ag, 0, sizeof ag);
+            ag.nbq = 3;
+            ag.nbk = 40000;
+            ag.off = off;
+            ag.causal = 1;
+            uint32_t v0, s0, v1, s1;
+            attn_grid_row(&ag, I, &v0, &s0);
+            grid_row(I, off, 1, ag.nbk, &v1, &s1);
+            assert_int_equal(v0, v1);
+            assert_int_equal(s0, s1);
+            assert_int_equal(diag_shift(off), attn_grid_diag_shift(&ag));
+        }
+    /* r_I: 0 with nothing seen; NaN when the first logit is; else the
+     * largest logit, later NaNs passed over */
+    assert_true(row_max(NAN, -INFINITY, 0) == 0.0f);
+    assert_true(isnan(row_max(NAN, 3.0f, 4)));
+    assert_true(row_max(1.0f, 3.0f, 4) == 3.0f);
 }
 
 /* Keys order like the scores: check attn_select_pair_key against plain
@@ -225,7 +344,14 @@ static void test_key_order(void **state)
             s = 0.0;
         memcpy(&u, &s, sizeof u);
         assert_int_equal(k, (u >> 63) ? ~u : (u | 0x8000000000000000ull));
+        /* the device's pair key, centred on the square diagonal */
+        assert_int_equal(k, pair_key_at(L, r, empty, I, (int64_t)I, J, 3, 4));
     }
+    /* NaN ranks above the pairs outside the selection */
+    assert_true(attn_select_pair_key(NAN, 0.0f, 0, 5, 9, 0, 0) >
+                ATTN_SELECT_KEY_NONE);
+    assert_true(attn_select_pair_key(-INFINITY, INFINITY, 1, 5, 9, 0, 0) >
+                ATTN_SELECT_KEY_NONE);
 }
 
 static void test_nan_grid(void **state)
@@ -237,6 +363,14 @@ static void test_nan_grid(void **state)
     check(g);
     g.k = 35;
     check(g);
+    /* NaN scores (key 1) still rank above the causally excluded pairs
+     * (ATTN_SELECT_KEY_NONE = 0), which are never selected */
+    grid c = make_grid(6, 4, 0, 0, 0, 1000, 9, 70, 1);
+    for (uint32_t I = 0; I < c.nbq; I++)
+        c.r[I] = NAN;
+    check(c);
+    c.k = 3;
+    check(c);
 }
 
 int main(void)
@@ -244,6 +378,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_order),
         cmocka_unit_test(test_random_grids),
+        cmocka_unit_test(test_causal_grids),
+        cmocka_unit_test(test_grid_rows),
         cmocka_unit_test(test_nan_grid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
