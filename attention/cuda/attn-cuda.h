@@ -35,8 +35,9 @@ int attn_cuda_device_count(void);
  * `out` or reusing the inputs.  With stream == NULL the backend's own
  * stream is used and the call returns when the output is complete.
  * Returns ATTN_OK, ATTN_ENOMEM (device pool could not grow), ATTN_ENOTSUP
- * (shape beyond the backend's limits) or ATTN_EBACKEND (launch error or a
- * sticky device fault).  Same threading rule as attn_backend_compute(): one
+ * (shape beyond the backend's limits, or a problem on a store of keys and
+ * values, p->kv) or ATTN_EBACKEND (launch error or a sticky device
+ * fault).  Same threading rule as attn_backend_compute(): one
  * thread at a time per backend.  Does not fill statistics or consume
  * injected faults.
  */

@@ -447,10 +447,11 @@ void cuda_free(void *ctx)
 }
 
 /* In the order of struct attn_backend_i (C++ has no designated
- * initialisers before C++20). */
+ * initialisers before C++20).  No stores of keys and values (kv_new,
+ * kv_append, kv_free): attn_kv_new() answers ENOTSUP. */
 const attn_backend_i cuda_iface = {
-    "cuda",      cuda_compute_batch, cuda_device, cuda_health,
-    nullptr,     cuda_memory,        cuda_free,
+    "cuda",      cuda_compute_batch, cuda_device, cuda_health, nullptr,
+    cuda_memory, cuda_free,          nullptr,     nullptr,     nullptr,
 };
 
 } // namespace
@@ -530,6 +531,8 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
         return ATTN_ENOTSUP;
     if (attn_problem_check(p, NULL, 0) != ATTN_OK)
         return ATTN_EINVAL;
+    if (p->kv) /* this backend keeps no stores of keys and values */
+        return ATTN_ENOTSUP;
     cuda_ctx *c = (cuda_ctx *)be->ctx;
     if (c->sticky || cudaSetDevice(c->device) != cudaSuccess)
         return ATTN_EBACKEND;

@@ -185,6 +185,11 @@ static void test_queries(void **state)
     struct attn_config cfg = {.device = 1 << 20};
     struct attn_backend *none = NULL;
     assert_int_equal(attn_backend_new("cuda", &cfg, &none), ATTN_ENODEV);
+    /* no stores of keys and values on this backend */
+    struct attn_kv_shape sh = {.dtype = ATTN_BF16, .B = 1, .Hkv = 1, .D = 64};
+    struct attn_kv *kv = NULL;
+    assert_int_equal(attn_kv_new(be, &sh, &kv), ATTN_ENOTSUP);
+    assert_null(kv);
     attn_backend_free(be);
 }
 
