@@ -320,23 +320,111 @@ struct param {
     uint64_t value;
 };
 
+/* A tensor to write: its key, dtype (-1: u8 mask), dims and data. */
+struct wtensor {
+    const char *name;
+    int dtype;
+    int rank;
+    uint32_t dims[4];
+    const void *data;
+    size_t elems, bytes;
+};
+
+/* Fills t, or returns -1 when its size overflows. */
+static int wtensor_set(struct wtensor *t, const char *name, int dtype,
+                       const void *data, int rank, uint32_t d0, uint32_t d1,
+                       uint32_t d2, uint32_t d3)
+{
+    const uint32_t d[4] = {d0, d1, d2, d3};
+    t->name = name;
+    t->dtype = dtype;
+    t->rank = rank;
+    memcpy(t->dims, d, sizeof d);
+    t->data = data;
+    return tensor_bytes(t->dims, rank, dtype < 0 ? 1 : attn_dtype_size(dtype),
+                        &t->elems, &t->bytes);
+}
+
+/* Writes the tensors of a body, first among its keys: in JSON right after
+ * the opening brace, in msgpack as map entries (their bytes reserved up
+ * front, so each is copied once). */
+static void put_tensors(struct pbuf *b, msgpack_packer *pk, int json,
+                        const struct wtensor *t, size_t n)
+{
+    if (!json) {
+        size_t total = 1024;
+        for (size_t i = 0; i < n; i++)
+            if (__builtin_add_overflow(total, t[i].bytes, &total) ||
+                __builtin_add_overflow(total, 64, &total))
+                total = 0;
+        if (total)
+            pbuf_reserve(b, total);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (json)
+            pbuf_printf(b, "%s\"%s\":", i ? "," : "", t[i].name);
+        else
+            mp_str(pk, t[i].name);
+        put_tensor(b, pk, json, t[i].dtype, t[i].dims, t[i].rank, t[i].data,
+                   t[i].elems, t[i].bytes);
+    }
+}
+
 int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
                          const char *id, uint64_t timeout_ms, char **buf,
                          size_t *len)
 {
+    struct proto_encode_opts o = {id, timeout_ms, NULL, 0};
+    return proto_request_encode_opts(p, fmt, &o, buf, len);
+}
+
+int proto_request_encode_opts(const struct attn_problem *p,
+                              enum proto_format fmt,
+                              const struct proto_encode_opts *o, char **buf,
+                              size_t *len)
+{
+    static const struct proto_encode_opts none = {0};
+    if (o == NULL)
+        o = &none;
     *buf = NULL;
-    size_t es = attn_dtype_size(p->dtype);
     const char *method = attn_method_name(p->method);
-    if (es == 0 || method == NULL || p->q == NULL || p->k == NULL ||
-        p->v == NULL || p->Hkv == 0 || p->H % p->Hkv != 0)
+    const int dt = (int)p->dtype, kv = o->kv != NULL;
+    const struct attn_kv_tokens *a = &p->append;
+    if (attn_dtype_size(p->dtype) == 0 || method == NULL || p->q == NULL ||
+        (fmt != PROTO_MSGPACK && fmt != PROTO_JSON))
         return PROTO_EBADREQ;
-    uint32_t qd[4] = {p->B, p->H, p->Nq, p->D};
-    uint32_t kd[4] = {p->B, p->Hkv, p->Nk, p->D};
-    uint32_t md[2] = {p->B, p->Nk}, qmd[2] = {p->B, p->Nq};
-    size_t qe, qb, ke, kb, me, mb, qme, qmb;
-    if (tensor_bytes(qd, 4, es, &qe, &qb) ||
-        tensor_bytes(kd, 4, es, &ke, &kb) || tensor_bytes(md, 2, 1, &me, &mb) ||
-        tensor_bytes(qmd, 2, 1, &qme, &qmb) || qe == 0 || ke == 0)
+    if (kv ? !proto_kv_id_valid(o->kv, strlen(o->kv)) ||
+                 (a->n && (!a->k || !a->v || p->Hkv == 0 || p->H % p->Hkv))
+           : !p->k || !p->v || p->Hkv == 0 || p->H % p->Hkv != 0)
+        return PROTO_EBADREQ;
+
+    /* q, then k, v and mask (or the appended tokens), then q_mask. */
+    struct wtensor t[6];
+    size_t nt = 0;
+    int bad = wtensor_set(&t[nt++], "q", dt, p->q, 4, p->B, p->H, p->Nq, p->D);
+    if (!kv) {
+        bad |= wtensor_set(&t[nt++], "k", dt, p->k, 4, p->B, p->Hkv, p->Nk,
+                           p->D);
+        bad |= wtensor_set(&t[nt++], "v", dt, p->v, 4, p->B, p->Hkv, p->Nk,
+                           p->D);
+        if (p->mask)
+            bad |= wtensor_set(&t[nt++], "mask", -1, p->mask, 2, p->B, p->Nk,
+                               0, 0);
+    } else if (a->n) {
+        bad |= wtensor_set(&t[nt++], "k_append", dt, a->k, 4, p->B, p->Hkv,
+                           a->n, p->D);
+        bad |= wtensor_set(&t[nt++], "v_append", dt, a->v, 4, p->B, p->Hkv,
+                           a->n, p->D);
+        if (a->mask)
+            bad |= wtensor_set(&t[nt++], "mask_append", -1, a->mask, 2, p->B,
+                               a->n, 0, 0);
+    }
+    if (p->q_mask)
+        bad |= wtensor_set(&t[nt++], "q_mask", -1, p->q_mask, 2, p->B, p->Nq,
+                           0, 0);
+    for (size_t i = 0; i < nt; i++)
+        bad |= t[i].elems == 0;
+    if (bad)
         return PROTO_EBADREQ;
 
     struct param params[] = {
@@ -344,35 +432,24 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
         {"num_blocks", p->num_blocks},
         {"prior_first", p->prior_first},
         {"prior_diagonal", p->prior_diagonal},
-        {"timeout_ms", timeout_ms},
+        {"timeout_ms", o->timeout_ms},
     };
     size_t nparams = sizeof params / sizeof params[0];
-    size_t nkeys = 4 + (p->mask != NULL) + (p->q_mask != NULL) +
-                   (p->causal != 0) + (p->scale != 0) + (id != NULL);
+    const int put_kv = kv && !o->kv_in_path;
+    size_t nkeys = nt + 1 + (p->causal != 0) + (p->scale != 0) +
+                   (o->id != NULL) + (size_t)put_kv;
     for (size_t i = 0; i < nparams; i++)
         nkeys += params[i].value != 0;
 
     struct pbuf b = {0};
-    /* q, k, v, then the masks that are set. */
-    const char *names[5] = {"q", "k", "v", "mask", "q_mask"};
-    const void *datas[5] = {p->q, p->k, p->v, p->mask, p->q_mask};
-    const uint32_t *dims[5] = {qd, kd, kd, md, qmd};
-    size_t elems[5] = {qe, ke, ke, me, qme}, bytes[5] = {qb, kb, kb, mb, qmb};
-
     if (fmt == PROTO_MSGPACK) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
-        size_t total = qb;
-        if (!__builtin_add_overflow(total, 2 * kb, &total) &&
-            !__builtin_add_overflow(total, mb + qmb + 1024, &total))
-            pbuf_reserve(&b, total);
         msgpack_pack_map(&pk, nkeys);
-        for (int t = 0; t < 5; t++) {
-            if (datas[t] == NULL)
-                continue;
-            mp_str(&pk, names[t]);
-            put_tensor(&b, &pk, 0, t < 3 ? (int)p->dtype : -1, dims[t],
-                       t < 3 ? 4 : 2, datas[t], elems[t], bytes[t]);
+        put_tensors(&b, &pk, 0, t, nt);
+        if (put_kv) {
+            mp_str(&pk, "kv");
+            mp_str(&pk, o->kv);
         }
         if (p->causal) {
             mp_str(&pk, "causal");
@@ -390,22 +467,18 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
             mp_str(&pk, "scale");
             msgpack_pack_float(&pk, p->scale);
         }
-        if (id != NULL) {
+        if (o->id != NULL) {
             mp_str(&pk, "id");
-            mp_str(&pk, id);
+            mp_str(&pk, o->id);
         }
         return finish(&b, 0, buf, len);
     }
-    if (fmt != PROTO_JSON)
-        return PROTO_EBADREQ;
 
     pbuf_put(&b, "{", 1);
-    for (int t = 0; t < 5; t++) {
-        if (datas[t] == NULL)
-            continue;
-        pbuf_printf(&b, "%s\"%s\":", t ? "," : "", names[t]);
-        put_tensor(&b, NULL, 1, t < 3 ? (int)p->dtype : -1, dims[t],
-                   t < 3 ? 4 : 2, datas[t], elems[t], bytes[t]);
+    put_tensors(&b, NULL, 1, t, nt);
+    if (put_kv) {
+        pbuf_puts(&b, ",\"kv\":");
+        pbuf_json_str(&b, o->kv, strlen(o->kv));
     }
     if (p->causal)
         pbuf_puts(&b, ",\"causal\":true");
@@ -418,10 +491,52 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
         pbuf_puts(&b, ",\"scale\":");
         pbuf_json_float(&b, p->scale);
     }
-    if (id != NULL) {
+    if (o->id != NULL) {
         pbuf_puts(&b, ",\"id\":");
-        pbuf_json_str(&b, id, strlen(id));
+        pbuf_json_str(&b, o->id, strlen(o->id));
     }
+    pbuf_put(&b, "}", 1);
+    return finish(&b, 0, buf, len);
+}
+
+int proto_kv_body_encode(const struct attn_kv_shape *shape,
+                         const struct attn_kv_tokens *tk, uint64_t ttl_ms,
+                         enum proto_format fmt, char **buf, size_t *len)
+{
+    *buf = NULL;
+    const int dt = (int)shape->dtype;
+    if (attn_dtype_size(shape->dtype) == 0 || !tk->k || !tk->v ||
+        (fmt != PROTO_MSGPACK && fmt != PROTO_JSON))
+        return PROTO_EBADREQ;
+    struct wtensor t[3];
+    size_t nt = 0;
+    int bad = wtensor_set(&t[nt++], "k", dt, tk->k, 4, shape->B, shape->Hkv,
+                          tk->n, shape->D);
+    bad |= wtensor_set(&t[nt++], "v", dt, tk->v, 4, shape->B, shape->Hkv,
+                       tk->n, shape->D);
+    if (tk->mask)
+        bad |= wtensor_set(&t[nt++], "mask", -1, tk->mask, 2, shape->B, tk->n,
+                           0, 0);
+    for (size_t i = 0; i < nt; i++)
+        bad |= t[i].elems == 0;
+    if (bad)
+        return PROTO_EBADREQ;
+    struct pbuf b = {0};
+    if (fmt == PROTO_MSGPACK) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &b, pbuf_msgpack_write);
+        msgpack_pack_map(&pk, nt + (ttl_ms != 0));
+        put_tensors(&b, &pk, 0, t, nt);
+        if (ttl_ms) {
+            mp_str(&pk, "ttl_ms");
+            msgpack_pack_uint64(&pk, ttl_ms);
+        }
+        return finish(&b, 0, buf, len);
+    }
+    pbuf_put(&b, "{", 1);
+    put_tensors(&b, NULL, 1, t, nt);
+    if (ttl_ms)
+        pbuf_printf(&b, ",\"ttl_ms\":%llu", (unsigned long long)ttl_ms);
     pbuf_put(&b, "}", 1);
     return finish(&b, 0, buf, len);
 }

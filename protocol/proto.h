@@ -52,6 +52,11 @@ struct proto_limits {
 void proto_limits_default(struct proto_limits *lim);
 
 #define PROTO_ID_MAX 128
+/* A session id: 1 to 64 of [A-Za-z0-9_-]. */
+#define PROTO_KV_ID_MAX 64
+
+/* Nonzero when the n bytes of s are a session id. */
+int proto_kv_id_valid(const char *s, size_t n);
 
 /*
  * Where the answer's buffer prob.out comes from, for a caller that keeps
@@ -78,7 +83,14 @@ struct proto_request {
     char id[PROTO_ID_MAX + 1]; /* echoed back when has_id */
     int has_id;
     uint64_t timeout_ms; /* 0 = not given */
-    void *owned[6];      /* internal: buffers to free */
+    /* The session the request names ("kv", or the path's), when has_kv:
+     * prob.k, prob.v and prob.mask are then unset, prob.append holds the
+     * new tokens (prob.Hkv is theirs, 0 without), and the caller sets
+     * prob.kv and prob.Nk from the session, then checks the problem
+     * (attn_problem_check). */
+    char kv[PROTO_KV_ID_MAX + 1];
+    int has_kv;
+    void *owned[9]; /* internal: buffers to free */
     /* internal: where prob.out came from (zeroed: malloc) */
     struct proto_out_alloc out_alloc;
 };
@@ -103,6 +115,23 @@ int proto_request_decode_with(const void *body, size_t len,
                               enum proto_format fmt,
                               const struct proto_limits *lim,
                               const struct proto_out_alloc *oa,
+                              struct proto_request *req, char *err,
+                              size_t errlen);
+
+/* The options of proto_request_decode_opts(); zeroed means the defaults
+ * of proto_request_decode(). */
+struct proto_decode_opts {
+    const struct proto_limits *lim;  /* NULL: the defaults */
+    const struct proto_out_alloc *out; /* NULL: malloc */
+    /* The session named by the request's path (POST /v1/kv/{id}/attention),
+     * or NULL: the body then must not name one. */
+    const char *kv;
+};
+
+/* proto_request_decode() with options. */
+int proto_request_decode_opts(const void *body, size_t len,
+                              enum proto_format fmt,
+                              const struct proto_decode_opts *opts,
                               struct proto_request *req, char *err,
                               size_t errlen);
 
@@ -174,6 +203,78 @@ size_t proto_json_escape(char *dst, size_t cap, const char *s, size_t n);
 int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
                          const char *id, uint64_t timeout_ms, char **buf,
                          size_t *len);
+
+/* The options of proto_request_encode_opts(); zeroed: none. */
+struct proto_encode_opts {
+    const char *id;      /* echoed back; NULL: none */
+    uint64_t timeout_ms; /* 0: left out */
+    /* A request on a session: k, v and mask are not written, p->append
+     * (when append.n > 0) is written as k_append, v_append [B,Hkv,n,D] and
+     * mask_append [B,n], and "kv" names the session unless kv_in_path (the
+     * body of POST /v1/kv/{id}/attention).  NULL: a request with its own
+     * keys. */
+    const char *kv;
+    int kv_in_path;
+};
+
+/* proto_request_encode() with options. */
+int proto_request_encode_opts(const struct attn_problem *p,
+                              enum proto_format fmt,
+                              const struct proto_encode_opts *o, char **buf,
+                              size_t *len);
+
+/* ---- sessions: POST /v1/kv, POST /v1/kv/{id}/append, GET /v1/kv/{id} ---- */
+
+/*
+ * The body of a create {k, v, mask?, ttl_ms?} or an append {k, v, mask?}:
+ * k and v [B, Hkv, n, D] in one float dtype, mask [B, n] u8.  tokens.k,
+ * tokens.v and tokens.mask point into the body when their alignment
+ * allows (the body must outlive them), else into owned copies.
+ */
+struct proto_kv_body {
+    enum proto_format format;
+    struct attn_kv_shape shape;
+    struct attn_kv_tokens tokens;
+    uint64_t ttl_ms; /* 0: not given (always 0 for an append) */
+    void *owned[3];  /* internal */
+};
+
+/* Decodes and checks a create (`create` set) or append body against the
+ * limits (NULL: the defaults).  Returns PROTO_OK, or an error with a
+ * message naming the field. */
+int proto_kv_body_decode(const void *body, size_t len, enum proto_format fmt,
+                         const struct proto_limits *lim, int create,
+                         struct proto_kv_body *kb, char *err, size_t errlen);
+/* Frees what the body owns (not the body).  Safe on a zeroed one. */
+void proto_kv_body_release(struct proto_kv_body *kb);
+
+/* Encodes a create (ttl_ms > 0 writes it) or append body, for clients:
+ * t->k, t->v [B, Hkv, t->n, D] in shape->dtype, t->mask when not NULL.
+ * Returns PROTO_OK with a malloc'd buffer, PROTO_ENOMEM, or PROTO_EBADREQ
+ * for an inconsistent shape. */
+int proto_kv_body_encode(const struct attn_kv_shape *shape,
+                         const struct attn_kv_tokens *t, uint64_t ttl_ms,
+                         enum proto_format fmt, char **buf, size_t *len);
+
+/* What the service says of a session: the JSON answer of a create, an
+ * append and GET /v1/kv/{id}. */
+struct proto_kv_info {
+    char kv[PROTO_KV_ID_MAX + 1];
+    struct attn_kv_shape shape;
+    uint64_t tokens;  /* held */
+    uint64_t bytes;   /* counted against the service's budget */
+    uint64_t ttl_ms;  /* idle time after which the session expires */
+    uint64_t idle_ms; /* since its last use */
+};
+
+/* {"kv":..,"dtype":..,"shape":[B,Hkv,tokens,D],"tokens":..,"bytes":..,
+ *  "ttl_ms":..,"idle_ms":..}: a malloc'd, terminated text (length in
+ * *len), or NULL when out of memory. */
+char *proto_kv_info_json(const struct proto_kv_info *in, size_t *len);
+/* Reads such an answer (unknown keys are skipped; "kv" and "tokens" are
+ * required).  Returns PROTO_OK or PROTO_EBADREQ. */
+int proto_kv_info_parse(const void *body, size_t len,
+                        struct proto_kv_info *out);
 
 /*
  * A decoded 200 answer, for clients.  `out` points into the body when its

@@ -26,6 +26,10 @@ enum rkey {
     K_V,
     K_MASK,
     K_Q_MASK,
+    K_K_APPEND,
+    K_V_APPEND,
+    K_MASK_APPEND,
+    K_KV,
     K_CAUSAL,
     K_METHOD,
     K_BLOCK_PER_ROW,
@@ -44,6 +48,10 @@ static const char *const rkey_names[K_COUNT] = {
     "v",
     "mask",
     "q_mask",
+    "k_append",
+    "v_append",
+    "mask_append",
+    "kv",
     "causal",
     "method",
     "block_per_row",
@@ -57,9 +65,10 @@ static const char *const rkey_names[K_COUNT] = {
 
 /* The tensors of a request, in the order of their keys, and where their
  * data goes in struct proto_request.owned (OWN_OUT: the answer's). */
-enum tkind { T_Q, T_K, T_V, T_MASK, T_QMASK, T_COUNT };
+enum tkind { T_Q, T_K, T_V, T_MASK, T_QMASK, T_KA, T_VA, T_MA, T_COUNT };
 enum { OWN_OUT = T_COUNT };
-_Static_assert(K_Q_MASK == (int)T_QMASK && K_MASK == (int)T_MASK,
+_Static_assert(K_Q_MASK == (int)T_QMASK && K_MASK == (int)T_MASK &&
+                   K_MASK_APPEND == (int)T_MA,
                "the tensor keys come first, in the order of enum tkind");
 _Static_assert(OWN_OUT + 1 ==
                    sizeof((struct proto_request *)0)->owned / sizeof(void *),
@@ -78,11 +87,14 @@ static const struct tshape {
     {4, {"B", "Hkv", "Nk", "D"}, "[B,Hkv,Nk,D]"},
     {2, {"B", "Nk"}, "[B,Nk]"},
     {2, {"B", "Nq"}, "[B,Nq]"},
+    {4, {"B", "Hkv", "n", "D"}, "[B,Hkv,n,D]"},
+    {4, {"B", "Hkv", "n", "D"}, "[B,Hkv,n,D]"},
+    {2, {"B", "n"}, "[B,n]"},
 };
 
 /* A tensor as found in the body, before it is checked against the others. */
 struct tview {
-    const char *name; /* "q", "k", "v", "mask", "q_mask" */
+    const char *name; /* "q", "k", "v", "mask", "q_mask", "k_append", ... */
     enum tkind kind;
     int dtype; /* enum attn_dtype, or -1 for u8 */
     int rank;
@@ -93,7 +105,7 @@ struct tview {
 
 static int is_mask(enum tkind kind)
 {
-    return kind == T_MASK || kind == T_QMASK;
+    return kind == T_MASK || kind == T_QMASK || kind == T_MA;
 }
 
 /* A printable, bounded rendering of a key for messages: non-printable
@@ -249,7 +261,7 @@ static int check_size(struct tview *t, const struct proto_limits *lim,
             max = lim->max_batch;
         else if (d[0] == 'H')
             max = lim->max_heads;
-        else if (d[0] == 'N')
+        else if (d[0] == 'N' || d[0] == 'n')
             max = lim->max_tokens;
         else
             max = lim->max_head_dim && lim->max_head_dim < ATTN_MAX_HEAD_DIM
@@ -546,6 +558,100 @@ static int load_mask(const struct tview *m, const uint8_t **out, void **owned,
     return PROTO_OK;
 }
 
+/* Allocates the answer's buffer [B, H, Nq, D] (q's size). */
+static int alloc_out(const struct tview *q, struct proto_request *req,
+                     char *err, size_t errlen)
+{
+    size_t out_bytes =
+        (size_t)q->elements * attn_dtype_size(req->prob.dtype);
+    void *out = req->out_alloc.alloc
+                    ? req->out_alloc.alloc(out_bytes, req->out_alloc.ctx)
+                    : proto_aligned_alloc(out_bytes);
+    if (out == NULL)
+        return perr(err, errlen, PROTO_ENOMEM, "out: out of memory");
+    req->owned[OWN_OUT] = req->prob.out = out;
+    return PROTO_OK;
+}
+
+/*
+ * A request on a session (req->kv): its keys and values are the session's,
+ * so k, v and mask are refused; k_append and v_append (both or neither,
+ * [B,Hkv,n,D] with q's B, D and dtype) and mask_append ([B,n]) carry the
+ * new tokens.  What the session holds (its Hkv, Nk, dtype) is checked by
+ * the caller, who fills prob.kv and prob.Nk.
+ */
+static int build_session_problem(struct tview *t, unsigned have,
+                                 struct proto_request *req, char *err,
+                                 size_t errlen)
+{
+    struct tview *q = &t[T_Q], *ka = &t[T_KA], *va = &t[T_VA];
+    struct tview *ma = &t[T_MA], *qm = &t[T_QMASK];
+    struct attn_problem *p = &req->prob;
+    int rc;
+    static const enum tkind refused[3] = {T_K, T_V, T_MASK};
+    for (int i = 0; i < 3; i++)
+        if ((have >> refused[i]) & 1)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: not with kv (the session holds the keys; send new "
+                        "tokens as k_append, v_append, mask_append)",
+                        rkey_names[refused[i]]);
+    int has_ka = (have >> T_KA) & 1, has_va = (have >> T_VA) & 1;
+    if (has_ka != has_va)
+        return perr(err, errlen, PROTO_EBADREQ, "%s: missing (k_append and "
+                    "v_append go together)", has_ka ? "v_append" : "k_append");
+    if (((have >> T_MA) & 1) && !has_ka)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "mask_append: only with k_append and v_append");
+    p->dtype = (enum attn_dtype)q->dtype;
+    p->B = (uint32_t)q->shape[0];
+    p->H = (uint32_t)q->shape[1];
+    p->Nq = (uint32_t)q->shape[2];
+    p->D = (uint32_t)q->shape[3];
+    if (has_ka) {
+        const uint64_t kwant[4] = {q->shape[0], 0, 0, q->shape[3]};
+        if ((rc = same_shape(ka, kwant, 6u, "q", NULL, err, errlen)) != 0 ||
+            (rc = same_shape(va, ka->shape, 0, "k_append", NULL, err,
+                             errlen)) != 0)
+            return rc;
+        if (ka->dtype != q->dtype || va->dtype != q->dtype)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.dtype: must match q.dtype (%s)",
+                        ka->dtype != q->dtype ? "k_append" : "v_append",
+                        attn_dtype_name(q->dtype));
+        if ((have >> T_MA) & 1) {
+            const uint64_t mwant[2] = {q->shape[0], ka->shape[2]};
+            if ((rc = same_shape(ma, mwant, 0, "k_append", NULL, err,
+                                 errlen)) != 0)
+                return rc;
+        }
+        p->Hkv = (uint32_t)ka->shape[1];
+        p->append.n = (uint32_t)ka->shape[2];
+    }
+    if ((have >> T_QMASK) & 1) {
+        const uint64_t qmwant[2] = {q->shape[0], q->shape[2]};
+        if ((rc = same_shape(qm, qmwant, 0, "q", NULL, err, errlen)) != 0)
+            return rc;
+    }
+    size_t es = attn_dtype_size(p->dtype);
+    if ((rc = load_data(q, es, &p->q, &req->owned[T_Q], err, errlen)) != 0)
+        return rc;
+    if (has_ka &&
+        ((rc = load_data(ka, es, &p->append.k, &req->owned[T_KA], err,
+                         errlen)) != 0 ||
+         (rc = load_data(va, es, &p->append.v, &req->owned[T_VA], err,
+                         errlen)) != 0))
+        return rc;
+    if (((have >> T_MA) & 1) &&
+        (rc = load_mask(ma, &p->append.mask, &req->owned[T_MA], err,
+                        errlen)) != 0)
+        return rc;
+    if (((have >> T_QMASK) & 1) &&
+        (rc = load_mask(qm, &p->q_mask, &req->owned[T_QMASK], err, errlen)) !=
+            0)
+        return rc;
+    return alloc_out(q, req, err, errlen);
+}
+
 /*
  * Checks the tensors against each other, then loads their data.  `have`
  * has a bit per enum tkind for the tensors the body holds.  q fixes B, H,
@@ -564,6 +670,13 @@ static int build_problem(struct tview *t, unsigned have,
         if ((have >> i) & 1)
             if ((rc = check_size(&t[i], lim, err, errlen)) != PROTO_OK)
                 return rc;
+    if (req->has_kv)
+        return build_session_problem(t, have, req, err, errlen);
+    for (int i = T_KA; i <= T_MA; i++)
+        if ((have >> i) & 1)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: only with kv (a session to append to)",
+                        rkey_names[i]);
     /* k: B and D of q (bits 1 and 2 free: Hkv and Nk); v: k's shape. */
     const uint64_t kwant[4] = {q->shape[0], 0, 0, q->shape[3]};
     if ((rc = same_shape(k, kwant, 6u, "q", NULL, err, errlen)) != 0 ||
@@ -625,14 +738,7 @@ static int build_problem(struct tview *t, unsigned have,
         return rc;
     /* The output [B, H, Nq, D], q's size: checked against size_t in
      * load_data. */
-    size_t out_bytes = (size_t)q->elements * es;
-    void *out = req->out_alloc.alloc
-                    ? req->out_alloc.alloc(out_bytes, req->out_alloc.ctx)
-                    : proto_aligned_alloc(out_bytes);
-    if (out == NULL)
-        return perr(err, errlen, PROTO_ENOMEM, "out: out of memory");
-    req->owned[OWN_OUT] = p->out = out;
-    return PROTO_OK;
+    return alloc_out(q, req, err, errlen);
 }
 
 int proto_request_decode(const void *body, size_t len, enum proto_format fmt,
@@ -650,6 +756,64 @@ int proto_request_decode_with(const void *body, size_t len,
                               struct proto_request *req, char *err,
                               size_t errlen)
 {
+    struct proto_decode_opts o = {lim, oa, NULL};
+    return proto_request_decode_opts(body, len, fmt, &o, req, err, errlen);
+}
+
+int proto_kv_id_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > PROTO_KV_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+              (c >= 'A' && c <= 'Z') || c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The session a request names: "kv" in the body, or the path's (`path`,
+ * then "kv" must be absent). */
+static int parse_kv(const msgpack_object *o, const char *path,
+                    struct proto_request *req, char *err, size_t errlen)
+{
+    if (path) {
+        if (o != NULL)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "kv: not in the body when the path names the session");
+        size_t n = strlen(path);
+        if (!proto_kv_id_valid(path, n))
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "kv: the path's session id is not valid");
+        memcpy(req->kv, path, n + 1);
+        req->has_kv = 1;
+        return PROTO_OK;
+    }
+    if (o == NULL)
+        return PROTO_OK;
+    if (o->type != MSGPACK_OBJECT_STR)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "kv: must be a string, a session id (got %s)",
+                    proto_type_name(o));
+    if (!proto_kv_id_valid(o->via.str.ptr, o->via.str.size))
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "kv: must be a session id: 1 to %d letters, digits, - or _",
+                    PROTO_KV_ID_MAX);
+    memcpy(req->kv, o->via.str.ptr, o->via.str.size);
+    req->kv[o->via.str.size] = '\0';
+    req->has_kv = 1;
+    return PROTO_OK;
+}
+
+int proto_request_decode_opts(const void *body, size_t len,
+                              enum proto_format fmt,
+                              const struct proto_decode_opts *opts,
+                              struct proto_request *req, char *err,
+                              size_t errlen)
+{
+    const struct proto_limits *lim = opts ? opts->lim : NULL;
+    const struct proto_out_alloc *oa = opts ? opts->out : NULL;
     struct proto_limits dflt;
     if (lim == NULL) {
         proto_limits_default(&dflt);
@@ -679,14 +843,18 @@ int proto_request_decode_with(const void *body, size_t len,
         rc = parse_tensor(f[i], (enum tkind)i, fmt, &t[i], err, errlen);
         have |= 1u << i;
     }
+    if (rc == PROTO_OK)
+        rc = parse_kv(f[K_KV], opts ? opts->kv : NULL, req, err, errlen);
+    /* q always; k and v unless a session holds them */
     for (int i = T_Q; rc == PROTO_OK && i <= T_V; i++)
-        if (f[i] == NULL)
+        if (f[i] == NULL && (i == T_Q || !req->has_kv))
             rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
     if (rc == PROTO_OK)
         rc = parse_scalars(f, req, err, errlen);
     if (rc == PROTO_OK)
         rc = build_problem(t, have, lim, req, err, errlen);
-    if (rc == PROTO_OK) {
+    /* A session's problem is finished (and checked) by the caller. */
+    if (rc == PROTO_OK && !req->has_kv) {
         /* The attention library's own check of the finished problem. */
         char msg[256];
         if (attn_problem_check(&req->prob, msg, sizeof msg) != ATTN_OK)
@@ -698,6 +866,89 @@ int proto_request_decode_with(const void *body, size_t len,
         memset(req, 0, sizeof *req);
     }
     return rc;
+}
+
+/* ---- bodies of POST /v1/kv and POST /v1/kv/{id}/append ------------------ */
+
+int proto_kv_body_decode(const void *body, size_t len, enum proto_format fmt,
+                         const struct proto_limits *lim, int create,
+                         struct proto_kv_body *kb, char *err, size_t errlen)
+{
+    /* The keys of a create body; an append body has the first three. */
+    static const char *const names[4] = {"k", "v", "mask", "ttl_ms"};
+    static const enum tkind kinds[3] = {T_K, T_V, T_MASK};
+    struct proto_limits dflt;
+    if (lim == NULL) {
+        proto_limits_default(&dflt);
+        lim = &dflt;
+    }
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    memset(kb, 0, sizeof *kb);
+    kb->format = fmt;
+    msgpack_zone *zone = NULL;
+    msgpack_object root;
+    int rc = proto_tree_read(body, len, fmt, &zone, &root, err, errlen);
+    if (rc != PROTO_OK)
+        return rc;
+    const msgpack_object *f[4];
+    struct tview t[3];
+    memset(t, 0, sizeof t);
+    rc = map_fields(&root, "", names, create ? 4 : 3, f, err, errlen);
+    if (!create)
+        f[3] = NULL;
+    for (int i = 0; rc == PROTO_OK && i < 2; i++)
+        if (f[i] == NULL)
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", names[i]);
+    for (int i = 0; rc == PROTO_OK && i < 3; i++)
+        if (f[i] != NULL &&
+            (rc = parse_tensor(f[i], kinds[i], fmt, &t[i], err, errlen)) ==
+                PROTO_OK)
+            rc = check_size(&t[i], lim, err, errlen);
+    /* v: k's shape and dtype; mask: [B, N] of k's. */
+    if (rc == PROTO_OK)
+        rc = same_shape(&t[1], t[0].shape, 0, "k", NULL, err, errlen);
+    if (rc == PROTO_OK && t[1].dtype != t[0].dtype)
+        rc = perr(err, errlen, PROTO_EBADREQ,
+                  "v.dtype: must match k.dtype (%s)",
+                  attn_dtype_name(t[0].dtype));
+    if (rc == PROTO_OK && f[2] != NULL) {
+        const uint64_t mwant[2] = {t[0].shape[0], t[0].shape[2]};
+        rc = same_shape(&t[2], mwant, 0, "k", NULL, err, errlen);
+    }
+    if (rc == PROTO_OK && f[3] != NULL)
+        rc = get_param(f[3], "ttl_ms", 1, INT64_MAX, &kb->ttl_ms, err, errlen);
+    if (rc == PROTO_OK) {
+        kb->shape.dtype = (enum attn_dtype)t[0].dtype;
+        kb->shape.B = (uint32_t)t[0].shape[0];
+        kb->shape.Hkv = (uint32_t)t[0].shape[1];
+        kb->shape.D = (uint32_t)t[0].shape[3];
+        kb->tokens.n = (uint32_t)t[0].shape[2];
+        size_t es = attn_dtype_size(kb->shape.dtype);
+        rc = load_data(&t[0], es, &kb->tokens.k, &kb->owned[0], err, errlen);
+        if (rc == PROTO_OK)
+            rc = load_data(&t[1], es, &kb->tokens.v, &kb->owned[1], err,
+                           errlen);
+        if (rc == PROTO_OK && f[2] != NULL)
+            rc = load_mask(&t[2], &kb->tokens.mask, &kb->owned[2], err,
+                           errlen);
+    }
+    msgpack_zone_free(zone);
+    if (rc != PROTO_OK) {
+        proto_kv_body_release(kb);
+        memset(kb, 0, sizeof *kb);
+    }
+    return rc;
+}
+
+void proto_kv_body_release(struct proto_kv_body *kb)
+{
+    if (kb == NULL)
+        return;
+    for (size_t i = 0; i < sizeof kb->owned / sizeof kb->owned[0]; i++) {
+        free(kb->owned[i]);
+        kb->owned[i] = NULL;
+    }
 }
 
 void proto_request_release(struct proto_request *req)

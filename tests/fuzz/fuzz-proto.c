@@ -3,11 +3,13 @@
  *
  * Feeds each input to every decoder a peer can reach: the request decoder
  * in both formats (with tight limits, so large shapes take the 413 path
- * instead of allocating), the answer decoder and the error-body parser.
- * A request that decodes must also encode to an answer and a request that
- * decode again to the same problem (shapes, masks, causality, data),
- * which checks the encoders on whatever shapes the fuzzer finds.  Sanitizers
- * turn any bad read into a crash.
+ * instead of allocating), the session bodies (create and append), the
+ * answer decoders and the error-body parser.  A request that decodes must
+ * also encode to an answer and a request that decode again to the same
+ * problem (shapes, masks, causality, data, session and appended tokens),
+ * and a session body must encode to one that decodes to the same tokens,
+ * which checks the encoders on whatever shapes the fuzzer finds.
+ * Sanitizers turn any bad read into a crash.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,8 +49,11 @@ static void roundtrip(const struct proto_request *req)
         proto_response_release(&r);
         free(ans);
     }
-    if (proto_request_encode(p, req->format, req->has_id ? req->id : NULL,
-                             req->timeout_ms, &body, &blen) == PROTO_OK) {
+    struct proto_encode_opts o = {req->has_id ? req->id : NULL,
+                                  req->timeout_ms, req->has_kv ? req->kv : NULL,
+                                  0};
+    if (proto_request_encode_opts(p, req->format, &o, &body, &blen) ==
+        PROTO_OK) {
         struct proto_request again;
         if (proto_request_decode(body, blen, req->format, NULL, &again, err,
                                  sizeof err) != PROTO_OK)
@@ -57,14 +62,51 @@ static void roundtrip(const struct proto_request *req)
         if (a->Nq != p->Nq || a->Nk != p->Nk || a->D != p->D ||
             a->Hkv != p->Hkv || a->causal != p->causal ||
             a->method != p->method || a->scale != p->scale ||
+            again.has_kv != req->has_kv || strcmp(again.kv, req->kv) != 0 ||
             memcmp(a->q, p->q, nq * es) != 0 ||
-            memcmp(a->v, p->v, nk * es) != 0 ||
-            !same_mask(a->mask, p->mask, (size_t)p->B * p->Nk) ||
             !same_mask(a->q_mask, p->q_mask, (size_t)p->B * p->Nq))
+            abort();
+        if (!req->has_kv &&
+            (memcmp(a->v, p->v, nk * es) != 0 ||
+             !same_mask(a->mask, p->mask, (size_t)p->B * p->Nk)))
+            abort();
+        size_t na = (size_t)p->B * p->Hkv * p->append.n * p->D;
+        if (req->has_kv &&
+            (a->append.n != p->append.n ||
+             (na && memcmp(a->append.k, p->append.k, na * es) != 0) ||
+             !same_mask(a->append.mask, p->append.mask,
+                        (size_t)p->B * p->append.n)))
             abort();
         proto_request_release(&again);
         free(body);
     }
+}
+
+/* A decoded session body encodes to one that decodes to the same tokens. */
+static void kv_roundtrip(const struct proto_kv_body *kb, int create)
+{
+    const struct attn_kv_shape *sh = &kb->shape;
+    char *body, err[256];
+    size_t blen;
+    if (proto_kv_body_encode(sh, &kb->tokens, kb->ttl_ms, kb->format, &body,
+                             &blen) != PROTO_OK)
+        return;
+    struct proto_kv_body again;
+    if (proto_kv_body_decode(body, blen, kb->format, NULL, create, &again, err,
+                             sizeof err) != PROTO_OK)
+        abort();
+    size_t n = (size_t)sh->B * sh->Hkv * kb->tokens.n * sh->D *
+               attn_dtype_size(sh->dtype);
+    if (again.shape.dtype != sh->dtype || again.shape.B != sh->B ||
+        again.shape.Hkv != sh->Hkv || again.shape.D != sh->D ||
+        again.tokens.n != kb->tokens.n || again.ttl_ms != kb->ttl_ms ||
+        memcmp(again.tokens.k, kb->tokens.k, n) != 0 ||
+        memcmp(again.tokens.v, kb->tokens.v, n) != 0 ||
+        !same_mask(again.tokens.mask, kb->tokens.mask,
+                   (size_t)sh->B * kb->tokens.n))
+        abort();
+    proto_kv_body_release(&again);
+    free(body);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -82,6 +124,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (err[0] == '\0') {
             abort(); /* every refusal must say why */
         }
+        for (int create = 0; create <= 1; create++) {
+            struct proto_kv_body kb;
+            if (proto_kv_body_decode(data, size, (enum proto_format)fmt, &lim,
+                                     create, &kb, err,
+                                     sizeof err) == PROTO_OK) {
+                kv_roundtrip(&kb, create);
+                proto_kv_body_release(&kb);
+            } else if (err[0] == '\0') {
+                abort();
+            }
+        }
         struct proto_response r;
         if (proto_response_decode(data, size, (enum proto_format)fmt, &r, err,
                                   sizeof err) == PROTO_OK)
@@ -89,5 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char code[64], msg[256];
     proto_error_parse(data, size, code, sizeof code, msg, sizeof msg);
+    struct proto_kv_info info;
+    proto_kv_info_parse(data, size, &info);
     return 0;
 }

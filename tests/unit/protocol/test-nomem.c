@@ -191,11 +191,63 @@ static void test_encoders(void **state)
     assert_true(fails >= 1);
 }
 
+/* The session bodies and answers. */
+static void test_sessions(void **state)
+{
+    (void)state;
+    size_t len;
+    char *body = tbody_msgpack(
+        "{'k':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'},"
+        "'v':{'dtype':'f32','shape':[1,1,40,8],'data':'bin:1280'},"
+        "'mask':{'dtype':'u8','shape':[1,40],'data':'bin:40:1'},"
+        "'ttl_ms':10}",
+        &len);
+    char *mis = malloc(len + 1);
+    memcpy(mis + 1, body, len);
+    struct proto_kv_body kb;
+    char err[256];
+    long fails = UNTIL_OK(proto_kv_body_decode(mis + 1, len, PROTO_MSGPACK,
+                                               NULL, 1, &kb, err, sizeof err),
+                          rc_ == PROTO_OK, (void)0);
+    assert_true(fails >= 2); /* k and v copies */
+    for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
+        char *out = NULL;
+        size_t olen;
+        fails = UNTIL_OK(proto_kv_body_encode(&kb.shape, &kb.tokens, 10,
+                                              (enum proto_format)fmt, &out,
+                                              &olen),
+                         rc_ == PROTO_OK, free(out));
+        assert_true(fails >= 1);
+        /* A step on the session that appends the same tokens. */
+        float q[2 * 8] = {0};
+        struct attn_problem p = {0};
+        p.dtype = ATTN_F32;
+        p.B = 1, p.H = 2, p.Hkv = 1, p.Nq = 1, p.D = 8;
+        p.q = q;
+        p.append = kb.tokens;
+        struct proto_encode_opts o = {NULL, 0, "s", 0};
+        fails = UNTIL_OK(proto_request_encode_opts(&p, (enum proto_format)fmt,
+                                                   &o, &out, &olen),
+                         rc_ == PROTO_OK, free(out));
+        assert_true(fails >= 1);
+    }
+    proto_kv_body_release(&kb);
+    free(mis);
+    free(body);
+    struct proto_kv_info in = {"id", {ATTN_F32, 1, 1, 8}, 40, 1, 2, 3};
+    char *j = NULL;
+    fails = UNTIL_OK((j = proto_kv_info_json(&in, NULL)) != NULL ? PROTO_OK
+                                                                  : PROTO_ENOMEM,
+                     rc_ == PROTO_OK, free(j));
+    assert_true(fails >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_decode),
         cmocka_unit_test(test_encoders),
+        cmocka_unit_test(test_sessions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
