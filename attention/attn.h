@@ -114,7 +114,9 @@ struct attn_problem {
     /* Optional: keys, values and key mask from a store of the backend
      * (attn_kv_new) instead of k, v and mask, which are then unused.  The
      * store's shape must match (dtype, B, Hkv, D) and Nk must be its token
-     * count once `append` is applied. */
+     * count once `append` is applied, or 0 for "whatever the store holds
+     * then" (for a caller that queues problems on a store without knowing
+     * how many tokens the problems before will have appended). */
     struct attn_kv *kv;
     /* Optional, with kv: tokens appended to the store just before this
      * problem is computed, in the order of the problems of a batch (so a

@@ -166,7 +166,6 @@ static void fill_stats(const struct attn_problem *p, struct attn_stats *st)
  * of the backend and records their results. */
 static int run(struct attn_backend *be, const struct attn_problem **ok,
                const size_t *where, int *berr, size_t m,
-               const struct attn_problem *const *probs,
                struct attn_stats *stats, int *errs)
 {
     if (m == 0)
@@ -176,7 +175,7 @@ static int run(struct attn_backend *be, const struct attn_problem **ok,
         size_t i = where[j];
         errs[i] = rc != ATTN_OK ? rc : berr[j];
         if (stats && errs[i] == ATTN_OK)
-            fill_stats(probs[i], &stats[i]);
+            fill_stats(ok[j], &stats[i]);
     }
     return rc;
 }
@@ -215,8 +214,21 @@ int attn_backend_compute_batch(struct attn_backend *be,
      * own. */
     size_t m = 0;
     int rc = ATTN_OK;
+    /* Problems on a store with Nk = 0, as computed: with the store's count
+     * after their append (allocated at the first). */
+    struct attn_problem *sized = NULL;
     for (size_t i = 0; i < n && rc == ATTN_OK; i++) {
         const struct attn_problem *p = probs[i];
+        if (p && p->kv && p->Nk == 0) {
+            if (!sized && !(sized = malloc(n * sizeof *sized))) {
+                errs[i] = ATTN_ENOMEM;
+                continue;
+            }
+            uint64_t nk = (uint64_t)p->kv->tokens + p->append.n;
+            sized[i] = *p;
+            sized[i].Nk = nk <= UINT32_MAX ? (uint32_t)nk : 0;
+            p = &sized[i];
+        }
         if (attn_problem_check(p, NULL, 0) != ATTN_OK ||
             (p->kv && p->kv->be != be)) {
             errs[i] = ATTN_EINVAL;
@@ -227,7 +239,7 @@ int attn_backend_compute_batch(struct attn_backend *be,
             for (size_t j = 0; j < m; j++)
                 reads |= ok[j]->kv == p->kv;
             if (reads) {
-                rc = run(be, ok, where, berr, m, probs, stats, errs);
+                rc = run(be, ok, where, berr, m, stats, errs);
                 m = 0;
             }
             if (rc != ATTN_OK)
@@ -249,8 +261,8 @@ int attn_backend_compute_batch(struct attn_backend *be,
         where[m++] = i;
     }
     if (rc == ATTN_OK)
-        rc = run(be, ok, where, berr, m, probs, stats, errs);
-    free(ok), free(where), free(berr);
+        rc = run(be, ok, where, berr, m, stats, errs);
+    free(ok), free(where), free(berr), free(sized);
     /* A batch where nothing was valid still "ran": errs says why. */
     return rc;
 }

@@ -78,8 +78,8 @@ static void call_release(struct mrad_job *job)
     free(call);
 }
 
-static const struct mrad_job_ops call_ops = {call_done, call_cancelled,
-                                             call_release};
+static const struct mrad_job_ops call_ops = {.done = call_done, .cancelled = call_cancelled,
+                                             .release = call_release};
 
 /* The request's reference to its call, dropped when the request ends. */
 static void call_unref(void *data)

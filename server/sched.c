@@ -25,6 +25,7 @@
 
 struct worker {
     struct mrad_sched *s;
+    int index; /* in s->workers: a job's `worker` */
     pthread_t thread;
     pthread_cond_t cond;
     struct attn_backend *be;
@@ -51,7 +52,8 @@ struct mrad_sched {
     struct mrad_job *head, *tail; /* FIFO of waiting jobs */
     uint64_t depth, depth_tokens;
     int draining, stopping;
-    int quit; /* the workers are gone: the loop closes its handles */
+    int stopped; /* mrad_sched_stop() joined the workers */
+    int quit;    /* the workers are gone: the loop closes its handles */
     atomic_uint_fast64_t inflight;
 
     struct worker *workers;
@@ -77,6 +79,7 @@ void mrad_job_init(struct mrad_job *job, const struct mrad_job_ops *ops,
     memset(job, 0, sizeof(*job));
     job->ops = ops;
     job->owner = owner;
+    job->worker = -1;
     job->deadline_ns = UINT64_MAX;
     atomic_init(&job->refs, 1);
     atomic_init(&job->finished, 0);
@@ -144,9 +147,31 @@ static void worker_sample(struct worker *w)
     pthread_mutex_unlock(&w->s->lock);
 }
 
+/* A job that is a call on the backend (ops->run), alone in its batch. */
+static void worker_run_call(struct worker *w, struct mrad_job *job)
+{
+    uint64_t t0 = mrad_now_ns();
+    mrad_metrics_queue((double)(t0 - job->enqueue_ns) / 1e9);
+    int err = job->ops->run ? job->ops->run(job, w->be) : ATTN_EINVAL;
+    uint64_t t1 = mrad_now_ns();
+    if (err != ATTN_OK)
+        mrad_log(MRAD_LOG_ERROR, "call failed on device %d: %s", w->device,
+                 attn_strerror(err));
+    if (!job_claim(job))
+        return;
+    job->queue_us = (t0 - job->enqueue_ns) / 1000;
+    job->compute_us = (t1 - t0) / 1000;
+    job->batch_requests = 1;
+    job_complete(w->s, job, MRAD_SRC_ATTN, err);
+}
+
 static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
 {
     struct mrad_sched *s = w->s;
+    if (n == 1 && jobs[0]->prob == NULL) {
+        worker_run_call(w, jobs[0]);
+        return;
+    }
     const struct attn_problem **probs = w->probs;
     struct attn_stats *stats = w->stats;
     int *errs = w->errs;
@@ -286,34 +311,61 @@ static struct mrad_job *collect_dropped(struct mrad_sched *s, uint64_t now)
     return out;
 }
 
-static struct worker *idle_worker(struct mrad_sched *s)
+/* Whether worker w may run the job. */
+static int eligible(const struct mrad_job *job, const struct worker *w)
 {
-    struct worker *any = NULL;
-    for (size_t i = 0; i < s->nworkers; i++) {
-        struct worker *w = &s->workers[i];
-        if (w->busy)
-            continue;
-        if (w->healthy)
-            return w;
-        if (!any)
-            any = w;
-    }
-    return any;
+    return job->worker < 0 || job->worker == w->index;
 }
 
-/* Moves up to one batch from the head of the queue to `w`. */
+/* The first waiting job worker w may run, or NULL. */
+static struct mrad_job *first_for(struct mrad_sched *s, const struct worker *w)
+{
+    for (struct mrad_job *job = s->head; job; job = job->next)
+        if (eligible(job, w))
+            return job;
+    return NULL;
+}
+
+/* An idle worker with a job it may run, healthy workers first; NULL when
+ * none.  *first gets that job. */
+static struct worker *idle_worker(struct mrad_sched *s, struct mrad_job **first)
+{
+    for (int healthy = 1; healthy >= 0; healthy--)
+        for (size_t i = 0; i < s->nworkers; i++) {
+            struct worker *w = &s->workers[i];
+            if (w->busy || w->stop || !w->healthy != !healthy)
+                continue;
+            if ((*first = first_for(s, w)) != NULL)
+                return w;
+        }
+    return NULL;
+}
+
+/* Moves up to one batch of the jobs `w` may run, in queue order, to `w`.
+ * A call (a job without a problem) goes alone: it ends the batch before
+ * it, or is the batch. */
 static void fill_batch(struct mrad_sched *s, struct worker *w)
 {
     uint64_t max_req = s->cfg.max_batch_requests;
     uint64_t max_tok = s->cfg.max_batch_tokens, tok = 0;
     size_t n = 0;
-    while (s->head && n < max_req) {
-        struct mrad_job *job = s->head;
-        if (n > 0 && max_tok && tok + job->tokens > max_tok)
+    struct mrad_job *prev = NULL, *job = s->head;
+    while (job && n < max_req) {
+        struct mrad_job *next = job->next;
+        if (!eligible(job, w)) {
+            prev = job;
+            job = next;
+            continue;
+        }
+        if (n > 0 && (job->prob == NULL ||
+                      (max_tok && tok + job->tokens > max_tok)))
             break;
-        unlink_job(s, NULL, job);
+        unlink_job(s, prev, job);
         tok += job->tokens;
         w->batch[n++] = job;
+        if (job->prob == NULL)
+            break;
+        job = next;
     }
     w->nbatch = n;
     w->busy = 1;
@@ -345,12 +397,14 @@ static void schedule(struct mrad_sched *s)
     pthread_mutex_lock(&s->lock);
     struct mrad_job *dropped = collect_dropped(s, now);
     struct worker *w;
-    while (s->head && (w = idle_worker(s))) {
+    struct mrad_job *first;
+    while (s->head && (w = idle_worker(s, &first))) {
         int full = s->depth >= s->cfg.max_batch_requests ||
                    (s->cfg.max_batch_tokens &&
                     s->depth_tokens >= s->cfg.max_batch_tokens);
-        uint64_t until = s->head->enqueue_ns + window_ns;
-        if (!full && !s->draining && now < until) {
+        /* A call has nothing to batch with: it never waits. */
+        uint64_t until = first->enqueue_ns + window_ns;
+        if (!full && !s->draining && now < until && first->prob != NULL) {
             window_at = until;
             break;
         }
@@ -438,27 +492,35 @@ static void *sched_main(void *arg)
 }
 
 /* Links a job behind the last one of its priority or a higher one, so
- * that higher priorities go first and equal ones in arrival order.  With
- * the lock held. */
+ * that higher priorities go first and equal ones in arrival order, but
+ * never before a job of the same order key.  With the lock held. */
 static void enqueue(struct mrad_sched *s, struct mrad_job *job)
 {
-    job->next = NULL;
-    if (!s->tail || s->tail->priority >= job->priority) {
-        if (s->tail)
-            s->tail->next = job;
-        else
-            s->head = job;
-        s->tail = job;
-    } else if (s->head->priority < job->priority) {
-        job->next = s->head;
-        s->head = job;
-    } else {
-        struct mrad_job *prev = s->head;
+    /* prev: the job to link after (NULL: the head). */
+    struct mrad_job *prev = NULL;
+    if (s->tail && s->tail->priority >= job->priority) {
+        prev = s->tail;
+    } else if (s->head && s->head->priority >= job->priority) {
+        prev = s->head;
         while (prev->next && prev->next->priority >= job->priority)
             prev = prev->next;
-        job->next = prev->next;
-        prev->next = job;
     }
+    if (job->order && prev != s->tail) {
+        /* The last waiting job of the same key, if it is after prev. */
+        struct mrad_job *last = NULL;
+        for (struct mrad_job *j = prev ? prev->next : s->head; j; j = j->next)
+            if (j->order == job->order)
+                last = j;
+        if (last)
+            prev = last;
+    }
+    job->next = prev ? prev->next : s->head;
+    if (prev)
+        prev->next = job;
+    else
+        s->head = job;
+    if (s->tail == prev)
+        s->tail = job;
     s->depth++;
     s->depth_tokens += job->tokens;
 }
@@ -490,6 +552,7 @@ int mrad_sched_start(struct mrad_sched **out,
     for (size_t i = 0; i < n; i++) {
         struct worker *w = &s->workers[i];
         w->s = s;
+        w->index = (int)i;
         w->be = backends[i];
         w->device = devices[i];
         w->healthy = attn_backend_health(w->be) == ATTN_OK;
@@ -527,6 +590,11 @@ int mrad_sched_start(struct mrad_sched **out,
     return 0;
 }
 
+size_t mrad_sched_workers(const struct mrad_sched *s)
+{
+    return s->nworkers;
+}
+
 int mrad_sched_submit(struct mrad_sched *s, struct mrad_job *job)
 {
     pthread_mutex_lock(&s->lock);
@@ -537,6 +605,10 @@ int mrad_sched_submit(struct mrad_sched *s, struct mrad_job *job)
     if (s->depth >= s->cfg.max_queue) {
         pthread_mutex_unlock(&s->lock);
         return MRAD_EOVERLOAD;
+    }
+    if (job->worker >= (int)s->nworkers || (!job->prob && !job->ops->run)) {
+        pthread_mutex_unlock(&s->lock);
+        return MRAD_EINTERNAL;
     }
     mrad_job_ref(job);
     atomic_fetch_add(&s->inflight, 1);
@@ -623,21 +695,35 @@ size_t mrad_sched_devices(struct mrad_sched *s, struct mrad_metrics_device *out,
     return n;
 }
 
-void mrad_sched_free(struct mrad_sched *s)
+void mrad_sched_stop(struct mrad_sched *s)
 {
-    if (!s)
-        return;
     pthread_mutex_lock(&s->lock);
+    int stopped = s->stopped;
     s->stopping = 1;
     for (size_t i = 0; i < s->nworkers; i++) {
         s->workers[i].stop = 1;
         pthread_cond_signal(&s->workers[i].cond);
     }
     pthread_mutex_unlock(&s->lock);
+    if (stopped)
+        return;
+    /* Nothing is submitted any more: what still waits is answered (and
+     * what runs is cancelled), so that no reference stays behind. */
+    mrad_sched_abort(s, MRAD_EUNAVAIL);
     /* Workers wake the loop when they finish, so the loop closes its
      * handles only once they are all gone. */
     for (size_t i = 0; i < s->nworkers; i++)
         pthread_join(s->workers[i].thread, NULL);
+    pthread_mutex_lock(&s->lock);
+    s->stopped = 1;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void mrad_sched_free(struct mrad_sched *s)
+{
+    if (!s)
+        return;
+    mrad_sched_stop(s);
     pthread_mutex_lock(&s->lock);
     s->quit = 1;
     pthread_mutex_unlock(&s->lock);

@@ -51,6 +51,12 @@ struct mrad_job_ops {
      * job itself included when it is embedded in the submitter's own
      * struct). */
     void (*release)(struct mrad_job *job);
+    /* Optional: a job that is a call on the backend rather than a problem
+     * (job->prob NULL), such as creating or filling a store of keys and
+     * values.  Called on the job's worker thread, in the job's turn, with
+     * no other job in its batch; its return value is the job's err
+     * (source MRAD_SRC_ATTN).  It may read job->cancel to stop early. */
+    int (*run)(struct mrad_job *job, struct attn_backend *be);
 };
 
 struct mrad_job {
@@ -61,6 +67,12 @@ struct mrad_job {
     uint64_t bytes;                  /* input and output bytes of the problem */
     uint64_t deadline_ns;            /* CLOCK_MONOTONIC; see mrad_now_ns() */
     int priority; /* higher goes first; FIFO within a priority */
+    /* The worker that must run the job (its backend holds the job's
+     * store), or -1 for any. */
+    int worker;
+    /* Jobs with the same non-NULL order key run in the order they were
+     * submitted, whatever their priorities (the requests on one session). */
+    const void *order;
     const struct mrad_job_ops *ops;
     void *owner; /* the submitter's context, for the callbacks */
 #ifdef MRAD_TEST_HOOKS
@@ -90,7 +102,8 @@ struct mrad_job {
 uint64_t mrad_now_ns(void);
 
 /* Zeroes a job and gives it one reference (the caller's), its callbacks
- * and owner.  The memory is the submitter's: ops->release frees it. */
+ * and owner; it runs on any worker (worker -1).  The memory is the
+ * submitter's: ops->release frees it. */
 void mrad_job_init(struct mrad_job *job, const struct mrad_job_ops *ops,
                    void *owner);
 /* Takes one more reference.  Any thread. */
@@ -119,6 +132,9 @@ int mrad_sched_start(struct mrad_sched **out,
                      const struct mrad_sched_config *cfg,
                      struct attn_backend **backends, const int *devices,
                      size_t n);
+
+/* The number of workers (backends); a job's `worker` is below it. */
+size_t mrad_sched_workers(const struct mrad_sched *s);
 
 /*
  * Queues a job.  Returns MRAD_OK (the scheduler took its own reference and
@@ -155,7 +171,14 @@ void mrad_sched_status(struct mrad_sched *s, struct mrad_sched_status *st);
 size_t mrad_sched_devices(struct mrad_sched *s, struct mrad_metrics_device *out,
                           size_t cap);
 
-/* Stops the threads (after mrad_sched_abort or once idle) and frees the
+/* Stops the workers (after mrad_sched_abort or once idle): when it
+ * returns no worker touches a job or a backend any more, and every job
+ * reference the scheduler held is dropped.  The backends stay open until
+ * mrad_sched_free(), so that what was made with them (stores) can be freed
+ * first. */
+void mrad_sched_stop(struct mrad_sched *s);
+
+/* Stops the threads (mrad_sched_stop, when not done yet) and frees the
  * scheduler and the backends. */
 void mrad_sched_free(struct mrad_sched *s);
 

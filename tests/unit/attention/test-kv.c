@@ -227,6 +227,25 @@ static void test_appends_in_batch_order(void **state)
     bad = base, bad.kv = kv, bad.Nk = 2, bad.out = out[3];
     assert_int_equal(attn_backend_compute(other, &bad, NULL), ATTN_EINVAL);
     attn_backend_free(other);
+
+    /* Nk = 0: whatever the store holds once each append is applied, in
+     * batch order; stats follow the count computed. */
+    float k2[D] = {0}, v2[D];
+    for (int d = 0; d < D; d++)
+        v2[d] = 8;
+    for (int i = 0; i < 3; i++)
+        p[i] = base, p[i].out = out[i], p[i].kv = kv;
+    p[1].append = (struct attn_kv_tokens){k2, v2, NULL, 1};
+    p[2].method = ATTN_MRA2;
+    struct attn_stats st[3];
+    assert_int_equal(attn_backend_compute_batch(be, pp, 3, st, errs), ATTN_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(errs[i], ATTN_OK);
+    assert_true(out[0][0] == 2.0f);    /* (1 + 3) / 2 */
+    assert_true(out[1][0] == 4.0f);    /* (1 + 3 + 8) / 3 */
+    assert_true(fabsf(out[2][0] - 4.0f) < 1e-5f);
+    assert_int_equal(st[1].blocks_total, 1);
+    assert_int_equal(attn_kv_tokens(kv), 3);
     attn_kv_free(kv);
     attn_kv_free(kv2);
     attn_backend_free(be);

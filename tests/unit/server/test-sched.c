@@ -161,8 +161,8 @@ static void tjob_release(struct mrad_job *job)
     __atomic_add_fetch(&t->released, 1, __ATOMIC_SEQ_CST);
 }
 
-static const struct mrad_job_ops tjob_ops = {tjob_done, tjob_cancelled,
-                                             tjob_release};
+static const struct mrad_job_ops tjob_ops = {
+    .done = tjob_done, .cancelled = tjob_cancelled, .release = tjob_release};
 
 static void tjob_init(struct tjob *t, int id, uint64_t tokens)
 {
@@ -531,6 +531,174 @@ static void test_refs(void **state)
     mrad_job_unref(NULL);
 }
 
+/* Jobs of one order key keep their arrival order whatever their
+ * priorities, and pass other jobs by priority; other jobs pass them by
+ * priority. */
+static void test_order_key(void **state)
+{
+    (void)state;
+    struct gate_backend g;
+    struct mrad_sched *s = start(&g, 0, 64, 1, 0, 0);
+    struct tjob jobs[5];
+    static const int prio[5] = {0, 0, 0, 5, 5};
+    static const int keyed[5] = {0, 1, 0, 1, 0};
+    static int key;
+    for (int i = 0; i < 5; i++) {
+        tjob_init(&jobs[i], i, 32);
+        jobs[i].job.priority = prio[i];
+        jobs[i].job.order = keyed[i] ? &key : NULL;
+        assert_int_equal(mrad_sched_submit(s, &jobs[i].job), MRAD_OK);
+        if (i == 0)
+            gate_wait_entered(&g, 1);
+    }
+    gate_open(&g);
+    wait_done(jobs, 5);
+    static const int want[5] = {0, 4, 1, 3, 2};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(order[i], want[i]);
+    finish(s, jobs, 5);
+}
+
+/* A job pinned to a worker waits for it while another worker takes the
+ * jobs that may run anywhere. */
+static void test_pinned(void **state)
+{
+    (void)state;
+    struct gate_backend g[2];
+    struct attn_backend *be[2] = {gate_new(&g[0], 1), gate_new(&g[1], 0)};
+    int devices[2] = {0, 1};
+    struct mrad_sched_config cfg = {64, 4, 0, 0};
+    struct mrad_sched *s;
+    assert_int_equal(mrad_sched_start(&s, &cfg, be, devices, 2), 0);
+    assert_int_equal(mrad_sched_workers(s), 2);
+    norder = 0;
+    struct tjob jobs[4];
+    for (int i = 0; i < 4; i++)
+        tjob_init(&jobs[i], i, 32);
+    jobs[0].job.worker = 1;
+    assert_int_equal(mrad_sched_submit(s, &jobs[0].job), MRAD_OK);
+    gate_wait_entered(&g[1], 1);
+    jobs[1].job.worker = 1;
+    assert_int_equal(mrad_sched_submit(s, &jobs[1].job), MRAD_OK);
+    assert_int_equal(mrad_sched_submit(s, &jobs[2].job), MRAD_OK);
+    wait_done(jobs + 2, 1);
+    assert_int_equal(jobs[1].done, 0);
+    assert_int_equal(g[0].nbatches, 1);
+    assert_ptr_equal(g[0].first[0], &jobs[2].prob);
+    /* A worker out of range is refused. */
+    jobs[3].job.worker = 2;
+    assert_int_equal(mrad_sched_submit(s, &jobs[3].job), MRAD_EINTERNAL);
+    jobs[3].done = 1; /* never submitted: nothing to answer */
+    gate_open(&g[1]);
+    wait_done(jobs, 2);
+    assert_int_equal(g[1].nbatches, 2);
+    assert_ptr_equal(g[1].first[1], &jobs[1].prob);
+    assert_int_equal(g[0].nbatches, 1);
+    finish(s, jobs, 4);
+}
+
+/* Calls on the backend (jobs without a problem): each runs alone on its
+ * worker, in its turn, with that worker's backend; its value is the
+ * job's error; it never waits for the batching window. */
+static struct attn_backend *call_seen_be;
+static int call_seen_order[8], ncalls;
+
+static int tjob_run(struct mrad_job *job, struct attn_backend *be)
+{
+    struct tjob *t = job->owner;
+    call_seen_be = be;
+    call_seen_order[ncalls++] = t->id;
+    return t->id == 3 ? ATTN_EINVAL : ATTN_OK;
+}
+
+static const struct mrad_job_ops tcall_ops = {.done = tjob_done,
+                                              .cancelled = tjob_cancelled,
+                                              .release = tjob_release,
+                                              .run = tjob_run};
+
+static void test_calls(void **state)
+{
+    (void)state;
+    struct gate_backend g;
+    struct mrad_sched *s = start(&g, 0, 64, 8, 0, 0);
+    struct tjob jobs[6];
+    ncalls = 0;
+    for (int i = 0; i < 6; i++) {
+        tjob_init(&jobs[i], i, 32);
+        if (i == 2 || i == 3) {
+            jobs[i].job.ops = &tcall_ops;
+            jobs[i].job.prob = NULL;
+        }
+        assert_int_equal(mrad_sched_submit(s, &jobs[i].job), MRAD_OK);
+        if (i == 0)
+            gate_wait_entered(&g, 1);
+    }
+    gate_open(&g);
+    wait_done(jobs, 6);
+    /* [0], [1], call 2, call 3, [4, 5] */
+    assert_int_equal(g.nbatches, 3);
+    assert_int_equal(g.sizes[1], 1);
+    assert_int_equal(g.sizes[2], 2);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(order[i], i);
+    assert_int_equal(ncalls, 2);
+    assert_int_equal(call_seen_order[0], 2);
+    assert_int_equal(call_seen_order[1], 3);
+    assert_non_null(call_seen_be);
+    assert_ptr_equal(call_seen_be->ctx, &g);
+    assert_int_equal(jobs[2].job.err, 0);
+    assert_int_equal(jobs[3].job.err_src, MRAD_SRC_ATTN);
+    assert_int_equal(jobs[3].job.err, ATTN_EINVAL);
+    finish(s, jobs, 6);
+
+    /* Under a long window, a call alone goes at once. */
+    s = start(&g, 1, 64, 8, 0, 5 * 1000000);
+    tjob_init(&jobs[0], 0, 32);
+    jobs[0].job.ops = &tcall_ops;
+    jobs[0].job.prob = NULL;
+    uint64_t t0 = mrad_now_ns();
+    assert_int_equal(mrad_sched_submit(s, &jobs[0].job), MRAD_OK);
+    wait_done(jobs, 1);
+    assert_true(jobs[0].done_ns - t0 < 2000ull * 1000000);
+    /* A job without a problem and without a call is refused. */
+    tjob_init(&jobs[1], 1, 32);
+    jobs[1].job.prob = NULL;
+    assert_int_equal(mrad_sched_submit(s, &jobs[1].job), MRAD_EINTERNAL);
+    jobs[1].done = 1;
+    finish(s, jobs, 2);
+}
+
+/* mrad_sched_stop() answers what waits and what runs, and drops every
+ * reference the scheduler held, before the backends are freed. */
+static void test_stop(void **state)
+{
+    (void)state;
+    struct gate_backend g;
+    struct mrad_sched *s = start(&g, 0, 64, 1, 0, 0);
+    struct tjob jobs[2];
+    for (int i = 0; i < 2; i++) {
+        tjob_init(&jobs[i], i, 32);
+        assert_int_equal(mrad_sched_submit(s, &jobs[i].job), MRAD_OK);
+        if (i == 0)
+            gate_wait_entered(&g, 1);
+    }
+    /* The running job is cancelled; the gate lets it return. */
+    gate_open(&g);
+    mrad_sched_stop(s);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(jobs[i].done, 1);
+        mrad_job_unref(&jobs[i].job);
+        assert_int_equal(jobs[i].released, 1);
+    }
+    assert_int_equal(jobs[1].job.err, MRAD_EUNAVAIL);
+    struct tjob late;
+    tjob_init(&late, 9, 32);
+    assert_int_equal(mrad_sched_submit(s, &late.job), MRAD_EUNAVAIL);
+    mrad_sched_stop(s); /* twice is harmless */
+    mrad_sched_free(s);
+    mrad_job_unref(&late.job);
+}
+
 int main(void)
 {
     mrad_log_init(MRAD_LOG_TEXT, MRAD_LOG_ERROR);
@@ -546,6 +714,10 @@ int main(void)
         cmocka_unit_test(test_drain_and_abort),
         cmocka_unit_test(test_backend_error),
         cmocka_unit_test(test_refs),
+        cmocka_unit_test(test_order_key),
+        cmocka_unit_test(test_pinned),
+        cmocka_unit_test(test_calls),
+        cmocka_unit_test(test_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
