@@ -34,6 +34,8 @@ static const struct row table[] = {
     {MRAD_SRC_SERVER, MRAD_EINTERNAL, 500, "internal"},
     {MRAD_SRC_SERVER, MRAD_EGONE, 499, "client_closed_request"},
     {MRAD_SRC_SERVER, MRAD_ENOTIMPL, 501, "not_implemented"},
+    {MRAD_SRC_SERVER, MRAD_EKVNOTFOUND, 404, "kv_not_found"},
+    {MRAD_SRC_SERVER, MRAD_EKVFULL, 507, "kv_cache_full"},
     {MRAD_SRC_PROTO, PROTO_EBADREQ, 400, "bad_request"},
     {MRAD_SRC_PROTO, PROTO_ETOOBIG, 413, "payload_too_large"},
     {MRAD_SRC_PROTO, PROTO_ENOMEM, 500, "internal"},

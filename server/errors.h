@@ -26,6 +26,8 @@ enum mrad_err {
     MRAD_EGONE = -110,     /* the client went away: nothing is sent; 499
                               in the access log and the metrics */
     MRAD_ENOTIMPL = -111,  /* 501 not_implemented (a transfer coding) */
+    MRAD_EKVNOTFOUND = -112, /* 404 kv_not_found: no such session */
+    MRAD_EKVFULL = -113,     /* 507 kv_cache_full: sessions over budget */
 };
 
 /* Where an error value comes from: the values of the three enums overlap,

@@ -72,6 +72,10 @@ $(BUILD)/tests/server/test-auth: $(BUILD)/server/auth.o
 $(BUILD)/tests/server/test-sched: $(BUILD)/server/sched.o $(BUILD)/server/log.o $(BUILD)/server/metrics.o
 $(BUILD)/tests/server/test-sched: LDLIBS += $(PROTO_LIB) -luv
 
+# The session table, with the CPU backend's stores.
+$(BUILD)/tests/server/test-kv: $(BUILD)/server/kv.o $(BUILD)/server/sched.o $(BUILD)/server/log.o $(BUILD)/server/metrics.o
+$(BUILD)/tests/server/test-kv: LDLIBS += $(PROTO_LIB) $(ATTN_LIB) -luv $(ATTN_LDLIBS)
+
 # `make soak`: overload at twice the measured capacity, then half of it,
 # SOAK_SECONDS each (tests/soak/soak.py; a 10 s version runs in make test).
 SOAK_SECONDS ?= 60
