@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "attention/attn-impl.h"
+#include "attention/select-rule.h"
 
 static int fail(char *msg, size_t msglen, const char *fmt, ...)
 {
@@ -127,29 +128,10 @@ uint32_t attn_num_blocks(uint32_t N)
     return (uint32_t)(((uint64_t)N + ATTN_BLOCK - 1) / ATTN_BLOCK);
 }
 
-/* floor(a / b) for b > 0 */
-static int64_t floor_div(int64_t a, int64_t b)
-{
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
-static uint32_t clamp_blocks(int64_t x, uint32_t nbk)
-{
-    return x < 0 ? 0 : x > (int64_t)nbk ? nbk : (uint32_t)x;
-}
-
 void attn_grid_row(const struct attn_grid *g, uint32_t I, uint32_t *vis,
                    uint32_t *seen)
 {
-    if (!g->causal) {
-        *vis = *seen = g->nbk;
-        return;
-    }
-    const int64_t b = ATTN_BLOCK;
-    /* visible: b(J+1) - 1 <= bI + off;  hidden: bJ > b(I+1) - 1 + off */
-    *vis = clamp_blocks(floor_div(b * I + g->off + 1, b), g->nbk);
-    *seen = clamp_blocks(floor_div(b * I + b - 1 + g->off, b) + 1, g->nbk);
+    attn_grid_row_inline(I, g->off, g->causal, g->nbk, vis, seen);
 }
 
 void attn_grid_init(struct attn_grid *g, const struct attn_problem *p)
@@ -169,7 +151,7 @@ void attn_grid_init(struct attn_grid *g, const struct attn_problem *p)
 
 int64_t attn_grid_diag_shift(const struct attn_grid *g)
 {
-    return floor_div(g->off, ATTN_BLOCK);
+    return attn_grid_diag_shift_inline(g->off);
 }
 
 uint64_t attn_budget(const struct attn_problem *p)

@@ -22,6 +22,11 @@
  * contracts a*b+c into an FMA gets the same bits.  Every compilation of
  * these functions therefore gives the same keys.
  *
+ * The bounds of a block row of a causal grid (which pairs are visible,
+ * partial or hidden) and the diagonal's shift live here too, for the same
+ * reason: attention/problem.c (attn_grid_row(), attn_grid_diag_shift())
+ * and the CUDA kernels compute them with the same functions.
+ *
  * Pure functions, no state.  Never included by public headers.
  */
 #ifndef MRAD_ATTN_SELECT_RULE_H
@@ -30,12 +35,59 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "attention/attn.h"
+
 /* Callable from host code and, under nvcc, from device code too. */
 #ifdef __CUDACC__
 #define ATTN_HOST_DEVICE __host__ __device__
 #else
 #define ATTN_HOST_DEVICE
 #endif
+
+/* ---- the block grid of a head ------------------------------------------ */
+
+/* floor(a / ATTN_BLOCK), for either sign of a. */
+static inline ATTN_HOST_DEVICE int64_t attn_floor_blocks(int64_t a)
+{
+    int64_t q = a / ATTN_BLOCK;
+    return (a % ATTN_BLOCK != 0 && a < 0) ? q - 1 : q;
+}
+
+/* x clamped to [0, nbk]. */
+static inline ATTN_HOST_DEVICE uint32_t attn_clamp_blocks(int64_t x,
+                                                          uint32_t nbk)
+{
+    return x < 0 ? 0 : x > (int64_t)nbk ? nbk : (uint32_t)x;
+}
+
+/* vis(I) and seen(I) of block row I of a grid of nbk key blocks whose
+ * query i sits at key position i + off (off = Nk - Nq): the rows of query
+ * block I sit at 32 I + off .. 32 I + 31 + off.  A key block J is visible
+ * when its last key is seen by the first row (32 J + 31 <= 32 I + off),
+ * hidden when its first key is past the last row (32 J > 32 I + 31 +
+ * off), partial in between.  Without causality every block is visible.
+ * attn_grid_row() of attn.h. */
+static inline ATTN_HOST_DEVICE void
+attn_grid_row_inline(uint32_t I, int64_t off, int causal, uint32_t nbk,
+                     uint32_t *vis, uint32_t *seen)
+{
+    if (!causal) {
+        *vis = *seen = nbk;
+        return;
+    }
+    const int64_t b = ATTN_BLOCK;
+    *vis = attn_clamp_blocks(attn_floor_blocks(b * I + off + 1), nbk);
+    *seen = attn_clamp_blocks(attn_floor_blocks(b * I + b - 1 + off) + 1, nbk);
+}
+
+/* floor(off / 32): block row I's diagonal is key block I + this
+ * (attn_grid_diag_shift() of attn.h; 0 when Nq == Nk). */
+static inline ATTN_HOST_DEVICE int64_t attn_grid_diag_shift_inline(int64_t off)
+{
+    return attn_floor_blocks(off);
+}
+
+/* ---- the selection score and its key ------------------------------------ */
 
 /* The key of a pair outside the selection (causally partial or hidden):
  * every score's key is larger, NaN's included. */

@@ -101,7 +101,7 @@ __device__ __forceinline__ tile_walk attend_tiles(const attend_args &a,
     const uint32_t *o = a.row_off + hb * (a.nbq + 1) + I;
     w.list = a.list + hb * a.list_stride + o[0];
     w.n0 = o[1] - o[0];
-    grid_row(I, a.off, a.causal, a.nbk, &vis, &seen);
+    attn_grid_row_inline(I, a.off, a.causal, a.nbk, &vis, &seen);
     w.first = vis;
     w.n = w.n0 + (seen - vis);
     return w;

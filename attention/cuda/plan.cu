@@ -23,7 +23,7 @@
  *
  * Cross-attention and causality.  The grid of a head is nbq x nbk (query
  * blocks x key blocks).  Under causal attention the pairs of a block row
- * past vis(I) (select-rule.cuh) are not selectable: their key is
+ * past vis(I) (attention/select-rule.h) are not selectable: their key is
  * ATTN_SELECT_KEY_NONE, below every other, and the budget never exceeds
  * the visible pairs, so the passes over the grid skip them without
  * reading their logits.  r_I is taken over the pairs not hidden; partial
@@ -111,12 +111,12 @@ struct key_ctx {
     const float *L, *rmax, *cnt, *cntq;
     uint32_t H, nbq, nbk, pf, pd;
     int causal;
-    int64_t off, shift; /* Nk - Nq; diag_shift(off) */
+    int64_t off, shift; /* Nk - Nq; the diagonal's shift */
 
     __device__ __forceinline__ void row(uint32_t I, uint32_t *vis,
                                         uint32_t *seen) const
     {
-        grid_row(I, off, causal, nbk, vis, seen);
+        attn_grid_row_inline(I, off, causal, nbk, vis, seen);
     }
 
     /* The key of pair (I, J) of a head, for J < vis(I) (the others have
@@ -518,7 +518,7 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
     kc.pd = p.prior_diagonal;
     kc.causal = p.causal;
     kc.off = p.off;
-    kc.shift = diag_shift(p.off);
+    kc.shift = attn_grid_diag_shift_inline(p.off);
     MRAD_LAUNCH(k_rowmax, grid_for(rows * 32, 256), 256, st, kc, rows, w.rmax);
 
     /* 4. radix select of the k-th largest key per head */

@@ -13,8 +13,9 @@
  *
  * The grid of a head is nbq x nbk blocks (queries x keys).  Under causal
  * attention the block row I sees the key blocks J < vis(I) wholly and
- * vis(I) <= J < seen(I) in part; the rest are hidden.  Only the visible
- * pairs compete for the budget: the others have the key
+ * vis(I) <= J < seen(I) in part; the rest are hidden (attn_grid_row_inline()
+ * of attention/select-rule.h, which attention/problem.c calls too).  Only
+ * the visible pairs compete for the budget: the others have the key
  * ATTN_SELECT_KEY_NONE, below every score's, and since the budget never
  * exceeds the visible pairs, the k-th largest key is a visible pair's and
  * the radix select never needs to look at the others.
@@ -43,37 +44,7 @@ namespace mrad_cuda
  * that a query at key position pos sees at least in part (0 .. nbk). */
 __host__ __device__ inline uint32_t key_blocks_upto(int64_t pos, uint32_t nbk)
 {
-    if (pos < 0)
-        return 0;
-    int64_t n = pos / ATTN_BLOCK + 1;
-    return n < (int64_t)nbk ? (uint32_t)n : nbk;
-}
-
-/* vis(I) and seen(I) of block row I (attn_grid_row() of attention/
- * problem.c, which tests/cuda/test-select-emul.cpp checks this against):
- * the rows of query block I sit at key positions 32 I + off .. 32 I + 31 +
- * off (off = Nk - Nq); a key block is visible when its last key is seen
- * by the first row, and seen in part when its first key is seen by the
- * last row.  Without causality every block is visible. */
-__host__ __device__ inline void grid_row(uint32_t I, int64_t off, int causal,
-                                         uint32_t nbk, uint32_t *vis,
-                                         uint32_t *seen)
-{
-    if (!causal) {
-        *vis = *seen = nbk;
-        return;
-    }
-    int64_t first = (int64_t)I * ATTN_BLOCK + off;
-    *vis = key_blocks_upto(first - (ATTN_BLOCK - 1), nbk);
-    *seen = key_blocks_upto(first + (ATTN_BLOCK - 1), nbk);
-}
-
-/* floor(off / 32): the key block on the diagonal of block row I is
- * I + diag_shift(off) (attn_grid_diag_shift()). */
-__host__ __device__ inline int64_t diag_shift(int64_t off)
-{
-    int64_t q = off / ATTN_BLOCK;
-    return (off % ATTN_BLOCK != 0 && off < 0) ? q - 1 : q;
+    return attn_clamp_blocks(attn_floor_blocks(pos) + 1, nbk);
 }
 
 /* The key of a selectable pair (I, J) (J < vis(I)) of a grid whose row I

@@ -11,9 +11,9 @@
  * chooses, on grids full of exact ties, empty blocks, priors, extreme
  * budgets and NaN; on cross-attention grids (nbq != nbk, the diagonal band
  * shifted by the offset) and causal ones, where the kernels never look at
- * the pairs past vis(I).  It also checks the device copy of the causal
- * grid (select-rule.cuh) against the library's attn_grid_row().  It needs
- * no GPU.
+ * the pairs past vis(I).  It also checks the causal grid arithmetic that
+ * the kernels and the library share (attention/select-rule.h) against its
+ * key-by-key definition.  It needs no GPU.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -59,7 +59,7 @@ struct grid {
 static uint32_t row_vis(const grid &g, uint32_t I)
 {
     uint32_t vis, seen;
-    grid_row(I, g.off, g.causal, g.nbk, &vis, &seen);
+    attn_grid_row_inline(I, g.off, g.causal, g.nbk, &vis, &seen);
     return vis;
 }
 
@@ -68,7 +68,7 @@ static uint32_t row_vis(const grid &g, uint32_t I)
 static std::vector<uint8_t> gpu_select(const grid &g)
 {
     uint32_t nbq = g.nbq, nbk = g.nbk;
-    int64_t shift = diag_shift(g.off);
+    int64_t shift = attn_grid_diag_shift_inline(g.off);
     auto key = [&](uint32_t I, uint32_t J) {
         return pair_key_at(g.L[(size_t)I * nbk + J], g.r[I],
                            g.cntq[I] == 0.0f || g.cnt[J] == 0.0f, I,
@@ -181,7 +181,7 @@ static grid make_grid(uint32_t nb, uint32_t levels, int empties, uint32_t pf,
     uint64_t visible = 0;
     for (uint32_t I = 0; I < g.nbq; I++) {
         uint32_t vis, seen;
-        grid_row(I, off, causal, g.nbk, &vis, &seen);
+        attn_grid_row_inline(I, off, causal, g.nbk, &vis, &seen);
         visible += vis;
         float m = -INFINITY;
         for (uint32_t J = 0; J < g.nbk; J++) {
@@ -260,9 +260,39 @@ static void test_causal_grids(void **state)
         }
 }
 
-/* The device copy of the causal grid (grid_row, diag_shift) against the
- * library's (attn_grid_row, attn_grid_diag_shift), and row_max against
- * the CPU's rule for r_I. */
+/* The grid arithmetic the kernels and the library share
+ * (attn_grid_row_inline, attn_grid_diag_shift_inline of
+ * attention/select-rule.h) against its definition, key by key: key block
+ * J of block row I is visible when every query row of I sees every key
+ * of J (key j seen by query i when j <= i + off, on the padded grid),
+ * partial when some are seen, hidden when none; the diagonal of row I is
+ * the key block holding position 32 I + off.  Then the library's
+ * attn_grid_row() and key_blocks_upto() (the tiles of exact attention)
+ * against the same. */
+static void brute_row(uint32_t I, int64_t off, uint32_t nbk, uint32_t *vis,
+                      uint32_t *seen)
+{
+    *vis = *seen = 0;
+    for (uint32_t J = 0; J < nbk; J++) {
+        int64_t first_row = (int64_t)I * 32 + off, last_row = first_row + 31;
+        int64_t first_key = (int64_t)J * 32, last_key = first_key + 31;
+        if (last_key <= first_row)
+            *vis = J + 1;
+        if (first_key <= last_row)
+            *seen = J + 1;
+    }
+}
+
+static int64_t brute_floor32(int64_t a)
+{
+    int64_t q = 0;
+    while (q * 32 > a)
+        q--;
+    while ((q + 1) * 32 <= a)
+        q++;
+    return q;
+}
+
 static void test_grid_rows(void **state)
 {
     (void)state;
@@ -276,30 +306,40 @@ static void test_grid_rows(void **state)
                 p.causal = causal;
                 attn_grid ag;
                 attn_grid_init(&ag, &p);
-                assert_int_equal(diag_shift(ag.off), attn_grid_diag_shift(&ag));
+                assert_int_equal(attn_grid_diag_shift_inline(ag.off),
+                                 brute_floor32(ag.off));
+                assert_int_equal(attn_grid_diag_shift(&ag),
+                                 brute_floor32(ag.off));
                 for (uint32_t I = 0; I < ag.nbq; I++) {
                     uint32_t v0, s0, v1, s1;
-                    attn_grid_row(&ag, I, &v0, &s0);
-                    grid_row(I, ag.off, causal, ag.nbk, &v1, &s1);
+                    if (causal)
+                        brute_row(I, ag.off, ag.nbk, &v0, &s0);
+                    else
+                        v0 = s0 = ag.nbk;
+                    attn_grid_row_inline(I, ag.off, causal, ag.nbk, &v1, &s1);
                     assert_int_equal(v0, v1);
                     assert_int_equal(s0, s1);
+                    attn_grid_row(&ag, I, &v1, &s1);
+                    assert_int_equal(v0, v1);
+                    assert_int_equal(s0, s1);
+                    /* the last row of block I sees key blocks up to seen */
+                    if (causal)
+                        assert_int_equal(
+                            key_blocks_upto((int64_t)I * 32 + 31 + ag.off,
+                                            ag.nbk),
+                            s0);
                 }
             }
     const int64_t offs[] = {-1000000, -33, -32, -31, -1, 0, 1, 31, 32, 33};
     for (int64_t off : offs)
         for (uint32_t I = 0; I < 3; I++) {
-            attn_grid ag;
-            memset(&ag, 0, sizeof ag);
-            ag.nbq = 3;
-            ag.nbk = 40000;
-            ag.off = off;
-            ag.causal = 1;
             uint32_t v0, s0, v1, s1;
-            attn_grid_row(&ag, I, &v0, &s0);
-            grid_row(I, off, 1, ag.nbk, &v1, &s1);
+            brute_row(I, off, 40000, &v0, &s0);
+            attn_grid_row_inline(I, off, 1, 40000, &v1, &s1);
             assert_int_equal(v0, v1);
             assert_int_equal(s0, s1);
-            assert_int_equal(diag_shift(off), attn_grid_diag_shift(&ag));
+            assert_int_equal(attn_grid_diag_shift_inline(off),
+                             brute_floor32(off));
         }
     /* r_I: 0 with nothing seen; NaN when the first logit is; else the
      * largest logit, later NaNs passed over */
