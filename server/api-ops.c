@@ -77,6 +77,19 @@ static int get_metrics(struct mrad_req *r)
         .devices = devs,
         .ndevices = mrad_sched_devices(sched, devs, MRAD_MAX_DEVICES),
     };
+    struct mrad_kv_stats kv;
+    mrad_kv_stats(srv->kv, &kv);
+    g.kv_sessions = kv.sessions;
+    g.kv_bytes = kv.bytes;
+    g.kv_budget_bytes = kv.budget_bytes;
+    g.kv_created = kv.created;
+    g.kv_deleted = kv.deleted;
+    g.kv_evicted = kv.evicted;
+    g.kv_expired = kv.expired;
+    g.kv_hits = kv.hits;
+    g.kv_misses = kv.misses;
+    g.kv_append_tokens = kv.append_tokens;
+    g.kv_full = kv.full;
     size_t len;
     char *text = mrad_metrics_render(&g, &len);
     if (!text)

@@ -1,164 +1,54 @@
 /*
- * api-v1.c - the /v1 surface: POST /v1/attention and GET /v1/info.
+ * api-v1.c - the /v1 attention surface: POST /v1/attention (and the same
+ * call on the session of the path, POST /v1/kv/{id}/attention) and
+ * GET /v1/info.
  *
  * POST /v1/attention decodes the body with the wire codec (protocol/),
- * submits the problem to the scheduler as a job and suspends the request;
- * the job's completion resumes it and the answer is encoded here, on an
- * HTTP thread.  The job is embedded in a struct v1_call that also holds
- * what only this surface knows: the decoded request, the body its tensors
- * point into, the encoded answer.  protocol/SPEC.md is the contract.
+ * binds a request on a session to it (server/kv.h), submits the problem
+ * to the scheduler as a job and suspends the request (server/call.h); the
+ * job's completion resumes it and the answer is encoded here, on an HTTP
+ * thread.  protocol/SPEC.md is the contract.
  */
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "protocol/proto.h"
 #include "server/bufcache.h"
+#include "server/call.h"
 #include "server/route.h"
 
-/* One POST /v1/attention: the job and what the answer needs. */
+/* One POST /v1/attention: the call and what the answer needs. */
 struct v1_call {
-    struct mrad_job job; /* first: the job's owner is the call */
-    /* The request, until it ends (the job may outlive it: a worker still
-     * computing a job answered 504).  `lock` guards it and `woken` against
-     * the scheduler's thread, which asks whether the client left. */
-    pthread_mutex_t lock;
-    struct mrad_req *r;
-    int woken;
-    struct mrad_server *srv;
-    /* Bytes counted against --max-inflight-bytes for the body and for
-     * the answer. */
-    uint64_t body_reserved, out_reserved;
+    struct mrad_call c; /* first */
     struct proto_request req; /* the problem; prob.out gets the answer */
-    enum proto_format fmt;
-    void *body;   /* from mrad_bufcache_get(), the tensors point into it */
     char *answer; /* the encoded answer around prob.out, when sent in
                      pieces */
-    int refused;  /* the mrad_err of a refused submit, or 0 */
-#ifdef MRAD_TEST_HOOKS
-    int inject_fault;
-#endif
 };
 
-/* ---- the job's callbacks ------------------------------------------------ */
-
-static void call_done(struct mrad_job *job)
+static void v1_cleanup(struct mrad_call *c)
 {
-    struct v1_call *call = job->owner;
-    /* Under the lock: the request cannot end before this returns (its
-     * end takes the lock), and no probe of the client crosses the
-     * answer. */
-    pthread_mutex_lock(&call->lock);
-    call->woken = 1;
-    if (call->r)
-        mrad_req_resume(call->r);
-    pthread_mutex_unlock(&call->lock);
-}
-
-static int call_cancelled(struct mrad_job *job)
-{
-    struct v1_call *call = job->owner;
-    pthread_mutex_lock(&call->lock);
-    int gone = !call->r || (!call->woken && mrad_req_peer_closed(call->r));
-    pthread_mutex_unlock(&call->lock);
-    return gone;
-}
-
-static void call_release(struct mrad_job *job)
-{
-    struct v1_call *call = job->owner;
+    struct v1_call *call = (struct v1_call *)c;
     proto_request_release(&call->req);
-    mrad_bufcache_put(call->body);
-    mrad_server_release(call->srv, call->body_reserved + call->out_reserved);
     free(call->answer);
-    pthread_mutex_destroy(&call->lock);
-    free(call);
 }
 
-static const struct mrad_job_ops call_ops = {.done = call_done, .cancelled = call_cancelled,
-                                             .release = call_release};
-
-/* The request's reference to its call, dropped when the request ends. */
-static void call_unref(void *data)
-{
-    struct v1_call *call = data;
-    pthread_mutex_lock(&call->lock);
-    call->r = NULL;
-    pthread_mutex_unlock(&call->lock);
-    mrad_job_unref(&call->job);
-}
+static const struct mrad_job_ops v1_ops = {.done = mrad_call_done,
+                                           .cancelled = mrad_call_cancelled,
+                                           .release = mrad_call_release};
 
 /* ---- POST /v1/attention ------------------------------------------------ */
-
-/* Media type of the body, ignoring parameters and case.  Returns 0 and sets
- * *fmt, or -1 for anything else. */
-static int media_type(const char *ctype, enum proto_format *fmt)
-{
-    if (!ctype)
-        return -1;
-    while (*ctype == ' ' || *ctype == '\t')
-        ctype++;
-    size_t n = strcspn(ctype, "; \t");
-    if ((n == 19 && !strncasecmp(ctype, "application/msgpack", n)) ||
-        (n == 21 && !strncasecmp(ctype, "application/x-msgpack", n))) {
-        *fmt = PROTO_MSGPACK;
-        return 0;
-    }
-    if (n == 16 && !strncasecmp(ctype, "application/json", n)) {
-        *fmt = PROTO_JSON;
-        return 0;
-    }
-    return -1;
-}
 
 /* The headers: draining, media type, body limit, queue room. */
 static int attention_begin(struct mrad_req *r)
 {
-    struct mrad_server *srv = mrad_req_server(r);
-    const struct mrad_config *cfg = srv->cfg;
-    if (atomic_load(&srv->draining))
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAVAIL,
-                              "the server is draining");
-    struct v1_call *call = calloc(1, sizeof(*call));
-    if (!call)
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
-                              "out of memory for the request");
-    mrad_job_init(&call->job, &call_ops, call);
-    pthread_mutex_init(&call->lock, NULL);
-    call->r = r;
-    call->srv = mrad_req_server(r);
-    mrad_req_set_data(r, call, call_unref);
-    const char *ctype = mrad_req_header(r, "Content-Type");
-    if (media_type(ctype, &call->fmt)) {
-        /* The header's value is not echoed: error messages name fields,
-         * never request bytes. */
-        char msg[160];
-        snprintf(msg, sizeof(msg),
-                 "Content-Type %s: use application/msgpack or "
-                 "application/json",
-                 ctype ? "not supported" : "missing");
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EMEDIA, msg);
-    }
-    uint64_t limit = cfg->max_body_bytes;
-    if (call->fmt == PROTO_JSON && cfg->max_json_bytes < limit)
-        limit = cfg->max_json_bytes;
-    if (mrad_req_set_body_limit(r, limit))
-        return 0; /* 413 sent */
-    /* Refuse early when the queue is already full: the body need not be
-     * kept.  The authoritative check is at submit. */
-    struct mrad_sched_status st;
-    mrad_sched_status(srv->sched, &st);
-    if (st.queue_depth >= st.max_queue)
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD,
-                              "the request queue is full");
-#ifdef MRAD_TEST_HOOKS
-    const char *f = mrad_req_header(r, "X-Mrad-Inject-Fault");
-    call->inject_fault = f && !strcmp(f, "1");
-#endif
-    return 0;
+    int rc;
+    struct mrad_call *c = mrad_call_begin(r, sizeof(struct v1_call), &v1_ops,
+                                          &rc);
+    if (c)
+        c->cleanup = v1_cleanup;
+    return rc;
 }
 
 /* The output tensor is computed into a cached buffer too: a fresh one
@@ -185,15 +75,76 @@ static size_t out_bytes(const struct attn_problem *p)
     return (size_t)p->B * p->H * p->Nq * p->D * attn_dtype_size(p->dtype);
 }
 
+/*
+ * A request on a session: takes a use of the session, checks the
+ * request against what it holds, admits the appended tokens, and points
+ * the problem at the store.  Nk is the count planned after the append
+ * for the checks and the cost; the problem then reads whatever the store
+ * holds when its turn comes (Nk 0).  Returns 0, or -1 with the error
+ * answered.
+ */
+static int bind_session(struct mrad_req *r, struct v1_call *call)
+{
+    struct mrad_call *c = &call->c;
+    struct mrad_kv_table *t = c->srv->kv;
+    struct attn_problem *p = &call->req.prob;
+    char msg[256];
+    mrad_req_add_header(r, MRAD_KV_HEADER, call->req.kv);
+    if (mrad_kv_acquire(t, call->req.kv, strlen(call->req.kv),
+                        mrad_req_key_id(r), &c->kv))
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EKVNOTFOUND,
+                              "kv: no such session (unknown, expired, "
+                              "evicted or deleted): create it again"),
+               -1;
+    const struct attn_kv_shape *sh = mrad_kv_shape(c->kv);
+    if (p->dtype != sh->dtype)
+        snprintf(msg, sizeof msg, "q.dtype: %s, the session's is %s",
+                 attn_dtype_name(p->dtype), attn_dtype_name(sh->dtype));
+    else if (p->B != sh->B || p->D != sh->D)
+        snprintf(msg, sizeof msg,
+                 "q.shape: B = %" PRIu32 " and D = %" PRIu32
+                 " must be the session's (B = %" PRIu32 ", D = %" PRIu32 ")",
+                 p->B, p->D, sh->B, sh->D);
+    else if (p->append.n && p->Hkv != sh->Hkv)
+        snprintf(msg, sizeof msg,
+                 "k_append.shape[1]: Hkv = %" PRIu32
+                 " must be the session's (%" PRIu32 ")",
+                 p->Hkv, sh->Hkv);
+    else if (p->H % sh->Hkv)
+        snprintf(msg, sizeof msg,
+                 "q.shape[1]: H = %" PRIu32
+                 " is not a multiple of the session's Hkv = %" PRIu32,
+                 p->H, sh->Hkv);
+    else
+        msg[0] = '\0';
+    if (msg[0])
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EBADREQ, msg), -1;
+    p->Hkv = sh->Hkv;
+    int rc = p->append.n ? mrad_kv_reserve(t, c->kv, p->append.n, msg,
+                                           sizeof msg)
+                         : 0;
+    if (rc)
+        return mrad_req_error(r, MRAD_SRC_SERVER, rc, msg), -1;
+    struct mrad_kv_view v;
+    mrad_kv_view(t, c->kv, &v);
+    p->kv = mrad_kv_store(c->kv);
+    p->Nk = (uint32_t)v.tokens; /* at most max_tokens, checked above */
+    if (attn_problem_check(p, msg, sizeof msg) != ATTN_OK)
+        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EBADREQ, msg), -1;
+    c->job.worker = mrad_kv_worker(c->kv);
+    c->job.order = c->kv;
+    return 0;
+}
+
 /* The admission checks of a decoded problem: its estimated cost, and
  * room for its answer.  Returns 0, or -1 with the error answered. */
 static int admit(struct mrad_req *r, struct v1_call *call)
 {
-    struct mrad_server *srv = call->srv;
+    struct mrad_server *srv = call->c.srv;
     const struct attn_problem *p = &call->req.prob;
-    char msg[256];
     double cost = attn_cost(p);
     if (cost > (double)srv->max_problem_flops) {
+        char msg[256];
         snprintf(msg, sizeof(msg),
                  "problem too costly: about %.3g flop-equivalents estimated "
                  "(method %s), over the limit of %.3g (--max-problem-flops)",
@@ -202,90 +153,56 @@ static int admit(struct mrad_req *r, struct v1_call *call)
         mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
         return -1;
     }
-    uint64_t out = out_bytes(p);
-    if (mrad_server_reserve(srv, out)) {
-        snprintf(msg, sizeof(msg),
-                 "the service holds too many bytes now for an answer of "
-                 "%" PRIu64 " bytes (limit %" PRIu64 "); retry later",
-                 out, srv->max_inflight_bytes);
-        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD, msg);
-        return -1;
-    }
-    call->out_reserved = out;
-    return 0;
+    return mrad_call_reserve_answer(r, &call->c, out_bytes(p));
 }
 
-/* The whole body is here: decode, admit, submit, suspend. */
+/* The whole body is here: decode, bind to a session, admit, submit. */
 static int attention_handle(struct mrad_req *r)
 {
     struct mrad_server *srv = mrad_req_server(r);
-    const struct mrad_config *cfg = srv->cfg;
     struct v1_call *call = mrad_req_data(r);
-    struct mrad_job *job = &call->job;
-    char err[256];
-    size_t len;
-    /* The call owns the body (and its count) from here on. */
-    call->body = mrad_req_take_body(r, &len, &call->body_reserved);
-    int rc = proto_request_decode_with(call->body ? call->body : "", len,
-                                       call->fmt, &cfg->limits, &out_alloc,
-                                       &call->req, err, sizeof(err));
+    struct mrad_call *c = &call->c;
+    struct mrad_job *job = &c->job;
+    char err[256], path_kv[PROTO_KV_ID_MAX + 2];
+    /* POST /v1/kv/{id}/attention names its session in the path. */
+    const char *kv = NULL;
+    if (strcmp(mrad_req_path(r), "/v1/attention") != 0) {
+        int n = mrad_req_path_segment(r, 2, path_kv, sizeof path_kv);
+        if (n < 0 || !proto_kv_id_valid(path_kv, (size_t)n))
+            return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EKVNOTFOUND,
+                                  "kv: no such session (the path's id is "
+                                  "not a session id)");
+        kv = path_kv;
+    }
+    mrad_call_take_body(r, c);
+    struct proto_decode_opts o = {&srv->cfg->limits, &out_alloc, kv};
+    int rc = proto_request_decode_opts(c->body ? c->body : "", c->body_len,
+                                       c->fmt, &o, &call->req, err,
+                                       sizeof(err));
     if (rc != PROTO_OK)
         return mrad_req_error(r, MRAD_SRC_PROTO, rc, err);
+    struct attn_problem *p = &call->req.prob;
+    if (call->req.has_kv && bind_session(r, call))
+        return 0;
     if (admit(r, call))
         return 0;
-    struct attn_problem *p = &call->req.prob;
-    uint64_t timeout_ms = cfg->request_timeout_ms;
-    if (call->req.timeout_ms && call->req.timeout_ms < timeout_ms)
-        timeout_ms = call->req.timeout_ms;
     p->cancel = &job->cancel;
     job->prob = p;
-    job->deadline_ns = mrad_req_start_ns(r) + timeout_ms * 1000000ull;
     /* What --max-batch-tokens counts: B*N in self-attention, and in
      * general the longer side (a decode step of one query over a long
      * context weighs its context). */
     job->tokens = (uint64_t)p->B * (p->Nq > p->Nk ? p->Nq : p->Nk);
-    job->bytes = len + out_bytes(p);
-#ifdef MRAD_TEST_HOOKS
-    job->inject_fault = call->inject_fault;
-#endif
-    /* Suspend before submitting: the job may finish (and resume the
-     * request) before this function returns. */
-    mrad_req_suspend(r);
-    rc = mrad_sched_submit(srv->sched, job);
-    if (rc != MRAD_OK) {
-        call->refused = rc;
-        mrad_req_resume(r);
-    }
-    return 0;
-}
-
-static void format_job_error(const struct mrad_job *job, char *msg, size_t len,
-                             uint64_t waited_ms)
-{
-    if (job->err_src == MRAD_SRC_ATTN) {
-        snprintf(msg, len, "compute failed: %s", attn_strerror(job->err));
-        return;
-    }
-    switch (job->err) {
-    case MRAD_ETIMEOUT:
-        snprintf(msg, len,
-                 "deadline passed before the result was ready (after %" PRIu64
-                 " ms)",
-                 waited_ms);
-        break;
-    case MRAD_EUNAVAIL:
-        snprintf(msg, len, "the server is shutting down");
-        break;
-    default:
-        snprintf(msg, len, "the request could not be served");
-    }
+    job->bytes = c->body_len + out_bytes(p);
+    if (p->kv)
+        p->Nk = 0; /* what the store holds in the job's turn */
+    return mrad_call_submit(r, c, call->req.timeout_ms);
 }
 
 /* The free callback of an answer sent from the call's buffers. */
 static void release_call(void *cls)
 {
     struct v1_call *call = cls;
-    mrad_job_unref(&call->job);
+    mrad_job_unref(&call->c.job);
 }
 
 /*
@@ -309,7 +226,7 @@ static int send_pieces(struct mrad_req *r, struct v1_call *call,
         {call->req.prob.out, out},
         {call->answer + head, tail},
     };
-    mrad_job_ref(&call->job);
+    mrad_job_ref(&call->c.job);
     return mrad_req_send_pieces(r, 200, "application/msgpack", pieces, 3,
                                 release_call, call);
 }
@@ -324,22 +241,11 @@ static int attention_resume(struct mrad_req *r)
 {
     struct mrad_server *srv = mrad_req_server(r);
     struct v1_call *call = mrad_req_data(r);
-    const struct mrad_job *job = &call->job;
-    char msg[256];
-    mrad_req_set_log(r, job->queue_us, job->compute_us,
-                     call->req.has_id ? call->req.id : NULL);
-    if (call->refused)
-        return mrad_req_error(r, MRAD_SRC_SERVER, call->refused,
-                              call->refused == MRAD_EOVERLOAD
-                                  ? "the request queue is full"
-                                  : "the server is draining");
-    if (job->err_src == MRAD_SRC_SERVER && job->err == MRAD_EGONE)
-        return -1; /* nobody to answer: close (499 in the log) */
-    if (job->err != 0) {
-        format_job_error(job, msg, sizeof(msg),
-                         (mrad_now_ns() - mrad_req_start_ns(r)) / 1000000);
-        return mrad_req_error(r, job->err_src, job->err, msg);
-    }
+    const struct mrad_job *job = &call->c.job;
+    int rc;
+    if (mrad_call_failed(r, &call->c, call->req.has_id ? call->req.id : NULL,
+                         &rc))
+        return rc;
     struct proto_stats st = {
         .attn = job->stats,
         .backend = srv->info.backend,
@@ -351,10 +257,7 @@ static int attention_resume(struct mrad_req *r)
      * longer in a worker's hands): the request body, which the input
      * tensors point into, goes back to the cache now rather than when the
      * answer has been sent. */
-    mrad_bufcache_put(call->body);
-    call->body = NULL;
-    mrad_server_release(call->srv, call->body_reserved);
-    call->body_reserved = 0;
+    mrad_call_drop_body(&call->c);
     if (call->req.format == PROTO_MSGPACK &&
         out_bytes(&call->req.prob) >= ZERO_COPY_BYTES)
         return send_pieces(r, call, &st);
@@ -377,6 +280,8 @@ static int get_info(struct mrad_req *r)
     const struct mrad_config *cfg = srv->cfg;
     const struct proto_limits *l = &cfg->limits;
     char device[600];
+    struct mrad_kv_stats kv;
+    mrad_kv_stats(srv->kv, &kv);
     proto_json_escape(device, sizeof(device), srv->info.device,
                       strlen(srv->info.device));
     return mrad_req_send_json(
@@ -392,18 +297,25 @@ static int get_info(struct mrad_req *r)
         "\"timeout_ms\":%" PRIu64 "},"
         "\"batching\":{\"max_queue\":%" PRIu64
         ",\"max_batch_requests\":%" PRIu64 ",\"max_batch_tokens\":%" PRIu64
-        ",\"batch_window_us\":%" PRIu64 "}}",
+        ",\"batch_window_us\":%" PRIu64 "},"
+        "\"kv\":{\"budget_bytes\":%" PRIu64 ",\"bytes\":%" PRIu64
+        ",\"sessions\":%" PRIu64 ",\"max_sessions\":%" PRIu64
+        ",\"ttl_ms\":%" PRIu64 ",\"max_ttl_ms\":%" PRIu64 "}}",
         MRAD_VERSION, srv->info.backend, device, srv->info.workers,
         srv->auth ? "true" : "false", l->max_batch, l->max_heads, l->max_tokens,
         l->max_head_dim ? l->max_head_dim : ATTN_MAX_HEAD_DIM, l->max_elements,
         cfg->max_body_bytes, cfg->max_json_bytes, srv->max_problem_flops,
         srv->max_inflight_bytes, cfg->max_connections,
         ATTN_DEFAULT_BLOCK_PER_ROW, cfg->request_timeout_ms, cfg->max_queue,
-        cfg->max_batch_requests, cfg->max_batch_tokens, cfg->batch_window_us);
+        cfg->max_batch_requests, cfg->max_batch_tokens, cfg->batch_window_us,
+        kv.budget_bytes, kv.bytes, kv.sessions, kv.max_sessions,
+        cfg->kv_ttl_ms, cfg->kv_max_ttl_ms);
 }
 
 static const struct mrad_route routes[] = {
     {"POST", "/v1/attention", MRAD_ROUTE_BODY, attention_begin,
+     attention_handle, attention_resume},
+    {"POST", "/v1/kv/*/attention", MRAD_ROUTE_BODY, attention_begin,
      attention_handle, attention_resume},
     {"GET", "/v1/info", 0, NULL, get_info, NULL},
 };

@@ -87,6 +87,15 @@ static const struct option_def options[] = {
     {"idle-release-ms", OPT_U64, CFG(idle_release_ms), 0,
      "after this long without requests, cached buffers and free heap "
      "pages go back to the system"},
+    {"kv-cache-bytes", OPT_U64, CFG(kv_cache_bytes), 0,
+     "bytes all sessions may hold together (0 = a quarter of the memory on "
+     "the CPU, half of the devices' memory on a GPU)"},
+    {"kv-max-sessions", OPT_U64, CFG(kv_max_sessions), 0,
+     "sessions at once (0 = no sessions)"},
+    {"kv-ttl-ms", OPT_U64, CFG(kv_ttl_ms), 0,
+     "a session unused this long ends, unless its create asked otherwise"},
+    {"kv-max-ttl-ms", OPT_U64, CFG(kv_max_ttl_ms), 0,
+     "the longest idle lifetime a create may ask for"},
     {"log-file", OPT_STR, CFGSTR(log_file),
      "write the log to this file instead of stderr (SIGHUP reopens it)"},
     {"conn-timeout-s", OPT_U32, CFG(conn_timeout_s), 0,
@@ -137,6 +146,9 @@ static void config_defaults(struct mrad_config *cfg)
     cfg->header_timeout_ms = 10000;
     cfg->min_upload_rate = 16384;
     cfg->idle_release_ms = 10000;
+    cfg->kv_max_sessions = 4096;
+    cfg->kv_ttl_ms = 600000;
+    cfg->kv_max_ttl_ms = 86400000;
     strcpy(cfg->isa, "auto");
     cfg->log_format = MRAD_LOG_TEXT;
     cfg->log_level = MRAD_LOG_INFO;
@@ -408,10 +420,15 @@ static uint64_t half_the_memory(void)
     return mem / 2;
 }
 
-void mrad_config_resolve(struct mrad_config *cfg, const char *backend)
+void mrad_config_resolve(struct mrad_config *cfg, const char *backend,
+                         uint64_t device_bytes)
 {
     if (!cfg->max_inflight_bytes)
         cfg->max_inflight_bytes = half_the_memory();
+    if (!cfg->kv_cache_bytes)
+        cfg->kv_cache_bytes = strcmp(backend, "cpu") && device_bytes
+                                  ? device_bytes / 2
+                                  : half_the_memory() / 2;
     if (!cfg->max_problem_flops)
         cfg->max_problem_flops =
             strcmp(backend, "cpu") ? MRAD_GPU_MAX_FLOPS : MRAD_CPU_MAX_FLOPS;

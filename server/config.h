@@ -61,6 +61,10 @@ struct mrad_config {
     char isa[16];             /* CPU kernel path: auto|avx512|avx2|portable */
     char tls_cert[1024];      /* PEM certificate file; empty = plain HTTP */
     char tls_key[1024];       /* PEM private key file */
+    uint64_t kv_cache_bytes;  /* sessions' budget; 0 = from the memory */
+    uint64_t kv_max_sessions; /* 0 = no sessions */
+    uint64_t kv_ttl_ms;       /* default idle lifetime of a session */
+    uint64_t kv_max_ttl_ms;   /* the longest one a create may ask for */
 };
 
 /* What mrad_config_parse() asks the caller to do. */
@@ -80,9 +84,12 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
                       FILE *err);
 
 /* Fills the settings whose default depends on the machine or the backend
- * ("cpu", "cuda"): --max-inflight-bytes (half the memory, or of the
- * cgroup's limit) and --max-problem-flops, when they were left at 0. */
-void mrad_config_resolve(struct mrad_config *cfg, const char *backend);
+ * ("cpu", "cuda"), when they were left at 0: --max-inflight-bytes (half
+ * the memory, or of the cgroup's limit), --max-problem-flops, and
+ * --kv-cache-bytes (a quarter of the memory on the CPU, half of
+ * `device_bytes`, the devices' memory, on a GPU). */
+void mrad_config_resolve(struct mrad_config *cfg, const char *backend,
+                         uint64_t device_bytes);
 
 /* Prints the --help text (every flag, its default and its variable). */
 void mrad_config_usage(FILE *out);

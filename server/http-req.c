@@ -68,6 +68,26 @@ const char *mrad_req_path(const struct mrad_req *r)
     return r->path;
 }
 
+int mrad_req_path_segment(const struct mrad_req *r, int i, char *buf,
+                          size_t len)
+{
+    const char *p = r->path;
+    for (;;) {
+        if (*p != '/')
+            return -1;
+        p++;
+        size_t n = strcspn(p, "/");
+        if (i-- == 0) {
+            if (n >= len)
+                return -1;
+            memcpy(buf, p, n);
+            buf[n] = '\0';
+            return (int)n;
+        }
+        p += n;
+    }
+}
+
 const char *mrad_req_header(const struct mrad_req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->mc, MHD_HEADER_KIND, name);
@@ -220,7 +240,8 @@ static int queue(struct mrad_req *r, unsigned status, const char *ctype,
                  struct MHD_Response *resp, uint64_t len)
 {
     int early = r->in_begin;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     for (size_t i = 0; i < r->nhdr; i++)
         MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
     if (early)

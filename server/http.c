@@ -649,13 +649,15 @@ static void http_free(struct mrad_http *h)
 }
 
 int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
-                    struct mrad_sched *s, const struct mrad_http_info *info)
+                    struct mrad_sched *s, struct mrad_kv_table *kv,
+                    const struct mrad_http_info *info)
 {
     struct mrad_http *h = calloc(1, sizeof(*h));
     if (!h)
         return -1;
     h->srv.cfg = cfg;
     h->srv.sched = s;
+    h->srv.kv = kv;
     h->srv.info = *info;
     h->srv.auth = cfg->keys != NULL;
     h->srv.max_inflight_bytes = cfg->max_inflight_bytes;

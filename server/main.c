@@ -31,6 +31,7 @@
 #include "server/bufcache.h"
 #include "server/config.h"
 #include "server/http.h"
+#include "server/kv.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/sched.h"
@@ -265,16 +266,40 @@ int main(int argc, char **argv)
     snprintf(backend, sizeof(backend), "%s", attn_backend_name(be[0]));
     snprintf(device, sizeof(device), "%s", attn_backend_device(be[0]));
     mrad_metrics_init(MRAD_VERSION, backend);
-    mrad_config_resolve(&cfg, backend);
+    uint64_t device_bytes = 0;
+    for (size_t i = 0; i < nbe; i++) {
+        uint64_t used, total;
+        if (attn_backend_memory(be[i], &used, &total) == ATTN_OK)
+            device_bytes += total;
+    }
+    mrad_config_resolve(&cfg, backend, device_bytes);
+    struct mrad_kv_config kc = {backend,
+                                nbe,
+                                cfg.kv_cache_bytes,
+                                cfg.kv_max_sessions,
+                                cfg.kv_ttl_ms,
+                                cfg.kv_max_ttl_ms,
+                                cfg.limits.max_tokens};
+    struct mrad_kv_table *kv;
+    if (mrad_kv_table_new(&kv, &kc)) {
+        mrad_log(MRAD_LOG_ERROR, "out of memory for the session table");
+        for (size_t i = 0; i < nbe; i++)
+            attn_backend_free(be[i]);
+        return 1;
+    }
 
     struct mrad_sched *sched;
     struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
                                    cfg.max_batch_tokens, cfg.batch_window_us};
-    if (mrad_sched_start(&sched, &sc, be, devices, nbe))
+    if (mrad_sched_start(&sched, &sc, be, devices, nbe)) {
+        mrad_kv_table_free(kv);
         return 1;
+    }
     struct mrad_http_info info = {backend, device, (uint32_t)nbe};
     struct mrad_http *http;
-    if (mrad_http_start(&http, &cfg, sched, &info)) {
+    if (mrad_http_start(&http, &cfg, sched, kv, &info)) {
+        mrad_sched_stop(sched);
+        mrad_kv_table_free(kv);
         mrad_sched_free(sched);
         return 1;
     }
@@ -292,12 +317,16 @@ int main(int argc, char **argv)
     while ((sig = wait_signal(&sigs, 500)) != SIGTERM && sig != SIGINT) {
         if (sig == SIGHUP)
             reload(&cfg, http);
+        mrad_kv_expire(kv, mrad_now_ns());
         release_when_idle(&cfg, http, sched, &idle);
     }
     mrad_log(MRAD_LOG_INFO, "received %s, draining",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
     drain(&cfg, http, sched, &sigs);
     mrad_http_stop(http);
+    /* The sessions' stores go before the backends that hold them. */
+    mrad_sched_stop(sched);
+    mrad_kv_table_free(kv);
     mrad_sched_free(sched);
     mrad_bufcache_clear();
     mrad_log(MRAD_LOG_INFO, "stopped");

@@ -336,6 +336,37 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
         "\n"
         "mrad_connections_closed_total{reason=\"over_limit\"} %" PRIu64 "\n",
         g->head_timeouts, g->slow_uploads, g->lingering_closes, g->refused);
+    put_simple(&t, "mrad_kv_sessions", "gauge",
+               "Sessions held (keys and values kept in the service).",
+               (double)g->kv_sessions);
+    put_simple(&t, "mrad_kv_bytes", "gauge",
+               "Bytes the sessions hold, counted against the budget.",
+               (double)g->kv_bytes);
+    put_simple(&t, "mrad_kv_budget_bytes", "gauge",
+               "Bytes the sessions may hold together (--kv-cache-bytes).",
+               (double)g->kv_budget_bytes);
+    put_simple(&t, "mrad_kv_created_total", "counter", "Sessions created.",
+               (double)g->kv_created);
+    put(&t,
+        "# HELP mrad_kv_ended_total Sessions ended, by reason.\n"
+        "# TYPE mrad_kv_ended_total counter\n"
+        "mrad_kv_ended_total{reason=\"deleted\"} %" PRIu64 "\n"
+        "mrad_kv_ended_total{reason=\"evicted\"} %" PRIu64 "\n"
+        "mrad_kv_ended_total{reason=\"expired\"} %" PRIu64 "\n",
+        g->kv_deleted, g->kv_evicted, g->kv_expired);
+    put(&t,
+        "# HELP mrad_kv_lookups_total Requests naming a session, by whether "
+        "it was found.\n"
+        "# TYPE mrad_kv_lookups_total counter\n"
+        "mrad_kv_lookups_total{result=\"hit\"} %" PRIu64 "\n"
+        "mrad_kv_lookups_total{result=\"miss\"} %" PRIu64 "\n",
+        g->kv_hits, g->kv_misses);
+    put_simple(&t, "mrad_kv_append_tokens_total", "counter",
+               "Tokens admitted into sessions (creates and appends).",
+               (double)g->kv_append_tokens);
+    put_simple(&t, "mrad_kv_full_total", "counter",
+               "Creates and appends refused for want of room (507).",
+               (double)g->kv_full);
     put_devices(&t, g, "mrad_gpu_memory_used_bytes", "Device memory in use.",
                 offsetof(struct mrad_metrics_device, used));
     put_devices(&t, g, "mrad_gpu_memory_total_bytes", "Device memory in all.",

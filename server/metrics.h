@@ -46,6 +46,10 @@ struct mrad_metrics_gauges {
     uint64_t head_timeouts, slow_uploads, lingering_closes, refused;
     const struct mrad_metrics_device *devices;
     size_t ndevices;
+    /* The sessions (server/kv.h): gauges, then counters. */
+    uint64_t kv_sessions, kv_bytes, kv_budget_bytes;
+    uint64_t kv_created, kv_deleted, kv_evicted, kv_expired;
+    uint64_t kv_hits, kv_misses, kv_append_tokens, kv_full;
 };
 
 /*

@@ -39,6 +39,7 @@
 
 #include "server/config.h"
 #include "server/errors.h"
+#include "server/kv.h"
 #include "server/sched.h"
 
 /* What /v1/info and the response stats say about the compute side. */
@@ -61,7 +62,11 @@ struct mrad_server {
     atomic_uint_fast64_t inflight_bytes;
     uint64_t max_inflight_bytes;
     uint64_t max_problem_flops; /* resolved --max-problem-flops */
+    struct mrad_kv_table *kv;   /* the sessions */
 };
+
+/* The header that names the session of an answer, for proxies. */
+#define MRAD_KV_HEADER "X-Mrad-KV"
 
 /* Counts a buffer of `bytes` against --max-inflight-bytes.  Returns 0, or
  * -1 when it does not fit (nothing counted): the caller answers 503
@@ -112,6 +117,11 @@ extern const struct mrad_api *const mrad_apis[];
 struct mrad_server *mrad_req_server(const struct mrad_req *r);
 const char *mrad_req_method(const struct mrad_req *r);
 const char *mrad_req_path(const struct mrad_req *r);
+/* Segment i (from 0) of the path into buf ("/v1/kv/ab/append": segment 2
+ * is "ab"), terminated.  Returns its length, or -1 when the path has no
+ * such segment or it does not fit in len bytes. */
+int mrad_req_path_segment(const struct mrad_req *r, int i, char *buf,
+                          size_t len);
 /* The value of a request header (case-insensitive name), or NULL. */
 const char *mrad_req_header(const struct mrad_req *r, const char *name);
 /* The identity of the API key the request presented (see
@@ -169,8 +179,8 @@ int mrad_req_peer_closed(struct mrad_req *r);
 int mrad_req_add_header(struct mrad_req *r, const char *name,
                         const char *value);
 
-/* Answers with a malloc'd body, which the request frees.  Returns 0 or
- * -1. */
+/* Answers with a malloc'd body, which the request frees (ctype NULL: no
+ * Content-Type, for a 204).  Returns 0 or -1. */
 int mrad_req_send(struct mrad_req *r, unsigned status, const char *ctype,
                   char *body, size_t len);
 /* Answers with a printf-formatted JSON body. */

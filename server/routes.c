@@ -7,6 +7,7 @@
  */
 #include "server/route.h"
 
-extern const struct mrad_api mrad_api_ops, mrad_api_v1;
+extern const struct mrad_api mrad_api_ops, mrad_api_v1, mrad_api_kv;
 
-const struct mrad_api *const mrad_apis[] = {&mrad_api_ops, &mrad_api_v1, NULL};
+const struct mrad_api *const mrad_apis[] = {&mrad_api_ops, &mrad_api_v1,
+                                            &mrad_api_kv, NULL};

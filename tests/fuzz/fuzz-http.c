@@ -74,15 +74,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (attn_backend_new("cpu", &ac, &be[0]) != ATTN_OK)
         abort();
     mrad_metrics_init("fuzz", "cpu");
-    mrad_config_resolve(&cfg, "cpu");
+    mrad_config_resolve(&cfg, "cpu", 0);
     static struct mrad_sched *sched;
     struct mrad_sched_config sc = {cfg.max_queue, cfg.max_batch_requests,
                                    cfg.max_batch_tokens, cfg.batch_window_us};
     if (mrad_sched_start(&sched, &sc, be, devices, 1))
         abort();
+    static struct mrad_kv_table *kv;
+    struct mrad_kv_config kc = {"cpu", 1, 64ull << 20, 64, 60000, 60000,
+                                cfg.limits.max_tokens};
+    if (mrad_kv_table_new(&kv, &kc))
+        abort();
     static struct mrad_http_info info = {"cpu", "fuzz", 1};
     static struct mrad_http *http;
-    if (mrad_http_start(&http, &cfg, sched, &info))
+    if (mrad_http_start(&http, &cfg, sched, kv, &info))
         abort();
     mrad_http_set_ready(http, 1);
     port = mrad_http_port(http);
