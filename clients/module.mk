@@ -41,3 +41,15 @@ MRAC_TEST := $(BUILD)/tests/clients/test-mraclient
 $(MRAC_TEST): $(MRAC_LIB)
 $(MRAC_TEST): LDLIBS := $(MRAC_LIB) $(PROTO_LIB) $(ATTN_LIB) $(MRAC_LDLIBS) \
 	$(PROTO_LDLIBS) $(ATTN_LDLIBS) -lm
+
+# The calls on sessions against a live daemon
+# (clients/c/tests/test-mraclient-kv.c): the test starts
+# $MRAD_BIN_DIR/mrad itself, so it runs with the unit tests.
+MRAC_KV_TEST := $(BUILD)/tests/clients/test-mraclient-kv
+$(MRAC_KV_TEST): $(BUILD)/clients/c/tests/test-mraclient-kv.o $(MRAC_LIB) \
+		$(PROTO_LIB) $(ATTN_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(MRAC_LDLIBS) $(PROTO_LDLIBS) $(ATTN_LDLIBS) \
+	    -lcmocka $(LDLIBS)
+
+tests-build: $(MRAC_KV_TEST)

@@ -1,7 +1,8 @@
 /*
  * client.c - the libcurl side of libmraclient: one easy handle per client,
  * reused across calls so the TCP connection stays alive, plus the calls of
- * mraclient.h that talk to the server.
+ * mraclient.h that talk to the server without a session (the calls on a
+ * session are in kv.c).
  *
  * Every call resets the per-call options it sets (URL, method, body) and
  * leaves the connection cache alone; that is what makes keep-alive work
@@ -14,29 +15,7 @@
 
 #include <curl/curl.h>
 
-#include "clients/c/mraclient.h"
-
-struct mrac_client {
-    CURL *curl;
-    char *base;     /* base URL without a trailing slash */
-    char *auth_hdr; /* "Authorization: Bearer ..." or NULL */
-    uint32_t connect_timeout_ms;
-    uint32_t timeout_ms;
-    char curl_err[CURL_ERROR_SIZE];
-};
-
-/* A growing response buffer, always NUL-terminated once non-empty. */
-struct buf {
-    char *data;
-    size_t len, cap;
-    int oom;
-};
-
-/* Headers of interest in the answer. */
-struct answer {
-    struct buf body;
-    long retry_after_s;
-};
+#include "clients/c/internal.h"
 
 const char *mrac_strerror(int err)
 {
@@ -55,14 +34,17 @@ const char *mrac_strerror(int err)
         return "the server answered an error status";
     case MRAC_EPROTO:
         return "the server's answer could not be decoded";
+    case MRAC_EKVNOTFOUND:
+        return "no such session (unknown, expired, evicted or deleted)";
+    case MRAC_EKVFULL:
+        return "the service's session cache is full";
     default:
         return "unknown error";
     }
 }
 
-/* Fills *err (when given) with a local failure. */
-static int fail(struct mrac_error *err, int code, long status, const char *wire,
-                const char *fmt, const char *detail)
+int mrac_fail(struct mrac_error *err, int code, long status, const char *wire,
+              const char *fmt, const char *detail)
 {
     if (err) {
         err->err = code;
@@ -74,7 +56,7 @@ static int fail(struct mrac_error *err, int code, long status, const char *wire,
     return code;
 }
 
-static void err_clear(struct mrac_error *err)
+void mrac_err_clear(struct mrac_error *err)
 {
     if (err) {
         memset(err, 0, sizeof *err);
@@ -97,24 +79,25 @@ int mrac_client_new(const struct mrac_options *opt, struct mrac_client **out,
                     struct mrac_error *err)
 {
     static const struct mrac_options defaults = {0};
-    err_clear(err);
+    mrac_err_clear(err);
     if (!out)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "no place to store the client");
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "no place to store the client");
     *out = NULL;
     if (!opt)
         opt = &defaults;
     const char *url = opt->url ? opt->url : "http://127.0.0.1:8080";
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument",
-                    "URL '%s' does not start with http:// or https://", url);
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument",
+                         "URL '%s' does not start with http:// or https://",
+                         url);
     if (opt->api_key && strpbrk(opt->api_key, "\r\n"))
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "the API key contains a line break");
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "the API key contains a line break");
 
     struct mrac_client *c = calloc(1, sizeof *c);
     if (!c)
-        return fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "client");
+        return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "client");
     c->base = strdup(url);
     c->curl = curl_easy_init();
     if (opt->api_key) {
@@ -125,7 +108,7 @@ int mrac_client_new(const struct mrac_options *opt, struct mrac_client **out,
     }
     if (!c->base || !c->curl || (opt->api_key && !c->auth_hdr)) {
         mrac_client_free(c);
-        return fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "client");
+        return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "client");
     }
     size_t n = strlen(c->base);
     while (n > 0 && c->base[n - 1] == '/')
@@ -150,7 +133,7 @@ void mrac_client_free(struct mrac_client *c)
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    struct buf *b = ud;
+    struct mrac_buf *b = ud;
     size_t n = size * nmemb; /* curl guarantees size == 1 */
     if (n > SIZE_MAX - b->len - 1) {
         b->oom = 1;
@@ -176,7 +159,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
 
 static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    struct answer *a = ud;
+    struct mrac_answer *a = ud;
     size_t n = size * nmemb;
     static const char name[] = "retry-after:";
     if (n > sizeof name - 1 && strncasecmp(ptr, name, sizeof name - 1) == 0) {
@@ -194,11 +177,9 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* Performs one request on the client's handle.  `body` NULL means GET.
- * On return a->body holds whatever arrived; *status the HTTP status. */
-static int perform(struct mrac_client *c, const char *path, const void *body,
-                   size_t len, enum proto_format fmt, struct answer *a,
-                   long *status, struct mrac_error *err)
+int mrac_perform(struct mrac_client *c, const char *method, const char *path,
+                 const void *body, size_t len, enum proto_format fmt,
+                 struct mrac_answer *a, long *status, struct mrac_error *err)
 {
     CURL *h = c->curl;
     memset(a, 0, sizeof *a);
@@ -208,7 +189,7 @@ static int perform(struct mrac_client *c, const char *path, const void *body,
     size_t ulen = strlen(c->base) + strlen(path) + 1;
     char *url = malloc(ulen);
     if (!url)
-        return fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "URL");
+        return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "URL");
     snprintf(url, ulen, "%s%s", c->base, path);
 
     struct curl_slist *hdrs = NULL, *t;
@@ -230,7 +211,7 @@ static int perform(struct mrac_client *c, const char *path, const void *body,
     if (!ok) {
         curl_slist_free_all(hdrs);
         free(url);
-        return fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "headers");
+        return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "headers");
     }
 
     curl_easy_reset(h); /* keeps the connection cache */
@@ -252,6 +233,8 @@ static int perform(struct mrac_client *c, const char *path, const void *body,
     } else {
         curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     c->curl_err[0] = '\0';
     CURLcode rc = curl_easy_perform(h);
     curl_slist_free_all(hdrs);
@@ -261,29 +244,28 @@ static int perform(struct mrac_client *c, const char *path, const void *body,
     if (a->body.oom) {
         free(a->body.data);
         a->body.data = NULL;
-        return fail(err, MRAC_ENOMEM, *status, "out_of_memory", "%s",
-                    "response body");
+        return mrac_fail(err, MRAC_ENOMEM, *status, "out_of_memory", "%s",
+                         "response body");
     }
     if (rc != CURLE_OK) {
         free(a->body.data);
         a->body.data = NULL;
         const char *why = c->curl_err[0] ? c->curl_err : curl_easy_strerror(rc);
         if (rc == CURLE_OPERATION_TIMEDOUT)
-            return fail(err, MRAC_ETIMEDOUT, 0, "timeout", "%s", why);
-        return fail(err, MRAC_ETRANSPORT, 0, "transport", "%s", why);
+            return mrac_fail(err, MRAC_ETIMEDOUT, 0, "timeout", "%s", why);
+        return mrac_fail(err, MRAC_ETRANSPORT, 0, "transport", "%s", why);
     }
     if (!a->body.data) { /* an empty body: hand back "" */
         a->body.data = calloc(1, 1);
         if (!a->body.data)
-            return fail(err, MRAC_ENOMEM, *status, "out_of_memory", "%s",
-                        "response body");
+            return mrac_fail(err, MRAC_ENOMEM, *status, "out_of_memory", "%s",
+                             "response body");
     }
     return MRAC_OK;
 }
 
-/* Turns a non-2xx answer into MRAC_EHTTP with the wire code and message. */
-static int http_error(const struct answer *a, long status,
-                      struct mrac_error *err)
+int mrac_http_error(const struct mrac_answer *a, long status,
+                    struct mrac_error *err)
 {
     if (!err)
         return MRAC_EHTTP;
@@ -307,7 +289,7 @@ int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
                   enum proto_format fmt, char **resp, size_t *resp_len,
                   long *status, struct mrac_error *err)
 {
-    err_clear(err);
+    mrac_err_clear(err);
     long st = 0;
     if (resp)
         *resp = NULL;
@@ -316,10 +298,11 @@ int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
     if (status)
         *status = 0;
     if (!c || !body || !resp)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "mrac_post_raw needs a client, a body and *resp");
-    struct answer a;
-    int rc = perform(c, "/v1/attention", body, len, fmt, &a, &st, err);
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "mrac_post_raw needs a client, a body and *resp");
+    struct mrac_answer a;
+    int rc =
+        mrac_perform(c, "POST", "/v1/attention", body, len, fmt, &a, &st, err);
     if (status)
         *status = st;
     if (rc != MRAC_OK)
@@ -328,7 +311,7 @@ int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
     if (resp_len)
         *resp_len = a.body.len;
     if (st < 200 || st > 299)
-        return http_error(&a, st, err);
+        return mrac_http_error(&a, st, err);
     return MRAC_OK;
 }
 
@@ -336,20 +319,20 @@ int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
 static int get_text(struct mrac_client *c, const char *path, char **text,
                     struct mrac_error *err)
 {
-    err_clear(err);
+    mrac_err_clear(err);
     if (text)
         *text = NULL;
     if (!c || !text)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "a client and a place for the text are required");
-    struct answer a;
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "a client and a place for the text are required");
+    struct mrac_answer a;
     long st = 0;
-    int rc = perform(c, path, NULL, 0, PROTO_JSON, &a, &st, err);
+    int rc = mrac_perform(c, "GET", path, NULL, 0, PROTO_JSON, &a, &st, err);
     if (rc != MRAC_OK)
         return rc;
     *text = a.body.data;
     if (st < 200 || st > 299)
-        return http_error(&a, st, err);
+        return mrac_http_error(&a, st, err);
     return MRAC_OK;
 }
 
@@ -368,75 +351,41 @@ int mrac_metrics(struct mrac_client *c, char **text, struct mrac_error *err)
     return get_text(c, "/metrics", text, err);
 }
 
-int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
-                   const struct mrac_call *call, struct mrac_result *res,
-                   struct mrac_error *err)
+int mrac_answer_result(const struct attn_problem *p, enum proto_format fmt,
+                       struct mrac_answer *a, long st, struct mrac_result *res,
+                       struct mrac_error *err)
 {
-    static const struct mrac_call no_call = {0};
-    err_clear(err);
-    if (res)
-        memset(res, 0, sizeof *res);
-    if (!c || !p || !res)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "mrac_attention needs a client, a problem and a result");
-    if (!call)
-        call = &no_call;
-    if (call->id && strlen(call->id) > PROTO_ID_MAX)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                    "the id is longer than 128 bytes");
-
-    /* attn_problem_check() wants an output pointer; the check must not
-     * depend on whether the caller gave one. */
-    struct attn_problem chk = *p;
-    static _Alignas(64) char stand_in[64];
-    if (!chk.out)
-        chk.out = stand_in; /* aligned for any dtype; never written */
-    char msg[256];
-    if (attn_problem_check(&chk, msg, sizeof msg) != ATTN_OK)
-        return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s", msg);
-
-    size_t esz = attn_dtype_size(p->dtype);
-    size_t n = esz;
+    int rc;
+    if (st < 200 || st > 299) {
+        rc = mrac_http_error(a, st, err);
+        free(a->body.data);
+        return rc;
+    }
+    size_t n = attn_dtype_size(p->dtype);
     const uint32_t dims[4] = {p->B, p->H, p->Nq, p->D}; /* the output's */
     for (int i = 0; i < 4; i++) {
-        if (dims[i] && n > SIZE_MAX / dims[i])
-            return fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
-                        "the output size overflows");
+        if (dims[i] && n > SIZE_MAX / dims[i]) {
+            free(a->body.data);
+            return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                             "the output size overflows");
+        }
         n *= dims[i];
-    }
-
-    char *body = NULL;
-    size_t blen = 0;
-    if (proto_request_encode(p, call->format, call->id, call->timeout_ms, &body,
-                             &blen) != PROTO_OK)
-        return fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s", "request body");
-
-    struct answer a;
-    long st = 0;
-    int rc =
-        perform(c, "/v1/attention", body, blen, call->format, &a, &st, err);
-    free(body);
-    if (rc != MRAC_OK)
-        return rc;
-    if (st < 200 || st > 299) {
-        rc = http_error(&a, st, err);
-        free(a.body.data);
-        return rc;
     }
 
     struct proto_response r;
     char perr[256];
-    if (proto_response_decode(a.body.data, a.body.len, call->format, &r, perr,
+    if (proto_response_decode(a->body.data, a->body.len, fmt, &r, perr,
                               sizeof perr) != PROTO_OK) {
-        free(a.body.data);
-        return fail(err, MRAC_EPROTO, st, "bad_response", "%s", perr);
+        free(a->body.data);
+        return mrac_fail(err, MRAC_EPROTO, st, "bad_response", "%s", perr);
     }
     if (r.dtype != p->dtype || r.shape[0] != p->B || r.shape[1] != p->H ||
         r.shape[2] != p->Nq || r.shape[3] != p->D || r.out_bytes != n) {
         proto_response_release(&r);
-        free(a.body.data);
-        return fail(err, MRAC_EPROTO, st, "bad_response", "%s",
-                    "the output's shape or dtype differs from the problem's");
+        free(a->body.data);
+        return mrac_fail(err, MRAC_EPROTO, st, "bad_response", "%s",
+                         "the output's shape or dtype differs from the "
+                         "problem's");
     }
 
     void *out = p->out;
@@ -444,9 +393,9 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
         out = malloc(n ? n : 1);
         if (!out) {
             proto_response_release(&r);
-            free(a.body.data);
-            return fail(err, MRAC_ENOMEM, st, "out_of_memory", "%s",
-                        "output tensor");
+            free(a->body.data);
+            return mrac_fail(err, MRAC_ENOMEM, st, "out_of_memory", "%s",
+                             "output tensor");
         }
         res->out_owned = 1;
     }
@@ -460,8 +409,53 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
     memcpy(res->id, r.id, sizeof res->id);
     res->has_id = r.has_id;
     proto_response_release(&r);
-    free(a.body.data);
+    free(a->body.data);
     return MRAC_OK;
+}
+
+int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
+                   const struct mrac_call *call, struct mrac_result *res,
+                   struct mrac_error *err)
+{
+    static const struct mrac_call no_call = {0};
+    mrac_err_clear(err);
+    if (res)
+        memset(res, 0, sizeof *res);
+    if (!c || !p || !res)
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "mrac_attention needs a client, a problem and a "
+                         "result");
+    if (!call)
+        call = &no_call;
+    if (call->id && strlen(call->id) > PROTO_ID_MAX)
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s",
+                         "the id is longer than 128 bytes");
+
+    /* attn_problem_check() wants an output pointer; the check must not
+     * depend on whether the caller gave one. */
+    struct attn_problem chk = *p;
+    static _Alignas(64) char stand_in[64];
+    if (!chk.out)
+        chk.out = stand_in; /* aligned for any dtype; never written */
+    char msg[256];
+    if (attn_problem_check(&chk, msg, sizeof msg) != ATTN_OK)
+        return mrac_fail(err, MRAC_EINVAL, 0, "invalid_argument", "%s", msg);
+
+    char *body = NULL;
+    size_t blen = 0;
+    if (proto_request_encode(p, call->format, call->id, call->timeout_ms, &body,
+                             &blen) != PROTO_OK)
+        return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s",
+                         "request body");
+
+    struct mrac_answer a;
+    long st = 0;
+    int rc = mrac_perform(c, "POST", "/v1/attention", body, blen, call->format,
+                          &a, &st, err);
+    free(body);
+    if (rc != MRAC_OK)
+        return rc;
+    return mrac_answer_result(p, call->format, &a, st, res, err);
 }
 
 void mrac_result_release(struct mrac_result *res)

@@ -2,11 +2,12 @@
  * mraclient.h - C client library of the attention service (libmraclient.a).
  *
  * Sends attention problems to a running mrad over HTTP and returns the
- * output tensor and the statistics; also reads /healthz, /v1/info and
- * /metrics.  Built on libcurl: one client holds one easy handle, so
- * consecutive calls reuse the same keep-alive connection.  Request and
- * response bodies are encoded and decoded with protocol/proto.h, the codec
- * the server uses.
+ * output tensor and the statistics; keeps keys and values in the service
+ * as sessions (POST /v1/kv, ...) and computes on them; also reads
+ * /healthz, /v1/info and /metrics.  Built on libcurl: one client holds one
+ * easy handle, so consecutive calls reuse the same keep-alive connection.
+ * Request and response bodies are encoded and decoded with protocol/proto.h,
+ * the codec the server uses.
  *
  * Errors are values: every function that can fail returns MRAC_OK (0) or a
  * negative `enum mrac_err`, and fills a struct mrac_error (when the caller
@@ -45,6 +46,15 @@ enum mrac_err {
     MRAC_ETIMEDOUT = -4,  /* the client-side connect or total timeout */
     MRAC_EHTTP = -5,      /* the server answered a non-2xx status */
     MRAC_EPROTO = -6,     /* the server's answer could not be decoded */
+    /* Two answers of the calls on a session (mrac_kv_*), told apart from
+     * MRAC_EHTTP because the caller acts on them; *err is filled as for
+     * MRAC_EHTTP (status, wire code, message). */
+    MRAC_EKVNOTFOUND = -7, /* 404 kv_not_found: the session is gone
+                              (unknown, expired, evicted, deleted): send
+                              the context again in a new one */
+    MRAC_EKVFULL = -8,     /* 507 kv_cache_full: the service cannot hold
+                              the tokens, even after evicting idle
+                              sessions */
 };
 
 /* Returns a static description of an mrac_err code. */
@@ -162,6 +172,72 @@ int mrac_post_raw(struct mrac_client *c, const void *body, size_t len,
 int mrac_health(struct mrac_client *c, char **text, struct mrac_error *err);
 int mrac_info(struct mrac_client *c, char **text, struct mrac_error *err);
 int mrac_metrics(struct mrac_client *c, char **text, struct mrac_error *err);
+
+/* ---- sessions: keys and values kept in the service --------------------
+ *
+ * A session holds keys and values [B, Hkv, N, D] in one dtype on the
+ * server, so that later requests send only their queries and new tokens
+ * (protocol/SPEC.md, "Sessions").  Its id is the `kv` of the struct
+ * proto_kv_info each call answers, with the shape, the tokens held, the
+ * bytes counted against the service's budget and the idle lifetime.
+ * Sessions expire when unused for their ttl_ms and may be evicted when the
+ * service needs room: any call may then fail with MRAC_EKVNOTFOUND, and
+ * the caller creates the session again.  Requests on one session apply in
+ * the order the service receives them.  Nothing is retried.
+ */
+
+/*
+ * POST /v1/kv: creates a session from t->n tokens: t->k, t->v [B, Hkv, n,
+ * D] in shape->dtype and t->mask [B, n] (0/1; NULL: every token real).
+ * ttl_ms asks for an idle lifetime (0: the service's default; it caps
+ * it).  On MRAC_OK fills *info: info->kv is the new session's id.  Returns
+ * MRAC_OK, MRAC_EINVAL (a bad shape or NULL tensors), MRAC_ENOMEM,
+ * MRAC_ETRANSPORT, MRAC_ETIMEDOUT, MRAC_EKVFULL, MRAC_EHTTP (e.g. 400,
+ * 413) or MRAC_EPROTO.  The tensors are only read during the call.
+ */
+int mrac_kv_create(struct mrac_client *c, const struct attn_kv_shape *shape,
+                   const struct attn_kv_tokens *t, uint64_t ttl_ms,
+                   struct proto_kv_info *info, struct mrac_error *err);
+
+/*
+ * POST /v1/kv/{id}/append: appends t->n tokens to session `id`; shape is
+ * the session's (dtype, B, Hkv, D: info->shape of its create).  On MRAC_OK
+ * fills *info (info may be NULL) with the session right after this append.
+ * Returns what mrac_kv_create() does, and MRAC_EKVNOTFOUND.
+ */
+int mrac_kv_append(struct mrac_client *c, const char *id,
+                   const struct attn_kv_shape *shape,
+                   const struct attn_kv_tokens *t, struct proto_kv_info *info,
+                   struct mrac_error *err);
+
+/*
+ * POST /v1/kv/{id}/attention: computes p on session `id`: p->q [B, H, Nq,
+ * D] (with p->q_mask, p->causal, the method and its parameters) attends
+ * to the keys and values the session holds once p->append is appended.
+ * p->append.n tokens (append.k, append.v [B, Hkv, n, D], append.mask [B,
+ * n] or NULL) go into the session just before the computation, in the
+ * same round trip, so a decoding step is one call; p->Hkv must then be
+ * the session's.  p->k, p->v, p->mask, p->Nk and p->kv are not used.
+ * `causal` aligns the queries with the end of the session after the
+ * append.  The output and *res are as for mrac_attention().  Returns what
+ * mrac_attention() does, and MRAC_EKVNOTFOUND and MRAC_EKVFULL (no room
+ * for the appended tokens).
+ */
+int mrac_kv_attend(struct mrac_client *c, const char *id,
+                   const struct attn_problem *p, const struct mrac_call *call,
+                   struct mrac_result *res, struct mrac_error *err);
+
+/* GET /v1/kv/{id}: what session `id` holds now, in *info.  Returns
+ * MRAC_OK, MRAC_EKVNOTFOUND, MRAC_EINVAL (an id that is not 1 to 64 of
+ * [A-Za-z0-9_-]), or a transport or HTTP error. */
+int mrac_kv_info(struct mrac_client *c, const char *id,
+                 struct proto_kv_info *info, struct mrac_error *err);
+
+/* DELETE /v1/kv/{id}: ends session `id` and frees what the service holds
+ * for it.  Returns MRAC_OK, MRAC_EKVNOTFOUND (already gone: a caller that
+ * only wants it gone may take that as success), MRAC_EINVAL, or a
+ * transport or HTTP error. */
+int mrac_kv_free(struct mrac_client *c, const char *id, struct mrac_error *err);
 
 /* The masks mrac_random_problem() can give a problem (key or query). */
 enum mrac_mask_kind {
