@@ -152,12 +152,13 @@ struct idle_state {
 
 static void release_when_idle(const struct mrad_config *cfg,
                               struct mrad_http *http, struct mrad_sched *sched,
-                              struct idle_state *is)
+                              int freed, struct idle_state *is)
 {
     struct mrad_sched_status st;
     mrad_sched_status(sched, &st);
     uint64_t now = mrad_now_ns();
-    if (st.inflight || mrad_http_pending_answers(http) ||
+    /* Sessions that ended on their own (expired) freed memory too. */
+    if (freed || st.inflight || mrad_http_pending_answers(http) ||
         mrad_http_busy(http)) {
         is->busy_ns = now;
         is->released = 0;
@@ -317,8 +318,8 @@ int main(int argc, char **argv)
     while ((sig = wait_signal(&sigs, 500)) != SIGTERM && sig != SIGINT) {
         if (sig == SIGHUP)
             reload(&cfg, http);
-        mrad_kv_expire(kv, mrad_now_ns());
-        release_when_idle(&cfg, http, sched, &idle);
+        size_t expired = mrad_kv_expire(kv, mrad_now_ns());
+        release_when_idle(&cfg, http, sched, expired > 0, &idle);
     }
     mrad_log(MRAD_LOG_INFO, "received %s, draining",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
