@@ -22,6 +22,9 @@ static const struct {
     {"random", mractl_cmd_random,
      "write a random request body: random --shape B,H,Nq,D\n"
      "           [--kv-len Nk] [--causal] [-o FILE]"},
+    {"kv", mractl_cmd_kv,
+     "sessions (keys and values kept in a server):\n"
+     "           kv create|append|get|delete|attend [--kv ID] [--url URL]"},
     {"health", mractl_cmd_health, "GET /healthz of a server [--url URL]"},
     {"info", mractl_cmd_info, "GET /v1/info of a server [--url URL]"},
     {"metrics", mractl_cmd_metrics, "GET /metrics of a server [--url URL]"},

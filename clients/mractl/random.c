@@ -4,7 +4,8 @@
  * load tests: self- or cross-attention (--kv-len), causal or not, with
  * generated key and query masks.  The values come from mrac_random_problem(),
  * the generator mra-load uses too, so the same flags and seed give the same
- * bytes.
+ * bytes.  Its option parsing and the generation with its error report
+ * serve `mractl kv` too.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -45,6 +46,72 @@ static int parse_u32(const char *s, uint32_t *v)
     return 0;
 }
 
+int mractl_random_option(struct mrac_random_spec *sp, const char *a,
+                         const char *v)
+{
+    int bad = 0;
+    if (!strcmp(a, "--shape")) {
+        char extra;
+        unsigned b, h, n, d;
+        bad = sscanf(v, "%u,%u,%u,%u%c", &b, &h, &n, &d, &extra) != 4 || !b ||
+              !h || !n || !d;
+        sp->B = b, sp->H = h, sp->Nq = n, sp->D = d;
+    } else if (!strcmp(a, "--kv-len")) {
+        bad = parse_u32(v, &sp->Nk);
+    } else if (!strcmp(a, "--mask")) {
+        bad = mrac_mask_parse(v, &sp->mask) != MRAC_OK;
+    } else if (!strcmp(a, "--q-mask")) {
+        bad = mrac_mask_parse(v, &sp->q_mask) != MRAC_OK;
+    } else if (!strcmp(a, "--hkv")) {
+        bad = parse_u32(v, &sp->Hkv);
+    } else if (!strcmp(a, "--block-per-row")) {
+        bad = parse_u32(v, &sp->block_per_row);
+    } else if (!strcmp(a, "--seed")) {
+        char *end;
+        errno = 0;
+        sp->seed = strtoull(v, &end, 10);
+        bad = end == v || *end || errno;
+    } else if (!strcmp(a, "--method")) {
+        bad = mrac_method_parse(v, &sp->method) != MRAC_OK;
+    } else if (!strcmp(a, "--dtype")) {
+        bad = mrac_dtype_parse(v, &sp->dtype) != MRAC_OK;
+    } else {
+        return 0;
+    }
+    return bad ? -1 : 1;
+}
+
+int mractl_random_make(const struct mrac_random_spec *sp,
+                       struct attn_problem *p, void **mem)
+{
+    int rc = mrac_random_problem(sp, p, mem);
+    if (rc == MRAC_OK)
+        return MRACTL_EXIT_OK;
+    /* Say which field is wrong: the problem check has the words. */
+    char msg[256] = "";
+    static const char stand_in[8];
+    struct attn_problem chk = {
+        .method = sp->method,
+        .dtype = sp->dtype,
+        .B = sp->B,
+        .H = sp->H,
+        .Hkv = sp->Hkv ? sp->Hkv : sp->H,
+        .Nq = sp->Nq,
+        .Nk = sp->Nk ? sp->Nk : sp->Nq,
+        .D = sp->D,
+        .causal = sp->causal,
+        .q = stand_in,
+        .k = stand_in,
+        .v = stand_in,
+        .out = (void *)stand_in,
+        .block_per_row = sp->block_per_row,
+    };
+    attn_problem_check(&chk, msg, sizeof msg);
+    return mractl_fail(rc == MRAC_ENOMEM ? MRACTL_EXIT_FAIL : MRACTL_EXIT_USAGE,
+                       rc == MRAC_ENOMEM ? "internal" : "bad_request", "%s",
+                       msg[0] ? msg : mrac_strerror(rc));
+}
+
 int mractl_cmd_random(int argc, char **argv)
 {
     struct mrac_random_spec sp = {.method = ATTN_MRA2, .dtype = ATTN_F32};
@@ -70,39 +137,14 @@ int mractl_cmd_random(int argc, char **argv)
                                "unexpected or incomplete argument '%s'", a);
         }
         const char *v = argv[++i];
-        int bad = 0;
-        if (!strcmp(a, "--shape")) {
-            char extra;
-            unsigned b, h, n, d;
-            bad = sscanf(v, "%u,%u,%u,%u%c", &b, &h, &n, &d, &extra) != 4 ||
-                  !b || !h || !n || !d;
-            sp.B = b, sp.H = h, sp.Nq = n, sp.D = d;
-            have_shape = 1;
-        } else if (!strcmp(a, "--kv-len")) {
-            bad = parse_u32(v, &sp.Nk);
-        } else if (!strcmp(a, "--mask")) {
-            bad = mrac_mask_parse(v, &sp.mask) != MRAC_OK;
-        } else if (!strcmp(a, "--q-mask")) {
-            bad = mrac_mask_parse(v, &sp.q_mask) != MRAC_OK;
-        } else if (!strcmp(a, "--hkv")) {
-            bad = parse_u32(v, &sp.Hkv);
-        } else if (!strcmp(a, "--block-per-row")) {
-            bad = parse_u32(v, &sp.block_per_row);
-        } else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            sp.seed = strtoull(v, &end, 10);
-            bad = end == v || *end || errno;
-        } else if (!strcmp(a, "--method")) {
-            bad = mrac_method_parse(v, &sp.method) != MRAC_OK;
-        } else if (!strcmp(a, "--dtype")) {
-            bad = mrac_dtype_parse(v, &sp.dtype) != MRAC_OK;
-        } else if (!strcmp(a, "--id")) {
+        int got = mractl_random_option(&sp, a, v), bad = got < 0;
+        have_shape |= got > 0 && !strcmp(a, "--shape");
+        if (got == 0 && !strcmp(a, "--id")) {
             id = v;
             bad = strlen(v) > PROTO_ID_MAX;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+        } else if (got == 0 && (!strcmp(a, "-o") || !strcmp(a, "--output"))) {
             out_path = v;
-        } else {
+        } else if (got == 0) {
             usage_random();
             return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                                "unknown option '%s'", a);
@@ -119,33 +161,9 @@ int mractl_cmd_random(int argc, char **argv)
 
     struct attn_problem p;
     void *mem;
-    int rc = mrac_random_problem(&sp, &p, &mem);
-    if (rc != MRAC_OK) {
-        /* Say which field is wrong: the problem check has the words. */
-        char msg[256] = "";
-        static const char stand_in[8];
-        struct attn_problem chk = {
-            .method = sp.method,
-            .dtype = sp.dtype,
-            .B = sp.B,
-            .H = sp.H,
-            .Hkv = sp.Hkv ? sp.Hkv : sp.H,
-            .Nq = sp.Nq,
-            .Nk = sp.Nk ? sp.Nk : sp.Nq,
-            .D = sp.D,
-            .causal = sp.causal,
-            .q = stand_in,
-            .k = stand_in,
-            .v = stand_in,
-            .out = (void *)stand_in,
-            .block_per_row = sp.block_per_row,
-        };
-        attn_problem_check(&chk, msg, sizeof msg);
-        return mractl_fail(rc == MRAC_ENOMEM ? MRACTL_EXIT_FAIL
-                                             : MRACTL_EXIT_USAGE,
-                           rc == MRAC_ENOMEM ? "internal" : "bad_request", "%s",
-                           msg[0] ? msg : mrac_strerror(rc));
-    }
+    int rc = mractl_random_make(&sp, &p, &mem);
+    if (rc != MRACTL_EXIT_OK)
+        return rc;
     char *body;
     size_t len;
     rc = proto_request_encode(&p, json ? PROTO_JSON : PROTO_MSGPACK, id, 0,

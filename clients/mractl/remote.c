@@ -1,6 +1,7 @@
 /*
  * remote.c - mractl's subcommands that talk to a running mrad through the
- * C client library: `run --url`, `health`, `info` and `metrics`.
+ * C client library: `run --url`, `health`, `info` and `metrics`, and the
+ * connection options, client and error report they share with `kv`.
  *
  * Answers go to stdout byte for byte, so `mractl run --url` and
  * `mractl run --local` can be compared with cmp(1) on their out tensors;
@@ -15,12 +16,8 @@
 #include "clients/mractl/mractl.h"
 #include "clients/mractl/remote.h"
 
-#define DEFAULT_URL "http://127.0.0.1:8080"
-
 struct remote_opts {
-    const char *url;
-    const char *key_file;
-    double timeout_s;
+    struct mractl_remote r;
     const char *file; /* run: the body */
 };
 
@@ -36,37 +33,51 @@ static void usage_remote(const char *cmd)
                 cmd);
 }
 
+void mractl_remote_init(struct mractl_remote *r)
+{
+    r->url = "http://127.0.0.1:8080";
+    r->key_file = NULL;
+    r->timeout_s = 300;
+}
+
+int mractl_remote_option(struct mractl_remote *r, const char *a, const char *v)
+{
+    if (!strcmp(a, "--url")) {
+        r->url = v;
+    } else if (!strcmp(a, "--api-key-file")) {
+        r->key_file = v;
+    } else if (!strcmp(a, "--timeout")) {
+        char *end;
+        r->timeout_s = strtod(v, &end);
+        if (end == v || *end || r->timeout_s < 0)
+            return -1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 /* Parses the options every remote subcommand shares.  Returns 0, or an
  * exit status after printing why. */
 static int parse_opts(int argc, char **argv, int want_file,
                       struct remote_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->url = DEFAULT_URL;
-    o->timeout_s = 300;
+    mractl_remote_init(&o->r);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--url"))
-            dst = &o->url;
-        else if (!strcmp(a, "--api-key-file"))
-            dst = &o->key_file;
-        if (dst || !strcmp(a, "--timeout")) {
-            if (i + 1 == argc) {
-                usage_remote(argv[0]);
-                return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
-                                   "%s needs a value", a);
-            }
-            if (dst) {
-                *dst = argv[++i];
-            } else {
-                char *end;
-                o->timeout_s = strtod(argv[++i], &end);
-                if (*end || o->timeout_s < 0)
-                    return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
-                                       "--timeout wants seconds, not '%s'",
-                                       argv[i]);
-            }
+        int got =
+            i + 1 < argc ? mractl_remote_option(&o->r, a, argv[i + 1]) : 0;
+        if (got > 0) {
+            i++;
+        } else if (got < 0) {
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "%s wants seconds, not '%s'", a, argv[i + 1]);
+        } else if (!strcmp(a, "--url") || !strcmp(a, "--api-key-file") ||
+                   !strcmp(a, "--timeout")) {
+            usage_remote(argv[0]);
+            return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                               "%s needs a value", a);
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage_remote(argv[0]);
             return MRACTL_EXIT_USAGE;
@@ -86,8 +97,7 @@ static int parse_opts(int argc, char **argv, int want_file,
     return 0;
 }
 
-/* Creates the client from the options.  Returns 0 or an exit status. */
-static int open_client(const struct remote_opts *o, struct mrac_client **c)
+int mractl_open_client(const struct mractl_remote *o, struct mrac_client **c)
 {
     char *key = NULL;
     if (o->key_file) {
@@ -112,23 +122,34 @@ static int open_client(const struct remote_opts *o, struct mrac_client **c)
     struct mrac_error err;
     int rc = mrac_client_new(&opt, c, &err);
     free(key);
-    if (rc != MRAC_OK)
+    if (rc != MRAC_OK) {
+        mrac_global_cleanup();
         return mractl_fail(rc == MRAC_EINVAL ? MRACTL_EXIT_USAGE
                                              : MRACTL_EXIT_FAIL,
                            err.code, "%s", err.message);
+    }
     return 0;
 }
 
-/* The exit status and stderr report of a failed call.  `body` is the
- * answer when one arrived. */
-static int report(const struct mrac_error *err, const char *body)
+void mractl_close_client(struct mrac_client *c)
 {
-    if (err->err == MRAC_EHTTP) {
-        /* The server's own JSON error body when it sent one. */
-        if (body && strncmp(err->code, "http_", 5) != 0) {
+    mrac_client_free(c);
+    mrac_global_cleanup();
+}
+
+int mractl_report(const struct mrac_error *err, const char *body)
+{
+    if (err->err == MRAC_EHTTP || err->err == MRAC_EKVNOTFOUND ||
+        err->err == MRAC_EKVFULL) {
+        /* The server's own JSON error body when it sent one (or its
+         * code and message, when the call kept only those). */
+        int wire = strncmp(err->code, "http_", 5) != 0;
+        if (body && wire) {
             fputs(body, stderr);
             if (!*body || body[strlen(body) - 1] != '\n')
                 fputc('\n', stderr);
+        } else if (wire) {
+            mractl_fail(0, err->code, "%s", err->message);
         } else {
             mractl_fail(0, err->code, "HTTP %ld: %s", err->status,
                         err->message);
@@ -159,7 +180,7 @@ int mractl_cmd_run_remote(int argc, char **argv)
         return mractl_fail(MRACTL_EXIT_FAIL, "io_error", "cannot read %s: %s",
                            o.file, strerror(errno));
     struct mrac_client *c;
-    if ((st = open_client(&o, &c))) {
+    if ((st = mractl_open_client(&o.r, &c))) {
         free(body);
         return st;
     }
@@ -172,10 +193,9 @@ int mractl_cmd_run_remote(int argc, char **argv)
     struct mrac_error err;
     int rc = mrac_post_raw(c, body, len, fmt, &resp, &rlen, &status, &err);
     free(body);
-    st = rc == MRAC_OK ? write_all(resp, rlen) : report(&err, resp);
+    st = rc == MRAC_OK ? write_all(resp, rlen) : mractl_report(&err, resp);
     free(resp);
-    mrac_client_free(c);
-    mrac_global_cleanup();
+    mractl_close_client(c);
     return st;
 }
 
@@ -207,7 +227,7 @@ static int get_cmd(int argc, char **argv,
     if (st)
         return st;
     struct mrac_client *c;
-    if ((st = open_client(&o, &c)))
+    if ((st = mractl_open_client(&o.r, &c)))
         return st;
     char *text;
     struct mrac_error err;
@@ -223,11 +243,10 @@ static int get_cmd(int argc, char **argv,
         putchar('\n');
         st = MRACTL_EXIT_FAIL;
     } else {
-        st = report(&err, text);
+        st = mractl_report(&err, text);
     }
     free(text);
-    mrac_client_free(c);
-    mrac_global_cleanup();
+    mractl_close_client(c);
     return st;
 }
 
