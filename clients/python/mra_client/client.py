@@ -4,10 +4,13 @@ Thread safety: one Client may be shared by any number of threads.  Each
 thread gets its own keep-alive connection (held in a threading.local), so
 calls from different threads run in parallel and never interleave on a
 socket.  Connections close with Client.close() (the calling thread's) or
-when the client is garbage-collected.
+when the client is garbage-collected.  A Session may be used from several
+threads too; the service applies the requests on one session one at a
+time, in the order they arrive.
 """
 import http.client
 import json
+import select
 import socket
 import threading
 import urllib.parse
@@ -15,7 +18,7 @@ import urllib.parse
 import numpy as np
 
 from . import wire
-from .errors import MradError, TransportError, error_for
+from .errors import KVNotFound, MradError, TransportError, error_for
 
 
 class Result:
@@ -90,11 +93,27 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _request(self, method, path, body=None, content_type=None):
+    @staticmethod
+    def _closed_while_idle(c):
+        """True when an idle keep-alive connection has something to read:
+        the server closed it (or sent what nobody asked for)."""
+        sock = c.sock
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def _request(self, method, path, body=None, content_type=None,
+                 idempotent=True):
         """One HTTP exchange; returns (status, headers, body bytes).
 
-        A keep-alive connection the server closed while idle fails on
-        first use; that (and only that) is retried once on a new one.
+        A keep-alive connection the server closed while idle is replaced
+        before sending when that shows already; when it shows only on first
+        use, the request is sent again once on a new connection, unless it
+        is not idempotent (it creates a session or appends tokens, and the
+        service may have applied it).
         """
         headers = dict(self._headers)
         if content_type:
@@ -102,6 +121,9 @@ class Client:
         for attempt in (0, 1):
             c = self._conn()
             reused = self._local.used
+            if reused and self._closed_while_idle(c):
+                self.close()
+                c, reused = self._conn(), False
             try:
                 c.request(method, self._prefix + path, body=body, headers=headers)
                 r = c.getresponse()
@@ -109,7 +131,7 @@ class Client:
             except (http.client.RemoteDisconnected, BrokenPipeError,
                     ConnectionResetError) as e:
                 self.close()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and idempotent:
                     continue
                 raise TransportError(0, "transport", str(e) or type(e).__name__) from e
             except socket.timeout as e:
@@ -144,10 +166,10 @@ class Client:
     def attention_raw(self, body):
         """POSTs an encoded body (msgpack bytes) and returns the decoded
         answer map; raises MradError for error answers."""
-        status, headers, data = self._request(
-            "POST", "/v1/attention", body, "application/msgpack")
-        if status != 200:
-            self._raise(status, headers, data)
+        return self._decode(*self._post("/v1/attention", body))
+
+    @staticmethod
+    def _decode(status, data):
         try:
             return wire.decode_response(data)
         except Exception as e:  # malformed answer
@@ -172,17 +194,63 @@ class Client:
         Returns a Result whose out has q's shape; raises MradError (a
         subclass per error code).
         """
-        qa = np.asarray(q)
         body = wire.encode_request(q, k, v, mask=mask, method=method,
                                    dtype=dtype, id=id, causal=causal,
                                    q_mask=q_mask, **params)
-        msg = self.attention_raw(body)
+        return self._result(q, self.attention_raw(body))
+
+    @staticmethod
+    def _result(q, msg):
+        """The Result of a decoded answer to queries q."""
+        qa = np.asarray(q)
         raw, dt = msg["out"]
         if raw.size != qa.size:
             raise MradError(200, "bad_response", "the output's size differs from q's")
         raw = raw.reshape(qa.shape)
         out = wire.bf16_to_f32(raw) if dt == "bf16" else raw
         return Result(out, raw, dt, msg.get("stats", {}), msg.get("id"))
+
+    def _post(self, path, body, idempotent=True):
+        """POSTs a msgpack body; returns (status, data) of a 2xx answer,
+        raises MradError for the others."""
+        status, headers, data = self._request(
+            "POST", path, body, "application/msgpack", idempotent=idempotent)
+        if status // 100 != 2:
+            self._raise(status, headers, data)
+        return status, data
+
+    def kv(self, k, v, mask=None, ttl_ms=None, dtype=None):
+        """Creates a session (POST /v1/kv): keys and values kept in the
+        service, so that later requests send only their queries and new
+        tokens.
+
+        k, v: [B, Hkv, N, D] (or [Hkv, N, D], [N, D]); mask: [B, N] of 0/1
+        or None (every token real); ttl_ms: idle lifetime asked for (None:
+        the service's default; the service caps it); dtype as in
+        attention(), following k's by default.  The session fixes dtype,
+        B, Hkv and D.  Returns a Session, a context manager that deletes
+        the session on exit:
+
+            with client.kv(k, v) as s:
+                out = s.attend(q, k_append=k1, v_append=v1, causal=True).out
+
+        Raises KVCacheFull (507) when the service cannot hold it, and
+        MradError for the other error answers.
+        """
+        body = wire.encode_kv_body(k, v, mask=mask, dtype=dtype, ttl_ms=ttl_ms)
+        _, data = self._post("/v1/kv", body, idempotent=False)
+        return Session(self, self._kv_info(data))
+
+    @staticmethod
+    def _kv_info(data):
+        try:
+            info = json.loads(data)
+            if not isinstance(info, dict) or not isinstance(info.get("kv"), str) \
+                    or not isinstance(info.get("tokens"), int):
+                raise ValueError("not a session answer")
+        except ValueError as e:
+            raise MradError(200, "bad_response", str(e)) from e
+        return info
 
     def _get(self, path):
         status, headers, data = self._request("GET", path)
@@ -211,3 +279,113 @@ class Client:
     def metrics(self):
         """GET /metrics -> the Prometheus text exposition."""
         return self._get("/metrics").decode("utf-8")
+
+
+class Session:
+    """A session of the service: keys and values it keeps, made by
+    Client.kv().  Requests on it send only their queries and new tokens.
+
+    id: the session's id; tokens: the tokens it holds, as of this handle's
+    last call (appends by others are not seen until info()); dtype: its
+    wire dtype; shape: [B, Hkv, N, D] of the last answer about it.  A
+    context manager: leaving the block deletes the session.
+
+    The service may end a session on its own (unused for its ttl_ms, or
+    evicted to make room for others): calls then raise KVNotFound, and the
+    caller creates a new one with its whole context.
+    """
+
+    def __init__(self, client, info):
+        self._client = client
+        self.id = info["kv"]
+        self.closed = False
+        self._set(info)
+
+    def _set(self, info):
+        self.tokens = int(info["tokens"])
+        self.dtype = info.get("dtype")
+        self.shape = tuple(info.get("shape") or ())
+        self.ttl_ms = info.get("ttl_ms")
+        self.bytes = info.get("bytes")
+
+    def __repr__(self):
+        return (f"Session(id={self.id!r}, tokens={self.tokens}, "
+                f"dtype={self.dtype!r}, shape={list(self.shape)})")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except MradError:
+            if exc_type is None:
+                raise
+            # the block's own exception is the one to see
+
+    def _path(self, suffix=""):
+        return f"/v1/kv/{urllib.parse.quote(self.id, safe='')}{suffix}"
+
+    def info(self):
+        """GET /v1/kv/{id}: what the session holds now, as a dict (kv,
+        dtype, shape, tokens, bytes, ttl_ms, idle_ms).  Raises KVNotFound
+        when it is gone."""
+        c = self._client
+        status, headers, data = c._request("GET", self._path())
+        if status != 200:
+            c._raise(status, headers, data)
+        info = c._kv_info(data)
+        self._set(info)
+        return info
+
+    def append(self, k, v, mask=None):
+        """POST /v1/kv/{id}/append: appends tokens k, v [B, Hkv, n, D] (or
+        [Hkv, n, D], [n, D]) with their mask [B, n] (None: every token
+        real), in the session's dtype.  Returns the session answer (a
+        dict).  Raises KVNotFound, KVCacheFull (no room for them)."""
+        c = self._client
+        body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
+        _, data = c._post(self._path("/append"), body, idempotent=False)
+        info = c._kv_info(data)
+        self._set(info)
+        return info
+
+    def attend(self, q, k_append=None, v_append=None, mask_append=None,
+               method="mra2", dtype=None, id=None, causal=False, q_mask=None,
+               **params):
+        """POST /v1/kv/{id}/attention: q [B, H, Nq, D] attends to the keys
+        and values the session holds, after appending k_append, v_append
+        [B, Hkv, n, D] (with mask_append [B, n]) in the same round trip: a
+        decoding step is one call.  causal aligns the queries with the end
+        of the session after the append (query i sees keys
+        j <= i + tokens - Nq).  method, q_mask and params as in
+        Client.attention(); dtype defaults to the session's (q and the
+        appended tokens are converted to it).  Returns a Result; raises
+        KVNotFound, KVCacheFull (no room for the appended tokens), or the
+        other MradErrors.
+        """
+        body = wire.encode_session_request(
+            q, k_append=k_append, v_append=v_append, mask_append=mask_append,
+            method=method, dtype=dtype or self.dtype, id=id, causal=causal,
+            q_mask=q_mask, **params)
+        c = self._client
+        msg = c._decode(*c._post(self._path("/attention"), body,
+                                 idempotent=k_append is None))
+        if k_append is not None:
+            self.tokens += wire.as4d(k_append, "k_append").shape[2]
+        return c._result(q, msg)
+
+    def close(self):
+        """DELETE /v1/kv/{id}: ends the session.  A session already gone
+        (deleted, expired, evicted) is not an error, and closing twice
+        sends nothing the second time."""
+        if self.closed:
+            return
+        c = self._client
+        status, headers, data = c._request("DELETE", self._path())
+        if status // 100 != 2:
+            try:
+                c._raise(status, headers, data)
+            except KVNotFound:
+                pass
+        self.closed = True

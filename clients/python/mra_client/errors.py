@@ -35,6 +35,11 @@ class NotFound(MradError):
     """404 or 405: no such endpoint or method."""
 
 
+class KVNotFound(NotFound):
+    """404 kv_not_found: the session is gone (unknown, expired, evicted or
+    deleted); create it again with its whole context."""
+
+
 class PayloadTooLarge(MradError):
     """413: the body, a tensor or the problem is over the server's limits."""
 
@@ -55,6 +60,11 @@ class DeadlineExceeded(MradError):
     """504: the request's deadline passed before its result was ready."""
 
 
+class KVCacheFull(MradError):
+    """507 kv_cache_full: the service cannot hold a session's tokens, even
+    after evicting idle sessions; end sessions, or retry later."""
+
+
 class InternalError(MradError):
     """500: a fault of the service."""
 
@@ -67,12 +77,14 @@ _BY_CODE = {
     "bad_request": BadRequest,
     "unauthorized": Unauthorized,
     "not_found": NotFound,
+    "kv_not_found": KVNotFound,
     "method_not_allowed": NotFound,
     "payload_too_large": PayloadTooLarge,
     "unsupported_media_type": UnsupportedMediaType,
     "overloaded": Overloaded,
     "unavailable": Unavailable,
     "timeout": DeadlineExceeded,
+    "kv_cache_full": KVCacheFull,
     "internal": InternalError,
 }
 
@@ -85,6 +97,7 @@ _BY_STATUS = {
     415: UnsupportedMediaType,
     503: Unavailable,
     504: DeadlineExceeded,
+    507: KVCacheFull,
     500: InternalError,
 }
 

@@ -1,4 +1,5 @@
-"""Request and response bodies of POST /v1/attention, and dtype handling.
+"""Request and response bodies of POST /v1/attention and of sessions
+(POST /v1/kv, appends, requests on a session), and dtype handling.
 
 Tensors travel as {"dtype": "f32"|"f16"|"bf16"|"u8", "shape": [...],
 "data": bytes} with row-major little-endian data.  numpy has no bfloat16,
@@ -91,34 +92,17 @@ def as2d(x, name):
     return (m != 0).astype(np.uint8)
 
 
-def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
-                   causal=False, q_mask=None, **params):
-    """The msgpack body of POST /v1/attention.
-
-    q: [B, H, Nq, D] (or [H, Nq, D], [Nq, D]); k, v: [B, Hkv, Nk, D]
-    likewise, where Nk may differ from Nq; mask: [B, Nk] (or [Nk]) of 0/1
-    over the keys; q_mask: [B, Nq] (or [Nq]) of 0/1 over the queries;
-    causal: query i sees keys j <= i + Nk - Nq (written only when true);
-    dtype: "f32", "f16", "bf16" or None to follow q's dtype; params:
-    block_per_row, num_blocks, prior_first, prior_diagonal, scale,
-    timeout_ms.  Returns bytes.
-    """
+def _check_call(method, params):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
     for key in params:
         if key not in PARAMS:
             raise TypeError(f"unknown parameter {key!r}; one of {PARAMS}")
-    dt = dtype or infer_dtype(q)
-    if dt not in DTYPES:
-        raise ValueError(f"unknown dtype {dt!r}; one of {DTYPES}")
-    body = {
-        "q": tensor(as4d(q, "q"), dt),
-        "k": tensor(as4d(k, "k"), dt),
-        "v": tensor(as4d(v, "v"), dt),
-        "method": method,
-    }
-    if mask is not None:
-        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+
+
+def _put_options(body, causal, q_mask, id, params):
+    """The request's optional keys: q_mask, causal (only when true), the
+    parameters (None ones left out) and id."""
     if q_mask is not None:
         body["q_mask"] = tensor(as2d(q_mask, "q_mask"), "u8")
     if causal:
@@ -135,6 +119,78 @@ def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
         body[key] = val
     if id is not None:
         body["id"] = str(id)
+
+
+def _wire_dtype(dtype, like):
+    dt = dtype or infer_dtype(like)
+    if dt not in DTYPES:
+        raise ValueError(f"unknown dtype {dt!r}; one of {DTYPES}")
+    return dt
+
+
+def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
+                   causal=False, q_mask=None, **params):
+    """The msgpack body of POST /v1/attention.
+
+    q: [B, H, Nq, D] (or [H, Nq, D], [Nq, D]); k, v: [B, Hkv, Nk, D]
+    likewise, where Nk may differ from Nq; mask: [B, Nk] (or [Nk]) of 0/1
+    over the keys; q_mask: [B, Nq] (or [Nq]) of 0/1 over the queries;
+    causal: query i sees keys j <= i + Nk - Nq (written only when true);
+    dtype: "f32", "f16", "bf16" or None to follow q's dtype; params:
+    block_per_row, num_blocks, prior_first, prior_diagonal, scale,
+    timeout_ms.  Returns bytes.
+    """
+    _check_call(method, params)
+    dt = _wire_dtype(dtype, q)
+    body = {
+        "q": tensor(as4d(q, "q"), dt),
+        "k": tensor(as4d(k, "k"), dt),
+        "v": tensor(as4d(v, "v"), dt),
+        "method": method,
+    }
+    if mask is not None:
+        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+    _put_options(body, causal, q_mask, id, params)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def encode_kv_body(k, v, mask=None, dtype=None, ttl_ms=None):
+    """The msgpack body of POST /v1/kv (a create; ttl_ms asks for an idle
+    lifetime) or POST /v1/kv/{id}/append (no ttl_ms): k, v [B, Hkv, n, D]
+    (or [Hkv, n, D], [n, D]), mask [B, n] (or [n]) of 0/1 or None; dtype
+    as in encode_request, following k's by default.  Returns bytes."""
+    dt = _wire_dtype(dtype, k)
+    body = {"k": tensor(as4d(k, "k"), dt), "v": tensor(as4d(v, "v"), dt)}
+    if mask is not None:
+        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+    if ttl_ms is not None:
+        body["ttl_ms"] = int(ttl_ms)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def encode_session_request(q, kv=None, k_append=None, v_append=None,
+                           mask_append=None, method="mra2", dtype=None,
+                           id=None, causal=False, q_mask=None, **params):
+    """The msgpack body of a request on a session: q as in encode_request,
+    and the tokens to append first, k_append, v_append [B, Hkv, n, D] (both
+    or neither) and mask_append [B, n].  kv names the session (the body of
+    POST /v1/attention); None leaves it out (the body of POST
+    /v1/kv/{id}/attention).  Returns bytes."""
+    _check_call(method, params)
+    if (k_append is None) != (v_append is None):
+        raise ValueError("k_append and v_append go together")
+    if mask_append is not None and k_append is None:
+        raise ValueError("mask_append needs k_append and v_append")
+    dt = _wire_dtype(dtype, q)
+    body = {"q": tensor(as4d(q, "q"), dt), "method": method}
+    if k_append is not None:
+        body["k_append"] = tensor(as4d(k_append, "k_append"), dt)
+        body["v_append"] = tensor(as4d(v_append, "v_append"), dt)
+    if mask_append is not None:
+        body["mask_append"] = tensor(as2d(mask_append, "mask_append"), "u8")
+    if kv is not None:
+        body["kv"] = str(kv)
+    _put_options(body, causal, q_mask, id, params)
     return msgpack.packb(body, use_bin_type=True)
 
 
