@@ -55,9 +55,13 @@ struct attn_kv {
 };
 
 /* Bytes of one page of a store: 32 tokens of keys and values of every
- * (entry, KV head), their f32 sums, the tokens' mask bytes and counts.
- * Every backend keeps its stores in such pages. */
+ * (entry, KV head), their f32 sums, the tokens' mask bytes and counts, as
+ * the CUDA backend keeps them (the CPU backend keeps its own layout). */
 uint64_t attn_kv_page_bytes(const struct attn_kv_shape *shape);
+/* What the CPU backend holds for a store of this shape with `tokens`
+ * tokens (attention/cpu/kv.h): its pages and its arrays of block means. */
+uint64_t attn_cpu_kv_bytes_for(const struct attn_kv_shape *shape,
+                               uint64_t tokens);
 
 struct attn_backend {
     const struct attn_backend_i *iface;

@@ -291,7 +291,8 @@ uint64_t attn_kv_page_bytes(const struct attn_kv_shape *sh)
 uint64_t attn_kv_bytes_for(const char *backend,
                            const struct attn_kv_shape *shape, uint64_t tokens)
 {
-    (void)backend; /* every backend keeps the same pages */
+    if (backend && strcmp(backend, "cpu") == 0)
+        return attn_cpu_kv_bytes_for(shape, tokens);
     uint64_t pages = (tokens + ATTN_BLOCK - 1) / ATTN_BLOCK;
     return pages * attn_kv_page_bytes(shape);
 }

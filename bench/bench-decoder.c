@@ -3,7 +3,8 @@
  * saves, and how fast a few queries run against a long context (a KV-cache
  * decoding step), measured side by side in one run.
  *
- *   bench-decoder [--threads T] [--reps R] [--quick] [--out FILE]
+ *   bench-decoder [--threads T] [--reps R] [--quick] [--part NAME]
+ *                 [--out FILE]
  *
  * Three parts, each printed as a table and written as JSON lines:
  *   causal  B=1, H=12, D=64, N=16384 f32: exact and mra2 (block_per_row
@@ -15,7 +16,14 @@
  *   layer   Nq=1, Nk=65536, H=32, Hkv=8, D=128 (one GQA decoder layer's
  *           step), f32 and f16: mra2 (bpr 16) against exact, and exact's
  *           K/V read rate against this machine's copy and read rates
- *           measured in the same run.
+ *           measured in the same run;
+ *   session the same step on keys and values kept in a store (a session
+ *           of the daemon), whose block sums spare mra2 reading every
+ *           key: exact and mra2 (bpr 16) on the store, the mra2 / exact
+ *           speedup against the 5x target, the relative error of mra2
+ *           against exact on structured inputs (keys drawn around a few
+ *           topics that change every few blocks, a query near one topic)
+ *           and on uniform ones, and the time of one token's append.
  * Each time is the fastest of R calls (default 5) after a warm-up, calls
  * of the compared configurations interleaved so that a drifting machine
  * affects both alike.  Inputs are uniform in [-1, 1] from a fixed seed.
@@ -34,6 +42,7 @@
 struct opts {
     int threads, reps, quick;
     const char *out;
+    const char *part; /* only this part; NULL: all */
 };
 
 static FILE *json;
@@ -290,9 +299,147 @@ static void part_layer(struct attn_backend *be, const struct opts *o)
     }
 }
 
+/* ---- steps on a store ---------------------------------------------------- */
+
+/* Normal deviate (Box-Muller) from the bench's generator. */
+static float normal(void)
+{
+    double u1 = (uniform() + 1.0) * 0.5, u2 = (uniform() + 1.0) * 0.5;
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/*
+ * Structured keys and values [Hkv, N, D] and a query [H, 1, D] (f32):
+ * 8 topic directions; each run of 8 blocks (256 tokens) of a KV head
+ * takes one topic, and its keys are that direction plus noise; values
+ * are noise around a per-topic mean.  The query is near topic 3, so
+ * attention concentrates on the eighth of the blocks of that topic.
+ */
+static void structured(uint32_t H, uint32_t Hkv, uint32_t N, uint32_t D,
+                       float *q, float *k, float *v)
+{
+    enum { TOPICS = 8 };
+    float *dir = malloc(sizeof(float) * TOPICS * D);
+    float *mean = malloc(sizeof(float) * TOPICS * D);
+    if (!dir || !mean)
+        exit(1);
+    for (uint32_t i = 0; i < TOPICS * D; i++)
+        dir[i] = normal() * 0.3f, mean[i] = normal();
+    for (uint32_t h = 0; h < Hkv; h++)
+        for (uint32_t t = 0; t < N; t += 256) {
+            uint32_t topic = (uint32_t)((uniform() + 1.0f) * 4.0f) % TOPICS;
+            for (uint32_t i = t; i < N && i < t + 256; i++)
+                for (uint32_t d = 0; d < D; d++) {
+                    size_t at = ((size_t)h * N + i) * D + d;
+                    k[at] = dir[topic * D + d] + 0.3f * normal();
+                    v[at] = mean[topic * D + d] + 0.5f * normal();
+                }
+        }
+    for (uint32_t i = 0; i < H * D; i++)
+        q[i] = 1.5f * dir[3 * D + i % D] + 0.3f * normal();
+    free(dir);
+    free(mean);
+}
+
+static double rel_err(const float *x, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)x[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void part_session(struct attn_backend *be, const struct opts *o)
+{
+    const uint32_t H = 32, Hkv = 8, D = 128, N = o->quick ? 16384 : 65536;
+    printf("a decoding step on a session (keys and values in a store): "
+           "Nq=1 Nk=%u H=32 Hkv=8 D=128 causal (fastest of %d)\n",
+           N, o->reps);
+    printf("  %-5s %-10s %10s %10s %11s %8s %13s\n", "dtype", "inputs",
+           "exact", "mra2", "exact/mra2", "target", "mra2 rel.err");
+    size_t nq = (size_t)H * D, nk = (size_t)Hkv * N * D;
+    float *q32 = malloc(nq * 4), *k32 = malloc(nk * 4), *v32 = malloc(nk * 4);
+    float *o32[2] = {malloc(nq * 4), malloc(nq * 4)};
+    void *q = malloc(nq * 4), *out[2] = {malloc(nq * 4), malloc(nq * 4)};
+    void *kb = malloc(nk * 4), *vb = malloc(nk * 4);
+    if (!q32 || !k32 || !v32 || !o32[0] || !o32[1] || !q || !out[0] ||
+        !out[1] || !kb || !vb)
+        exit(1);
+    for (int dt = ATTN_F32; dt <= ATTN_F16; dt++)
+        for (int st = 1; st >= 0; st--) {
+            enum attn_dtype t = (enum attn_dtype)dt;
+            if (st) {
+                structured(H, Hkv, N, D, q32, k32, v32);
+            } else {
+                for (size_t i = 0; i < nq; i++)
+                    q32[i] = uniform();
+                for (size_t i = 0; i < nk; i++)
+                    k32[i] = uniform(), v32[i] = uniform();
+            }
+            attn_from_f32(t, q32, q, nq);
+            attn_from_f32(t, k32, kb, nk);
+            attn_from_f32(t, v32, vb, nk);
+            struct attn_kv_shape sh = {t, 1, Hkv, D};
+            struct attn_kv *kv;
+            struct attn_kv_tokens all = {kb, vb, NULL, N};
+            if (attn_kv_new(be, &sh, &kv) != ATTN_OK ||
+                attn_kv_append(kv, &all) != ATTN_OK) {
+                fprintf(stderr, "bench-decoder: no store\n");
+                exit(1);
+            }
+            struct attn_problem p[2];
+            for (int i = 0; i < 2; i++)
+                p[i] = (struct attn_problem){
+                    .method = i ? ATTN_MRA2 : ATTN_EXACT, .dtype = t, .B = 1,
+                    .H = H, .Hkv = Hkv, .Nq = 1, .Nk = N, .D = D, .q = q,
+                    .out = out[i], .causal = 1, .block_per_row = 16, .kv = kv};
+            const struct attn_problem *pp[2] = {&p[0], &p[1]};
+            double tm[2];
+            time_all(be, pp, 2, o->reps, tm);
+            for (int i = 0; i < 2; i++)
+                attn_to_f32(t, out[i], o32[i], nq);
+            double err = rel_err(o32[1], o32[0], nq);
+            const char *inputs = st ? "structured" : "uniform";
+            printf("  %-5s %-10s %7.2f ms %7.2f ms %10.2fx %8s %13.4f\n",
+                   attn_dtype_name(t), inputs, tm[0] * 1e3, tm[1] * 1e3,
+                   tm[0] / tm[1], tm[0] / tm[1] >= 5 ? ">=5x met" : ">=5x MISSED",
+                   err);
+            fprintf(json,
+                    "{\"part\":\"session\",\"dtype\":\"%s\",\"inputs\":\"%s\","
+                    "\"Nk\":%u,\"exact_s\":%.6f,\"mra2_s\":%.6f,"
+                    "\"speedup\":%.4f,\"mra2_rel_err\":%.6f}\n",
+                    attn_dtype_name(t), inputs, N, tm[0], tm[1], tm[0] / tm[1],
+                    err);
+            if (st && dt == ATTN_F16) {
+                /* One token appended at a time, as a decoding step does. */
+                struct attn_kv_tokens one = {kb, vb, NULL, 1};
+                int reps = 2000;
+                double t0 = now_s();
+                for (int i = 0; i < reps; i++)
+                    if (attn_kv_append(kv, &one) != ATTN_OK)
+                        exit(1);
+                double per = (now_s() - t0) / reps;
+                printf("  appending one token (f16, %u KV heads): %.2f us\n",
+                       Hkv, per * 1e6);
+                fprintf(json,
+                        "{\"part\":\"session_append\",\"dtype\":\"f16\","
+                        "\"append_one_s\":%.9f}\n",
+                        per);
+            }
+            attn_kv_free(kv);
+        }
+    free(q32), free(k32), free(v32), free(o32[0]), free(o32[1]);
+    free(q), free(out[0]), free(out[1]), free(kb), free(vb);
+}
+
 int main(int argc, char **argv)
 {
-    struct opts o = {0, 5, 0, "bench-out/decoder.json"};
+    struct opts o = {0, 5, 0, "bench-out/decoder.json", NULL};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             o.threads = atoi(argv[++i]);
@@ -302,9 +449,12 @@ int main(int argc, char **argv)
             o.quick = 1;
         else if (!strcmp(argv[i], "--out") && i + 1 < argc)
             o.out = argv[++i];
+        else if (!strcmp(argv[i], "--part") && i + 1 < argc)
+            o.part = argv[++i];
         else {
             fprintf(stderr, "usage: bench-decoder [--threads T] [--reps R] "
-                            "[--quick] [--out FILE]\n");
+                            "[--quick] [--part causal|decode|layer|session] "
+                            "[--out FILE]\n");
             return 1;
         }
     }
@@ -324,9 +474,16 @@ int main(int argc, char **argv)
     if (!o.threads)
         o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     printf("backend: %s\n", attn_backend_device(be));
-    part_causal(be, &o);
-    part_decode(be, &o);
-    part_layer(be, &o);
+    static const struct {
+        const char *name;
+        void (*run)(struct attn_backend *, const struct opts *);
+    } parts[] = {{"causal", part_causal},
+                 {"decode", part_decode},
+                 {"layer", part_layer},
+                 {"session", part_session}};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (!o.part || !strcmp(o.part, parts[i].name))
+            parts[i].run(be, &o);
     attn_backend_free(be);
     fclose(json);
     return 0;

@@ -43,7 +43,7 @@ struct dec {
     int kv_direct; /* f32 rows of stride D = Dp, 4-byte aligned */
     /* workspace */
     float *part;      /* exact: [U][ntile][nch][tw * (Dp + 2)] */
-    float *cnt, *lnc; /* MRA: [U][nbk] */
+    float *cnt, *lnc; /* MRA: [U][nbk] (none on a store: its own) */
     float *khT;       /* MRA: [U][D][nbk] */
     float *vh;        /* mra2: [U][nbk][Dp] */
     char *worker;     /* per worker: worker_bytes each */
@@ -150,6 +150,8 @@ static size_t shared_size(const struct dec *d)
             mul(mul(mul(U, d->ntile), d->nch), mul(per, sizeof(float))));
         return n;
     }
+    if (d->p->kv) /* the store keeps the block means */
+        return 0;
     n = add(n, round_up(mul(mul(U, nbk), sizeof(float)))); /* cnt */
     n = add(n, round_up(mul(mul(U, nbk), sizeof(float)))); /* lnc */
     n = add(n, round_up(mul(mul(mul(U, d->D), nbk), sizeof(float))));
@@ -173,7 +175,7 @@ static void carve(struct dec *d, char *mem, int threads)
     if (d->p->method == ATTN_EXACT) {
         d->part = (float *)(void *)at;
         at += shared_size(d);
-    } else {
+    } else if (!d->p->kv) {
         d->cnt = (float *)(void *)at;
         at += round_up(U * nbk * sizeof(float));
         d->lnc = (float *)(void *)at;
@@ -522,22 +524,6 @@ static void mra_means(void *arg, size_t item, int worker)
     float *khT = d->khT + (size_t)u * d->D * d->nbk;
     if (cancelled(d))
         return;
-    if (d->p->kv) { /* the store keeps each block's sums */
-        for (uint32_t J = J0; J < J1; J++) {
-            const float *ks, *vs;
-            float n = cpu_kv_block_sums(d->p, u, J, &ks, &vs);
-            cnt[J] = n;
-            lnc[J] = n > 0.0f ? logf(n) : 0.0f;
-            for (uint32_t x = 0; x < d->D; x++)
-                khT[(size_t)x * d->nbk + J] = n != 0.0f ? ks[x] / n : 0.0f;
-            if (d->vh) {
-                float *vh = d->vh + ((size_t)u * d->nbk + J) * d->Dp;
-                for (uint32_t x = 0; x < d->Dp; x++)
-                    vh[x] = n != 0.0f && x < d->D ? vs[x] / n : 0.0f;
-            }
-        }
-        return;
-    }
     for (uint32_t J = J0; J < J1; J++) {
         const float *k, *v;
         float n = block_rows(d, u, J, &w, &k, &v);
@@ -552,6 +538,32 @@ static void mra_means(void *arg, size_t item, int worker)
     }
 }
 
+/* MRA's block arrays of unit u: counts and their logs, key means
+ * transposed (stride *ld) and value means [nbk][Dp]: the store's, or those
+ * mra_means() computed. */
+struct means {
+    const float *cnt, *lnc, *khT, *vh;
+    size_t ld;
+};
+
+static struct means unit_means(const struct dec *d, uint32_t u)
+{
+    const struct attn_problem *p = d->p;
+    if (p->kv) {
+        const struct cpu_kv *s = p->kv->impl;
+        uint32_t b = u / p->Hkv;
+        return (struct means){cpu_kv_cnt(s, b), cpu_kv_lnc(s, b),
+                              cpu_kv_kmT(s, u),
+                              d->p->method == ATTN_MRA2 ? cpu_kv_vmean(s, u)
+                                                        : NULL,
+                              s->capJ};
+    }
+    size_t nbk = d->nbk;
+    return (struct means){d->cnt + u * nbk, d->lnc + u * nbk,
+                          d->khT + (size_t)u * d->D * nbk,
+                          d->vh ? d->vh + u * nbk * d->Dp : NULL, nbk};
+}
+
 /* Item (query head): selection, fold and the selected blocks of one head.
  * Its queries fit one block row (Nq <= CPU_DECODE_MAX_Q = 32). */
 static void mra_head(void *arg, size_t item, int worker)
@@ -561,7 +573,8 @@ static void mra_head(void *arg, size_t item, int worker)
     uint32_t b = (uint32_t)(item / p->H), h = (uint32_t)(item % p->H);
     uint32_t u = b * p->Hkv + h / d->G, nbk = d->nbk, Dp = d->Dp, D = d->D;
     struct wbuf w = worker_bufs(d, worker);
-    const float *cnt = d->cnt + (size_t)u * nbk;
+    struct means mu = unit_means(d, u);
+    const float *cnt = mu.cnt;
     if (cancelled(d))
         return;
     /* Q's block mean over the real queries, in query order */
@@ -581,8 +594,8 @@ static void mra_head(void *arg, size_t item, int worker)
             w.qh[x] /= cq;
     /* low resolution, selection */
     float rmax[CPU_LR_ROWS];
-    d->kern->lowres_rows(w.qh, Dp, 1, d->khT + (size_t)u * D * nbk, D, nbk,
-                         d->scale, w.L, rmax);
+    d->kern->lowres_rows(w.qh, Dp, 1, mu.khT, mu.ld, D, nbk, d->scale, w.L,
+                         rmax);
     uint32_t vis, seen;
     attn_grid_row(&d->grid, 0, &vis, &seen);
     float r = w.L[0] != w.L[0] ? w.L[0] : rmax[0];
@@ -601,9 +614,8 @@ static void mra_head(void *arg, size_t item, int worker)
     memset(w.sel + seen, 2, nbk - seen);
     /* the low-resolution terms (mra2), folded */
     float lm = -INFINITY, lsum = 0.0f;
-    if (d->vh)
-        d->kern->lowres_fold_rows(w.L, d->lnc + (size_t)u * nbk, w.sel, cnt,
-                                  d->vh + (size_t)u * nbk * Dp, nbk, Dp, 1,
+    if (mu.vh)
+        d->kern->lowres_fold_rows(w.L, mu.lnc, w.sel, cnt, mu.vh, nbk, Dp, 1,
                                   w.vlow, &lm, &lsum);
     int lany = lm != -INFINITY;
     /* the selected blocks, for the head's real queries, FEW at a time */
@@ -678,7 +690,8 @@ int cpu_decode_run(const struct attn_problem *p, struct cpu_pool *pool,
         cpu_pool_run(pool, (size_t)d.U * d.nch, exact_attend, &d);
         cpu_pool_run(pool, (size_t)d.U * d.ntile, exact_merge, &d);
     } else {
-        cpu_pool_run(pool, (size_t)d.U * d.nch, mra_means, &d);
+        if (!p->kv) /* else the store keeps the means */
+            cpu_pool_run(pool, (size_t)d.U * d.nch, mra_means, &d);
         cpu_pool_run(pool, (size_t)p->B * p->H, mra_head, &d);
     }
     return cancelled(&d) ? ATTN_ECANCELED : ATTN_OK;

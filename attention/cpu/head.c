@@ -292,7 +292,7 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
     for (uint32_t I = I0; I < I0 + rows; I++)
         cpu_head_q_mean(hd, I, kern);
     kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT,
-                      hd->D, nbk, hd->scale, L, rmax);
+                      nbk, hd->D, nbk, hd->scale, L, rmax);
     int64_t shift = attn_grid_diag_shift(&hd->grid);
     for (uint32_t I = I0; I < I0 + rows; I++, L += nbk) {
         uint32_t vis, seen;

@@ -287,12 +287,12 @@ static void k_block_mean(const float *x, uint32_t Dp, float cnt, float *out)
 
 /* CPU_LR_ROWS rows of low-resolution logits at a time, so that each
  * vector of khT loaded serves every row: L[r][J] = scale * sum_d qh[r][d]
- * * khT[d][J], and each row's maximum (NaN never raises it).  Rows past
+ * * khT[d * ldk + J], and each row's maximum (NaN never raises it).  Rows past
  * `rows` are computed on a copy of the last row and not stored.  Every
  * L[r][J] is the same sum over d in the same order whichever part of the
  * loop computes it. */
 static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
-                          const float *khT, uint32_t D, uint32_t nb,
+                          const float *khT, size_t ldk, uint32_t D, uint32_t nb,
                           float scale, float *L, float *rmax)
 {
     enum { R = CPU_LR_ROWS, JV = LR_JV };
@@ -309,7 +309,7 @@ static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
             for (int t = 0; t < JV; t++)
                 a[r][t] = splat(0.0f);
         const float *k = khT + J;
-        for (uint32_t d = 0; d < D; d++, k += nb) {
+        for (uint32_t d = 0; d < D; d++, k += ldk) {
             vf kv[JV];
             for (int t = 0; t < JV; t++)
                 kv[t] = ld(k + t * KVEC);
@@ -332,7 +332,7 @@ static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
         for (int r = 0; r < R; r++)
             a[r] = splat(0.0f);
         const float *k = khT + J;
-        for (uint32_t d = 0; d < D; d++, k += nb) {
+        for (uint32_t d = 0; d < D; d++, k += ldk) {
             vf kv = ld(k);
             for (int r = 0; r < R; r++)
                 a[r] += splat(q[r][d]) * kv;
@@ -351,7 +351,7 @@ static void k_lowres_rows(const float *qh, uint32_t Dp, uint32_t rows,
         for (uint32_t j = J; j < nb; j++) {
             float a = 0.0f;
             for (uint32_t d = 0; d < D; d++)
-                a += q[r][d] * khT[(size_t)d * nb + j];
+                a += q[r][d] * khT[(size_t)d * ldk + j];
             a *= scale;
             L[(size_t)r * nb + j] = a;
             m = a > m ? a : m;

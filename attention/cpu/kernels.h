@@ -66,11 +66,12 @@ struct cpu_kernels {
                              const float *vh, uint32_t nb, uint32_t Dp,
                              uint32_t rows, float *vacc, float *m, float *sum);
     /* `rows` (1..CPU_LR_ROWS) rows of low-resolution logits: L[r*nb + J] =
-     * scale * sum_d qh[r*Dp + d] * khT[d][J] for J < nb, khT of stride
-     * nb, and rmax[r] = the largest non-NaN L[r*nb + J] (-inf if none). */
+     * scale * sum_d qh[r*Dp + d] * khT[d*ldk + J] for J < nb (khT of
+     * stride ldk >= nb), and rmax[r] = the largest non-NaN L[r*nb + J] (-inf if
+     * none). */
     void (*lowres_rows)(const float *qh, uint32_t Dp, uint32_t rows,
-                        const float *khT, uint32_t D, uint32_t nb, float scale,
-                        float *L, float *rmax);
+                        const float *khT, size_t ldk, uint32_t D, uint32_t nb,
+                        float scale, float *L, float *rmax);
     /* attn_select_keys_row_at() (attention/internal.h), the same keys bit
      * for bit, compiled for this ISA. */
     void (*select_keys_row)(const float *L_row, float r, const float *cnt,

@@ -1,16 +1,58 @@
 /*
  * kv.c - the CPU backend's stores of keys and values: pages of 32 tokens,
- * appends that never move what is held, block sums kept up to date (see
- * kv.h).
+ * appends that never move what is held, block sums and means kept up to
+ * date (see kv.h).
  */
 #include "attention/cpu/kv.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attention/cpu/kernels.h"
 
 #define ALIGN 64
+#define MIN_CAPJ 16
+
+static uint32_t padded(uint32_t D)
+{
+    return (D + CPU_DPAD - 1) / CPU_DPAD * CPU_DPAD;
+}
+
+/* Blocks the arrays hold for `blocks` blocks: at least MIN_CAPJ, doubled
+ * until they fit. */
+static uint64_t capacity(uint64_t blocks)
+{
+    uint64_t cap = MIN_CAPJ;
+    while (cap < blocks)
+        cap *= 2;
+    return cap;
+}
+
+/* Bytes of the block arrays per block. */
+static uint64_t array_bytes(const struct attn_kv_shape *sh)
+{
+    uint64_t units = (uint64_t)sh->B * sh->Hkv;
+    /* ksum, vsum, kmT: D floats each; vmean: Dp; cnt and lnc per entry */
+    return units * (3 * (uint64_t)sh->D + padded(sh->D)) * sizeof(float) +
+           (uint64_t)sh->B * 2 * sizeof(float);
+}
+
+/* Bytes of one page: keys, values and the mask of 32 tokens. */
+static uint64_t page_bytes(const struct attn_kv_shape *sh)
+{
+    uint64_t units = (uint64_t)sh->B * sh->Hkv;
+    return 2 * units * ATTN_BLOCK * sh->D * attn_dtype_size(sh->dtype) +
+           (uint64_t)sh->B * ATTN_BLOCK;
+}
+
+uint64_t attn_cpu_kv_bytes_for(const struct attn_kv_shape *sh, uint64_t tokens)
+{
+    uint64_t blocks = (tokens + ATTN_BLOCK - 1) / ATTN_BLOCK;
+    if (!blocks)
+        return 0;
+    return blocks * page_bytes(sh) + capacity(blocks) * array_bytes(sh);
+}
 
 int cpu_kv_new(void *ctx, struct attn_kv *kv)
 {
@@ -19,17 +61,22 @@ int cpu_kv_new(void *ctx, struct attn_kv *kv)
     struct cpu_kv *s = calloc(1, sizeof *s);
     if (!s)
         return ATTN_ENOMEM;
+    s->B = sh->B;
     s->units = sh->B * sh->Hkv;
     s->D = sh->D;
+    s->Dp = padded(sh->D);
     s->es = attn_dtype_size(sh->dtype);
     s->rows = (size_t)s->units * ATTN_BLOCK * sh->D * s->es;
-    s->ksum = 2 * s->rows;
-    s->vsum = s->ksum + (size_t)s->units * sh->D * sizeof(float);
-    s->mask = s->vsum + (size_t)s->units * sh->D * sizeof(float);
-    s->cnt = s->mask + (size_t)sh->B * ATTN_BLOCK;
-    s->page_bytes = s->cnt + (size_t)sh->B * sizeof(float);
+    s->mask = 2 * s->rows;
+    s->page_bytes = (size_t)page_bytes(sh);
     kv->impl = s;
     return ATTN_OK;
+}
+
+static void free_arrays(struct cpu_kv *s)
+{
+    free(s->ksum), free(s->vsum), free(s->kmT), free(s->vmean);
+    free(s->cnt), free(s->lnc);
 }
 
 void cpu_kv_free(void *ctx, struct attn_kv *kv)
@@ -41,12 +88,61 @@ void cpu_kv_free(void *ctx, struct attn_kv *kv)
     for (uint32_t i = 0; i < s->npages; i++)
         free(s->pages[i]);
     free(s->pages);
+    free_arrays(s);
     free(s);
     kv->impl = NULL;
 }
 
-/* Room for `pages` pages, allocated zeroed (no mask, no sums).  Returns 0,
- * or -1 with the store unchanged. */
+static float *zeroed(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, ALIGN, n ? n * sizeof(float) : ALIGN))
+        return NULL;
+    memset(p, 0, n * sizeof(float));
+    return p;
+}
+
+/* Copies `rows` rows of `cols` floats from stride `from` to stride `to`. */
+static void copy_rows(float *dst, size_t to, const float *src, size_t from,
+                      size_t rows, size_t cols)
+{
+    for (size_t r = 0; r < rows; r++)
+        memcpy(dst + r * to, src + r * from, cols * sizeof(float));
+}
+
+/* Block arrays for `blocks` blocks: grown (copied into arrays of the new
+ * capacity) when they do not fit.  Returns 0, or -1 with the store
+ * unchanged. */
+static int reserve_blocks(struct cpu_kv *s, uint32_t blocks)
+{
+    if (blocks <= s->capJ)
+        return 0;
+    size_t cap = (size_t)capacity(blocks), old = s->capJ;
+    size_t U = s->units, D = s->D, Dp = s->Dp, B = s->B;
+    float *ksum = zeroed(U * cap * D), *vsum = zeroed(U * cap * D);
+    float *kmT = zeroed(U * D * cap), *vmean = zeroed(U * cap * Dp);
+    float *cnt = zeroed(B * cap), *lnc = zeroed(B * cap);
+    if (!ksum || !vsum || !kmT || !vmean || !cnt || !lnc) {
+        free(ksum), free(vsum), free(kmT), free(vmean), free(cnt), free(lnc);
+        return -1;
+    }
+    if (old) {
+        copy_rows(ksum, cap * D, s->ksum, old * D, U, old * D);
+        copy_rows(vsum, cap * D, s->vsum, old * D, U, old * D);
+        copy_rows(kmT, cap, s->kmT, old, U * D, old);
+        copy_rows(vmean, cap * Dp, s->vmean, old * Dp, U, old * Dp);
+        copy_rows(cnt, cap, s->cnt, old, B, old);
+        copy_rows(lnc, cap, s->lnc, old, B, old);
+    }
+    free_arrays(s);
+    s->ksum = ksum, s->vsum = vsum, s->kmT = kmT, s->vmean = vmean;
+    s->cnt = cnt, s->lnc = lnc;
+    s->capJ = (uint32_t)cap;
+    return 0;
+}
+
+/* Room for `pages` pages, allocated zeroed (no mask), and their block
+ * arrays.  Returns 0, or -1 with the store unchanged. */
 static int reserve_pages(struct cpu_kv *s, uint32_t pages)
 {
     if (pages > s->cap) {
@@ -59,6 +155,8 @@ static int reserve_pages(struct cpu_kv *s, uint32_t pages)
         s->pages = t;
         s->cap = cap;
     }
+    if (reserve_blocks(s, pages))
+        return -1;
     uint32_t had = s->npages;
     for (uint32_t i = had; i < pages; i++) {
         void *p = NULL;
@@ -73,6 +171,27 @@ static int reserve_pages(struct cpu_kv *s, uint32_t pages)
     return 0;
 }
 
+/* The means of block J from its sums, for every unit. */
+static void update_means(struct cpu_kv *s, uint32_t Hkv, uint32_t J)
+{
+    size_t cap = s->capJ, D = s->D, Dp = s->Dp;
+    for (uint32_t b = 0; b < s->B; b++) {
+        float n = s->cnt[(size_t)b * cap + J];
+        s->lnc[(size_t)b * cap + J] = n > 0.0f ? logf(n) : 0.0f;
+        for (uint32_t h = 0; h < Hkv; h++) {
+            size_t u = (size_t)b * Hkv + h;
+            const float *ks = s->ksum + (u * cap + J) * D;
+            const float *vs = s->vsum + (u * cap + J) * D;
+            float *km = s->kmT + u * D * cap + J;
+            float *vm = s->vmean + (u * cap + J) * Dp;
+            for (size_t x = 0; x < D; x++) {
+                km[x * cap] = n != 0.0f ? ks[x] / n : 0.0f;
+                vm[x] = n != 0.0f ? vs[x] / n : 0.0f;
+            }
+        }
+    }
+}
+
 int cpu_kv_append(void *ctx, struct attn_kv *kv, const struct attn_kv_tokens *t)
 {
     const struct cpu_kernels *kern = cpu_backend_kernels(ctx);
@@ -82,15 +201,16 @@ int cpu_kv_append(void *ctx, struct attn_kv *kv, const struct attn_kv_tokens *t)
     uint64_t end = (uint64_t)t0 + t->n;
     if (reserve_pages(s, (uint32_t)((end + ATTN_BLOCK - 1) / ATTN_BLOCK)))
         return ATTN_ENOMEM;
+    size_t cap = s->capJ;
     float row[ATTN_MAX_HEAD_DIM];
     for (uint32_t i = 0; i < t->n; i++) {
-        uint32_t T = t0 + i, jj = T % ATTN_BLOCK;
-        char *page = s->pages[T / ATTN_BLOCK];
+        uint32_t T = t0 + i, J = T / ATTN_BLOCK, jj = T % ATTN_BLOCK;
+        char *page = s->pages[J];
         for (uint32_t b = 0; b < sh->B; b++) {
             int real = !t->mask || t->mask[(size_t)b * t->n + i];
             ((uint8_t *)page + s->mask)[(size_t)b * ATTN_BLOCK + jj] =
                 (uint8_t)real;
-            ((float *)(void *)(page + s->cnt))[b] += real ? 1.0f : 0.0f;
+            s->cnt[(size_t)b * cap + J] += real ? 1.0f : 0.0f;
             for (uint32_t h = 0; h < sh->Hkv; h++) {
                 size_t u = (size_t)b * sh->Hkv + h;
                 size_t src = (((size_t)b * sh->Hkv + h) * t->n + i) * D * s->es;
@@ -101,8 +221,8 @@ int cpu_kv_append(void *ctx, struct attn_kv *kv, const struct attn_kv_tokens *t)
                 if (!real)
                     continue;
                 /* the block sums, in token order */
-                float *ks = (float *)(void *)(page + s->ksum) + u * D;
-                float *vs = (float *)(void *)(page + s->vsum) + u * D;
+                float *ks = s->ksum + (u * cap + J) * D;
+                float *vs = s->vsum + (u * cap + J) * D;
                 kern->to_f32(sh->dtype, (const char *)t->k + src, row, D);
                 for (uint32_t d = 0; d < D; d++)
                     ks[d] += row[d];
@@ -112,6 +232,9 @@ int cpu_kv_append(void *ctx, struct attn_kv *kv, const struct attn_kv_tokens *t)
             }
         }
     }
+    if (t->n)
+        for (uint32_t J = t0 / ATTN_BLOCK; J <= (end - 1) / ATTN_BLOCK; J++)
+            update_means(s, sh->Hkv, J);
     return ATTN_OK;
 }
 
@@ -122,6 +245,5 @@ int cpu_kv_block_whole(const struct attn_problem *p, uint32_t b, uint32_t J)
     if (!p->kv)
         return !p->mask;
     const struct cpu_kv *s = p->kv->impl;
-    const float *cnt = (const float *)(const void *)(s->pages[J] + s->cnt);
-    return cnt[b] == (float)ATTN_BLOCK;
+    return cpu_kv_cnt(s, b)[J] == (float)ATTN_BLOCK;
 }

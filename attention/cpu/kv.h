@@ -7,14 +7,26 @@
  * that block for every unit (entry b, KV head h: unit b*Hkv + h):
  *   keys    [units][32][D]  in the store's dtype
  *   values  [units][32][D]
- *   ksum    [units][D]      f32 sums of the block's real keys, in token order
- *   vsum    [units][D]      and of its real values
  *   mask    [B][32]         1 for a real token
- *   cnt     [B]             real tokens of the block, as a float
- * (attn_kv_page_bytes() counts exactly this).  An append fills the last
- * page and adds pages; the table of page pointers doubles when full.  So
- * the tokens held are never copied again, and MRA reads a block's mean from
- * its sums.
+ * An append fills the last page and adds pages; the table of page pointers
+ * doubles when full.  So the tokens held are never copied again.
+ *
+ * Beside the pages, arrays of one entry per block keep what MRA reads of
+ * the blocks, up to date after every append (only the blocks an append
+ * touches change):
+ *   ksum, vsum [units][capJ][D]   f32 sums of the real keys and values, in
+ *                                 token order
+ *   kmT        [units][D][capJ]   the key means, transposed (as the
+ *                                 low-resolution kernel reads them)
+ *   vmean      [units][capJ][Dp]  the value means, zero-padded to Dp
+ *   cnt, lnc   [B][capJ]          real tokens per block (a float) and its
+ *                                 log (0 for an empty block)
+ * A mean is its sum divided by the count, as the tensor path computes it,
+ * so a problem on a store has the bits of the same problem on tensors.
+ * capJ (at least 16 blocks) doubles when the blocks outgrow it: the arrays
+ * are copied then, O(1) amortised per token, never the keys and values.
+ * So a decoding step's MRA reads ceil(Nk/32) means, not Nk keys.
+ * attn_cpu_kv_bytes_for() counts all of it.
  */
 #ifndef MRAD_ATTN_CPU_KV_H
 #define MRAD_ATTN_CPU_KV_H
@@ -25,13 +37,16 @@
 #include "attention/attn-impl.h"
 
 struct cpu_kv {
-    uint32_t units, D;
-    size_t es;                    /* bytes per element */
-    size_t rows;                  /* bytes of the keys (or values) of a page */
-    size_t ksum, vsum, mask, cnt; /* offsets in a page */
+    uint32_t B, units, D, Dp;
+    size_t es;         /* bytes per element */
+    size_t rows;       /* bytes of the keys (or values) of a page */
+    size_t mask;       /* offset of the mask in a page */
     size_t page_bytes;
     char **pages;
     uint32_t npages, cap;
+    /* the block arrays, capJ blocks each */
+    uint32_t capJ;
+    float *ksum, *vsum, *kmT, *vmean, *cnt, *lnc;
 };
 
 struct cpu_kernels;
@@ -94,16 +109,27 @@ static inline int cpu_queries_all_real(const struct attn_problem *p)
  * rows can be read in place (with f32 and D a multiple of CPU_DPAD). */
 int cpu_kv_block_whole(const struct attn_problem *p, uint32_t b, uint32_t J);
 
-/* The count, key sums and value sums of block J of unit u of a store. */
-static inline float cpu_kv_block_sums(const struct attn_problem *p, uint32_t u,
-                                      uint32_t J, const float **ksum,
-                                      const float **vsum)
+/* MRA's arrays of a store for unit u (entry b = u / Hkv): the key means
+ * transposed, of stride s->capJ; the value means [J][Dp]; the counts and
+ * their logs [J]. */
+static inline const float *cpu_kv_kmT(const struct cpu_kv *s, uint32_t u)
 {
-    const struct cpu_kv *s = p->kv->impl;
-    const char *page = s->pages[J];
-    *ksum = (const float *)(const void *)(page + s->ksum) + (size_t)u * s->D;
-    *vsum = (const float *)(const void *)(page + s->vsum) + (size_t)u * s->D;
-    return ((const float *)(const void *)(page + s->cnt))[u / p->Hkv];
+    return s->kmT + (size_t)u * s->D * s->capJ;
+}
+
+static inline const float *cpu_kv_vmean(const struct cpu_kv *s, uint32_t u)
+{
+    return s->vmean + (size_t)u * s->capJ * s->Dp;
+}
+
+static inline const float *cpu_kv_cnt(const struct cpu_kv *s, uint32_t b)
+{
+    return s->cnt + (size_t)b * s->capJ;
+}
+
+static inline const float *cpu_kv_lnc(const struct cpu_kv *s, uint32_t b)
+{
+    return s->lnc + (size_t)b * s->capJ;
 }
 
 #endif /* MRAD_ATTN_CPU_KV_H */

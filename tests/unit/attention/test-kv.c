@@ -251,7 +251,9 @@ static void test_appends_in_batch_order(void **state)
     attn_backend_free(be);
 }
 
-/* The byte count: whole pages, as attn_kv_bytes_for() predicts. */
+/* The byte count, as attn_kv_bytes_for() predicts: whole pages of keys,
+ * values and mask, and the block arrays of a capacity of 16 blocks,
+ * doubled as the blocks outgrow it. */
 static void test_bytes(void **state)
 {
     (void)state;
@@ -260,21 +262,47 @@ static void test_bytes(void **state)
     struct attn_kv *kv;
     assert_int_equal(attn_kv_new(be, &sh, &kv), ATTN_OK);
     assert_int_equal(attn_kv_bytes(kv), 0);
-    uint16_t *buf = calloc((size_t)2 * 3 * 40 * 64, sizeof *buf);
+    uint16_t *buf = calloc((size_t)2 * 3 * 600 * 64, sizeof *buf);
     assert_non_null(buf);
     struct attn_kv_tokens t = {buf, buf, NULL, 40};
     assert_int_equal(attn_kv_append(kv, &t), ATTN_OK);
-    uint64_t page = attn_kv_bytes_for("cpu", &sh, 1);
-    assert_int_equal(attn_kv_bytes(kv), 2 * page);
-    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 64), 2 * page);
-    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 65), 3 * page);
-    /* 2*3 units x 32 tokens x 64 x 2 bytes, twice, plus sums, mask, count */
-    assert_int_equal(page, 2 * 6 * 32 * 64 * 2 + 6 * 2 * 64 * 4 + 2 * 36);
+    /* 2*3 units x 32 tokens x 64 x 2 bytes, twice, and the mask */
+    uint64_t page = 2 * 6 * 32 * 64 * 2 + 2 * 32;
+    /* per block: key and value sums and key means (64 floats each), value
+     * means (64, a multiple of the padding), count and log per entry */
+    uint64_t block = 6 * (3 * 64 + 64) * 4 + 2 * 2 * 4;
+    assert_int_equal(attn_kv_bytes(kv), 2 * page + 16 * block);
+    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 64), 2 * page + 16 * block);
+    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 65), 3 * page + 16 * block);
+    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 513),
+                     17 * page + 32 * block);
+    t.n = 560;
+    assert_int_equal(attn_kv_append(kv, &t), ATTN_OK);
+    assert_int_equal(attn_kv_bytes(kv), 19 * page + 32 * block);
+    assert_int_equal(attn_kv_bytes_for("cpu", &sh, 0), 0);
     struct attn_kv *bad;
     struct attn_kv_shape zero = {ATTN_F16, 0, 1, 8};
     assert_int_equal(attn_kv_new(be, &zero, &bad), ATTN_EINVAL);
     free(buf);
     attn_kv_free(kv);
+    attn_backend_free(be);
+}
+
+/* A store that outgrows its block arrays twice (1100 tokens: 35 blocks)
+ * in pieces still answers what the tensors do. */
+static void test_growth(void **state)
+{
+    (void)state;
+    struct attn_backend *be = fx_backend(0);
+    static const enum attn_method ms[2] = {ATTN_EXACT, ATTN_MRA2};
+    for (int m = 0; m < 2; m++) {
+        struct fx f;
+        fx_init_cross(&f, ms[m], ATTN_F32, 1, 4, 2, 1, 1100, 64, 30, 2.0);
+        f.p.causal = 1;
+        fx_mask_random(&f, 0.95, 5);
+        same_bits(be, &f, 37, "growth");
+        fx_free(&f);
+    }
     attn_backend_free(be);
 }
 
@@ -285,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_decoding_loop),
         cmocka_unit_test(test_appends_in_batch_order),
         cmocka_unit_test(test_bytes),
+        cmocka_unit_test(test_growth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
