@@ -11,21 +11,8 @@ BIN=${BIN:-bin}
 SECONDS_EACH=${BENCH_SECONDS:-5}
 THREADS=${BENCH_THREADS:-0}
 mkdir -p bench-out
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-
-"$BIN/mrad" --host 127.0.0.1 --port 0 --backend cpu --threads "$THREADS" 2>"$log" &
-pid=$!
-stop() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-trap 'stop; rm -f "$log"' EXIT
-# --port 0: the bound port is in the startup line.
-port=
-for _ in $(seq 200); do
-    port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$log" | head -n 1)
-    [ -n "$port" ] && break
-    sleep 0.05
-done
-[ -n "$port" ] || { echo "20-http: mrad did not start"; cat "$log"; exit 1; }
+. bench/mrad-up.sh
+mrad_up --threads "$THREADS"
 
 # Large: two connections keep the worker fed while the other request
 # travels.  Small: eight connections, batched by the scheduler.

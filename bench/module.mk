@@ -20,3 +20,7 @@ bench: deps
 .PHONY: bench-codec
 bench-codec: $(BIN)/bench-codec
 	$(BIN)/bench-codec
+
+# The benchmarks build with the tests, so that they never rot between
+# runs of `make bench` (tests/integration/test_bench_smoke.py runs two).
+tests-build: $(BENCH_BINS)
