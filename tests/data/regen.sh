@@ -68,4 +68,22 @@ write("bad-causal-type.msgpack", wire.pack(bad))
 bad = dict(good, q=wire.tensor(q[:, :, :8], "f32"),
            mask=wire.tensor(np.ones((1, 8), np.uint8), "u8"))
 write("bad-mask-queries.msgpack", wire.pack(bad))
+# Session bodies (protocol/SPEC.md, "Sessions"), seeds of the fuzz
+# target: a create, a step on a session with an appended token, and an
+# append.
+rng = np.random.default_rng(11)
+kk = rng.standard_normal((1, 2, 40, 8)).astype(np.float32)
+write("kv-create-f16.msgpack", wire.pack({
+    "k": wire.tensor(kk, "f16"), "v": wire.tensor(kk[:, :, ::-1], "f16"),
+    "mask": wire.tensor(np.ones((1, 40), np.uint8), "u8"), "ttl_ms": 60000}))
+write("kv-step-f16.msgpack", wire.pack({
+    "q": wire.tensor(rng.standard_normal((1, 4, 1, 8)), "f16"),
+    "kv": "0123456789abcdef0123456789abcdef",
+    "k_append": wire.tensor(kk[:, :, :1], "f16"),
+    "v_append": wire.tensor(kk[:, :, 1:2], "f16"),
+    "mask_append": wire.tensor(np.ones((1, 1), np.uint8), "u8"),
+    "causal": True, "method": "mra2"}))
+write("kv-append-f32.json", wire.pack({
+    "k": wire.tensor(kk[:, :, :3], "f32", "json"),
+    "v": wire.tensor(kk[:, :, 3:6], "f32", "json")}, "json"))
 PY

@@ -6,7 +6,9 @@
  * SANITIZE=address,undefined`).  An input a fuzz run found worth keeping,
  * a crash above all, is added to tests/data under a name ending in
  * .msgpack (or .json when it is JSON text).  The target aborts on any
- * broken invariant; files named req-* must decode, bad-* must be refused.
+ * broken invariant; files named req-* must decode, bad-* must be refused,
+ * kv-step* must decode as a request on a session and the other kv-* as a
+ * create or append body.
  */
 #include <dirent.h>
 #include <setjmp.h>
@@ -54,7 +56,7 @@ static void test_replay_corpus(void **state)
     DIR *d = opendir(CORPUS);
     assert_non_null(d);
     struct dirent *e;
-    int files = 0, good = 0, bad = 0;
+    int files = 0, good = 0, bad = 0, sessions = 0;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || !is_body(e->d_name))
             continue;
@@ -77,6 +79,19 @@ static void test_replay_corpus(void **state)
             assert_int_not_equal(rc, PROTO_OK);
             assert_true(err[0] != '\0');
             bad++;
+        } else if (!strncmp(e->d_name, "kv-step", 7)) {
+            assert_int_equal(rc, PROTO_OK);
+            assert_true(req.has_kv);
+            proto_request_release(&req);
+            sessions++;
+        } else if (!strncmp(e->d_name, "kv-", 3)) {
+            assert_int_not_equal(rc, PROTO_OK);
+            struct proto_kv_body kb;
+            assert_int_equal(proto_kv_body_decode(body, len, fmt, NULL, 1, &kb,
+                                                  err, sizeof err),
+                             PROTO_OK);
+            proto_kv_body_release(&kb);
+            sessions++;
         } else if (rc == PROTO_OK) {
             proto_request_release(&req);
         }
@@ -85,7 +100,7 @@ static void test_replay_corpus(void **state)
     }
     closedir(d);
     assert_true(files >= 10);
-    assert_true(good >= 3 && bad >= 5);
+    assert_true(good >= 3 && bad >= 5 && sessions >= 3);
 }
 
 int main(void)
