@@ -9,6 +9,13 @@
  * request still counts its latency from that intended time, so a stalled
  * server shows up as latency instead of as fewer requests.
  *
+ * With --decode (cfg->decode) each step goes to a session of decode.c
+ * that has none in flight, on that session's URL; arrivals that find
+ * every session busy or backing off wait like those that find every
+ * connection busy.  A session lost to a 404 is created again here, as a
+ * request of its own that is not measured, and a timer looks every few
+ * milliseconds for sessions whose back-off has passed.
+ *
  * Everything runs on the loop thread; nothing here needs a lock.
  */
 #include <math.h>
@@ -26,6 +33,11 @@ struct req {
     CURL *easy;
     struct engine *eng;
     uint64_t intended_ns;
+    int session;  /* decode: the session it works on; -1 without */
+    int create;   /* decode: a session's re-create, not measured */
+    char *answer; /* a re-create's answer body (malloc'd) */
+    size_t answer_len;
+    int answer_oom;
     struct req *next_free;
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -40,7 +52,7 @@ struct engine {
     const struct load_config *cfg;
     struct load_result *res;
     uv_loop_t loop;
-    uv_timer_t curl_timer, arrival_timer, progress_timer;
+    uv_timer_t curl_timer, arrival_timer, progress_timer, session_timer;
     CURLM *multi;
     struct curl_slist *hdr_msgpack, *hdr_json;
     uint64_t t0, t_measure, t_end, last_done;
@@ -59,6 +71,7 @@ struct engine {
 
 static void check_done(struct engine *e);
 static void maybe_finish(struct engine *e);
+static void start_request(struct engine *e, uint64_t intended);
 
 /* --- libcurl <-> libuv glue ------------------------------------------ */
 
@@ -137,11 +150,25 @@ static int on_curl_timer(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
-static size_t discard(char *ptr, size_t size, size_t nmemb, void *ud)
+/* Answers are dropped, except a re-create's, which names the session. */
+static size_t on_answer(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    (void)ptr;
-    (void)ud;
-    return size * nmemb;
+    struct req *r = ud;
+    size_t n = size * nmemb;
+    if (!r->create || r->answer_oom)
+        return n;
+    char *a = n < 65536 - r->answer_len
+                  ? realloc(r->answer, r->answer_len + n + 1)
+                  : NULL;
+    if (!a) {
+        r->answer_oom = 1; /* an answer of a session is a few hundred bytes */
+        return n;
+    }
+    memcpy(a + r->answer_len, ptr, n);
+    r->answer = a;
+    r->answer_len += n;
+    a[r->answer_len] = '\0';
+    return n;
 }
 
 /* --- requests ------------------------------------------------------- */
@@ -180,7 +207,8 @@ static struct req *req_get(struct engine *e)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_PRIVATE, r);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_answer);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(e->cfg->timeout_s * 1000.0));
@@ -188,9 +216,66 @@ static struct req *req_get(struct engine *e)
     return r;
 }
 
+/* Nonzero when a step could start now: a connection, and with --decode
+ * a session ready for it. */
+static int can_start(struct engine *e)
+{
+    return e->inflight < e->cfg->max_inflight &&
+           (!e->cfg->decode ||
+            load_decode_available(e->cfg->decode, uv_hrtime()));
+}
+
+/* Hands a request to curl. */
+static void submit(struct engine *e, struct req *r, const char *url,
+                   const char *body, size_t len, int json)
+{
+    r->errbuf[0] = '\0';
+    if (url)
+        curl_easy_setopt(r->easy, CURLOPT_URL, url);
+    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER,
+                     json ? e->hdr_json : e->hdr_msgpack);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    e->inflight++;
+    curl_multi_add_handle(e->multi, r->easy);
+}
+
+/* --decode: creates again each lost session whose back-off has passed. */
+static void start_creates(struct engine *e)
+{
+    struct load_decode *d = e->cfg->decode;
+    int i;
+    while (d && (i = load_decode_next_create(d, uv_hrtime())) >= 0) {
+        struct req *r = req_get(e);
+        if (!r) {
+            fprintf(stderr, "mra-load: out of memory for a request\n");
+            e->failed = 1;
+            e->arrivals_over = 1;
+            load_decode_create_done(d, i, 0, NULL, 0, uv_hrtime(), e->res);
+            return;
+        }
+        r->session = i;
+        r->create = 1;
+        r->intended_ns = 0;
+        submit(e, r, d->create_url, d->create_body, d->create_len, 0);
+    }
+}
+
+/* Starts the arrivals that wait, as far as connections and sessions
+ * allow. */
+static void drain_backlog(struct engine *e)
+{
+    while (e->bl_len && can_start(e)) {
+        uint64_t t = e->backlog[e->bl_head];
+        e->bl_head = (e->bl_head + 1) % e->bl_cap;
+        e->bl_len--;
+        start_request(e, t);
+    }
+}
+
 static void start_request(struct engine *e, uint64_t intended)
 {
-    if (e->inflight >= e->cfg->max_inflight) {
+    if (!can_start(e)) {
         if (e->bl_len == e->bl_cap) {
             size_t cap = e->bl_cap ? e->bl_cap * 2 : 1024;
             uint64_t *b =
@@ -222,15 +307,16 @@ static void start_request(struct engine *e, uint64_t intended)
     const struct load_body *b = &e->cfg->bodies[e->next_body];
     e->next_body = (e->next_body + 1) % e->cfg->nbodies;
     r->intended_ns = intended;
-    r->errbuf[0] = '\0';
-    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER,
-                     b->json ? e->hdr_json : e->hdr_msgpack);
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, b->data);
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)b->len);
+    r->create = 0;
+    r->session = -1;
+    const char *url = NULL; /* the one set when the handle was made */
+    if (e->cfg->decode) {
+        r->session = load_decode_acquire(e->cfg->decode, uv_hrtime());
+        url = e->cfg->decode->s[r->session].step_url;
+    }
     if (intended >= e->t_measure && intended < e->t_end)
         e->res->sent++;
-    e->inflight++;
-    curl_multi_add_handle(e->multi, r->easy);
+    submit(e, r, url, b->data, b->len, b->json);
 }
 
 static void record(struct engine *e, struct req *r, CURLcode rc, long status)
@@ -277,16 +363,30 @@ static void check_done(struct engine *e)
         struct req *r = (struct req *)priv;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
         curl_multi_remove_handle(e->multi, h);
-        record(e, r, rc, status);
+        struct load_decode *d = e->cfg->decode;
+        if (rc != CURLE_OK)
+            status = 0;
+        int step = !r->create;
+        if (r->create) {
+            load_decode_create_done(d, r->session, status, r->answer,
+                                    r->answer_oom ? 0 : r->answer_len,
+                                    uv_hrtime(), e->res);
+            free(r->answer);
+            r->answer = NULL;
+            r->answer_len = 0;
+            r->answer_oom = 0;
+        } else {
+            record(e, r, rc, status);
+            if (d)
+                load_decode_step_done(d, r->session, status, uv_hrtime(),
+                                      e->res);
+        }
         e->inflight--;
         r->next_free = e->free_reqs;
         e->free_reqs = r;
-        if (e->bl_len) {
-            uint64_t t = e->backlog[e->bl_head];
-            e->bl_head = (e->bl_head + 1) % e->bl_cap;
-            e->bl_len--;
-            start_request(e, t);
-        } else if (e->cfg->rate <= 0 && !e->arrivals_over) {
+        start_creates(e);
+        drain_backlog(e);
+        if (step && !e->bl_len && e->cfg->rate <= 0 && !e->arrivals_over) {
             uint64_t now = uv_hrtime();
             if (now < e->t_end)
                 start_request(e, now); /* closed loop: next one at once */
@@ -350,6 +450,31 @@ static void on_progress(uv_timer_t *t)
             e->bl_len, (double)hist_quantile(&r->lat_ok, 0.99) / 1000.0);
 }
 
+/* --decode: sessions whose back-off has passed take their re-create or
+ * the arrivals that wait.  Once the arrivals are over, those still
+ * waiting after --timeout are given up, so that sessions that never come
+ * back cannot hold the run forever. */
+static void on_session_timer(uv_timer_t *t)
+{
+    struct engine *e = t->data;
+    start_creates(e);
+    drain_backlog(e);
+    uint64_t limit = (uint64_t)(e->cfg->timeout_s * 1e9);
+    if (e->arrivals_over && e->bl_len && limit &&
+        uv_hrtime() > e->t_end + limit) {
+        /* Intended in the measured phase: sent, never completed. */
+        for (size_t i = 0; i < e->bl_len; i++) {
+            uint64_t t = e->backlog[(e->bl_head + i) % e->bl_cap];
+            if (t >= e->t_measure && t < e->t_end) {
+                e->res->sent++;
+                e->res->abandoned++;
+            }
+        }
+        e->bl_len = 0;
+    }
+    maybe_finish(e);
+}
+
 static void maybe_finish(struct engine *e)
 {
     if (e->arrivals_over && e->inflight == 0 && e->bl_len == 0)
@@ -388,7 +513,9 @@ int load_run(const struct load_config *cfg, struct load_result *res)
     uv_timer_init(&e->loop, &e->curl_timer);
     uv_timer_init(&e->loop, &e->arrival_timer);
     uv_timer_init(&e->loop, &e->progress_timer);
+    uv_timer_init(&e->loop, &e->session_timer);
     e->curl_timer.data = e->arrival_timer.data = e->progress_timer.data = e;
+    e->session_timer.data = e;
 
     char auth[1024] = "";
     if (cfg->api_key)
@@ -436,6 +563,8 @@ int load_run(const struct load_config *cfg, struct load_result *res)
     e->next_arrival = e->t0;
     if (cfg->progress)
         uv_timer_start(&e->progress_timer, on_progress, 500, 500);
+    if (cfg->decode)
+        uv_timer_start(&e->session_timer, on_session_timer, 5, 5);
     if (cfg->rate > 0) {
         uv_timer_start(&e->arrival_timer, on_arrival, 0, 0);
     } else {
@@ -454,10 +583,12 @@ int load_run(const struct load_config *cfg, struct load_result *res)
 out:
     uv_timer_stop(&e->arrival_timer);
     uv_timer_stop(&e->progress_timer);
+    uv_timer_stop(&e->session_timer);
     for (size_t i = 0; i < e->nreqs; i++) {
         if (e->multi)
             curl_multi_remove_handle(e->multi, e->all_reqs[i]->easy);
         curl_easy_cleanup(e->all_reqs[i]->easy);
+        free(e->all_reqs[i]->answer);
         free(e->all_reqs[i]);
     }
     if (e->multi)

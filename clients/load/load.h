@@ -1,12 +1,14 @@
 /*
  * load.h - internals of mra-load shared by its command line (options.c),
- * its driver (main.c), its event-loop engine (engine.c) and its reports
- * (report.c).
+ * its driver (main.c), its event-loop engine (engine.c), its decode
+ * sessions (decode.c) and its reports (report.c).
  *
  * One run = one arrival schedule (a fixed rate, a Poisson process, or a
  * closed loop of C workers) played against the server for warmup +
  * duration seconds.  Everything happens on one thread: a libuv loop drives
- * libcurl's multi interface, so no locks are needed.
+ * libcurl's multi interface, so no locks are needed.  With --decode the
+ * requests are decoding steps on sessions the tool creates before the
+ * runs and deletes after them.
  */
 #ifndef MRAD_LOAD_H
 #define MRAD_LOAD_H
@@ -15,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "clients/c/mraclient.h"
 #include "clients/load/hist.h"
 
 /* One prepared request body; requests cycle through the bodies. */
@@ -25,22 +28,25 @@ struct load_body {
     char *label; /* what it is, for reports ("1,8,1024,64 mra2 f32", a path) */
 };
 
+struct load_decode; /* below */
+
 struct load_config {
-    const char *url;     /* base URL */
-    const char *api_key; /* NULL = none */
-    double rate;         /* requests per second (open loop); 0 = closed */
-    int poisson;         /* exponential inter-arrival times */
-    int concurrency;     /* closed loop: this many requests in flight */
-    double duration_s;   /* measured phase */
-    double warmup_s;     /* before it, not recorded */
-    double timeout_s;    /* per request, client side; 0 = none */
-    int max_inflight;    /* open loop: connections at most; later arrivals
-                            wait (their latency still counts from their
-                            intended time) */
-    uint64_t seed;       /* Poisson arrivals */
-    int progress;        /* live line on stderr */
-    struct load_body *bodies;
+    const char *url;          /* base URL */
+    const char *api_key;      /* NULL = none */
+    double rate;              /* requests per second (open loop); 0 = closed */
+    int poisson;              /* exponential inter-arrival times */
+    int concurrency;          /* closed loop: this many requests in flight */
+    double duration_s;        /* measured phase */
+    double warmup_s;          /* before it, not recorded */
+    double timeout_s;         /* per request, client side; 0 = none */
+    int max_inflight;         /* open loop: connections at most; later arrivals
+                                 wait (their latency still counts from their
+                                 intended time) */
+    uint64_t seed;            /* Poisson arrivals */
+    int progress;             /* live line on stderr */
+    struct load_body *bodies; /* with decode: the steps, without "kv" */
     size_t nbodies;
+    struct load_decode *decode; /* NULL: requests with their own keys */
 };
 
 /* What a run measured.  Latency in microseconds from each request's
@@ -58,6 +64,16 @@ struct load_result {
     struct hist lat_ok;      /* latencies of 200 answers */
     struct hist lat_all;     /* latencies of every completed request */
     struct hist lat_503;     /* latencies of 503 answers (load shedding) */
+    /* --decode: what happened to the sessions during the run (warmup
+     * included); 404 and 507 answers to steps also count as statuses. */
+    uint64_t kv_lost;            /* steps answered 404: the session was gone */
+    uint64_t kv_recreated;       /* sessions created again after a 404 */
+    uint64_t kv_recreate_failed; /* re-creates that failed (then retried) */
+    uint64_t kv_full;            /* 507 answers, to steps and re-creates */
+    uint64_t abandoned; /* arrivals of the measured phase still waiting
+                           for a session when the drain gave up
+                           (--timeout after the end): in `sent`, never
+                           completed */
 };
 
 /* Most --shape and --file options. */
@@ -85,6 +101,9 @@ struct load_options {
     char methods[256]; /* comma lists of names */
     char dtypes[256];
     uint32_t hkv, bpr, variants; /* of the random problems */
+    int decode;                  /* --decode: steps on sessions */
+    uint32_t decode_context;     /* tokens each session starts with */
+    uint32_t sessions;           /* sessions; 0 = the default */
     int rate_set;                /* --rate was given */
     int json, quiet;
 };
@@ -99,6 +118,70 @@ int load_options_parse(int argc, char **argv, struct load_options *o);
  * (malloc'd; caller frees) and *n.  Returns 0, or -1 when the list is
  * malformed (then *rates needs no freeing). */
 int load_sweep_parse(const char *s, double **rates, size_t *n);
+
+/* ---- --decode: the sessions steps run on (decode.c) ------------------ */
+
+/* One session's state, as the engine sees it. */
+enum load_session_state {
+    LOAD_SESSION_IDLE,     /* ready for a step (from ready_ns on) */
+    LOAD_SESSION_BUSY,     /* a step in flight */
+    LOAD_SESSION_LOST,     /* gone (404): to create again from ready_ns */
+    LOAD_SESSION_CREATING, /* its re-create in flight */
+};
+
+struct load_session {
+    char id[PROTO_KV_ID_MAX + 1];
+    char *step_url; /* POST /v1/kv/{id}/attention (malloc'd) */
+    enum load_session_state state;
+    uint64_t ready_ns;   /* backing off until then (uv_hrtime) */
+    uint32_t backoff_ms; /* the next back-off; 0 after a success */
+};
+
+struct load_decode {
+    struct load_session *s;
+    size_t n, next;    /* sessions; round-robin start */
+    uint32_t context;  /* tokens each starts with */
+    char *base;        /* the server's base URL, no trailing '/' */
+    char *create_url;  /* POST /v1/kv */
+    char *create_body; /* the context, encoded once (msgpack) */
+    size_t create_len;
+    struct attn_kv_shape shape;
+    struct attn_kv_tokens tokens; /* the context, for the first creates */
+    void *mem;                    /* holds it */
+    uint64_t deleted, gone;       /* at the end: deleted, already gone */
+};
+
+/*
+ * Prepares --decode: the context (random keys and values of the shape,
+ * dtype, --hkv and --seed, decode_context tokens) and the step bodies
+ * (one query per head of --shape and one appended token, causal; per
+ * --method and --variants) into o->cfg.bodies, then creates o->sessions
+ * sessions with client `c`.  Sets o->cfg.decode.  Returns 0 or an exit
+ * status (message on stderr); load_decode_free() releases what it made
+ * either way.
+ */
+int load_decode_setup(struct load_options *o, struct mrac_client *c);
+/* Deletes the sessions (counting those already gone), then frees what
+ * setup made.  NULL is ignored. */
+void load_decode_teardown(struct load_decode *d, struct mrac_client *c);
+
+/* The engine's side.  `now` is uv_hrtime().  Picks an idle session that
+ * is ready and marks it busy; -1 when none is. */
+int load_decode_acquire(struct load_decode *d, uint64_t now);
+/* Nonzero when load_decode_acquire() would find one. */
+int load_decode_available(const struct load_decode *d, uint64_t now);
+/* A step on session i ended with HTTP `status` (0: no answer): a 404 marks
+ * it lost (to create again), a 507 backs it off; counted in *res. */
+void load_decode_step_done(struct load_decode *d, int i, long status,
+                           uint64_t now, struct load_result *res);
+/* A lost session whose back-off has passed, marked creating; -1 when
+ * none. */
+int load_decode_next_create(struct load_decode *d, uint64_t now);
+/* Its create ended: status and the answer body.  201 gives the session
+ * its new id; anything else backs it off and leaves it lost. */
+void load_decode_create_done(struct load_decode *d, int i, long status,
+                             const char *body, size_t len, uint64_t now,
+                             struct load_result *res);
 
 /* Runs one load phase.  Returns 0, or -1 with a message on stderr when the
  * event loop or libcurl could not be set up. */

@@ -268,6 +268,24 @@ static int plot(const struct load_options *o, const struct load_result *res,
     return status;
 }
 
+/* --decode: the client that creates the sessions before the runs and
+ * deletes them after, then the sessions and their step bodies.  Returns 0
+ * or an exit status. */
+static int decode_setup(struct load_options *o, struct mrac_client **c)
+{
+    struct mrac_options opt = {
+        .url = o->url,
+        .api_key = o->cfg.api_key,
+        .timeout_ms = (uint32_t)(o->cfg.timeout_s * 1000.0),
+    };
+    struct mrac_error err;
+    if (mrac_client_new(&opt, c, &err) != MRAC_OK) {
+        fprintf(stderr, "mra-load: %s\n", err.message);
+        return err.err == MRAC_EINVAL ? 2 : 1;
+    }
+    return load_decode_setup(o, *c);
+}
+
 int main(int argc, char **argv)
 {
     struct load_options o;
@@ -275,7 +293,7 @@ int main(int argc, char **argv)
     if (status >= 0)
         return status;
     status = set_target(&o);
-    if (!status)
+    if (!status && !o.decode)
         status = make_bodies(&o);
     o.cfg.progress = !o.quiet && isatty(STDERR_FILENO);
     int curl = 0;
@@ -286,15 +304,25 @@ int main(int argc, char **argv)
             status = 1;
         }
     }
+    struct mrac_client *mc = NULL;
+    if (!status && o.decode)
+        status = decode_setup(&o, &mc);
     struct load_result *res = NULL;
     size_t nres = 0;
     if (!status)
         status = run_phases(&o, &res, &nres);
+    struct load_decode *d = o.cfg.decode;
+    load_decode_teardown(d, mc);
+    mrac_client_free(mc);
+    if (!status && d && !o.json)
+        printf("sessions   %llu deleted at the end, %llu already gone\n",
+               (unsigned long long)d->deleted, (unsigned long long)d->gone);
     if (!status && o.json)
         load_report_json(&o.cfg, res, nres);
     if (!status && o.plot)
         status = plot(&o, res, nres);
 
+    free(d);
     free(res);
     for (size_t i = 0; i < o.cfg.nbodies; i++)
         free(o.cfg.bodies[i].data);

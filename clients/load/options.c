@@ -1,7 +1,8 @@
 /*
  * options.c - the command line of mra-load: its flags, their defaults and
- * checks, read into a struct load_options (load_options_parse), the
- * rates of --sweep (load_sweep_parse) and --help.
+ * checks (--decode's included), read into a struct load_options
+ * (load_options_parse), the rates of --sweep (load_sweep_parse) and
+ * --help.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -43,6 +44,17 @@ static void usage(FILE *f)
             "1)\n"
             "  --seed S             random seed (default 1)\n"
             "  --file F             a request body file instead (repeatable)\n"
+            "Decoding on sessions (keys and values kept in the server):\n"
+            "  --decode             requests are decoding steps on sessions:\n"
+            "                       the Nq queries of --shape (default\n"
+            "                       1,8,1,64) and one appended token, causal;\n"
+            "                       one step in flight per session (arrivals\n"
+            "                       wait for one, and the wait counts); a\n"
+            "                       session the server ended (404) is made\n"
+            "                       again, a 507 backs it off; the sessions\n"
+            "                       are deleted at the end\n"
+            "  --decode-context N   tokens each session starts with (1024)\n"
+            "  --sessions S         sessions (default 4, or --concurrency)\n"
             "Connection:\n"
             "  --url URL            server (default http://127.0.0.1:8080)\n"
             "  --api-key-file F     send the key in F as a bearer token\n"
@@ -84,24 +96,43 @@ enum {
     O_CSV,
     O_PLOT,
     O_QUIET,
+    O_DECODE,
+    O_DCTX,
+    O_SESSIONS,
     O_HELP,
 };
 
 /* In the order of the enum: a bad value names its flag by index. */
 static const struct option opts[] = {
-    {"rate", 1, 0, O_RATE},         {"poisson", 0, 0, O_POISSON},
-    {"concurrency", 1, 0, O_CONC},  {"sweep", 1, 0, O_SWEEP},
-    {"duration", 1, 0, O_DUR},      {"warmup", 1, 0, O_WARM},
-    {"shape", 1, 0, O_SHAPE},       {"kv-len", 1, 0, O_KVLEN},
-    {"causal", 0, 0, O_CAUSAL},     {"hkv", 1, 0, O_HKV},
-    {"method", 1, 0, O_METHOD},     {"dtype", 1, 0, O_DTYPE},
-    {"block-per-row", 1, 0, O_BPR}, {"variants", 1, 0, O_VARIANTS},
-    {"seed", 1, 0, O_SEED},         {"file", 1, 0, O_FILE},
-    {"url", 1, 0, O_URL},           {"api-key-file", 1, 0, O_KEY},
-    {"timeout", 1, 0, O_TIMEOUT},   {"max-inflight", 1, 0, O_MAXIN},
-    {"json", 0, 0, O_JSON},         {"csv", 1, 0, O_CSV},
-    {"plot", 1, 0, O_PLOT},         {"quiet", 0, 0, O_QUIET},
-    {"help", 0, 0, O_HELP},         {0, 0, 0, 0},
+    {"rate", 1, 0, O_RATE},
+    {"poisson", 0, 0, O_POISSON},
+    {"concurrency", 1, 0, O_CONC},
+    {"sweep", 1, 0, O_SWEEP},
+    {"duration", 1, 0, O_DUR},
+    {"warmup", 1, 0, O_WARM},
+    {"shape", 1, 0, O_SHAPE},
+    {"kv-len", 1, 0, O_KVLEN},
+    {"causal", 0, 0, O_CAUSAL},
+    {"hkv", 1, 0, O_HKV},
+    {"method", 1, 0, O_METHOD},
+    {"dtype", 1, 0, O_DTYPE},
+    {"block-per-row", 1, 0, O_BPR},
+    {"variants", 1, 0, O_VARIANTS},
+    {"seed", 1, 0, O_SEED},
+    {"file", 1, 0, O_FILE},
+    {"url", 1, 0, O_URL},
+    {"api-key-file", 1, 0, O_KEY},
+    {"timeout", 1, 0, O_TIMEOUT},
+    {"max-inflight", 1, 0, O_MAXIN},
+    {"json", 0, 0, O_JSON},
+    {"csv", 1, 0, O_CSV},
+    {"plot", 1, 0, O_PLOT},
+    {"quiet", 0, 0, O_QUIET},
+    {"decode", 0, 0, O_DECODE},
+    {"decode-context", 1, 0, O_DCTX},
+    {"sessions", 1, 0, O_SESSIONS},
+    {"help", 0, 0, O_HELP},
+    {0, 0, 0, 0},
 };
 
 /* Applies one flag (c, with its value in optarg) to *o.  Returns 0, or -1
@@ -192,7 +223,52 @@ static int apply(struct load_options *o, int c)
     case O_QUIET:
         o->quiet = 1;
         return 0;
+    case O_DECODE:
+        o->decode = 1;
+        return 0;
+    case O_DCTX: {
+        unsigned long long n = strtoull(optarg, &end, 10);
+        o->decode_context = n <= UINT32_MAX ? (uint32_t)n : 0;
+        return *end || *optarg == '-' || o->decode_context == 0 ? -1 : 0;
     }
+    case O_SESSIONS: {
+        unsigned long long n = strtoull(optarg, &end, 10);
+        o->sessions = n <= 65536 ? (uint32_t)n : 0;
+        return *end || *optarg == '-' || o->sessions == 0 ? -1 : 0;
+    }
+    }
+    return -1;
+}
+
+/* The checks and defaults of --decode.  Returns -1 to go on, or 2. */
+static int decode_options(struct load_options *o)
+{
+    if (!o->decode) {
+        if (o->decode_context || o->sessions) {
+            fprintf(stderr, "mra-load: --decode-context and --sessions go "
+                            "with --decode\n");
+            return 2;
+        }
+        return -1;
+    }
+    if (o->nfiles || o->kv_len || o->nshapes > 1 || strchr(o->dtypes, ',')) {
+        fprintf(stderr, "mra-load: --decode takes one --shape and one "
+                        "--dtype, and no --file or --kv-len (the context is "
+                        "--decode-context)\n");
+        return 2;
+    }
+    int conc = o->cfg.concurrency;
+    if (o->sessions && conc && o->sessions < (uint32_t)conc) {
+        fprintf(stderr,
+                "mra-load: --concurrency %d needs --sessions >= %d "
+                "(one step in flight per session)\n",
+                conc, conc);
+        return 2;
+    }
+    if (!o->sessions)
+        o->sessions = conc ? (uint32_t)conc : 4;
+    if (!o->decode_context)
+        o->decode_context = 1024;
     return -1;
 }
 
@@ -251,7 +327,7 @@ int load_options_parse(int argc, char **argv, struct load_options *o)
                         "--file, not both\n");
         return 2;
     }
-    return -1;
+    return decode_options(o);
 }
 
 int load_sweep_parse(const char *s, double **rates, size_t *n)

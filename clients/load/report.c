@@ -58,9 +58,21 @@ void load_report_text(const struct load_config *cfg,
     else
         printf("latency    no 200 answers\n");
     if (r->backlog_max)
-        printf("note       up to %llu arrivals waited for a free connection "
-               "(--max-inflight); their wait is in the latency\n",
-               (unsigned long long)r->backlog_max);
+        printf("note       up to %llu arrivals waited for a free %s; their "
+               "wait is in the latency\n",
+               (unsigned long long)r->backlog_max,
+               cfg->decode ? "session or connection"
+                           : "connection (--max-inflight)");
+    const struct load_decode *d = cfg->decode;
+    if (d)
+        printf("sessions   %zu of %u tokens at the start; gone (404) %llu, "
+               "re-created %llu, re-creates failed %llu, 507 %llu, "
+               "abandoned %llu\n",
+               d->n, (unsigned)d->context, (unsigned long long)r->kv_lost,
+               (unsigned long long)r->kv_recreated,
+               (unsigned long long)r->kv_recreate_failed,
+               (unsigned long long)r->kv_full,
+               (unsigned long long)r->abandoned);
 }
 
 static void json_hist(const char *name, const struct hist *h)
@@ -101,6 +113,17 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
     json_hist("latency_all_ms", &r->lat_all);
     printf(",");
     json_hist("latency_503_ms", &r->lat_503);
+    const struct load_decode *d = cfg->decode;
+    if (d)
+        printf(",\"decode\":{\"sessions\":%zu,\"context\":%u,"
+               "\"kv_not_found\":%llu,\"recreated\":%llu,"
+               "\"recreate_failed\":%llu,\"kv_cache_full\":%llu,"
+               "\"abandoned\":%llu,\"deleted\":%llu,\"gone_at_end\":%llu}",
+               d->n, (unsigned)d->context, (unsigned long long)r->kv_lost,
+               (unsigned long long)r->kv_recreated,
+               (unsigned long long)r->kv_recreate_failed,
+               (unsigned long long)r->kv_full, (unsigned long long)r->abandoned,
+               (unsigned long long)d->deleted, (unsigned long long)d->gone);
     printf("}");
 }
 
