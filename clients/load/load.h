@@ -70,10 +70,10 @@ struct load_result {
     uint64_t kv_recreated;       /* sessions created again after a 404 */
     uint64_t kv_recreate_failed; /* re-creates that failed (then retried) */
     uint64_t kv_full;            /* 507 answers, to steps and re-creates */
-    uint64_t abandoned;          /* arrivals of the measured phase still waiting
-                                    for a session when the drain gave up
-                                    (--timeout after the end): in `sent`, never
-                                    completed */
+    /* Arrivals of the measured phase still waiting for a session when the
+     * drain gave up (--timeout after the end): in `sent`, never
+     * completed. */
+    uint64_t abandoned;
 };
 
 /* Most --shape and --file options. */
