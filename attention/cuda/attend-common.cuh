@@ -1,7 +1,8 @@
 /*
  * attend-common.cuh - what the fused attention kernels (attend-mma.cuh for
- * f16 / bf16, attend-simt.cuh for f32) do alike: find the tensors of a
- * thread block's head, the key tiles it walks, which keys of a tile are
+ * f16 / bf16, attend-simt.cuh for f32) do alike: find the queries of a
+ * thread block's head and its keys and values (dense tensors or a store's
+ * pages), the key tiles it walks, which keys of a tile are
  * real and which a query row sees under causality, and reduce and
  * normalise an output row held by four threads.
  *
@@ -27,13 +28,27 @@ namespace mrad_cuda
 namespace
 {
 
-/* The tensors one query head reads, with elements stored as E. */
+/* What one query head reads, with elements stored as E: its queries, and
+ * the KV unit whose keys and values it shares (kv_block_rows() and
+ * kv_block_mask() of common.cuh find them, in tensors or a store). */
 template <typename E> struct head_tensors {
     const E *q;           /* [Nq, D] its query rows */
-    const E *k, *v;       /* [Nk, D] the rows of the KV head it shares */
-    const uint8_t *mask;  /* [Nk] its batch entry's key mask, or NULL */
     const uint8_t *qmask; /* [Nq] its batch entry's query mask, or NULL */
     uint32_t b;           /* its batch entry */
+    size_t unit;          /* its KV unit b * Hkv + h / (H / Hkv) */
+
+    /* The key (values: value) rows of key block J. */
+    __device__ __forceinline__ const E *rows(const attend_args &a, bool values,
+                                             uint32_t J) const
+    {
+        return kv_block_rows<E>(a.kv, values, unit, J, a.Nk, a.D);
+    }
+    /* The key mask of key block J (NULL: every key real). */
+    __device__ __forceinline__ const uint8_t *mask(const attend_args &a,
+                                                   uint32_t J) const
+    {
+        return kv_block_mask(a.kv, b, J, a.Nk);
+    }
 };
 
 /* The tensors of query head hb = b * H + h: the H / Hkv query heads of a
@@ -46,12 +61,8 @@ __device__ __forceinline__ head_tensors<E> attend_head(const attend_args &a,
     head_tensors<E> t;
     t.b = (uint32_t)(hb / a.H);
     uint32_t h = (uint32_t)(hb % a.H);
-    size_t kvh = (size_t)t.b * a.Hkv + h / (a.H / a.Hkv);
-    size_t kd = (size_t)a.Nk * a.D;
+    t.unit = (size_t)t.b * a.Hkv + h / (a.H / a.Hkv);
     t.q = (const E *)a.q + hb * ((size_t)a.Nq * a.D);
-    t.k = (const E *)a.k + kvh * kd;
-    t.v = (const E *)a.v + kvh * kd;
-    t.mask = a.mask ? a.mask + (size_t)t.b * a.Nk : nullptr;
     t.qmask = a.qmask ? a.qmask + (size_t)t.b * a.Nq : nullptr;
     return t;
 }
@@ -121,15 +132,14 @@ __device__ __forceinline__ uint32_t causal_cols(const attend_args &a,
     return last < 0 ? 0u : (2u << last) - 1u;
 }
 
-/* Which keys of the tile that starts at token key0 are real (below N and
- * not masked): bit c for token key0 + c.  A whole warp calls it; `lane` is
- * the caller's lane. */
-__device__ __forceinline__ uint32_t key_tile_mask(const uint8_t *mask,
-                                                  uint32_t key0, uint32_t N,
+/* Which keys of a tile are real: bit c for its key c when c < n (the
+ * tile's keys below Nk) and m[c] (its key mask, NULL: all real).  A whole
+ * warp calls it; `lane` is the caller's lane. */
+__device__ __forceinline__ uint32_t key_tile_mask(const uint8_t *m, uint32_t n,
                                                   int lane)
 {
-    uint32_t j = key0 + lane;
-    return __ballot_sync(0xffffffffu, j < N && (!mask || mask[j]));
+    uint32_t c = (uint32_t)lane;
+    return __ballot_sync(0xffffffffu, c < n && (!m || m[c]));
 }
 
 /* Whether query row i is real: below Nq and not masked out. */

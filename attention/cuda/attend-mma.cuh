@@ -66,6 +66,24 @@ __device__ __forceinline__ void load_rows(uint16_t *dst, const uint16_t *src,
     }
 }
 
+/* Starts the loads of key block J of a head into one stage of shared
+ * memory (keys, values, and the word of its real keys, which the first
+ * warp computes). */
+template <int DP, int LD, int NT>
+__device__ __forceinline__ void
+load_tile(const attend_args &a, const head_tensors<uint16_t> &ht, uint32_t J,
+          uint16_t *ks, uint16_t *vs, uint32_t *mword, bool vec, int tid)
+{
+    uint32_t n = a.Nk - J * BLK; /* keys of the block below Nk */
+    load_rows<DP, LD, NT>(ks, ht.rows(a, false, J), 0, BLK, n, a.D, vec, tid);
+    load_rows<DP, LD, NT>(vs, ht.rows(a, true, J), 0, BLK, n, a.D, vec, tid);
+    if (tid < 32) {
+        uint32_t w = key_tile_mask(ht.mask(a, J), n, tid);
+        if (tid == 0)
+            *mword = w;
+    }
+}
+
 /* For DP <= 64, at most 128 registers a thread, so that two 256-thread
  * blocks of exact attention share a multiprocessor. */
 template <typename T, int DP, int W>
@@ -88,9 +106,8 @@ __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
     const uint32_t tile = attend_qtile(a, qtiles);
     const size_t hb = blockIdx.x / qtiles;
     const head_tensors<uint16_t> ht = attend_head<uint16_t>(a, hb);
-    const uint16_t *q = ht.q, *k = ht.k, *v = ht.v;
-    const uint8_t *mask = ht.mask;
-    const uint32_t Nq = a.Nq, Nk = a.Nk, D = a.D;
+    const uint16_t *q = ht.q;
+    const uint32_t Nq = a.Nq, D = a.D;
     const uint32_t row0 = tile * R;
     const bool vec = a.vec_ok != 0;
     /* this thread's two rows: g and g + 8 of its warp's 16 */
@@ -131,14 +148,7 @@ __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
 
     if (ntiles > 0) {
         load_rows<DP, LD, NT>(Qs, q, row0, R, Nq, D, vec, tid);
-        uint32_t key0 = tw.at(0) * BLK;
-        load_rows<DP, LD, NT>(Ks, k, key0, BLK, Nk, D, vec, tid);
-        load_rows<DP, LD, NT>(Vs, v, key0, BLK, Nk, D, vec, tid);
-        if (warp == 0) {
-            uint32_t w = key_tile_mask(mask, key0, Nk, lane);
-            if (lane == 0)
-                mword[0] = w;
-        }
+        load_tile<DP, LD, NT>(a, ht, tw.at(0), Ks, Vs, &mword[0], vec, tid);
         cp_commit();
     }
 
@@ -149,16 +159,9 @@ __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
     for (uint32_t it = 0; it < ntiles; it++) {
         const int st = it & 1;
         if (it + 1 < ntiles) {
-            uint32_t key0 = tw.at(it + 1) * BLK;
-            uint16_t *kd = Ks + (st ^ 1) * BLK * LD;
-            uint16_t *vd = Vs + (st ^ 1) * BLK * LD;
-            load_rows<DP, LD, NT>(kd, k, key0, BLK, Nk, D, vec, tid);
-            load_rows<DP, LD, NT>(vd, v, key0, BLK, Nk, D, vec, tid);
-            if (warp == 0) {
-                uint32_t w = key_tile_mask(mask, key0, Nk, lane);
-                if (lane == 0)
-                    mword[st ^ 1] = w;
-            }
+            load_tile<DP, LD, NT>(
+                a, ht, tw.at(it + 1), Ks + (st ^ 1) * BLK * LD,
+                Vs + (st ^ 1) * BLK * LD, &mword[st ^ 1], vec, tid);
             cp_commit();
             cp_wait<1>();
         } else {

@@ -48,8 +48,7 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     const uint32_t I = attend_qtile(a, qtiles);
     const size_t hb = blockIdx.x / qtiles;
     const head_tensors<float> ht = attend_head<float>(a, hb);
-    const float *q = ht.q, *k = ht.k, *v = ht.v;
-    const uint8_t *mask = ht.mask;
+    const float *q = ht.q;
     const size_t Nq = a.Nq, Nk = a.Nk, D = a.D;
     const uint32_t row0 = I * BLK;
 
@@ -78,16 +77,18 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     }
 
     for (uint32_t it = 0; it < ntiles; it++) {
-        uint32_t key0 = tw.at(it) * BLK;
+        const uint32_t J = tw.at(it), key0 = J * BLK;
+        const float *k = ht.rows(a, false, J), *v = ht.rows(a, true, J);
         __syncthreads(); /* the previous tile is no longer read */
         for (int x = tid; x < BLK * DP; x += SIMT_THREADS) {
             uint32_t c = x / DP, d = x % DP, j = key0 + c;
             bool in = j < Nk && d < D;
-            Ks[c * LQ + d] = in ? k[j * D + d] : 0.0f;
-            Vs[c * DP + d] = in ? v[j * D + d] : 0.0f;
+            Ks[c * LQ + d] = in ? k[c * D + d] : 0.0f;
+            Vs[c * DP + d] = in ? v[c * D + d] : 0.0f;
         }
         if (tid < 32) {
-            uint32_t w = key_tile_mask(mask, key0, (uint32_t)Nk, tid);
+            uint32_t w =
+                key_tile_mask(ht.mask(a, J), (uint32_t)(Nk - key0), tid);
             if (tid == 0)
                 mword = w;
         }

@@ -29,17 +29,21 @@ int attn_cuda_device_count(void);
  * Computes one problem whose q, k, v, mask, q_mask and out point to device
  * memory of the backend's GPU.  `be` must come from attn_backend_new("cuda" or
  * "auto") and be a CUDA backend (else ATTN_ENOTSUP).  The problem is
- * checked with attn_problem_check() (ATTN_EINVAL).  `stream` is a
+ * checked with attn_problem_check() (ATTN_EINVAL).  With p->kv (a store of
+ * this backend) the keys and values come from the store, which is in
+ * device memory already; p->append, if any, is host memory, appended
+ * first as attn_backend_compute() does it (Nk must then be the store's
+ * count after it, or 0 for that count).  `stream` is a
  * cudaStream_t to enqueue the work on: the call then returns once the work
  * is enqueued, and the caller synchronises that stream before reading
  * `out` or reusing the inputs.  With stream == NULL the backend's own
  * stream is used and the call returns when the output is complete.
  * Returns ATTN_OK, ATTN_ENOMEM (device pool could not grow), ATTN_ENOTSUP
- * (shape beyond the backend's limits, or a problem on a store of keys and
- * values, p->kv) or ATTN_EBACKEND (launch error or a sticky device
- * fault).  Same threading rule as attn_backend_compute(): one
- * thread at a time per backend.  Does not fill statistics or consume
- * injected faults.
+ * (shape beyond the backend's limits) or ATTN_EBACKEND (launch error or a
+ * sticky device fault).  A store read on a caller's stream must not be
+ * freed before that stream has finished.  Same threading rule as
+ * attn_backend_compute(): one thread at a time per backend.  Does not fill
+ * statistics or consume injected faults.
  */
 int attn_cuda_compute_device(struct attn_backend *be,
                              const struct attn_problem *p, void *stream);

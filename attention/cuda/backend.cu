@@ -1,8 +1,9 @@
 /*
  * backend.cu - the CUDA backend behind the vtable of attn-impl.h: device
  * selection, the device memory pool and pinned staging buffers, the
- * per-batch pipeline, error containment, and the device-pointer entry point
- * of attn-cuda.h.
+ * per-batch pipeline, error containment, the vtable's stores of keys and
+ * values (kv.cu keeps them), and the device-pointer entry point of
+ * attn-cuda.h.
  *
  * One backend instance drives one GPU (cfg->device) with two streams: the
  * copy stream moves the inputs of the next problem host-to-device while the
@@ -98,7 +99,8 @@ bool layout(const size_t *sizes, int n, size_t *off, size_t *total)
 }
 
 /* The host tensors of a problem: q, k, v, mask, q_mask, out (the inputs
- * first, so that one copy moves them all). */
+ * first, so that one copy moves them all); k, v and mask are empty for a
+ * problem on a store. */
 constexpr int NT = 6, T_OUT = NT - 1;
 bool tensor_sizes(const attn_problem *p, size_t sz[NT])
 {
@@ -108,10 +110,11 @@ bool tensor_sizes(const attn_problem *p, size_t sz[NT])
         __builtin_mul_overflow((size_t)p->B * p->Hkv, (size_t)p->Nk, &kn) ||
         __builtin_mul_overflow(kn, (size_t)p->D * es, &kn))
         return false;
+    bool dense = !p->kv; /* a store's keys are on the device already */
     sz[0] = qn;
-    sz[1] = kn;
-    sz[2] = kn;
-    sz[3] = p->mask ? (size_t)p->B * p->Nk : 0;
+    sz[1] = dense ? kn : 0;
+    sz[2] = dense ? kn : 0;
+    sz[3] = dense && p->mask ? (size_t)p->B * p->Nk : 0;
     sz[4] = p->q_mask ? (size_t)p->B * p->Nq : 0;
     sz[T_OUT] = qn;
     return true;
@@ -127,7 +130,11 @@ struct cuda_ctx {
     arena work;     /* MRA work buffers of the running problem */
     arena din[2];   /* device copies of a problem's tensors, per slot */
     arena stage[2]; /* pinned host staging, per slot */
-    int sticky;     /* a fault that left the context unusable */
+    /* Uploads of the appends to stores (kv.cu): pinned and device
+     * buffers, and the event of the last upload out of the pinned one. */
+    arena kv_host, kv_dev;
+    cudaEvent_t kv_up;
+    int sticky; /* a fault that left the context unusable */
     /* Recorded after the last work that used `work`, on whichever stream
      * it ran: later work on another stream waits for it, so callers'
      * streams and the compute stream never share the buffers at once. */
@@ -160,12 +167,23 @@ int contain(cuda_ctx *c, int rc)
     return rc;
 }
 
-/* Resolves a checked problem whose tensors sit at the given device
- * addresses into the kernels' description.  The query mask is q_mask, or
- * in self-attention (Nq == Nk) the key mask, or none. */
-dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
-                     const void *v, const uint8_t *mask, const uint8_t *q_mask,
-                     void *out)
+/* The dense keys, values and key mask of a problem at device addresses. */
+kv_src dense_src(const void *k, const void *v, const uint8_t *mask)
+{
+    kv_src s;
+    memset(&s, 0, sizeof s);
+    s.k = k;
+    s.v = v;
+    s.mask = mask;
+    return s;
+}
+
+/* Resolves a checked problem whose queries and output sit at the given
+ * device addresses, and keys and values at `kv`, into the kernels'
+ * description.  The query mask is q_mask, or in self-attention (Nq == Nk)
+ * the key mask (a store's is gathered by run_problem()), or none. */
+dev_problem make_dev(const attn_problem *p, const void *q, const kv_src &kv,
+                     const uint8_t *q_mask, void *out)
 {
     dev_problem d;
     d.method = p->method;
@@ -179,10 +197,10 @@ dev_problem make_dev(const attn_problem *p, const void *q, const void *k,
     d.nbq = attn_num_blocks(p->Nq);
     d.nbk = attn_num_blocks(p->Nk);
     d.q = q;
-    d.k = k;
-    d.v = v;
-    d.mask = mask;
-    d.qmask = p->q_mask ? q_mask : p->Nq == p->Nk ? mask : nullptr;
+    d.kv = kv;
+    bool self = !p->q_mask && p->Nq == p->Nk;
+    d.qmask = p->q_mask ? q_mask : self ? kv.mask : nullptr;
+    d.qmask_of_store = self && kv.pg.table;
     d.out = out;
     d.scale = attn_scale(p);
     d.causal = p->causal != 0;
@@ -206,14 +224,43 @@ int bind_blas(cuda_ctx *c, cudaStream_t st)
 }
 
 /* Enqueues one problem (tensors in device memory) on `st`. */
-int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
+int run_problem(cuda_ctx *c, dev_problem p, cudaStream_t st)
 {
+    if (p.D > ATTN_MAX_HEAD_DIM || p.nbq > 65535 || p.nbk > 65535)
+        return ATTN_ENOTSUP;
+    /* The work buffers: the query mask gathered from a store (self-
+     * attention on a store), then the MRA buffers. */
+    size_t sz[1 + MRA_NBUF], off[1 + MRA_NBUF], total;
+    memset(sz, 0, sizeof sz);
+    if (p.qmask_of_store)
+        sz[0] = (size_t)p.B * p.Nq;
+    if (p.method != ATTN_EXACT && !mra_work_sizes(p, sz + 1))
+        return ATTN_ENOMEM;
+    if (!layout(sz, 1 + MRA_NBUF, off, &total))
+        return ATTN_ENOMEM;
+    if (total > c->work.cap) {
+        /* Growing frees the old arena: let queued work finish. */
+        cudaError_t e = cudaStreamSynchronize(st);
+        if (e != cudaSuccess)
+            return cuda_err(e);
+    }
+    int rc = arena_reserve(&c->work, total);
+    if (rc)
+        return rc;
+    void *bufs[1 + MRA_NBUF];
+    for (int i = 0; i < 1 + MRA_NBUF; i++)
+        bufs[i] = (char *)c->work.base + off[i];
+    if (p.qmask_of_store) {
+        rc = kv_gather_mask(p.kv, p.B, p.Nq, (uint8_t *)bufs[0], st);
+        if (rc)
+            return rc;
+        p.qmask = (const uint8_t *)bufs[0];
+    }
+
     attend_args a;
     memset(&a, 0, sizeof a);
     a.q = p.q;
-    a.k = p.k;
-    a.v = p.v;
-    a.mask = p.mask;
+    a.kv = p.kv;
     a.qmask = p.qmask;
     a.out = p.out;
     a.B = p.B;
@@ -227,29 +274,14 @@ int run_problem(cuda_ctx *c, const dev_problem &p, cudaStream_t st)
     a.scale = p.scale;
     a.causal = p.causal;
     a.off = p.off;
-    a.vec_ok = p.D % 8 == 0 &&
-               ((uintptr_t)p.q | (uintptr_t)p.k | (uintptr_t)p.v) % 16 == 0;
-    if (p.D > ATTN_MAX_HEAD_DIM || p.nbq > 65535 || p.nbk > 65535)
-        return ATTN_ENOTSUP;
+    /* 16-byte rows: a store's pages are (kv.cu), dense tensors must be */
+    a.vec_ok =
+        p.D % 8 == 0 && (uintptr_t)p.q % 16 == 0 &&
+        (p.kv.pg.table || ((uintptr_t)p.kv.k | (uintptr_t)p.kv.v) % 16 == 0);
 
     if (p.method != ATTN_EXACT) {
-        size_t sz[MRA_NBUF], off[MRA_NBUF], total;
-        if (!mra_work_sizes(p, sz) || !layout(sz, MRA_NBUF, off, &total))
-            return ATTN_ENOMEM;
-        if (total > c->work.cap) {
-            /* Growing frees the old arena: let queued work finish. */
-            cudaError_t e = cudaStreamSynchronize(st);
-            if (e != cudaSuccess)
-                return cuda_err(e);
-        }
-        int rc = arena_reserve(&c->work, total);
-        if (rc)
-            return rc;
-        void *bufs[MRA_NBUF];
-        for (int i = 0; i < MRA_NBUF; i++)
-            bufs[i] = (char *)c->work.base + off[i];
         mra_work w;
-        mra_work_bind(&w, bufs);
+        mra_work_bind(&w, bufs + 1);
         rc = bind_blas(c, st);
         if (rc)
             return rc;
@@ -315,8 +347,15 @@ int job_launch(cuda_ctx *c, job *j, int s)
     cudaError_t e = cudaStreamWaitEvent(c->comp, c->h2d[s], 0);
     if (e != cudaSuccess)
         return cuda_err(e);
-    dev_problem p = make_dev(j->p, d + j->off[0], d + j->off[1], d + j->off[2],
-                             j->p->mask ? (uint8_t *)d + j->off[3] : nullptr,
+    kv_src kv = dense_src(d + j->off[1], d + j->off[2],
+                          j->p->mask ? (uint8_t *)d + j->off[3] : nullptr);
+    if (j->p->kv) {
+        const kv_store *ks = (const kv_store *)j->p->kv->impl;
+        if (!kv_store_ok(ks))
+            return ATTN_EBACKEND;
+        kv = kv_store_src(ks);
+    }
+    dev_problem p = make_dev(j->p, d + j->off[0], kv,
                              j->p->q_mask ? (uint8_t *)d + j->off[4] : nullptr,
                              d + j->off[T_OUT]);
     int rc = run_problem(c, p, c->comp);
@@ -413,6 +452,85 @@ int cuda_memory(void *ctx, uint64_t *used, uint64_t *total)
     return ATTN_OK;
 }
 
+/* ---- stores of keys and values (kv.cu) --------------------------------- */
+
+/* Uploads of appends use at most this much staging at a time: a larger
+ * append goes up in pieces. */
+constexpr size_t KV_STAGE_MAX = 64 << 20;
+
+int cuda_kv_new(void *ctx, attn_kv *kv)
+{
+    (void)ctx;
+    kv_store *s = nullptr;
+    int rc = kv_store_new(&kv->shape, &s);
+    if (rc == ATTN_OK)
+        kv->impl = s;
+    return rc;
+}
+
+/* Makes the append staging hold `want` bytes (pinned and device). */
+int kv_stage_reserve(cuda_ctx *c, size_t want)
+{
+    if (want > c->kv_host.cap || want > c->kv_dev.cap) {
+        /* Growing frees the buffers: the last upload and the kernels
+         * reading it must be done. */
+        cudaError_t e = cudaStreamSynchronize(c->comp);
+        if (e != cudaSuccess)
+            return cuda_err(e);
+    }
+    int rc = arena_reserve(&c->kv_host, want);
+    return rc ? rc : arena_reserve(&c->kv_dev, want);
+}
+
+int cuda_kv_append(void *ctx, attn_kv *kv,
+                   const struct ::attn_kv_tokens *tokens)
+{
+    const kv_tokens *t = reinterpret_cast<const kv_tokens *>(tokens);
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    kv_store *s = (kv_store *)kv->impl;
+    if (c->sticky || !kv_store_ok(s) || cudaSetDevice(c->device) != cudaSuccess)
+        return ATTN_EBACKEND;
+    /* on the compute stream, after whatever ran before (a caller's stream
+     * of attn_cuda_compute_device() included) */
+    int rc = order_after_last(c, c->comp);
+    size_t want = kv_stage_need(s, t->n), least = kv_stage_need(s, 1);
+    if (want > KV_STAGE_MAX)
+        want = KV_STAGE_MAX > least ? KV_STAGE_MAX : least;
+    if (!rc)
+        rc = kv_stage_reserve(c, want);
+    if (!rc) {
+        kv_stage stage;
+        stage.host = c->kv_host.base;
+        stage.dev = c->kv_dev.base;
+        stage.cap =
+            c->kv_host.cap < c->kv_dev.cap ? c->kv_host.cap : c->kv_dev.cap;
+        stage.uploaded = c->kv_up;
+        rc = kv_store_append(s, kv->tokens, t, stage, c->comp);
+    }
+    if (!rc)
+        rc = mark_last(c, c->comp);
+    return contain(c, rc);
+}
+
+/* May run on any thread, concurrently with the backend's: it touches the
+ * store's memory only, on the backend's device, and puts the thread's
+ * device back. */
+void cuda_kv_free(void *ctx, attn_kv *kv)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    kv_store *s = (kv_store *)kv->impl;
+    if (!s)
+        return;
+    int prev = -1;
+    bool other = cudaGetDevice(&prev) == cudaSuccess && prev != c->device;
+    cudaSetDevice(c->device);
+    kv_store_free(s); /* cudaFree waits for the work that used it */
+    if (other)
+        cudaSetDevice(prev);
+    cudaGetLastError();
+    kv->impl = nullptr;
+}
+
 void cuda_free(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -424,6 +542,10 @@ void cuda_free(void *ctx)
     if (c->copy)
         cudaStreamSynchronize(c->copy);
     arena_release(&c->work);
+    arena_release(&c->kv_host);
+    arena_release(&c->kv_dev);
+    if (c->kv_up)
+        cudaEventDestroy(c->kv_up);
     for (int s = 0; s < 2; s++) {
         arena_release(&c->din[s]);
         arena_release(&c->stage[s]);
@@ -447,11 +569,10 @@ void cuda_free(void *ctx)
 }
 
 /* In the order of struct attn_backend_i (C++ has no designated
- * initialisers before C++20).  No stores of keys and values (kv_new,
- * kv_append, kv_free): attn_kv_new() answers ENOTSUP. */
+ * initialisers before C++20). */
 const attn_backend_i cuda_iface = {
-    "cuda",      cuda_compute_batch, cuda_device, cuda_health, nullptr,
-    cuda_memory, cuda_free,          nullptr,     nullptr,     nullptr,
+    "cuda",      cuda_compute_batch, cuda_device, cuda_health,    nullptr,
+    cuda_memory, cuda_free,          cuda_kv_new, cuda_kv_append, cuda_kv_free,
 };
 
 } // namespace
@@ -485,7 +606,7 @@ extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
     if (!c)
         return ATTN_ENOMEM;
     c->device = dev;
-    c->stage[0].host = c->stage[1].host = true;
+    c->stage[0].host = c->stage[1].host = c->kv_host.host = true;
     snprintf(c->desc, sizeof c->desc, "%.200s (sm_%d%d, %.0f GiB)", prop.name,
              prop.major, prop.minor,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
@@ -495,8 +616,11 @@ extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
                   cudaSuccess &&
               cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking) ==
                   cudaSuccess;
-    ok = ok && cudaEventCreateWithFlags(&c->last, cudaEventDisableTiming) ==
-                   cudaSuccess;
+    ok = ok &&
+         cudaEventCreateWithFlags(&c->last, cudaEventDisableTiming) ==
+             cudaSuccess &&
+         cudaEventCreateWithFlags(&c->kv_up, cudaEventDisableTiming) ==
+             cudaSuccess;
     for (int s = 0; ok && s < 2; s++)
         ok = cudaEventCreateWithFlags(&c->h2d[s], cudaEventDisableTiming) ==
                  cudaSuccess &&
@@ -529,15 +653,38 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
         return ATTN_EINVAL;
     if (be->iface != &cuda_iface)
         return ATTN_ENOTSUP;
-    if (attn_problem_check(p, NULL, 0) != ATTN_OK)
+    /* On a store: Nk 0 reads what it holds once `append` is applied, as
+     * attn_backend_compute_batch() has it. */
+    attn_problem sized;
+    if (p->kv && p->Nk == 0) {
+        uint64_t nk = (uint64_t)p->kv->tokens + p->append.n;
+        sized = *p;
+        sized.Nk = nk <= UINT32_MAX ? (uint32_t)nk : 0;
+        p = &sized;
+    }
+    if (attn_problem_check(p, NULL, 0) != ATTN_OK || (p->kv && p->kv->be != be))
         return ATTN_EINVAL;
-    if (p->kv) /* this backend keeps no stores of keys and values */
-        return ATTN_ENOTSUP;
+    if (p->kv && (uint64_t)p->kv->tokens + p->append.n != p->Nk)
+        return ATTN_EINVAL;
     cuda_ctx *c = (cuda_ctx *)be->ctx;
     if (c->sticky || cudaSetDevice(c->device) != cudaSuccess)
         return ATTN_EBACKEND;
     cudaStream_t st = stream ? (cudaStream_t)stream : c->comp;
-    dev_problem d = make_dev(p, p->q, p->k, p->v, p->mask, p->q_mask, p->out);
+    kv_src kv = dense_src(p->k, p->v, p->mask);
+    if (p->kv) {
+        /* the tokens to append are host memory; they go up on the
+         * backend's stream, which `st` then waits for */
+        int rc = attn_kv_append(
+            p->kv,
+            reinterpret_cast<const struct ::attn_kv_tokens *>(&p->append));
+        if (rc)
+            return rc;
+        const kv_store *s = (const kv_store *)p->kv->impl;
+        if (!kv_store_ok(s))
+            return ATTN_EBACKEND;
+        kv = kv_store_src(s);
+    }
+    dev_problem d = make_dev(p, p->q, kv, p->q_mask, p->out);
     int rc = order_after_last(c, st);
     if (!rc)
         rc = run_problem(c, d, st);

@@ -1,7 +1,8 @@
 /*
  * common.cuh - what the CUDA translation units of the backend share: the
  * device-side description of a problem, the work buffers one problem needs,
- * dtype helpers and the prototypes of the kernel launchers.
+ * addressing of keys and values (dense tensors or a store's pages), dtype
+ * helpers and the prototypes of the kernel launchers.
  *
  * Nothing here is visible outside attention/cuda/; the C world sees
  * attn-cuda.h and the vtable only.
@@ -23,6 +24,68 @@ namespace mrad_cuda
 
 constexpr int BLK = ATTN_BLOCK; /* 32: the spec's block size b */
 
+/* ---- where keys and values live ---------------------------------------- */
+
+/*
+ * A page of a store of keys and values (kv.cu): 32 tokens of every unit
+ * u = b * Hkv + h (entry b, KV head h) and what MRA reads of them, in two
+ * pieces so that each keeps the alignment its loads need:
+ *   kv:    keys [units][32][D], then values [units][32][D], in the dtype
+ *   meta:  ksum [units][D] f32, vsum [units][D] f32 (sums of the block's
+ *          real keys and values, in token order), mask [B][32] (1 = real),
+ *          cnt [B] f32 (real tokens of the block)
+ * Together exactly attn_kv_page_bytes() bytes.
+ */
+struct kv_page {
+    char *kv, *meta;
+};
+
+/* How the kernels find a store's pages: table[P] holds tokens 32 P ..
+ * 32 P + 31, and the offsets of the pieces of a page. */
+struct kv_pages {
+    const kv_page *table;   /* device memory; NULL: not a store */
+    size_t vals;            /* bytes of a page's keys: its values follow */
+    size_t unit;            /* bytes of one unit's 32 rows: 32 * D * es */
+    size_t vsum, mask, cnt; /* offsets in meta (ksum at 0) */
+};
+
+/* A problem's keys, values and key mask: dense tensors, or a store's
+ * pages (pg.table set; k, v and mask are then unused). */
+struct kv_src {
+    const void *k, *v;   /* [B * Hkv, Nk, D] */
+    const uint8_t *mask; /* [B, Nk] or NULL */
+    kv_pages pg;
+};
+
+/* The 32 key rows (values: value rows) of key block J of unit u, a row
+ * every D elements (rows past Nk, in the last block, are not to be read).
+ * The one place that turns (unit, block) into an address, for dense
+ * tensors and stores alike. */
+template <typename E>
+__host__ __device__ __forceinline__ const E *
+kv_block_rows(const kv_src &s, bool values, size_t u, uint32_t J, uint32_t Nk,
+              uint32_t D)
+{
+    if (s.pg.table)
+        return (const E *)(s.pg.table[J].kv + (values ? s.pg.vals : 0) +
+                           u * s.pg.unit);
+    return (const E *)(values ? s.v : s.k) + (u * Nk + (size_t)J * BLK) * D;
+}
+
+/* The key mask of key block J of entry b: m[c] for token 32 J + c (c below
+ * Nk - 32 J), or NULL when every key is real. */
+__host__ __device__ __forceinline__ const uint8_t *
+kv_block_mask(const kv_src &s, uint32_t b, uint32_t J, uint32_t Nk)
+{
+    if (s.pg.table)
+        return (const uint8_t *)s.pg.table[J].meta + s.pg.mask +
+               (size_t)b * BLK;
+    return s.mask ? s.mask + (size_t)b * Nk + (size_t)J * BLK : nullptr;
+}
+
+/* ---- a problem ------------------------------------------------------------
+ */
+
 /* One problem as the kernels see it: device pointers, resolved scale,
  * query mask and budget.  Built by the backend from a checked struct
  * attn_problem. */
@@ -31,10 +94,12 @@ struct dev_problem {
     int dtype;  /* enum attn_dtype */
     uint32_t B, H, Hkv, Nq, Nk, D;
     uint32_t nbq, nbk; /* query and key blocks */
-    const void *q, *k, *v;
-    const uint8_t *mask;  /* keys [B, Nk] or NULL */
+    const void *q;
+    kv_src kv;            /* keys, values, key mask */
     const uint8_t *qmask; /* queries [B, Nq] or NULL: q_mask, or in
                              self-attention the key mask */
+    bool qmask_of_store;  /* the query mask is the store's key mask, to be
+                             gathered into a [B, Nq] buffer first */
     void *out;
     float scale;
     int causal;
@@ -82,8 +147,8 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
 
 /* Arguments of the fused attention kernels. */
 struct attend_args {
-    const void *q, *k, *v;
-    const uint8_t *mask;  /* keys [B, Nk] or NULL */
+    const void *q;
+    kv_src kv;            /* keys, values and their mask */
     const uint8_t *qmask; /* queries [B, Nq] or NULL (every query real) */
     void *out;
     uint32_t B, H, Hkv, Nq, Nk, D, nbq, nbk;
@@ -107,6 +172,51 @@ struct attend_args {
 int attend_f32(const attend_args &a, cudaStream_t stream);
 int attend_f16(const attend_args &a, cudaStream_t stream);
 int attend_bf16(const attend_args &a, cudaStream_t stream);
+
+/* ---- stores of keys and values (kv.cu) --------------------------------- */
+
+/* A store of the backend (attn_kv->impl): pages in device memory. */
+struct kv_store;
+
+/* Tokens to append.  attn.h declares struct attn_kv_tokens inside struct
+ * attn_problem, which in C++ makes it attn_problem::attn_kv_tokens; the
+ * later prototypes that name `struct attn_kv_tokens` (attn_kv_append(),
+ * the vtable's kv_append) declare an incomplete namespace-scope type of
+ * the same name and layout, which the backend casts to this one. */
+using kv_tokens = attn_problem::attn_kv_tokens;
+
+/* Pinned host and device buffers of `cap` bytes each for the uploads of
+ * appends, and an event recorded after each upload leaves `host`. */
+struct kv_stage {
+    void *host, *dev;
+    size_t cap;
+    cudaEvent_t uploaded;
+};
+
+/* Creates an empty store of a checked shape (no device memory yet).
+ * Returns ATTN_OK or ATTN_ENOMEM. */
+int kv_store_new(const attn_kv_shape *shape, kv_store **out);
+/* Frees the store's device memory and the store: on the device that is
+ * current, with nothing in flight that uses it. */
+void kv_store_free(kv_store *s);
+/* Staging bytes an append of n tokens needs to go up in one piece; with
+ * less (but at least kv_stage_need(s, 1)) it goes up in several. */
+size_t kv_stage_need(const kv_store *s, uint32_t n);
+/* Appends t->n > 0 tokens after the store's first t0 on `st`: pages first
+ * (ATTN_ENOMEM: the store is unchanged), then one upload of the tokens
+ * through `stage` per piece that fits it and the kernels that place them
+ * and update the block sums.  A device error after the pages were taken
+ * leaves the store unusable (kv_store_ok() false). */
+int kv_store_append(kv_store *s, uint64_t t0, const kv_tokens *t,
+                    const kv_stage &stage, cudaStream_t st);
+/* False after an append failed on the device part-way. */
+bool kv_store_ok(const kv_store *s);
+/* Where the kernels read the store. */
+kv_src kv_store_src(const kv_store *s);
+/* Copies the key mask of the first N tokens of a store into out [B, N]
+ * (the query mask of self-attention), on `st`. */
+int kv_gather_mask(const kv_src &kv, uint32_t B, uint32_t N, uint8_t *out,
+                   cudaStream_t st);
 
 /* Head dimension padded to the tile widths the kernels are built for. */
 static inline uint32_t pad_dim(uint32_t D)

@@ -1,9 +1,10 @@
 /*
  * plan.cu - the low-resolution half of MRA-2 on the GPU: block counts and
- * means, low-resolution logits (cuBLAS), the top-k block selection of every
- * head, the CSR lists of selected key blocks per block row, and in mra2
- * ("full") mode the softmax state of the low-resolution terms of each block
- * row, which the fused kernel (attend-*.cu) starts from.
+ * means (from the tokens, or from the sums a store keeps), low-resolution
+ * logits (cuBLAS), the top-k block selection of every head, the CSR lists
+ * of selected key blocks per block row, and in mra2 ("full") mode the
+ * softmax state of the low-resolution terms of each block row, which the
+ * fused kernel (attend-*.cu) starts from.
  *
  * Selection.  The score S_IJ and its order-preserving 64-bit key come from
  * attention/select-rule.h, the functions the CPU backend uses too, so that
@@ -86,6 +87,30 @@ __global__ void k_means(const T *x, const uint8_t *mask, const float *cnt,
                 s += to_f32(src[(size_t)j * D + d]);
         }
         out[(hb * nb + I) * D + d] = c > 0.0f ? s / c : 0.0f;
+    }
+}
+
+/* The key block counts c_J and the key (and in full mode value) block
+ * means of a store, from the sums its pages keep: one thread block per
+ * (unit, block), threads over d.  The sums were added in token order from
+ * 0, as k_means adds, and divided the same way, so the means are bitwise
+ * those k_counts and k_means compute from the tokens themselves. */
+__global__ void k_kv_means(kv_pages pg, uint32_t Hkv, uint32_t D, uint32_t nb,
+                           int full, float *cnt, float *kh, float *vh)
+{
+    size_t u = blockIdx.x / nb;
+    uint32_t J = blockIdx.x % nb;
+    uint32_t b = (uint32_t)(u / Hkv);
+    const char *meta = pg.table[J].meta;
+    float c = ((const float *)(meta + pg.cnt))[b];
+    if (threadIdx.x == 0 && u % Hkv == 0)
+        cnt[(size_t)b * nb + J] = c;
+    const float *ks = (const float *)meta + u * D;
+    const float *vs = (const float *)(meta + pg.vsum) + u * D;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        kh[(u * nb + J) * D + d] = c > 0.0f ? ks[d] / c : 0.0f;
+        if (full)
+            vh[(u * nb + J) * D + d] = c > 0.0f ? vs[d] / c : 0.0f;
     }
 }
 
@@ -482,16 +507,23 @@ int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
         nn > 0xffffffffu || heads > 0x7fffffffu)
         return ATTN_ENOTSUP;
 
-    /* 1. counts and block means: keys over Nk with the key mask, queries
-     * over Nq with the query mask */
-    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbk, 256), 256, st, p.mask,
-                p.B, p.Nk, p.nbk, w.cnt);
+    /* 1. counts and block means: keys over Nk with the key mask (a
+     * store's from the sums it keeps, reading nbk rows of sums per unit
+     * instead of every key), queries over Nq with the query mask */
+    if (p.kv.pg.table) {
+        MRAD_LAUNCH(k_kv_means, (unsigned)((size_t)p.B * p.Hkv * p.nbk),
+                    p.D >= 128 ? 128 : 64, st, p.kv.pg, p.Hkv, p.D, p.nbk, full,
+                    w.cnt, w.kh, w.vh);
+    } else {
+        MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbk, 256), 256, st,
+                    p.kv.mask, p.B, p.Nk, p.nbk, w.cnt);
+        means(p, p.kv.k, p.Hkv, p.Nk, p.nbk, p.kv.mask, w.cnt, w.kh, st);
+        if (full)
+            means(p, p.kv.v, p.Hkv, p.Nk, p.nbk, p.kv.mask, w.cnt, w.vh, st);
+    }
     MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbq, 256), 256, st, p.qmask,
                 p.B, p.Nq, p.nbq, w.cntq);
     means(p, p.q, p.H, p.Nq, p.nbq, p.qmask, w.cntq, w.qh, st);
-    means(p, p.k, p.Hkv, p.Nk, p.nbk, p.mask, w.cnt, w.kh, st);
-    if (full)
-        means(p, p.v, p.Hkv, p.Nk, p.nbk, p.mask, w.cnt, w.vh, st);
 
     /* 2. L = s * qh kh^T.  The G query heads sharing one KV head are
      * contiguous in qh, so one GEMM per (b, KV head) covers them all: in

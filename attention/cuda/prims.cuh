@@ -2,7 +2,8 @@
  * prims.cuh - what the backend's kernels use of the GPU beyond plain C++:
  * mma.sync m16n8k16 for f16 and bf16 with f32 accumulation, ldmatrix
  * (plain and transposed), cp.async, the dynamic shared memory, and on the
- * host side kernel launches, the batched SGEMM and asynchronous memset.
+ * host side kernel launches, the batched SGEMM, asynchronous memset and
+ * copies, device allocations and events.
  * Kept apart so that the kernels (attend-*.cuh) and the planning code
  * (plan.cu) can also be compiled against host emulations of exactly these
  * primitives (tests/cuda/emu-prims.h, used by the emulation tests); they
@@ -125,6 +126,38 @@ inline cublasStatus_t sgemm_strided(cublasHandle_t h, cublasOperation_t ta,
 inline cudaError_t memset_async(void *p, int v, size_t n, cudaStream_t st)
 {
     return cudaMemsetAsync(p, v, n, st);
+}
+
+/* Device memory, copies and events as the stores of kv.cu use them. */
+inline cudaError_t dev_malloc(void **p, size_t n)
+{
+    return cudaMalloc(p, n);
+}
+
+inline void dev_free(void *p)
+{
+    cudaFree(p);
+}
+
+inline cudaError_t copy_async(void *dst, const void *src, size_t n,
+                              cudaMemcpyKind kind, cudaStream_t st)
+{
+    return cudaMemcpyAsync(dst, src, n, kind, st);
+}
+
+inline cudaError_t event_record(cudaEvent_t ev, cudaStream_t st)
+{
+    return cudaEventRecord(ev, st);
+}
+
+inline cudaError_t event_sync(cudaEvent_t ev)
+{
+    return cudaEventSynchronize(ev);
+}
+
+inline cudaError_t stream_sync(cudaStream_t st)
+{
+    return cudaStreamSynchronize(st);
 }
 
 /* The error of the last launch (and clears it). */

@@ -286,9 +286,9 @@ attend_args args_for(data &d, bool use_list)
     attend_args a;
     memset(&a, 0, sizeof a);
     a.q = d.q.data();
-    a.k = d.k.data();
-    a.v = d.v.data();
-    a.mask = p.mask;
+    a.kv.k = d.k.data();
+    a.kv.v = d.v.data();
+    a.kv.mask = p.mask;
     a.qmask = query_mask(p);
     a.out = d.out.data();
     a.B = p.B;
@@ -567,9 +567,9 @@ void check_pipeline(const tcase &c, bool nan_key = false)
     dp.nbq = attn_num_blocks(c.Nq);
     dp.nbk = attn_num_blocks(c.Nk);
     dp.q = d.q.data();
-    dp.k = d.k.data();
-    dp.v = d.v.data();
-    dp.mask = d.p.mask;
+    dp.kv.k = d.k.data();
+    dp.kv.v = d.v.data();
+    dp.kv.mask = d.p.mask;
     dp.qmask = query_mask(d.p);
     dp.out = d.out.data();
     dp.scale = attn_scale(&d.p);
