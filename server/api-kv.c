@@ -235,11 +235,15 @@ static int kv_resume(struct mrad_req *r)
     struct kv_call *call = mrad_req_data(r);
     struct mrad_call *c = &call->c;
     int rc;
-    if (mrad_call_failed(r, c, NULL, &rc))
+    int failed = mrad_call_failed(r, c, NULL, &rc);
+    if (failed) {
+        mrad_call_end_session(c);
         return rc;
+    }
     mrad_call_drop_body(c);
     struct mrad_kv_view v;
     mrad_kv_view(c->srv->kv, c->kv, &v);
+    mrad_call_end_session(c);
     /* The store's count right after this request, not what later ones
      * will have appended. */
     v.tokens = call->tokens;

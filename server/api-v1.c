@@ -243,8 +243,10 @@ static int attention_resume(struct mrad_req *r)
     struct v1_call *call = mrad_req_data(r);
     const struct mrad_job *job = &call->c.job;
     int rc;
-    if (mrad_call_failed(r, &call->c, call->req.has_id ? call->req.id : NULL,
-                         &rc))
+    int failed = mrad_call_failed(
+        r, &call->c, call->req.has_id ? call->req.id : NULL, &rc);
+    mrad_call_end_session(&call->c);
+    if (failed)
         return rc;
     struct proto_stats st = {
         .attn = job->stats,

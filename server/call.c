@@ -241,3 +241,11 @@ void mrad_call_drop_body(struct mrad_call *c)
     mrad_server_release(c->srv, c->body_reserved);
     c->body_reserved = 0;
 }
+
+void mrad_call_end_session(struct mrad_call *c)
+{
+    if (c->kv && (c->refused || c->job.err_src == MRAD_SRC_ATTN)) {
+        mrad_kv_release(c->srv->kv, c->kv);
+        c->kv = NULL;
+    }
+}

@@ -98,4 +98,13 @@ int mrad_call_failed(struct mrad_req *r, struct mrad_call *c, const char *id,
  * over and before the answer is sent. */
 void mrad_call_drop_body(struct mrad_call *c);
 
+/* In resume(): ends the call's use of its session now, rather than when
+ * the call is freed (after its answer is sent), when no worker can touch
+ * the store for it any more: the job was computed (or failed) by its
+ * worker, or never submitted.  A job answered by the scheduler (a
+ * deadline, a client gone, a drain) keeps its use until its release, as
+ * its worker may still be computing it.  So a client that has its answer
+ * finds the session idle, as it left it. */
+void mrad_call_end_session(struct mrad_call *c);
+
 #endif /* MRAD_SERVER_CALL_H */

@@ -380,7 +380,7 @@ def test_lru_eviction_spares_sessions_in_use_then_507():
         d = create(s, k, k)["kv"]
         assert step(s, d, q)[0] == 200
         # A session larger than the whole budget never fits.
-        big = rnd(rng, 1, 1, 64 * 3, 64)
+        big = rnd(rng, 1, 1, 64 * 8, 64)
         st, _, body_ = call(s, "POST", "/v1/kv", tokens_body(big, big))
         assert st == 507
         # Nor an append that would take the session past the budget.

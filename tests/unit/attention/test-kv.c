@@ -251,9 +251,9 @@ static void test_appends_in_batch_order(void **state)
     attn_backend_free(be);
 }
 
-/* The byte count, as attn_kv_bytes_for() predicts: whole pages of keys,
- * values and mask, and the block arrays of a capacity of 16 blocks,
- * doubled as the blocks outgrow it. */
+/* The byte count, as attn_kv_bytes_for() predicts; on the CPU whole pages
+ * of keys, values and mask, and the block arrays of a capacity of 16
+ * blocks, doubled as the blocks outgrow it. */
 static void test_bytes(void **state)
 {
     (void)state;
@@ -266,6 +266,15 @@ static void test_bytes(void **state)
     assert_non_null(buf);
     struct attn_kv_tokens t = {buf, buf, NULL, 40};
     assert_int_equal(attn_kv_append(kv, &t), ATTN_OK);
+    /* Every backend's store holds what attn_kv_bytes_for() says for it. */
+    assert_int_equal(attn_kv_bytes(kv),
+                     attn_kv_bytes_for(fx_backend_name(), &sh, 40));
+    if (!fx_backend_is_cpu()) { /* the layout below is the CPU's */
+        free(buf);
+        attn_kv_free(kv);
+        attn_backend_free(be);
+        return;
+    }
     /* 2*3 units x 32 tokens x 64 x 2 bytes, twice, and the mask */
     uint64_t page = 2 * 6 * 32 * 64 * 2 + 2 * 32;
     /* per block: key and value sums and key means (64 floats each), value

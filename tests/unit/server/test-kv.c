@@ -42,13 +42,20 @@ enum { D = 8 };
 static const struct attn_kv_shape shape = {ATTN_F32, 1, 1, D};
 static float tok_k[64 * D], tok_v[64 * D];
 
-static struct mrad_kv_table *table(uint64_t budget_pages, uint64_t max_sessions,
+static uint64_t bytes_for(uint64_t tokens)
+{
+    return attn_kv_bytes_for("cpu", &shape, tokens);
+}
+
+#define PLENTY (1ull << 30)
+
+static struct mrad_kv_table *table(uint64_t budget, uint64_t max_sessions,
                                    size_t workers)
 {
     struct mrad_kv_config c = {
         .backend = "cpu",
         .workers = workers,
-        .budget_bytes = budget_pages * attn_kv_bytes_for("cpu", &shape, 1),
+        .budget_bytes = budget,
         .max_sessions = max_sessions,
         .ttl_ms = 60000,
         .max_ttl_ms = 120000,
@@ -98,7 +105,7 @@ static void assert_idle(struct mrad_kv_table *t, uint64_t sessions,
 static void test_ids_and_owners(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(8, 16, 1);
+    struct mrad_kv_table *t = table(PLENTY, 16, 1);
     struct mrad_kv *kv = make(t, 7, 40);
     char id[MRAD_KV_ID_LEN + 1], id2[MRAD_KV_ID_LEN + 1];
     id_of(t, kv, id);
@@ -107,7 +114,7 @@ static void test_ids_and_owners(void **state)
     struct mrad_kv_view v;
     mrad_kv_view(t, kv, &v);
     assert_int_equal(v.tokens, 40);
-    assert_int_equal(v.bytes, attn_kv_bytes_for("cpu", &shape, 40));
+    assert_int_equal(v.bytes, bytes_for(40));
     assert_int_equal(v.ttl_ms, 60000);
     mrad_kv_release(t, kv);
 
@@ -138,13 +145,13 @@ static void test_ids_and_owners(void **state)
     mrad_kv_table_free(t);
 }
 
-/* A budget of 4 pages: sessions of 2 pages; the third evicts the least
+/* A budget of two and a half sessions: the third evicts the least
  * recently used idle one, never one in use; with both in use: full. */
 static void test_budget_and_lru(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(4, 16, 1);
-    uint64_t two = attn_kv_bytes_for("cpu", &shape, 64);
+    uint64_t two = bytes_for(64);
+    struct mrad_kv_table *t = table(2 * two + two / 2, 16, 1);
     struct mrad_kv *a = make(t, 0, 64), *b = make(t, 0, 64);
     char ida[40], idb[40];
     id_of(t, a, ida);
@@ -168,7 +175,7 @@ static void test_budget_and_lru(void **state)
     /* more than the whole budget */
     mrad_kv_release(t, x);
     assert_int_equal(
-        mrad_kv_create(t, 0, &shape, 200, 0, &d, msg, sizeof msg),
+        mrad_kv_create(t, 0, &shape, 1000, 0, &d, msg, sizeof msg),
         MRAD_EKVFULL);
     assert_idle(t, 2, 2 * two);
     struct mrad_kv_stats st;
@@ -182,7 +189,7 @@ static void test_budget_and_lru(void **state)
 static void test_session_limit(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(100, 2, 1);
+    struct mrad_kv_table *t = table(PLENTY, 2, 1);
     struct mrad_kv *a = make(t, 0, 1), *b = make(t, 0, 1), *c;
     char msg[256];
     assert_int_equal(mrad_kv_create(t, 0, &shape, 1, 0, &c, msg, sizeof msg),
@@ -190,7 +197,7 @@ static void test_session_limit(void **state)
     assert_non_null(strstr(msg, "--kv-max-sessions"));
     mrad_kv_release(t, a);
     c = make(t, 0, 1); /* a evicted */
-    assert_idle(t, 2, 2 * attn_kv_bytes_for("cpu", &shape, 1));
+    assert_idle(t, 2, 2 * bytes_for(1));
     mrad_kv_release(t, b);
     mrad_kv_release(t, c);
     mrad_kv_table_free(t);
@@ -201,14 +208,13 @@ static void test_session_limit(void **state)
 static void test_reserve(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(4, 16, 1);
+    struct mrad_kv_table *t = table(bytes_for(64) + bytes_for(32) / 2, 16, 1);
     struct mrad_kv *kv = make(t, 0, 30);
-    uint64_t one = attn_kv_bytes_for("cpu", &shape, 1);
     char msg[256];
     assert_int_equal(mrad_kv_reserve(t, kv, 2, msg, sizeof msg), 0);
-    assert_idle(t, 1, 1 * one);
+    assert_idle(t, 1, bytes_for(32));
     assert_int_equal(mrad_kv_reserve(t, kv, 3, msg, sizeof msg), 0);
-    assert_idle(t, 1, 2 * one); /* 35 tokens: 2 pages */
+    assert_idle(t, 1, bytes_for(35)); /* 2 pages */
     /* one of them applied */
     struct attn_kv_tokens tk = {tok_k, tok_v, NULL, 2};
     assert_int_equal(attn_kv_append(mrad_kv_store(kv), &tk), ATTN_OK);
@@ -219,7 +225,7 @@ static void test_reserve(void **state)
                      MRAD_ETOOBIG);
     assert_non_null(strstr(msg, "1000"));
     mrad_kv_release(t, kv);
-    assert_idle(t, 1, one);
+    assert_idle(t, 1, bytes_for(32));
     struct mrad_kv_view v;
     char id[40];
     id_of(t, kv, id);
@@ -237,7 +243,7 @@ static void test_reserve(void **state)
 static void test_delete_in_use(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(8, 16, 1);
+    struct mrad_kv_table *t = table(PLENTY, 16, 1);
     struct mrad_kv *kv = make(t, 3, 10);
     char id[40];
     id_of(t, kv, id);
@@ -245,7 +251,7 @@ static void test_delete_in_use(void **state)
     struct mrad_kv *x;
     assert_int_equal(mrad_kv_acquire(t, id, 32, 3, &x), MRAD_EKVNOTFOUND);
     assert_int_equal(mrad_kv_delete(t, id, 32, 3), MRAD_EKVNOTFOUND);
-    assert_idle(t, 1, attn_kv_bytes_for("cpu", &shape, 10));
+    assert_idle(t, 1, bytes_for(10));
     assert_non_null(mrad_kv_store(kv)); /* still readable by its user */
     mrad_kv_release(t, kv);
     assert_idle(t, 0, 0);
@@ -256,7 +262,7 @@ static void test_delete_in_use(void **state)
     struct attn_kv *store;
     assert_int_equal(attn_kv_new(be, &shape, &store), ATTN_OK);
     mrad_kv_attach(t, kv, store);
-    assert_idle(t, 1, attn_kv_bytes_for("cpu", &shape, 4));
+    assert_idle(t, 1, bytes_for(4));
     mrad_kv_release(t, kv);
     assert_idle(t, 0, 0);
     struct mrad_kv_stats st;
@@ -269,7 +275,7 @@ static void test_delete_in_use(void **state)
 static void test_expiry(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(8, 16, 1);
+    struct mrad_kv_table *t = table(PLENTY, 16, 1);
     struct mrad_kv *a, *b;
     char msg[256];
     /* ttl 1 ms for a; b asks for more than the maximum */
@@ -307,7 +313,7 @@ static void test_expiry(void **state)
 static void test_workers(void **state)
 {
     (void)state;
-    struct mrad_kv_table *t = table(100, 16, 3);
+    struct mrad_kv_table *t = table(PLENTY, 16, 3);
     struct mrad_kv *a = make(t, 0, 64), *b = make(t, 0, 1), *c = make(t, 0, 1),
                    *d = make(t, 0, 1);
     assert_int_equal(mrad_kv_worker(a), 0);
