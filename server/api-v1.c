@@ -1,7 +1,7 @@
 /*
  * api-v1.c - the /v1 attention surface: POST /v1/attention (and the same
- * call on the session of the path, POST /v1/kv/{id}/attention) and
- * GET /v1/info.
+ * call on the session of the path, POST /v1/kv/{id}/attention),
+ * GET /v1/info and GET /v1/openapi.yaml.
  *
  * POST /v1/attention decodes the body with the wire codec (protocol/),
  * binds a request on a session to it (server/kv.h), submits the problem
@@ -314,12 +314,34 @@ static int get_info(struct mrad_req *r)
         cfg->kv_ttl_ms, cfg->kv_max_ttl_ms);
 }
 
+/* ---- GET /v1/openapi.yaml ----------------------------------------------- */
+
+/* protocol/openapi.yaml, compiled in by server/module.mk: the daemon
+ * serves its API description without reading a file at run time. */
+extern const unsigned char mrad_openapi_yaml[];
+extern const size_t mrad_openapi_yaml_len;
+
+/* The document is static: nothing to release once it is sent. */
+static void release_nothing(void *cls)
+{
+    (void)cls;
+}
+
+static int get_openapi(struct mrad_req *r)
+{
+    const struct mrad_req_piece doc = {mrad_openapi_yaml,
+                                       mrad_openapi_yaml_len};
+    return mrad_req_send_pieces(r, 200, "application/yaml", &doc, 1,
+                                release_nothing, NULL);
+}
+
 static const struct mrad_route routes[] = {
     {"POST", "/v1/attention", MRAD_ROUTE_BODY, attention_begin,
      attention_handle, attention_resume},
     {"POST", "/v1/kv/*/attention", MRAD_ROUTE_BODY, attention_begin,
      attention_handle, attention_resume},
     {"GET", "/v1/info", 0, NULL, get_info, NULL},
+    {"GET", "/v1/openapi.yaml", 0, NULL, get_openapi, NULL},
 };
 
 const struct mrad_api mrad_api_v1 = {"v1", "/v1/", routes,
