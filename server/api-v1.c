@@ -83,13 +83,15 @@ static size_t out_bytes(const struct attn_problem *p)
  * holds when its turn comes (Nk 0).  Returns 0, or -1 with the error
  * answered.
  */
-static int bind_session(struct mrad_req *r, struct v1_call *call)
+static int bind_session(struct mrad_req *r, struct v1_call *call,
+                        int kv_in_path)
 {
     struct mrad_call *c = &call->c;
     struct mrad_kv_table *t = c->srv->kv;
     struct attn_problem *p = &call->req.prob;
     char msg[256];
-    mrad_req_add_header(r, MRAD_KV_HEADER, call->req.kv);
+    if (!kv_in_path)
+        mrad_req_add_header(r, MRAD_KV_HEADER, call->req.kv);
     if (mrad_kv_acquire(t, call->req.kv, strlen(call->req.kv),
                         mrad_req_key_id(r), &c->kv))
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EKVNOTFOUND,
@@ -173,6 +175,7 @@ static int attention_handle(struct mrad_req *r)
                                   "kv: no such session (the path's id is "
                                   "not a session id)");
         kv = path_kv;
+        mrad_req_add_header(r, MRAD_KV_HEADER, kv);
     }
     mrad_call_take_body(r, c);
     struct proto_decode_opts o = {&srv->cfg->limits, &out_alloc, kv};
@@ -182,7 +185,7 @@ static int attention_handle(struct mrad_req *r)
     if (rc != PROTO_OK)
         return mrad_req_error(r, MRAD_SRC_PROTO, rc, err);
     struct attn_problem *p = &call->req.prob;
-    if (call->req.has_kv && bind_session(r, call))
+    if (call->req.has_kv && bind_session(r, call, kv != NULL))
         return 0;
     if (admit(r, call))
         return 0;

@@ -271,9 +271,12 @@ def test_bad_requests_on_sessions(srv):
     # Nothing above changed the session.
     st, _, b = call(srv, "GET", f"/v1/kv/{sid}")
     assert json.loads(b)["tokens"] == 40
-    # Answers naming a session in the path carry it, found or not.
+    # Answers naming a session in the path carry it, found or not, the
+    # body decoded or not.
     st, hd, _ = call(srv, "GET", "/v1/kv/" + "c" * 32)
     assert st == 404 and hd[KV_HEADER] == "c" * 32
+    st, hd, _ = call(srv, "POST", f"/v1/kv/{sid}/attention", b"\xc1")
+    assert st == 400 and hd[KV_HEADER] == sid
     call(srv, "DELETE", f"/v1/kv/{sid}")
 
 
