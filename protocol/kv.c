@@ -84,25 +84,26 @@ int proto_kv_info_parse(const void *body, size_t len,
          get_u64(tokens, &out->tokens) || get_u64(bytes, &out->bytes) ||
          get_u64(ttl, &out->ttl_ms) || get_u64(idle, &out->idle_ms)))
         rc = PROTO_EBADREQ;
+    int found = 0;
+    for (int d = ATTN_F32; rc == PROTO_OK && dtype && d <= ATTN_BF16; d++)
+        if (proto_str_eq(dtype, attn_dtype_name((enum attn_dtype)d))) {
+            out->shape.dtype = (enum attn_dtype)d;
+            found = 1;
+        }
+    uint64_t dims[4];
+    int ok = found && shape && shape->type == MSGPACK_OBJECT_ARRAY &&
+             shape->via.array.size == 4;
+    for (int i = 0; ok && i < 4; i++)
+        ok = get_u64(&shape->via.array.ptr[i], &dims[i]) == 0 &&
+             dims[i] <= UINT32_MAX;
+    if (rc == PROTO_OK && !ok)
+        rc = PROTO_EBADREQ;
     if (rc == PROTO_OK) {
         memcpy(out->kv, id->via.str.ptr, id->via.str.size);
         out->kv[id->via.str.size] = '\0';
-        for (int d = ATTN_F32; dtype && d <= ATTN_BF16; d++)
-            if (proto_str_eq(dtype, attn_dtype_name((enum attn_dtype)d)))
-                out->shape.dtype = (enum attn_dtype)d;
-        if (shape && shape->type == MSGPACK_OBJECT_ARRAY &&
-            shape->via.array.size == 4) {
-            uint64_t d[4];
-            int ok = 1;
-            for (int i = 0; i < 4; i++)
-                ok &= get_u64(&shape->via.array.ptr[i], &d[i]) == 0 &&
-                      d[i] <= UINT32_MAX;
-            if (ok) {
-                out->shape.B = (uint32_t)d[0];
-                out->shape.Hkv = (uint32_t)d[1];
-                out->shape.D = (uint32_t)d[3];
-            }
-        }
+        out->shape.B = (uint32_t)dims[0];
+        out->shape.Hkv = (uint32_t)dims[1];
+        out->shape.D = (uint32_t)dims[3];
     }
     msgpack_zone_free(zone);
     return rc;

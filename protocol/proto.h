@@ -271,8 +271,8 @@ struct proto_kv_info {
  *  "ttl_ms":..,"idle_ms":..}: a malloc'd, terminated text (length in
  * *len), or NULL when out of memory. */
 char *proto_kv_info_json(const struct proto_kv_info *in, size_t *len);
-/* Reads such an answer (unknown keys are skipped; "kv" and "tokens" are
- * required).  Returns PROTO_OK or PROTO_EBADREQ. */
+/* Reads such an answer (unknown keys are skipped; "kv", "dtype", "shape"
+ * and "tokens" are required).  Returns PROTO_OK or PROTO_EBADREQ. */
 int proto_kv_info_parse(const void *body, size_t len,
                         struct proto_kv_info *out);
 

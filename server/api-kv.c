@@ -90,7 +90,7 @@ static const struct mrad_job_ops append_ops = {
 
 /* ---- answers -------------------------------------------------------------- */
 
-/* The session answer (JSON) with its X-Mrad-KV header. */
+/* The session answer (JSON); its X-Mrad-KV header was set with the id. */
 static int send_view(struct mrad_req *r, unsigned status,
                      const struct mrad_kv_view *v)
 {
@@ -106,7 +106,6 @@ static int send_view(struct mrad_req *r, unsigned status,
     if (!body)
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
                               "out of memory encoding the answer");
-    mrad_req_add_header(r, MRAD_KV_HEADER, v->id);
     return mrad_req_send(r, status, "application/json", body, len);
 }
 

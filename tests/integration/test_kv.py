@@ -196,6 +196,25 @@ def test_the_session_answer(srv):
     g = json.loads(b)
     assert st == 200 and hd[KV_HEADER] == sid
     assert g["tokens"] == 70 and g["idle_ms"] >= 150
+    # The header comes once, on each kind of answer.
+    conn = srv.connection()
+    for method, path, data in (
+            ("GET", f"/v1/kv/{sid}", None),
+            ("POST", f"/v1/kv/{sid}/append",
+             tokens_body(rnd(rng, 1, 2, 1, 16), rnd(rng, 1, 2, 1, 16),
+                         dtype="f16")),
+            ("POST", f"/v1/kv/{sid}/attention",
+             body({"q": wire.tensor(rnd(rng, 1, 2, 1, 16), "f16")})),
+            ("POST", "/v1/kv", tokens_body(rnd(rng, 1, 2, 1, 16),
+                                           rnd(rng, 1, 2, 1, 16)))):
+        conn.request(method, path, body=data, headers=MSGPACK if data else {})
+        r = conn.getresponse()
+        r.read()
+        names = [k.lower() for k, _ in r.getheaders()]
+        assert r.status in (200, 201) and names.count(KV_HEADER) == 1, names
+        if method == "POST" and path == "/v1/kv":
+            call(srv, "DELETE", f"/v1/kv/{r.getheader('X-Mrad-KV')}")
+    conn.close()
     st, hd, b = call(srv, "DELETE", f"/v1/kv/{sid}")
     assert st == 204 and b == b"" and hd[KV_HEADER] == sid
     info = json.loads(call(srv, "GET", "/v1/info")[2])["kv"]

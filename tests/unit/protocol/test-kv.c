@@ -358,13 +358,23 @@ static void test_kv_info(void **state)
     assert_int_equal(out.ttl_ms, in.ttl_ms);
     assert_int_equal(out.idle_ms, in.idle_ms);
     free(j);
-    /* Unknown keys are skipped; the id and the count are required. */
-    const char *extra = "{\"kv\":\"x\",\"tokens\":3,\"new\":[1]}";
+    /* Unknown keys are skipped; the id, dtype, shape and count are
+     * required. */
+#define SH "\"dtype\":\"f16\",\"shape\":[1,2,3,4]"
+    const char *extra = "{\"kv\":\"x\",\"tokens\":3,\"new\":[1]," SH "}";
     assert_int_equal(proto_kv_info_parse(extra, strlen(extra), &out), PROTO_OK);
     assert_int_equal(out.tokens, 3);
-    const char *bad[] = {"{\"tokens\":3}", "{\"kv\":\"x\"}",
-                         "{\"kv\":\"a b\",\"tokens\":1}",
-                         "{\"kv\":\"x\",\"tokens\":-1}", "[1]", "{"};
+    assert_int_equal(out.shape.dtype, ATTN_F16);
+    assert_int_equal(out.shape.D, 4);
+    const char *bad[] = {"{\"tokens\":3," SH "}", "{\"kv\":\"x\"," SH "}",
+                         "{\"kv\":\"a b\",\"tokens\":1," SH "}",
+                         "{\"kv\":\"x\",\"tokens\":-1," SH "}",
+                         "{\"kv\":\"x\",\"tokens\":1}",
+                         "{\"kv\":\"x\",\"tokens\":1,\"dtype\":\"f64\","
+                         "\"shape\":[1,2,3,4]}",
+                         "{\"kv\":\"x\",\"tokens\":1,\"dtype\":\"f32\","
+                         "\"shape\":[1,2,3]}",
+                         "[1]", "{"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(proto_kv_info_parse(bad[i], strlen(bad[i]), &out),
                          PROTO_EBADREQ);
