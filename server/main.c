@@ -324,9 +324,12 @@ int main(int argc, char **argv)
     mrad_log(MRAD_LOG_INFO, "received %s, draining",
              sig == SIGTERM ? "SIGTERM" : "SIGINT");
     drain(&cfg, http, sched, &sigs);
-    mrad_http_stop(http);
-    /* The sessions' stores go before the backends that hold them. */
+    /* The workers stop first: a job they still held (one cancelled at the
+     * drain timeout) is released while the server its call refers to is
+     * alive.  Then the HTTP side, whose requests release the rest; then
+     * the sessions' stores, before the backends that hold them. */
     mrad_sched_stop(sched);
+    mrad_http_stop(http);
     mrad_kv_table_free(kv);
     mrad_sched_free(sched);
     mrad_bufcache_clear();

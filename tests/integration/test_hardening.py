@@ -580,7 +580,12 @@ def test_sighup_reloads_keys_and_reopens_the_log(tmp_path):
         keyfile.write_text("new-key\n")
         os.rename(log, tmp_path / "mrad.log.1")
         srv.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        # The main thread takes signals between its rounds of housekeeping:
+        # wait for the reload rather than for a fixed time.
+        deadline = time.monotonic() + 10
+        while (srv.get("/v1/info", headers=auth)[0] != 401 and
+               time.monotonic() < deadline):
+            time.sleep(0.05)
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             srv.signal(sig)  # ignored
         time.sleep(0.2)
@@ -598,7 +603,11 @@ def test_sighup_reloads_keys_and_reopens_the_log(tmp_path):
         # A key file that no longer loads keeps the keys in use.
         keyfile.write_text("")
         srv.signal(signal.SIGHUP)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while ("the keys in use stay" not in log.read_text() and
+               time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert "the keys in use stay" in log.read_text()
         assert srv.get("/v1/info", headers={"Authorization": "Bearer new-key"})[0] == 200
         srv.signal(signal.SIGTERM)
         assert srv.proc.wait(20) == 0
