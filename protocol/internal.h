@@ -63,6 +63,34 @@ int proto_tree_read(const void *body, size_t len, enum proto_format fmt,
                     msgpack_zone **zone, msgpack_object *root, char *err,
                     size_t errlen);
 
+/*
+ * A request given in parts by another envelope than the /v1 body (the
+ * KServe v2 protocol, protocol/v2.c): its tensors, each with its /v1 key
+ * name ("q", "k", "mask", ...), dtype (enum attn_dtype, -1 for a u8 mask),
+ * shape and data (a BIN object for bytes, used in place when aligned, or
+ * an ARRAY of numbers, converted), and its scalar fields by their /v1 key
+ * names ("method", "causal", "block_per_row", "kv", "id", ...).  Decoded
+ * and checked exactly as a /v1 body with those keys (the same messages);
+ * an unknown name is refused.  The objects are only read during the call.
+ */
+struct proto_part {
+    const char *name;
+    int dtype;
+    int rank;
+    uint64_t shape[4];
+    const msgpack_object *data;
+};
+struct proto_field {
+    const char *name;
+    const msgpack_object *value;
+};
+int proto_request_from_parts(const struct proto_part *tensors, size_t ntensors,
+                             const struct proto_field *fields, size_t nfields,
+                             enum proto_format fmt,
+                             const struct proto_decode_opts *opts,
+                             struct proto_request *req, char *err,
+                             size_t errlen);
+
 /* Growable output buffer. */
 struct pbuf {
     char *data;

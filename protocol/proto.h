@@ -306,6 +306,90 @@ void proto_response_release(struct proto_response *resp);
 int proto_error_parse(const void *body, size_t len, char *code, size_t codelen,
                       char *message, size_t msglen);
 
+/* ---- the KServe v2 / Open Inference Protocol (protocol/v2.c) ----------- */
+
+/*
+ * POST /v2/models/{model}/infer: a JSON object (the inference header) with
+ * the tensors' bytes after it when they travel as binary data (Triton's
+ * binary tensor data extension: the request's Inference-Header-Content-
+ * Length says where the JSON ends), or in a system shared-memory region
+ * the server registered.  The inputs are the /v1 tensors by name (q, k, v,
+ * mask, q_mask, k_append, v_append, mask_append), FP32, FP16 or BF16 (the
+ * masks UINT8 or BOOL); the request's parameters are the /v1 scalar keys
+ * (block_per_row, num_blocks, prior_first, prior_diagonal, scale, causal,
+ * timeout_ms, kv) plus binary_data_output and Triton's timeout
+ * (microseconds); the model names the method.  protocol/SPEC.md, "KServe
+ * v2", is the contract.
+ */
+
+#define PROTO_V2_NAME_MAX 127
+
+/* Where a tensor lies in a registered shared-memory region. */
+struct proto_v2_shm {
+    char region[PROTO_V2_NAME_MAX + 1];
+    uint64_t offset, byte_size;
+};
+
+/* Resolves a shared-memory reference for `need` bytes (input data to read,
+ * or the output to write): stores the address in *ptr, or returns
+ * PROTO_EBADREQ with a message naming `what` ("inputs[0]", ...) when the
+ * region is unknown or too small, or does not hold need bytes at the
+ * offset. */
+typedef int (*proto_v2_shm_fn)(void *ctx, const struct proto_v2_shm *ref,
+                               const char *what, uint64_t need, void **ptr,
+                               char *err, size_t errlen);
+
+struct proto_v2_opts {
+    struct proto_decode_opts base; /* limits, output allocator, path kv */
+    proto_v2_shm_fn shm;           /* NULL: shared memory is refused */
+    void *shm_ctx;
+};
+
+/* A decoded v2 inference request: the problem and what the answer needs. */
+struct proto_v2_request {
+    struct proto_request req; /* the problem (as a /v1 request) */
+    char model[PROTO_V2_NAME_MAX + 1];
+    char out_name[8];  /* "out" */
+    int binary_out;    /* the output goes back as binary data */
+    int shm_out;       /* the output was written into out_shm */
+    struct proto_v2_shm out_shm;
+    char v2_id[PROTO_V2_NAME_MAX + 1]; /* the request's "id", echoed */
+    int has_v2_id;
+};
+
+/*
+ * Decodes an inference request: body[0 .. json_len) is the JSON header
+ * (json_len = len without binary data), the rest the inputs' binary data
+ * in the order of the inputs that have a binary_data_size.  `model` is the
+ * method ("mra2", "mra2_sparse", "exact").  Returns PROTO_OK, or an error
+ * with a message naming the field (inputs[1].shape, parameters.scale,
+ * ...).  Release with proto_v2_request_release().
+ */
+int proto_v2_request_decode(const void *body, size_t len, size_t json_len,
+                            const char *model, const struct proto_v2_opts *o,
+                            struct proto_v2_request *r, char *err,
+                            size_t errlen);
+void proto_v2_request_release(struct proto_v2_request *r);
+
+/*
+ * The answer's JSON header (a malloc'd, terminated text, length in
+ * *json_len): model_name, model_version "1", id, the statistics in
+ * parameters, and the output "out": as binary data (binary_data_size; its
+ * bytes, r->req.prob.out, follow the header in the body), in shared memory
+ * (nothing follows), or as a JSON array of numbers.  Returns PROTO_OK or
+ * PROTO_ENOMEM.
+ */
+int proto_v2_response_encode(const struct proto_v2_request *r,
+                             const struct proto_stats *st, char **json,
+                             size_t *json_len);
+
+/* KServe's error body {"error": message}: malloc'd, terminated, or NULL
+ * when out of memory. */
+char *proto_v2_error_body(const char *message, size_t *len);
+
+/* The KServe datatype name of a dtype ("FP32", "FP16", "BF16"). */
+const char *proto_v2_datatype(enum attn_dtype dt);
+
 #ifdef __cplusplus
 }
 #endif

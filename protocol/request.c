@@ -806,18 +806,19 @@ static int parse_kv(const msgpack_object *o, const char *path,
     return PROTO_OK;
 }
 
-int proto_request_decode_opts(const void *body, size_t len,
-                              enum proto_format fmt,
-                              const struct proto_decode_opts *opts,
-                              struct proto_request *req, char *err,
-                              size_t errlen)
+/* Sets up a request before decoding: zeroed, its format and answer
+ * allocator; the limits to use in *lim. */
+static void request_begin(enum proto_format fmt,
+                          const struct proto_decode_opts *opts,
+                          struct proto_request *req,
+                          const struct proto_limits **lim,
+                          struct proto_limits *dflt, char *err, size_t errlen)
 {
-    const struct proto_limits *lim = opts ? opts->lim : NULL;
     const struct proto_out_alloc *oa = opts ? opts->out : NULL;
-    struct proto_limits dflt;
-    if (lim == NULL) {
-        proto_limits_default(&dflt);
-        lim = &dflt;
+    *lim = opts ? opts->lim : NULL;
+    if (*lim == NULL) {
+        proto_limits_default(dflt);
+        *lim = dflt;
     }
     if (err != NULL && errlen > 0)
         err[0] = '\0';
@@ -825,7 +826,52 @@ int proto_request_decode_opts(const void *body, size_t len,
     req->format = fmt;
     if (oa != NULL && oa->alloc != NULL && oa->release != NULL)
         req->out_alloc = *oa;
+}
 
+/*
+ * The checks and loads shared by every envelope, once its fields are
+ * found (f[k]: the value of key k, or NULL) and its tensors read (t[i] for
+ * each bit i of `have`): the session, the required tensors, the scalars,
+ * the problem, the library's own check.  On error the request is released
+ * and zeroed.
+ */
+static int decode_fields(const msgpack_object *const *f, struct tview *t,
+                         unsigned have, const struct proto_decode_opts *opts,
+                         const struct proto_limits *lim,
+                         struct proto_request *req, char *err, size_t errlen)
+{
+    int rc = parse_kv(f[K_KV], opts ? opts->kv : NULL, req, err, errlen);
+    /* q always; k and v unless a session holds them */
+    for (int i = T_Q; rc == PROTO_OK && i <= T_V; i++)
+        if (!((have >> i) & 1) && (i == T_Q || !req->has_kv))
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
+    if (rc == PROTO_OK)
+        rc = parse_scalars(f, req, err, errlen);
+    if (rc == PROTO_OK)
+        rc = build_problem(t, have, lim, req, err, errlen);
+    /* A session's problem is finished (and checked) by the caller. */
+    if (rc == PROTO_OK && !req->has_kv) {
+        /* The attention library's own check of the finished problem. */
+        char msg[256];
+        if (attn_problem_check(&req->prob, msg, sizeof msg) != ATTN_OK)
+            rc = perr(err, errlen, PROTO_EBADREQ, "%s", msg);
+    }
+    if (rc != PROTO_OK) {
+        proto_request_release(req);
+        memset(req, 0, sizeof *req);
+    }
+    return rc;
+}
+
+int proto_request_decode_opts(const void *body, size_t len,
+                              enum proto_format fmt,
+                              const struct proto_decode_opts *opts,
+                              struct proto_request *req, char *err,
+                              size_t errlen)
+{
+    const struct proto_limits *lim;
+    struct proto_limits dflt;
+    request_begin(fmt, opts, req, &lim, &dflt, err, errlen);
     msgpack_zone *zone = NULL;
     msgpack_object root;
     int rc = proto_tree_read(body, len, fmt, &zone, &root, err, errlen);
@@ -844,28 +890,77 @@ int proto_request_decode_opts(const void *body, size_t len,
         have |= 1u << i;
     }
     if (rc == PROTO_OK)
-        rc = parse_kv(f[K_KV], opts ? opts->kv : NULL, req, err, errlen);
-    /* q always; k and v unless a session holds them */
-    for (int i = T_Q; rc == PROTO_OK && i <= T_V; i++)
-        if (f[i] == NULL && (i == T_Q || !req->has_kv))
-            rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", rkey_names[i]);
-    if (rc == PROTO_OK)
-        rc = parse_scalars(f, req, err, errlen);
-    if (rc == PROTO_OK)
-        rc = build_problem(t, have, lim, req, err, errlen);
-    /* A session's problem is finished (and checked) by the caller. */
-    if (rc == PROTO_OK && !req->has_kv) {
-        /* The attention library's own check of the finished problem. */
-        char msg[256];
-        if (attn_problem_check(&req->prob, msg, sizeof msg) != ATTN_OK)
-            rc = perr(err, errlen, PROTO_EBADREQ, "%s", msg);
-    }
+        rc = decode_fields(f, t, have, opts, lim, req, err, errlen);
     msgpack_zone_free(zone);
-    if (rc != PROTO_OK) {
-        proto_request_release(req);
-        memset(req, 0, sizeof *req);
-    }
     return rc;
+}
+
+int proto_request_from_parts(const struct proto_part *tensors, size_t ntensors,
+                             const struct proto_field *fields, size_t nfields,
+                             enum proto_format fmt,
+                             const struct proto_decode_opts *opts,
+                             struct proto_request *req, char *err,
+                             size_t errlen)
+{
+    const struct proto_limits *lim;
+    struct proto_limits dflt;
+    request_begin(fmt, opts, req, &lim, &dflt, err, errlen);
+    const msgpack_object *f[K_COUNT] = {0};
+    struct tview t[T_COUNT];
+    unsigned have = 0;
+    memset(t, 0, sizeof t);
+    for (size_t i = 0; i < nfields; i++) {
+        int k = -1;
+        for (int j = T_COUNT; j < K_COUNT && k < 0; j++)
+            if (!strcmp(fields[i].name, rkey_names[j]))
+                k = j;
+        if (k < 0)
+            return perr(err, errlen, PROTO_EBADREQ, "%s: unknown parameter",
+                        fields[i].name);
+        if (f[k] != NULL)
+            return perr(err, errlen, PROTO_EBADREQ, "%s: given twice",
+                        fields[i].name);
+        f[k] = fields[i].value;
+    }
+    for (size_t i = 0; i < ntensors; i++) {
+        const struct proto_part *pt = &tensors[i];
+        int k = -1;
+        for (int j = 0; j < T_COUNT && k < 0; j++)
+            if (!strcmp(pt->name, rkey_names[j]))
+                k = j;
+        if (k < 0)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: unknown tensor (q, k, v, mask, q_mask, k_append, "
+                        "v_append, mask_append)",
+                        pt->name);
+        if ((have >> k) & 1)
+            return perr(err, errlen, PROTO_EBADREQ, "%s: given twice",
+                        pt->name);
+        const struct tshape *ts = &tshapes[k];
+        struct tview *tv = &t[k];
+        if ((is_mask((enum tkind)k) != 0) != (pt->dtype < 0))
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s: must be %s", pt->name,
+                        is_mask((enum tkind)k) ? "a mask of 0/1 bytes"
+                                               : "a float tensor");
+        if (pt->rank != ts->rank)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "%s.shape: must have %d dimensions %s (got %d)",
+                        pt->name, ts->rank, ts->text, pt->rank);
+        for (int d = 0; d < ts->rank; d++)
+            if (pt->shape[d] == 0)
+                return perr(err, errlen, PROTO_EBADREQ,
+                            "%s.shape[%d]: %s must be >= 1 (got 0)", pt->name,
+                            d, ts->dims[d]);
+        tv->name = rkey_names[k];
+        tv->kind = (enum tkind)k;
+        tv->dtype = pt->dtype;
+        tv->rank = pt->rank;
+        memcpy(tv->shape, pt->shape, sizeof tv->shape);
+        tv->data = pt->data;
+        have |= 1u << k;
+    }
+    return decode_fields(f, t, have, opts, lim, req, err, errlen);
 }
 
 /* ---- bodies of POST /v1/kv and POST /v1/kv/{id}/append ------------------ */

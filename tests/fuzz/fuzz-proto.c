@@ -9,7 +9,9 @@
  * problem (shapes, masks, causality, data, session and appended tokens),
  * and a session body must encode to one that decodes to the same tokens,
  * which checks the encoders on whatever shapes the fuzzer finds.
- * Sanitizers turn any bad read into a crash.
+ * The KServe v2 inference request is fed the same input, as JSON alone
+ * and with binary data after a header.  Sanitizers turn any bad read into
+ * a crash.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -139,6 +141,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (proto_response_decode(data, size, (enum proto_format)fmt, &r, err,
                                   sizeof err) == PROTO_OK)
             proto_response_release(&r);
+    }
+    /* The v2 inference request: all JSON, and a header that ends where
+     * the input's first byte says, binary data after it. */
+    for (int split = 0; split <= 1; split++) {
+        size_t jl = split && size ? data[0] % (size + 1) : size;
+        struct proto_v2_request v2;
+        if (proto_v2_request_decode(data, size, jl, "mra2", NULL, &v2, err,
+                                    sizeof err) == PROTO_OK) {
+            const struct attn_problem *p = &v2.req.prob;
+            memset(p->out, 0, (size_t)p->B * p->H * p->Nq * p->D *
+                                  attn_dtype_size(p->dtype));
+            struct proto_stats st = {.backend = "cpu", .batch_requests = 1};
+            char *ans;
+            size_t alen;
+            if (proto_v2_response_encode(&v2, &st, &ans, &alen) == PROTO_OK)
+                free(ans);
+            proto_v2_request_release(&v2);
+        } else if (err[0] == '\0') {
+            abort();
+        }
     }
     char code[64], msg[256];
     proto_error_parse(data, size, code, sizeof code, msg, sizeof msg);
