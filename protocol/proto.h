@@ -387,6 +387,14 @@ int proto_v2_response_encode(const struct proto_v2_request *r,
  * when out of memory. */
 char *proto_v2_error_body(const char *message, size_t *len);
 
+/* The body of POST /v2/systemsharedmemory/region/{name}/register:
+ * {"key": "/name", "offset": n (0 when absent), "byte_size": n}.  The key
+ * goes to key (keylen bytes, terminated), offset and byte_size to *ref.
+ * Returns PROTO_OK or PROTO_EBADREQ with a message. */
+int proto_v2_shm_register_decode(const void *body, size_t len, char *key,
+                                 size_t keylen, struct proto_v2_shm *ref,
+                                 char *err, size_t errlen);
+
 /* The KServe datatype name of a dtype ("FP32", "FP16", "BF16"). */
 const char *proto_v2_datatype(enum attn_dtype dt);
 

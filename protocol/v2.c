@@ -660,6 +660,38 @@ int proto_v2_response_encode(const struct proto_v2_request *r,
     return PROTO_OK;
 }
 
+int proto_v2_shm_register_decode(const void *body, size_t len, char *key,
+                                 size_t keylen, struct proto_v2_shm *ref,
+                                 char *err, size_t errlen)
+{
+    static const char *const keys[3] = {"key", "offset", "byte_size"};
+    memset(ref, 0, sizeof *ref);
+    msgpack_zone *zone = NULL;
+    msgpack_object root;
+    int rc = proto_tree_read(body, len, PROTO_JSON, &zone, &root, err, errlen);
+    if (rc != PROTO_OK)
+        return rc;
+    const msgpack_object *f[3];
+    rc = fields_of(&root, "body", keys, 3, f, err, errlen);
+    if (rc == PROTO_OK && (f[0] == NULL || f[2] == NULL))
+        rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing",
+                  f[0] == NULL ? "key" : "byte_size");
+    if (rc == PROTO_OK && (f[0]->type != MSGPACK_OBJECT_STR ||
+                           f[0]->via.str.size >= keylen))
+        rc = perr(err, errlen, PROTO_EBADREQ,
+                  "key: must be a string of at most %zu bytes", keylen - 1);
+    if (rc == PROTO_OK)
+        rc = get_u64(f[2], "byte_size", &ref->byte_size, err, errlen);
+    if (rc == PROTO_OK && f[1] != NULL)
+        rc = get_u64(f[1], "offset", &ref->offset, err, errlen);
+    if (rc == PROTO_OK) {
+        memcpy(key, f[0]->via.str.ptr, f[0]->via.str.size);
+        key[f[0]->via.str.size] = '\0';
+    }
+    msgpack_zone_free(zone);
+    return rc;
+}
+
 char *proto_v2_error_body(const char *message, size_t *len)
 {
     struct pbuf b = {0};

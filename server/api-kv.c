@@ -135,7 +135,7 @@ static int create_begin(struct mrad_req *r)
 {
     int rc;
     struct mrad_call *c =
-        mrad_call_begin(r, sizeof(struct kv_call), &create_ops, &rc);
+        mrad_call_begin(r, sizeof(struct kv_call), &create_ops, 0, &rc);
     if (c)
         c->cleanup = kv_cleanup;
     return rc;
@@ -145,7 +145,7 @@ static int append_begin(struct mrad_req *r)
 {
     int rc;
     struct mrad_call *c =
-        mrad_call_begin(r, sizeof(struct kv_call), &append_ops, &rc);
+        mrad_call_begin(r, sizeof(struct kv_call), &append_ops, 0, &rc);
     if (c)
         c->cleanup = kv_cleanup;
     return rc;
@@ -159,7 +159,7 @@ static int decode(struct mrad_req *r, struct kv_call *call, int create,
     struct mrad_call *c = &call->c;
     char err[256];
     mrad_call_take_body(r, c);
-    int prc = proto_kv_body_decode(c->body ? c->body : "", c->body_len, c->fmt,
+    int prc = proto_kv_body_decode(mrad_call_body(c), c->body_len, c->fmt,
                                    &c->srv->cfg->limits, create, &call->kb,
                                    err, sizeof err);
     if (prc != PROTO_OK) {
@@ -287,5 +287,9 @@ static const struct mrad_route routes[] = {
     {"DELETE", "/v1/kv/*", 0, NULL, delete_kv, NULL},
 };
 
-const struct mrad_api mrad_api_kv = {"kv", "/v1/", routes,
-                                     sizeof(routes) / sizeof(routes[0])};
+const struct mrad_api mrad_api_kv = {
+    .name = "v1",
+    .key_prefix = "/v1/",
+    .routes = routes,
+    .nroutes = sizeof(routes) / sizeof(routes[0]),
+};

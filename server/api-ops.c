@@ -105,5 +105,9 @@ static const struct mrad_route routes[] = {
     {"GET", "/metrics", MRAD_ROUTE_OPS, NULL, get_metrics, NULL},
 };
 
-const struct mrad_api mrad_api_ops = {"ops", NULL, routes,
-                                      sizeof(routes) / sizeof(routes[0])};
+const struct mrad_api mrad_api_ops = {
+    .name = "ops",
+    .key_prefix = NULL,
+    .routes = routes,
+    .nroutes = sizeof(routes) / sizeof(routes[0]),
+};

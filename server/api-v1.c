@@ -44,118 +44,11 @@ static const struct mrad_job_ops v1_ops = {.done = mrad_call_done,
 static int attention_begin(struct mrad_req *r)
 {
     int rc;
-    struct mrad_call *c = mrad_call_begin(r, sizeof(struct v1_call), &v1_ops,
+    struct mrad_call *c = mrad_call_begin(r, sizeof(struct v1_call), &v1_ops, 0,
                                           &rc);
     if (c)
         c->cleanup = v1_cleanup;
     return rc;
-}
-
-/* The output tensor is computed into a cached buffer too: a fresh one
- * would be faulted in page by page as the backend writes it. */
-static void *out_get(size_t bytes, void *ctx)
-{
-    (void)ctx;
-    size_t cap;
-    return mrad_bufcache_get(bytes, &cap);
-}
-
-static void out_put(void *buf, void *ctx)
-{
-    (void)ctx;
-    mrad_bufcache_put(buf);
-}
-
-static const struct proto_out_alloc out_alloc = {out_get, out_put, NULL};
-
-/* Bytes of a decoded problem's output [B, H, Nq, D] (their count fits: it
- * was checked by the decoder). */
-static size_t out_bytes(const struct attn_problem *p)
-{
-    return (size_t)p->B * p->H * p->Nq * p->D * attn_dtype_size(p->dtype);
-}
-
-/*
- * A request on a session: takes a use of the session, checks the
- * request against what it holds, admits the appended tokens, and points
- * the problem at the store.  Nk is the count planned after the append
- * for the checks and the cost; the problem then reads whatever the store
- * holds when its turn comes (Nk 0).  Returns 0, or -1 with the error
- * answered.
- */
-static int bind_session(struct mrad_req *r, struct v1_call *call,
-                        int kv_in_path)
-{
-    struct mrad_call *c = &call->c;
-    struct mrad_kv_table *t = c->srv->kv;
-    struct attn_problem *p = &call->req.prob;
-    char msg[256];
-    if (!kv_in_path)
-        mrad_req_add_header(r, MRAD_KV_HEADER, call->req.kv);
-    if (mrad_kv_acquire(t, call->req.kv, strlen(call->req.kv),
-                        mrad_req_key_id(r), &c->kv))
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EKVNOTFOUND,
-                              "kv: no such session (unknown, expired, "
-                              "evicted or deleted): create it again"),
-               -1;
-    const struct attn_kv_shape *sh = mrad_kv_shape(c->kv);
-    if (p->dtype != sh->dtype)
-        snprintf(msg, sizeof msg, "q.dtype: %s, the session's is %s",
-                 attn_dtype_name(p->dtype), attn_dtype_name(sh->dtype));
-    else if (p->B != sh->B || p->D != sh->D)
-        snprintf(msg, sizeof msg,
-                 "q.shape: B = %" PRIu32 " and D = %" PRIu32
-                 " must be the session's (B = %" PRIu32 ", D = %" PRIu32 ")",
-                 p->B, p->D, sh->B, sh->D);
-    else if (p->append.n && p->Hkv != sh->Hkv)
-        snprintf(msg, sizeof msg,
-                 "k_append.shape[1]: Hkv = %" PRIu32
-                 " must be the session's (%" PRIu32 ")",
-                 p->Hkv, sh->Hkv);
-    else if (p->H % sh->Hkv)
-        snprintf(msg, sizeof msg,
-                 "q.shape[1]: H = %" PRIu32
-                 " is not a multiple of the session's Hkv = %" PRIu32,
-                 p->H, sh->Hkv);
-    else
-        msg[0] = '\0';
-    if (msg[0])
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EBADREQ, msg), -1;
-    p->Hkv = sh->Hkv;
-    int rc = p->append.n ? mrad_kv_reserve(t, c->kv, p->append.n, msg,
-                                           sizeof msg)
-                         : 0;
-    if (rc)
-        return mrad_req_error(r, MRAD_SRC_SERVER, rc, msg), -1;
-    struct mrad_kv_view v;
-    mrad_kv_view(t, c->kv, &v);
-    p->kv = mrad_kv_store(c->kv);
-    p->Nk = (uint32_t)v.tokens; /* at most max_tokens, checked above */
-    if (attn_problem_check(p, msg, sizeof msg) != ATTN_OK)
-        return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EBADREQ, msg), -1;
-    c->job.worker = mrad_kv_worker(c->kv);
-    c->job.order = c->kv;
-    return 0;
-}
-
-/* The admission checks of a decoded problem: its estimated cost, and
- * room for its answer.  Returns 0, or -1 with the error answered. */
-static int admit(struct mrad_req *r, struct v1_call *call)
-{
-    struct mrad_server *srv = call->c.srv;
-    const struct attn_problem *p = &call->req.prob;
-    double cost = attn_cost(p);
-    if (cost > (double)srv->max_problem_flops) {
-        char msg[256];
-        snprintf(msg, sizeof(msg),
-                 "problem too costly: about %.3g flop-equivalents estimated "
-                 "(method %s), over the limit of %.3g (--max-problem-flops)",
-                 cost, attn_method_name(p->method),
-                 (double)srv->max_problem_flops);
-        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
-        return -1;
-    }
-    return mrad_call_reserve_answer(r, &call->c, out_bytes(p));
 }
 
 /* The whole body is here: decode, bind to a session, admit, submit. */
@@ -164,7 +57,6 @@ static int attention_handle(struct mrad_req *r)
     struct mrad_server *srv = mrad_req_server(r);
     struct v1_call *call = mrad_req_data(r);
     struct mrad_call *c = &call->c;
-    struct mrad_job *job = &c->job;
     char err[256], path_kv[PROTO_KV_ID_MAX + 2];
     /* POST /v1/kv/{id}/attention names its session in the path. */
     const char *kv = NULL;
@@ -178,26 +70,18 @@ static int attention_handle(struct mrad_req *r)
         mrad_req_add_header(r, MRAD_KV_HEADER, kv);
     }
     mrad_call_take_body(r, c);
-    struct proto_decode_opts o = {&srv->cfg->limits, &out_alloc, kv};
-    int rc = proto_request_decode_opts(c->body ? c->body : "", c->body_len,
+    struct proto_decode_opts o = {&srv->cfg->limits, &mrad_call_out_alloc,
+                                  kv};
+    int rc = proto_request_decode_opts(mrad_call_body(c), c->body_len,
                                        c->fmt, &o, &call->req, err,
                                        sizeof(err));
     if (rc != PROTO_OK)
         return mrad_req_error(r, MRAD_SRC_PROTO, rc, err);
-    struct attn_problem *p = &call->req.prob;
-    if (call->req.has_kv && bind_session(r, call, kv != NULL))
+    if (call->req.has_kv &&
+        mrad_call_bind_session(r, c, &call->req, kv != NULL))
         return 0;
-    if (admit(r, call))
+    if (mrad_call_admit(r, c, &call->req.prob, 1))
         return 0;
-    p->cancel = &job->cancel;
-    job->prob = p;
-    /* What --max-batch-tokens counts: B*N in self-attention, and in
-     * general the longer side (a decode step of one query over a long
-     * context weighs its context). */
-    job->tokens = (uint64_t)p->B * (p->Nq > p->Nk ? p->Nq : p->Nk);
-    job->bytes = c->body_len + out_bytes(p);
-    if (p->kv)
-        p->Nk = 0; /* what the store holds in the job's turn */
     return mrad_call_submit(r, c, call->req.timeout_ms);
 }
 
@@ -264,7 +148,7 @@ static int attention_resume(struct mrad_req *r)
      * answer has been sent. */
     mrad_call_drop_body(&call->c);
     if (call->req.format == PROTO_MSGPACK &&
-        out_bytes(&call->req.prob) >= ZERO_COPY_BYTES)
+        mrad_call_out_bytes(&call->req.prob) >= ZERO_COPY_BYTES)
         return send_pieces(r, call, &st);
     char *buf;
     size_t len;
@@ -347,5 +231,9 @@ static const struct mrad_route routes[] = {
     {"GET", "/v1/openapi.yaml", 0, NULL, get_openapi, NULL},
 };
 
-const struct mrad_api mrad_api_v1 = {"v1", "/v1/", routes,
-                                     sizeof(routes) / sizeof(routes[0])};
+const struct mrad_api mrad_api_v1 = {
+    .name = "v1",
+    .key_prefix = "/v1/",
+    .routes = routes,
+    .nroutes = sizeof(routes) / sizeof(routes[0]),
+};

@@ -81,7 +81,8 @@ static int media_type(const char *ctype, enum proto_format *fmt)
 }
 
 struct mrad_call *mrad_call_begin(struct mrad_req *r, size_t size,
-                                  const struct mrad_job_ops *ops, int *rc)
+                                  const struct mrad_job_ops *ops,
+                                  unsigned flags, int *rc)
 {
     struct mrad_server *srv = mrad_req_server(r);
     const struct mrad_config *cfg = srv->cfg;
@@ -103,7 +104,9 @@ struct mrad_call *mrad_call_begin(struct mrad_req *r, size_t size,
     c->srv = srv;
     mrad_req_set_data(r, c, call_unref);
     const char *ctype = mrad_req_header(r, "Content-Type");
-    if (media_type(ctype, &c->fmt)) {
+    if (flags & MRAD_CALL_ANY_MEDIA) {
+        c->fmt = PROTO_MSGPACK; /* the msgpack body limit */
+    } else if (media_type(ctype, &c->fmt)) {
         /* The header's value is not echoed: error messages name fields,
          * never request bytes. */
         char msg[160];
@@ -138,6 +141,135 @@ struct mrad_call *mrad_call_begin(struct mrad_req *r, size_t size,
 void mrad_call_take_body(struct mrad_req *r, struct mrad_call *c)
 {
     c->body = mrad_req_take_body(r, &c->body_len, &c->body_reserved);
+    c->body_pad = mrad_req_body_pad(r);
+}
+
+const char *mrad_call_body(const struct mrad_call *c)
+{
+    return c->body ? (const char *)c->body + c->body_pad : "";
+}
+
+/* ---- problems ------------------------------------------------------- */
+
+static void *out_get(size_t bytes, void *ctx)
+{
+    (void)ctx;
+    size_t cap;
+    return mrad_bufcache_get(bytes, &cap);
+}
+
+static void out_put(void *buf, void *ctx)
+{
+    (void)ctx;
+    mrad_bufcache_put(buf);
+}
+
+const struct proto_out_alloc mrad_call_out_alloc = {out_get, out_put, NULL};
+
+size_t mrad_call_out_bytes(const struct attn_problem *p)
+{
+    /* The count fits: the decoder checked it. */
+    return (size_t)p->B * p->H * p->Nq * p->D * attn_dtype_size(p->dtype);
+}
+
+/* The session's shape against the problem's: a message, or "". */
+static void session_mismatch(const struct attn_problem *p,
+                             const struct attn_kv_shape *sh, char *msg,
+                             size_t len)
+{
+    if (p->dtype != sh->dtype)
+        snprintf(msg, len, "q.dtype: %s, the session's is %s",
+                 attn_dtype_name(p->dtype), attn_dtype_name(sh->dtype));
+    else if (p->B != sh->B || p->D != sh->D)
+        snprintf(msg, len,
+                 "q.shape: B = %" PRIu32 " and D = %" PRIu32
+                 " must be the session's (B = %" PRIu32 ", D = %" PRIu32 ")",
+                 p->B, p->D, sh->B, sh->D);
+    else if (p->append.n && p->Hkv != sh->Hkv)
+        snprintf(msg, len,
+                 "k_append.shape[1]: Hkv = %" PRIu32
+                 " must be the session's (%" PRIu32 ")",
+                 p->Hkv, sh->Hkv);
+    else if (p->H % sh->Hkv)
+        snprintf(msg, len,
+                 "q.shape[1]: H = %" PRIu32
+                 " is not a multiple of the session's Hkv = %" PRIu32,
+                 p->H, sh->Hkv);
+    else
+        msg[0] = '\0';
+}
+
+int mrad_call_bind_session(struct mrad_req *r, struct mrad_call *c,
+                           struct proto_request *req, int kv_in_path)
+{
+    struct mrad_kv_table *t = c->srv->kv;
+    struct attn_problem *p = &req->prob;
+    char msg[256];
+    if (!kv_in_path)
+        mrad_req_add_header(r, MRAD_KV_HEADER, req->kv);
+    if (mrad_kv_acquire(t, req->kv, strlen(req->kv), mrad_req_key_id(r),
+                        &c->kv)) {
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EKVNOTFOUND,
+                       "kv: no such session (unknown, expired, evicted or "
+                       "deleted): create it again");
+        return -1;
+    }
+    session_mismatch(p, mrad_kv_shape(c->kv), msg, sizeof msg);
+    int rc = msg[0] ? MRAD_EBADREQ : 0;
+    if (!rc) {
+        p->Hkv = mrad_kv_shape(c->kv)->Hkv;
+        if (p->append.n)
+            rc = mrad_kv_reserve(t, c->kv, p->append.n, msg, sizeof msg);
+    }
+    if (!rc) {
+        /* Nk: the count planned after the append, for the checks and the
+         * cost; the problem then reads what the store holds in its turn
+         * (mrad_call_admit sets Nk 0). */
+        struct mrad_kv_view v;
+        mrad_kv_view(t, c->kv, &v);
+        p->kv = mrad_kv_store(c->kv);
+        p->Nk = (uint32_t)v.tokens; /* at most max_tokens */
+        if (attn_problem_check(p, msg, sizeof msg) != ATTN_OK)
+            rc = MRAD_EBADREQ;
+    }
+    if (rc) {
+        mrad_req_error(r, MRAD_SRC_SERVER, rc, msg);
+        return -1;
+    }
+    c->job.worker = mrad_kv_worker(c->kv);
+    c->job.order = c->kv;
+    return 0;
+}
+
+int mrad_call_admit(struct mrad_req *r, struct mrad_call *c,
+                    struct attn_problem *p, int answer)
+{
+    struct mrad_server *srv = c->srv;
+    struct mrad_job *job = &c->job;
+    double cost = attn_cost(p);
+    if (cost > (double)srv->max_problem_flops) {
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "problem too costly: about %.3g flop-equivalents estimated "
+                 "(method %s), over the limit of %.3g (--max-problem-flops)",
+                 cost, attn_method_name(p->method),
+                 (double)srv->max_problem_flops);
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ETOOBIG, msg);
+        return -1;
+    }
+    size_t out = mrad_call_out_bytes(p);
+    if (answer && mrad_call_reserve_answer(r, c, out))
+        return -1;
+    p->cancel = &job->cancel;
+    job->prob = p;
+    /* What --max-batch-tokens counts: B*N in self-attention, and in
+     * general the longer side (a decode step of one query over a long
+     * context weighs its context). */
+    job->tokens = (uint64_t)p->B * (p->Nq > p->Nk ? p->Nq : p->Nk);
+    job->bytes = c->body_len + (answer ? out : 0);
+    if (p->kv)
+        p->Nk = 0; /* what the store holds in the job's turn */
+    return 0;
 }
 
 int mrad_call_reserve_answer(struct mrad_req *r, struct mrad_call *c,

@@ -36,7 +36,7 @@ struct mrad_call {
     /* The body (from mrad_bufcache_get()) and the bytes counted against
      * --max-inflight-bytes for it and for the answer. */
     void *body;
-    size_t body_len;
+    size_t body_len, body_pad; /* the body is at body + body_pad */
     uint64_t body_reserved, out_reserved;
     struct mrad_kv *kv; /* the session in use, or NULL */
     int refused;        /* the mrad_err of a refused submit, or 0 */
@@ -56,6 +56,13 @@ void mrad_call_done(struct mrad_job *job);
 int mrad_call_cancelled(struct mrad_job *job);
 void mrad_call_release(struct mrad_job *job);
 
+/* Options of mrad_call_begin(). */
+enum mrad_call_flags {
+    /* Any Content-Type, and the body limit of msgpack (a surface that
+     * tells its body's form otherwise: KServe v2's binary data). */
+    MRAD_CALL_ANY_MEDIA = 1,
+};
+
 /*
  * In a route's begin(): refuses the request while draining, or when its
  * Content-Type is not msgpack or JSON, sets the body limit (the JSON one
@@ -65,10 +72,39 @@ void mrad_call_release(struct mrad_job *job);
  * when the request was answered (the route returns `*rc`).
  */
 struct mrad_call *mrad_call_begin(struct mrad_req *r, size_t size,
-                                  const struct mrad_job_ops *ops, int *rc);
+                                  const struct mrad_job_ops *ops,
+                                  unsigned flags, int *rc);
 
 /* In handle(): the call takes the body (and its count). */
 void mrad_call_take_body(struct mrad_req *r, struct mrad_call *c);
+/* The body the call took ("" when empty), c->body_len bytes. */
+const char *mrad_call_body(const struct mrad_call *c);
+
+/* The output allocator of decoded problems: cached buffers (a fresh one
+ * would be faulted in page by page as the backend writes it). */
+extern const struct proto_out_alloc mrad_call_out_alloc;
+
+/* Bytes of a decoded problem's output [B, H, Nq, D]. */
+size_t mrad_call_out_bytes(const struct attn_problem *p);
+
+/*
+ * A request on a session (req->has_kv; the id in the path when
+ * kv_in_path, else X-Mrad-KV is set here): takes a use of the session,
+ * checks the problem against what it holds, admits its appended tokens,
+ * points the problem at the store and pins the job to the session's
+ * worker, in its order.  Returns 0, or -1 with the error answered.
+ */
+int mrad_call_bind_session(struct mrad_req *r, struct mrad_call *c,
+                           struct proto_request *req, int kv_in_path);
+
+/*
+ * The admission of a decoded problem: its estimated cost against
+ * --max-problem-flops, room for its answer (when `answer` is set: the
+ * answer goes through the service), then the job's problem, cost and
+ * cancel flag.  Returns 0, or -1 with the error answered.
+ */
+int mrad_call_admit(struct mrad_req *r, struct mrad_call *c,
+                    struct attn_problem *p, int answer);
 
 /* Counts the answer's `bytes` against --max-inflight-bytes.  Returns 0,
  * or -1 with the 503 answered. */

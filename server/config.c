@@ -23,6 +23,7 @@ enum opt_type {
     OPT_DEVS,   /* comma-separated list into devices/ndevices */
     OPT_LOGFMT, /* text|json */
     OPT_LOGLVL, /* debug|info|warn|error */
+    OPT_BOOL,   /* int: a flag alone is 1; =1/0, =true/false */
 };
 
 struct option_def {
@@ -96,6 +97,9 @@ static const struct option_def options[] = {
      "a session unused this long ends, unless its create asked otherwise"},
     {"kv-max-ttl-ms", OPT_U64, CFG(kv_max_ttl_ms), 0,
      "the longest idle lifetime a create may ask for"},
+    {"allow-shm", OPT_BOOL, CFG(allow_shm), 0,
+     "serve Triton's system shared-memory extension on /v2 (clients on "
+     "this host map their tensors; behind the API key when one is set)"},
     {"log-file", OPT_STR, CFGSTR(log_file),
      "write the log to this file instead of stderr (SIGHUP reopens it)"},
     {"conn-timeout-s", OPT_U32, CFG(conn_timeout_s), 0,
@@ -235,6 +239,17 @@ static int set_option(struct mrad_config *cfg, const struct option_def *o,
             return -1;
         }
         return 0;
+    case OPT_BOOL:
+        if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes"))
+            *(int *)base = 1;
+        else if (!strcmp(val, "0") || !strcmp(val, "false") ||
+                 !strcmp(val, "no"))
+            *(int *)base = 0;
+        else {
+            fprintf(err, "mrad: %s: expected 1 or 0 (true or false)\n", from);
+            return -1;
+        }
+        return 0;
     case OPT_LOGLVL: {
         static const char *const names[] = {"debug", "info", "warn", "error"};
         for (int i = 0; i < 4; i++)
@@ -272,6 +287,9 @@ static void default_text(const struct option_def *o, char *buf, size_t len)
         break;
     case OPT_LOGLVL:
         snprintf(buf, len, "info");
+        break;
+    case OPT_BOOL:
+        snprintf(buf, len, "%s", *(const int *)base ? "on" : "off");
         break;
     }
 }
@@ -347,7 +365,7 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
             fprintf(err, "mrad: unknown flag '%s' (see --help)\n", a);
             return MRAD_CONFIG_ERROR;
         }
-        const char *val = eq ? eq + 1 : NULL;
+        const char *val = eq ? eq + 1 : o->type == OPT_BOOL ? "1" : NULL;
         if (!val) {
             if (i + 1 >= argc) {
                 fprintf(err, "mrad: %s needs a value\n", a);

@@ -65,6 +65,7 @@ struct mrad_config {
     uint64_t kv_max_sessions; /* 0 = no sessions */
     uint64_t kv_ttl_ms;       /* default idle lifetime of a session */
     uint64_t kv_max_ttl_ms;   /* the longest one a create may ask for */
+    int allow_shm;            /* /v2 system shared memory */
 };
 
 /* What mrad_config_parse() asks the caller to do. */

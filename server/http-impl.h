@@ -56,11 +56,13 @@ struct mrad_req {
     struct MHD_Connection *mc;
     struct mrad_guard_conn *gc; /* the connection's watch, or NULL */
     const struct mrad_route *route;
+    const struct mrad_api *api; /* the route's surface (or the path's) */
     uint64_t t0;
     char method[16], path[128];
     enum req_state state;
     char *body;
     size_t len, cap, limit;
+    size_t pad; /* the body starts this far into its buffer */
     uint64_t reserved; /* bytes of the body counted in inflight_bytes */
     int fd;
     int has_body;    /* Content-Length > 0 or chunked */

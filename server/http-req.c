@@ -115,7 +115,7 @@ int64_t mrad_req_content_length(const struct mrad_req *r)
 const char *mrad_req_body(const struct mrad_req *r, size_t *len)
 {
     *len = r->len;
-    return r->body;
+    return r->body ? r->body + r->pad : NULL;
 }
 
 void *mrad_req_take_body(struct mrad_req *r, size_t *len, uint64_t *reserved)
@@ -336,6 +336,15 @@ static void error_headers(struct mrad_req *r, enum mrad_err_source src, int err)
     }
 }
 
+/* The error body in the form of the request's surface. */
+static char *error_body(const struct mrad_req *r, const char *code,
+                        const char *message, size_t *len)
+{
+    if (r->api && r->api->error_body)
+        return r->api->error_body(code, message, len);
+    return proto_error_body(code, message, len);
+}
+
 int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
                    const char *message)
 {
@@ -349,7 +358,7 @@ int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
     }
     struct mrad_http_error he = mrad_error_http(src, err);
     size_t len = 0;
-    char *body = proto_error_body(he.code, message, &len);
+    char *body = error_body(r, he.code, message, &len);
     if (!body)
         return -1;
     r->err_code = he.code;
@@ -374,7 +383,7 @@ enum MHD_Result mrad_http_fail_mid_body(struct mrad_req *r,
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     size_t blen = 0;
-    char *body = proto_error_body(he.code, message, &blen);
+    char *body = error_body(r, he.code, message, &blen);
     if (!ci || r->h->tls || !body) {
         free(body);
         return MHD_NO;

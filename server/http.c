@@ -77,21 +77,33 @@ static int method_matches(const char *want, const char *method)
            (!strcmp(want, "GET") && !strcmp(method, "HEAD"));
 }
 
-/* The route of (method, path); NULL with *path_known set when the path
- * exists with other methods. */
+/* The route of (method, path) and its surface; NULL with *path_known set
+ * when the path exists with other methods.  Without a route, *out is the
+ * surface whose key prefix the path is under (its errors' form), or NULL. */
 static const struct mrad_route *find_route(const char *method, const char *path,
-                                           int *path_known)
+                                           int *path_known,
+                                           const struct mrad_api **out)
 {
     *path_known = 0;
-    for (const struct mrad_api *const *api = mrad_apis; *api; api++)
+    *out = NULL;
+    size_t best = 0;
+    for (const struct mrad_api *const *api = mrad_apis; *api; api++) {
+        const char *p = (*api)->key_prefix;
+        if (p && strlen(p) > best && !strncmp(path, p, strlen(p))) {
+            best = strlen(p);
+            *out = *api;
+        }
         for (size_t i = 0; i < (*api)->nroutes; i++) {
             const struct mrad_route *rt = &(*api)->routes[i];
             if (!path_matches(rt->path, path))
                 continue;
-            if (method_matches(rt->method, method))
+            if (method_matches(rt->method, method)) {
+                *out = *api;
                 return rt;
+            }
             *path_known = 1;
         }
+    }
     return NULL;
 }
 
@@ -127,6 +139,19 @@ static int needs_key(struct mrad_req *r)
                                 &r->key_id);
     pthread_rwlock_unlock(&h->keys_lock);
     return guarded && !ok;
+}
+
+int mrad_req_set_body_skew(struct mrad_req *r, uint64_t skew)
+{
+    if (r->body)
+        return -1; /* too late: the buffer exists */
+    r->pad = (size_t)((64 - skew % 64) % 64);
+    return 0;
+}
+
+size_t mrad_req_body_pad(const struct mrad_req *r)
+{
+    return r->pad;
 }
 
 int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit)
@@ -206,7 +231,7 @@ static int route_headers(struct mrad_req *r, const char *version)
         return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EUNAUTH,
                               "missing or wrong API key (Authorization: "
                               "Bearer)");
-    r->route = find_route(r->method, r->path, &path_known);
+    r->route = find_route(r->method, r->path, &path_known, &r->api);
     /* The admin port serves the probes and /metrics only. */
     if (r->admin && r->route && !(r->route->flags & MRAD_ROUTE_OPS))
         r->route = NULL, path_known = 0;
@@ -254,7 +279,7 @@ static int route_headers(struct mrad_req *r, const char *version)
             return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EOVERLOAD, msg);
         }
         r->reserved = (uint64_t)n;
-        r->body = mrad_bufcache_get((size_t)n, &r->cap);
+        r->body = mrad_bufcache_get((size_t)n + r->pad, &r->cap);
         if (!r->body)
             return mrad_req_error(r, MRAD_SRC_SERVER, MRAD_EINTERNAL,
                                   "out of memory for the request body");
@@ -309,10 +334,13 @@ static int body_append(struct mrad_req *r, const char *data, size_t n)
 {
     if (n > r->limit - r->len)
         return MRAD_ETOOBIG;
-    if (r->len + n > r->cap) {
+    /* The body starts r->pad bytes into its buffer (see
+     * mrad_req_set_body_skew). */
+    size_t pad = r->pad;
+    if (pad + r->len + n > r->cap) {
         size_t cap = r->cap ? r->cap : 65536;
-        while (cap < r->len + n)
-            cap = cap > r->limit / 2 ? r->limit : cap * 2;
+        while (cap < pad + r->len + n)
+            cap = cap > (r->limit + pad) / 2 ? r->limit + pad : cap * 2;
         /* A body of unknown length is counted as it grows. */
         if (cap > r->reserved) {
             if (mrad_server_reserve(&r->h->srv, cap - r->reserved))
@@ -323,15 +351,15 @@ static int body_append(struct mrad_req *r, const char *data, size_t n)
         if (!b)
             return MRAD_EINTERNAL;
         if (r->len)
-            memcpy(b, r->body, r->len);
+            memcpy(b + pad, r->body + pad, r->len);
         mrad_bufcache_put(r->body);
         r->body = b;
         r->cap = cap;
     }
     if (r->cap >= STREAM_BODY_BYTES)
-        copy_stream(r->body + r->len, data, n);
+        copy_stream(r->body + pad + r->len, data, n);
     else
-        memcpy(r->body + r->len, data, n);
+        memcpy(r->body + pad + r->len, data, n);
     r->len += n;
     mrad_guard_body(r->gc, r->len);
     return 0;
@@ -476,7 +504,8 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         .error_code = r->err_code,
     };
     mrad_log_access(&a);
-    mrad_metrics_request(r->status, (double)total_us / 1e6);
+    mrad_metrics_request(r->api ? r->api->name : "none", r->status,
+                         (double)total_us / 1e6);
     if (r->free_data)
         r->free_data(r->data);
     mrad_bufcache_put(r->body);
@@ -650,6 +679,7 @@ static void http_free(struct mrad_http *h)
 
 int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
                     struct mrad_sched *s, struct mrad_kv_table *kv,
+                    struct mrad_shm_table *shm,
                     const struct mrad_http_info *info)
 {
     struct mrad_http *h = calloc(1, sizeof(*h));
@@ -658,6 +688,7 @@ int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
     h->srv.cfg = cfg;
     h->srv.sched = s;
     h->srv.kv = kv;
+    h->srv.shm = shm;
     h->srv.info = *info;
     h->srv.auth = cfg->keys != NULL;
     h->srv.max_inflight_bytes = cfg->max_inflight_bytes;

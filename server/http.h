@@ -22,11 +22,13 @@ struct mrad_http; /* opaque */
 
 /*
  * Binds cfg->host:cfg->port and starts serving.  `cfg`, `s`, the session
- * table `kv` and the strings of `info` must outlive the server; the
- * server takes ownership of cfg->keys.  Returns 0 or -1 (logged).
+ * table `kv`, the shared-memory regions `shm` (NULL: off) and the strings
+ * of `info` must outlive the server; the server takes ownership of
+ * cfg->keys.  Returns 0 or -1 (logged).
  */
 int mrad_http_start(struct mrad_http **out, const struct mrad_config *cfg,
                     struct mrad_sched *s, struct mrad_kv_table *kv,
+                    struct mrad_shm_table *shm,
                     const struct mrad_http_info *info);
 
 /* The bound TCP port (the chosen one when cfg->port was 0). */

@@ -297,9 +297,20 @@ int main(int argc, char **argv)
         return 1;
     }
     struct mrad_http_info info = {backend, device, (uint32_t)nbe};
-    struct mrad_http *http;
-    if (mrad_http_start(&http, &cfg, sched, kv, &info)) {
+    /* Shared memory (--allow-shm): the regions, and the fault handler
+     * that keeps a region shrunk under a request from stopping mrad. */
+    struct mrad_shm_table *shm = NULL;
+    if (cfg.allow_shm && (mrad_shm_guard() || mrad_shm_table_new(&shm))) {
+        mrad_log(MRAD_LOG_ERROR, "--allow-shm: cannot set up shared memory");
         mrad_sched_stop(sched);
+        mrad_kv_table_free(kv);
+        mrad_sched_free(sched);
+        return 1;
+    }
+    struct mrad_http *http;
+    if (mrad_http_start(&http, &cfg, sched, kv, shm, &info)) {
+        mrad_sched_stop(sched);
+        mrad_shm_table_free(shm);
         mrad_kv_table_free(kv);
         mrad_sched_free(sched);
         return 1;
@@ -330,6 +341,7 @@ int main(int argc, char **argv)
      * the sessions' stores, before the backends that hold them. */
     mrad_sched_stop(sched);
     mrad_http_stop(http);
+    mrad_shm_table_free(shm);
     mrad_kv_table_free(kv);
     mrad_sched_free(sched);
     mrad_bufcache_clear();

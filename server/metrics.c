@@ -44,17 +44,23 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char build_version[64], build_backend[32];
 static double start_time;
 
-static uint64_t requests_by_status[600];
+/* The API surfaces of the `api` label (server/route.h); the last is for
+ * requests no surface took. */
+static const char *const api_names[] = {"ops", "v1", "v2", "none"};
+#define NAPIS (sizeof api_names / sizeof api_names[0])
+static uint64_t requests_by_status[NAPIS][600];
 static uint64_t tokens_total, blocks_selected_total, blocks_total_total;
 
-static struct histogram h_request = {
-    "mrad_request_duration_seconds",
-    "Time from the first byte of a request to its answer.",
-    seconds_bounds,
-    NB(seconds_bounds),
-    {0},
-    0,
-    0};
+#define REQUEST_HISTOGRAM                                                      \
+    {"mrad_request_duration_seconds",                                          \
+     "Time from the first byte of a request to its answer.",                   \
+     seconds_bounds,                                                           \
+     NB(seconds_bounds),                                                       \
+     {0},                                                                      \
+     0,                                                                        \
+     0}
+static struct histogram h_request[NAPIS] = {
+    REQUEST_HISTOGRAM, REQUEST_HISTOGRAM, REQUEST_HISTOGRAM, REQUEST_HISTOGRAM};
 static struct histogram h_queue = {
     "mrad_queue_duration_seconds",
     "Time a request waited for a compute worker.",
@@ -107,12 +113,15 @@ void mrad_metrics_init(const char *version, const char *backend)
     pthread_mutex_unlock(&lock);
 }
 
-void mrad_metrics_request(unsigned status, double seconds)
+void mrad_metrics_request(const char *api, unsigned status, double seconds)
 {
+    size_t a = 0;
+    while (a < NAPIS - 1 && strcmp(api_names[a], api))
+        a++;
     pthread_mutex_lock(&lock);
-    if (status < NB(requests_by_status))
-        requests_by_status[status]++;
-    observe(&h_request, seconds);
+    if (status < NB(requests_by_status[a]))
+        requests_by_status[a][status]++;
+    observe(&h_request[a], seconds);
     pthread_mutex_unlock(&lock);
 }
 
@@ -179,18 +188,32 @@ __attribute__((format(printf, 2, 3))) static void put(struct text *t,
     }
 }
 
-static void put_histogram(struct text *t, const struct histogram *h)
+/* The samples of a histogram; `label` ("api=\"v1\"", or "" for none) is
+ * added to each. */
+static void put_samples(struct text *t, const struct histogram *h,
+                        const char *label)
 {
-    put(t, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    const char *sep = *label ? "," : "";
     uint64_t cum = 0;
     for (size_t i = 0; i < h->nbounds; i++) {
         cum += h->counts[i];
-        put(t, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", h->name, h->bounds[i],
-            cum);
+        put(t, "%s_bucket{%s%sle=\"%g\"} %" PRIu64 "\n", h->name, label, sep,
+            h->bounds[i], cum);
     }
-    put(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", h->name, h->count);
-    put(t, "%s_sum %.9g\n%s_count %" PRIu64 "\n", h->name, h->sum, h->name,
+    put(t, "%s_bucket{%s%sle=\"+Inf\"} %" PRIu64 "\n", h->name, label, sep,
         h->count);
+    if (*label)
+        put(t, "%s_sum{%s} %.9g\n%s_count{%s} %" PRIu64 "\n", h->name, label,
+            h->sum, h->name, label, h->count);
+    else
+        put(t, "%s_sum %.9g\n%s_count %" PRIu64 "\n", h->name, h->sum,
+            h->name, h->count);
+}
+
+static void put_histogram(struct text *t, const struct histogram *h)
+{
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    put_samples(t, h, "");
 }
 
 static void put_simple(struct text *t, const char *name, const char *type,
@@ -282,13 +305,23 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
     if (!t.buf)
         return NULL;
     pthread_mutex_lock(&lock);
-    put(&t, "# HELP mrad_requests_total HTTP requests answered, by status.\n"
+    put(&t, "# HELP mrad_requests_total HTTP requests answered, by API "
+            "surface and status.\n"
             "# TYPE mrad_requests_total counter\n");
-    for (unsigned s = 0; s < NB(requests_by_status); s++)
-        if (requests_by_status[s])
-            put(&t, "mrad_requests_total{code=\"%u\"} %" PRIu64 "\n", s,
-                requests_by_status[s]);
-    put_histogram(&t, &h_request);
+    for (size_t a = 0; a < NAPIS; a++)
+        for (unsigned s = 0; s < NB(requests_by_status[a]); s++)
+            if (requests_by_status[a][s])
+                put(&t,
+                    "mrad_requests_total{api=\"%s\",code=\"%u\"} %" PRIu64
+                    "\n",
+                    api_names[a], s, requests_by_status[a][s]);
+    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_request[0].name,
+        h_request[0].help, h_request[0].name);
+    for (size_t a = 0; a < NAPIS; a++) {
+        char label[32];
+        snprintf(label, sizeof label, "api=\"%s\"", api_names[a]);
+        put_samples(&t, &h_request[a], label);
+    }
     put_histogram(&t, &h_queue);
     put_histogram(&t, &h_compute);
     put_histogram(&t, &h_batch);

@@ -18,8 +18,9 @@
  * other threads start. */
 void mrad_metrics_init(const char *version, const char *backend);
 
-/* A finished HTTP request of any endpoint: its status and duration. */
-void mrad_metrics_request(unsigned status, double seconds);
+/* A finished HTTP request of any endpoint: the API surface it went to
+ * ("ops", "v1", "v2", "none"), its status and duration. */
+void mrad_metrics_request(const char *api, unsigned status, double seconds);
 /* Time a computed request waited in the queue. */
 void mrad_metrics_queue(double seconds);
 /* One batch: how many requests it held and how long it computed. */

@@ -40,6 +40,7 @@
 #include "server/config.h"
 #include "server/errors.h"
 #include "server/kv.h"
+#include "server/shm.h"
 #include "server/sched.h"
 
 /* What /v1/info and the response stats say about the compute side. */
@@ -63,6 +64,7 @@ struct mrad_server {
     uint64_t max_inflight_bytes;
     uint64_t max_problem_flops; /* resolved --max-problem-flops */
     struct mrad_kv_table *kv;   /* the sessions */
+    struct mrad_shm_table *shm; /* shared-memory regions; NULL: off */
 };
 
 /* The header that names the session of an answer, for proxies. */
@@ -103,10 +105,14 @@ struct mrad_route {
 /* One API surface: its routes, and the path prefix under which every path
  * (known or not) needs the API key when one is configured (NULL: none). */
 struct mrad_api {
-    const char *name;
+    const char *name; /* the `api` label of the request metrics */
     const char *key_prefix;
     const struct mrad_route *routes;
     size_t nroutes;
+    /* The error body of its answers (and of unknown paths under its
+     * prefix): a malloc'd text; NULL: the /v1 form {"error": {"code",
+     * "message"}}. */
+    char *(*error_body)(const char *code, const char *message, size_t *len);
 };
 
 /* Every surface the daemon serves (server/routes.c), NULL-terminated. */
@@ -138,10 +144,19 @@ int64_t mrad_req_content_length(const struct mrad_req *r);
  * 0. */
 int mrad_req_set_body_limit(struct mrad_req *r, uint64_t limit);
 
+/* In begin(): asks that byte `skew` of the body lands 64-byte aligned in
+ * memory (say, binary data after a header of known length, so that it is
+ * read in place).  The body then starts mrad_req_body_pad() bytes into the
+ * buffer mrad_req_take_body() hands over.  Returns 0, or -1 once the
+ * body's buffer exists. */
+int mrad_req_set_body_skew(struct mrad_req *r, uint64_t skew);
+size_t mrad_req_body_pad(const struct mrad_req *r);
+
 /* In handle(): the body read (NULL when empty) and its length.  Owned by
- * the request, unless taken: mrad_req_take_body() hands it over with the
- * bytes counted for it against --max-inflight-bytes (*reserved): the
- * caller releases the buffer with mrad_bufcache_put() and the count with
+ * the request, unless taken: mrad_req_take_body() hands its buffer over
+ * (the body at mrad_req_body_pad() bytes into it) with the bytes counted
+ * for it against --max-inflight-bytes (*reserved): the caller releases
+ * the buffer with mrad_bufcache_put() and the count with
  * mrad_server_release(). */
 const char *mrad_req_body(const struct mrad_req *r, size_t *len);
 void *mrad_req_take_body(struct mrad_req *r, size_t *len, uint64_t *reserved);

@@ -7,7 +7,8 @@
  */
 #include "server/route.h"
 
-extern const struct mrad_api mrad_api_ops, mrad_api_v1, mrad_api_kv;
+extern const struct mrad_api mrad_api_ops, mrad_api_v1, mrad_api_kv,
+    mrad_api_v2;
 
 const struct mrad_api *const mrad_apis[] = {&mrad_api_ops, &mrad_api_v1,
-                                            &mrad_api_kv, NULL};
+                                            &mrad_api_kv, &mrad_api_v2, NULL};

@@ -87,7 +87,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     static struct mrad_http_info info = {"cpu", "fuzz", 1};
     static struct mrad_http *http;
-    if (mrad_http_start(&http, &cfg, sched, kv, &info))
+    if (mrad_http_start(&http, &cfg, sched, kv, NULL, &info))
         abort();
     mrad_http_set_ready(http, 1);
     port = mrad_http_port(http);

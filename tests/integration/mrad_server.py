@@ -287,15 +287,23 @@ def slow_problem(srv, min_seconds=0.5, N=16384, D=64, max_heads=256):
 
 
 def metric_value(text, name, labels=None):
-    """The value of one sample of a Prometheus text exposition (None if
-    absent).  labels: dict that must match exactly."""
-    want = ""
-    if labels:
-        want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    """The value of a metric in a Prometheus text exposition: the sum of
+    its samples whose labels include `labels` (a dict; None or {} for all
+    of them), or None when no sample matches."""
+    want = {k: str(v) for k, v in (labels or {}).items()}
+    total, found = 0.0, False
     for line in text.splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") or not line.strip():
             continue
         key, _, val = line.rpartition(" ")
-        if key == name + want:
-            return float(val)
-    return None
+        metric, brace, rest = key.partition("{")
+        if metric != name:
+            continue
+        have = {}
+        if brace:
+            for part in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest):
+                have[part[0]] = part[1]
+        if all(have.get(k) == v for k, v in want.items()):
+            total += float(val)
+            found = True
+    return total if found else None

@@ -173,7 +173,8 @@ def test_p99_latency_from_the_histogram(stack):
     # Within the histogram's finite buckets and above zero: each request
     # took some time, and the largest bucket bound holds CPU-sized ones.
     bounds = sorted(float(m) for m in re.findall(
-        r'mrad_request_duration_seconds_bucket\{le="([0-9.e+-]+)"\}', srv.metrics()))
+        r'mrad_request_duration_seconds_bucket\{(?:\w+="[^"]*",)*le="([0-9.e+-]+)"\}',
+        srv.metrics()))
     assert bounds, "no finite buckets in /metrics"
     assert 0 < value(p99) <= bounds[-1]
 

@@ -44,16 +44,20 @@ def test_document_is_valid_openapi():
 
 def routes_of_the_daemon():
     """{(METHOD, path with "*" segments): needs the key} from the route
-    tables of server/api-*.c and the key prefix of each surface."""
+    tables of server/api-*.c and the key prefix of each surface; the
+    document describes /v1 and the probes, not the /v2 surface (KServe's
+    own protocol)."""
     routes = {}
     files = sorted(glob.glob(os.path.join(REPO, "server", "api-*.c")))
     assert files
     for f in files:
         src = open(f).read()
-        m = re.search(r"const struct mrad_api \w+ = \{\s*\"\w+\",\s*"
-                      r"(NULL|\"([^\"]*)\")", src)
+        m = re.search(r"const struct mrad_api \w+ = \{[^;]*?\.key_prefix = "
+                      r"(NULL|\"([^\"]*)\")", src, re.S)
         assert m, f"{f}: no struct mrad_api"
         prefix = m.group(2)
+        if prefix == "/v2":
+            continue
         table = re.search(r"static const struct mrad_route routes\[\] = \{(.*?)\n\};",
                           src, re.S)
         assert table, f"{f}: no route table"
