@@ -376,7 +376,8 @@ void proto_v2_request_release(struct proto_v2_request *r);
  * *json_len): model_name, model_version "1", id, the statistics in
  * parameters, and the output "out": as binary data (binary_data_size; its
  * bytes, r->req.prob.out, follow the header in the body), in shared memory
- * (nothing follows), or as a JSON array of numbers.  Returns PROTO_OK or
+ * (its name, datatype and shape only; nothing follows), or as a JSON array
+ * of numbers.  Returns PROTO_OK or
  * PROTO_ENOMEM.
  */
 int proto_v2_response_encode(const struct proto_v2_request *r,

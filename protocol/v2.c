@@ -622,12 +622,10 @@ int proto_v2_response_encode(const struct proto_v2_request *r,
                 "\"shape\":[%" PRIu32 ",%" PRIu32 ",%" PRIu32 ",%" PRIu32 "]",
                 proto_v2_datatype(p->dtype), p->B, p->H, p->Nq, p->D);
     if (r->shm_out) {
-        pbuf_puts(&b, ",\"parameters\":{\"shared_memory_region\":");
-        pbuf_json_str(&b, r->out_shm.region, strlen(r->out_shm.region));
-        pbuf_printf(&b,
-                    ",\"shared_memory_byte_size\":%zu,"
-                    "\"shared_memory_offset\":%" PRIu64 "}}]}",
-                    bytes, r->out_shm.offset);
+        /* Nothing more: the client knows where it asked for the output
+         * (Triton's clients read "parameters" of an output as binary
+         * data's). */
+        pbuf_puts(&b, "}]}");
     } else if (r->binary_out) {
         pbuf_printf(&b, ",\"parameters\":{\"binary_data_size\":%zu}}]}", bytes);
     } else {

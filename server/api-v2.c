@@ -316,9 +316,7 @@ static int get_model(struct mrad_req *r)
         "\"inputs\":["
         "{\"name\":\"q\",\"datatype\":\"FP32\",\"shape\":[-1,-1,-1,-1]},"
         "{\"name\":\"k\",\"datatype\":\"FP32\",\"shape\":[-1,-1,-1,-1]},"
-        "{\"name\":\"v\",\"datatype\":\"FP32\",\"shape\":[-1,-1,-1,-1]},"
-        "{\"name\":\"mask\",\"datatype\":\"UINT8\",\"shape\":[-1,-1]},"
-        "{\"name\":\"q_mask\",\"datatype\":\"UINT8\",\"shape\":[-1,-1]}],"
+        "{\"name\":\"v\",\"datatype\":\"FP32\",\"shape\":[-1,-1,-1,-1]}],"
         "\"outputs\":["
         "{\"name\":\"out\",\"datatype\":\"FP32\",\"shape\":[-1,-1,-1,-1]}]}",
         models[m]);
@@ -332,9 +330,11 @@ static int get_model_ready(struct mrad_req *r)
     return get_ready(r);
 }
 
-/* Triton's model configuration: the inputs and the output, no batching
- * dimension of Triton's own (B is a dimension of every tensor), the
- * optional masks. */
+/* Triton's model configuration: the inputs every request has and the
+ * output, no batching dimension of Triton's own (B is a dimension of every
+ * tensor).  The optional inputs (mask, q_mask, k_append, v_append,
+ * mask_append) are left out of it and of the metadata, as load tools send
+ * every input they are told of. */
 static int get_config(struct mrad_req *r)
 {
     int rc, m = model_of(r, &rc);
@@ -349,11 +349,7 @@ static int get_config(struct mrad_req *r)
         "\"input\":["
         "{\"name\":\"q\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,-1,-1,-1]},"
         "{\"name\":\"k\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,-1,-1,-1]},"
-        "{\"name\":\"v\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,-1,-1,-1]},"
-        "{\"name\":\"mask\",\"data_type\":\"TYPE_UINT8\",\"dims\":[-1,-1],"
-        "\"optional\":true},"
-        "{\"name\":\"q_mask\",\"data_type\":\"TYPE_UINT8\",\"dims\":[-1,-1],"
-        "\"optional\":true}],"
+        "{\"name\":\"v\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,-1,-1,-1]}],"
         "\"output\":["
         "{\"name\":\"out\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,-1,-1,-1]}],"
         "\"instance_group\":[{\"count\":%" PRIu32 ",\"kind\":\"%s\"}],"
@@ -530,9 +526,15 @@ static int cuda_shm(struct mrad_req *r)
                           "shared memory");
 }
 
+/* No CUDA region is ever registered: none to list, none to unregister. */
 static int cuda_shm_status(struct mrad_req *r)
 {
     return mrad_req_send_json(r, 200, "[]");
+}
+
+static int cuda_shm_unregister_all(struct mrad_req *r)
+{
+    return mrad_req_send(r, 200, NULL, NULL, 0);
 }
 
 static char *error_body(const char *code, const char *message, size_t *len)
@@ -571,6 +573,11 @@ static const struct mrad_route routes[] = {
     {"GET", "/v2/cudasharedmemory/status", 0, NULL, cuda_shm_status, NULL},
     {"POST", "/v2/cudasharedmemory/region/*/register", 0, NULL, cuda_shm,
      NULL},
+    {"POST", "/v2/cudasharedmemory/region/*/unregister", 0, NULL, cuda_shm,
+     NULL},
+    {"GET", "/v2/cudasharedmemory/region/*/status", 0, NULL, cuda_shm, NULL},
+    {"POST", "/v2/cudasharedmemory/unregister", 0, NULL,
+     cuda_shm_unregister_all, NULL},
 };
 
 const struct mrad_api mrad_api_v2 = {
