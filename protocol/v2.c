@@ -517,7 +517,7 @@ int proto_v2_request_decode(const void *body, size_t len, size_t json_len,
     rc = fields_of(&root, "body", keys, 4, f, err, errlen);
     if (rc == PROTO_OK && f[0] != NULL) {
         rc = get_name(f[0], "id", r->v2_id, err, errlen);
-        r->has_v2_id = rc == PROTO_OK;
+        r->has_v2_id = rc == PROTO_OK && r->v2_id[0]; /* "" is no id */
     }
     if (rc == PROTO_OK && f[2] == NULL)
         rc = perr(err, errlen, PROTO_EBADREQ, "inputs: missing");

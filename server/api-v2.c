@@ -200,13 +200,17 @@ static int infer_handle(struct mrad_req *r)
     int rc = proto_v2_request_decode(mrad_call_body(c), c->body_len, json_len,
                                      models[call->model], &o, &call->req, err,
                                      sizeof err);
-    if (rc != PROTO_OK)
+    uint64_t total_us = (mrad_now_ns() - mrad_req_start_ns(r)) / 1000;
+    if (rc != PROTO_OK) {
+        count_request(call->model, 0, total_us, &c->job, 0);
         return mrad_req_error(r, MRAD_SRC_PROTO, rc, err);
+    }
     struct proto_request *req = &call->req.req;
-    if (req->has_kv && mrad_call_bind_session(r, c, req, 0))
+    if ((req->has_kv && mrad_call_bind_session(r, c, req, 0)) ||
+        mrad_call_admit(r, c, &req->prob, !call->req.shm_out)) {
+        count_request(call->model, 0, total_us, &c->job, 0);
         return 0;
-    if (mrad_call_admit(r, c, &req->prob, !call->req.shm_out))
-        return 0;
+    }
     return mrad_call_submit(r, c, req->timeout_ms);
 }
 
