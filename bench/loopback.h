@@ -85,23 +85,27 @@ static int fill(struct client *c, size_t want)
     return 0;
 }
 
-/* Sends one request: `method` with a msgpack body when body is not NULL;
- * on success returns the status and points *resp at the response body
+/* Sends one request: `method` with a body when body is not NULL, its
+ * headers `extra` (each ending in CRLF; NULL: a msgpack Content-Type); on
+ * success returns the status and points *resp at the response body
  * (valid until the next call); -1 on a transport error. */
-static int client_request(struct client *c, const char *method,
-                          const char *path, const char *body, size_t len,
-                          const char **resp, size_t *resp_len)
+static int client_request_h(struct client *c, const char *method,
+                            const char *path, const char *extra,
+                            const char *body, size_t len, const char **resp,
+                            size_t *resp_len)
 {
-    char head[256];
+    char head[512];
     int hn = body
                  ? snprintf(head, sizeof(head),
                             "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            "Content-Type: application/msgpack\r\n"
-                            "Content-Length: %zu\r\n\r\n",
-                            method, path, len)
+                            "%sContent-Length: %zu\r\n\r\n",
+                            method, path,
+                            extra ? extra
+                                  : "Content-Type: application/msgpack\r\n",
+                            len)
                  : snprintf(head, sizeof(head),
-                            "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                            method, path);
+                            "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n",
+                            method, path, extra ? extra : "");
     if (write_all(c->fd, head, (size_t)hn) ||
         (body && write_all(c->fd, body, len)))
         return -1;
@@ -134,6 +138,15 @@ static int client_request(struct client *c, const char *method,
     memmove(c->buf, c->buf + hlen + clen, c->len - hlen - clen);
     c->len -= hlen + clen;
     return status;
+}
+
+/* client_request_h() with a msgpack body (or none). */
+static inline int client_request(struct client *c, const char *method,
+                                 const char *path, const char *body,
+                                 size_t len, const char **resp,
+                                 size_t *resp_len)
+{
+    return client_request_h(c, method, path, NULL, body, len, resp, resp_len);
 }
 
 static void client_close(struct client *c)

@@ -1,5 +1,5 @@
 """Smoke runs of the session benchmarks (make bench's 40-decoder part
-"session" and 50-session) at small sizes: they run, check their answers
+"session" and 50-session) and of the v2 one (60-v2) at small sizes: they run, check their answers
 (bench-session exits non-zero when a session step's bits differ from the
 same step sent whole) and print their targets.  The figures themselves
 come from `make bench`, never from a test."""
@@ -39,3 +39,18 @@ def test_bench_decoder_session_quick(tmp_path):
         assert x["exact_s"] > 0 and x["mra2_s"] > 0
     structured = [x for x in steps if x["inputs"] == "structured"]
     assert all(x["mra2_rel_err"] < 0.05 for x in structured)
+
+
+def test_bench_v2_quick():
+    with MradServer(["--allow-shm"], threads=2) as s:
+        r = subprocess.run([os.path.join(BIN, "bench-v2"), "--port",
+                            str(s.port), "--shape", "1,2,256,32",
+                            "--seconds", "1.5"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["answers_match"]
+        assert min(res["v1_rps"], res["v2_rps"], res["shm_rps"]) > 0
+        assert "target >= 90%" in r.stdout and "target >= 95%" in r.stdout
+        # the regions it registered are gone
+        assert json.loads(s.get("/v2/systemsharedmemory/status")[2]) == []
