@@ -246,6 +246,7 @@ int mrad_call_admit(struct mrad_req *r, struct mrad_call *c,
 {
     struct mrad_server *srv = c->srv;
     struct mrad_job *job = &c->job;
+    mrad_req_set_method(r, attn_method_name(p->method));
     double cost = attn_cost(p);
     if (cost > (double)srv->max_problem_flops) {
         char msg[256];
@@ -297,6 +298,7 @@ int mrad_call_submit(struct mrad_req *r, struct mrad_call *c,
     if (timeout_ms && timeout_ms < limit)
         limit = timeout_ms;
     job->deadline_ns = mrad_req_start_ns(r) + limit * 1000000ull;
+    snprintf(job->rid, sizeof job->rid, "%s", mrad_req_rid(r));
 #ifdef MRAD_TEST_HOOKS
     job->inject_fault = c->inject_fault;
 #endif

@@ -58,6 +58,11 @@ struct mrad_req {
     const struct mrad_route *route;
     const struct mrad_api *api; /* the route's surface (or the path's) */
     uint64_t t0;
+    uint64_t t_body;   /* the body was in (0: no body read) */
+    uint64_t t_answer; /* the answer was queued (0: none) */
+    char rid[72];      /* the request id: X-Request-Id, traceparent's trace
+                          id, or made here */
+    const char *attn_method; /* for the metrics, or NULL */
     char method[16], path[128];
     enum req_state state;
     char *body;

@@ -140,6 +140,16 @@ void *mrad_req_data(const struct mrad_req *r)
     return r->data;
 }
 
+void mrad_req_set_method(struct mrad_req *r, const char *method)
+{
+    r->attn_method = method;
+}
+
+const char *mrad_req_rid(const struct mrad_req *r)
+{
+    return r->rid;
+}
+
 void mrad_req_set_log(struct mrad_req *r, uint64_t queue_us,
                       uint64_t compute_us, const char *id)
 {
@@ -242,6 +252,9 @@ static int queue(struct mrad_req *r, unsigned status, const char *ctype,
     int early = r->in_begin;
     if (ctype)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (r->rid[0])
+        MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    r->t_answer = mrad_now_ns();
     for (size_t i = 0; i < r->nhdr; i++)
         MHD_add_response_header(resp, r->hdr_name[i], r->hdr_value[i]);
     if (early)

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #if defined(__SSE2__)
@@ -405,6 +406,61 @@ static enum MHD_Result take_chunk(struct mrad_req *r, const char *upload,
     return mrad_http_fail_mid_body(r, MRAD_SRC_SERVER, err, msg);
 }
 
+/* 1 to 64 bytes of [A-Za-z0-9._:-]: an id we repeat in a header and log
+ * lines as it came. */
+static int id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+              (c >= 'A' && c <= 'Z') || c == '.' || c == '_' || c == ':' ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The request's id: its X-Request-Id when it is a plain token, else the
+ * trace id of a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>"), else 16
+ * random hex digits. */
+static void request_id(struct mrad_req *r)
+{
+    const char *x = mrad_req_header(r, "X-Request-Id");
+    if (x && id_ok(x)) {
+        snprintf(r->rid, sizeof r->rid, "%s", x);
+        return;
+    }
+    const char *tp = mrad_req_header(r, "traceparent");
+    if (tp && strlen(tp) == 55 && tp[2] == '-' && tp[35] == '-' &&
+        tp[52] == '-' && strspn(tp + 3, "0123456789abcdef") == 32 &&
+        strspn(tp + 3, "0") != 32) {
+        memcpy(r->rid, tp + 3, 32);
+        r->rid[32] = '\0';
+        return;
+    }
+    static _Atomic uint64_t seq, seed_once;
+    uint64_t seed = atomic_load(&seed_once);
+    if (!seed) {
+        uint64_t s = 0;
+        if (getrandom(&s, sizeof s, GRND_NONBLOCK) != sizeof s)
+            s = mrad_now_ns();
+        uint64_t none = 0;
+        seed = s | 1;
+        if (!atomic_compare_exchange_strong(&seed_once, &none, seed))
+            seed = none; /* another thread set it first */
+    }
+    /* splitmix64 over a counter: unique per process, unpredictable
+     * enough for an id (not a secret). */
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * atomic_fetch_add(&seq, 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    snprintf(r->rid, sizeof r->rid, "%016" PRIx64, z);
+}
+
 /* The first call of a request: its headers. */
 static enum MHD_Result first_call(struct mrad_listener *l,
                                   struct MHD_Connection *mc, const char *url,
@@ -433,6 +489,7 @@ static enum MHD_Result first_call(struct mrad_listener *l,
     *con_cls = r;
     int64_t clen = mrad_req_content_length(r);
     r->has_body = clen > 0 || mrad_req_header(r, "Transfer-Encoding");
+    request_id(r);
     r->state = ST_HEADERS;
     r->in_begin = 1;
     int rc = route_headers(r, version);
@@ -465,6 +522,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc,
         if (*upload_size)
             return take_chunk(r, upload, upload_size);
         mrad_guard_head_done(r->gc); /* the body is in: no rate now */
+        r->t_body = mrad_now_ns();
         return rc_mhd(r->route->handle(r));
     case ST_WAIT:
         return rc_mhd(r->route->resume(r));
@@ -491,6 +549,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         r->status = 499, r->err_code = "client_closed_request";
     if (r->suspended)
         atomic_fetch_sub(&h->pending_answers, 1);
+    int probe = r->route && (r->route->flags & MRAD_ROUTE_OPS);
     struct mrad_access a = {
         .method = r->method,
         .path = r->path,
@@ -501,11 +560,33 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         .compute_us = r->compute_us,
         .total_us = total_us,
         .id = r->id,
+        .rid = r->rid,
         .error_code = r->err_code,
+        .debug = probe,
     };
     mrad_log_access(&a);
-    mrad_metrics_request(r->api ? r->api->name : "none", r->status,
-                         (double)total_us / 1e6);
+    char route[80];
+    if (r->route)
+        snprintf(route, sizeof route, "%s %s", r->route->method,
+                 r->route->path);
+    uint64_t now = mrad_now_ns();
+    struct mrad_metrics_req q = {
+        .probe = probe,
+        .api = r->api ? r->api->name : NULL,
+        .route = r->route ? route : NULL,
+        .method = r->attn_method,
+        .status = r->status,
+        .seconds = (double)total_us / 1e6,
+        .receive_seconds =
+            r->t_body ? (double)(r->t_body - r->t0) / 1e9 : -1.0,
+        .send_seconds =
+            r->t_answer && now > r->t_answer
+                ? (double)(now - r->t_answer) / 1e9
+                : -1.0,
+        .bytes_in = r->len + r->discarded,
+        .bytes_out = r->bytes_out,
+    };
+    mrad_metrics_request(&q);
     if (r->free_data)
         r->free_data(r->data);
     mrad_bufcache_put(r->body);

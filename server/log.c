@@ -152,16 +152,19 @@ void mrad_log(enum mrad_log_level level, const char *fmt, ...)
 
 void mrad_log_access(const struct mrad_access *a)
 {
-    if (MRAD_LOG_INFO < log_min)
+    enum mrad_log_level level = a->debug ? MRAD_LOG_DEBUG : MRAD_LOG_INFO;
+    if (level < log_min)
         return;
     char ts[40];
     timestamp(ts, sizeof(ts));
     struct line l = {.n = 0};
     if (log_fmt == MRAD_LOG_JSON) {
         add(&l,
-            "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
-            "\"method\":\"",
-            ts);
+            "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"access\","
+            "\"request_id\":\"",
+            ts, level_names[level]);
+        add_json(&l, a->rid ? a->rid : "");
+        add(&l, "\",\"method\":\"");
         add_json(&l, a->method);
         add(&l, "\",\"path\":\"");
         add_json(&l, a->path);
@@ -185,7 +188,7 @@ void mrad_log_access(const struct mrad_access *a)
         }
         add(&l, "}");
     } else {
-        add(&l, "%s info  access ", ts);
+        add(&l, "%s %-5s access ", ts, level_names[level]);
         add_text(&l, a->method, 1);
         add(&l, " ");
         add_text(&l, a->path, 1);
@@ -195,6 +198,8 @@ void mrad_log_access(const struct mrad_access *a)
             a->status, a->bytes_in, a->bytes_out, a->queue_us, a->compute_us,
             a->total_us);
         add_text(&l, a->id ? a->id : "-", 1);
+        add(&l, " rid=");
+        add_text(&l, a->rid && *a->rid ? a->rid : "-", 1);
         if (a->error_code) {
             add(&l, " error=");
             add_text(&l, a->error_code, 1);

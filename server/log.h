@@ -40,11 +40,13 @@ struct mrad_access {
     unsigned status;
     uint64_t bytes_in, bytes_out;
     uint64_t queue_us, compute_us, total_us;
-    const char *id;         /* the request's id, or NULL */
+    const char *id;         /* the body's id, or NULL */
+    const char *rid;        /* the request id (X-Request-Id), or NULL */
     const char *error_code; /* wire error code, or NULL on success */
+    int debug;              /* a probe: logged at debug level */
 };
 
-/* Logs one access line at info level. */
+/* Logs one access line at info level (debug for probes). */
 void mrad_log_access(const struct mrad_access *a);
 
 #endif /* MRAD_SERVER_LOG_H */

@@ -44,23 +44,54 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char build_version[64], build_backend[32];
 static double start_time;
 
-/* The API surfaces of the `api` label (server/route.h); the last is for
- * requests no surface took. */
-static const char *const api_names[] = {"ops", "v1", "v2", "none"};
-#define NAPIS (sizeof api_names / sizeof api_names[0])
-static uint64_t requests_by_status[NAPIS][600];
 static uint64_t tokens_total, blocks_selected_total, blocks_total_total;
 
-#define REQUEST_HISTOGRAM                                                      \
-    {"mrad_request_duration_seconds",                                          \
-     "Time from the first byte of a request to its answer.",                   \
-     seconds_bounds,                                                           \
-     NB(seconds_bounds),                                                       \
-     {0},                                                                      \
-     0,                                                                        \
-     0}
-static struct histogram h_request[NAPIS] = {
-    REQUEST_HISTOGRAM, REQUEST_HISTOGRAM, REQUEST_HISTOGRAM, REQUEST_HISTOGRAM};
+/* One series of the request metrics: its labels (api, route, attention
+ * method), the answers by status and their durations.  At most MAX_SERIES
+ * (the routes times the methods stay far below); later ones are counted
+ * under the last. */
+#define MAX_SERIES 96
+#define MAX_CODES 24
+struct series {
+    char api[8], route[64], method[16];
+    struct {
+        unsigned code;
+        uint64_t n;
+    } codes[MAX_CODES];
+    size_t ncodes;
+    struct histogram duration;
+};
+static struct series series[MAX_SERIES];
+static size_t nseries;
+
+/* The probes and /metrics: counted apart, never timed. */
+struct probe {
+    char route[48];
+    unsigned code;
+    uint64_t n;
+};
+static struct probe probes[32];
+static size_t nprobes;
+
+static const double bytes_bounds[] = {1024,      16384,     262144,
+                                      1048576,   4194304,   16777216,
+                                      67108864,  268435456, 1073741824};
+static const double token_bounds[] = {32,    128,   512,    2048,  8192,
+                                      32768, 65536, 131072, 524288};
+static struct histogram h_bytes[2] = {
+    {"mrad_request_bytes", "Bytes of a request's body (in) and answer (out).",
+     bytes_bounds, NB(bytes_bounds), {0}, 0, 0},
+    {"mrad_request_bytes", "", bytes_bounds, NB(bytes_bounds), {0}, 0, 0}};
+static struct histogram h_transport[2] = {
+    {"mrad_transport_duration_seconds",
+     "Time receiving a request's body (receive) and sending its answer "
+     "(send).",
+     seconds_bounds, NB(seconds_bounds), {0}, 0, 0},
+    {"mrad_transport_duration_seconds", "", seconds_bounds, NB(seconds_bounds),
+     {0}, 0, 0}};
+static struct histogram h_batch_tokens = {
+    "mrad_batch_tokens", "Tokens (B*max(Nq,Nk) summed) in one batch.",
+    token_bounds, NB(token_bounds), {0}, 0, 0};
 static struct histogram h_queue = {
     "mrad_queue_duration_seconds",
     "Time a request waited for a compute worker.",
@@ -83,14 +114,14 @@ static struct histogram h_batch = {"mrad_batch_requests",
                                    {0},
                                    0,
                                    0};
-static struct histogram h_density = {
-    "mrad_block_density",
-    "Fraction of blocks computed at full resolution, per request.",
-    density_bounds,
-    NB(density_bounds),
-    {0},
-    0,
-    0};
+/* Block density by method: mra2 and mra2_sparse (exact computes every
+ * block). */
+static const char *const density_methods[] = {"mra2", "mra2_sparse"};
+static struct histogram h_density[2] = {
+    {"mrad_block_density",
+     "Fraction of blocks computed at full resolution, per request.",
+     density_bounds, NB(density_bounds), {0}, 0, 0},
+    {"mrad_block_density", "", density_bounds, NB(density_bounds), {0}, 0, 0}};
 
 static void observe(struct histogram *h, double v)
 {
@@ -113,15 +144,68 @@ void mrad_metrics_init(const char *version, const char *backend)
     pthread_mutex_unlock(&lock);
 }
 
-void mrad_metrics_request(const char *api, unsigned status, double seconds)
+static void copy_label(char *dst, size_t n, const char *src)
 {
-    size_t a = 0;
-    while (a < NAPIS - 1 && strcmp(api_names[a], api))
-        a++;
+    snprintf(dst, n, "%s", src && *src ? src : "none");
+}
+
+void mrad_metrics_request(const struct mrad_metrics_req *q)
+{
     pthread_mutex_lock(&lock);
-    if (status < NB(requests_by_status[a]))
-        requests_by_status[a][status]++;
-    observe(&h_request[a], seconds);
+    if (q->probe) {
+        size_t i = 0;
+        while (i < nprobes && (probes[i].code != q->status ||
+                               strcmp(probes[i].route, q->route)))
+            i++;
+        if (i == nprobes && nprobes < NB(probes)) {
+            copy_label(probes[i].route, sizeof probes[i].route, q->route);
+            probes[i].code = q->status;
+            nprobes++;
+        }
+        if (i < nprobes)
+            probes[i].n++;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    char api[8], route[64], method[16];
+    copy_label(api, sizeof api, q->api);
+    copy_label(route, sizeof route, q->route);
+    copy_label(method, sizeof method, q->method);
+    size_t i = 0;
+    while (i < nseries && (strcmp(series[i].api, api) ||
+                           strcmp(series[i].route, route) ||
+                           strcmp(series[i].method, method)))
+        i++;
+    if (i == nseries) {
+        if (nseries == MAX_SERIES)
+            i = MAX_SERIES - 1;
+        else {
+            struct series *s = &series[nseries++];
+            memcpy(s->api, api, sizeof api);
+            memcpy(s->route, route, sizeof route);
+            memcpy(s->method, method, sizeof method);
+            s->duration = (struct histogram){
+                "mrad_request_duration_seconds",
+                "Time from the first byte of a request to the end of its "
+                "answer (probes and /metrics apart).",
+                seconds_bounds, NB(seconds_bounds), {0}, 0, 0};
+        }
+    }
+    struct series *s = &series[i];
+    size_t c = 0;
+    while (c < s->ncodes && s->codes[c].code != q->status)
+        c++;
+    if (c == s->ncodes && s->ncodes < MAX_CODES)
+        s->codes[s->ncodes++].code = q->status;
+    if (c < s->ncodes)
+        s->codes[c].n++;
+    observe(&s->duration, q->seconds);
+    observe(&h_bytes[0], (double)q->bytes_in);
+    observe(&h_bytes[1], (double)q->bytes_out);
+    if (q->receive_seconds >= 0)
+        observe(&h_transport[0], q->receive_seconds);
+    if (q->send_seconds >= 0)
+        observe(&h_transport[1], q->send_seconds);
     pthread_mutex_unlock(&lock);
 }
 
@@ -132,22 +216,27 @@ void mrad_metrics_queue(double seconds)
     pthread_mutex_unlock(&lock);
 }
 
-void mrad_metrics_batch(uint32_t requests, double compute_seconds)
+void mrad_metrics_batch(uint32_t requests, uint64_t tokens,
+                        double compute_seconds)
 {
     pthread_mutex_lock(&lock);
     observe(&h_batch, (double)requests);
+    observe(&h_batch_tokens, (double)tokens);
     observe(&h_compute, compute_seconds);
     pthread_mutex_unlock(&lock);
 }
 
-void mrad_metrics_problem(uint64_t tokens, uint64_t blocks_selected,
-                          uint64_t blocks_total, double density)
+void mrad_metrics_problem(const char *method, uint64_t tokens,
+                          uint64_t blocks_selected, uint64_t blocks_total,
+                          double density)
 {
     pthread_mutex_lock(&lock);
     tokens_total += tokens;
     blocks_selected_total += blocks_selected;
     blocks_total_total += blocks_total;
-    observe(&h_density, density);
+    for (size_t m = 0; m < NB(density_methods); m++)
+        if (method && !strcmp(method, density_methods[m]))
+            observe(&h_density[m], density);
     pthread_mutex_unlock(&lock);
 }
 
@@ -305,27 +394,56 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
     if (!t.buf)
         return NULL;
     pthread_mutex_lock(&lock);
-    put(&t, "# HELP mrad_requests_total HTTP requests answered, by API "
-            "surface and status.\n"
+    put(&t, "# HELP mrad_requests_total HTTP requests answered (probes and "
+            "/metrics apart), by API surface, route, attention method and "
+            "status.\n"
             "# TYPE mrad_requests_total counter\n");
-    for (size_t a = 0; a < NAPIS; a++)
-        for (unsigned s = 0; s < NB(requests_by_status[a]); s++)
-            if (requests_by_status[a][s])
-                put(&t,
-                    "mrad_requests_total{api=\"%s\",code=\"%u\"} %" PRIu64
-                    "\n",
-                    api_names[a], s, requests_by_status[a][s]);
-    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_request[0].name,
-        h_request[0].help, h_request[0].name);
-    for (size_t a = 0; a < NAPIS; a++) {
-        char label[32];
-        snprintf(label, sizeof label, "api=\"%s\"", api_names[a]);
-        put_samples(&t, &h_request[a], label);
+    for (size_t i = 0; i < nseries; i++)
+        for (size_t c = 0; c < series[i].ncodes; c++)
+            put(&t,
+                "mrad_requests_total{api=\"%s\",route=\"%s\",method=\"%s\","
+                "code=\"%u\"} %" PRIu64 "\n",
+                series[i].api, series[i].route, series[i].method,
+                series[i].codes[c].code, series[i].codes[c].n);
+    put(&t,
+        "# HELP mrad_request_duration_seconds Time from the first byte of a "
+        "request to the end of its answer (probes and /metrics apart).\n"
+        "# TYPE mrad_request_duration_seconds histogram\n");
+    for (size_t i = 0; i < nseries; i++) {
+        char label[sizeof series[0].api + sizeof series[0].route +
+                   sizeof series[0].method + 32];
+        snprintf(label, sizeof label,
+                 "api=\"%.7s\",route=\"%.63s\",method=\"%.15s\"",
+                 series[i].api, series[i].route, series[i].method);
+        put_samples(&t, &series[i].duration, label);
     }
+    put(&t, "# HELP mrad_probe_requests_total Probes and scrapes answered, by "
+            "route and status.\n"
+            "# TYPE mrad_probe_requests_total counter\n");
+    for (size_t i = 0; i < nprobes; i++)
+        put(&t,
+            "mrad_probe_requests_total{route=\"%s\",code=\"%u\"} %" PRIu64
+            "\n",
+            probes[i].route, probes[i].code, probes[i].n);
+    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_bytes[0].name,
+        h_bytes[0].help, h_bytes[0].name);
+    put_samples(&t, &h_bytes[0], "direction=\"in\"");
+    put_samples(&t, &h_bytes[1], "direction=\"out\"");
+    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_transport[0].name,
+        h_transport[0].help, h_transport[0].name);
+    put_samples(&t, &h_transport[0], "direction=\"receive\"");
+    put_samples(&t, &h_transport[1], "direction=\"send\"");
     put_histogram(&t, &h_queue);
     put_histogram(&t, &h_compute);
     put_histogram(&t, &h_batch);
-    put_histogram(&t, &h_density);
+    put_histogram(&t, &h_batch_tokens);
+    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_density[0].name,
+        h_density[0].help, h_density[0].name);
+    for (size_t m = 0; m < NB(density_methods); m++) {
+        char label[32];
+        snprintf(label, sizeof label, "method=\"%s\"", density_methods[m]);
+        put_samples(&t, &h_density[m], label);
+    }
     put_simple(&t, "mrad_tokens_total", "counter",
                "Tokens computed (B*max(Nq,Nk) summed over requests).",
                (double)tokens_total);

@@ -18,16 +18,29 @@
  * other threads start. */
 void mrad_metrics_init(const char *version, const char *backend);
 
-/* A finished HTTP request of any endpoint: the API surface it went to
- * ("ops", "v1", "v2", "none"), its status and duration. */
-void mrad_metrics_request(const char *api, unsigned status, double seconds);
+/* A finished HTTP request. */
+struct mrad_metrics_req {
+    int probe;          /* a probe or /metrics: counted apart, not timed */
+    const char *api;    /* the surface: "v1", "v2" (NULL: "none") */
+    const char *route;  /* "POST /v1/attention" (NULL: "none") */
+    const char *method; /* the attention method (NULL: "none") */
+    unsigned status;
+    double seconds;                      /* first byte to the answer's end */
+    double receive_seconds, send_seconds; /* < 0: none (no body, no answer) */
+    uint64_t bytes_in, bytes_out;
+};
+void mrad_metrics_request(const struct mrad_metrics_req *q);
 /* Time a computed request waited in the queue. */
 void mrad_metrics_queue(double seconds);
-/* One batch: how many requests it held and how long it computed. */
-void mrad_metrics_batch(uint32_t requests, double compute_seconds);
-/* One computed problem: its tokens (B*max(Nq,Nk)) and block statistics. */
-void mrad_metrics_problem(uint64_t tokens, uint64_t blocks_selected,
-                          uint64_t blocks_total, double density);
+/* One batch: how many requests it held, their tokens, how long it
+ * computed. */
+void mrad_metrics_batch(uint32_t requests, uint64_t tokens,
+                        double compute_seconds);
+/* One computed problem: its method, tokens (B*max(Nq,Nk)) and block
+ * statistics. */
+void mrad_metrics_problem(const char *method, uint64_t tokens,
+                          uint64_t blocks_selected, uint64_t blocks_total,
+                          double density);
 
 /* Device memory of one worker's backend, when it reports it. */
 struct mrad_metrics_device {

@@ -223,6 +223,13 @@ int mrad_req_send_pieces(struct mrad_req *r, unsigned status, const char *ctype,
 int mrad_req_error(struct mrad_req *r, enum mrad_err_source src, int err,
                    const char *message);
 
+/* The attention method the request computes ("mra2", ...; a static
+ * string), for the request metrics. */
+void mrad_req_set_method(struct mrad_req *r, const char *method);
+/* The request's id (X-Request-Id, the trace id of a W3C traceparent, or
+ * one made up), sent back in X-Request-Id and written in its log lines. */
+const char *mrad_req_rid(const struct mrad_req *r);
+
 /* What the access log line says beyond the plumbing's own fields: the
  * time queued and computing, and the request's id (the string must live
  * until the request completes; NULL: none). */

@@ -147,6 +147,11 @@ static void worker_sample(struct worker *w)
     pthread_mutex_unlock(&w->s->lock);
 }
 
+static const char *job_rid(const struct mrad_job *job)
+{
+    return job->rid[0] ? job->rid : "-";
+}
+
 /* A job that is a call on the backend (ops->run), alone in its batch. */
 static void worker_run_call(struct worker *w, struct mrad_job *job)
 {
@@ -155,8 +160,8 @@ static void worker_run_call(struct worker *w, struct mrad_job *job)
     int err = job->ops->run ? job->ops->run(job, w->be) : ATTN_EINVAL;
     uint64_t t1 = mrad_now_ns();
     if (err != ATTN_OK)
-        mrad_log(MRAD_LOG_ERROR, "call failed on device %d: %s", w->device,
-                 attn_strerror(err));
+        mrad_log(MRAD_LOG_ERROR, "request %s: call failed on device %d: %s",
+                 job_rid(job), w->device, attn_strerror(err));
     if (!job_claim(job))
         return;
     job->queue_us = (t0 - job->enqueue_ns) / 1000;
@@ -198,22 +203,27 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
 #endif
     uint64_t t1 = mrad_now_ns();
     uint64_t compute_us = (t1 - t0) / 1000;
-    mrad_metrics_batch((uint32_t)n, (double)(t1 - t0) / 1e9);
+    uint64_t tokens = 0;
+    for (size_t i = 0; i < n; i++)
+        tokens += jobs[i]->tokens;
+    mrad_metrics_batch((uint32_t)n, tokens, (double)(t1 - t0) / 1e9);
     mrad_log(MRAD_LOG_DEBUG,
              "device %d: batch of %zu computed in %" PRIu64 " us", w->device, n,
              compute_us);
-    if (rc != ATTN_OK)
-        mrad_log(MRAD_LOG_ERROR, "batch of %zu failed on device %d: %s", n,
-                 w->device, attn_strerror(rc));
     for (size_t i = 0; i < n; i++) {
         struct mrad_job *job = jobs[i];
         int err = rc != ATTN_OK ? rc : errs[i];
         if (err == ATTN_OK)
-            mrad_metrics_problem(job->tokens, stats[i].blocks_selected,
+            mrad_metrics_problem(attn_method_name(job->prob->method),
+                                 job->tokens, stats[i].blocks_selected,
                                  stats[i].blocks_total, stats[i].density);
-        else if (rc == ATTN_OK)
-            mrad_log(MRAD_LOG_ERROR, "request failed on device %d: %s",
-                     w->device, attn_strerror(err));
+        else if (rc != ATTN_OK)
+            mrad_log(MRAD_LOG_ERROR,
+                     "request %s: its batch of %zu failed on device %d: %s",
+                     job_rid(job), n, w->device, attn_strerror(rc));
+        else
+            mrad_log(MRAD_LOG_ERROR, "request %s failed on device %d: %s",
+                     job_rid(job), w->device, attn_strerror(err));
         /* A job answered meanwhile (deadline, drain) drops its result. */
         if (!job_claim(job))
             continue;

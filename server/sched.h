@@ -74,7 +74,8 @@ struct mrad_job {
      * submitted, whatever their priorities (the requests on one session). */
     const void *order;
     const struct mrad_job_ops *ops;
-    void *owner; /* the submitter's context, for the callbacks */
+    void *owner;     /* the submitter's context, for the callbacks */
+    char rid[72];    /* the request's id for the log lines ("": none) */
 #ifdef MRAD_TEST_HOOKS
     int inject_fault; /* test builds only: fail the batch of this job */
 #endif

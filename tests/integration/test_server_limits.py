@@ -2,6 +2,7 @@
 size limits, API keys, a full queue, deadlines, injected backend faults,
 and probes that stay fast while the workers are busy."""
 import json
+import re
 import socket
 import threading
 import time
@@ -191,8 +192,12 @@ def test_injected_fault_fails_one_batch_only():
         q, k, v = small()
         out_ok, _ = srv.attention(q, k, v)
         with pytest.raises(MradError) as e:
-            srv.attention(q, k, v, headers={"X-Mrad-Inject-Fault": "1"})
+            srv.attention(q, k, v, headers={"X-Mrad-Inject-Fault": "1",
+                                            "X-Request-Id": "faulty-1"})
         assert (e.value.status, e.value.code) == (500, "internal")
+        # The error line of the worker names the request.
+        assert re.search(r"error .*request faulty-1: its batch of 1 failed",
+                         srv.log_text()), srv.log_text()
         for _ in range(3):
             out, _ = srv.attention(q, k, v)
             assert np.array_equal(out, out_ok)
