@@ -33,7 +33,10 @@ WARN     := -Wall -Wextra
 ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
-CPPFLAGS := -I. -D_GNU_SOURCE
+# The project's one version string (mrad --version, mractl --version,
+# mra-load --version, /v1/info and mra_client.__version__): the file VERSION.
+MRAD_VERSION := $(shell cat VERSION)
+CPPFLAGS := -I. -D_GNU_SOURCE -DMRAD_VERSION='"$(MRAD_VERSION)"'
 CFLAGS   := -std=c11 $(OPT) -g $(WARN) -pthread -MMD -MP -fno-strict-aliasing $(SANFLAGS)
 LDFLAGS  := -pthread $(SANFLAGS)
 LDLIBS   := -lm
@@ -59,6 +62,9 @@ include clients/module.mk
 include tests/module.mk
 include bench/module.mk
 
+# The test build of mrad compiles the same sources by a rule of its own.
+$(MRAD_TEST_OBJS): VERSION
+
 .PHONY: all deps test run clean format
 all: $(LIBS) $(BINS)
 
@@ -66,7 +72,8 @@ all: $(LIBS) $(BINS)
 deps:
 	@bash tools/deps.sh
 
-$(BUILD)/%.o: %.c
+# Objects depend on VERSION too: the version is in their flags.
+$(BUILD)/%.o: %.c VERSION
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

@@ -16,7 +16,10 @@
 #include "protocol/proto.h"
 #include "server/log.h"
 
-#define MRAD_VERSION "0.1.0"
+/* The version string comes from the file VERSION, through the Makefile. */
+#ifndef MRAD_VERSION
+#error "MRAD_VERSION is defined by the Makefile from the file VERSION"
+#endif
 #define MRAD_MAX_DEVICES 16
 /* --max-problem-flops when not set: about 30 s of a 2-core CPU host, and
  * about as long on a GPU. */
