@@ -10,6 +10,7 @@
 #define MRAD_MRACTL_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 enum {
     MRACTL_EXIT_OK = 0,
@@ -20,8 +21,10 @@ enum {
 /* A subcommand: argv[0] is its name; returns an exit status. */
 typedef int (*mractl_cmd_fn)(int argc, char **argv);
 
-/* `mractl run`: computes one request body (--local: on this machine). */
+/* `mractl run --local`: computes one request body on this machine. */
 int mractl_cmd_run(int argc, char **argv);
+/* The usage of `mractl run`, both its modes (--local and --url), to f. */
+void mractl_run_usage(FILE *f);
 
 /*
  * Reads a whole file ("-" for stdin) into a malloc'd buffer, NUL-terminated

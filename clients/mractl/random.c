@@ -16,9 +16,9 @@
 #include "clients/mractl/mractl.h"
 #include "clients/mractl/remote.h"
 
-static void usage_random(void)
+static void usage_random(FILE *f)
 {
-    fprintf(stderr,
+    fprintf(f,
             "usage: mractl random --shape B,H,Nq,D [--kv-len Nk] [--hkv N]\n"
             "           [--causal] [--mask KIND] [--q-mask KIND]\n"
             "           [--method mra2|mra2_sparse|exact] "
@@ -128,11 +128,11 @@ int mractl_cmd_random(int argc, char **argv)
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage_random();
-            return MRACTL_EXIT_USAGE;
+            usage_random(stdout);
+            return MRACTL_EXIT_OK;
         }
         if (i + 1 == argc) {
-            usage_random();
+            usage_random(stderr);
             return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                                "unexpected or incomplete argument '%s'", a);
         }
@@ -145,7 +145,7 @@ int mractl_cmd_random(int argc, char **argv)
         } else if (got == 0 && (!strcmp(a, "-o") || !strcmp(a, "--output"))) {
             out_path = v;
         } else if (got == 0) {
-            usage_random();
+            usage_random(stderr);
             return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                                "unknown option '%s'", a);
         }
@@ -154,7 +154,7 @@ int mractl_cmd_random(int argc, char **argv)
                                "bad value for %s: '%s'", a, v);
     }
     if (!have_shape) {
-        usage_random();
+        usage_random(stderr);
         return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                            "--shape B,H,Nq,D is required");
     }

@@ -21,16 +21,28 @@ struct remote_opts {
     const char *file; /* run: the body */
 };
 
-static void usage_remote(const char *cmd)
+/* Parsing is over and the command ends with status 0 (after --help). */
+#define DONE (-1)
+
+static void usage_remote(FILE *f, const char *cmd)
 {
-    if (strcmp(cmd, "run") == 0)
-        fprintf(stderr, "usage: mractl run --url URL [--api-key-file F] "
-                        "[--timeout S] FILE|-\n");
-    else
-        fprintf(stderr,
-                "usage: mractl %s [--url URL] [--api-key-file F] "
-                "[--timeout S]\n",
-                cmd);
+    if (strcmp(cmd, "run") == 0) {
+        mractl_run_usage(f);
+        return;
+    }
+    fprintf(f,
+            "usage: mractl %s [--url URL] [--api-key-file F] [--timeout S]\n"
+            "\n"
+            "Prints the body of %s of a server (--url, default\n"
+            "http://127.0.0.1:8080) to stdout.  --api-key-file F sends the key\n"
+            "on the first line of F as a bearer token; --timeout S gives up\n"
+            "after S seconds (default 300).\n"
+            "Exit status: 0 on a 200 answer, 2 on a 4xx answer or bad usage, 1\n"
+            "otherwise.\n",
+            cmd,
+            !strcmp(cmd, "health") ? "GET /healthz"
+            : !strcmp(cmd, "info") ? "GET /v1/info"
+                                   : "GET /metrics");
 }
 
 void mractl_remote_init(struct mractl_remote *r)
@@ -57,8 +69,8 @@ int mractl_remote_option(struct mractl_remote *r, const char *a, const char *v)
     return 1;
 }
 
-/* Parses the options every remote subcommand shares.  Returns 0, or an
- * exit status after printing why. */
+/* Parses the options every remote subcommand shares.  Returns 0 to go on,
+ * DONE after --help, or an exit status after printing why. */
 static int parse_opts(int argc, char **argv, int want_file,
                       struct remote_opts *o)
 {
@@ -75,22 +87,22 @@ static int parse_opts(int argc, char **argv, int want_file,
                                "%s wants seconds, not '%s'", a, argv[i + 1]);
         } else if (!strcmp(a, "--url") || !strcmp(a, "--api-key-file") ||
                    !strcmp(a, "--timeout")) {
-            usage_remote(argv[0]);
+            usage_remote(stderr, argv[0]);
             return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                                "%s needs a value", a);
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage_remote(argv[0]);
-            return MRACTL_EXIT_USAGE;
+            usage_remote(stdout, argv[0]);
+            return DONE;
         } else if (want_file && !o->file && (a[0] != '-' || !strcmp(a, "-"))) {
             o->file = a;
         } else {
-            usage_remote(argv[0]);
+            usage_remote(stderr, argv[0]);
             return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                                "unexpected argument '%s'", a);
         }
     }
     if (want_file && !o->file) {
-        usage_remote(argv[0]);
+        usage_remote(stderr, argv[0]);
         return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
                            "no request file given");
     }
@@ -173,7 +185,7 @@ int mractl_cmd_run_remote(int argc, char **argv)
     struct remote_opts o;
     int st = parse_opts(argc, argv, 1, &o);
     if (st)
-        return st;
+        return st == DONE ? MRACTL_EXIT_OK : st;
     size_t len;
     char *body = mractl_read_file(o.file, &len);
     if (!body)
@@ -201,20 +213,23 @@ int mractl_cmd_run_remote(int argc, char **argv)
 
 int mractl_cmd_run_any(int argc, char **argv)
 {
-    int help = 0;
+    int local = 0, url = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--url"))
-            return mractl_cmd_run_remote(argc, argv);
-        help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            mractl_run_usage(stdout);
+            return MRACTL_EXIT_OK;
+        }
+        local |= !strcmp(argv[i], "--local");
+        url |= !strcmp(argv[i], "--url");
     }
-    int st = mractl_cmd_run(argc, argv);
-    if (help)
-        printf("\nmractl run --url URL [--api-key-file F] [--timeout S] "
-               "FILE|-\n\n"
-               "Sends the body to a server instead and writes its answer "
-               "body to stdout;\nan error answer goes to stderr as the "
-               "server's JSON error (exit 2 for\n4xx, 1 otherwise).\n");
-    return st;
+    if (local == url) {
+        mractl_run_usage(stderr);
+        return mractl_fail(MRACTL_EXIT_USAGE, "bad_usage",
+                           local ? "run: --local and --url exclude each other"
+                                 : "run: give --local (compute here) or --url "
+                                   "URL (send to a server)");
+    }
+    return url ? mractl_cmd_run_remote(argc, argv) : mractl_cmd_run(argc, argv);
 }
 
 /* health, info and metrics differ only in the endpoint. */
@@ -225,7 +240,7 @@ static int get_cmd(int argc, char **argv,
     struct remote_opts o;
     int st = parse_opts(argc, argv, 0, &o);
     if (st)
-        return st;
+        return st == DONE ? MRACTL_EXIT_OK : st;
     struct mrac_client *c;
     if ((st = mractl_open_client(&o.r, &c)))
         return st;

@@ -11,14 +11,16 @@
 #include "clients/c/mraclient.h"
 
 /* `mractl run`: with --url sends the body to a server
- * (mractl_cmd_run_remote), otherwise runs it here (mractl_cmd_run). */
+ * (mractl_cmd_run_remote), with --local runs it here (mractl_cmd_run);
+ * one of the two is needed, --help prints both modes. */
 int mractl_cmd_run_any(int argc, char **argv);
 /* `mractl run --url URL [--api-key-file F] [--timeout S] FILE`: POSTs a
  * request body and writes the answer body to stdout; an error answer goes
  * to stderr as the server's JSON error, exit 2 for 4xx and 1 otherwise. */
 int mractl_cmd_run_remote(int argc, char **argv);
 /* `mractl health|info|metrics [--url URL] [--api-key-file F]`: prints the
- * endpoint's body; exit 0 on 200, 1 otherwise. */
+ * endpoint's body; exit 0 on 200 (and after --help), 2 on a 4xx answer or
+ * bad usage, 1 otherwise. */
 int mractl_cmd_health(int argc, char **argv);
 int mractl_cmd_info(int argc, char **argv);
 int mractl_cmd_metrics(int argc, char **argv);

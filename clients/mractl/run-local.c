@@ -19,24 +19,32 @@
 #include "clients/mractl/mractl.h"
 #include "protocol/proto.h"
 
-static void run_usage(FILE *f)
+void mractl_run_usage(FILE *f)
 {
     fprintf(
-        f, "usage: mractl run --local FILE|- [--threads N] [--json|--msgpack]\n"
-           "                  [--backend cpu|cuda|auto]\n"
-           "\n"
-           "Decodes one POST /v1/attention body from FILE (- for stdin),\n"
-           "computes it and writes the answer body to stdout.  The body is\n"
-           "read as JSON when it starts with '{' (after blanks) or --json is\n"
-           "given, else as msgpack; the answer uses the same format.\n"
-           "\n"
-           "  --local        compute here (required: the only mode of run)\n"
-           "  --threads N    CPU worker threads (default: all cores)\n"
-           "  --backend B    backend (default cpu)\n"
-           "\n"
-           "A bad body writes {\"error\": {\"code\", \"message\"}} to stderr\n"
-           "and exits 2 (code bad_request or payload_too_large); an internal\n"
-           "failure exits 1 (code internal).\n");
+        f,
+        "usage: mractl run --local FILE|- [--threads N] [--backend B]\n"
+        "                  [--json|--msgpack]\n"
+        "       mractl run --url URL [--api-key-file F] [--timeout S] FILE|-\n"
+        "\n"
+        "Computes one POST /v1/attention body from FILE (- for stdin) and\n"
+        "writes the answer body to stdout: --local computes it here, with\n"
+        "the daemon's codec and attention library; --url sends it to a\n"
+        "server.  One of the two is needed.  A body starting with '{' (after\n"
+        "blanks) is JSON and gets a JSON answer, else msgpack.\n"
+        "\n"
+        "  --local          compute here\n"
+        "  --threads N      CPU worker threads (default: all cores)\n"
+        "  --backend B      cpu, cuda or auto (default cpu)\n"
+        "  --json|--msgpack read the body as this format\n"
+        "  --url URL        send to the server at URL instead\n"
+        "  --api-key-file F send the key on the first line of F as a bearer\n"
+        "                   token\n"
+        "  --timeout S      give up after S seconds (default 300)\n"
+        "\n"
+        "A bad body writes {\"error\": {\"code\", \"message\"}} to stderr and\n"
+        "exits 2 (with --url: the server's error body, exit 2 for a 4xx\n"
+        "answer); an internal or transport failure exits 1.\n");
 }
 
 static int looks_like_json(const char *body, size_t len)
@@ -154,17 +162,19 @@ int mractl_cmd_run(int argc, char **argv)
             backend = optarg;
             break;
         case 'h':
-            run_usage(stdout);
+            mractl_run_usage(stdout);
             return MRACTL_EXIT_OK;
         default:
-            run_usage(stderr);
+            mractl_run_usage(stderr);
             return MRACTL_EXIT_USAGE;
         }
     }
     if (!local || optind != argc - 1) {
         fprintf(stderr, "mractl run: %s\n\n",
-                !local ? "--local is required" : "expected one FILE (or -)");
-        run_usage(stderr);
+                !local ? "give --local (compute here) or --url URL (send to "
+                         "a server)"
+                       : "expected one FILE (or -)");
+        mractl_run_usage(stderr);
         return MRACTL_EXIT_USAGE;
     }
     const char *path = argv[optind];

@@ -460,8 +460,12 @@ def test_bad_bodies(tmp_path, what, body, code, text):
 
 
 def test_usage_errors(tmp_path):
+    # run takes --local or --url, and says so
     p = mractl("run", tmp_path / "x")
-    assert p.returncode == 2 and b"--local is required" in p.stderr
+    assert p.returncode == 2 and b"give --local (compute here) or --url URL" in p.stderr
+    assert b"mractl run --local FILE" in p.stderr and b"mractl run --url URL" in p.stderr
+    p = mractl("run", "--local", "--url", "http://127.0.0.1:9", tmp_path / "x")
+    assert p.returncode == 2 and b"exclude each other" in p.stderr
     p = mractl("run", "--local", tmp_path / "does-not-exist")
     assert p.returncode == 1 and b"cannot read" in p.stderr
     p = mractl("frobnicate")
@@ -470,3 +474,21 @@ def test_usage_errors(tmp_path):
     assert p.returncode == 0 and b"run" in p.stdout
     p = mractl("run", "--local", "--threads", "x", "-")
     assert p.returncode == 2
+
+
+@pytest.mark.parametrize("cmd", [["run"], ["run", "--local"], ["run", "--url", "http://x"],
+                                 ["random"], ["health"], ["info"], ["metrics"], ["kv"],
+                                 ["kv", "attend"], []])
+def test_help_goes_to_stdout_and_exits_0(cmd):
+    p = mractl(*cmd, "--help")
+    assert p.returncode == 0 and p.stderr == b"", (cmd, p.stderr)
+    assert p.stdout.startswith(b"usage: mractl"), cmd
+    if cmd[:1] == ["run"]:  # both modes, whichever was named
+        assert b"--local" in p.stdout and b"--url URL" in p.stdout
+
+
+def test_version_is_the_project_version():
+    version = (ROOT / "VERSION").read_text().strip()
+    p = mractl("--version")
+    assert p.returncode == 0 and p.stdout == f"mractl {version}\n".encode()
+    assert b"--version" in mractl("--help").stdout
