@@ -30,19 +30,20 @@ static void usage_remote(FILE *f, const char *cmd)
         mractl_run_usage(f);
         return;
     }
-    fprintf(f,
-            "usage: mractl %s [--url URL] [--api-key-file F] [--timeout S]\n"
-            "\n"
-            "Prints the body of %s of a server (--url, default\n"
-            "http://127.0.0.1:8080) to stdout.  --api-key-file F sends the key\n"
-            "on the first line of F as a bearer token; --timeout S gives up\n"
-            "after S seconds (default 300).\n"
-            "Exit status: 0 on a 200 answer, 2 on a 4xx answer or bad usage, 1\n"
-            "otherwise.\n",
-            cmd,
-            !strcmp(cmd, "health") ? "GET /healthz"
-            : !strcmp(cmd, "info") ? "GET /v1/info"
-                                   : "GET /metrics");
+    fprintf(
+        f,
+        "usage: mractl %s [--url URL] [--api-key-file F] [--timeout S]\n"
+        "\n"
+        "Prints the body of %s of a server (--url, default\n"
+        "http://127.0.0.1:8080) to stdout.  --api-key-file F sends the key\n"
+        "on the first line of F as a bearer token; --timeout S gives up\n"
+        "after S seconds (default 300).\n"
+        "Exit status: 0 on a 200 answer, 2 on a 4xx answer or bad usage, 1\n"
+        "otherwise.\n",
+        cmd,
+        !strcmp(cmd, "health") ? "GET /healthz"
+        : !strcmp(cmd, "info") ? "GET /v1/info"
+                               : "GET /metrics");
 }
 
 void mractl_remote_init(struct mractl_remote *r)
