@@ -314,7 +314,9 @@ static void start_request(struct engine *e, uint64_t intended)
         r->session = load_decode_acquire(e->cfg->decode, uv_hrtime());
         url = e->cfg->decode->s[r->session].step_url;
     }
-    if (intended >= e->t_measure && intended < e->t_end)
+    if (intended < e->t_measure)
+        e->res->warmup_sent++;
+    else if (intended < e->t_end)
         e->res->sent++;
     submit(e, r, url, b->data, b->len, b->json);
 }
@@ -440,11 +442,18 @@ static void on_progress(uv_timer_t *t)
     struct engine *e = t->data;
     const struct load_result *r = e->res;
     double el = (double)(uv_hrtime() - e->t0) / 1e9;
+    if (el < e->cfg->warmup_s) {
+        /* Nothing is measured yet: what the warm-up sent, and in flight. */
+        fprintf(stderr,
+                "\r\033[K[%6.1fs] warmup sent %llu (not measured)  in flight "
+                "%d  waiting %zu",
+                el, (unsigned long long)r->warmup_sent, e->inflight, e->bl_len);
+        return;
+    }
     fprintf(stderr,
-            "\r\033[K[%6.1fs] %s sent %llu  ok %llu  503 %llu  504 %llu  "
+            "\r\033[K[%6.1fs] run sent %llu  ok %llu  503 %llu  504 %llu  "
             "err %llu  in flight %d  waiting %zu  p99 %.1f ms",
-            el, el < e->cfg->warmup_s ? "warmup" : "run",
-            (unsigned long long)r->sent, (unsigned long long)r->n200,
+            el, (unsigned long long)r->sent, (unsigned long long)r->n200,
             (unsigned long long)r->n503, (unsigned long long)r->n504,
             (unsigned long long)(r->nother + r->ntransport), e->inflight,
             e->bl_len, (double)hist_quantile(&r->lat_ok, 0.99) / 1000.0);

@@ -53,10 +53,11 @@ struct load_config {
  * intended send time to its completion, for requests whose intended time
  * fell in the measured phase. */
 struct load_result {
-    double offered_rate; /* configured rate (0 for closed loop) */
-    double elapsed_s;    /* measured phase, including the drain */
-    uint64_t sent;       /* requests intended in the measured phase */
-    uint64_t completed;  /* of which answered or failed */
+    double offered_rate;  /* configured rate (0 for closed loop) */
+    double elapsed_s;     /* measured phase, including the drain */
+    uint64_t sent;        /* requests intended in the measured phase */
+    uint64_t warmup_sent; /* requests intended in the warm-up (not measured) */
+    uint64_t completed;   /* of which answered or failed */
     uint64_t n200, n503, n504, nother, ntransport;
     uint64_t by_status[600]; /* every HTTP status seen, for the report */
     uint64_t backlog_max;    /* most arrivals waiting for a free connection */
@@ -194,8 +195,11 @@ void load_report_json(const struct load_config *cfg,
                       const struct load_result *rs, size_t n);
 void load_csv_header(FILE *f);
 void load_csv_row(FILE *f, const struct load_result *r);
-/* Writes a PNG of p50/p99 latency against achieved throughput with
- * gnuplot from the CSV at csv_path.  Returns 0, or -1 (message on stderr). */
-int load_plot(const char *csv_path, const char *png_path, const char *title);
+/* Writes a PNG of p50/p99 latency against achieved throughput of the n
+ * runs of a sweep with gnuplot, the points joined in the order of their
+ * offered rates (each labelled with it).  Returns 0, or -1 (message on
+ * stderr). */
+int load_plot(const struct load_result *rs, size_t n, const char *png_path,
+              const char *title);
 
 #endif /* MRAD_LOAD_H */

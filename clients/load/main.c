@@ -241,31 +241,14 @@ static int run_phases(struct load_options *o, struct load_result **res,
     return status;
 }
 
-/* Writes the PNG of --plot from the --csv file, or from a temporary CSV
- * of the results when there is none.  Returns 0 or an exit status. */
+/* Writes the PNG of --plot.  Returns 0 or an exit status. */
 static int plot(const struct load_options *o, const struct load_result *res,
                 size_t n)
 {
-    const char *src = o->csv;
-    char tmp[] = "/tmp/mra-load-XXXXXX";
-    if (!src) {
-        int fd = mkstemp(tmp);
-        FILE *tf = fd >= 0 ? fdopen(fd, "w") : NULL;
-        if (!tf)
-            return 1;
-        load_csv_header(tf);
-        for (size_t i = 0; i < n; i++)
-            load_csv_row(tf, &res[i]);
-        fclose(tf);
-        src = tmp;
-    }
     char title[256];
     snprintf(title, sizeof title, "mra-load against %s (%s)", o->url,
              o->nfiles ? "request files" : o->shapes[0]);
-    int status = load_plot(src, o->plot, title) != 0;
-    if (src == tmp)
-        unlink(tmp);
-    return status;
+    return load_plot(res, n, o->plot, title) != 0;
 }
 
 /* --decode: the client that creates the sessions before the runs and

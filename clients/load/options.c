@@ -67,6 +67,7 @@ static void usage(FILE *f)
             "  --plot FILE          sweep: PNG of p50/p99 against throughput "
             "(gnuplot)\n"
             "  --quiet              no progress line\n"
+            "  --version            print the version and exit\n"
             "Exit status: 0 when the runs completed (whatever the server "
             "answered), 1 on setup errors, 2 on usage errors.\n");
 }
@@ -100,6 +101,7 @@ enum {
     O_DCTX,
     O_SESSIONS,
     O_HELP,
+    O_VERSION,
 };
 
 /* In the order of the enum: a bad value names its flag by index. */
@@ -132,6 +134,7 @@ static const struct option opts[] = {
     {"decode-context", 1, 0, O_DCTX},
     {"sessions", 1, 0, O_SESSIONS},
     {"help", 0, 0, O_HELP},
+    {"version", 0, 0, O_VERSION},
     {0, 0, 0, 0},
 };
 
@@ -292,7 +295,11 @@ int load_options_parse(int argc, char **argv, struct load_options *o)
             usage(stdout);
             return 0;
         }
-        if (c < O_RATE || c > O_HELP) {
+        if (c == O_VERSION) {
+            printf("mra-load %s\n", MRAD_VERSION);
+            return 0;
+        }
+        if (c < O_RATE || c > O_VERSION) {
             usage(stderr);
             return 2;
         }

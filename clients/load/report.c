@@ -1,10 +1,12 @@
 /*
  * report.c - what mra-load prints: a text summary per run, JSON for
  * scripts, the CSV of a sweep, and its gnuplot PNG (p50/p99 latency
- * against achieved throughput: where throughput stops following the
- * offered rate and latency turns up is where the service saturates).
+ * against achieved throughput, joined by offered rate: where throughput
+ * stops following the offered rate and latency turns up is where the
+ * service saturates).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "clients/load/load.h"
@@ -32,9 +34,10 @@ void load_report_text(const struct load_config *cfg,
         printf("closed loop, concurrency %d, %.1f s measured after %.1f s "
                "warmup\n",
                cfg->concurrency, cfg->duration_s, cfg->warmup_s);
-    printf("requests   %llu sent, %llu completed in %.2f s\n",
+    printf("requests   %llu sent in the measured phase, %llu completed in "
+           "%.2f s (and %llu sent in the warm-up, not counted)\n",
            (unsigned long long)r->sent, (unsigned long long)r->completed,
-           r->elapsed_s);
+           r->elapsed_s, (unsigned long long)r->warmup_sent);
     printf("status     200: %llu  503: %llu  504: %llu  other: %llu  "
            "transport: %llu\n",
            (unsigned long long)r->n200, (unsigned long long)r->n503,
@@ -89,11 +92,13 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
 {
     printf("{\"mode\":\"%s\",\"offered_rate\":%.3f,\"concurrency\":%d,"
            "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"elapsed_s\":%.3f,"
-           "\"sent\":%llu,\"completed\":%llu,\"throughput_rps\":%.3f,",
+           "\"sent\":%llu,\"warmup_sent\":%llu,\"completed\":%llu,"
+           "\"throughput_rps\":%.3f,",
            mode_name(cfg), r->offered_rate,
            cfg->rate > 0 ? 0 : cfg->concurrency, cfg->duration_s, cfg->warmup_s,
            r->elapsed_s, (unsigned long long)r->sent,
-           (unsigned long long)r->completed, r->throughput);
+           (unsigned long long)r->warmup_sent, (unsigned long long)r->completed,
+           r->throughput);
     printf("\"status\":{\"200\":%llu,\"503\":%llu,\"504\":%llu,\"other\":%llu,"
            "\"transport\":%llu},",
            (unsigned long long)r->n200, (unsigned long long)r->n503,
@@ -164,35 +169,65 @@ void load_csv_row(FILE *f, const struct load_result *r)
             (unsigned long long)r->ntransport);
 }
 
-int load_plot(const char *csv_path, const char *png_path, const char *title)
+static int by_offered_rate(const void *a, const void *b)
 {
-    /* The paths go into a gnuplot string literal. */
-    if (strpbrk(csv_path, "'\n") || strpbrk(png_path, "'\n") ||
-        strpbrk(title, "'\n")) {
-        fprintf(stderr, "mra-load: --csv/--plot paths may not contain ' or "
-                        "a newline\n");
+    double x = (*(const struct load_result *const *)a)->offered_rate;
+    double y = (*(const struct load_result *const *)b)->offered_rate;
+    return (x > y) - (x < y);
+}
+
+int load_plot(const struct load_result *rs, size_t n, const char *png_path,
+              const char *title)
+{
+    /* The path and title go into gnuplot string literals. */
+    if (strpbrk(png_path, "'\n") || strpbrk(title, "'\n")) {
+        fprintf(stderr, "mra-load: --plot paths may not contain ' or a "
+                        "newline\n");
         return -1;
     }
+    /* A sweep's rates come in the order given; the line joins them by
+     * offered rate, so that it runs from light to heavy load. */
+    const struct load_result **order = n ? calloc(n, sizeof *order) : NULL;
+    if (n && !order) {
+        fprintf(stderr, "mra-load: out of memory for the plot\n");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        order[i] = &rs[i];
+    if (n)
+        qsort(order, n, sizeof *order, by_offered_rate);
     FILE *g = popen("gnuplot", "w");
     if (!g) {
         fprintf(stderr, "mra-load: could not run gnuplot\n");
+        free(order);
         return -1;
     }
+    /* The points travel inline (a datablock): offered rate, throughput,
+     * p50 and p99 in ms, one run a line. */
+    fprintf(g, "$sweep << EOD\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct hist *h = &order[i]->lat_ok;
+        fprintf(g, "%.3f %.3f %.3f %.3f\n", order[i]->offered_rate,
+                order[i]->throughput, ms(hist_quantile(h, 0.5)),
+                ms(hist_quantile(h, 0.99)));
+    }
     fprintf(g,
-            "set terminal pngcairo size 960,600 noenhanced\n"
+            "EOD\n"
+            "set terminal pngcairo size 960,640 noenhanced\n"
             "set output '%s'\n"
-            "set datafile separator ','\n"
             "set title '%s'\n"
-            "set xlabel 'achieved throughput (200 answers per second)'\n"
-            "set ylabel 'latency from intended send time (ms)'\n"
+            "set xlabel 'throughput (successful requests per second)'\n"
+            "set ylabel 'latency (ms)'\n"
             "set logscale y\n"
             "set grid\n"
-            "set key top left\n"
-            "plot '%s' skip 1 using 2:3 with linespoints pt 7 title 'p50', "
-            "'' skip 1 using 2:5 with linespoints pt 5 title 'p99', "
-            "'' skip 1 using 2:5:(sprintf('%%.0f/s', $1)) with labels "
+            "set offsets graph 0.05, graph 0.05, 0, 0\n"
+            "set key below horizontal\n"
+            "plot $sweep using 2:3 with linespoints pt 7 title 'p50 latency', "
+            "$sweep using 2:4 with linespoints pt 5 title 'p99 latency', "
+            "$sweep using 2:4:(sprintf('%%.0f/s offered', $1)) with labels "
             "offset 0,1 font ',8' notitle\n",
-            png_path, title, csv_path);
+            png_path, title);
+    free(order);
     int rc = pclose(g);
     if (rc != 0) {
         fprintf(stderr, "mra-load: gnuplot failed (status %d)\n", rc);

@@ -5,11 +5,14 @@ reference too), errors surface as the service's JSON error with the
 documented exit statuses, and bin/mra-load measures a rate the server
 holds (all 200), a causal decode-shaped load and an overload (503s
 counted), measures latency from intended send times (no coordinated
-omission), and writes its sweep CSV and plot."""
+omission), says what its warm-up sent apart from what it measured, and
+writes its sweep CSV and plot (points joined by offered rate)."""
 import csv
 import http.server
 import json
 import os
+import pty
+import re
 import subprocess
 import threading
 import time
@@ -284,3 +287,100 @@ def test_load_counts_stalls_from_intended_send_time():
     assert lat["p50"] < 100           # most requests are not delayed
     assert lat["p90"] > 150           # a quarter of them fall in the stall
     assert 400 < lat["p99"] <= lat["max"] < 900
+
+
+class _OkServer(http.server.ThreadingHTTPServer):
+    """Answers every POST with 200 at once."""
+    daemon_threads = True
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(h):
+                h.rfile.read(int(h.headers["Content-Length"]))
+                h.send_response(200)
+                h.send_header("Content-Length", "2")
+                h.end_headers()
+                h.wfile.write(b"ok")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+def test_load_reports_the_warmup_apart():
+    """What the warm-up sends is counted on its own, in the report and in
+    the progress line (which shows it while the warm-up runs)."""
+    with _OkServer() as url:
+        rep = load(url, "--shape", "1,1,32,8", "--rate", "50", "--duration", "0.6",
+                   "--warmup", "0.6")
+        assert 20 <= rep["warmup_sent"] <= 40 and 20 <= rep["sent"] <= 40
+        assert rep["completed"] == rep["sent"] == rep["status"]["200"]
+        text = tool("mra-load", "--url", url, "--shape", "1,1,32,8", "--rate", "50",
+                    "--duration", "0.4", "--warmup", "0.4", "--quiet").stdout.decode()
+        assert re.search(r"\d+ sent in the measured phase, \d+ completed in [\d.]+ s "
+                         r"\(and \d+ sent in the warm-up, not counted\)", text), text
+        # the progress line, on a terminal
+        master, slave = pty.openpty()
+        p = subprocess.Popen([os.path.join(BIN, "mra-load"), "--url", url, "--shape",
+                              "1,1,32,8", "--rate", "50", "--duration", "0.9",
+                              "--warmup", "1.2"], stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert p.wait(timeout=30) == 0
+        os.close(master)
+    warm = [int(n) for n in re.findall(rb"warmup sent (\d+) \(not measured\)", seen)]
+    assert warm and max(warm) > 0, seen
+    assert re.search(rb"run sent \d+", seen), seen
+
+
+def test_sweep_plot_joins_points_by_offered_rate(tmp_path):
+    """The sweep's rates in any order: the plot's points go by offered
+    rate, its axes say plainly what they show, and the legend sits below
+    the plot, off the points."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    script = tmp_path / "script.gp"
+    (fake / "gnuplot").write_text(f"#!/bin/sh\ncat > {script}\n")
+    (fake / "gnuplot").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    with _OkServer() as url:
+        p = subprocess.run([os.path.join(BIN, "mra-load"), "--url", url, "--shape",
+                            "1,1,32,8", "--sweep", "30,10,20", "--duration", "0.3",
+                            "--warmup", "0", "--quiet", "--csv", tmp_path / "s.csv",
+                            "--plot", tmp_path / "s.png"], env=env,
+                           capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    gp = script.read_text()
+    block = gp.split("$sweep << EOD\n")[1].split("EOD\n")[0].splitlines()
+    assert [float(line.split()[0]) for line in block] == [10, 20, 30]
+    assert "set xlabel 'throughput (successful requests per second)'" in gp
+    assert "set ylabel 'latency (ms)'" in gp and "answers per second" not in gp
+    assert "set key below" in gp
+    # the CSV keeps the order the rates were run in
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [float(r["offered_rps"]) for r in rows] == [30, 10, 20]
+
+
+def test_load_version():
+    version = open(os.path.join(os.path.dirname(__file__), "..", "..", "VERSION")).read()
+    p = tool("mra-load", "--version")
+    assert p.returncode == 0 and p.stdout.decode() == f"mra-load {version.strip()}\n"
