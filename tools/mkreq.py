@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Writes a POST /v1/attention request body with random tensors, for trying
-mractl and mrad by hand and for generating test data.
+mractl and mrad by hand and for generating test data.  It needs numpy and
+msgpack: run by a python3 without them, it runs itself again with the
+project's .venv/bin/python.
 
     .venv/bin/python tools/mkreq.py --shape 1,2,100,64 --method mra2 > req.msgpack
     .venv/bin/python tools/mkreq.py --shape 2,4,33,17 --hkv 2 --dtype bf16 \
@@ -17,13 +19,24 @@ none (left out), ones, random (each token kept with probability 0.75),
 blocks (the second 32-token block and the last token masked) or zeros.
 """
 import argparse
+import os
 import pathlib
 import sys
 
-import numpy as np
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+try:
+    import numpy as np
+except ImportError:
+    # Run as `tools/mkreq.py` by a python3 without numpy: the project's
+    # environment has it (make deps prepares .venv).
+    venv = ROOT / ".venv"
+    if (venv / "bin" / "python").is_file() and \
+            pathlib.Path(sys.prefix).resolve() != venv.resolve():
+        os.execv(str(venv / "bin" / "python"), [str(venv / "bin" / "python"), *sys.argv])
+    raise SystemExit("mkreq: needs numpy and msgpack: run `make deps`, then "
+                     ".venv/bin/python tools/mkreq.py ...")
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"
-                       / "pyref"))
+sys.path.insert(0, str(ROOT / "tests" / "pyref"))
 import wire  # noqa: E402
 
 
