@@ -56,10 +56,14 @@ def test_environment_sets_flags_and_flags_win():
 
 
 def test_a_port_in_use_is_an_error(mrad):
-    r = run("--host", "127.0.0.1", "--port", str(mrad.port), "--backend", "cpu",
-            "--threads", "1")
-    assert r.returncode == 1
-    assert "cannot listen" in r.stderr
+    """The error names the port asked for and why, with and without
+    --host (never "Failed to bind to port 0")."""
+    for host in (["--host", "127.0.0.1"], []):
+        r = run(*host, "--port", str(mrad.port), "--backend", "cpu", "--threads", "1")
+        assert r.returncode == 1
+        assert (f"cannot listen on 127.0.0.1:{mrad.port} (--port): Address already in use"
+                in r.stderr), r.stderr
+        assert "port 0" not in r.stderr
     assert mrad.get("/healthz")[0] == 200
 
 
