@@ -30,7 +30,7 @@
 struct cpu_ctx {
     struct cpu_pool *pool;
     const struct cpu_kernels *kern;
-    char device[192];
+    char device[320];
     void *arena; /* group workspace, grown on demand, 64-byte aligned */
     size_t arena_size;
 };
@@ -269,7 +269,7 @@ static int cpu_compute_batch(void *vctx,
             if (errs[pi] == ATTN_OK && p->cancel && *p->cancel)
                 errs[pi] = ATTN_ECANCELED;
             struct cpu_head hd;
-            cpu_head_init(&hd, p, pb, ph);
+            cpu_head_init(&hd, p, pb, ph, ctx->kern);
             size_t sz = cpu_head_bytes(&hd);
             if (errs[pi] == ATTN_OK && sz == 0)
                 errs[pi] = ATTN_ENOMEM;
@@ -423,8 +423,11 @@ int attn_cpu_backend_new(const struct attn_config *cfg,
     }
     char model[128];
     cpu_model(model, sizeof model);
-    snprintf(ctx->device, sizeof ctx->device, "%s, %d threads, %s kernels",
-             model, threads, kern->name);
+    /* the path, and on a path with tile kernels what runs where */
+    snprintf(ctx->device, sizeof ctx->device,
+             "%s, %d threads, %s kernels%s%s%s", model, threads, kern->name,
+             kern->half ? " (" : "", kern->half ? kern->half->what : "",
+             kern->half ? ")" : "");
     *iface = &cpu_iface;
     *out = ctx;
     return ATTN_OK;

@@ -14,7 +14,7 @@
 #define ALIGN 64
 
 void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
-                   uint32_t b, uint32_t h)
+                   uint32_t b, uint32_t h, const struct cpu_kernels *kern)
 {
     memset(hd, 0, sizeof *hd);
     hd->p = p;
@@ -34,6 +34,11 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
                      p->Nk % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
     hd->q_inplace = p->dtype == ATTN_F32 && cpu_queries_all_real(p) &&
                     p->Nq % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
+    hd->half = kern->half && (p->dtype == ATTN_BF16 ||
+                              (p->dtype == ATTN_F16 && kern->half->f16));
+    hd->split = hd->half && p->dtype == ATTN_F16;
+    hd->kh_inplace = hd->half && p->dtype == ATTN_BF16 && !p->mask && !p->kv &&
+                     p->Nk % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
 }
 
 /* The workspace pieces in carving order: element size and count. */
@@ -65,9 +70,17 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
         nkdp == 0)
         return -1;
     int n = 0;
-    size_t kvc = hd->kv_inplace ? 0 : npd;
+    size_t kvc = hd->kv_inplace || hd->half ? 0 : npd;
+    size_t planes = hd->split ? 2 : 1;
+    size_t n16 = mul(planes, npd); /* 0 only when it overflows */
+    if (hd->half && n16 == 0)
+        return -1;
+    size_t kc16 = hd->half && !hd->kh_inplace ? n16 : 0;
+    size_t vt16 = hd->half ? n16 : 0;
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->kcopy};
     pc[n++] = (struct piece){sizeof(float), kvc, (void **)&hd->vcopy};
+    pc[n++] = (struct piece){sizeof(uint16_t), kc16, (void **)&hd->kcopy16};
+    pc[n++] = (struct piece){sizeof(uint16_t), vt16, (void **)&hd->vt16};
     pc[n++] = (struct piece){sizeof(float), Npk, (void **)&hd->kbias};
     pc[n++] = (struct piece){sizeof(float), nbk, (void **)&hd->cnt};
     pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->cntq};
@@ -117,7 +130,18 @@ void cpu_head_carve(struct cpu_head *hd, void *mem)
         at += bytes;
     }
     const struct attn_problem *p = hd->p;
-    if (hd->kv_inplace) {
+    if (hd->half) {
+        size_t plane = (size_t)hd->nbk * CPU_TILE * hd->Dp;
+        if (hd->kh_inplace) {
+            size_t off = ((size_t)hd->b * p->Hkv + hd->h / (p->H / p->Hkv)) *
+                         p->Nk * p->D;
+            hd->kh = (const uint16_t *)p->k + off;
+        } else {
+            hd->kh = hd->kcopy16;
+            hd->kl = hd->split ? hd->kcopy16 + plane : NULL;
+        }
+        hd->k = hd->v = NULL;
+    } else if (hd->kv_inplace) {
         /* rows of KV head h / (H / Hkv) of batch entry b, stride D = Dp */
         size_t off =
             ((size_t)hd->b * p->Hkv + hd->h / (p->H / p->Hkv)) * p->Nk * p->D;
@@ -175,9 +199,66 @@ void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
     }
 }
 
+/* Phase 1 on the half path, one key block: the rows in f32 (as the f32
+ * path converts them) for the block means, then packed into the bf16
+ * layouts of the tile kernels. */
+static void load_half(struct cpu_head *hd, uint32_t J,
+                      const struct cpu_kernels *kern)
+{
+    const struct attn_problem *p = hd->p;
+    const struct cpu_half_kernels *hk = kern->half;
+    uint32_t D = hd->D, Dp = hd->Dp;
+    uint32_t kvh = hd->h / (p->H / p->Hkv);
+    _Alignas(64) float kf[CPU_TILE * ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float vf[CPU_TILE * ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float mean[ATTN_MAX_HEAD_DIM];
+    int mra = hd->method != ATTN_EXACT;
+    /* exact on keys read in place needs no f32 keys */
+    int kwant = mra || !hd->kh_inplace;
+    float c = 0.0f;
+    for (uint32_t jj = 0; jj < CPU_TILE; jj++) {
+        uint32_t t = J * CPU_TILE + jj;
+        int real = key_real(hd, t);
+        float *k = kf + (size_t)jj * Dp, *v = vf + (size_t)jj * Dp;
+        c += real ? 1.0f : 0.0f;
+        hd->kbias[t] = real ? 0.0f : -INFINITY;
+        if (!real) {
+            memset(k, 0, Dp * sizeof *k);
+            memset(v, 0, Dp * sizeof *v);
+            continue;
+        }
+        if (kwant)
+            kern->to_f32(p->dtype, cpu_kv_row(p, 0, hd->b, kvh, t), k, D);
+        kern->to_f32(p->dtype, cpu_kv_row(p, 1, hd->b, kvh, t), v, D);
+        memset(k + D, 0, (Dp - D) * sizeof *k);
+        memset(v + D, 0, (Dp - D) * sizeof *v);
+    }
+    hd->cnt[J] = c;
+    size_t plane = (size_t)hd->nbk * CPU_TILE * Dp;
+    size_t at = (size_t)J * CPU_TILE * Dp;
+    if (!hd->kh_inplace)
+        hk->pack_rows(kf, (size_t)CPU_TILE * Dp, hd->kcopy16 + at,
+                      hd->split ? hd->kcopy16 + plane + at : NULL);
+    hk->pack_block_t(vf, Dp, hd->vt16 + at,
+                     hd->split ? hd->vt16 + plane + at : NULL);
+    if (!mra)
+        return;
+    hd->lnc[J] = c > 0.0f ? logf(c) : 0.0f;
+    /* both means here: there are no f32 copies for the lowres phase */
+    kern->block_mean(kf, Dp, c, mean);
+    for (uint32_t d = 0; d < D; d++)
+        hd->khT[(size_t)d * hd->nbk + J] = mean[d];
+    kern->block_mean(vf, Dp, c, hd->vh + (size_t)J * Dp);
+}
+
 void cpu_head_load(struct cpu_head *hd, uint32_t J0, uint32_t J1,
                    const struct cpu_kernels *kern)
 {
+    if (hd->half) {
+        for (uint32_t J = J0; J < J1; J++)
+            load_half(hd, J, kern);
+        return;
+    }
     const struct attn_problem *p = hd->p;
     uint32_t D = hd->D, Dp = hd->Dp;
     uint32_t kvh = hd->h / (p->H / p->Hkv);
@@ -285,6 +366,8 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
     uint32_t groups = cpu_head_row_groups(hd);
     uint32_t J0 = (uint32_t)((uint64_t)G * nbk / groups);
     uint32_t J1 = (uint32_t)((uint64_t)(G + 1) * nbk / groups);
+    if (hd->half) /* the load phase computed them */
+        J1 = J0;
     for (uint32_t J = J0; J < J1; J++)
         kern->block_mean(hd->v + (size_t)J * CPU_TILE * hd->Dp, hd->Dp,
                          hd->cnt[J], hd->vh + (size_t)J * hd->Dp);

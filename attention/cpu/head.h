@@ -29,6 +29,14 @@
  * (f32, no mask, whole blocks, D a multiple of CPU_DPAD) the kernels read
  * them in place instead of from a copy, which saves the copy's memory
  * traffic.
+ *
+ * A bf16 head (and an f16 one, where the kernels say so) on kernels with
+ * half-precision tile kernels (kern->half) keeps bf16 working copies
+ * instead of f32 ones: K as rows (read in place where the input has that
+ * layout) and each block of V transposed, both in the layouts of
+ * kernels.h; f16 keeps each value as two bf16, hi and lo.  Its block
+ * means are computed in f32 from the same values as on the f32 path, so
+ * MRA selects the same blocks on either.
  */
 #ifndef MRAD_ATTN_CPU_HEAD_H
 #define MRAD_ATTN_CPU_HEAD_H
@@ -54,17 +62,26 @@ struct cpu_head {
     const float *v; /* [nbk*32][Dp]: vcopy or the input */
     float *kcopy;   /* the working copies, when k/v are not read in place */
     float *vcopy;
-    int kv_inplace;    /* f32, no key mask, Nk % 32 == 0, D % CPU_DPAD == 0 */
-    int q_inplace;     /* f32, every query real, Nq % 32 == 0, D % CPU_DPAD
-                          == 0: Q's block means summed in place */
-    float *kbias;      /* [nbk*32]: 0 for a real key, -inf otherwise */
-    float *cnt;        /* [nbk]: c_J of the keys */
-    float *cntq;       /* [nbq]: c_I of the queries (MRA) */
-    float *lnc;        /* [nbk]: ln c_J (MRA; unused where c_J = 0) */
-    float *qh;         /* [nbq][Dp]: query block means (MRA) */
-    float *vh;         /* [nbk][Dp]: value block means (MRA) */
-    float *khT;        /* [D][nbk]: key block means, transposed (MRA) */
-    float *L;          /* [nbq][nbk]: low-resolution logits (MRA) */
+    int kv_inplace; /* f32, no key mask, Nk % 32 == 0, D % CPU_DPAD == 0 */
+    int q_inplace;  /* f32, every query real, Nq % 32 == 0, D % CPU_DPAD
+                       == 0: Q's block means summed in place */
+    /* the half-precision tile path (kern->half; kcopy and vcopy unused) */
+    int half;                /* bf16, or f16 where kern->half->f16 */
+    int split;               /* f16: every operand as bf16 hi and lo */
+    int kh_inplace;          /* bf16, no key mask, no store, Nk % 32 == 0, D %
+                                CPU_DPAD == 0: K's rows read in place */
+    const uint16_t *kh, *kl; /* [nbk*32][Dp] keys in bf16, hi and lo (split) */
+    uint16_t *kcopy16;       /* [1 + split][nbk*32][Dp], unless kh_inplace */
+    uint16_t *vt16;          /* [1 + split][nbk][Dp][32]: blocks of V
+                                transposed */
+    float *kbias;            /* [nbk*32]: 0 for a real key, -inf otherwise */
+    float *cnt;              /* [nbk]: c_J of the keys */
+    float *cntq;             /* [nbq]: c_I of the queries (MRA) */
+    float *lnc;              /* [nbk]: ln c_J (MRA; unused where c_J = 0) */
+    float *qh;               /* [nbq][Dp]: query block means (MRA) */
+    float *vh;               /* [nbk][Dp]: value block means (MRA) */
+    float *khT;              /* [D][nbk]: key block means, transposed (MRA) */
+    float *L;                /* [nbq][nbk]: low-resolution logits (MRA) */
     uint64_t *key;     /* [nbq][nbk]: selection keys of the scores (MRA) */
     uint32_t *scratch; /* [ATTN_SELECT_SCRATCH(nbq*nbk)]: top-k scratch */
     uint8_t *sel;      /* [nbq][nbk]: 0 = not selected, 1 = computed at full
@@ -73,10 +90,10 @@ struct cpu_head {
     float *lm, *lsum;  /* [nbq]: their max logit and weight sum (MRA) */
 };
 
-/* Fills the shape fields of a head of problem p.  p must have passed
- * attn_problem_check(). */
+/* Fills the shape fields of a head of problem p, to be computed with
+ * `kern`.  p must have passed attn_problem_check(). */
 void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
-                   uint32_t b, uint32_t h);
+                   uint32_t b, uint32_t h, const struct cpu_kernels *kern);
 /* Bytes of workspace the head needs (each piece 64-byte aligned), or 0 if
  * the size does not fit in size_t. */
 size_t cpu_head_bytes(const struct cpu_head *hd);

@@ -705,17 +705,19 @@ static void k_pv_rows(const float *p, const float *v, uint32_t rows,
     }
 }
 
-const struct cpu_kernels KTABLE = {
-    .name = KNAME,
-    .qk_tile = k_qk_tile,
-    .softmax_tile = k_softmax_tile,
-    .pv_tile = k_pv_tile,
-    .block_mean = k_block_mean,
-    .lowres_rows = k_lowres_rows,
-    .lowres_fold_rows = k_lowres_fold_rows,
-    .select_keys_row = k_select_keys_row,
-    .to_f32 = k_to_f32,
-    .qk_rows = k_qk_rows,
-    .softmax_rows = k_softmax_rows,
-    .pv_rows = k_pv_rows,
-};
+#define KERNEL_ENTRIES                                                         \
+    .qk_tile = k_qk_tile, .softmax_tile = k_softmax_tile,                      \
+    .pv_tile = k_pv_tile, .block_mean = k_block_mean,                          \
+    .lowres_rows = k_lowres_rows, .lowres_fold_rows = k_lowres_fold_rows,      \
+    .select_keys_row = k_select_keys_row, .to_f32 = k_to_f32,                  \
+    .qk_rows = k_qk_rows, .softmax_rows = k_softmax_rows, .pv_rows = k_pv_rows
+
+const struct cpu_kernels KTABLE = {.name = KNAME, KERNEL_ENTRIES};
+
+/* The same f32 kernels with half-precision tile kernels beside them: the
+ * table of a path whose bf16 (and f16) problems go to a matrix engine. */
+#ifdef KTABLE_HALF
+const struct cpu_kernels KTABLE_HALF = {
+    .name = KNAME_HALF, .half = &KHALF, KERNEL_ENTRIES};
+#endif
+#undef KERNEL_ENTRIES

@@ -31,8 +31,13 @@
  * against many keys), whose lanes run over the head dimension instead. */
 #define CPU_FEW_ROWS 8
 
+struct cpu_half_kernels;
+
 struct cpu_kernels {
     const char *name; /* "portable", ... */
+    /* bf16 (and f16) problems on a matrix engine (kernels-amx.c), or NULL:
+     * every dtype is computed in f32 by the entries below. */
+    const struct cpu_half_kernels *half;
     /* Transposed logits of a tile: st[j][i] = scale * sum_d k[j][d] *
      * qt[d][i] + kbias[j] (kbias: 0, or -inf for a masked key), and the
      * tile's maximum per query row, tmax[i] = max_j st[j][i].  k: 32 key
@@ -103,6 +108,79 @@ struct cpu_kernels {
                     const float *alpha, float *acc);
 };
 
+/*
+ * Half-precision tile kernels: the high-resolution work of the block-row
+ * path (head.h) for bf16 inputs, and f16 where `f16` says so, on AMX-BF16
+ * tiles with f32 accumulation.  Everything else (loading, block means,
+ * the low-resolution pass, the selection, the fold, the decode path) stays
+ * with the f32 entries of the table that points here.
+ *
+ * Layouts (Dp a multiple of 32; "bf16" is its 16-bit pattern):
+ *   keys     kh[j][d]           bf16 rows of stride Dp, as in the inputs
+ *   queries  qb[d/2][i]         32-bit pairs (q[i][d], q[i][d+1]) for the
+ *                               32 queries of a block row: the pair layout
+ *                               (VNNI) the matrix engine multiplies
+ *   values   vt[d][j]           each block of V transposed: Dp rows of 32
+ *                               keys
+ *   output   acct[d][i]         f32, Dp rows of 32 query lanes
+ * With a split (f16 inputs) every operand is two bf16 arrays, hi and lo,
+ * hi = bf16(x) and lo = bf16(x - hi), whose sum is the f16 value exactly;
+ * products are hi*hi + hi*lo + lo*hi (the lo*lo term is below 2^-16 of
+ * the product).  A NULL lo pointer means no split.
+ */
+
+/*
+ * One block row of 32 queries on the half kernels: the online softmax
+ * over every key block J < seen that is selected (sel[J] == 1, or every J
+ * when sel is NULL) and not empty (cnt[J] > 0), in increasing J, into
+ * acct, m and l (as set up by the caller: 0, -inf, 0 for a new row).
+ * Logits are st[j][i] = scale2 * k_j . q_i + kbias[j] in base 2 (scale2 =
+ * the scale times log2(e), > 0), and so are the maxima m; for J >= vis,
+ * key 32J + j is hidden from query i when 32J + j > diag + i (causally
+ * partial blocks).  m[i] is raised to a tile's maximum only when that
+ * exceeds it by more than CPU_HALF_SLACK (so acct is rescaled rarely, and
+ * every weight stays below 2^CPU_HALF_SLACK); p = 2^(st - m) in f32; l[i]
+ * = l[i] * alpha[i] + sum_j p, and acct[d][i] = acct[d][i] * alpha[i] +
+ * sum_j bf16(p[j][i]) * vt[d][j] (with a split, p as hi and lo too).
+ */
+struct cpu_half_row {
+    const uint16_t *kh, *kl; /* keys of block J at kh + J * 32 * Dp */
+    const uint16_t *vh, *vl; /* V^T of block J at vh + J * 32 * Dp */
+    const uint32_t *qh, *ql; /* the 32 queries in pairs */
+    uint32_t Dp;
+    float scale2;
+    const float *kbias; /* [seen * 32] */
+    const float *cnt;   /* [seen] */
+    const uint8_t *sel; /* [seen], or NULL: every block */
+    uint32_t seen, vis;
+    int64_t diag;
+    float *acct;  /* [Dp][32] */
+    float *m, *l; /* [32] */
+};
+
+struct cpu_half_kernels {
+    const char *name; /* "amx" */
+    /* What the path computes, for the device string. */
+    const char *what;
+    int f16; /* nonzero: f16 inputs take this path, split (see above) */
+    /* n (a multiple of 32) f32 values into bf16 hi (and lo). */
+    void (*pack_rows)(const float *x, size_t n, uint16_t *hi, uint16_t *lo);
+    /* A block of 32 rows x[j][d] (stride Dp) transposed into vt[d][j]. */
+    void (*pack_block_t)(const float *x, uint32_t Dp, uint16_t *hi,
+                         uint16_t *lo);
+    /* Queries given transposed, qt[d][i] (D rows of 32), into the pair
+     * layout qb[d/2][i], rows d >= D zero. */
+    void (*pack_pairs)(const float *qt, uint32_t D, uint32_t Dp, uint32_t *hi,
+                       uint32_t *lo);
+    /* The high-resolution tiles of one block row (struct cpu_half_row);
+     * configures the calling thread's tiles and releases them. */
+    void (*row)(const struct cpu_half_row *r);
+};
+
+/* How far (base 2) a row's maximum may run ahead of the m it subtracts
+ * before the half kernels rescale: weights stay below 2^8. */
+#define CPU_HALF_SLACK 8.0f
+
 /* The portable C kernels (any x86-64 or other target). */
 extern const struct cpu_kernels cpu_kernels_portable;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -110,15 +188,23 @@ extern const struct cpu_kernels cpu_kernels_portable;
 /* AVX2 + FMA and AVX-512F variants; call only where the CPU has them. */
 extern const struct cpu_kernels cpu_kernels_avx2;
 extern const struct cpu_kernels cpu_kernels_avx512;
+/* AVX-512F for f32 plus AMX-BF16 tiles for bf16 and f16 (cpu_half_amx);
+ * call only where cpu_amx_usable(). */
+extern const struct cpu_kernels cpu_kernels_amx;
+extern const struct cpu_half_kernels cpu_half_amx;
+/* Nonzero when this CPU has AMX-BF16, AVX512-BF16 and AVX-512BW, the OS
+ * saves the tile state, and the kernel granted this process the tile data
+ * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); asked once. */
+int cpu_amx_usable(void);
 #endif
 
-/* Environment variable naming the kernels ("avx512", "avx2", "portable",
- * "auto") when attn_config.isa is NULL or "auto". */
+/* Environment variable naming the kernels ("amx", "avx512", "avx2",
+ * "portable", "auto") when attn_config.isa is NULL or "auto". */
 #define CPU_ISA_ENV "MRAD_ISA"
 
 /* The kernels for an ISA name: NULL or "auto" (the best this CPU runs),
- * "portable", "avx2", "avx512".  Returns NULL for an unknown name or one
- * this CPU cannot run. */
+ * "portable", "avx2", "avx512", "amx".  Returns NULL for an unknown name or
+ * one this CPU cannot run. */
 const struct cpu_kernels *cpu_kernels_pick(const char *isa);
 
 #endif /* MRAD_ATTN_CPU_KERNELS_H */

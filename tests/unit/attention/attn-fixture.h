@@ -66,4 +66,19 @@ double fx_check(struct attn_backend *be, struct fx *f, const char *what);
 /* Output element i as float. */
 float fx_out(const struct fx *f, size_t i);
 
+/*
+ * Runs a cmocka group once per path the CPU backend computes bf16 and f16
+ * on: where its default kernels put them on a matrix engine (the "amx"
+ * path), the group runs there and again on the f32 kernels alone
+ * (MRAD_ISA=avx512), so every test covers both.  Elsewhere, on another
+ * backend, or with MRAD_ISA already set, it runs once.  Returns the
+ * number of failed tests (cmocka_run_group_tests()'s value).
+ */
+struct CMUnitTest;
+int fx_run_paths(const char *name, const struct CMUnitTest *tests, size_t n,
+                 int (*setup)(void **), int (*teardown)(void **));
+#define FX_RUN_PATHS(tests, setup, teardown)                                   \
+    fx_run_paths(#tests, tests, sizeof(tests) / sizeof((tests)[0]), setup,     \
+                 teardown)
+
 #endif /* MRAD_TEST_ATTN_FIXTURE_H */

@@ -27,6 +27,7 @@
 
 #include "attention/attn.h"
 #include "protocol/proto.h"
+#include "tests/unit/attention/attn-fixture.h"
 
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t m);
@@ -226,5 +227,5 @@ int main(void)
         cmocka_unit_test(test_json_path_two_threads),
         cmocka_unit_test(test_backend_new),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return FX_RUN_PATHS(tests, NULL, NULL);
 }

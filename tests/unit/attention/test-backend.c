@@ -362,9 +362,9 @@ static void test_bitwise_batch_vs_alone(void **state)
 static void test_cpu_isa_variants(void **state)
 {
     (void)state;
-    static const char *isas[] = {"portable", "avx2", "avx512"};
+    static const char *isas[] = {"portable", "avx2", "avx512", "amx"};
     int ran = 0;
-    for (int v = 0; v < 3; v++) {
+    for (int v = 0; v < 4; v++) {
         struct attn_config cfg = {.threads = 2, .isa = isas[v]};
         struct attn_backend *be;
         int rc = attn_backend_new("cpu", &cfg, &be);
@@ -399,5 +399,5 @@ int main(void)
         cmocka_unit_test(test_bitwise_batch_vs_alone),
         cmocka_unit_test(test_cpu_isa_variants),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return FX_RUN_PATHS(tests, NULL, NULL);
 }

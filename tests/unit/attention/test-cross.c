@@ -331,5 +331,5 @@ int main(void)
         cmocka_unit_test(test_causal_statistics),
         cmocka_unit_test(test_determinism),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return FX_RUN_PATHS(tests, NULL, NULL);
 }

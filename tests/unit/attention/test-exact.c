@@ -138,5 +138,5 @@ int main(void)
         cmocka_unit_test(test_gqa_batch_scale),
         cmocka_unit_test(test_dtypes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return FX_RUN_PATHS(tests, setup, teardown);
 }

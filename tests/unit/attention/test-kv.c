@@ -324,5 +324,5 @@ int main(void)
         cmocka_unit_test(test_bytes),
         cmocka_unit_test(test_growth),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return FX_RUN_PATHS(tests, NULL, NULL);
 }

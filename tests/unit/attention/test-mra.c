@@ -235,5 +235,5 @@ int main(void)
         cmocka_unit_test(test_dtypes),
         cmocka_unit_test(test_modes_differ),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return FX_RUN_PATHS(tests, setup, teardown);
 }
