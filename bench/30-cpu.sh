@@ -18,9 +18,17 @@
 # Refresh the committed results page afterwards with
 #   python3 bench/cpu/report.py bench-out/cpu.json --out docs/PERFORMANCE.md
 #
+# Half precision (bf16 and f16 requests, which the CPU backend computes on
+# the AMX tiles where the CPU has them): PyTorch's bf16 matrix product
+# (oneDNN) as the bf16 peak, the tile ceiling (bench/cpu/amx-peak.c),
+# PyTorch's bf16 SDPA, mrad bf16 and f16 exact and MRA-2 with their errors
+# against float64 on the rounded inputs, and rounds that time each
+# half-precision target's two sides back to back (bench/cpu/half.py).
+#
 # Knobs (environment): BIN (where bench-cpu is), CPU_BENCH_QUICK=1 (small
 # sizes and short budgets: checks that the harness works, figures are not
-# meaningful).
+# meaningful), CPU_BENCH_PARTS ("f32 half" by default; "half" runs the
+# half-precision part alone, its f32 targets then show as not measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -28,6 +36,8 @@ OUT=bench-out
 RAW=$OUT/cpu-raw
 NPROC=$(nproc)
 QUICK=${CPU_BENCH_QUICK:-0}
+PARTS=${CPU_BENCH_PARTS:-f32 half}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$RAW" build/bench
 rm -f "$RAW"/*
 t_start=$(date +%s)
@@ -54,8 +64,10 @@ PY=.venv-bench/bin/python
 
 if [ "$QUICK" = 1 ]; then
     NS="256 1024" BIG=2048 SCALE_N=1024 GEMM_N=1024 BUDGET=0.5 PAIR_ROUNDS=1 PAIR_SMALL=256
+    HALF_NS="256 1024" HALF_ROUNDS=1
 else
     NS="1024 4096 16384" BIG=65536 SCALE_N=16384 GEMM_N=4096 BUDGET=6 PAIR_ROUNDS=7 PAIR_SMALL=4096
+    HALF_NS="1024 4096 16384" HALF_ROUNDS=7
 fi
 
 # GEMM through Debian's OpenBLAS.  Its 0.3.21 does not know recent Intel
@@ -94,6 +106,7 @@ gemm_pass() {
             echo "30-cpu: peak.py failed"
     fi
 }
+if part f32; then
 step "GEMM peak, pass 1: Debian OpenBLAS, numpy, torch"
 gemm_pass '"pass": 1'
 
@@ -182,6 +195,92 @@ done
 
 step "GEMM peak, pass 2: Debian OpenBLAS, numpy, torch"
 gemm_pass '"pass": 2'
+
+fi
+
+# ---- half precision --------------------------------------------------------
+# The bf16 peak: PyTorch's bf16 product (oneDNN; best of its runs) and the
+# tile ceiling.  half_peak TAG THREADS REPS FILE.
+amx_built=0
+if part half; then
+    if cc -O2 -std=c11 -D_GNU_SOURCE -mamx-tile -mamx-bf16 -pthread -o build/bench/amx-peak \
+        bench/cpu/amx-peak.c 2>"$RAW/amx-build.log"; then
+        amx_built=1
+    else
+        echo "30-cpu: amx-peak does not build (compiler without AMX?); see $RAW/amx-build.log"
+    fi
+fi
+half_peak() {
+    local tag=$1 threads=$2 reps=$3 file=$4
+    if [ -n "$PY" ]; then
+        "$PY" bench/cpu/peak.py --dtype bf16 --n "$GEMM_N" --reps "$reps" \
+            --threads "${threads// /,}" | sed "s/^{/{$tag, /" >>"$file" ||
+            echo "30-cpu: peak.py --dtype bf16 failed"
+    fi
+    if [ $amx_built = 1 ]; then
+        for t in $threads; do
+            build/bench/amx-peak "$GEMM_N" "$reps" "$t" | sed "s/^{/{$tag, /" >>"$file" ||
+                echo "30-cpu: amx-peak failed ($t threads; no AMX here?)"
+        done
+    fi
+}
+if part half; then
+    step "bf16 peak, pass 1: PyTorch (oneDNN) bf16 GEMM, AMX tile ceiling"
+    half_peak '"pass": 1' "1 $NPROC" 5 "$RAW/gemm-half.jsonl"
+    if [ -n "$PY" ]; then
+        step "PyTorch scaled_dot_product_attention, bf16"
+        "$PY" bench/cpu/sdpa.py --dtype bf16 --n "${HALF_NS// /,}" --threads "$NPROC" \
+            --budget "$BUDGET" --min-reps 2 --max-reps 5 >"$RAW/sdpa-half.jsonl" ||
+            echo "30-cpu: sdpa.py --dtype bf16 failed"
+    fi
+    # mrad bf16 and f16: exact and MRA-2 (bpr 16), errors against float64
+    # rows computed from the rounded inputs
+    for dt in bf16 f16; do
+        for n in $HALF_NS; do
+            step "mrad $dt N=$n"
+            "$BIN/bench-cpu" --dtype "$dt" --n "$n" --threads "$NPROC" --exact --bpr 16 \
+                --ref-rows 64 --budget "$BUDGET" --min-reps 2 --max-reps 5 >>"$RAW/mrad-half.jsonl"
+        done
+    done
+    # f16 on the f32 path (AVX-512 conversion, f32 arithmetic): the other
+    # way f16 could go, beside the split AMX path it takes
+    step "mrad f16 N=$PAIR_SMALL on the avx512 path"
+    "$BIN/bench-cpu" --dtype f16 --isa avx512 --n "$PAIR_SMALL" --threads "$NPROC" --exact \
+        --bpr 16 --ref-rows 64 --budget "$BUDGET" --min-reps 2 --max-reps 5 \
+        >>"$RAW/mrad-half.jsonl" || echo "30-cpu: no avx512 path here"
+    # Back-to-back rounds for the half-precision targets: the bf16 peak on
+    # all cores, bf16 SDPA and mrad bf16 exact at N = PAIR_SMALL, then each
+    # half-precision measurement right after (or before, in even rounds)
+    # its f32 counterpart: mra2 at N = SCALE_N in bf16 and f32, exact at
+    # PAIR_SMALL and mra2 at SCALE_N in f16 and f32.
+    for r in $(seq "$HALF_ROUNDS"); do
+        pairs=("bf16 $SCALE_N --bpr 16|f32 $SCALE_N --bpr 16"
+               "f16 $PAIR_SMALL --exact --bpr none|f32 $PAIR_SMALL --exact --bpr none"
+               "f16 $SCALE_N --bpr 16|f32 $SCALE_N --bpr 16")
+        runs=("bf16 $PAIR_SMALL --exact --bpr none")
+        for pr in "${pairs[@]}"; do
+            if [ $((r % 2)) = 1 ]; then runs+=("${pr%%|*}" "${pr##*|}"); else runs+=("${pr##*|}" "${pr%%|*}"); fi
+        done
+        step "half-precision round $r of $HALF_ROUNDS: bf16 peak, bf16 SDPA, then mrad (dtype N options):$(printf ' [%s]' "${runs[@]}")"
+        half_peak "\"round\": $r" "$NPROC" 3 "$RAW/paired-gemm-half.jsonl"
+        if [ -n "$PY" ]; then
+            "$PY" bench/cpu/sdpa.py --dtype bf16 --n "$PAIR_SMALL" --threads "$NPROC" \
+                --budget 1 --min-reps 2 --max-reps 3 | sed "s/^{/{\"round\": $r, /" \
+                >>"$RAW/paired-sdpa-half.jsonl" || echo "30-cpu: sdpa.py failed"
+        fi
+        for run in "${runs[@]}"; do
+            set -- $run
+            dt=$1 n=$2
+            shift 2
+            "$BIN/bench-cpu" --dtype "$dt" --n "$n" --threads "$NPROC" "$@" \
+                --inputs local --budget 1 --min-reps 1 --max-reps 3 | grep '"record": "result"' |
+                sed "s/^{/{\"round\": $r, /" >>"$RAW/paired-mrad-half.jsonl" ||
+                echo "30-cpu: bench-cpu failed (half-precision round $r: $run)"
+        done
+    done
+    step "bf16 peak, pass 2"
+    half_peak '"pass": 2' "1 $NPROC" 5 "$RAW/gemm-half.jsonl"
+fi
 
 step "summary"
 t_end=$(date +%s)

@@ -6,9 +6,13 @@
  *   bench-cpu --n N [--heads 12] [--dim 64] [--threads T] [--bpr 1,4,16,32|none]
  *             [--exact] [--ref-rows R] [--budget S] [--min-reps R]
  *             [--max-reps R] [--inputs local,gauss] [--seed X]
+ *             [--dtype f32|bf16|f16] [--isa auto|amx|avx512|avx2|portable]
  *
  * One problem per configuration: B = 1, H query heads (= KV heads), N
- * tokens, head dimension D, f32, no mask.  Two kinds of inputs:
+ * tokens, head dimension D, no mask, in --dtype (f32 by default; bf16 and
+ * f16 inputs are the f32 ones rounded, and the float64 reference rows are
+ * computed from the rounded values).  --isa names the CPU kernel path
+ * (attn_config.isa; default: the backend's choice).  Two kinds of inputs:
  *   local  queries and keys follow a smooth curve through R^D (a sum of
  *          sinusoids of random low frequencies, as random Fourier features
  *          of a Gaussian kernel with a 64-token length scale) plus Gaussian
@@ -63,6 +67,8 @@ struct opts {
     enum kind kinds[MAX_KINDS];
     int nkinds;
     uint64_t seed;
+    enum attn_dtype dtype;
+    const char *isa; /* NULL: the backend's choice */
 };
 
 /* What one configuration (exact, or mra2 at one block_per_row) measured. */
@@ -355,8 +361,12 @@ static void print_result(const struct opts *o, const char *method, uint32_t bpr,
                          const struct result *r)
 {
     printf("{\"record\": \"result\", \"method\": \"%s\", \"N\": %u, "
-           "\"H\": %u, \"D\": %u, \"threads\": %d, \"bpr\": %u",
-           method, o->n, o->heads, o->dim, o->threads, bpr);
+           "\"H\": %u, \"D\": %u, \"threads\": %d, \"bpr\": %u, "
+           "\"dtype\": \"%s\"",
+           method, o->n, o->heads, o->dim, o->threads, bpr,
+           attn_dtype_name(o->dtype));
+    if (o->isa) /* a forced path; else the backend's own choice */
+        printf(", \"isa\": \"%s\"", o->isa);
     if (r->err != ATTN_OK) {
         printf(", \"error\": \"%s\"}\n", attn_strerror(r->err));
         return;
@@ -402,7 +412,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                        .max_reps = 7,
                        .kinds = {KIND_LOCAL, KIND_GAUSS},
                        .nkinds = 2,
-                       .seed = 20260101};
+                       .seed = 20260101,
+                       .dtype = ATTN_F32};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         uint32_t u;
@@ -437,6 +448,17 @@ static int parse_args(int argc, char **argv, struct opts *o)
             if (parse_u32(val, 1, 64, &u))
                 return -1;
             o->max_reps = (int)u;
+        } else if (!strcmp(a, "--dtype")) {
+            if (!strcmp(val, "f32"))
+                o->dtype = ATTN_F32;
+            else if (!strcmp(val, "bf16"))
+                o->dtype = ATTN_BF16;
+            else if (!strcmp(val, "f16"))
+                o->dtype = ATTN_F16;
+            else
+                return -1;
+        } else if (!strcmp(a, "--isa")) {
+            o->isa = strcmp(val, "auto") ? val : NULL;
         } else if (!strcmp(a, "--seed")) {
             o->seed = strtoull(val, NULL, 10);
         } else if (!strcmp(a, "--budget")) {
@@ -482,10 +504,11 @@ int main(int argc, char **argv)
                 "usage: bench-cpu --n N [--heads H] [--dim D] [--threads T] "
                 "[--bpr 1,4,16,32|none] [--exact] [--ref-rows R] [--budget S] "
                 "[--min-reps R] [--max-reps R] [--inputs local,gauss] "
-                "[--seed X]\n");
+                "[--seed X] [--dtype f32|bf16|f16] "
+                "[--isa auto|amx|avx512|avx2|portable]\n");
         return 1;
     }
-    struct attn_config cfg = {.threads = o.threads};
+    struct attn_config cfg = {.threads = o.threads, .isa = o.isa};
     struct attn_backend *be = NULL;
     int rc = attn_backend_new("cpu", &cfg, &be);
     if (rc != ATTN_OK) {
@@ -493,8 +516,9 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("{\"record\": \"backend\", \"name\": \"%s\", \"device\": \"%s\", "
-           "\"threads\": %d}\n",
-           attn_backend_name(be), attn_backend_device(be), o.threads);
+           "\"threads\": %d, \"dtype\": \"%s\"}\n",
+           attn_backend_name(be), attn_backend_device(be), o.threads,
+           attn_dtype_name(o.dtype));
     fflush(stdout);
 
     /* H, N, D and R are bounded by parse_args (H <= 1024, N <= 2^22,
@@ -513,11 +537,19 @@ int main(int argc, char **argv)
     size_t bytes = n * sizeof(float);
     float *q = malloc(bytes), *k = malloc(bytes), *v = malloc(bytes);
     float *out = malloc(bytes), *ref = o.exact ? malloc(bytes) : NULL;
+    /* the problem's own tensors when its dtype is not f32 */
+    size_t es = attn_dtype_size(o.dtype);
+    int typed = o.dtype != ATTN_F32;
+    void *qd = typed ? malloc(n * es) : q, *kd = typed ? malloc(n * es) : k;
+    void *vd = typed ? malloc(n * es) : v;
+    void *outd = typed ? malloc(n * es) : NULL;
+    void *refd = typed && o.exact ? malloc(n * es) : NULL;
     rows *= o.dim;
     double *ref64 = o.ref_rows ? malloc(rows * sizeof(double)) : NULL;
     struct result *res = calloc((size_t)o.nbpr + 1, sizeof(*res));
     if (!q || !k || !v || !out || (o.exact && !ref) || (o.ref_rows && !ref64) ||
-        !res) {
+        !res || !qd || !kd || !vd || (typed && !outd) ||
+        (typed && o.exact && !refd)) {
         fprintf(stderr, "bench-cpu: out of memory\n");
         return 1;
     }
@@ -532,15 +564,24 @@ int main(int argc, char **argv)
                              .Nq = o.n,
                              .Nk = o.n,
                              .D = o.dim,
-                             .q = q,
-                             .k = k,
-                             .v = v};
+                             .q = qd,
+                             .k = kd,
+                             .v = vd};
+    p.dtype = o.dtype;
     for (int ki = 0; ki < o.nkinds; ki++) {
         uint64_t s = o.seed + 1000003u * (uint64_t)o.kinds[ki] + o.n;
         if (o.kinds[ki] == KIND_LOCAL)
             fill_local(q, k, v, o.heads, o.n, o.dim, &s);
         else
             fill_gauss(q, n, &s), fill_gauss(k, n, &s), fill_gauss(v, n, &s);
+        if (typed) { /* rounded: what the backend and the reference see */
+            float *src[3] = {q, k, v};
+            void *dst[3] = {qd, kd, vd};
+            for (int t = 0; t < 3; t++) {
+                attn_from_f32(o.dtype, src[t], dst[t], n);
+                attn_to_f32(o.dtype, dst[t], src[t], n);
+            }
+        }
         p.scale = 0;
         double scale = attn_scale(&p);
         if (o.ref_rows &&
@@ -551,8 +592,10 @@ int main(int argc, char **argv)
         }
         if (o.exact) {
             p.method = ATTN_EXACT;
-            p.out = ref;
+            p.out = typed ? refd : ref;
             run(be, &p, &o, ki == 0, &res[0]);
+            if (typed)
+                attn_to_f32(o.dtype, refd, ref, n);
             if (res[0].err == ATTN_OK && o.ref_rows)
                 res[0].err_rows[ki] =
                     rel_err_rows(ref, ref64, o.heads, o.n, o.dim, o.ref_rows);
@@ -563,10 +606,12 @@ int main(int argc, char **argv)
             struct result *r = &res[b + 1];
             p.method = ATTN_MRA2;
             p.block_per_row = o.bpr[b];
-            p.out = out;
+            p.out = typed ? outd : out;
             run(be, &p, &o, ki == 0, r);
             if (r->err != ATTN_OK)
                 continue;
+            if (typed)
+                attn_to_f32(o.dtype, outd, out, n);
             if (o.exact && res[0].err == ATTN_OK)
                 r->err_exact[ki] = rel_err(out, ref, n);
             if (o.ref_rows)
@@ -580,6 +625,8 @@ int main(int argc, char **argv)
         print_result(&o, "mra2", o.bpr[b], &res[b + 1]);
 
     free(q), free(k), free(v), free(out), free(ref), free(ref64), free(res);
+    if (typed)
+        free(qd), free(kd), free(vd), free(outd), free(refd);
     attn_backend_free(be);
     return 0;
 }

@@ -1,8 +1,10 @@
 """peak.py - single-precision GEMM rate of numpy (its bundled OpenBLAS) and
 of PyTorch (MKL), one and all threads: candidates for the machine's
-measured peak, next to Debian's OpenBLAS measured by gemm-peak.c.
+measured peak, next to Debian's OpenBLAS measured by gemm-peak.c.  With
+--dtype bf16, PyTorch's bf16 matrix product instead (oneDNN, on the AMX
+tiles where the CPU has them): the bf16 peak.
 
-    python peak.py [--n 4096] [--reps 5] [--threads 1,2]
+    python peak.py [--n 4096] [--reps 5] [--threads 1,2] [--dtype f32|bf16]
 
 Prints one JSON object per line: source, detail, threads, n, gflops_best,
 gflops_median.  A library that is not installed is left out (a line on
@@ -39,8 +41,12 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
+    if a.dtype == "bf16":
+        bf16(a, threads)
+        return
 
     try:
         import numpy as np
@@ -82,6 +88,29 @@ def main():
                               "cpu_share": share}), flush=True)
     except ImportError as e:
         print("peak.py: torch GEMM skipped: %s" % e, file=sys.stderr)
+
+
+def bf16(a, threads):
+    """PyTorch's bf16 matrix product (f32 accumulation), one line per
+    thread count, tagged "dtype": "bf16"."""
+    try:
+        import torch
+    except ImportError as e:
+        print("peak.py: torch bf16 GEMM skipped: %s" % e, file=sys.stderr)
+        return
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(a.n, a.n, generator=g).to(torch.bfloat16)
+    y = torch.randn(a.n, a.n, generator=g).to(torch.bfloat16)
+    detail = "torch %s, %s" % (torch.__version__, "onednn" if
+                               torch.backends.mkldnn.is_available() else
+                               "no onednn")
+    for t in threads:
+        torch.set_num_threads(t)
+        best, med, share = measure(lambda: torch.mm(x, y), a.n, a.reps, t)
+        print(json.dumps({"source": "torch", "dtype": "bf16",
+                          "detail": detail, "threads": t, "n": a.n,
+                          "gflops_best": best, "gflops_median": med,
+                          "cpu_share": share}), flush=True)
 
 
 if __name__ == "__main__":

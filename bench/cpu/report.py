@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 
+import half
+
 
 def gib(b):
     return "%.0f GiB" % (b / 2**30) if b else "?"
@@ -124,6 +126,21 @@ def method_section(doc):
         "on the cores only ever adds time, and those targets are judged on "
         "the median of the per-round ratios (their line in the table gives "
         "every round).  The tables below keep the figures of the main run.",
+        "- **Half precision** (bf16 and f16 inputs and outputs, which the "
+        "CPU backend computes on the AMX tiles where the CPU has them: "
+        "attention/README.md): the bf16 peak is PyTorch's bf16 matrix "
+        "product (oneDNN on the AMX tiles, 4096 x 4096, best of 5, in two "
+        "passes, one thread and all cores) beside the AMX tile ceiling "
+        "(bench/cpu/amx-peak.c); PyTorch SDPA runs on bf16 tensors; mrad "
+        "runs bf16 and f16 problems made by rounding the same inputs "
+        "(bench-cpu --dtype), exact and MRA-2 (block_per_row 16), with "
+        "errors against float64 attention of 64 rows per head computed "
+        "from the rounded inputs.  Its targets are ratios too, judged on "
+        "the median of 7 back-to-back rounds: the bf16 peak on all cores, "
+        "bf16 SDPA and mrad bf16 exact at N = 4096, then MRA-2 at "
+        "N = 16384 in bf16 and f32, exact at N = 4096 and MRA-2 at "
+        "N = 16384 in f16 and f32, each half-precision call right after "
+        "its f32 counterpart (before it in even rounds).",
         "",
     ]
 
@@ -181,6 +198,7 @@ def results_section(doc):
                       err_cell(r, "local") if "density" in r else "",
                       err_cell(r, "gauss") if "density" in r else ""))
     out.append("")
+    out += half.page(doc.get("half"), nproc)
     if doc.get("plots"):
         out += ["Plots (written by the same run, not committed): " +
                 ", ".join("`bench-out/%s`" % p for p in doc["plots"]) +
@@ -193,7 +211,9 @@ def results_section(doc):
 def contention(doc):
     """(timed measurements that had under 90% of their cores, all timed
     measurements): other processes on the machine."""
-    shares = [r.get("cpu_share") for r in doc["mrad"] + doc["sdpa"]
+    h = doc.get("half") or {}
+    shares = [r.get("cpu_share") for r in doc["mrad"] + doc["sdpa"] +
+              h.get("mrad", []) + h.get("sdpa", [])
               if r.get("cpu_share") is not None]
     return sum(x < 0.9 for x in shares), len(shares)
 
@@ -220,7 +240,8 @@ def targets_section(doc):
     bad = [c for c in checks if c["status"] != "ok"]
     out.append("Checks of the measurements themselves (exact against "
                "float64, MRA-2 with every block selected against exact, "
-               "row-sampled errors against whole-output errors): %d of %d "
+               "row-sampled errors against whole-output errors, bf16 and "
+               "f16 exact within their limits of float64): %d of %d "
                "ok%s" % (len(checks) - len(bad), len(checks),
                          "." if not bad else "; failed:"))
     out += ["- %s" % c["check"] for c in bad]

@@ -7,7 +7,7 @@ tables and the target checks, and draws the plots.
 
 The raw folder holds JSON lines: gemm.jsonl (one per library and thread
 count), sdpa.jsonl (PyTorch) and mrad.jsonl (bench-cpu's "backend" and
-"result" records).  Plots need matplotlib (in .venv-bench); without it they
+"result" records), and the half-precision part's files (half.py).  Plots need matplotlib (in .venv-bench); without it they
 are skipped with a note.  Needs nothing else beyond the standard library.
 """
 import argparse
@@ -422,6 +422,9 @@ def print_tables(doc):
             "%.0f%%" % (100 * share) if share is not None else "-",
             "%.4f" % r["density"] if "density" in r else "",
             fmt_err(r, "local"), fmt_err(r, "gauss")))
+    if doc.get("half"):
+        import half
+        half.print_tables(doc["half"], nproc)
     bad = [c for c in doc["checks"] if c["status"] != "ok"]
     print("\nchecks of the measurements: %d ok, %d failed" % (
         len(doc["checks"]) - len(bad), len(bad)))
@@ -567,9 +570,17 @@ def main():
     doc["paired"] = paired
     doc["targets"] = check_targets(peak, sdpa, mrad, a.threads, paired)
     doc["checks"] = sanity_checks(mrad)
+    import half  # here: half.py imports this module's helpers
+    doc["half"] = half.summarize(a.raw, a.threads)
+    if doc["half"]:
+        doc["targets"] += doc["half"]["targets"]
+        doc["checks"] += half.checks(doc["half"])
+        if not doc["backend"]:
+            doc["backend"] = doc["half"]["backend"]
     print_tables(doc)
-    shares = [r.get("cpu_share") for r in mrad + sdpa
-              if r.get("cpu_share") is not None]
+    h = doc.get("half") or {}
+    shares = [r.get("cpu_share") for r in mrad + sdpa + h.get("mrad", []) +
+              h.get("sdpa", []) if r.get("cpu_share") is not None]
     low = sum(x < 0.9 for x in shares)
     if low:
         print("  warning: %d of %d timed measurements had under 90%% of their "
