@@ -4,19 +4,22 @@
         --shape 1,8,1024,64 --requests 200 --concurrency 4
     python -m mra_client.bench --shape 1,8,1,64 --kv-len 8192 --causal
 
-C threads share one Client (one keep-alive connection each) and send
+C threads share one Client (a pooled connection each) and send
 --requests random problems in total, back to back (--kv-len gives the keys
 their own length, as in a decode step over a cache; --causal makes the
 problem causal); prints throughput and
 latency percentiles (of successful calls) and counts errors by code.  For
 open-loop load and saturation sweeps use bin/mra-load instead.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 import threading
 import time
 from collections import Counter
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -25,7 +28,7 @@ from .errors import MradError
 from .wire import encode_request
 
 
-def percentile(sorted_values, q):
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ceil(q*n)-th smallest value (what mra-load reports)."""
     if not sorted_values:
         return float("nan")
@@ -33,14 +36,14 @@ def percentile(sorted_values, q):
     return sorted_values[rank - 1]
 
 
-def parse_shape(s):
+def parse_shape(s: str) -> list[int]:
     dims = [int(x) for x in s.split(",")]
     if len(dims) != 4 or min(dims) < 1:
         raise argparse.ArgumentTypeError("want B,H,Nq,D")
     return dims
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mra_client.bench",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8080")
@@ -75,12 +78,15 @@ def main(argv=None):
     body = encode_request(q, k, v, method=a.method, dtype=a.dtype,
                           causal=a.causal)
 
-    client = Client(a.url, api_key=key, timeout=a.timeout)
+    # Every error counts, so nothing is retried.
+    client = Client(a.url, api_key=key, timeout=a.timeout, retries=0,
+                    max_connections=a.concurrency)
     lock = threading.Lock()
     todo = [a.requests]
-    lat, errors = [], Counter()
+    lat: list[float] = []
+    errors: Counter[str] = Counter()
 
-    def worker():
+    def worker() -> None:
         while True:
             with lock:
                 if todo[0] == 0:

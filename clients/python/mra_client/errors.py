@@ -2,8 +2,12 @@
 
 Every error the service answers is an MradError carrying the HTTP status,
 the wire code and the server's message; the subclasses let callers catch
-what they can act on (Overloaded: back off for retry_after seconds).
+what they can act on (Overloaded: back off for retry_after seconds; the
+clients already retry it a few times, see Client).
 """
+from __future__ import annotations
+
+from typing import Optional
 
 
 class MradError(Exception):
@@ -15,7 +19,8 @@ class MradError(Exception):
     Retry-After header, or None.
     """
 
-    def __init__(self, status, code, message, retry_after=None):
+    def __init__(self, status: int, code: str, message: str,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status = status
         self.code = code
@@ -73,7 +78,7 @@ class TransportError(MradError):
     """No answer: connection refused or reset, or a client-side timeout."""
 
 
-_BY_CODE = {
+_BY_CODE: dict[str, type[MradError]] = {
     "bad_request": BadRequest,
     "unauthorized": Unauthorized,
     "not_found": NotFound,
@@ -88,7 +93,7 @@ _BY_CODE = {
     "internal": InternalError,
 }
 
-_BY_STATUS = {
+_BY_STATUS: dict[int, type[MradError]] = {
     400: BadRequest,
     401: Unauthorized,
     404: NotFound,
@@ -102,7 +107,8 @@ _BY_STATUS = {
 }
 
 
-def error_for(status, code, message, retry_after=None):
+def error_for(status: int, code: str, message: str,
+              retry_after: Optional[float] = None) -> MradError:
     """The MradError subclass for a wire code (or, failing that, a status)."""
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status, MradError)
     return cls(status, code, message, retry_after)

@@ -1,98 +1,50 @@
 """Request and response bodies of POST /v1/attention and of sessions
-(POST /v1/kv, appends, requests on a session), and dtype handling.
+(POST /v1/kv, appends, requests on a session), as protocol/SPEC.md spells
+them.
 
 Tensors travel as {"dtype": "f32"|"f16"|"bf16"|"u8", "shape": [...],
-"data": bytes} with row-major little-endian data.  numpy has no bfloat16,
-so bf16 travels as uint16 bit patterns here: float input is rounded to
-nearest even (as the service's own conversion does), uint16 input is taken
-as the bits already, and answers are widened to float32 exactly.
+"data": bytes} with row-major little-endian data; tensors.py converts
+numpy arrays and torch tensors to and from that form.  Nothing here does
+I/O.
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Optional, Union
 
 import msgpack
-import numpy as np
+
+from .tensors import (DTYPES, bf16_to_f32, decode_tensor, f32_to_bf16,
+                      infer_dtype, mask_to_wire, shape4, to_wire)
+
+__all__ = ["METHODS", "DTYPES", "PARAMS", "encode_request", "encode_kv_body",
+           "encode_session_request", "decode_response", "decode_tensor",
+           "f32_to_bf16", "bf16_to_f32", "infer_dtype"]
 
 METHODS = ("mra2", "mra2_sparse", "exact")
-DTYPES = ("f32", "f16", "bf16")
 PARAMS = ("block_per_row", "num_blocks", "prior_first", "prior_diagonal",
           "scale", "timeout_ms")
 
-_LE = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2"),
-       "u8": np.dtype("u1")}
+# A parameter's value: ints, except scale (a float); None leaves it out.
+ParamValue = Union[int, float, None]
 
 
-def f32_to_bf16(x):
-    """float32 (or anything castable) -> bfloat16 bits as uint16, rounding
-    to nearest even; NaN stays NaN, overflow becomes infinity."""
-    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    nan = np.isnan(b.view(np.float32))
-    rounded = (b + (np.uint32(0x7FFF) + ((b >> 16) & 1))) >> 16
-    out = rounded.astype(np.uint16)
-    if nan.any():
-        out[nan] = ((b[nan] >> 16) | 0x0040).astype(np.uint16)
-    return out
-
-
-def bf16_to_f32(bits):
-    """bfloat16 bits (uint16) -> float32, exactly."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def infer_dtype(q):
-    """The wire dtype a numpy array maps to when none is asked for."""
-    dt = np.asarray(q).dtype
-    if dt.name == "bfloat16":  # ml_dtypes / jax arrays
-        return "bf16"
-    if dt == np.float16:
-        return "f16"
-    if dt == np.uint16:
-        raise TypeError("uint16 arrays are bf16 bit patterns: pass dtype='bf16'")
-    if dt.kind == "f":
-        return "f32"
-    raise TypeError(f"tensors must be floating point, not {dt}")
-
-
-def to_wire(x, dtype):
-    """A numpy array as the little-endian bytes of a wire dtype."""
-    a = np.asarray(x)
-    if dtype == "bf16":
-        if a.dtype.name == "bfloat16":
-            bits = a.view(np.uint16)
-        elif a.dtype == np.uint16:
-            bits = a
-        else:
-            bits = f32_to_bf16(a)
-        return np.ascontiguousarray(bits, dtype=_LE["bf16"])
-    if dtype not in _LE:
-        raise ValueError(f"unknown dtype {dtype!r}; one of {DTYPES}")
-    if a.dtype == np.uint16 or a.dtype.name == "bfloat16":
-        raise TypeError("bf16 data needs dtype='bf16'")
-    return np.ascontiguousarray(a, dtype=_LE[dtype])
-
-
-def tensor(a, dtype):
+def tensor(a: Any, dtype: str, name: str = "tensor") -> dict[str, Any]:
+    """A float tensor's wire map in `dtype`, taken as [B, H, N, D]."""
     arr = to_wire(a, dtype)
+    arr = arr.reshape(shape4(arr, name))
     return {"dtype": dtype, "shape": list(arr.shape), "data": arr.tobytes()}
 
 
-def as4d(x, name):
-    """Accepts [N, D], [H, N, D] or [B, H, N, D]; returns the 4-d view."""
-    a = np.asarray(x)
-    if a.ndim < 2 or a.ndim > 4:
-        raise ValueError(f"{name} must have 2 to 4 dimensions, not {a.ndim}")
-    return a.reshape((1,) * (4 - a.ndim) + a.shape)
+def mask_tensor(m: Any, name: str) -> dict[str, Any]:
+    """A mask's wire map: u8 [B, N]."""
+    arr = mask_to_wire(m, name)
+    return {"dtype": "u8", "shape": list(arr.shape), "data": arr.tobytes()}
 
 
-def as2d(x, name):
-    """A mask: [N] or [B, N] of 0/1 -> the [B, N] uint8 wire form."""
-    m = np.asarray(x)
-    if m.ndim < 1 or m.ndim > 2:
-        raise ValueError(f"{name} must have 1 or 2 dimensions, not {m.ndim}")
-    m = m.reshape((1,) * (2 - m.ndim) + m.shape)
-    return (m != 0).astype(np.uint8)
-
-
-def _check_call(method, params):
+def check_call(method: str, params: dict[str, ParamValue]) -> None:
+    """Refuses an unknown method or a misspelt parameter before anything
+    is sent."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
     for key in params:
@@ -100,115 +52,126 @@ def _check_call(method, params):
             raise TypeError(f"unknown parameter {key!r}; one of {PARAMS}")
 
 
-def _put_options(body, causal, q_mask, id, params):
+def _put_options(body: dict[str, Any], causal: bool, q_mask: Any,
+                 id: Optional[str], params: dict[str, ParamValue]) -> None:
     """The request's optional keys: q_mask, causal (only when true), the
     parameters (None ones left out) and id."""
     if q_mask is not None:
-        body["q_mask"] = tensor(as2d(q_mask, "q_mask"), "u8")
+        body["q_mask"] = mask_tensor(q_mask, "q_mask")
     if causal:
         body["causal"] = True
     for key, val in params.items():
         if val is None:
             continue
         if key == "scale":
-            val = float(val)
-            if not math.isfinite(val):
+            f = float(val)
+            if not math.isfinite(f):
                 raise ValueError("scale must be finite")
+            body[key] = f
         else:
-            val = int(val)
-        body[key] = val
+            body[key] = int(val)
     if id is not None:
         body["id"] = str(id)
 
 
-def _wire_dtype(dtype, like):
+def wire_dtype(dtype: Optional[str], like: Any) -> str:
+    """The dtype asked for, or the one `like` maps to."""
     dt = dtype or infer_dtype(like)
     if dt not in DTYPES:
         raise ValueError(f"unknown dtype {dt!r}; one of {DTYPES}")
     return dt
 
 
-def encode_request(q, k, v, mask=None, method="mra2", dtype=None, id=None,
-                   causal=False, q_mask=None, **params):
+def _pack(body: dict[str, Any]) -> bytes:
+    out: bytes = msgpack.packb(body, use_bin_type=True)
+    return out
+
+
+def encode_request(q: Any, k: Any, v: Any, mask: Any = None,
+                   method: str = "mra2", dtype: Optional[str] = None,
+                   id: Optional[str] = None, causal: bool = False,
+                   q_mask: Any = None, **params: ParamValue) -> bytes:
     """The msgpack body of POST /v1/attention.
 
     q: [B, H, Nq, D] (or [H, Nq, D], [Nq, D]); k, v: [B, Hkv, Nk, D]
-    likewise, where Nk may differ from Nq; mask: [B, Nk] (or [Nk]) of 0/1
-    over the keys; q_mask: [B, Nq] (or [Nq]) of 0/1 over the queries;
-    causal: query i sees keys j <= i + Nk - Nq (written only when true);
-    dtype: "f32", "f16", "bf16" or None to follow q's dtype; params:
-    block_per_row, num_blocks, prior_first, prior_diagonal, scale,
-    timeout_ms.  Returns bytes.
+    likewise, where Nk may differ from Nq; numpy arrays or torch tensors.
+    mask: [B, Nk] (or [Nk]) of 0/1 over the keys; q_mask: [B, Nq] (or
+    [Nq]) of 0/1 over the queries; causal: query i sees keys
+    j <= i + Nk - Nq (written only when true); dtype: "f32", "f16", "bf16"
+    or None to follow q's dtype; params: block_per_row, num_blocks,
+    prior_first, prior_diagonal, scale, timeout_ms.  Returns bytes.
     """
-    _check_call(method, params)
-    dt = _wire_dtype(dtype, q)
-    body = {
-        "q": tensor(as4d(q, "q"), dt),
-        "k": tensor(as4d(k, "k"), dt),
-        "v": tensor(as4d(v, "v"), dt),
+    check_call(method, params)
+    dt = wire_dtype(dtype, q)
+    body: dict[str, Any] = {
+        "q": tensor(q, dt, "q"),
+        "k": tensor(k, dt, "k"),
+        "v": tensor(v, dt, "v"),
         "method": method,
     }
     if mask is not None:
-        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+        body["mask"] = mask_tensor(mask, "mask")
     _put_options(body, causal, q_mask, id, params)
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
-def encode_kv_body(k, v, mask=None, dtype=None, ttl_ms=None):
+def encode_kv_body(k: Any, v: Any, mask: Any = None,
+                   dtype: Optional[str] = None,
+                   ttl_ms: Optional[int] = None) -> bytes:
     """The msgpack body of POST /v1/kv (a create; ttl_ms asks for an idle
     lifetime) or POST /v1/kv/{id}/append (no ttl_ms): k, v [B, Hkv, n, D]
     (or [Hkv, n, D], [n, D]), mask [B, n] (or [n]) of 0/1 or None; dtype
     as in encode_request, following k's by default.  Returns bytes."""
-    dt = _wire_dtype(dtype, k)
-    body = {"k": tensor(as4d(k, "k"), dt), "v": tensor(as4d(v, "v"), dt)}
+    dt = wire_dtype(dtype, k)
+    body: dict[str, Any] = {"k": tensor(k, dt, "k"), "v": tensor(v, dt, "v")}
     if mask is not None:
-        body["mask"] = tensor(as2d(mask, "mask"), "u8")
+        body["mask"] = mask_tensor(mask, "mask")
     if ttl_ms is not None:
         body["ttl_ms"] = int(ttl_ms)
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
-def encode_session_request(q, kv=None, k_append=None, v_append=None,
-                           mask_append=None, method="mra2", dtype=None,
-                           id=None, causal=False, q_mask=None, **params):
+def encode_session_request(q: Any, kv: Optional[str] = None,
+                           k_append: Any = None, v_append: Any = None,
+                           mask_append: Any = None, method: str = "mra2",
+                           dtype: Optional[str] = None, id: Optional[str] = None,
+                           causal: bool = False, q_mask: Any = None,
+                           **params: ParamValue) -> bytes:
     """The msgpack body of a request on a session: q as in encode_request,
     and the tokens to append first, k_append, v_append [B, Hkv, n, D] (both
     or neither) and mask_append [B, n].  kv names the session (the body of
     POST /v1/attention); None leaves it out (the body of POST
     /v1/kv/{id}/attention).  Returns bytes."""
-    _check_call(method, params)
+    return session_body(q, k_append, v_append, mask_append, method, dtype, id,
+                        causal, q_mask, params, kv)
+
+
+def session_body(q: Any, k_append: Any, v_append: Any, mask_append: Any,
+                 method: str, dtype: Optional[str], id: Optional[str],
+                 causal: bool, q_mask: Any, params: dict[str, ParamValue],
+                 kv: Optional[str] = None) -> bytes:
+    """encode_session_request, with the parameters as a dict."""
+    check_call(method, params)
     if (k_append is None) != (v_append is None):
         raise ValueError("k_append and v_append go together")
     if mask_append is not None and k_append is None:
         raise ValueError("mask_append needs k_append and v_append")
-    dt = _wire_dtype(dtype, q)
-    body = {"q": tensor(as4d(q, "q"), dt), "method": method}
+    dt = wire_dtype(dtype, q)
+    body: dict[str, Any] = {"q": tensor(q, dt, "q"), "method": method}
     if k_append is not None:
-        body["k_append"] = tensor(as4d(k_append, "k_append"), dt)
-        body["v_append"] = tensor(as4d(v_append, "v_append"), dt)
+        body["k_append"] = tensor(k_append, dt, "k_append")
+        body["v_append"] = tensor(v_append, dt, "v_append")
     if mask_append is not None:
-        body["mask_append"] = tensor(as2d(mask_append, "mask_append"), "u8")
+        body["mask_append"] = mask_tensor(mask_append, "mask_append")
     if kv is not None:
         body["kv"] = str(kv)
     _put_options(body, causal, q_mask, id, params)
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
-def decode_tensor(t):
-    """A wire tensor map -> (numpy array in its wire dtype, dtype name)."""
-    dt = t["dtype"]
-    if dt not in _LE:
-        raise ValueError(f"unknown dtype {dt!r} in the answer")
-    shape = tuple(int(s) for s in t["shape"])
-    arr = np.frombuffer(t["data"], dtype=_LE[dt])
-    if arr.size != math.prod(shape):
-        raise ValueError("tensor data length does not match its shape")
-    return arr.reshape(shape), dt
-
-
-def decode_response(raw):
+def decode_response(raw: bytes) -> dict[str, Any]:
     """The msgpack body of a 200 answer -> its map, with "out" decoded to
-    (array, dtype)."""
+    (writable array in the wire dtype, dtype name)."""
     msg = msgpack.unpackb(raw, raw=False)
     if not isinstance(msg, dict) or "out" not in msg:
         raise ValueError("the answer has no 'out' tensor")

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import mra_ref
-from mrad_server import MradServer
+from mrad_server import MradServer, metric_value
 from mra_client import (BadRequest, Client, DeadlineExceeded, MradError,
-                        Overloaded, PayloadTooLarge, TransportError,
-                        Unauthorized, bf16_to_f32, encode_request, f32_to_bf16)
+                        Overloaded, PayloadTooLarge, RetryPolicy,
+                        TransportError, Unauthorized, bf16_to_f32,
+                        encode_request, f32_to_bf16)
 
 BIN = pathlib.Path(os.environ.get("MRAD_BIN_DIR")
                    or pathlib.Path(__file__).resolve().parents[3] / "bin")
@@ -73,6 +74,7 @@ def test_round_trip(server, method, dtype):
     assert r.dtype == dtype and r.id == f"{method}-{dtype}"
     assert r.out.shape == q.shape
     assert r.out.dtype == (np.float16 if dtype == "f16" else np.float32)
+    assert r.out.flags.writeable  # the caller's to keep and change
     assert r.stats["method"] == method
     nb = 4  # ceil(100 / 32)
     assert r.stats["blocks_total"] == 2 * 4 * nb * nb
@@ -225,30 +227,41 @@ def gauge(text, name):
     raise KeyError(name)
 
 
-def test_overloaded_and_deadline():
+def test_overloaded_retried_and_deadline():
     """One worker, a queue of one: a long request computes, one waits, the
-    rest are turned away with 503 and Retry-After; a short deadline behind
-    the long request gives 504."""
+    rest are turned away with 503 and Retry-After, which a client without
+    retries raises and the default client waits out and retries; a short
+    deadline behind the long request gives 504."""
     rng = np.random.default_rng(6)
     big = rng.standard_normal((1, 8, 2048, 64)).astype(np.float32)
     args = ["--max-queue", "1", "--max-batch-requests", "1"]
     with MradServer(extra_args=args, threads=1) as srv:
-        c = Client(srv.url, timeout=120)
-        start = threading.Barrier(6)
+        def burst(c):
+            start = threading.Barrier(6)
 
-        def long_call(_):
-            start.wait()
-            try:
-                c.attention(big, big, big, method="exact")
-                return "ok"
-            except Overloaded as e:
-                assert e.status == 503 and e.code == "overloaded"
-                assert e.retry_after is not None and e.retry_after >= 0
-                return "503"
+            def long_call(_):
+                start.wait()
+                try:
+                    c.attention(big, big, big, method="exact")
+                    return "ok"
+                except Overloaded as e:
+                    assert e.status == 503 and e.code == "overloaded"
+                    assert e.retry_after is not None and e.retry_after >= 0
+                    return "503"
 
-        with concurrent.futures.ThreadPoolExecutor(6) as ex:
-            got = list(ex.map(long_call, range(6)))
+            with concurrent.futures.ThreadPoolExecutor(6) as ex:
+                return list(ex.map(long_call, range(6)))
+
+        got = burst(Client(srv.url, timeout=120, retries=0))
         assert got.count("ok") >= 1 and got.count("503") >= 1, got
+        rejected = metric_value(srv.metrics(), "mrad_requests_total", {"code": "503"})
+        waits = []
+        policy = RetryPolicy(retries=20, sleep=lambda s: (waits.append(s), time.sleep(s)))
+        c = Client(srv.url, timeout=120, retries=policy)
+        assert burst(c) == ["ok"] * 6
+        # the 503s were there, and each retry waited what Retry-After said
+        assert metric_value(srv.metrics(), "mrad_requests_total", {"code": "503"}) > rejected
+        assert waits and all(0 <= w <= policy.max_wait for w in waits)
 
         # a deadline that passes while the request waits in the queue
         q, k, v, _ = problem(seed=7, B=1, H=1, Hkv=1, N=64, D=8)
