@@ -143,7 +143,7 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
             m[i] = -INFINITY;
             l[i] = 0.0f;
         }
-        cpu_head_q_block(hd, I, qt);
+        cpu_head_q_block(hd, I, kern, qt);
         if (hd->half)
             rows_half(hd, I, kern, qt, acc, m, l);
         else
@@ -185,6 +185,6 @@ void cpu_head_rows(const struct cpu_head *hd, uint32_t I,
                     dst[d] = ar[d * cs] * ca;
         }
         if (dst == row)
-            attn_from_f32(p->dtype, row, o, D);
+            kern->from_f32(p->dtype, row, o, D);
     }
 }

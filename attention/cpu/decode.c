@@ -311,7 +311,7 @@ static void write_out(const struct dec *d, uint32_t b, uint32_t h, uint32_t i,
         memset(zeros, 0, d->D * sizeof(float));
         row = zeros;
     }
-    attn_from_f32(p->dtype, row, o, d->D);
+    d->kern->from_f32(p->dtype, row, o, d->D);
 }
 
 /* Hides the keys of block J beyond each row's position: key 32J + j is

@@ -176,7 +176,8 @@ int cpu_head_query_real(const struct cpu_head *hd, uint32_t t)
     return t < hd->Nq && cpu_query_real(hd->p, hd->b, t);
 }
 
-void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
+void cpu_head_q_block(const struct cpu_head *hd, uint32_t I,
+                      const struct cpu_kernels *kern, float *qt)
 {
     const struct attn_problem *p = hd->p;
     uint32_t D = hd->D;
@@ -193,7 +194,7 @@ void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt)
         if (p->dtype == ATTN_F32 && ((uintptr_t)at & 3) == 0)
             src = (const float *)(const void *)at;
         else
-            attn_to_f32(p->dtype, at, qrow, D);
+            kern->to_f32(p->dtype, at, qrow, D);
         for (uint32_t d = 0; d < D; d++)
             qt[(size_t)d * CPU_TILE + i] = src[d];
     }
@@ -325,8 +326,8 @@ static void cpu_head_q_mean(struct cpu_head *hd, uint32_t I,
         uint32_t t = I * CPU_TILE + i;
         if (!cpu_head_query_real(hd, t))
             continue;
-        attn_to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, hd->Nq, t), qrow,
-                    D);
+        kern->to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, hd->Nq, t),
+                     qrow, D);
         for (uint32_t d = 0; d < D; d++)
             qsum[d] += qrow[d];
     }

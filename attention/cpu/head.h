@@ -119,7 +119,8 @@ void cpu_head_fold(struct cpu_head *hd, uint32_t G,
 int cpu_head_query_real(const struct cpu_head *hd, uint32_t t);
 /* Query block I in f32, transposed: qt[d][i] for D rows of 32, zero for
  * masked and padded queries. */
-void cpu_head_q_block(const struct cpu_head *hd, uint32_t I, float *qt);
+void cpu_head_q_block(const struct cpu_head *hd, uint32_t I,
+                      const struct cpu_kernels *kern, float *qt);
 /* Phase 5 for query block row I: writes rows I*32 .. min(Nq, I*32+32) of
  * out. */
 void cpu_head_rows(const struct cpu_head *hd, uint32_t I,

@@ -558,6 +558,43 @@ static void k_to_f32(int dt, const void *src, float *dst, size_t n)
         attn_to_f32((enum attn_dtype)dt, h + i, dst + i, n - i);
 }
 
+/* f32 to bf16 bits, KVEC at a time: attn_f32_to_bf16() (rounding to
+ * nearest even on the bit pattern, NaN made quiet), lane by lane. */
+static inline vhu f32_to_bf16v(vf x)
+{
+    vu b = (vu)x;
+    vu nan = (vu)((b & 0x7fffffffu) > 0x7f800000u);
+    vu r = (b + 0x7fffu + (b >> 16 & 1u)) >> 16;
+    r = (r & ~nan) | (((b >> 16) | 0x40u) & nan);
+    return __builtin_convertvector(r, vhu);
+}
+
+/* n f32 values at src into `dt` at dst (see kernels.h). */
+static void k_from_f32(int dt, const float *src, void *dst, size_t n)
+{
+    size_t i = 0;
+    if (dt == ATTN_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    if (dt == ATTN_BF16) {
+        for (; i + KVEC <= n; i += KVEC)
+            *(vhu *)(h + i) = f32_to_bf16v(ld(src + i));
+    }
+#if KVEC == 16 && defined(__AVX512F__)
+    else { /* the conversion instruction rounds as attn_f32_to_f16() */
+        for (; i + KVEC <= n; i += KVEC)
+            _mm256_storeu_si256(
+                (__m256i *)(h + i),
+                _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+#endif
+    if (i < n)
+        attn_from_f32((enum attn_dtype)dt, src + i, h + i, n - i);
+}
+
 /* The sum of a vector's lanes, in a fixed order (a pairwise tree), so a
  * given KVEC always gives the same bits. */
 static inline float hsum(vf x)
@@ -710,6 +747,7 @@ static void k_pv_rows(const float *p, const float *v, uint32_t rows,
     .pv_tile = k_pv_tile, .block_mean = k_block_mean,                          \
     .lowres_rows = k_lowres_rows, .lowres_fold_rows = k_lowres_fold_rows,      \
     .select_keys_row = k_select_keys_row, .to_f32 = k_to_f32,                  \
+    .from_f32 = k_from_f32,                                                    \
     .qk_rows = k_qk_rows, .softmax_rows = k_softmax_rows, .pv_rows = k_pv_rows
 
 const struct cpu_kernels KTABLE = {.name = KNAME, KERNEL_ENTRIES};

@@ -87,6 +87,9 @@ struct cpu_kernels {
      * f32 at dst, vectorised; the same values (every conversion to f32 is
      * exact). */
     void (*to_f32)(int dt, const void *src, float *dst, size_t n);
+    /* attn_from_f32(): n f32 values at src into dtype dt at dst,
+     * vectorised; the same bits. */
+    void (*from_f32)(int dt, const float *src, void *dst, size_t n);
     /* Few-row kernels, for a handful of query rows against many keys:
      * the same products as qk_tile, softmax_tile and pv_tile, but row-major
      * (s[r][j], r < rows <= CPU_FEW_ROWS) with lanes over the head

@@ -9,7 +9,9 @@
  * bf16 and f16 on every path, the AMX tile kernels included: within 1e-2
  * (bf16) and 2e-3 (f16) of the float64 reference on the rounded inputs,
  * bitwise stable across thread counts, keys read in place equal to keys
- * copied, and with causality, masks, priors and query masks.
+ * copied, and with causality, masks, priors and query masks.  The
+ * kernels' vectorised conversions give the bits of attn_from_f32() and
+ * the values of attn_to_f32().
  *
  * These run on the CPU backend whatever ATTN_TEST_BACKEND names: the
  * kernel paths are a CPU matter.
@@ -25,6 +27,7 @@
 
 #include <cmocka.h>
 
+#include "attention/cpu/kernels.h"
 #include "tests/unit/attention/attn-fixture.h"
 
 #define NISA 4
@@ -350,6 +353,53 @@ static void test_half_inplace_matches_copy(void **state)
     }
 }
 
+/* Every kernel table's conversions between f32 and f16 or bf16 give the
+ * bits of attn_from_f32() and the values of attn_to_f32(): over 2^20 bit
+ * patterns spread
+ * across all of them (every sign and exponent, ties, NaN payloads, the
+ * subnormals of both sides) and lengths that leave a scalar tail. */
+static void test_conversions_match(void **state)
+{
+    (void)state;
+    enum { N = 1 << 20 };
+    uint32_t *bits = malloc(N * sizeof *bits);
+    uint16_t *want = malloc(N * 2), *got = malloc(N * 2);
+    float *wf = malloc(N * sizeof(float)), *gf = malloc(N * sizeof(float));
+    assert_non_null(bits);
+    assert_non_null(want);
+    assert_non_null(got);
+    assert_non_null(wf);
+    assert_non_null(gf);
+    for (uint32_t i = 0; i < N; i++) /* an odd stride visits every class */
+        bits[i] = i * 4093u + (i >> 7);
+    for (int v = 0; v < NISA; v++) {
+        const struct cpu_kernels *k = cpu_kernels_pick(isas[v]);
+        if (!k)
+            continue;
+        for (int dt = ATTN_F16; dt <= ATTN_BF16; dt++) {
+            for (size_t n = N; n >= N - 5; n -= 5) {
+                attn_from_f32(dt, (const float *)bits, want, n);
+                memset(got, 0, N * 2);
+                k->from_f32(dt, (const float *)bits, got, n);
+                if (memcmp(want, got, n * 2) != 0)
+                    fail_msg("%s kernels: f32 to %s differs", isas[v],
+                             attn_dtype_name(dt));
+            }
+            /* every 16-bit pattern, twice: the same values (a signalling
+             * NaN may come out quiet) */
+            attn_to_f32(dt, bits, wf, N);
+            k->to_f32(dt, bits, gf, N);
+            for (size_t i = 0; i < N; i++)
+                if (memcmp(&wf[i], &gf[i], sizeof(float)) != 0 &&
+                    !(isnan(wf[i]) && isnan(gf[i])))
+                    fail_msg("%s kernels: %s %04x to f32 differs", isas[v],
+                             attn_dtype_name(dt),
+                             ((const uint16_t *)bits)[i]);
+        }
+    }
+    free(bits), free(want), free(got), free(wf), free(gf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_inplace_matches_copy),
         cmocka_unit_test(test_half_paths),
         cmocka_unit_test(test_half_inplace_matches_copy),
+        cmocka_unit_test(test_conversions_match),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
