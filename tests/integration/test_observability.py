@@ -3,7 +3,13 @@ surface, route and attention method, with the probes and /metrics counted
 apart; block density by method (never exact); tokens per batch, bytes per
 request and the transport time; and request ids (X-Request-Id, W3C
 traceparent or made up) sent back and written in every access line, text
-and JSON, with the probes logged at debug only."""
+and JSON, with the probes logged at debug only.
+
+A request is counted when libmicrohttpd reports it complete, once the last
+byte of its answer has gone out: its duration and its send time end there,
+so they cannot be recorded before the client can read the answer.  A
+scrape right after a request can therefore miss it, and the tests scrape
+until the request they made is counted (scrape_until)."""
 import json
 import re
 import shutil
@@ -39,6 +45,23 @@ def wait_for_line(srv, pred, timeout=10.0):
     raise AssertionError("no such log line in:\n" + srv.log_text())
 
 
+def scrape_until(srv, done, timeout=5.0):
+    """/metrics once done(text) holds, or the last scrape after `timeout`
+    seconds (whose assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = srv.metrics()
+        if done(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
+
+
+def counted(name, n, labels=None):
+    """A test of a scrape: `name` (its samples matching `labels`) is at
+    least n."""
+    return lambda text: (metric_value(text, name, labels) or 0) >= n
+
+
 @pytest.fixture(scope="module")
 def srv():
     with MradServer() as s:
@@ -48,30 +71,27 @@ def srv():
 def test_probes_and_scrapes_stay_out_of_the_request_metrics():
     with MradServer() as s:
         # The start-up probe is counted once its answer is out.
-        deadline = time.monotonic() + 10
-        while True:
-            base = s.metrics()
-            if metric_value(base, "mrad_probe_requests_total",
-                            {"route": "GET /healthz"}) or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+        base = scrape_until(s, counted("mrad_probe_requests_total", 1,
+                                       {"route": "GET /healthz"}))
+        healthz = metric_value(base, "mrad_probe_requests_total", {"route": "GET /healthz"})
         for _ in range(10):
             assert s.get("/healthz")[0] == 200
         s.get("/readyz")
-        text = s.metrics()
+        text = scrape_until(s, lambda t: counted(
+            "mrad_probe_requests_total", 10 + healthz, {"route": "GET /healthz"})(t)
+            and counted("mrad_probe_requests_total", 1, {"route": "GET /readyz"})(t))
         # 11 probes and a scrape: no request.
         assert metric_value(text, "mrad_requests_total") == metric_value(
             base, "mrad_requests_total")
         assert metric_value(text, "mrad_request_duration_seconds_count") == \
             metric_value(base, "mrad_request_duration_seconds_count")
         assert metric_value(text, "mrad_probe_requests_total",
-                            {"route": "GET /healthz", "code": "200"}) == 10 + metric_value(
-            base, "mrad_probe_requests_total", {"route": "GET /healthz"})
+                            {"route": "GET /healthz", "code": "200"}) == 10 + healthz
         assert metric_value(text, "mrad_probe_requests_total",
                             {"route": "GET /metrics"}) >= 1
         # A computed request, then: counted and timed once.
         attention(s, "exact")
-        text = s.metrics()
+        text = scrape_until(s, counted("mrad_requests_total", 1))
         assert metric_value(text, "mrad_requests_total") == 1
         assert metric_value(text, "mrad_request_duration_seconds_count") == 1
 
@@ -99,7 +119,6 @@ def test_request_metrics_by_surface_route_and_method(srv):
     assert st == 200
     assert srv.request("DELETE", f"/v1/kv/{sid}")[0] == 204
     srv.get("/nope")
-    text = srv.metrics()
     want = [
         ({"api": "v1", "route": "POST /v1/attention", "method": "exact", "code": "200"}, 1),
         ({"api": "v1", "route": "POST /v1/attention", "method": "mra2", "code": "200"}, 1),
@@ -110,6 +129,8 @@ def test_request_metrics_by_surface_route_and_method(srv):
         ({"api": "v1", "route": "DELETE /v1/kv/*", "code": "204"}, 1),
         ({"route": "none", "code": "404"}, 1),
     ]
+    text = scrape_until(srv, lambda t: all(counted("mrad_requests_total", n, labels)(t)
+                                           for labels, n in want))
     for labels, n in want:
         assert metric_value(text, "mrad_requests_total", labels) >= n, labels
     for labels, _ in want:
@@ -135,7 +156,7 @@ def test_tokens_bytes_and_transport_time():
         st, _, answer = s.request("POST", "/v1/attention", body,
                                   {"Content-Type": "application/msgpack"})
         assert st == 200
-        text = s.metrics()
+        text = scrape_until(s, counted("mrad_request_duration_seconds_count", 1))
         # One batch of one request: B*N tokens.
         assert metric_value(text, "mrad_batch_tokens_count") == 1
         assert metric_value(text, "mrad_batch_tokens_sum") == N
@@ -169,7 +190,7 @@ def test_a_slow_upload_shows_in_the_receive_time():
         r = conn.getresponse()
         r.read()
         assert r.status == 200
-        text = s.metrics()
+        text = scrape_until(s, counted("mrad_request_duration_seconds_count", 1))
         receive = metric_value(text, "mrad_transport_duration_seconds_sum",
                                {"direction": "receive"})
         assert receive >= 0.35, receive
