@@ -67,10 +67,14 @@ RUN apt-get update \
       libmsgpackc2 libmicrohttpd12 libuv1 libcurl4 curl ca-certificates tini \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build-cuda /out/ /usr/local/bin/
-# The NVIDIA container runtime mounts the driver only when asked to.
+# The NVIDIA container runtime mounts the driver only when asked to.  mrad
+# runs one compute worker on every GPU the container is given
+# (`--gpus all`, `--gpus 2`, a pod's nvidia.com/gpu); MRAD_DEVICES=0,1
+# picks some of them.
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    MRAD_BACKEND=auto
+    MRAD_BACKEND=auto \
+    MRAD_DEVICES=all
 
 FROM ${DEBIAN_IMAGE} AS runtime-cpu
 ARG DEBIAN_FRONTEND=noninteractive

@@ -44,7 +44,8 @@ static const struct option_def options[] = {
     {"backend", OPT_STR, CFGSTR(backend),
      "auto|cpu|cuda (auto: the best available)"},
     {"devices", OPT_DEVS, CFG(devices), 0,
-     "GPU ordinals, one compute worker each (e.g. 0,1); CPU: one worker"},
+     "GPU ordinals, one compute worker each (e.g. 0,1), or all: every "
+     "usable GPU (up to 16; auto takes the CPU without one); CPU: one worker"},
     {"threads", OPT_U32, CFG(threads), 0, "compute threads, 0 = all cores"},
     {"isa", OPT_STR, CFGSTR(isa),
      "CPU kernel path: auto|avx512|avx2|portable (/v1/info shows it)"},
@@ -212,6 +213,11 @@ static int set_option(struct mrad_config *cfg, const struct option_def *o,
     case OPT_DEVS: {
         uint32_t n = 0;
         const char *p = val;
+        cfg->all_devices = !strcmp(val, "all");
+        if (cfg->all_devices) {
+            cfg->ndevices = 0;
+            return 0;
+        }
         while (*p) {
             char *end;
             errno = 0;

@@ -36,6 +36,7 @@ struct mrad_config {
     char backend[16];              /* "auto", "cpu", "cuda" */
     int devices[MRAD_MAX_DEVICES]; /* GPU ordinals, one worker each */
     uint32_t ndevices;
+    int all_devices;       /* --devices all: every usable GPU; devices unused */
     uint32_t threads;      /* compute threads, 0 = all cores */
     uint32_t http_threads; /* libmicrohttpd thread pool size */
     uint64_t max_queue;    /* requests waiting for a worker */

@@ -42,34 +42,68 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-/* Creates one backend per device (GPU backends) or one CPU backend. */
+/* Opens backend `name` on GPU ordinal `device` (ignored by the CPU). */
+static int open_backend(const struct mrad_config *cfg, const char *name,
+                        int device, struct attn_backend **be)
+{
+    struct attn_config ac = {0};
+    ac.threads = (int)cfg->threads;
+    /* "auto" leaves the choice to the library (MRAD_ISA, else the best
+     * this CPU runs). */
+    ac.isa = strcmp(cfg->isa, "auto") ? cfg->isa : NULL;
+    ac.device = device;
+    int rc = attn_backend_new(name, &ac, be);
+    if (rc != ATTN_OK)
+        mrad_log(rc == ATTN_ENODEV && cfg->all_devices ? MRAD_LOG_DEBUG
+                                                       : MRAD_LOG_ERROR,
+                 "backend %s on device %d: %s", name, device,
+                 attn_strerror(rc));
+    return rc;
+}
+
+/* Creates one backend per device (GPU backends) or one CPU backend: the
+ * ordinals of --devices, or device 0 when none is given.  With --devices
+ * all and a GPU backend (cuda, or auto) every ordinal up to
+ * MRAD_MAX_DEVICES is tried for a CUDA backend, skipping those that answer
+ * ATTN_ENODEV (no GPU there, or one too old), so that no single ordinal
+ * decides; without any, auto takes the CPU and cuda fails. */
 static int open_backends(const struct mrad_config *cfg,
                          struct attn_backend **be, int *devices, size_t *n)
 {
-    size_t want = cfg->ndevices ? cfg->ndevices : 1;
     *n = 0;
-    for (size_t i = 0; i < want; i++) {
-        struct attn_config ac = {0};
-        ac.threads = (int)cfg->threads;
-        /* "auto" leaves the choice to the library (MRAD_ISA, else the
-         * best this CPU runs). */
-        ac.isa = strcmp(cfg->isa, "auto") ? cfg->isa : NULL;
-        ac.device = cfg->ndevices ? cfg->devices[i] : 0;
-        int rc = attn_backend_new(cfg->backend, &ac, &be[i]);
-        if (rc != ATTN_OK) {
-            mrad_log(MRAD_LOG_ERROR, "backend %s on device %d: %s",
-                     cfg->backend, ac.device, attn_strerror(rc));
-            for (size_t j = 0; j < i; j++)
-                attn_backend_free(be[j]);
+    if (cfg->all_devices && strcmp(cfg->backend, "cpu")) {
+        for (int d = 0; d < MRAD_MAX_DEVICES; d++) {
+            int rc = open_backend(cfg, "cuda", d, &be[*n]);
+            if (rc == ATTN_ENODEV)
+                continue;
+            if (rc != ATTN_OK)
+                goto fail;
+            devices[(*n)++] = d;
+        }
+        if (*n)
+            return 0;
+        if (!strcmp(cfg->backend, "cuda")) {
+            mrad_log(MRAD_LOG_ERROR, "backend cuda: no usable GPU for "
+                                     "--devices all");
             return -1;
         }
-        devices[i] = ac.device;
-        *n = i + 1;
+    }
+    size_t want = cfg->ndevices ? cfg->ndevices : 1;
+    for (size_t i = 0; i < want; i++) {
+        int device = cfg->ndevices ? cfg->devices[i] : 0;
+        if (open_backend(cfg, cfg->backend, device, &be[*n]) != ATTN_OK)
+            goto fail;
+        devices[(*n)++] = device;
         /* The CPU backend uses every core already: one worker. */
-        if (!strcmp(attn_backend_name(be[i]), "cpu"))
+        if (!strcmp(attn_backend_name(be[*n - 1]), "cpu"))
             break;
     }
     return 0;
+fail:
+    for (size_t j = 0; j < *n; j++)
+        attn_backend_free(be[j]);
+    *n = 0;
+    return -1;
 }
 
 /* SIGHUP: reopen the log file and reload the API keys.  A key file that
