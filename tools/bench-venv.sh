@@ -18,7 +18,8 @@
 # no CPU-only build.  The wheel's libraries link against those CUDA
 # libraries, so `import torch` needs them, but not triton (the GPU kernel
 # compiler) nor cuda-bindings (Python bindings): the wheel is installed
-# without dependencies and then its declared requirements minus those two.
+# without dependencies and then its declared requirements minus those two
+# (tools/torch-requires.py, which tools/hf-venv.sh uses too).
 #
 # Exit status: 0 when the environment is ready; 1 when something could not
 # be installed (the benchmark then skips the parts that need it).
@@ -58,21 +59,7 @@ pip=($VENV/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "${PY_PKGS[@]}"
 "${pip[@]}" --no-deps "torch==$TORCH_VERSION"
 # The wheel's own requirements, without the extras, triton and cuda-bindings.
-reqs=$($VENV/bin/python - <<'EOF'
-import importlib.metadata as md
-import re
-
-for r in md.requires("torch") or []:
-    spec, _, marker = r.partition(";")
-    if "extra ==" in marker:
-        continue
-    name = re.split(r"[ <>=~!\[(]", spec.strip(), maxsplit=1)[0].lower()
-    if name in ("triton", "cuda-bindings"):
-        continue
-    print(spec.strip())
-EOF
-)
-mapfile -t reqs <<<"$reqs"
+mapfile -t reqs < <($VENV/bin/python tools/torch-requires.py)
 # pip complains that the two left out are missing; show its words only if
 # the install itself fails.
 log=$(mktemp)
