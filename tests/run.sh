@@ -26,9 +26,36 @@ done
 for t in $(find tests/integration -maxdepth 1 -name 'test-*.sh' 2>/dev/null | sort); do
     run_one "$(basename "$t")" bash "$t"
 done
-if find tests/integration clients/python/tests -name 'test_*.py' 2>/dev/null | grep -q .; then
+pyclient=clients/python/tests
+if find tests/integration $pyclient -name 'test_*.py' 2>/dev/null | grep -q .; then
     run_one pytest .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration \
-        $( [ -d clients/python/tests ] && echo clients/python/tests ) bench/cpu
+        $( [ -d $pyclient ] && echo $pyclient --ignore=$pyclient/hf \
+            --ignore=$pyclient/test_packaging.py ) bench/cpu
+fi
+
+# The Python client as its users get it: its wheel in a fresh environment,
+# its type check, and its torch tensors and transformers drop-in in the
+# environment with PyTorch that tools/hf-venv.sh prepares once per machine.
+# They check Python code, not the daemon, so a sanitizer run leaves them out.
+# Each step has a time limit (about 2 min for the first install of the
+# environment, 1 min for a cold type check and 1.5 min for the tests on 2
+# cores); MRA_CLIENT_HF_REQUIRED makes a missing package or a skipped test
+# a failure.
+if [ -z "${SANITIZE:-}" ] && [ -d $pyclient ]; then
+    run_one pytest-mra-client-wheel timeout 900 .venv/bin/python -m pytest -q \
+        -p no:cacheprovider $pyclient/test_packaging.py
+    t0=$SECONDS
+    if hfpy=$(timeout 1200 bash tools/hf-venv.sh); then
+        passed=$((passed + 1)); echo "ok   hf-venv ($((SECONDS - t0))s)"
+        run_one mypy-mra-client timeout 600 "$hfpy" -m mypy --strict \
+            --config-file clients/python/pyproject.toml \
+            --cache-dir "$(dirname "$hfpy")/../mypy-cache" clients/python/mra_client
+        run_one pytest-mra-client-hf env PYTHONPATH="$PWD/clients/python" \
+            MRA_CLIENT_HF_REQUIRED=1 timeout 900 "$hfpy" -m pytest -q -p no:cacheprovider \
+            $pyclient/hf
+    else
+        failed=$((failed + 1)); failures+=(hf-venv); echo "FAIL hf-venv ($((SECONDS - t0))s)"
+    fi
 fi
 
 echo
