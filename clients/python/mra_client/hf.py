@@ -34,7 +34,8 @@ a request of protocol/SPEC.md:
 Decoding with a key/value cache: a causal layer whose keys are its earlier
 keys followed by its new tokens' keys keeps those earlier keys in a
 resident session (protocol/SPEC.md "Sessions"), so each step sends only
-its queries and its new tokens.  The handle checks on every step that the
+its queries and its new tokens (not a layer whose is_causal is False, as
+cross-attention's: its keys do not grow).  The handle checks on every step that the
 cache still starts with what the session holds (a new prompt, a cache
 that was cropped or reordered make a new session), and keeps one session
 per layer, ended by close() (or when the service expires it).  A cache
@@ -163,17 +164,27 @@ class MradAttention:
     def name_layers(self, model: Any) -> None:
         """Names the layers of `model` by their paths in it
         ("encoder.layer.3.attention.self"), for stats and errors; without
-        this a layer is named by its class and layer_idx."""
+        this a layer is named by its class and layer_idx (layer_name)."""
         for path, module in model.named_modules():
             self._names[module] = path or type(module).__name__
 
     def layer_name(self, module: Any) -> str:
-        """The name of a layer in stats and errors."""
+        """The name of a layer in stats and errors: its path when
+        name_layers() named it, else its class and layer_idx, with "#2",
+        "#3", ... for the next layers of that name (an encoder-decoder has
+        three attention layers of one index)."""
         name = self._names.get(module)
         if name is not None:
             return name
         idx = getattr(module, "layer_idx", None)
-        return type(module).__name__ + (f"[{idx}]" if idx is not None else "")
+        base = type(module).__name__ + (f"[{idx}]" if idx is not None else "")
+        taken = set(self._names.values())
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}#{n}"
+        self._names[module] = name
+        return name
 
     def close(self) -> None:
         """Ends the sessions the layers hold (DELETE); later calls make new
@@ -303,7 +314,11 @@ class MradAttention:
         params: dict[str, ParamValue] = dict(self.params, scale=scale)
         k, v = key[:, :, :plan.n], value[:, :, :plan.n]
         p = plan.n - Nq  # tokens before the queries' own
-        stepping = self.sessions and plan.causal and p > 0
+        # A layer that says it is not causal (cross-attention) has keys
+        # that do not grow by the queries' tokens: one query's causal mask
+        # is its full one, but a session would hold nothing worth keeping.
+        stepping = (self.sessions and plan.causal and p > 0
+                    and getattr(module, "is_causal", True) is not False)
         if not stepping:
             self._in_place.discard(module)  # a new prompt: perhaps another cache
         r = self._step(module, query, k, v, plan, p, params) if stepping else None
