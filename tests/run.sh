@@ -37,10 +37,11 @@ fi
 # its type check, and its torch tensors and transformers drop-in in the
 # environment with PyTorch that tools/hf-venv.sh prepares once per machine.
 # They check Python code, not the daemon, so a sanitizer run leaves them out.
-# Each step has a time limit (about 2 min for the first install of the
-# environment, 1 min for a cold type check and 1.5 min for the tests on 2
-# cores); MRA_CLIENT_HF_REQUIRED makes a missing package or a skipped test
-# a failure.
+# Each step has a time limit, far above what it takes on 2 cores: the
+# wheel's tests about 1 min, the first install of the environment about
+# 2 min (then none), a cold type check 1.5 min (then seconds), the torch
+# and transformers tests about 1 min.  MRA_CLIENT_HF_REQUIRED makes a
+# missing package or a skipped test a failure.
 if [ -z "${SANITIZE:-}" ] && [ -d $pyclient ]; then
     run_one pytest-mra-client-wheel timeout 900 .venv/bin/python -m pytest -q \
         -p no:cacheprovider $pyclient/test_packaging.py
