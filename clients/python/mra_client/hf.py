@@ -35,13 +35,13 @@ Decoding with a key/value cache: a causal layer whose keys are its earlier
 keys followed by its new tokens' keys keeps those earlier keys in a
 resident session (protocol/SPEC.md "Sessions"), so each step sends only
 its queries and its new tokens (not a layer whose is_causal is False, as
-cross-attention's: its keys do not grow).  The handle checks on every step that the
-cache still starts with what the session holds (a new prompt, a cache
-that was cropped or reordered make a new session), and keeps one session
-per layer, ended by close() (or when the service expires it).  A cache
-updated in place (a static cache) cannot be compared with what the
-session was given: from its second step on, such a layer sends its whole
-cache each step, until the next prompt.
+cross-attention's: its keys do not grow).  The handle checks on every
+step that the cache still starts with what the session holds (a new
+prompt, a cache that was cropped or reordered make a new session), and
+keeps one session per layer, ended by close() (or when the service
+expires it).  A cache updated in place (a static cache) cannot be
+compared with what the session was given: from its second step on, such
+a layer sends its whole cache each step, until the next prompt.
 
 The service computes forward passes only: a call that needs gradients
 raises UnsupportedAttention; run the model under torch.no_grad() (generate()

@@ -29,8 +29,8 @@ DTYPES = ("f32", "f16", "bf16")
 # or a torch tensor.
 TensorLike = Union[npt.NDArray[Any], Sequence[Any], "torch.Tensor"]
 
-_LE: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2"),
-       "u8": np.dtype("u1")}
+_LE: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"),
+                                 "bf16": np.dtype("<u2"), "u8": np.dtype("u1")}
 
 
 def is_torch(x: object) -> bool:

@@ -1,13 +1,15 @@
-"""AsyncClient against a live bin/mrad: the same answers as Client, bit
-for bit, for every method and dtype; many calls in flight at once on one
-pool; sessions as async context managers; the same typed errors."""
+"""AsyncClient against a live bin/mrad: the same methods as Client, with
+the same parameters; the same answers, bit for bit, for every method and
+dtype; many calls in flight at once on one pool; sessions as async
+context managers; the same typed errors."""
 import asyncio
+import inspect
 
 import numpy as np
 import pytest
 
 from mra_client import (AsyncClient, AsyncSession, BadRequest, Client,
-                        KVNotFound, TransportError, __version__)
+                        KVNotFound, Session, TransportError, __version__)
 
 
 def problem(seed, B=1, H=4, Hkv=2, N=70, D=16):
@@ -15,6 +17,23 @@ def problem(seed, B=1, H=4, Hkv=2, N=70, D=16):
     return (rng.standard_normal((B, H, N, D)).astype(np.float32),
             rng.standard_normal((B, Hkv, N, D)).astype(np.float32),
             rng.standard_normal((B, Hkv, N, D)).astype(np.float32))
+
+
+def test_the_same_methods():
+    """Every public method of Client and Session is on AsyncClient and
+    AsyncSession with the same parameters, as a coroutine (close is
+    aclose on AsyncClient, as in httpx)."""
+    def api(cls):
+        return {name: list(inspect.signature(f).parameters.items())
+                for name, f in vars(cls).items()
+                if inspect.isfunction(f) and not name.startswith("_")}
+
+    for sync, aio in ((Client, AsyncClient), (Session, AsyncSession)):
+        want, got = api(sync), api(aio)
+        if sync is Client:
+            want["aclose"] = want.pop("close")
+        assert got == want, sync.__name__
+        assert all(inspect.iscoroutinefunction(getattr(aio, name)) for name in got)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
