@@ -44,7 +44,14 @@ struct attn_backend_i {
     int (*kv_append)(void *ctx, struct attn_kv *kv,
                      const struct attn_kv_tokens *t);
     void (*kv_free)(void *ctx, struct attn_kv *kv);
+    /* Nonzero when the backend computes the accuracy controls
+     * (attn_problem_accuracy()): for such a problem backend.c hands it
+     * p->head_stats (its own array when the caller gave none) and the
+     * backend writes every head's entry; other problems get ATTN_ENOTSUP.
+     * Statistics of the other problems come from the problem alone. */
+    int accuracy;
 };
+
 
 /* A store of keys and values (attn.h): the part every backend shares. */
 struct attn_kv {

@@ -126,9 +126,32 @@ struct attn_problem {
         const uint8_t *mask; /* [B, n], NULL: every token real */
         uint32_t n;
     } append;
+    /*
+     * Accuracy controls (attention/README.md, "Accuracy controls"); all 0
+     * by default, ignored by exact but for the estimate (0).
+     *   min_blocks_per_row: every block row with real queries gets at
+     *     least this many of its visible pairs with real keys (those of
+     *     largest score), counted in the budget first.
+     *   error_samples: exact attention for this many query rows per head
+     *     (at most ATTN_MAX_ERROR_SAMPLES), spread over the rows MRA does
+     *     not compute exactly, gives est_rel_err in the statistics.
+     *   target_error: > 0: each head takes the smallest budget of a fixed
+     *     ladder whose error estimated on the sampled rows (error_samples,
+     *     else ATTN_DEFAULT_ERROR_SAMPLES of them) is at most
+     *     ATTN_TARGET_MARGIN * target_error; num_blocks or block_per_row,
+     *     when set, cap the ladder, else it ends at every visible pair.
+     */
+    uint32_t min_blocks_per_row;
+    uint32_t error_samples;
+    float target_error;
+    /* Optional: per-head statistics out, [B * H] in (b, h) order. */
+    struct attn_head_stats *head_stats;
 };
 
 #define ATTN_DEFAULT_BLOCK_PER_ROW 8
+#define ATTN_MAX_ERROR_SAMPLES 256
+#define ATTN_DEFAULT_ERROR_SAMPLES 32
+#define ATTN_TARGET_MARGIN 0.7
 
 /* Per-problem statistics, summed over batch entries and query heads. */
 struct attn_stats {
@@ -136,6 +159,24 @@ struct attn_stats {
                                  the pairs not hidden, for exact */
     uint64_t blocks_total;    /* pairs not hidden by causality, summed */
     double density;           /* blocks_selected / blocks_total */
+    /* The relative Frobenius error estimated on the sampled rows of every
+     * head, sqrt(sum err_num / sum err_den) over the heads; -1 when the
+     * problem asked for no estimate (error_samples and target_error 0). */
+    double est_rel_err;
+};
+
+/* The statistics of one query head. */
+struct attn_head_stats {
+    uint64_t budget;          /* k, the pairs picked by score (row
+                                 minimum included, partial pairs not) */
+    uint64_t blocks_selected; /* k plus the causal partial pairs */
+    uint64_t blocks_total;    /* pairs not hidden */
+    double density;           /* blocks_selected / blocks_total */
+    double est_rel_err;       /* sqrt(err_num / err_den); -1: none */
+    /* The estimate's sums: the squared error on the sampled rows scaled to
+     * the rows they stand for, and the squared norm of the exact output
+     * (sampled rows likewise, the rows MRA computes exactly as they are). */
+    double err_num, err_den;
 };
 
 /* Checks the shape, pointers and parameters of a problem.  Returns ATTN_OK
@@ -172,6 +213,24 @@ int64_t attn_grid_diag_shift(const struct attn_grid *g);
  * block_per_row * nbq (default 8 per row), capped at the visible pairs
  * (all nbq * nbk without causality).  Causal partial pairs come on top. */
 uint64_t attn_budget(const struct attn_problem *p);
+/* The largest budget a head may take: attn_budget(), or with target_error
+ * and neither num_blocks nor block_per_row set, every visible pair. */
+uint64_t attn_budget_max(const struct attn_problem *p);
+/* Query rows sampled per head for the error estimate: error_samples, or
+ * ATTN_DEFAULT_ERROR_SAMPLES with target_error alone; 0 for exact. */
+uint32_t attn_error_samples(const struct attn_problem *p);
+/* The step of target_error's ladder of budgets, in blocks per row:
+ * b + max(1, floor(b/4)) (1, 2, 3, ..., 8, 10, 12, 15, 18, 22, ...). */
+uint64_t attn_ladder_next(uint64_t b);
+/* Nonzero when problem p uses an accuracy control that makes its budget or
+ * its statistics depend on the data (MRA with min_blocks_per_row,
+ * error_samples or target_error; exact with error_samples or
+ * target_error, whose estimate is 0). */
+int attn_problem_accuracy(const struct attn_problem *p);
+/* Nonzero when the built-in backend of this name ("cpu", "cuda")
+ * computes the accuracy controls; the others fail such problems with
+ * ATTN_ENOTSUP. */
+int attn_backend_accuracy(const char *backend);
 /* Resolved logit scale: p->scale, or 1/sqrt(D) when it is 0. */
 float attn_scale(const struct attn_problem *p);
 /* FLOP count of a problem as the spec counts it (all heads, all entries):

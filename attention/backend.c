@@ -6,6 +6,7 @@
  * it (a bad problem fails alone with ATTN_EINVAL), the per-problem
  * statistics, and test-only fault injection.  Backends only compute.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -145,21 +146,64 @@ static int take_fault(struct attn_backend *be)
     return 0;
 }
 
+int attn_problem_accuracy(const struct attn_problem *p)
+{
+    if (p->error_samples || p->target_error > 0.0f)
+        return 1;
+    return p->method != ATTN_EXACT && p->min_blocks_per_row > 0;
+}
+
+int attn_backend_accuracy(const char *backend)
+{
+    return backend && !strcmp(backend, "cpu");
+}
+
 /* The statistics of the spec, from the problem alone: every head computes
  * its k = attn_budget() blocks plus the causal partial pairs (every pair
- * not hidden for exact), out of the pairs not hidden. */
+ * not hidden for exact), out of the pairs not hidden.  Per head too, when
+ * the caller asked. */
 static void fill_stats(const struct attn_problem *p, struct attn_stats *st)
 {
     struct attn_grid g;
     attn_grid_init(&g, p);
     uint64_t heads = (uint64_t)p->B * p->H;
-    st->blocks_total = heads * (g.visible + g.partial);
-    st->blocks_selected = p->method == ATTN_EXACT
-                              ? st->blocks_total
-                              : heads * (attn_budget(p) + g.partial);
+    uint64_t total = g.visible + g.partial;
+    uint64_t k = p->method == ATTN_EXACT ? g.visible : attn_budget(p);
+    st->blocks_total = heads * total;
+    st->blocks_selected = heads * (k + g.partial);
     st->density = st->blocks_total
                       ? (double)st->blocks_selected / (double)st->blocks_total
                       : 0.0;
+    st->est_rel_err = -1.0;
+    for (uint64_t h = 0; p->head_stats && h < heads; h++)
+        p->head_stats[h] = (struct attn_head_stats){
+            .budget = k,
+            .blocks_selected = k + g.partial,
+            .blocks_total = total,
+            .density = total ? (double)(k + g.partial) / (double)total : 0.0,
+            .est_rel_err = -1.0,
+        };
+}
+
+/* The statistics of a problem whose backend wrote its heads'. */
+static void sum_heads(const struct attn_problem *p, struct attn_stats *st)
+{
+    uint64_t heads = (uint64_t)p->B * p->H;
+    double num = 0.0, den = 0.0;
+    int estimated = 0;
+    *st = (struct attn_stats){0};
+    for (uint64_t h = 0; h < heads; h++) {
+        const struct attn_head_stats *hs = &p->head_stats[h];
+        st->blocks_selected += hs->blocks_selected;
+        st->blocks_total += hs->blocks_total;
+        num += hs->err_num;
+        den += hs->err_den;
+        estimated |= hs->est_rel_err >= 0.0;
+    }
+    st->density = st->blocks_total
+                      ? (double)st->blocks_selected / (double)st->blocks_total
+                      : 0.0;
+    st->est_rel_err = !estimated ? -1.0 : den > 0.0 ? sqrt(num / den) : 0.0;
 }
 
 /* Computes the m problems ok[] (indices where[] of the batch) as one call
@@ -174,8 +218,15 @@ static int run(struct attn_backend *be, const struct attn_problem **ok,
     for (size_t j = 0; j < m; j++) {
         size_t i = where[j];
         errs[i] = rc != ATTN_OK ? rc : berr[j];
-        if (stats && errs[i] == ATTN_OK)
-            fill_stats(ok[j], &stats[i]);
+        if (errs[i] != ATTN_OK)
+            continue;
+        struct attn_stats st;
+        if (attn_problem_accuracy(ok[j]))
+            sum_heads(ok[j], &st);
+        else
+            fill_stats(ok[j], &st);
+        if (stats)
+            stats[i] = st;
     }
     return rc;
 }
@@ -217,6 +268,12 @@ int attn_backend_compute_batch(struct attn_backend *be,
     /* Problems on a store with Nk = 0, as computed: with the store's count
      * after their append (allocated at the first). */
     struct attn_problem *sized = NULL;
+    /* Problems with accuracy controls and no head_stats of the caller's:
+     * a copy pointing at an array of ours. */
+    struct copy {
+        struct attn_problem p;
+        struct attn_head_stats *heads;
+    } *copies = NULL;
     for (size_t i = 0; i < n && rc == ATTN_OK; i++) {
         const struct attn_problem *p = probs[i];
         if (p && p->kv && p->Nk == 0) {
@@ -233,6 +290,28 @@ int attn_backend_compute_batch(struct attn_backend *be,
             (p->kv && p->kv->be != be)) {
             errs[i] = ATTN_EINVAL;
             continue;
+        }
+        if (attn_problem_accuracy(p)) {
+            if (!be->iface->accuracy) {
+                errs[i] = ATTN_ENOTSUP;
+                continue;
+            }
+            if (!p->head_stats) {
+                /* the backend writes every head's statistics somewhere */
+                if (!copies && !(copies = calloc(n, sizeof *copies))) {
+                    errs[i] = ATTN_ENOMEM;
+                    continue;
+                }
+                copies[i].p = *p;
+                copies[i].heads =
+                    calloc((size_t)p->B * p->H, sizeof *copies[i].heads);
+                if (!copies[i].heads) {
+                    errs[i] = ATTN_ENOMEM;
+                    continue;
+                }
+                copies[i].p.head_stats = copies[i].heads;
+                p = &copies[i].p;
+            }
         }
         if (p->kv && p->append.n) {
             int reads = 0;
@@ -262,7 +341,9 @@ int attn_backend_compute_batch(struct attn_backend *be,
     }
     if (rc == ATTN_OK)
         rc = run(be, ok, where, berr, m, stats, errs);
-    free(ok), free(where), free(berr), free(sized);
+    for (size_t i = 0; copies && i < n; i++)
+        free(copies[i].heads);
+    free(ok), free(where), free(berr), free(sized), free(copies);
     /* A batch where nothing was valid still "ran": errs says why. */
     return rc;
 }

@@ -73,6 +73,53 @@ void attn_select_keys_row_at(const float *L_row, float r, const float *cnt,
 void attn_select_topk(const uint64_t *key, size_t n, size_t k, uint8_t *sel,
                       uint32_t *scratch);
 
+/*
+ * The row minimum of block row I (min_blocks_per_row = m): among the pairs
+ * J < vis with a real key block (cnt[J] > 0), marks forced[J] = 1 for the
+ * min(m, their number) of largest key (ties to the smaller J) and returns
+ * how many; the caller calls it only for rows with real queries.  forced
+ * must be zero on entry.  `scratch` holds vis uint32_t.  Pure.
+ */
+uint32_t attn_row_minimum(const uint64_t *key, const float *cnt, uint32_t vis,
+                          uint32_t m, uint8_t *forced, uint32_t *scratch);
+
+/*
+ * The selection of a head with a row minimum: sel = forced plus the
+ * (k - nforced) pairs of largest key among the others (none when nforced
+ * >= k).  Sets the keys of the forced pairs to ATTN_SELECT_KEY_NONE (they
+ * stay so: a caller that selects again with another k passes the same
+ * forced and keys).  k must not exceed the pairs with a key above
+ * ATTN_SELECT_KEY_NONE plus nforced; forced may be NULL when nforced is 0.
+ */
+void attn_select_with_minimum(uint64_t *key, const uint8_t *forced, size_t n,
+                              uint64_t nforced, uint64_t k, uint8_t *sel,
+                              uint32_t *scratch);
+
+/*
+ * The rows sampled for the error estimate: of the u rows U that MRA does
+ * not compute exactly (ascending), sample t < m = min(n, u) is U[
+ * attn_spread_index(t, u, m)] = U[floor((2t+1) u / 2m)], evenly spread
+ * over U.
+ */
+static inline uint32_t attn_spread_index(uint32_t t, uint32_t u, uint32_t m)
+{
+    return (uint32_t)(((2ull * t + 1) * u) / (2ull * m));
+}
+
+/*
+ * One term group of a row's softmax, as the estimate merges them: a
+ * maximum logit mx, the sum l of exp(logit - mx) and the sum acc of
+ * exp(logit - mx) * value (D floats, given apart).  A low-resolution term
+ * is (L_IJ + ln c_J, 1, vh_J); an empty group has l = 0.
+ */
+struct attn_part {
+    float mx, l;
+};
+/* Merges group (mx, l, acc) into the running (*M, *Lsum, out[D]) of a
+ * row (start from M = -inf, Lsum = 0, out = 0). */
+void attn_part_merge(float *M, float *Lsum, float *out, float mx, float l,
+                     const float *acc, uint32_t D);
+
 #ifdef __cplusplus
 }
 #endif

@@ -116,6 +116,12 @@ int attn_problem_check(const struct attn_problem *p, char *msg, size_t msglen)
                     es);
     if (!isfinite(p->scale) || p->scale < 0.0f)
         return fail(msg, msglen, "scale must be finite and >= 0 (0 = default)");
+    if (p->error_samples > ATTN_MAX_ERROR_SAMPLES)
+        return fail(msg, msglen, "error_samples %u exceeds %d",
+                    (unsigned)p->error_samples, ATTN_MAX_ERROR_SAMPLES);
+    if (!isfinite(p->target_error) || p->target_error < 0.0f)
+        return fail(msg, msglen,
+                    "target_error must be finite and >= 0 (0 = none)");
     /* The budget: block_per_row * nbq and num_blocks are capped at the
      * visible pairs, so any value is meaningful; what must hold is that
      * nbq*nbk fits the 64-bit counters (nb < 2^27 always does) and that a
@@ -164,6 +170,42 @@ uint64_t attn_budget(const struct attn_problem *p)
     return k < g.visible ? k : g.visible;
 }
 
+uint64_t attn_budget_max(const struct attn_problem *p)
+{
+    if (p->target_error > 0.0f && !p->num_blocks && !p->block_per_row) {
+        struct attn_grid g;
+        attn_grid_init(&g, p);
+        return g.visible;
+    }
+    return attn_budget(p);
+}
+
+/* The most pairs a head selects by score: the budget, or the row minimum
+ * when that is more (at most min_blocks_per_row per block row). */
+static double max_selected(const struct attn_problem *p,
+                           const struct attn_grid *g)
+{
+    double k = (double)attn_budget_max(p);
+    double rows = (double)p->min_blocks_per_row * (double)g->nbq;
+    if (rows > (double)g->visible)
+        rows = (double)g->visible;
+    return rows > k ? rows : k;
+}
+
+uint32_t attn_error_samples(const struct attn_problem *p)
+{
+    if (p->method == ATTN_EXACT)
+        return 0;
+    if (p->error_samples)
+        return p->error_samples;
+    return p->target_error > 0.0f ? ATTN_DEFAULT_ERROR_SAMPLES : 0;
+}
+
+uint64_t attn_ladder_next(uint64_t b)
+{
+    return b + (b / 4 > 1 ? b / 4 : 1);
+}
+
 float attn_scale(const struct attn_problem *p)
 {
     if (p->scale != 0.0f)
@@ -197,9 +239,11 @@ double attn_flops(const struct attn_problem *p)
     double b2 = (double)ATTN_BLOCK * ATTN_BLOCK;
     if (p->method == ATTN_EXACT)
         return heads * 4.0 * exact_pairs(p) * D;
-    double hi = (double)attn_budget(p) + (double)g.partial;
-    return heads *
-           (4.0 * hi * b2 * D + 2.0 * (double)g.nbq * (double)g.nbk * D);
+    double hi = max_selected(p, &g) + (double)g.partial;
+    /* the sampled rows against every key */
+    double rows = (double)attn_error_samples(p) * (double)p->Nk;
+    return heads * (4.0 * hi * b2 * D + 2.0 * (double)g.nbq * (double)g.nbk * D +
+                    4.0 * rows * D);
 }
 
 double attn_cost(const struct attn_problem *p)
@@ -211,7 +255,15 @@ double attn_cost(const struct attn_problem *p)
     double per_logit = 4.0 * p->D + ATTN_COST_PER_LOGIT;
     if (p->method == ATTN_EXACT)
         return heads * exact_pairs(p) * per_logit;
-    double hi = (double)attn_budget(p) + (double)g.partial;
+    double hi = max_selected(p, &g) + (double)g.partial;
+    double n = (double)attn_error_samples(p);
+    /* target_error: each step of the ladder merges the sampled rows'
+     * block terms once (about 2*log(nbk)/log(1.25) + 8 steps) */
+    double steps = p->target_error > 0.0f
+                       ? 8.0 + 2.0 * log((double)g.nbk + 1.0) / log(1.25)
+                       : 0.0;
     return heads * (hi * b2 * per_logit +
-                    (double)g.nbq * (double)g.nbk * (3.0 * p->D + 16.0));
+                    (double)g.nbq * (double)g.nbk * (3.0 * p->D + 16.0) +
+                    n * (double)p->Nk * per_logit +
+                    steps * n * (double)g.nbk * (2.0 * p->D + 16.0));
 }

@@ -186,7 +186,7 @@ int main(int argc, char **argv)
             /* the first step appends the context's last token; later ones
              * append it again, as decoding appends a token a step */
             sp.append = (struct attn_kv_tokens){tk, tv, NULL, 1};
-            struct proto_encode_opts o = {NULL, 0, info.kv, 1};
+            struct proto_encode_opts o = {.kv = info.kv, .kv_in_path = 1};
             char *sbody;
             if (proto_request_encode_opts(&sp, PROTO_MSGPACK, &o, &sbody,
                                           &step_bytes) != PROTO_OK)

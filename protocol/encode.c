@@ -227,7 +227,9 @@ static void encode_answer_msgpack(struct pbuf *b,
         mp_str(&pk, req->id);
     }
     mp_str(&pk, "stats");
-    msgpack_pack_map(&pk, 8);
+    int est = st->attn.est_rel_err >= 0.0;
+    int heads = req->per_head_stats && req->heads;
+    msgpack_pack_map(&pk, 8 + est + heads);
     mp_str(&pk, "method");
     mp_str(&pk, method ? method : "");
     mp_str(&pk, "backend");
@@ -244,6 +246,54 @@ static void encode_answer_msgpack(struct pbuf *b,
     msgpack_pack_uint64(&pk, st->compute_us);
     mp_str(&pk, "batch_requests");
     msgpack_pack_uint32(&pk, st->batch_requests);
+    if (est) {
+        mp_str(&pk, "est_rel_err");
+        msgpack_pack_double(&pk, st->attn.est_rel_err);
+    }
+    if (heads) {
+        size_t n = (size_t)p->B * p->H;
+        mp_str(&pk, "heads");
+        msgpack_pack_array(&pk, n);
+        for (size_t h = 0; h < n; h++) {
+            const struct attn_head_stats *hs = &req->heads[h];
+            int he = hs->est_rel_err >= 0.0;
+            msgpack_pack_map(&pk, 4 + he);
+            mp_str(&pk, "budget");
+            msgpack_pack_uint64(&pk, hs->budget);
+            mp_str(&pk, "blocks_selected");
+            msgpack_pack_uint64(&pk, hs->blocks_selected);
+            mp_str(&pk, "blocks_total");
+            msgpack_pack_uint64(&pk, hs->blocks_total);
+            mp_str(&pk, "density");
+            msgpack_pack_double(&pk, hs->density);
+            if (he) {
+                mp_str(&pk, "est_rel_err");
+                msgpack_pack_double(&pk, hs->est_rel_err);
+            }
+        }
+    }
+}
+
+void proto_heads_json(struct pbuf *b, const struct attn_head_stats *heads,
+                      size_t n)
+{
+    pbuf_puts(b, "[");
+    for (size_t h = 0; h < n; h++) {
+        const struct attn_head_stats *hs = &heads[h];
+        pbuf_printf(b,
+                    "%s{\"budget\":%llu,\"blocks_selected\":%llu,"
+                    "\"blocks_total\":%llu,\"density\":",
+                    h ? "," : "", (unsigned long long)hs->budget,
+                    (unsigned long long)hs->blocks_selected,
+                    (unsigned long long)hs->blocks_total);
+        pbuf_json_double(b, hs->density);
+        if (hs->est_rel_err >= 0.0) {
+            pbuf_puts(b, ",\"est_rel_err\":");
+            pbuf_json_double(b, hs->est_rel_err);
+        }
+        pbuf_puts(b, "}");
+    }
+    pbuf_puts(b, "]");
 }
 
 int proto_response_encode_split(const struct proto_request *req,
@@ -307,10 +357,19 @@ int proto_response_encode(const struct proto_request *req,
     pbuf_json_double(&b, st->attn.density);
     pbuf_printf(&b,
                 ",\"queue_us\":%llu,\"compute_us\":%llu,"
-                "\"batch_requests\":%u}}",
+                "\"batch_requests\":%u",
                 (unsigned long long)st->queue_us,
                 (unsigned long long)st->compute_us,
                 (unsigned)st->batch_requests);
+    if (st->attn.est_rel_err >= 0.0) {
+        pbuf_puts(&b, ",\"est_rel_err\":");
+        pbuf_json_double(&b, st->attn.est_rel_err);
+    }
+    if (req->per_head_stats && req->heads) {
+        pbuf_puts(&b, ",\"heads\":");
+        proto_heads_json(&b, req->heads, (size_t)p->B * p->H);
+    }
+    pbuf_puts(&b, "}}");
     return finish(&b, 0, buf, len);
 }
 
@@ -374,7 +433,7 @@ int proto_request_encode(const struct attn_problem *p, enum proto_format fmt,
                          const char *id, uint64_t timeout_ms, char **buf,
                          size_t *len)
 {
-    struct proto_encode_opts o = {id, timeout_ms, NULL, 0};
+    struct proto_encode_opts o = {.id = id, .timeout_ms = timeout_ms};
     return proto_request_encode_opts(p, fmt, &o, buf, len);
 }
 
@@ -433,10 +492,13 @@ int proto_request_encode_opts(const struct attn_problem *p,
         {"prior_first", p->prior_first},
         {"prior_diagonal", p->prior_diagonal},
         {"timeout_ms", o->timeout_ms},
+        {"min_blocks_per_row", p->min_blocks_per_row},
+        {"error_samples", p->error_samples},
     };
     size_t nparams = sizeof params / sizeof params[0];
     const int put_kv = kv && !o->kv_in_path;
     size_t nkeys = nt + 1 + (p->causal != 0) + (p->scale != 0) +
+                   (p->target_error != 0) + (o->per_head_stats != 0) +
                    (o->id != NULL) + (size_t)put_kv;
     for (size_t i = 0; i < nparams; i++)
         nkeys += params[i].value != 0;
@@ -467,6 +529,14 @@ int proto_request_encode_opts(const struct attn_problem *p,
             mp_str(&pk, "scale");
             msgpack_pack_float(&pk, p->scale);
         }
+        if (p->target_error != 0) {
+            mp_str(&pk, "target_error");
+            msgpack_pack_float(&pk, p->target_error);
+        }
+        if (o->per_head_stats) {
+            mp_str(&pk, "per_head_stats");
+            msgpack_pack_true(&pk);
+        }
         if (o->id != NULL) {
             mp_str(&pk, "id");
             mp_str(&pk, o->id);
@@ -491,6 +561,12 @@ int proto_request_encode_opts(const struct attn_problem *p,
         pbuf_puts(&b, ",\"scale\":");
         pbuf_json_float(&b, p->scale);
     }
+    if (p->target_error != 0) {
+        pbuf_puts(&b, ",\"target_error\":");
+        pbuf_json_float(&b, p->target_error);
+    }
+    if (o->per_head_stats)
+        pbuf_puts(&b, ",\"per_head_stats\":true");
     if (o->id != NULL) {
         pbuf_puts(&b, ",\"id\":");
         pbuf_json_str(&b, o->id, strlen(o->id));

@@ -114,6 +114,12 @@ void pbuf_json_float(struct pbuf *b, float f);
 /* Appends a double with 17 significant digits, or null if not finite. */
 void pbuf_json_double(struct pbuf *b, double d);
 
+/* Appends the per-head statistics of an answer as a JSON array of
+ * {"budget", "blocks_selected", "blocks_total", "density"[,
+ * "est_rel_err"]} objects (protocol/encode.c). */
+void proto_heads_json(struct pbuf *b, const struct attn_head_stats *heads,
+                      size_t n);
+
 /* msgpack_packer write callback appending to a struct pbuf. */
 int pbuf_msgpack_write(void *data, const char *buf, size_t len);
 

@@ -90,6 +90,10 @@ struct proto_request {
      * (attn_problem_check). */
     char kv[PROTO_KV_ID_MAX + 1];
     int has_kv;
+    /* per_head_stats: the answer lists every head's statistics, which
+     * the backend writes into heads[B*H] (prob.head_stats points there). */
+    int per_head_stats;
+    struct attn_head_stats *heads;
     void *owned[9]; /* internal: buffers to free */
     /* internal: where prob.out came from (zeroed: malloc) */
     struct proto_out_alloc out_alloc;
@@ -215,6 +219,10 @@ struct proto_encode_opts {
      * keys. */
     const char *kv;
     int kv_in_path;
+    /* per_head_stats: true, so the answer lists every head's statistics
+     * (proto_response.heads).  The problem's min_blocks_per_row,
+     * error_samples and target_error are written when set. */
+    int per_head_stats;
 };
 
 /* proto_request_encode() with options. */
@@ -290,7 +298,11 @@ struct proto_response {
     int has_id;
     char method[16];
     char backend[16];
-    struct proto_stats stats; /* stats.backend points at `backend` */
+    struct proto_stats stats; /* stats.backend points at `backend`;
+                                 stats.attn.est_rel_err is -1 when the
+                                 answer has none */
+    struct attn_head_stats *heads; /* stats.heads (owned), or NULL */
+    size_t nheads;
     void *owned;
 };
 

@@ -39,6 +39,10 @@ enum rkey {
     K_SCALE,
     K_TIMEOUT_MS,
     K_ID,
+    K_MIN_BLOCKS_PER_ROW,
+    K_ERROR_SAMPLES,
+    K_TARGET_ERROR,
+    K_PER_HEAD_STATS,
     K_COUNT
 };
 
@@ -61,6 +65,10 @@ static const char *const rkey_names[K_COUNT] = {
     "scale",
     "timeout_ms",
     "id",
+    "min_blocks_per_row",
+    "error_samples",
+    "target_error",
+    "per_head_stats",
 };
 
 /* The tensors of a request, in the order of their keys, and where their
@@ -481,7 +489,8 @@ static int parse_scalars(const msgpack_object *const *f,
     } ints[] = {
         {K_BLOCK_PER_ROW, 1, UINT32_MAX}, {K_NUM_BLOCKS, 1, INT64_MAX},
         {K_PRIOR_FIRST, 0, UINT32_MAX},   {K_PRIOR_DIAGONAL, 0, UINT32_MAX},
-        {K_TIMEOUT_MS, 1, INT64_MAX},
+        {K_TIMEOUT_MS, 1, INT64_MAX},     {K_MIN_BLOCKS_PER_ROW, 0, UINT32_MAX},
+        {K_ERROR_SAMPLES, 0, ATTN_MAX_ERROR_SAMPLES},
     };
     uint64_t iv[K_COUNT] = {0}; /* 0 when absent, as req was zeroed */
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -498,6 +507,30 @@ static int parse_scalars(const msgpack_object *const *f,
     p->prior_first = (uint32_t)iv[K_PRIOR_FIRST];
     p->prior_diagonal = (uint32_t)iv[K_PRIOR_DIAGONAL];
     req->timeout_ms = iv[K_TIMEOUT_MS];
+    p->min_blocks_per_row = (uint32_t)iv[K_MIN_BLOCKS_PER_ROW];
+    p->error_samples = (uint32_t)iv[K_ERROR_SAMPLES];
+    if (f[K_TARGET_ERROR] != NULL) {
+        const msgpack_object *t = f[K_TARGET_ERROR];
+        double d;
+        if (proto_get_number(t, &d) != 0)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "target_error: must be a number (got %s)",
+                        proto_type_name(t));
+        if (!isfinite(d) || !(d > 0) || d > FLT_MAX || (float)d <= 0.0f)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "target_error: must be a finite number > 0 (got %g)",
+                        d);
+        p->target_error = (float)d;
+    }
+    if (f[K_PER_HEAD_STATS] != NULL) {
+        const msgpack_object *c = f[K_PER_HEAD_STATS];
+        if (c->type != MSGPACK_OBJECT_BOOLEAN)
+            return perr(err, errlen, PROTO_EBADREQ,
+                        "per_head_stats: must be a boolean, true or false "
+                        "(got %s)",
+                        proto_type_name(c));
+        req->per_head_stats = c->via.boolean ? 1 : 0;
+    }
     if (f[K_SCALE] != NULL) {
         const msgpack_object *s = f[K_SCALE];
         double d;
@@ -849,6 +882,14 @@ static int decode_fields(const msgpack_object *const *f, struct tview *t,
         rc = parse_scalars(f, req, err, errlen);
     if (rc == PROTO_OK)
         rc = build_problem(t, have, lim, req, err, errlen);
+    if (rc == PROTO_OK && req->per_head_stats) {
+        /* the backend writes each head's statistics here */
+        req->heads = calloc((size_t)req->prob.B * req->prob.H,
+                            sizeof *req->heads);
+        if (req->heads == NULL)
+            rc = perr(err, errlen, PROTO_ENOMEM, "out of memory");
+        req->prob.head_stats = req->heads;
+    }
     /* A session's problem is finished (and checked) by the caller. */
     if (rc == PROTO_OK && !req->has_kv) {
         /* The attention library's own check of the finished problem. */
@@ -1058,4 +1099,7 @@ void proto_request_release(struct proto_request *req)
         free(req->owned[i]);
         req->owned[i] = NULL;
     }
+    free(req->heads);
+    req->heads = NULL;
+    req->prob.head_stats = NULL;
 }

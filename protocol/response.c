@@ -156,6 +156,44 @@ static int get_out(const msgpack_object *o, struct proto_response *r, char *err,
     return PROTO_OK;
 }
 
+/* stats.heads: an array of per-head statistics. */
+static int get_heads(const msgpack_object *a, struct proto_response *r,
+                     char *err, size_t errlen)
+{
+    if (a->type != MSGPACK_OBJECT_ARRAY)
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "stats.heads: must be an array (got %s)",
+                    proto_type_name(a));
+    size_t n = a->via.array.size;
+    r->heads = calloc(n ? n : 1, sizeof *r->heads);
+    if (r->heads == NULL)
+        return perr(err, errlen, PROTO_ENOMEM, "stats.heads: out of memory");
+    r->nheads = n;
+    for (size_t h = 0; h < n; h++) {
+        const msgpack_object *m = &a->via.array.ptr[h];
+        struct attn_head_stats *hs = &r->heads[h];
+        int rc = m->type == MSGPACK_OBJECT_MAP
+                     ? PROTO_OK
+                     : perr(err, errlen, PROTO_EBADREQ,
+                            "stats.heads[%zu]: must be a map", h);
+        if (rc == PROTO_OK)
+            rc = get_u64(m, "budget", &hs->budget, err, errlen);
+        if (rc == PROTO_OK)
+            rc = get_u64(m, "blocks_selected", &hs->blocks_selected, err,
+                         errlen);
+        if (rc == PROTO_OK)
+            rc = get_u64(m, "blocks_total", &hs->blocks_total, err, errlen);
+        if (rc == PROTO_OK)
+            rc = get_number(m, "density", &hs->density, err, errlen);
+        hs->est_rel_err = -1.0;
+        if (rc == PROTO_OK && lookup(m, "est_rel_err") != NULL)
+            rc = get_number(m, "est_rel_err", &hs->est_rel_err, err, errlen);
+        if (rc != PROTO_OK)
+            return rc;
+    }
+    return PROTO_OK;
+}
+
 int proto_response_decode(const void *body, size_t len, enum proto_format fmt,
                           struct proto_response *resp, char *err, size_t errlen)
 {
@@ -207,6 +245,11 @@ int proto_response_decode(const void *body, size_t len, enum proto_format fmt,
     if (rc == PROTO_OK && batch > UINT32_MAX)
         rc = perr(err, errlen, PROTO_EBADREQ,
                   "stats.batch_requests: out of range");
+    s->attn.est_rel_err = -1.0;
+    if (rc == PROTO_OK && lookup(st, "est_rel_err") != NULL)
+        rc = get_number(st, "est_rel_err", &s->attn.est_rel_err, err, errlen);
+    if (rc == PROTO_OK && lookup(st, "heads") != NULL)
+        rc = get_heads(lookup(st, "heads"), resp, err, errlen);
     if (rc == PROTO_OK)
         rc = get_out(lookup(&root, "out"), resp, err, errlen);
     msgpack_zone_free(zone);
@@ -227,6 +270,9 @@ void proto_response_release(struct proto_response *resp)
     free(resp->owned);
     resp->owned = NULL;
     resp->out = NULL;
+    free(resp->heads);
+    resp->heads = NULL;
+    resp->nheads = 0;
 }
 
 int proto_error_parse(const void *body, size_t len, char *code, size_t codelen,

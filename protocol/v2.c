@@ -425,7 +425,7 @@ static void shm_out_release(void *buf, void *ctx)
 
 /* The request's parameters: the /v1 scalar keys, binary_data_output and
  * Triton's timeout in microseconds (made milliseconds). */
-#define MAX_FIELDS 12
+#define MAX_FIELDS 16
 
 static int parse_params(struct v2dec *d, const msgpack_object *params,
                         struct proto_field *fields, size_t *nfields,
@@ -433,8 +433,10 @@ static int parse_params(struct v2dec *d, const msgpack_object *params,
                         struct proto_v2_request *r)
 {
     static const char *const v1keys[] = {
-        "block_per_row", "num_blocks", "prior_first", "prior_diagonal",
-        "scale",         "causal",     "timeout_ms",  "kv"};
+        "block_per_row",  "num_blocks",         "prior_first",
+        "prior_diagonal", "scale",              "causal",
+        "timeout_ms",     "kv",                 "min_blocks_per_row",
+        "error_samples",  "target_error",       "per_head_stats"};
     char *err = d->err;
     size_t errlen = d->errlen;
     if (params->type != MSGPACK_OBJECT_MAP)
@@ -613,8 +615,22 @@ int proto_v2_response_encode(const struct proto_v2_request *r,
     pbuf_json_double(&b, st->attn.density);
     pbuf_printf(&b,
                 ",\"queue_us\":%" PRIu64 ",\"compute_us\":%" PRIu64
-                ",\"batch_requests\":%u}",
+                ",\"batch_requests\":%u",
                 st->queue_us, st->compute_us, (unsigned)st->batch_requests);
+    if (st->attn.est_rel_err >= 0.0) {
+        pbuf_puts(&b, ",\"est_rel_err\":");
+        pbuf_json_double(&b, st->attn.est_rel_err);
+    }
+    if (r->req.per_head_stats && r->req.heads) {
+        /* a parameter's value is a scalar: the array as a JSON string */
+        struct pbuf h = {0};
+        proto_heads_json(&h, r->req.heads, (size_t)p->B * p->H);
+        pbuf_puts(&b, ",\"heads\":");
+        pbuf_json_str(&b, h.data ? h.data : "", h.len);
+        b.failed |= h.failed;
+        free(h.data);
+    }
+    pbuf_puts(&b, "}");
     size_t elems = (size_t)p->B * p->H * p->Nq * p->D;
     size_t bytes = elems * attn_dtype_size(p->dtype);
     pbuf_printf(&b,

@@ -247,6 +247,15 @@ int mrad_call_admit(struct mrad_req *r, struct mrad_call *c,
     struct mrad_server *srv = c->srv;
     struct mrad_job *job = &c->job;
     mrad_req_set_method(r, attn_method_name(p->method));
+    if (attn_problem_accuracy(p) && !attn_backend_accuracy(srv->info.backend)) {
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "error_samples, target_error and min_blocks_per_row are "
+                 "computed by the cpu backend; this server runs %s",
+                 srv->info.backend);
+        mrad_req_error(r, MRAD_SRC_SERVER, MRAD_ENOTIMPL, msg);
+        return -1;
+    }
     double cost = attn_cost(p);
     if (cost > (double)srv->max_problem_flops) {
         char msg[256];

@@ -117,6 +117,17 @@ static struct histogram h_batch = {"mrad_batch_requests",
 /* Block density by method: mra2 and mra2_sparse (exact computes every
  * block). */
 static const char *const density_methods[] = {"mra2", "mra2_sparse"};
+/* The error estimated on sampled rows (error_samples, target_error), by
+ * method. */
+static const double err_bounds[] = {0.001, 0.003, 0.01, 0.03, 0.1,
+                                    0.3,   1,     3};
+static struct histogram h_est_err[2] = {
+    {"mrad_estimated_relative_error",
+     "Relative error of a request's output estimated on its sampled rows "
+     "(error_samples, target_error).",
+     err_bounds, NB(err_bounds), {0}, 0, 0},
+    {"mrad_estimated_relative_error", "", err_bounds, NB(err_bounds), {0}, 0,
+     0}};
 static struct histogram h_density[2] = {
     {"mrad_block_density",
      "Fraction of blocks computed at full resolution, per request.",
@@ -228,15 +239,18 @@ void mrad_metrics_batch(uint32_t requests, uint64_t tokens,
 
 void mrad_metrics_problem(const char *method, uint64_t tokens,
                           uint64_t blocks_selected, uint64_t blocks_total,
-                          double density)
+                          double density, double est_rel_err)
 {
     pthread_mutex_lock(&lock);
     tokens_total += tokens;
     blocks_selected_total += blocks_selected;
     blocks_total_total += blocks_total;
     for (size_t m = 0; m < NB(density_methods); m++)
-        if (method && !strcmp(method, density_methods[m]))
+        if (method && !strcmp(method, density_methods[m])) {
             observe(&h_density[m], density);
+            if (est_rel_err >= 0.0)
+                observe(&h_est_err[m], est_rel_err);
+        }
     pthread_mutex_unlock(&lock);
 }
 
@@ -443,6 +457,13 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
         char label[32];
         snprintf(label, sizeof label, "method=\"%s\"", density_methods[m]);
         put_samples(&t, &h_density[m], label);
+    }
+    put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_est_err[0].name,
+        h_est_err[0].help, h_est_err[0].name);
+    for (size_t m = 0; m < NB(density_methods); m++) {
+        char label[32];
+        snprintf(label, sizeof label, "method=\"%s\"", density_methods[m]);
+        put_samples(&t, &h_est_err[m], label);
     }
     put_simple(&t, "mrad_tokens_total", "counter",
                "Tokens computed (B*max(Nq,Nk) summed over requests).",

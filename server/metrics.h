@@ -36,11 +36,11 @@ void mrad_metrics_queue(double seconds);
  * computed. */
 void mrad_metrics_batch(uint32_t requests, uint64_t tokens,
                         double compute_seconds);
-/* One computed problem: its method, tokens (B*max(Nq,Nk)) and block
- * statistics. */
+/* One computed problem: its method, tokens (B*max(Nq,Nk)), block
+ * statistics and estimated error (< 0: none). */
 void mrad_metrics_problem(const char *method, uint64_t tokens,
                           uint64_t blocks_selected, uint64_t blocks_total,
-                          double density);
+                          double density, double est_rel_err);
 
 /* Device memory of one worker's backend, when it reports it. */
 struct mrad_metrics_device {

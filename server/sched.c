@@ -216,7 +216,8 @@ static void worker_run_batch(struct worker *w, struct mrad_job **jobs, size_t n)
         if (err == ATTN_OK)
             mrad_metrics_problem(attn_method_name(job->prob->method),
                                  job->tokens, stats[i].blocks_selected,
-                                 stats[i].blocks_total, stats[i].density);
+                                 stats[i].blocks_total, stats[i].density,
+                                 stats[i].est_rel_err);
         else if (rc != ATTN_OK)
             mrad_log(MRAD_LOG_ERROR,
                      "request %s: its batch of %zu failed on device %d: %s",

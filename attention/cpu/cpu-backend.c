@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "attention/attn-impl.h"
+#include "attention/cpu/accuracy.h"
 #include "attention/cpu/decode.h"
 #include "attention/cpu/head.h"
 #include "attention/cpu/kv.h"
@@ -118,6 +119,35 @@ static void run_select(void *arg, size_t item, int worker)
         cpu_head_select(&g->heads[h]);
 }
 
+static void run_sample(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h, c = locate(g, item, &h);
+    (void)worker;
+    if (!cancelled(&g->heads[h]))
+        cpu_acc_sample(&g->heads[h], (uint32_t)c, g->ctx->kern);
+}
+
+static void run_choose(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h;
+    (void)worker;
+    locate(g, item, &h);
+    if (!cancelled(&g->heads[h]))
+        cpu_acc_choose(&g->heads[h], g->ctx->kern);
+}
+
+static void run_stats(void *arg, size_t item, int worker)
+{
+    struct group *g = arg;
+    size_t h;
+    (void)worker;
+    locate(g, item, &h);
+    if (!cancelled(&g->heads[h]))
+        cpu_acc_stats(&g->heads[h], g->ctx->kern);
+}
+
 static void run_rows(void *arg, size_t item, int worker)
 {
     struct group *g = arg;
@@ -162,6 +192,21 @@ static size_t items_select(const struct cpu_head *hd)
     return hd->method == ATTN_EXACT ? 0 : 1;
 }
 
+static size_t items_sample(const struct cpu_head *hd)
+{
+    return hd->acc ? cpu_acc_sample_items(hd) : 0;
+}
+
+static size_t items_choose(const struct cpu_head *hd)
+{
+    return hd->acc && hd->p->target_error > 0.0f ? 1 : 0;
+}
+
+static size_t items_stats(const struct cpu_head *hd)
+{
+    return attn_problem_accuracy(hd->p) ? 1 : 0;
+}
+
 static int arena_reserve(struct cpu_ctx *ctx, size_t bytes)
 {
     if (bytes <= ctx->arena_size)
@@ -187,7 +232,7 @@ static double head_flop(const struct cpu_head *hd)
                         ? seen
                         : (double)hd->budget + (double)hd->grid.partial;
     return 4.0 * blocks * CPU_TILE * CPU_TILE * hd->D + 2.0 * pairs * hd->D +
-           8.0 * nd;
+           8.0 * nd + 4.0 * (double)hd->nsmax * hd->Nk * hd->D;
 }
 
 /* One phase: on the pool, or on this thread for a small group. */
@@ -211,8 +256,12 @@ static void run_group(struct group *g)
     /* MRA heads only; exact heads have no items in these three phases */
     run_phase(g, plan(g, items_lowres), run_lowres);
     run_phase(g, plan(g, items_select), run_select);
+    /* heads with the accuracy controls only (accuracy.h) */
+    run_phase(g, plan(g, items_sample), run_sample);
+    run_phase(g, plan(g, items_choose), run_choose);
     run_phase(g, plan(g, items_fold), run_fold);
     run_phase(g, plan(g, items_rows), run_rows);
+    run_phase(g, plan(g, items_stats), run_stats);
 }
 
 static int cpu_compute_batch(void *vctx,
@@ -362,6 +411,7 @@ static const struct attn_backend_i cpu_iface = {
     .kv_new = cpu_kv_new,
     .kv_append = cpu_kv_append,
     .kv_free = cpu_kv_free,
+    .accuracy = 1,
 };
 
 /* "model name" of the first processor in /proc/cpuinfo, or "cpu". */

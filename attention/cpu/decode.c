@@ -69,7 +69,8 @@ struct wbuf {
 
 int cpu_decode_fits(const struct attn_problem *p)
 {
-    return p->Nq <= CPU_DECODE_MAX_Q;
+    /* the accuracy controls work on the block rows of head.h */
+    return p->Nq <= CPU_DECODE_MAX_Q && !attn_problem_accuracy(p);
 }
 
 /* ---- sizes ----------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "attention/internal.h"
+#include "attention/cpu/accuracy.h"
 #include "attention/cpu/head.h"
 #include "attention/cpu/kv.h"
 
@@ -39,7 +40,11 @@ void cpu_head_init(struct cpu_head *hd, const struct attn_problem *p,
     hd->split = hd->half && p->dtype == ATTN_F16;
     hd->kh_inplace = hd->half && p->dtype == ATTN_BF16 && !p->mask && !p->kv &&
                      p->Nk % CPU_TILE == 0 && p->D % CPU_DPAD == 0;
+    hd->acc = p->method != ATTN_EXACT && attn_problem_accuracy(p);
+    hd->nsmax = hd->acc ? attn_error_samples(p) : 0;
 }
+
+#define PIECES 30
 
 /* The workspace pieces in carving order: element size and count. */
 struct piece {
@@ -97,12 +102,33 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     pc[n++] = (struct piece){sizeof(float), mra ? nqdp : 0, (void **)&hd->vlow};
     pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->lm};
     pc[n++] = (struct piece){sizeof(float), mra ? nbq : 0, (void **)&hd->lsum};
+    /* the accuracy controls */
+    size_t ns = hd->nsmax, nsd = mul(ns, Dp), nsk = mul(ns, nbk);
+    int target = hd->acc && hd->p->target_error > 0.0f;
+    if (ns && (nsd == 0 || nsk == 0))
+        return -1;
+    pc[n++] = (struct piece){sizeof(uint8_t),
+                             hd->acc && hd->p->min_blocks_per_row ? nn : 0,
+                             (void **)&hd->forced};
+    pc[n++] = (struct piece){sizeof(uint8_t), hd->acc ? nbq : 0,
+                             (void **)&hd->loose};
+    pc[n++] = (struct piece){sizeof(uint32_t), ns, (void **)&hd->srow};
+    pc[n++] = (struct piece){sizeof(double), ns ? nbq : 0,
+                             (void **)&hd->wrow};
+    pc[n++] = (struct piece){sizeof(double), ns, (void **)&hd->sw};
+    pc[n++] = (struct piece){sizeof(float), nsd, (void **)&hd->xs};
+    pc[n++] = (struct piece){sizeof(float), target ? ns : 0, (void **)&hd->hm};
+    pc[n++] = (struct piece){sizeof(float), target ? ns : 0, (void **)&hd->hl};
+    pc[n++] =
+        (struct piece){sizeof(float), target ? nsd : 0, (void **)&hd->hacc};
+    pc[n++] = (struct piece){sizeof(uint8_t), target ? nsk : 0,
+                             (void **)&hd->merged};
     return n;
 }
 
 size_t cpu_head_bytes(const struct cpu_head *hd)
 {
-    struct piece pc[20];
+    struct piece pc[PIECES];
     struct cpu_head copy = *hd; /* pieces() records field addresses */
     int n = pieces(&copy, pc);
     size_t total = 0;
@@ -121,7 +147,7 @@ size_t cpu_head_bytes(const struct cpu_head *hd)
 
 void cpu_head_carve(struct cpu_head *hd, void *mem)
 {
-    struct piece pc[20];
+    struct piece pc[PIECES];
     int n = pieces(hd, pc); /* >= 0: cpu_head_bytes() succeeded */
     char *at = mem;
     for (int i = 0; i < n; i++) {
@@ -401,8 +427,18 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
 
 void cpu_head_select(struct cpu_head *hd)
 {
+    if (hd->acc) {
+        cpu_acc_select(hd);
+        return;
+    }
+    cpu_head_select_k(hd, hd->budget);
+}
+
+void cpu_head_select_k(struct cpu_head *hd, uint64_t k)
+{
     size_t n = (size_t)hd->nbq * hd->nbk;
-    attn_select_topk(hd->key, n, (size_t)hd->budget, hd->sel, hd->scratch);
+    attn_select_with_minimum(hd->key, hd->forced, n, hd->nforced, k, hd->sel,
+                             hd->scratch);
     if (!hd->grid.causal)
         return;
     /* Partial pairs are always computed (their keys masked query by

@@ -21,6 +21,9 @@
  *              from the block of Q transposed on the spot
  *              (cpu_head_q_block()); causally hidden key blocks are never
  *              visited and partial ones are masked query by query.
+ * A head with the accuracy controls adds a sample phase and a choose
+ * phase after the selection and a stats phase after the rows
+ * (accuracy.h).
  * Every item writes only its own slice, and its arithmetic never depends
  * on which thread runs it, so results are bitwise reproducible.
  *
@@ -88,6 +91,25 @@ struct cpu_head {
                           resolution, 2 = hidden by causality (MRA) */
     float *vlow;       /* [nbq][Dp]: folded low-resolution values (MRA) */
     float *lm, *lsum;  /* [nbq]: their max logit and weight sum (MRA) */
+    /* The accuracy controls (attn_problem_accuracy(); accuracy.h), for an
+     * MRA head; acc is 0 and the rest unused otherwise. */
+    int acc;
+    uint32_t nsmax;   /* sample slots: attn_error_samples() */
+    uint32_t ns, u;   /* rows sampled, rows U they stand for */
+    uint32_t nreal;   /* real query rows */
+    uint64_t nforced; /* pairs of the row minimum */
+    uint8_t *forced;  /* [nbq][nbk]: 1 = in the row minimum (min_blocks) */
+    uint8_t *loose;   /* [nbq]: 1 = a block row whose rows are in U */
+    uint32_t *srow;   /* [nsmax]: the sampled query rows, ascending */
+    double *wrow;     /* [nbq]: the sampling weight of a loose row's rows */
+    double *sw;       /* [nsmax]: the weight of each sample */
+    double wtot;      /* the weights of U summed */
+    float *xs;        /* [nsmax][Dp]: their exact attention */
+    /* target_error's search: each sampled row's high-resolution terms so
+     * far (online softmax state) and which key blocks they hold */
+    float *hm, *hl;   /* [nsmax] */
+    float *hacc;      /* [nsmax][Dp] */
+    uint8_t *merged;  /* [nsmax][nbk] */
 };
 
 /* Fills the shape fields of a head of problem p, to be computed with
@@ -110,8 +132,13 @@ uint32_t cpu_head_row_groups(const struct cpu_head *hd);
 /* Phase 2 for row group G (MRA only). */
 void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
                      const struct cpu_kernels *kern);
-/* Phase 3 (MRA only). */
+/* Phase 3 (MRA only): the selection, or with the accuracy controls the
+ * row minimum, the selection of the budget (target_error: of the ladder's
+ * first step) and the rows sampled from it (cpu_acc_pick()). */
 void cpu_head_select(struct cpu_head *hd);
+/* The selection of a budget of k pairs picked by score (the row minimum
+ * first): sel of head.h's meaning, partial pairs 1 and hidden ones 2. */
+void cpu_head_select_k(struct cpu_head *hd, uint64_t k);
 /* Phase 4 for row group G (MRA only). */
 void cpu_head_fold(struct cpu_head *hd, uint32_t G,
                    const struct cpu_kernels *kern);

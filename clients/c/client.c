@@ -408,6 +408,9 @@ int mrac_answer_result(const struct attn_problem *p, enum proto_format fmt,
     res->stats.backend = res->backend;
     memcpy(res->id, r.id, sizeof res->id);
     res->has_id = r.has_id;
+    res->heads = r.heads; /* the result owns them now */
+    res->nheads = r.nheads;
+    r.heads = NULL;
     proto_response_release(&r);
     free(a->body.data);
     return MRAC_OK;
@@ -443,8 +446,11 @@ int mrac_attention(struct mrac_client *c, const struct attn_problem *p,
 
     char *body = NULL;
     size_t blen = 0;
-    if (proto_request_encode(p, call->format, call->id, call->timeout_ms, &body,
-                             &blen) != PROTO_OK)
+    struct proto_encode_opts eo = {.id = call->id,
+                                   .timeout_ms = call->timeout_ms,
+                                   .per_head_stats = call->per_head_stats};
+    if (proto_request_encode_opts(p, call->format, &eo, &body, &blen) !=
+        PROTO_OK)
         return mrac_fail(err, MRAC_ENOMEM, 0, "out_of_memory", "%s",
                          "request body");
 
@@ -464,5 +470,6 @@ void mrac_result_release(struct mrac_result *res)
         return;
     if (res->out_owned)
         free(res->out);
+    free(res->heads);
     memset(res, 0, sizeof *res);
 }

@@ -110,6 +110,8 @@ struct mrac_call {
     uint64_t timeout_ms;      /* server-side deadline (504); 0 = server's */
     enum proto_format format; /* body format: PROTO_MSGPACK (default) or
                                  PROTO_JSON (small problems only) */
+    int per_head_stats;       /* 1: the answer lists every head's
+                                 statistics (mrac_result.heads) */
 };
 
 /* The answer to one problem. */
@@ -118,7 +120,15 @@ struct mrac_result {
                   mrac_attention() for who owns it */
     size_t out_bytes;
     int out_owned;            /* 1 when `out` is malloc'd by the library */
-    struct proto_stats stats; /* stats.backend points at `backend` */
+    struct proto_stats stats; /* stats.backend points at `backend`;
+                                 stats.attn.est_rel_err is the estimated
+                                 error of a problem with error_samples or
+                                 target_error, else -1 */
+    /* With mrac_call.per_head_stats: nheads = B*H statistics in (b, h)
+     * order (budget, pairs, density, est_rel_err or -1), owned by the
+     * result; else NULL and 0. */
+    struct attn_head_stats *heads;
+    size_t nheads;
     char backend[16];
     char method[16];
     char id[PROTO_ID_MAX + 1];
@@ -258,6 +268,10 @@ struct mrac_random_spec {
     int causal;                 /* sets attn_problem.causal */
     enum mrac_mask_kind mask;   /* the key mask, [B, Nk] */
     enum mrac_mask_kind q_mask; /* the query mask, [B, Nq] */
+    /* the accuracy controls, copied into the problem (0 = none) */
+    uint32_t min_blocks_per_row;
+    uint32_t error_samples;
+    float target_error;
 };
 
 /*

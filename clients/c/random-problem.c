@@ -117,6 +117,9 @@ int mrac_random_problem(const struct mrac_random_spec *spec,
     p->D = spec->D;
     p->causal = spec->causal != 0;
     p->block_per_row = spec->block_per_row;
+    p->min_blocks_per_row = spec->min_blocks_per_row;
+    p->error_samples = spec->error_samples;
+    p->target_error = spec->target_error;
     /* Check the shape before allocating, with a stand-in for every
      * pointer. */
     static const char stand_in[8];

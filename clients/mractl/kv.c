@@ -280,7 +280,8 @@ static int attend(struct mrac_client *c, const struct kv_opts *o,
                   struct attn_problem *p, const char *req_id,
                   uint64_t timeout_ms)
 {
-    struct proto_encode_opts eo = {req_id, timeout_ms, o->id, 0};
+    struct proto_encode_opts eo = {
+        .id = req_id, .timeout_ms = timeout_ms, .kv = o->id};
     enum proto_format fmt = o->json ? PROTO_JSON : PROTO_MSGPACK;
     char *body, *resp;
     size_t len, rlen;

@@ -23,8 +23,10 @@ static void usage_random(FILE *f)
             "           [--causal] [--mask KIND] [--q-mask KIND]\n"
             "           [--method mra2|mra2_sparse|exact] "
             "[--dtype f32|f16|bf16]\n"
-            "           [--seed S] [--block-per-row K] [--id ID] [--json] "
-            "[-o FILE]\n"
+            "           [--seed S] [--block-per-row K] [--min-blocks-per-row M]\n"
+            "           [--error-samples N] [--target-error E] "
+            "[--per-head-stats]\n"
+            "           [--id ID] [--json] [-o FILE]\n"
             "Writes a request body with q [B,H,Nq,D] and k, v "
             "[B,Hkv,Nk,D] uniform\n"
             "in [-1, 1) to FILE (default stdout).\n"
@@ -32,7 +34,15 @@ static void usage_random(FILE *f)
             "  --causal       query i sees keys j <= i + Nk - Nq\n"
             "  --mask KIND    key mask [B,Nk]: none (default), ones, random, "
             "blocks, zeros\n"
-            "  --q-mask KIND  query mask [B,Nq], the same kinds\n");
+            "  --q-mask KIND  query mask [B,Nq], the same kinds\n"
+            "  --min-blocks-per-row M  every block row of real queries "
+            "gets M blocks\n"
+            "  --error-samples N       the error estimated on N rows per "
+            "head (<= 256)\n"
+            "  --target-error E        each head's budget picked for an "
+            "error <= E\n"
+            "  --per-head-stats        the answer lists every head's "
+            "statistics\n");
 }
 
 static int parse_u32(const char *s, uint32_t *v)
@@ -66,6 +76,17 @@ int mractl_random_option(struct mrac_random_spec *sp, const char *a,
         bad = parse_u32(v, &sp->Hkv);
     } else if (!strcmp(a, "--block-per-row")) {
         bad = parse_u32(v, &sp->block_per_row);
+    } else if (!strcmp(a, "--min-blocks-per-row")) {
+        bad = parse_u32(v, &sp->min_blocks_per_row);
+    } else if (!strcmp(a, "--error-samples")) {
+        bad = parse_u32(v, &sp->error_samples) ||
+              sp->error_samples > ATTN_MAX_ERROR_SAMPLES;
+    } else if (!strcmp(a, "--target-error")) {
+        char *end;
+        errno = 0;
+        float e = strtof(v, &end);
+        bad = end == v || *end || errno || !(e > 0.0f) || e > 1e30f;
+        sp->target_error = e;
     } else if (!strcmp(a, "--seed")) {
         char *end;
         errno = 0;
@@ -105,6 +126,9 @@ int mractl_random_make(const struct mrac_random_spec *sp,
         .v = stand_in,
         .out = (void *)stand_in,
         .block_per_row = sp->block_per_row,
+        .min_blocks_per_row = sp->min_blocks_per_row,
+        .error_samples = sp->error_samples,
+        .target_error = sp->target_error,
     };
     attn_problem_check(&chk, msg, sizeof msg);
     return mractl_fail(rc == MRAC_ENOMEM ? MRACTL_EXIT_FAIL : MRACTL_EXIT_USAGE,
@@ -116,7 +140,7 @@ int mractl_cmd_random(int argc, char **argv)
 {
     struct mrac_random_spec sp = {.method = ATTN_MRA2, .dtype = ATTN_F32};
     const char *out_path = NULL, *id = NULL;
-    int json = 0, have_shape = 0;
+    int json = 0, have_shape = 0, per_head = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--json")) {
@@ -125,6 +149,10 @@ int mractl_cmd_random(int argc, char **argv)
         }
         if (!strcmp(a, "--causal")) {
             sp.causal = 1;
+            continue;
+        }
+        if (!strcmp(a, "--per-head-stats")) {
+            per_head = 1;
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -166,8 +194,9 @@ int mractl_cmd_random(int argc, char **argv)
         return rc;
     char *body;
     size_t len;
-    rc = proto_request_encode(&p, json ? PROTO_JSON : PROTO_MSGPACK, id, 0,
-                              &body, &len);
+    struct proto_encode_opts eo = {.id = id, .per_head_stats = per_head};
+    rc = proto_request_encode_opts(&p, json ? PROTO_JSON : PROTO_MSGPACK, &eo,
+                                   &body, &len);
     free(mem);
     if (rc != PROTO_OK)
         return mractl_fail(MRACTL_EXIT_FAIL, "internal", "%s",

@@ -51,9 +51,12 @@ static void roundtrip(const struct proto_request *req)
         proto_response_release(&r);
         free(ans);
     }
-    struct proto_encode_opts o = {req->has_id ? req->id : NULL,
-                                  req->timeout_ms, req->has_kv ? req->kv : NULL,
-                                  0};
+    struct proto_encode_opts o = {
+        .id = req->has_id ? req->id : NULL,
+        .timeout_ms = req->timeout_ms,
+        .kv = req->has_kv ? req->kv : NULL,
+        .per_head_stats = req->per_head_stats,
+    };
     if (proto_request_encode_opts(p, req->format, &o, &body, &blen) ==
         PROTO_OK) {
         struct proto_request again;
@@ -64,6 +67,10 @@ static void roundtrip(const struct proto_request *req)
         if (a->Nq != p->Nq || a->Nk != p->Nk || a->D != p->D ||
             a->Hkv != p->Hkv || a->causal != p->causal ||
             a->method != p->method || a->scale != p->scale ||
+            a->min_blocks_per_row != p->min_blocks_per_row ||
+            a->error_samples != p->error_samples ||
+            a->target_error != p->target_error ||
+            again.per_head_stats != req->per_head_stats ||
             again.has_kv != req->has_kv || strcmp(again.kv, req->kv) != 0 ||
             memcmp(a->q, p->q, nq * es) != 0 ||
             !same_mask(a->q_mask, p->q_mask, (size_t)p->B * p->Nq))

@@ -22,6 +22,14 @@ int ref64_attention(const struct attn_problem *p, const double *q,
                     const double *k, const double *v, double *out,
                     uint64_t *selected);
 
+/* The same, with the accuracy controls (min_blocks_per_row,
+ * error_samples, target_error) and each head's statistics in heads[B*H]:
+ * its budget, selected and total pairs, density, and the estimate's sums
+ * and value, computed from the reference's own float64 output. */
+int ref64_attention_heads(const struct attn_problem *p, const double *q,
+                          const double *k, const double *v, double *out,
+                          struct attn_head_stats *heads);
+
 /* Pairs of blocks of one head that causality does not hide (nbq * nbk
  * without it), by the spec's classification. */
 uint64_t ref64_pairs_seen(const struct attn_problem *p);

@@ -408,6 +408,119 @@ static void test_response_roundtrip(void **state)
     }
 }
 
+/* The accuracy controls: min_blocks_per_row, error_samples, target_error
+ * and per_head_stats written by the encoder and read back in both
+ * formats; out-of-range and mistyped values refused naming the key; the
+ * estimate and every head's statistics in the answer and back. */
+static void test_accuracy_keys(void **state)
+{
+    (void)state;
+    for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
+        struct sample s;
+        sample_make(&s, ATTN_F32, SAMPLE_CROSS);
+        s.p.min_blocks_per_row = 2;
+        s.p.error_samples = 48;
+        s.p.target_error = 0.05f;
+        struct proto_encode_opts o = {.per_head_stats = 1};
+        char *body, *ans;
+        size_t len, alen;
+        assert_int_equal(
+            proto_request_encode_opts(&s.p, fmt, &o, &body, &len), PROTO_OK);
+        struct proto_request req;
+        char err[256];
+        assert_int_equal(proto_request_decode(body, len, fmt, NULL, &req, err,
+                                              sizeof err),
+                         PROTO_OK);
+        assert_int_equal(req.prob.min_blocks_per_row, 2);
+        assert_int_equal(req.prob.error_samples, 48);
+        assert_true(req.prob.target_error == 0.05f);
+        assert_true(req.per_head_stats);
+        assert_non_null(req.heads);
+        assert_ptr_equal(req.prob.head_stats, req.heads);
+        size_t nh = (size_t)req.prob.B * req.prob.H;
+        for (size_t h = 0; h < nh; h++)
+            req.heads[h] = (struct attn_head_stats){
+                .budget = 10 + h,
+                .blocks_selected = 12 + h,
+                .blocks_total = 40,
+                .density = (12.0 + h) / 40.0,
+                .est_rel_err = h == 1 ? -1.0 : 0.01 * (double)(h + 1),
+            };
+        struct proto_stats st = {
+            .attn = {.blocks_selected = 99, .blocks_total = 320,
+                     .density = 99.0 / 320.0, .est_rel_err = 0.0375},
+            .backend = "cpu",
+        };
+        assert_int_equal(proto_response_encode(&req, &st, &ans, &alen),
+                         PROTO_OK);
+        struct proto_response r;
+        assert_int_equal(
+            proto_response_decode(ans, alen, fmt, &r, err, sizeof err),
+            PROTO_OK);
+        assert_true(r.stats.attn.est_rel_err == 0.0375);
+        assert_int_equal(r.nheads, nh);
+        for (size_t h = 0; h < nh; h++) {
+            assert_int_equal(r.heads[h].budget, 10 + h);
+            assert_int_equal(r.heads[h].blocks_selected, 12 + h);
+            assert_int_equal(r.heads[h].blocks_total, 40);
+            assert_true(r.heads[h].density == (12.0 + h) / 40.0);
+            assert_true(r.heads[h].est_rel_err ==
+                        (h == 1 ? -1.0 : 0.01 * (double)(h + 1)));
+        }
+        proto_response_release(&r);
+        free(ans);
+        /* without them: no estimate, no heads */
+        req.per_head_stats = 0;
+        st.attn.est_rel_err = -1.0;
+        assert_int_equal(proto_response_encode(&req, &st, &ans, &alen),
+                         PROTO_OK);
+        assert_int_equal(
+            proto_response_decode(ans, alen, fmt, &r, err, sizeof err),
+            PROTO_OK);
+        assert_true(r.stats.attn.est_rel_err == -1.0);
+        assert_null(r.heads);
+        assert_int_equal(r.nheads, 0);
+        proto_response_release(&r);
+        free(ans);
+        proto_request_release(&req);
+        assert_null(req.heads);
+        free(body);
+        sample_free(&s);
+    }
+
+    static const struct {
+        const char *extra, *want;
+    } bad[] = {
+        {"'error_samples':257", "error_samples"},
+        {"'error_samples':-1", "error_samples"},
+        {"'error_samples':'many'", "error_samples"},
+        {"'min_blocks_per_row':-2", "min_blocks_per_row"},
+        {"'min_blocks_per_row':4294967296", "min_blocks_per_row"},
+        {"'target_error':0", "target_error"},
+        {"'target_error':-0.5", "target_error"},
+        {"'target_error':1e300", "target_error"},
+        {"'target_error':'low'", "target_error"},
+        {"'per_head_stats':1", "per_head_stats"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char tmpl[512];
+        snprintf(tmpl, sizeof tmpl,
+                 "{'q':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+                 "'k':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},"
+                 "'v':{'dtype':'f32','shape':[1,1,1,1],'data':'bin:4'},%s}",
+                 bad[i].extra);
+        size_t len;
+        char *body = tbody_msgpack(tmpl, &len);
+        struct proto_request req;
+        char err[256];
+        int rc = proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req,
+                                      err, sizeof err);
+        if (rc != PROTO_EBADREQ || !strstr(err, bad[i].want))
+            fail_msg("%s: rc %d, %s", bad[i].extra, rc, err);
+        free(body);
+    }
+}
+
 /* The pieces of proto_response_encode_split() around the output make the
  * very bytes of proto_response_encode(), for every float dtype, shapes
  * whose header integers and bin length take different widths, with and
@@ -758,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_request_cross),
         cmocka_unit_test(test_inplace_or_copy),
         cmocka_unit_test(test_response_roundtrip),
+        cmocka_unit_test(test_accuracy_keys),
         cmocka_unit_test(test_response_split),
         cmocka_unit_test(test_decode_with_out_alloc),
         cmocka_unit_test(test_response_errors),

@@ -187,7 +187,8 @@ static void test_session_request_encode(void **state)
     p.append = (struct attn_kv_tokens){ka, va, ma, 3};
     for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++)
         for (int in_path = 0; in_path <= 1; in_path++) {
-            struct proto_encode_opts o = {"r1", 7, "sess", in_path};
+            struct proto_encode_opts o = {
+                .id = "r1", .timeout_ms = 7, .kv = "sess", .kv_in_path = in_path};
             char *body, err[256];
             size_t len;
             assert_int_equal(proto_request_encode_opts(
@@ -224,7 +225,7 @@ static void test_session_request_encode(void **state)
             free(body);
         }
     /* A session id that is not one, appended tokens without their data. */
-    struct proto_encode_opts bad = {NULL, 0, "a b", 0};
+    struct proto_encode_opts bad = {.kv = "a b"};
     char *body;
     size_t len;
     assert_int_equal(

@@ -225,7 +225,7 @@ static void test_sessions(void **state)
         p.B = 1, p.H = 2, p.Hkv = 1, p.Nq = 1, p.D = 8;
         p.q = q;
         p.append = kb.tokens;
-        struct proto_encode_opts o = {NULL, 0, "s", 0};
+        struct proto_encode_opts o = {.kv = "s"};
         fails = UNTIL_OK(proto_request_encode_opts(&p, (enum proto_format)fmt,
                                                    &o, &out, &olen),
                          rc_ == PROTO_OK, free(out));

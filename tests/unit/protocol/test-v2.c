@@ -265,7 +265,8 @@ static void test_refused(void **state)
         {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
          V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2,"
          "\"scale\":3,\"scale\":4,\"scale\":5,\"scale\":6,\"scale\":7,"
-         "\"scale\":8,\"scale\":9,\"scale\":10,\"scale\":11,\"scale\":12}}",
+         "\"scale\":8,\"scale\":9,\"scale\":10,\"scale\":11,\"scale\":12,"
+         "\"scale\":13,\"scale\":14,\"scale\":15,\"scale\":16}}",
          0, "parameters: a parameter is given more than once"},
         {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
          V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2}}",
