@@ -8,9 +8,10 @@
 namespace mrad_cuda
 {
 
-int attend_bf16(const attend_args &a, cudaStream_t st)
+int attend_bf16(const attend_group &g, const attend_kind &k, uint32_t blocks,
+                cudaStream_t st)
 {
-    return dispatch<__nv_bfloat16>(a, st);
+    return dispatch<__nv_bfloat16>(g, k, blocks, st);
 }
 
 } // namespace mrad_cuda

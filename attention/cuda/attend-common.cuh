@@ -1,10 +1,10 @@
 /*
  * attend-common.cuh - what the fused attention kernels (attend-mma.cuh for
- * f16 / bf16, attend-simt.cuh for f32) do alike: find the queries of a
- * thread block's head and its keys and values (dense tensors or a store's
- * pages), the key tiles it walks, which keys of a tile are
- * real and which a query row sees under causality, and reduce and
- * normalise an output row held by four threads.
+ * f16 / bf16, attend-simt.cuh for f32) do alike: find a thread block's
+ * problem in a grouped launch, the queries of its head and its keys and
+ * values (dense tensors or a store's pages), the key tiles it walks,
+ * which keys of a tile are real and which a query row sees under
+ * causality, and reduce and normalise an output row held by four threads.
  *
  * Compiled against the same primitives as the kernels: prims.cuh, or the
  * file MRAD_CUDA_PRIMS names (the host emulation test).
@@ -14,6 +14,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef MRAD_CUDA_PRIMS
 #include MRAD_CUDA_PRIMS
@@ -67,13 +68,36 @@ __device__ __forceinline__ head_tensors<E> attend_head(const attend_args &a,
     return t;
 }
 
-/* The query tile a thread block owns, of `qtiles` per head: under
- * causality the last rows come first, since they see the most keys (the
- * longest blocks start first and the short ones fill the tail). */
-__device__ __forceinline__ uint32_t attend_qtile(const attend_args &a,
-                                                 uint32_t qtiles)
+/* The problem of this thread block in a grouped launch, copied into
+ * shared memory *sa by the first thread (the kernels read it from there),
+ * and the block's index among the problem's own blocks into *local.  Every
+ * thread of the block calls it; it ends with a barrier. */
+__device__ __forceinline__ void attend_problem(const attend_group &g,
+                                               attend_args *sa,
+                                               uint32_t *local)
 {
-    uint32_t t = blockIdx.x % qtiles;
+    if (threadIdx.x == 0) {
+        if (g.n == 1) {
+            *sa = g.one;
+            *local = blockIdx.x;
+        } else {
+            uint32_t i = grp_find(g.starts, g.n, blockIdx.x);
+            *sa = g.many[i];
+            *local = blockIdx.x - g.starts[i];
+        }
+    }
+    __syncthreads();
+}
+
+/* The query tile a thread block owns, of `qtiles` per head, from its
+ * index `local` among its problem's blocks: under causality the last rows
+ * come first, since they see the most keys (the longest blocks start
+ * first and the short ones fill the tail). */
+__device__ __forceinline__ uint32_t attend_qtile(const attend_args &a,
+                                                 uint32_t qtiles,
+                                                 uint32_t local)
+{
+    uint32_t t = local % qtiles;
     return a.causal ? qtiles - 1 - t : t;
 }
 
@@ -170,6 +194,16 @@ __device__ __forceinline__ float row_norm(float l, bool real)
 {
     l = quad_sum(l);
     return (real && l > 0.0f) ? 1.0f / l : 0.0f;
+}
+
+/* A group of one problem: no table in device memory. */
+inline attend_group attend_one(const attend_args &a)
+{
+    attend_group g;
+    memset(&g, 0, sizeof g);
+    g.one = a;
+    g.n = 1;
+    return g;
 }
 
 } // namespace

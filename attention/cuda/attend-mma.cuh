@@ -2,8 +2,9 @@
  * attend-mma.cuh - the fused attention kernels for f16 and bf16 inputs on
  * tensor cores (mma.sync m16n8k16, f32 accumulation; sm_80 and later).
  *
- * A thread block owns 16*W query rows of one head (W warps, 16 rows each)
- * and walks 32-key tiles: for MRA-2 (W = 2) the key blocks of its block row
+ * One launch runs a group of problems of one kind (attend_group of
+ * common.cuh): a thread block finds its problem, and owns 16*W query rows
+ * of one of its heads (W warps, 16 rows each) and walks 32-key tiles: for MRA-2 (W = 2) the key blocks of its block row
  * listed by plan.cu and then its causally partial ones, starting from the
  * row's low-resolution softmax state in mra2 mode; for exact attention
  * (W = 8) every key block its rows see (causally hidden blocks are never
@@ -88,7 +89,7 @@ load_tile(const attend_args &a, const head_tensors<uint16_t> &ht, uint32_t J,
  * blocks of exact attention share a multiprocessor. */
 template <typename T, int DP, int W>
 __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
-    k_attend_mma(attend_args a, uint32_t qtiles)
+    k_attend_mma(const __grid_constant__ attend_group g)
 {
     constexpr int NT = W * 32;  /* threads */
     constexpr int R = 16 * W;   /* query rows per block */
@@ -100,18 +101,23 @@ __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
     uint16_t *Ks = Qs + R * LD;       /* [2][32][LD] */
     uint16_t *Vs = Ks + 2 * BLK * LD; /* [2][32][LD] */
     __shared__ uint32_t mword[2];
+    __shared__ attend_args sa; /* this block's problem */
+    __shared__ uint32_t local; /* this block among the problem's */
+    attend_problem(g, &sa, &local);
+    const attend_args &a = sa;
+    const uint32_t qtiles = attend_qtiles(a, R);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int g = lane / 4, t = lane % 4;
-    const uint32_t tile = attend_qtile(a, qtiles);
-    const size_t hb = blockIdx.x / qtiles;
+    const int gid = lane / 4, t = lane % 4;
+    const uint32_t tile = attend_qtile(a, qtiles, local);
+    const size_t hb = local / qtiles;
     const head_tensors<uint16_t> ht = attend_head<uint16_t>(a, hb);
     const uint16_t *q = ht.q;
     const uint32_t Nq = a.Nq, D = a.D;
     const uint32_t row0 = tile * R;
     const bool vec = a.vec_ok != 0;
-    /* this thread's two rows: g and g + 8 of its warp's 16 */
-    const uint32_t my_row = row0 + warp * 16 + g;
+    /* this thread's two rows: gid and gid + 8 of its warp's 16 */
+    const uint32_t my_row = row0 + warp * 16 + gid;
 
     /* The key tiles of this block: a CSR row and its partial blocks, or
      * every block its rows see. */
@@ -203,8 +209,8 @@ __global__ void __launch_bounds__(W * 32, DP <= 64 ? 2 : 1)
             }
         }
 
-        /* Mask, scale to base 2, online softmax.  Thread holds rows g and
-         * g+8, columns n*8 + 2t + {0,1}; mw[r] has the columns its row
+        /* Mask, scale to base 2, online softmax.  Thread holds rows gid
+         * and gid+8, columns n*8 + 2t + {0,1}; mw[r] has the columns its row
          * sees (real keys, and under causality not past its position).  A
          * row that has seen no key yet keeps a running max of -inf and
          * subtracts 0 instead (muse), so its exponentials are 0, not NaN. */

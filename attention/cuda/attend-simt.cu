@@ -1,6 +1,7 @@
 /*
  * attend-simt.cu - launcher of the float32 attention kernel of
- * attend-simt.cuh (head dimensions 32, 64, 128, 256; MRA-2 and exact).
+ * attend-simt.cuh (head dimensions 32, 64, 128, 256; MRA-2 and exact): one
+ * launch per group of problems of one head dimension tile.
  */
 #include "attention/cuda/attend-simt.cuh"
 
@@ -10,40 +11,33 @@ namespace mrad_cuda
 namespace
 {
 
-template <int DP> int launch(const attend_args &a, cudaStream_t st)
+template <int DP>
+int launch_simt(const attend_group &g, uint32_t blocks, cudaStream_t st)
 {
-    size_t smem = (size_t)(2 * BLK * (DP + 1) + BLK * DP + BLK * 33) * 4;
-    int dev = 0, optin = 0;
-    if (cudaGetDevice(&dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                               dev) == cudaSuccess &&
-        smem > (size_t)optin)
-        return ATTN_ENOTSUP; /* f32 with D > 128 on sm_86 / sm_89 */
+    constexpr size_t smem = attend_f32_smem(DP);
+    auto kern = k_attend_f32<DP>;
     cudaError_t e = cudaFuncSetAttribute(
-        k_attend_f32<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        (int)smem);
+        kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return cuda_err(e);
-    size_t ctas = (size_t)a.nbq * a.B * a.H;
-    if (ctas > 0x7fffffffu)
-        return ATTN_ENOTSUP;
-    k_attend_f32<DP><<<(unsigned)ctas, SIMT_THREADS, smem, st>>>(a, a.nbq);
-    return cuda_err(cudaGetLastError());
+    MRAD_LAUNCH_SMEM(kern, blocks, SIMT_THREADS, smem, st, g);
+    return cuda_err(launch_status());
 }
 
 } // namespace
 
-int attend_f32(const attend_args &a, cudaStream_t st)
+int attend_f32(const attend_group &g, const attend_kind &k, uint32_t blocks,
+               cudaStream_t st)
 {
-    switch (pad_dim(a.D)) {
+    switch (k.dp) {
     case 32:
-        return launch<32>(a, st);
+        return launch_simt<32>(g, blocks, st);
     case 64:
-        return launch<64>(a, st);
+        return launch_simt<64>(g, blocks, st);
     case 128:
-        return launch<128>(a, st);
+        return launch_simt<128>(g, blocks, st);
     case 256:
-        return a.D <= 256 ? launch<256>(a, st) : ATTN_ENOTSUP;
+        return launch_simt<256>(g, blocks, st);
     }
     return ATTN_ENOTSUP;
 }

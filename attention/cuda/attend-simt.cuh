@@ -3,8 +3,9 @@
  * plain FMA arithmetic, no tensor cores, so f32 results stay within 1e-4 of
  * the float64 reference.
  *
- * One thread block of 128 threads owns one query block (32 rows) of one
- * head.  It walks the key blocks of its row (the CSR list from plan.cu and
+ * One launch runs a group of problems (attend_group of common.cuh); a
+ * thread block of 128 threads finds its problem and owns one query block
+ * (32 rows) of one of its heads.  It walks the key blocks of its row (the CSR list from plan.cu and
  * the causally partial blocks, or for exact attention every block its rows
  * see) with an online softmax and writes each output row once.  Thread t
  * owns row t/4 and every fourth column of the score tile and of the
@@ -33,7 +34,7 @@ constexpr int SIMT_THREADS = 128;
 
 template <int DP>
 __global__ void __launch_bounds__(SIMT_THREADS)
-    k_attend_f32(attend_args a, uint32_t qtiles)
+    k_attend_f32(const __grid_constant__ attend_group g)
 {
     constexpr int LQ = DP + 1; /* padded strides: no bank conflicts */
     constexpr int NU = DP / 4; /* output columns per thread */
@@ -43,10 +44,15 @@ __global__ void __launch_bounds__(SIMT_THREADS)
     float *Vs = Ks + BLK * LQ; /* [32][DP] */
     float *Ps = Vs + BLK * DP; /* [32][33] */
     __shared__ uint32_t mword; /* the real keys of the tile */
+    __shared__ attend_args sa; /* this block's problem */
+    __shared__ uint32_t local; /* this block among the problem's */
+    attend_problem(g, &sa, &local);
+    const attend_args &a = sa;
+    const uint32_t qtiles = a.nbq;
 
     const int tid = threadIdx.x, r = tid / 4, q4 = tid % 4;
-    const uint32_t I = attend_qtile(a, qtiles);
-    const size_t hb = blockIdx.x / qtiles;
+    const uint32_t I = attend_qtile(a, qtiles, local);
+    const size_t hb = local / qtiles;
     const head_tensors<float> ht = attend_head<float>(a, hb);
     const float *q = ht.q;
     const size_t Nq = a.Nq, Nk = a.Nk, D = a.D;

@@ -2,8 +2,9 @@
  * attn-cuda.h - the C face of the CUDA backend (attention/cuda/).
  *
  * The backend itself is reached through the vtable of attn-impl.h
- * (attn_cuda_backend_new); this header adds the two entry points that only
- * make sense for a GPU: asking how many devices there are, and computing a
+ * (attn_cuda_backend_new); this header adds the entry points that only
+ * make sense for a GPU: asking how many devices there are (and why none
+ * can be used), a test hook of the fault path, and computing a
  * problem whose tensors already live in device memory (used by the GPU
  * benchmark, which hands in PyTorch tensors, so that the figures measure
  * the kernels and not the PCIe copies).  Plain C, no CUDA types: callers
@@ -13,6 +14,7 @@
 #ifndef MRAD_ATTN_CUDA_H
 #define MRAD_ATTN_CUDA_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "attention/attn.h"
@@ -24,6 +26,14 @@ extern "C" {
 /* Number of CUDA devices usable by this process (>= 1), or ATTN_ENODEV when
  * there is none or no driver.  Thread-safe. */
 int attn_cuda_device_count(void);
+
+/* Writes into buf (len bytes, NUL-terminated, truncated to fit) why the
+ * backend can or cannot open: the CUDA versions of the driver and of the
+ * runtime (a driver older than the runtime shows here), and each device
+ * with its compute capability.  Returns the number of devices the kernels
+ * can run on (sm_80 or later, >= 1), ATTN_ENODEV (no driver, or no
+ * device) or ATTN_ENOTSUP (devices, none recent enough).  Thread-safe. */
+int attn_cuda_describe(char *buf, size_t len);
 
 /*
  * Computes one problem whose q, k, v, mask, q_mask and out point to device
@@ -47,6 +57,26 @@ int attn_cuda_device_count(void);
  */
 int attn_cuda_compute_device(struct attn_backend *be,
                              const struct attn_problem *p, void *stream);
+
+/*
+ * Test hook of the fault path: launches, on the backend's stream, a
+ * kernel that writes outside every allocation, which makes the device
+ * context unusable (a "sticky" error) exactly as a faulty kernel would.
+ * With `wait` the call waits for it: it returns ATTN_EBACKEND, and the
+ * backend has reset the device's context and rebuilt its own state (or
+ * will retry at its next call or health()).  Without, it returns ATTN_OK
+ * and the next call finds the fault.  Every backend of the process on
+ * that device loses its context and stores of keys and values made
+ * before fail with ATTN_EBACKEND.  For tests and tools/gpu-verify.sh
+ * only; same threading rule as attn_backend_compute().  ATTN_ENOTSUP when
+ * `be` is not a CUDA backend.
+ */
+int attn_cuda_test_fault(struct attn_backend *be, int wait);
+
+/* How many times the backend rebuilt its device context after a fault
+ * (its own, or one another backend on the device reset); 0 for a backend
+ * that is not a CUDA one.  Read by the thread that uses the backend. */
+uint64_t attn_cuda_heals(const struct attn_backend *be);
 
 #ifdef __cplusplus
 }

@@ -1,45 +1,222 @@
 /*
  * backend.cu - the CUDA backend behind the vtable of attn-impl.h: device
- * selection, the device memory pool and pinned staging buffers, the
- * per-batch pipeline, error containment, the vtable's stores of keys and
- * values (kv.cu keeps them), and the device-pointer entry point of
- * attn-cuda.h.
+ * selection, the life of the device context (created, lost to a fault,
+ * rebuilt), memory kept between calls and given back by trim(), the
+ * vtable's stores of keys and values (kv.cu keeps them), and the entry
+ * points of attn-cuda.h.  The batch pipeline itself is batch.cu.
  *
- * One backend instance drives one GPU (cfg->device) with two streams: the
- * copy stream moves the inputs of the next problem host-to-device while the
- * compute stream runs the current one (double buffering: two input slots,
- * two pinned staging slots, events between them).  All memory comes from
- * grow-only arenas, so a steady stream of requests of similar shapes never
- * calls cudaMalloc.  A failure fails its problem only; an error that
- * leaves the CUDA context unusable (illegal address, ...) is remembered and
- * reported by health(), and every later batch fails fast.
+ * One backend instance drives one GPU (cfg->device) with three streams:
+ * compute, host-to-device and device-to-host.  Memory comes from arenas
+ * that grow on demand and are given back by trim(), which the daemon calls
+ * once it has been idle for --idle-release-ms; the pinned host memory of
+ * the pipeline is bounded (four staging slots), whatever the requests.
+ *
+ * Faults.  A failure fails its problem only.  An error that leaves the
+ * CUDA context unusable (illegal address, ...) is "sticky": every call on
+ * the context fails from then on.  The backend then resets the device's
+ * context (cudaDeviceReset: the primary context, shared by every backend
+ * of the process on that device, which the fault has broken anyway) and
+ * rebuilds its streams, events, cuBLAS handle and buffers, at the end of
+ * the call that saw the fault, or at the next call, or when health() is
+ * asked; health() reports ATTN_EBACKEND only while no rebuild succeeded.
+ * Each device has a generation counter: a backend whose context was
+ * reset by another rebuilds its state at its next call, and stores of
+ * keys and values made in an older context fail with ATTN_EBACKEND (their
+ * pages went with it).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "attention/attn-impl.h"
 #include "attention/cuda/attn-cuda.h"
-#include "attention/cuda/common.cuh"
+#include "attention/cuda/backend.cuh"
 
-using namespace mrad_cuda;
+namespace mrad_cuda
+{
 
 namespace
 {
 
-constexpr size_t ALIGN = 256;               /* sub-buffer alignment */
 constexpr size_t BLAS_WORKSPACE = 32 << 20; /* fixed cuBLAS workspace */
+constexpr double HEAL_RETRY_S = 1.0; /* a failed rebuild waits this long */
 
-/* A grow-only device or pinned host allocation. */
-struct arena {
-    void *base;
-    size_t cap;
-    bool host;
-};
+/* The generation of each device's context; a reset raises it under
+ * reset_mu, so that two backends that see the same fault reset once. */
+constexpr int MAX_DEVICES = 256;
+uint64_t epochs[MAX_DEVICES];
+pthread_mutex_t reset_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void arena_release(arena *a)
+double now_s()
 {
-    if (a->base) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Every arena of a context, to give back or forget at once. */
+template <typename F> void each_arena(cuda_ctx *c, F f)
+{
+    arena *all[] = {&c->work,       &c->din,          &c->tbl_host,
+                    &c->tbl_dev,    &c->ring_up[0],   &c->ring_up[1],
+                    &c->ring_down[0], &c->ring_down[1], &c->kv_host,
+                    &c->kv_dev};
+    for (arena *a : all)
+        f(a);
+}
+
+/* Creates the streams, events and cuBLAS handle of a context that has
+ * none (the device current).  On failure the caller destroys what was
+ * made (handles_destroy). */
+int handles_init(cuda_ctx *c)
+{
+    bool ok = cudaStreamCreateWithFlags(&c->comp, cudaStreamNonBlocking) ==
+                  cudaSuccess &&
+              cudaStreamCreateWithFlags(&c->up, cudaStreamNonBlocking) ==
+                  cudaSuccess &&
+              cudaStreamCreateWithFlags(&c->down, cudaStreamNonBlocking) ==
+                  cudaSuccess;
+    cudaEvent_t *evs[] = {&c->last,         &c->kv_up,        &c->up_slot[0],
+                          &c->up_slot[1],   &c->down_slot[0], &c->down_slot[1]};
+    for (cudaEvent_t *e : evs)
+        ok = ok && cudaEventCreateWithFlags(e, cudaEventDisableTiming) ==
+                       cudaSuccess;
+    /* cuBLAS: plain f32 math (no TF32), a fixed workspace from us so it
+     * never allocates on the request path, and the compute stream. */
+    ok = ok && cublasCreate(&c->blas) == CUBLAS_STATUS_SUCCESS &&
+         cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH) ==
+             CUBLAS_STATUS_SUCCESS;
+    if (!ok)
+        return ATTN_EBACKEND;
+    cudaError_t e = cudaMalloc(&c->blas_ws, BLAS_WORKSPACE);
+    if (e != cudaSuccess) {
+        c->blas_ws = nullptr;
+        return cuda_err(e);
+    }
+    return bind_blas(c, c->comp);
+}
+
+/* Destroys the handles and memory of a context that still exists. */
+void handles_destroy(cuda_ctx *c)
+{
+    cudaStream_t sts[] = {c->comp, c->up, c->down};
+    for (cudaStream_t st : sts)
+        if (st)
+            cudaStreamSynchronize(st);
+    each_arena(c, [c](arena *a) { arena_release(c, a); });
+    cudaEvent_t evs[] = {c->last,         c->kv_up,        c->up_slot[0],
+                         c->up_slot[1],   c->down_slot[0], c->down_slot[1]};
+    for (cudaEvent_t e : evs)
+        if (e)
+            cudaEventDestroy(e);
+    for (uint32_t i = 0; i < c->nwave_ev; i++) {
+        cudaEventDestroy(c->wave_up[i]);
+        cudaEventDestroy(c->wave_done[i]);
+    }
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->blas_ws)
+        cudaFree(c->blas_ws);
+    for (cudaStream_t st : sts)
+        if (st)
+            cudaStreamDestroy(st);
+    cudaGetLastError();
+}
+
+/* Drops the handles and memory of a context that is gone: they died with
+ * it, and their addresses may belong to the new context's allocations.
+ * (The old cuBLAS handle's host part is left behind: its destruction
+ * would talk to the context that no longer exists.) */
+void handles_forget(cuda_ctx *c)
+{
+    c->comp = c->up = c->down = nullptr;
+    c->last = c->kv_up = nullptr;
+    c->up_slot[0] = c->up_slot[1] = c->down_slot[0] = c->down_slot[1] =
+        nullptr;
+    free(c->wave_up);
+    free(c->wave_done);
+    c->wave_up = c->wave_done = nullptr;
+    c->nwave_ev = 0;
+    c->blas = nullptr;
+    c->blas_ws = nullptr;
+    each_arena(c, [](arena *a) {
+        a->base = nullptr;
+        a->cap = 0;
+    });
+}
+
+/* Rebuilds the context after a fault, or after another backend reset the
+ * device: resets it when this backend's context is the broken one, then
+ * makes its handles anew.  ATTN_OK, or ATTN_EBACKEND (then retried no
+ * sooner than HEAL_RETRY_S later). */
+int heal(cuda_ctx *c)
+{
+    double t = now_s();
+    if (c->sticky && t < c->heal_retry)
+        return ATTN_EBACKEND;
+    pthread_mutex_lock(&reset_mu);
+    if (c->sticky && device_epoch(c->device) == c->epoch) {
+        /* our context is the broken one: nobody reset it yet */
+        cudaSetDevice(c->device);
+        cudaDeviceReset();
+        __atomic_store_n(&epochs[c->device], c->epoch + 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&reset_mu);
+    handles_forget(c);
+    cudaGetLastError();
+    c->epoch = device_epoch(c->device);
+    int rc = cudaSetDevice(c->device) == cudaSuccess ? handles_init(c)
+                                                     : ATTN_EBACKEND;
+    if (rc) {
+        handles_destroy(c);
+        handles_forget(c);
+        c->sticky = 1;
+        c->heal_retry = t + HEAL_RETRY_S;
+        return ATTN_EBACKEND;
+    }
+    c->sticky = 0;
+    c->heals++;
+    return ATTN_OK;
+}
+
+} // namespace
+
+uint64_t device_epoch(int device)
+{
+    if (device < 0 || device >= MAX_DEVICES)
+        return 0;
+    return __atomic_load_n(&epochs[device], __ATOMIC_ACQUIRE);
+}
+
+int ctx_enter(cuda_ctx *c)
+{
+    if (c->sticky || c->epoch != device_epoch(c->device)) {
+        int rc = heal(c);
+        if (rc)
+            return rc;
+    }
+    return cudaSetDevice(c->device) == cudaSuccess ? ATTN_OK : ATTN_EBACKEND;
+}
+
+int contain(cuda_ctx *c, int rc)
+{
+    if (rc == ATTN_OK)
+        return rc;
+    cudaGetLastError();
+    if (c->epoch != device_epoch(c->device) ||
+        cudaDeviceSynchronize() != cudaSuccess) {
+        c->sticky = 1;
+        return ATTN_EBACKEND;
+    }
+    cudaGetLastError();
+    return rc;
+}
+
+void arena_release(cuda_ctx *c, arena *a)
+{
+    /* a context that was reset took its memory with it */
+    if (a->base && c->epoch == device_epoch(c->device)) {
         if (a->host)
             cudaFreeHost(a->base);
         else
@@ -49,24 +226,23 @@ void arena_release(arena *a)
     a->cap = 0;
 }
 
-/* Makes the arena hold at least `need` bytes, rounded up to 2 MiB.  A
- * device arena grows by half again so slowly growing shapes do not
- * reallocate every time; it falls back to the exact size when the larger
- * request fails.  The caller guarantees that
- * nothing in flight still uses the old memory. */
-int arena_reserve(arena *a, size_t need)
+/* A device arena grows by half again, rounded up to 2 MiB, so that
+ * slowly growing shapes do not reallocate every time, and falls back to
+ * the exact size when the larger request fails; pinned host memory is
+ * scarcer (and resident), so it grows to what is asked only. */
+int arena_reserve(cuda_ctx *c, arena *a, size_t need)
 {
     if (need <= a->cap)
         return ATTN_OK;
-    arena_release(a);
-    /* Device arenas get headroom; pinned host memory is scarcer (and is
-     * resident), so staging buffers grow to what is asked only. */
-    size_t want = a->host ? need : need + need / 2;
-    if (want < need)
-        want = need;
-    want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
-    if (want < need)
-        want = need;
+    arena_release(c, a);
+    size_t want = need;
+    if (!a->host) {
+        want = need + need / 2;
+        if (want >= need)
+            want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+        if (want < need)
+            want = need;
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         size_t sz = attempt ? need : want;
         cudaError_t e =
@@ -83,65 +259,18 @@ int arena_reserve(arena *a, size_t need)
     return ATTN_ENOMEM;
 }
 
-/* Offsets of n consecutive ALIGN-aligned slices; false on overflow. */
-bool layout(const size_t *sizes, int n, size_t *off, size_t *total)
+int ctx_quiesce(cuda_ctx *c)
 {
-    size_t at = 0;
-    for (int i = 0; i < n; i++) {
-        off[i] = at;
-        size_t s = sizes[i] + (ALIGN - 1);
-        if (s < sizes[i] || at + s < at)
-            return false;
-        at += s & ~(ALIGN - 1);
-    }
-    *total = at;
-    return true;
+    cudaError_t e = cudaStreamSynchronize(c->comp);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(c->up);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(c->down);
+    if (e == cudaSuccess)
+        e = cudaEventSynchronize(c->last);
+    return cuda_err(e);
 }
 
-/* The host tensors of a problem: q, k, v, mask, q_mask, out (the inputs
- * first, so that one copy moves them all); k, v and mask are empty for a
- * problem on a store. */
-constexpr int NT = 6, T_OUT = NT - 1;
-bool tensor_sizes(const attn_problem *p, size_t sz[NT])
-{
-    size_t es = attn_dtype_size(p->dtype), qn, kn;
-    if (__builtin_mul_overflow((size_t)p->B * p->H, (size_t)p->Nq, &qn) ||
-        __builtin_mul_overflow(qn, (size_t)p->D * es, &qn) ||
-        __builtin_mul_overflow((size_t)p->B * p->Hkv, (size_t)p->Nk, &kn) ||
-        __builtin_mul_overflow(kn, (size_t)p->D * es, &kn))
-        return false;
-    bool dense = !p->kv; /* a store's keys are on the device already */
-    sz[0] = qn;
-    sz[1] = dense ? kn : 0;
-    sz[2] = dense ? kn : 0;
-    sz[3] = dense && p->mask ? (size_t)p->B * p->Nk : 0;
-    sz[4] = p->q_mask ? (size_t)p->B * p->Nq : 0;
-    sz[T_OUT] = qn;
-    return true;
-}
-
-struct cuda_ctx {
-    int device;
-    char desc[320];
-    cudaStream_t comp, copy;
-    cudaEvent_t h2d[2], done[2];
-    cublasHandle_t blas;
-    void *blas_ws;
-    arena work;     /* MRA work buffers of the running problem */
-    arena din[2];   /* device copies of a problem's tensors, per slot */
-    arena stage[2]; /* pinned host staging, per slot */
-    /* Uploads of the appends to stores (kv.cu): pinned and device
-     * buffers, and the event of the last upload out of the pinned one. */
-    arena kv_host, kv_dev;
-    cudaEvent_t kv_up;
-    int sticky; /* a fault that left the context unusable */
-    /* Recorded after the last work that used `work`, on whichever stream
-     * it ran: later work on another stream waits for it, so callers'
-     * streams and the compute stream never share the buffers at once. */
-    cudaEvent_t last;
-};
-
-/* Orders work about to be enqueued on `st` after all earlier work. */
 int order_after_last(cuda_ctx *c, cudaStream_t st)
 {
     return cuda_err(cudaStreamWaitEvent(st, c->last, 0));
@@ -152,68 +281,9 @@ int mark_last(cuda_ctx *c, cudaStream_t st)
     return cuda_err(cudaEventRecord(c->last, st));
 }
 
-/* After a CUDA error: a non-sticky error is cleared by cudaGetLastError;
- * if the device still fails to synchronise, the context is lost. */
-int contain(cuda_ctx *c, int rc)
-{
-    if (rc == ATTN_OK)
-        return rc;
-    cudaGetLastError();
-    if (cudaDeviceSynchronize() != cudaSuccess) {
-        c->sticky = 1;
-        return ATTN_EBACKEND;
-    }
-    cudaGetLastError();
-    return rc;
-}
-
-/* The dense keys, values and key mask of a problem at device addresses. */
-kv_src dense_src(const void *k, const void *v, const uint8_t *mask)
-{
-    kv_src s;
-    memset(&s, 0, sizeof s);
-    s.k = k;
-    s.v = v;
-    s.mask = mask;
-    return s;
-}
-
-/* Resolves a checked problem whose queries and output sit at the given
- * device addresses, and keys and values at `kv`, into the kernels'
- * description.  The query mask is q_mask, or in self-attention (Nq == Nk)
- * the key mask (a store's is gathered by run_problem()), or none. */
-dev_problem make_dev(const attn_problem *p, const void *q, const kv_src &kv,
-                     const uint8_t *q_mask, void *out)
-{
-    dev_problem d;
-    d.method = p->method;
-    d.dtype = p->dtype;
-    d.B = p->B;
-    d.H = p->H;
-    d.Hkv = p->Hkv;
-    d.Nq = p->Nq;
-    d.Nk = p->Nk;
-    d.D = p->D;
-    d.nbq = attn_num_blocks(p->Nq);
-    d.nbk = attn_num_blocks(p->Nk);
-    d.q = q;
-    d.kv = kv;
-    bool self = !p->q_mask && p->Nq == p->Nk;
-    d.qmask = p->q_mask ? q_mask : self ? kv.mask : nullptr;
-    d.qmask_of_store = self && kv.pg.table;
-    d.out = out;
-    d.scale = attn_scale(p);
-    d.causal = p->causal != 0;
-    d.off = (int64_t)p->Nk - (int64_t)p->Nq;
-    d.budget = p->method == ATTN_EXACT ? 0 : attn_budget(p);
-    d.prior_first = p->prior_first;
-    d.prior_diagonal = p->prior_diagonal;
-    return d;
-}
-
-/* Points cuBLAS at `st` and at our workspace.  cublasSetStream() resets
- * the workspace to cuBLAS's own pool (which allocates per stream), so the
- * workspace is set again after every change of stream. */
+/* cublasSetStream() resets the workspace to cuBLAS's own pool (which
+ * allocates per stream), so the workspace is set again after every change
+ * of stream. */
 int bind_blas(cuda_ctx *c, cudaStream_t st)
 {
     if (cublasSetStream(c->blas, st) != CUBLAS_STATUS_SUCCESS ||
@@ -223,209 +293,70 @@ int bind_blas(cuda_ctx *c, cudaStream_t st)
     return ATTN_OK;
 }
 
-/* Enqueues one problem (tensors in device memory) on `st`. */
-int run_problem(cuda_ctx *c, dev_problem p, cudaStream_t st)
+int wave_events(cuda_ctx *c, uint32_t n)
 {
-    if (p.D > ATTN_MAX_HEAD_DIM || p.nbq > 65535 || p.nbk > 65535)
-        return ATTN_ENOTSUP;
-    /* The work buffers: the query mask gathered from a store (self-
-     * attention on a store), then the MRA buffers. */
-    size_t sz[1 + MRA_NBUF], off[1 + MRA_NBUF], total;
-    memset(sz, 0, sizeof sz);
-    if (p.qmask_of_store)
-        sz[0] = (size_t)p.B * p.Nq;
-    if (p.method != ATTN_EXACT && !mra_work_sizes(p, sz + 1))
+    if (n <= c->nwave_ev)
+        return ATTN_OK;
+    cudaEvent_t *u =
+        (cudaEvent_t *)realloc(c->wave_up, n * sizeof(cudaEvent_t));
+    if (u)
+        c->wave_up = u;
+    cudaEvent_t *d =
+        (cudaEvent_t *)realloc(c->wave_done, n * sizeof(cudaEvent_t));
+    if (d)
+        c->wave_done = d;
+    if (!u || !d)
         return ATTN_ENOMEM;
-    if (!layout(sz, 1 + MRA_NBUF, off, &total))
-        return ATTN_ENOMEM;
-    if (total > c->work.cap) {
-        /* Growing frees the old arena: let queued work finish. */
-        cudaError_t e = cudaStreamSynchronize(st);
-        if (e != cudaSuccess)
-            return cuda_err(e);
-    }
-    int rc = arena_reserve(&c->work, total);
-    if (rc)
-        return rc;
-    void *bufs[1 + MRA_NBUF];
-    for (int i = 0; i < 1 + MRA_NBUF; i++)
-        bufs[i] = (char *)c->work.base + off[i];
-    if (p.qmask_of_store) {
-        rc = kv_gather_mask(p.kv, p.B, p.Nq, (uint8_t *)bufs[0], st);
-        if (rc)
-            return rc;
-        p.qmask = (const uint8_t *)bufs[0];
-    }
-
-    attend_args a;
-    memset(&a, 0, sizeof a);
-    a.q = p.q;
-    a.kv = p.kv;
-    a.qmask = p.qmask;
-    a.out = p.out;
-    a.B = p.B;
-    a.H = p.H;
-    a.Hkv = p.Hkv;
-    a.Nq = p.Nq;
-    a.Nk = p.Nk;
-    a.D = p.D;
-    a.nbq = p.nbq;
-    a.nbk = p.nbk;
-    a.scale = p.scale;
-    a.causal = p.causal;
-    a.off = p.off;
-    /* 16-byte rows: a store's pages are (kv.cu), dense tensors must be */
-    a.vec_ok =
-        p.D % 8 == 0 && (uintptr_t)p.q % 16 == 0 &&
-        (p.kv.pg.table || ((uintptr_t)p.kv.k | (uintptr_t)p.kv.v) % 16 == 0);
-
-    if (p.method != ATTN_EXACT) {
-        mra_work w;
-        mra_work_bind(&w, bufs + 1);
-        rc = bind_blas(c, st);
-        if (rc)
-            return rc;
-        rc = mra_plan(p, w, c->blas, st);
-        if (rc)
-            return rc;
-        a.list = w.list;
-        a.row_off = w.row_off;
-        a.list_stride = p.budget;
-        if (p.method == ATTN_MRA2) {
-            a.low_m = w.low_m;
-            a.low_z = w.low_z;
-            a.low_num = w.low_num;
+    for (; c->nwave_ev < n; c->nwave_ev++) {
+        uint32_t i = c->nwave_ev;
+        if (cudaEventCreateWithFlags(&c->wave_up[i], cudaEventDisableTiming) !=
+            cudaSuccess)
+            return ATTN_EBACKEND;
+        if (cudaEventCreateWithFlags(&c->wave_done[i],
+                                     cudaEventDisableTiming) != cudaSuccess) {
+            cudaEventDestroy(c->wave_up[i]);
+            return ATTN_EBACKEND;
         }
     }
-    switch (p.dtype) {
-    case ATTN_F32:
-        return attend_f32(a, st);
-    case ATTN_F16:
-        return attend_f16(a, st);
-    case ATTN_BF16:
-        return attend_bf16(a, st);
-    }
-    return ATTN_ENOTSUP;
-}
-
-/* One problem of a batch on its way through the pipeline. */
-struct job {
-    const attn_problem *p;
-    size_t off[NT], sz[NT];
-    int err;
-};
-
-/* Stages the inputs of job j into slot s and starts their copy. */
-int job_upload(cuda_ctx *c, job *j, int s)
-{
-    size_t total;
-    if (!tensor_sizes(j->p, j->sz) || !layout(j->sz, NT, j->off, &total))
-        return ATTN_ENOMEM;
-    int rc = arena_reserve(&c->din[s], total);
-    if (!rc)
-        rc = arena_reserve(&c->stage[s], total);
-    if (rc)
-        return rc;
-    char *h = (char *)c->stage[s].base;
-    const void *src[T_OUT] = {j->p->q, j->p->k, j->p->v, j->p->mask,
-                              j->p->q_mask};
-    for (int i = 0; i < T_OUT; i++)
-        if (j->sz[i])
-            memcpy(h + j->off[i], src[i], j->sz[i]);
-    /* q, k, v and the masks are contiguous: one copy. */
-    cudaError_t e = cudaMemcpyAsync(c->din[s].base, h, j->off[T_OUT],
-                                    cudaMemcpyHostToDevice, c->copy);
-    if (e == cudaSuccess)
-        e = cudaEventRecord(c->h2d[s], c->copy);
-    return cuda_err(e);
-}
-
-/* Runs job j from slot s and queues the copy of its output back. */
-int job_launch(cuda_ctx *c, job *j, int s)
-{
-    char *d = (char *)c->din[s].base;
-    cudaError_t e = cudaStreamWaitEvent(c->comp, c->h2d[s], 0);
-    if (e != cudaSuccess)
-        return cuda_err(e);
-    kv_src kv = dense_src(d + j->off[1], d + j->off[2],
-                          j->p->mask ? (uint8_t *)d + j->off[3] : nullptr);
-    if (j->p->kv) {
-        const kv_store *ks = (const kv_store *)j->p->kv->impl;
-        if (!kv_store_ok(ks))
-            return ATTN_EBACKEND;
-        kv = kv_store_src(ks);
-    }
-    dev_problem p = make_dev(j->p, d + j->off[0], kv,
-                             j->p->q_mask ? (uint8_t *)d + j->off[4] : nullptr,
-                             d + j->off[T_OUT]);
-    int rc = run_problem(c, p, c->comp);
-    if (rc)
-        return rc;
-    e = cudaMemcpyAsync((char *)c->stage[s].base + j->off[T_OUT],
-                        d + j->off[T_OUT], j->sz[T_OUT], cudaMemcpyDeviceToHost,
-                        c->comp);
-    return cuda_err(e);
-}
-
-/* Waits for job j and copies its output to the caller. */
-int job_finish(cuda_ctx *c, job *j, int s)
-{
-    cudaError_t e = cudaEventSynchronize(c->done[s]);
-    if (e != cudaSuccess)
-        return cuda_err(e);
-    memcpy(j->p->out, (char *)c->stage[s].base + j->off[T_OUT], j->sz[T_OUT]);
     return ATTN_OK;
 }
+
+bool host_pinned(const void *p, size_t n)
+{
+    if (!p || !n)
+        return false;
+    const void *ends[2] = {p, (const char *)p + n - 1};
+    for (const void *e : ends) {
+        cudaPointerAttributes a;
+        if (cudaPointerGetAttributes(&a, e) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        if (a.type != cudaMemoryTypeHost)
+            return false;
+    }
+    return true;
+}
+
+tunables g_tune = {16u << 20, 16u << 20};
+
+namespace
+{
 
 int cuda_compute_batch(void *ctx, const attn_problem *const *probs, size_t n,
                        int *errs)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    if (c->sticky || cudaSetDevice(c->device) != cudaSuccess) {
+    int rc = ctx_enter(c);
+    if (rc == ATTN_OK)
+        rc = batch_compute(c, probs, n, errs);
+    if (rc)
         for (size_t i = 0; i < n; i++)
-            errs[i] = ATTN_EBACKEND;
-        return ATTN_EBACKEND;
-    }
-    int rc0 = contain(c, order_after_last(c, c->comp));
-    if (rc0) {
-        for (size_t i = 0; i < n; i++)
-            errs[i] = rc0;
-        return rc0;
-    }
-    job jobs[2];
-    memset(jobs, 0, sizeof jobs);
-    if (n > 0) {
-        jobs[0].p = probs[0];
-        jobs[0].err = contain(c, job_upload(c, &jobs[0], 0));
-    }
-    for (size_t i = 0; i < n; i++) {
-        int s = (int)(i & 1);
-        job *j = &jobs[s];
-        /* A cancelled problem is not launched (the GPU computes a problem
-         * in milliseconds: the check between problems is enough). */
-        if (!j->err && j->p->cancel && *j->p->cancel)
-            j->err = ATTN_ECANCELED;
-        if (!j->err && !c->sticky)
-            j->err = contain(c, job_launch(c, j, s));
-        /* Every slot event is recorded so job_finish never waits on a
-         * stale one, whatever failed before. */
-        cudaEventRecord(c->done[s], c->comp);
-        if (i + 1 < n) {
-            /* The other slot's previous job finished last iteration. */
-            job *nx = &jobs[s ^ 1];
-            memset(nx, 0, sizeof *nx);
-            nx->p = probs[i + 1];
-            nx->err = c->sticky ? ATTN_EBACKEND
-                                : contain(c, job_upload(c, nx, s ^ 1));
-        }
-        if (!j->err)
-            j->err = contain(c, job_finish(c, j, s));
-        if (c->sticky && !j->err)
-            j->err = ATTN_EBACKEND;
-        errs[i] = j->err;
-    }
-    mark_last(c, c->comp);
-    return ATTN_OK;
+            errs[i] = rc;
+    /* the next call finds a working context, and health() says so */
+    if (c->sticky)
+        heal(c);
+    return rc;
 }
 
 const char *cuda_device(void *ctx)
@@ -433,9 +364,27 @@ const char *cuda_device(void *ctx)
     return ((cuda_ctx *)ctx)->desc;
 }
 
+/* Rebuilds a lost context (no more often than HEAL_RETRY_S): the daemon
+ * asks after every batch, on the worker that owns the backend. */
 int cuda_health(void *ctx)
 {
-    return ((cuda_ctx *)ctx)->sticky ? ATTN_EBACKEND : ATTN_OK;
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (c->sticky)
+        heal(c);
+    return c->sticky ? ATTN_EBACKEND : ATTN_OK;
+}
+
+/* Gives back every buffer kept for reuse: the batch arenas, the staging
+ * slots, the append staging.  Streams, events, cuBLAS and its 32 MiB
+ * workspace stay. */
+void cuda_trim(void *ctx)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (ctx_enter(c) != ATTN_OK)
+        return;
+    if (contain(c, ctx_quiesce(c)) != ATTN_OK)
+        return;
+    each_arena(c, [c](arena *a) { arena_release(c, a); });
 }
 
 int cuda_memory(void *ctx, uint64_t *used, uint64_t *total)
@@ -460,9 +409,11 @@ constexpr size_t KV_STAGE_MAX = 64 << 20;
 
 int cuda_kv_new(void *ctx, attn_kv *kv)
 {
-    (void)ctx;
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (ctx_enter(c) != ATTN_OK)
+        return ATTN_EBACKEND;
     kv_store *s = nullptr;
-    int rc = kv_store_new(&kv->shape, &s);
+    int rc = kv_store_new(&kv->shape, c->epoch, &s);
     if (rc == ATTN_OK)
         kv->impl = s;
     return rc;
@@ -478,8 +429,8 @@ int kv_stage_reserve(cuda_ctx *c, size_t want)
         if (e != cudaSuccess)
             return cuda_err(e);
     }
-    int rc = arena_reserve(&c->kv_host, want);
-    return rc ? rc : arena_reserve(&c->kv_dev, want);
+    int rc = arena_reserve(c, &c->kv_host, want);
+    return rc ? rc : arena_reserve(c, &c->kv_dev, want);
 }
 
 int cuda_kv_append(void *ctx, attn_kv *kv,
@@ -488,7 +439,8 @@ int cuda_kv_append(void *ctx, attn_kv *kv,
     const kv_tokens *t = reinterpret_cast<const kv_tokens *>(tokens);
     cuda_ctx *c = (cuda_ctx *)ctx;
     kv_store *s = (kv_store *)kv->impl;
-    if (c->sticky || !kv_store_ok(s) || cudaSetDevice(c->device) != cudaSuccess)
+    if (ctx_enter(c) != ATTN_OK || !kv_store_ok(s) ||
+        kv_store_epoch(s) != c->epoch)
         return ATTN_EBACKEND;
     /* on the compute stream, after whatever ran before (a caller's stream
      * of attn_cuda_compute_device() included) */
@@ -514,7 +466,8 @@ int cuda_kv_append(void *ctx, attn_kv *kv,
 
 /* May run on any thread, concurrently with the backend's: it touches the
  * store's memory only, on the backend's device, and puts the thread's
- * device back. */
+ * device back.  A store of a context that was reset has no device memory
+ * left to free. */
 void cuda_kv_free(void *ctx, attn_kv *kv)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -524,7 +477,8 @@ void cuda_kv_free(void *ctx, attn_kv *kv)
     int prev = -1;
     bool other = cudaGetDevice(&prev) == cudaSuccess && prev != c->device;
     cudaSetDevice(c->device);
-    kv_store_free(s); /* cudaFree waits for the work that used it */
+    /* cudaFree waits for the work that used it */
+    kv_store_free(s, kv_store_epoch(s) == device_epoch(c->device));
     if (other)
         cudaSetDevice(prev);
     cudaGetLastError();
@@ -536,46 +490,44 @@ void cuda_free(void *ctx)
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!c)
         return;
-    cudaSetDevice(c->device);
-    if (c->comp)
-        cudaStreamSynchronize(c->comp);
-    if (c->copy)
-        cudaStreamSynchronize(c->copy);
-    arena_release(&c->work);
-    arena_release(&c->kv_host);
-    arena_release(&c->kv_dev);
-    if (c->kv_up)
-        cudaEventDestroy(c->kv_up);
-    for (int s = 0; s < 2; s++) {
-        arena_release(&c->din[s]);
-        arena_release(&c->stage[s]);
-        if (c->h2d[s])
-            cudaEventDestroy(c->h2d[s]);
-        if (c->done[s])
-            cudaEventDestroy(c->done[s]);
-    }
-    if (c->last)
-        cudaEventDestroy(c->last);
-    if (c->blas)
-        cublasDestroy(c->blas);
-    if (c->blas_ws)
-        cudaFree(c->blas_ws);
-    if (c->comp)
-        cudaStreamDestroy(c->comp);
-    if (c->copy)
-        cudaStreamDestroy(c->copy);
-    cudaGetLastError();
+    if (c->epoch == device_epoch(c->device) &&
+        cudaSetDevice(c->device) == cudaSuccess)
+        handles_destroy(c);
+    handles_forget(c);
     free(c);
 }
 
-/* In the order of struct attn_backend_i (C++ has no designated
- * initialisers before C++20). */
-const attn_backend_i cuda_iface = {
-    "cuda",      cuda_compute_batch, cuda_device, cuda_health,    nullptr,
-    cuda_memory, cuda_free,          cuda_kv_new, cuda_kv_append, cuda_kv_free,
-};
+/* Filled by name (C++17 has no designated initialisers): entries this
+ * backend does not have stay NULL / 0. */
+attn_backend_i make_iface()
+{
+    attn_backend_i i;
+    memset(&i, 0, sizeof i);
+    i.name = "cuda";
+    i.compute_batch = cuda_compute_batch;
+    i.device = cuda_device;
+    i.health = cuda_health;
+    i.trim = cuda_trim;
+    i.memory = cuda_memory;
+    i.free = cuda_free;
+    i.kv_new = cuda_kv_new;
+    i.kv_append = cuda_kv_append;
+    i.kv_free = cuda_kv_free;
+    return i;
+}
+
+const attn_backend_i cuda_iface = make_iface();
+
+cuda_ctx *ctx_of(const attn_backend *be)
+{
+    return be && be->iface == &cuda_iface ? (cuda_ctx *)be->ctx : nullptr;
+}
 
 } // namespace
+
+} // namespace mrad_cuda
+
+using namespace mrad_cuda;
 
 extern "C" int attn_cuda_device_count(void)
 {
@@ -585,6 +537,51 @@ extern "C" int attn_cuda_device_count(void)
         return ATTN_ENODEV;
     }
     return n;
+}
+
+extern "C" int attn_cuda_describe(char *buf, size_t len)
+{
+    int drv = 0, rt = 0;
+    cudaDriverGetVersion(&drv);
+    cudaRuntimeGetVersion(&rt);
+    char vers[96];
+    if (drv)
+        snprintf(vers, sizeof vers, "driver for CUDA %d.%d, runtime %d.%d",
+                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    else
+        snprintf(vers, sizeof vers, "no CUDA driver, runtime %d.%d", rt / 1000,
+                 rt % 1000 / 10);
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        snprintf(buf, len, "no usable CUDA device: %s (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "none found",
+                 vers);
+        cudaGetLastError();
+        return ATTN_ENODEV;
+    }
+    int usable = 0;
+    size_t at = (size_t)snprintf(buf, len, "%d device(s) (%s):", n, vers);
+    for (int d = 0; d < n; d++) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, d) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        usable += prop.major >= 8;
+        if (at < len)
+            at += (size_t)snprintf(buf + at, len - at, " %d: %.80s sm_%d%d%s;",
+                                   d, prop.name, prop.major, prop.minor,
+                                   prop.major >= 8 ? "" : " (too old)");
+    }
+    if (!usable) {
+        if (at < len)
+            snprintf(buf + at, len - at,
+                     " none is sm_80 or later, which the kernels need "
+                     "(cp.async, bf16 mma)");
+        return ATTN_ENOTSUP;
+    }
+    return usable;
 }
 
 extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
@@ -606,37 +603,24 @@ extern "C" int attn_cuda_backend_new(const struct attn_config *cfg,
     if (!c)
         return ATTN_ENOMEM;
     c->device = dev;
-    c->stage[0].host = c->stage[1].host = c->kv_host.host = true;
+    c->tbl_host.host = c->ring_up[0].host = c->ring_up[1].host =
+        c->ring_down[0].host = c->ring_down[1].host = c->kv_host.host = true;
     snprintf(c->desc, sizeof c->desc, "%.200s (sm_%d%d, %.0f GiB)", prop.name,
              prop.major, prop.minor,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
-    int rc = ATTN_EBACKEND;
-    bool ok = cudaSetDevice(dev) == cudaSuccess &&
-              cudaStreamCreateWithFlags(&c->comp, cudaStreamNonBlocking) ==
-                  cudaSuccess &&
-              cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking) ==
-                  cudaSuccess;
-    ok = ok &&
-         cudaEventCreateWithFlags(&c->last, cudaEventDisableTiming) ==
-             cudaSuccess &&
-         cudaEventCreateWithFlags(&c->kv_up, cudaEventDisableTiming) ==
-             cudaSuccess;
-    for (int s = 0; ok && s < 2; s++)
-        ok = cudaEventCreateWithFlags(&c->h2d[s], cudaEventDisableTiming) ==
-                 cudaSuccess &&
-             cudaEventCreateWithFlags(&c->done[s], cudaEventDisableTiming) ==
-                 cudaSuccess;
-    /* cuBLAS: plain f32 math (no TF32), a fixed workspace from us so it
-     * never allocates on the request path, and the compute stream. */
-    ok = ok && cublasCreate(&c->blas) == CUBLAS_STATUS_SUCCESS &&
-         cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH) ==
-             CUBLAS_STATUS_SUCCESS;
-    if (ok && cudaMalloc(&c->blas_ws, BLAS_WORKSPACE) != cudaSuccess) {
-        rc = ATTN_ENOMEM;
-        ok = false;
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                               dev) != cudaSuccess) {
+        cudaGetLastError();
+        optin = 48 << 10;
     }
-    ok = ok && bind_blas(c, c->comp) == ATTN_OK;
-    if (!ok) {
+    c->smem_optin = (size_t)optin;
+    int rc = ATTN_EBACKEND;
+    if (cudaSetDevice(dev) == cudaSuccess) {
+        c->epoch = device_epoch(dev);
+        rc = handles_init(c);
+    }
+    if (rc) {
         cuda_free(c);
         return rc;
     }
@@ -651,7 +635,8 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
 {
     if (!be || !p)
         return ATTN_EINVAL;
-    if (be->iface != &cuda_iface)
+    cuda_ctx *c = ctx_of(be);
+    if (!c)
         return ATTN_ENOTSUP;
     /* On a store: Nk 0 reads what it holds once `append` is applied, as
      * attn_backend_compute_batch() has it. */
@@ -666,11 +651,14 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
         return ATTN_EINVAL;
     if (p->kv && (uint64_t)p->kv->tokens + p->append.n != p->Nk)
         return ATTN_EINVAL;
-    cuda_ctx *c = (cuda_ctx *)be->ctx;
-    if (c->sticky || cudaSetDevice(c->device) != cudaSuccess)
+    if (ctx_enter(c) != ATTN_OK)
         return ATTN_EBACKEND;
     cudaStream_t st = stream ? (cudaStream_t)stream : c->comp;
-    kv_src kv = dense_src(p->k, p->v, p->mask);
+    kv_src kv;
+    memset(&kv, 0, sizeof kv);
+    kv.k = p->k;
+    kv.v = p->v;
+    kv.mask = p->mask;
     if (p->kv) {
         /* the tokens to append are host memory; they go up on the
          * backend's stream, which `st` then waits for */
@@ -680,17 +668,35 @@ extern "C" int attn_cuda_compute_device(struct attn_backend *be,
         if (rc)
             return rc;
         const kv_store *s = (const kv_store *)p->kv->impl;
-        if (!kv_store_ok(s))
+        if (!kv_store_ok(s) || kv_store_epoch(s) != c->epoch)
             return ATTN_EBACKEND;
         kv = kv_store_src(s);
     }
-    dev_problem d = make_dev(p, p->q, kv, p->q_mask, p->out);
     int rc = order_after_last(c, st);
     if (!rc)
-        rc = run_problem(c, d, st);
+        rc = device_compute(c, p, kv, st);
     if (!rc)
         rc = mark_last(c, st);
     if (!rc && !stream)
         rc = cuda_err(cudaStreamSynchronize(st));
     return contain(c, rc);
+}
+
+extern "C" int attn_cuda_test_fault(struct attn_backend *be, int wait)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (!c)
+        return ATTN_ENOTSUP;
+    if (ctx_enter(c) != ATTN_OK)
+        return ATTN_EBACKEND;
+    int rc = cuda_err(launch_fault(c->comp));
+    if (!rc && wait)
+        rc = cuda_err(cudaStreamSynchronize(c->comp));
+    return contain(c, rc);
+}
+
+extern "C" uint64_t attn_cuda_heals(const struct attn_backend *be)
+{
+    const cuda_ctx *c = ctx_of(be);
+    return c ? c->heals : 0;
 }

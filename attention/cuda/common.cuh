@@ -1,8 +1,9 @@
 /*
  * common.cuh - what the CUDA translation units of the backend share: the
  * device-side description of a problem, the work buffers one problem needs,
- * addressing of keys and values (dense tensors or a store's pages), dtype
- * helpers and the prototypes of the kernel launchers.
+ * addressing of keys and values (dense tensors or a store's pages), the
+ * tables of grouped launches (one launch runs a kernel for every problem
+ * of a batch), dtype helpers and the prototypes of the kernel launchers.
  *
  * Nothing here is visible outside attention/cuda/; the C world sees
  * attn-cuda.h and the vtable only.
@@ -23,6 +24,35 @@ namespace mrad_cuda
 {
 
 constexpr int BLK = ATTN_BLOCK; /* 32: the spec's block size b */
+
+/* ---- grouped launches -------------------------------------------------- */
+
+/*
+ * A kernel of a batch runs as one launch over every problem it concerns:
+ * the launch's grid is the problems' grids one after the other, and a
+ * thread block finds its problem in a table of first blocks, starts[i] <=
+ * block < starts[i + 1] (n + 1 entries, starts[0] = 0).  A problem may
+ * own no block of a launch (starts[i] == starts[i + 1]).  A group of one
+ * problem carries it in the launch's parameters instead, so that it needs
+ * no table in device memory.  Returns i; every thread of a block gets the
+ * same answer.
+ */
+__host__ __device__ inline uint32_t grp_find(const uint32_t *starts, uint32_t n,
+                                             uint32_t block)
+{
+    uint32_t lo = 0, hi = n; /* starts[lo] <= block < starts[hi] */
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (starts[mid] <= block)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Thread blocks a grouped launch may have (a grid's x dimension). */
+constexpr uint64_t GRID_MAX = 0x7fffffffu;
 
 /* ---- where keys and values live ---------------------------------------- */
 
@@ -136,14 +166,61 @@ bool mra_work_sizes(const dev_problem &p, size_t sizes[MRA_NBUF]);
 /* Points the members of *w at consecutive slices of `bufs`. */
 void mra_work_bind(mra_work *w, void *const bufs[MRA_NBUF]);
 
-/* Builds the selection (CSR lists of the pairs the budget picked; the
+/* One MRA problem of a grouped plan: its description, work buffers, and
+ * what the kernels would otherwise derive again in every thread. */
+struct plan_item {
+    dev_problem p;
+    mra_work w;
+    int64_t shift;   /* the diagonal's shift (attn_grid_diag_shift()) */
+    uint64_t chunks; /* histogram chunks of a head's grid */
+};
+/* The plan item of a problem and its work buffers. */
+plan_item plan_item_of(const dev_problem &p, const mra_work &w);
+
+/* The launches of a plan that cover several problems, each with its own
+ * table of first blocks: counts and radix init (256 threads), block means
+ * (128), the warp-per-row passes (256), the radix histograms (256), the
+ * radix steps (128) and the row scans (512). */
+enum { PH_PREP, PH_MEANS, PH_ROWS, PH_HIST, PH_STEP, PH_SCAN, PH_COUNT };
+
+/* What the plan kernels get: n problems, `one` when n == 1, else tables
+ * in device memory: many[n] and starts[PH_COUNT][n + 1]. */
+struct plan_group {
+    plan_item one;
+    const plan_item *many;
+    const uint32_t *starts;
+    uint32_t n;
+};
+
+/* ATTN_OK when the plan's launches can hold the problem (grids, 32-bit
+ * grid arithmetic), else ATTN_ENOTSUP. */
+int plan_check(const dev_problem &p);
+/* The thread blocks a checked problem takes in each phase. */
+void plan_blocks(const dev_problem &p, uint64_t blocks[PH_COUNT]);
+
+/*
+ * Builds the selection (CSR lists of the pairs the budget picked; the
  * causally partial pairs of a row, forced into the set, are not listed:
  * the fused kernels add them) and, in mra2 mode, the low-resolution
- * softmax state of every block row.  Enqueued on `stream` (the cuBLAS
- * handle is bound to it).  Returns a cudaError_t / cuBLAS failure mapped
- * to an attn_err code. */
+ * softmax state of every block row, for the n problems of `items` (host
+ * copies, checked with plan_check()) at once: one launch per kernel for
+ * all of them, and the two low-resolution products (cuBLAS) per problem.
+ * `starts` [PH_COUNT][n + 1] are the host copies of the tables of first
+ * blocks, `g` what the kernels read (its tables in device memory when
+ * n > 1).  Enqueued on `stream` (the cuBLAS handle is bound to it).
+ * Returns ATTN_OK, or the error of a launch (all problems failed); a
+ * failed product fails its own problem only: errs[i] (may be NULL when
+ * n == 1) gets ATTN_OK or its error.
+ */
+int mra_plan_group(const plan_item *items, const uint32_t *starts,
+                   const plan_group &g, cublasHandle_t blas,
+                   cudaStream_t stream, int *errs);
+/* The plan of one problem (a group of one, no table). */
 int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
              cudaStream_t stream);
+/* Fills starts [PH_COUNT][n + 1] for the items; false when a launch
+ * would exceed GRID_MAX blocks. */
+bool plan_starts(const plan_item *items, uint32_t n, uint32_t *starts);
 
 /* Arguments of the fused attention kernels. */
 struct attend_args {
@@ -167,11 +244,95 @@ struct attend_args {
     int vec_ok; /* rows start 16-byte aligned: vector / cp.async loads */
 };
 
-/* Launch the fused kernels; return ATTN_OK, ATTN_ENOTSUP (D too large) or
- * ATTN_EBACKEND (launch failure). */
-int attend_f32(const attend_args &a, cudaStream_t stream);
-int attend_f16(const attend_args &a, cudaStream_t stream);
-int attend_bf16(const attend_args &a, cudaStream_t stream);
+/* A grouped launch of a fused kernel: n problems of one kind (below);
+ * problem i owns thread blocks starts[i] .. starts[i + 1] - 1.  n == 1:
+ * the problem is `one`; else many[n] and starts[n + 1] are in device
+ * memory. */
+struct attend_group {
+    attend_args one;
+    const attend_args *many;
+    const uint32_t *starts;
+    uint32_t n;
+};
+
+/* Which instantiation of the fused kernels a problem runs in: its dtype,
+ * the head dimension padded to dp, and the query rows of a thread block
+ * (32; 128 for exact f16/bf16 attention when the shared memory allows). */
+struct attend_kind {
+    int dtype;
+    uint32_t dp, rows;
+};
+
+/* Dynamic shared memory of the fused kernels: the tensor-core kernel with
+ * `rows` query rows (Q, two stages of K and V, rows of dp + 8 halves), and
+ * the f32 kernel (Q, K, V, P). */
+constexpr size_t attend_mma_smem(uint32_t dp, uint32_t rows)
+{
+    return (size_t)(rows + 4 * BLK) * (dp + 8) * 2;
+}
+constexpr size_t attend_f32_smem(uint32_t dp)
+{
+    return (size_t)(2 * BLK * (dp + 1) + BLK * dp + BLK * 33) * 4;
+}
+
+/* Head dimension padded to the tile widths the kernels are built for. */
+static inline uint32_t pad_dim(uint32_t D)
+{
+    return D <= 32 ? 32 : D <= 64 ? 64 : D <= 128 ? 128 : 256;
+}
+
+/* The kind of a problem of head dimension D (exact attention, or MRA
+ * with its lists) on a device whose blocks may opt in to `smem_optin`
+ * bytes of shared memory; ATTN_ENOTSUP when none fits (D > 256, or f32
+ * with D > 128 on GPUs with 99 KiB). */
+static inline int attend_kind_of(uint32_t D, int dtype, bool exact,
+                                 size_t smem_optin, attend_kind *k)
+{
+    if (D > 256)
+        return ATTN_ENOTSUP;
+    k->dtype = dtype;
+    k->dp = pad_dim(D);
+    k->rows = 32;
+    if (dtype == ATTN_F32)
+        return attend_f32_smem(k->dp) <= smem_optin ? ATTN_OK : ATTN_ENOTSUP;
+    /* exact attention shares each K/V tile between 128 rows when the
+     * shared memory allows (every block streams its head's K and V) */
+    if (exact && attend_mma_smem(k->dp, 128) <= smem_optin)
+        k->rows = 128;
+    return attend_mma_smem(k->dp, k->rows) <= smem_optin ? ATTN_OK
+                                                         : ATTN_ENOTSUP;
+}
+
+/* Query tiles of a problem with `rows` rows a block, and its thread
+ * blocks: one per (head, query tile). */
+__host__ __device__ inline uint32_t attend_qtiles(const attend_args &a,
+                                                  uint32_t rows)
+{
+    return (uint32_t)(((uint64_t)a.Nq + rows - 1) / rows);
+}
+static inline uint64_t attend_blocks(const attend_args &a, uint32_t rows)
+{
+    return (uint64_t)attend_qtiles(a, rows) * a.B * a.H;
+}
+
+/* Launch the fused kernels of one kind over a group of `blocks` thread
+ * blocks; return ATTN_OK or ATTN_EBACKEND (launch failure). */
+int attend_f32(const attend_group &g, const attend_kind &k, uint32_t blocks,
+               cudaStream_t stream);
+int attend_f16(const attend_group &g, const attend_kind &k, uint32_t blocks,
+               cudaStream_t stream);
+int attend_bf16(const attend_group &g, const attend_kind &k, uint32_t blocks,
+                cudaStream_t stream);
+/* The launcher of a kind's dtype. */
+static inline int attend_launch(const attend_group &g, const attend_kind &k,
+                                uint32_t blocks, cudaStream_t stream)
+{
+    if (k.dtype == ATTN_F32)
+        return attend_f32(g, k, blocks, stream);
+    if (k.dtype == ATTN_F16)
+        return attend_f16(g, k, blocks, stream);
+    return attend_bf16(g, k, blocks, stream);
+}
 
 /* ---- stores of keys and values (kv.cu) --------------------------------- */
 
@@ -193,12 +354,18 @@ struct kv_stage {
     cudaEvent_t uploaded;
 };
 
-/* Creates an empty store of a checked shape (no device memory yet).
- * Returns ATTN_OK or ATTN_ENOMEM. */
-int kv_store_new(const attn_kv_shape *shape, kv_store **out);
-/* Frees the store's device memory and the store: on the device that is
- * current, with nothing in flight that uses it. */
-void kv_store_free(kv_store *s);
+/* Creates an empty store of a checked shape (no device memory yet) in
+ * the device context of generation `epoch` (backend.cu counts the
+ * contexts of a device: a reset after a fault makes a new one).  Returns
+ * ATTN_OK or ATTN_ENOMEM. */
+int kv_store_new(const attn_kv_shape *shape, uint64_t epoch, kv_store **out);
+/* The generation of the context the store's pages were allocated in. */
+uint64_t kv_store_epoch(const kv_store *s);
+/* Frees the store: its device memory too when `alive` (its context still
+ * exists; on the device that is current, with nothing in flight that
+ * uses it), else only what it holds in host memory, since the pages went
+ * with their context and their addresses may belong to others now. */
+void kv_store_free(kv_store *s, bool alive);
 /* Staging bytes an append of n tokens needs to go up in one piece; with
  * less (but at least kv_stage_need(s, 1)) it goes up in several. */
 size_t kv_stage_need(const kv_store *s, uint32_t n);
@@ -217,12 +384,6 @@ kv_src kv_store_src(const kv_store *s);
  * (the query mask of self-attention), on `st`. */
 int kv_gather_mask(const kv_src &kv, uint32_t B, uint32_t N, uint8_t *out,
                    cudaStream_t st);
-
-/* Head dimension padded to the tile widths the kernels are built for. */
-static inline uint32_t pad_dim(uint32_t D)
-{
-    return D <= 32 ? 32 : D <= 64 ? 64 : D <= 128 ? 128 : 256;
-}
 
 /* Maps the result of a CUDA call to an attn_err code. */
 static inline int cuda_err(cudaError_t e)

@@ -59,7 +59,8 @@ struct kv_store {
     uint32_t npages, cap;
     uint32_t *slab_first; /* the first page of each slab (cap entries) */
     uint32_t nslabs;
-    bool broken; /* an append failed on the device part-way */
+    bool broken;    /* an append failed on the device part-way */
+    uint64_t epoch; /* the device context the pages belong to */
 };
 
 namespace
@@ -339,11 +340,12 @@ int place_and_sum(kv_store *s, const stage_layout &l, const char *dev,
 
 } // namespace
 
-int kv_store_new(const attn_kv_shape *sh, kv_store **out)
+int kv_store_new(const attn_kv_shape *sh, uint64_t epoch, kv_store **out)
 {
     kv_store *s = (kv_store *)calloc(1, sizeof *s);
     if (!s)
         return ATTN_ENOMEM;
+    s->epoch = epoch;
     s->dtype = sh->dtype;
     s->B = sh->B;
     s->Hkv = sh->Hkv;
@@ -362,13 +364,20 @@ int kv_store_new(const attn_kv_shape *sh, kv_store **out)
     return ATTN_OK;
 }
 
-void kv_store_free(kv_store *s)
+uint64_t kv_store_epoch(const kv_store *s)
+{
+    return s->epoch;
+}
+
+void kv_store_free(kv_store *s, bool alive)
 {
     if (!s)
         return;
-    for (uint32_t i = 0; i < s->nslabs; i++)
-        dev_free(s->table[s->slab_first[i]].kv);
-    dev_free(s->dtable);
+    if (alive) {
+        for (uint32_t i = 0; i < s->nslabs; i++)
+            dev_free(s->table[s->slab_first[i]].kv);
+        dev_free(s->dtable);
+    }
     free(s->table);
     free(s->slab_first);
     free(s);

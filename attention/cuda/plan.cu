@@ -6,6 +6,14 @@
  * softmax state of the low-resolution terms of each block row, which the
  * fused kernel (attend-*.cu) starts from.
  *
+ * Grouped launches.  A batch's MRA problems are planned together: every
+ * kernel below runs once for all of them (a grid made of the problems'
+ * grids, struct plan_group of common.cuh), so a batch of sixteen problems
+ * costs the launches of one.  Only the two low-resolution products stay
+ * one cuBLAS call per problem: their shapes differ from problem to
+ * problem, and one call per shape keeps cuBLAS's choice of algorithm, and
+ * so the bits, those of the problem alone.
+ *
  * Selection.  The score S_IJ and its order-preserving 64-bit key come from
  * attention/select-rule.h, the functions the CPU backend uses too, so that
  * the CPU and the GPU pick the same pairs from the same logits.  A radix
@@ -33,6 +41,7 @@
  * after the row's list.
  */
 #include <math.h>
+#include <string.h>
 
 #ifdef MRAD_CUDA_PRIMS
 #include MRAD_CUDA_PRIMS
@@ -48,15 +57,38 @@ namespace
 {
 
 constexpr int HIST_CHUNK = 4096; /* grid elements per histogram block */
+constexpr int HIST_THREADS = 256;
+constexpr int SCAN_THREADS = 512;
+/* Threads of a block in each phase (the order of PH_*). */
+constexpr unsigned PH_THREADS[PH_COUNT] = {256, 128, 256, HIST_THREADS, 128,
+                                           SCAN_THREADS};
 
-/* c_J for every (b, J): number of real tokens in the block, of a sequence
- * of N tokens with mask [B, N] (or NULL). */
-__global__ void k_counts(const uint8_t *mask, uint32_t B, uint32_t N,
-                         uint32_t nb, float *cnt)
+/* The problem of this thread block in phase `ph` of a grouped plan, and
+ * the block's index among the problem's blocks of that phase. */
+__device__ __forceinline__ const plan_item &plan_at(const plan_group &g, int ph,
+                                                    uint32_t *local)
 {
-    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= (size_t)B * nb)
-        return;
+    if (g.n == 1) {
+        *local = blockIdx.x;
+        return g.one;
+    }
+    const uint32_t *s = g.starts + (size_t)ph * (g.n + 1);
+    uint32_t i = grp_find(s, g.n, blockIdx.x);
+    *local = blockIdx.x - s[i];
+    return g.many[i];
+}
+
+/* The first thread of this block in its problem's part of the grid. */
+__device__ __forceinline__ size_t thread_at(uint32_t local)
+{
+    return (size_t)local * blockDim.x + threadIdx.x;
+}
+
+/* c_J of block x = b * nb + J: the number of real tokens of the block, in
+ * a sequence of N tokens with mask [B, N] (or NULL). */
+__device__ __forceinline__ void count_block(const uint8_t *mask, uint32_t N,
+                                            uint32_t nb, size_t x, float *cnt)
+{
     uint32_t b = (uint32_t)(x / nb), I = (uint32_t)(x % nb);
     uint32_t c = 0;
     for (uint32_t t = 0; t < BLK; t++) {
@@ -67,15 +99,16 @@ __global__ void k_counts(const uint8_t *mask, uint32_t B, uint32_t N,
     cnt[x] = (float)c;
 }
 
-/* Block means of one tensor [B*Hx, N, D] -> [B*Hx, nb, D]; one thread block
- * per (head, block), threads over d, tokens summed in order. */
+/* The block mean of block x = hb * nb + I of a tensor [B*Hx, N, D] ->
+ * out [B*Hx, nb, D]: threads over d, tokens summed in order. */
 template <typename T>
-__global__ void k_means(const T *x, const uint8_t *mask, const float *cnt,
-                        uint32_t Hx, uint32_t N, uint32_t D, uint32_t nb,
-                        float *out)
+__device__ __forceinline__ void mean_block(const T *x, const uint8_t *mask,
+                                           const float *cnt, uint32_t Hx,
+                                           uint32_t N, uint32_t D, uint32_t nb,
+                                           float *out, size_t blk)
 {
-    size_t hb = blockIdx.x / nb;
-    uint32_t I = blockIdx.x % nb;
+    size_t hb = blk / nb;
+    uint32_t I = (uint32_t)(blk % nb);
     uint32_t b = (uint32_t)(hb / Hx);
     float c = cnt[(size_t)b * nb + I];
     const T *src = x + hb * N * D;
@@ -90,16 +123,35 @@ __global__ void k_means(const T *x, const uint8_t *mask, const float *cnt,
     }
 }
 
-/* The key block counts c_J and the key (and in full mode value) block
- * means of a store, from the sums its pages keep: one thread block per
- * (unit, block), threads over d.  The sums were added in token order from
- * 0, as k_means adds, and divided the same way, so the means are bitwise
- * those k_counts and k_means compute from the tokens themselves. */
-__global__ void k_kv_means(kv_pages pg, uint32_t Hkv, uint32_t D, uint32_t nb,
-                           int full, float *cnt, float *kh, float *vh)
+/* mean_block() of a tensor of dtype `dt`. */
+__device__ __forceinline__ void mean_block_of(int dt, const void *x,
+                                              const uint8_t *mask,
+                                              const float *cnt, uint32_t Hx,
+                                              uint32_t N, uint32_t D,
+                                              uint32_t nb, float *out,
+                                              size_t blk)
 {
-    size_t u = blockIdx.x / nb;
-    uint32_t J = blockIdx.x % nb;
+    if (dt == ATTN_F32)
+        mean_block((const float *)x, mask, cnt, Hx, N, D, nb, out, blk);
+    else if (dt == ATTN_F16)
+        mean_block((const __half *)x, mask, cnt, Hx, N, D, nb, out, blk);
+    else
+        mean_block((const __nv_bfloat16 *)x, mask, cnt, Hx, N, D, nb, out,
+                   blk);
+}
+
+/* The key block count c_J and the key (and in full mode value) block means
+ * of block blk = u * nb + J of a store, from the sums its pages keep:
+ * threads over d.  The sums were added in token order from 0, as
+ * mean_block() adds, and divided the same way, so the means are bitwise
+ * those count_block() and mean_block() compute from the tokens. */
+__device__ __forceinline__ void kv_mean_block(const kv_pages &pg, uint32_t Hkv,
+                                              uint32_t D, uint32_t nb, int full,
+                                              float *cnt, float *kh, float *vh,
+                                              size_t blk)
+{
+    size_t u = blk / nb;
+    uint32_t J = (uint32_t)(blk % nb);
     uint32_t b = (uint32_t)(u / Hkv);
     const char *meta = pg.table[J].meta;
     float c = ((const float *)(meta + pg.cnt))[b];
@@ -112,6 +164,74 @@ __global__ void k_kv_means(kv_pages pg, uint32_t Hkv, uint32_t D, uint32_t nb,
         if (full)
             vh[(u * nb + J) * D + d] = c > 0.0f ? vs[d] / c : 0.0f;
     }
+}
+
+/* Phase PREP, a thread each: the key block counts (tensors only: a
+ * store's come with its means), the query block counts, and per head
+ * the radix state (prefix 0, k; all ones and 0 select nothing) and an
+ * empty histogram. */
+__global__ void k_prep(const __grid_constant__ plan_group g)
+{
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_PREP, &lb);
+    const dev_problem &p = it.p;
+    const mra_work &w = it.w;
+    size_t x = thread_at(lb);
+    size_t nk = p.kv.pg.table ? 0 : (size_t)p.B * p.nbk;
+    size_t nq = (size_t)p.B * p.nbq, heads = (size_t)p.B * p.H;
+    if (x < nk) {
+        count_block(p.kv.mask, p.Nk, p.nbk, x, w.cnt);
+        return;
+    }
+    x -= nk;
+    if (x < nq) {
+        count_block(p.qmask, p.Nq, p.nbq, x, w.cntq);
+        return;
+    }
+    x -= nq;
+    if (x < heads) {
+        w.rstate[x * 2] = p.budget ? 0 : ~0ull;
+        w.rstate[x * 2 + 1] = p.budget;
+        for (int i = 0; i < 256; i++)
+            w.hist[x * 256 + i] = 0;
+    }
+}
+
+/* Phase MEANS, a block each: the key (and in full mode value) block
+ * means, from the tokens or a store's sums, then the query block means. */
+__global__ void k_means(const __grid_constant__ plan_group g)
+{
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_MEANS, &lb);
+    const dev_problem &p = it.p;
+    const mra_work &w = it.w;
+    size_t blk = lb, kb = (size_t)p.B * p.Hkv * p.nbk;
+    int full = p.method == ATTN_MRA2;
+    if (p.kv.pg.table) {
+        if (blk < kb) {
+            kv_mean_block(p.kv.pg, p.Hkv, p.D, p.nbk, full, w.cnt, w.kh, w.vh,
+                          blk);
+            return;
+        }
+        blk -= kb;
+    } else {
+        if (blk < kb) {
+            mean_block_of(p.dtype, p.kv.k, p.kv.mask, w.cnt, p.Hkv, p.Nk, p.D,
+                          p.nbk, w.kh, blk);
+            return;
+        }
+        blk -= kb;
+        if (full) {
+            if (blk < kb) {
+                mean_block_of(p.dtype, p.kv.v, p.kv.mask, w.cnt, p.Hkv, p.Nk,
+                              p.D, p.nbk, w.vh, blk);
+                return;
+            }
+            blk -= kb;
+        }
+    }
+    mean_block_of(p.dtype, p.q, p.qmask, w.cntq, p.H, p.Nq, p.D, p.nbq, w.qh,
+                  blk);
 }
 
 __device__ __forceinline__ float warp_max(float v)
@@ -157,11 +277,32 @@ struct key_ctx {
     }
 };
 
-/* r_I over the pairs of the row that are not hidden (row_max() of
- * select-rule.cuh): one warp per block row. */
-__global__ void k_rowmax(key_ctx kc, size_t rows, float *rmax)
+__device__ __forceinline__ key_ctx key_ctx_of(const plan_item &it)
 {
-    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    key_ctx kc;
+    kc.L = it.w.L;
+    kc.rmax = it.w.rmax;
+    kc.cnt = it.w.cnt;
+    kc.cntq = it.w.cntq;
+    kc.H = it.p.H;
+    kc.nbq = it.p.nbq;
+    kc.nbk = it.p.nbk;
+    kc.pf = it.p.prior_first;
+    kc.pd = it.p.prior_diagonal;
+    kc.causal = it.p.causal;
+    kc.off = it.p.off;
+    kc.shift = it.shift;
+    return kc;
+}
+
+/* Phase ROWS (one warp per block row): r_I over the pairs of the row
+ * that are not hidden (row_max() of select-rule.cuh). */
+__global__ void k_rowmax(const __grid_constant__ plan_group g)
+{
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_ROWS, &lb);
+    const key_ctx kc = key_ctx_of(it);
+    size_t row = thread_at(lb) / 32, rows = (size_t)it.p.B * it.p.H * kc.nbq;
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
@@ -173,22 +314,24 @@ __global__ void k_rowmax(key_ctx kc, size_t rows, float *rmax)
         m = fmaxf(m, l[J]);
     m = warp_max(m);
     if (lane == 0)
-        rmax[row] = row_max(seen ? l[0] : 0.0f, m, seen);
+        it.w.rmax[row] = row_max(seen ? l[0] : 0.0f, m, seen);
 }
 
-/* One radix pass: histogram of the byte at `shift` of the keys whose higher
- * bytes equal the prefix found so far.  Integer atomics: the counts do not
- * depend on the order the threads run in.  Eight blocks of 256 threads per
- * multiprocessor (32 registers a thread): the eight passes stream the whole
- * grid, so this kernel keeps full occupancy. */
-constexpr int HIST_THREADS = 256;
-__global__ void __launch_bounds__(HIST_THREADS, 8)
-    k_hist(key_ctx kc, size_t chunks, const uint64_t *rstate, int shift,
-           uint32_t *hist)
+/* Histogram chunks of a head's grid. */
+__host__ __device__ inline size_t hist_chunks(const dev_problem &p)
 {
-    __shared__ uint32_t sh[256];
-    size_t head = blockIdx.x / chunks;
-    size_t chunk = blockIdx.x % chunks;
+    return ((size_t)p.nbq * p.nbk + HIST_CHUNK - 1) / HIST_CHUNK;
+}
+
+/* One radix pass over a head's chunk of the grid: histogram of the byte
+ * at `shift` of the keys whose higher bytes equal the prefix found so far
+ * (rstate), added to hist.  Integer atomics: the counts do not depend on
+ * the order the threads run in. */
+__device__ __forceinline__ void hist_chunk(const key_ctx &kc, size_t head,
+                                           size_t chunk, const uint64_t *rstate,
+                                           uint32_t *hist, int shift,
+                                           uint32_t *sh)
+{
     for (int i = threadIdx.x; i < 256; i += blockDim.x)
         sh[i] = 0;
     __syncthreads();
@@ -197,7 +340,7 @@ __global__ void __launch_bounds__(HIST_THREADS, 8)
     size_t e0 = chunk * HIST_CHUNK;
     size_t e1 = e0 + HIST_CHUNK < n ? e0 + HIST_CHUNK : n;
     for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-        /* nbq * nbk < 2^32 (checked by mra_plan): 32-bit division */
+        /* nbq * nbk < 2^32 (plan_check()): 32-bit division */
         uint32_t I = (uint32_t)e / kc.nbk, J = (uint32_t)e % kc.nbk;
         uint32_t vis, seen;
         kc.row(I, &vis, &seen);
@@ -213,31 +356,73 @@ __global__ void __launch_bounds__(HIST_THREADS, 8)
             atomicAdd(&hist[head * 256 + i], sh[i]);
 }
 
-/* After a histogram: picks the byte that holds the remaining k-th largest
- * key, from the top bin down.  One thread per head. */
-__global__ void k_radix_step(size_t heads, int shift, const uint32_t *hist,
-                             uint64_t *rstate)
+/* Phase HIST: one radix pass.  Eight blocks of 256 threads per
+ * multiprocessor (32 registers a thread): the eight passes stream the
+ * whole grid, so this kernel keeps full occupancy.  A problem alone is
+ * read from the launch's parameters, where the compiler finds its fields
+ * without holding them in registers; in a group the first thread copies
+ * the block's problem into shared memory. */
+__global__ void __launch_bounds__(HIST_THREADS, 8)
+    k_hist(const __grid_constant__ plan_group g, int shift)
 {
-    size_t head = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (head >= heads)
+    __shared__ uint32_t sh[256];
+    if (g.n == 1) {
+        const plan_item &it = g.one;
+        hist_chunk(key_ctx_of(it), blockIdx.x / it.chunks,
+                   blockIdx.x % it.chunks, it.w.rstate, it.w.hist, shift, sh);
         return;
-    uint64_t prefix = rstate[head * 2], rem = rstate[head * 2 + 1];
-    radix_pick(hist + head * 256, shift, &prefix, &rem);
-    rstate[head * 2] = prefix;
-    rstate[head * 2 + 1] = rem;
+    }
+    __shared__ key_ctx kc;
+    __shared__ size_t head, chunk;
+    __shared__ const uint64_t *rstate;
+    __shared__ uint32_t *hist;
+    if (threadIdx.x == 0) {
+        uint32_t lb;
+        const plan_item &it = plan_at(g, PH_HIST, &lb);
+        kc = key_ctx_of(it);
+        head = lb / it.chunks;
+        chunk = lb % it.chunks;
+        rstate = it.w.rstate;
+        hist = it.w.hist;
+    }
+    __syncthreads();
+    hist_chunk(kc, head, chunk, rstate, hist, shift, sh);
 }
 
-/* Per block row: pairs with a key above T and equal to T. */
-__global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
-                           uint32_t *row_gt, uint32_t *row_eq)
+/* Phase STEP, after a histogram, a thread per head: picks the byte that
+ * holds the remaining k-th largest key, from the top bin down, and empties
+ * the histogram for the next pass. */
+__global__ void k_radix_step(const __grid_constant__ plan_group g, int shift)
 {
-    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_STEP, &lb);
+    size_t head = thread_at(lb);
+    if (head >= (size_t)it.p.B * it.p.H)
+        return;
+    uint64_t *rs = it.w.rstate + head * 2;
+    uint32_t *hist = it.w.hist + head * 256;
+    uint64_t prefix = rs[0], rem = rs[1];
+    radix_pick(hist, shift, &prefix, &rem);
+    rs[0] = prefix;
+    rs[1] = rem;
+    for (int i = 0; i < 256; i++)
+        hist[i] = 0;
+}
+
+/* Phase ROWS: per block row, the pairs with a key above T and equal to
+ * T. */
+__global__ void k_rowcount(const __grid_constant__ plan_group g)
+{
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_ROWS, &lb);
+    const key_ctx kc = key_ctx_of(it);
+    size_t row = thread_at(lb) / 32, rows = (size_t)it.p.B * it.p.H * kc.nbq;
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
     size_t head = row / kc.nbq;
     uint32_t I = (uint32_t)(row % kc.nbq);
-    uint64_t T = rstate[head * 2];
+    uint64_t T = it.w.rstate[head * 2];
     uint32_t gt = 0, eq = 0, vis, seen;
     kc.row(I, &vis, &seen);
     for (uint32_t J = lane; J < vis; J += 32) {
@@ -248,15 +433,14 @@ __global__ void k_rowcount(key_ctx kc, size_t rows, const uint64_t *rstate,
     gt = warp_sum(gt);
     eq = warp_sum(eq);
     if (lane == 0) {
-        row_gt[row] = gt;
-        row_eq[row] = eq;
+        it.w.row_gt[row] = gt;
+        it.w.row_eq[row] = eq;
     }
 }
 
 /* Exclusive prefix sum over a block of SCAN_THREADS threads: *ex gets the
  * sum of v over the threads before this one, *agg the block's total.
  * Warp shuffles, then one warp over the warp totals; fixed order. */
-constexpr int SCAN_THREADS = 512;
 __device__ __forceinline__ void block_exclusive_sum(uint32_t v, uint32_t *ex,
                                                     uint32_t *agg)
 {
@@ -287,17 +471,20 @@ __device__ __forceinline__ void block_exclusive_sum(uint32_t v, uint32_t *ex,
     __syncthreads(); /* tot is reused by the next call */
 }
 
-/* Per head: equal pairs in the rows before each row (for the tie rule) and
- * the CSR offsets of the selected lists.  One block per head. */
+/* Phase SCAN, a block per head: the equal pairs in the rows before each
+ * row (for the tie rule) and the CSR offsets of the selected lists. */
 __global__ void __launch_bounds__(SCAN_THREADS)
-    k_rowscan(uint32_t nb, const uint64_t *rstate, const uint32_t *row_gt,
-              const uint32_t *row_eq, uint32_t *eq_before, uint32_t *row_off)
+    k_rowscan(const __grid_constant__ plan_group g)
 {
-    size_t head = blockIdx.x;
-    uint64_t need = rstate[head * 2 + 1];
-    const uint32_t *gt = row_gt + head * nb, *eq = row_eq + head * nb;
-    uint32_t *eb = eq_before + head * nb;
-    uint32_t *off = row_off + head * (nb + 1);
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_SCAN, &lb);
+    size_t head = lb;
+    uint32_t nb = it.p.nbq;
+    const mra_work &w = it.w;
+    uint64_t need = w.rstate[head * 2 + 1];
+    const uint32_t *gt = w.row_gt + head * nb, *eq = w.row_eq + head * nb;
+    uint32_t *eb = w.eq_before + head * nb;
+    uint32_t *off = w.row_off + head * (nb + 1);
     uint32_t carry_eq = 0, carry_sel = 0;
     for (uint32_t base = 0; base < nb; base += SCAN_THREADS) {
         uint32_t I = base + threadIdx.x;
@@ -318,29 +505,31 @@ __global__ void __launch_bounds__(SCAN_THREADS)
         off[nb] = carry_sel;
 }
 
-/* Per block row: writes the selected J in ascending order into the row's
- * slice of the list; in full mode also turns the row of logits into the
- * low-resolution weights (0 for selected, empty, partial and hidden pairs)
- * and stores (M_I, Z_I).  One warp per row. */
-__global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
-                           const uint32_t *eq_before, const uint32_t *row_off,
-                           uint64_t list_stride, uint32_t *list, int full,
-                           float *Lw, float *low_m, float *low_z)
+/* Phase ROWS: per block row, writes the selected J in ascending order
+ * into the row's slice of the list; in full mode also turns the row of
+ * logits into the low-resolution weights (0 for selected, empty, partial
+ * and hidden pairs) and stores (M_I, Z_I). */
+__global__ void k_rowwrite(const __grid_constant__ plan_group g)
 {
-    size_t row = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    uint32_t lb;
+    const plan_item &it = plan_at(g, PH_ROWS, &lb);
+    const key_ctx kc = key_ctx_of(it);
+    const mra_work &w = it.w;
+    size_t row = thread_at(lb) / 32, rows = (size_t)it.p.B * it.p.H * kc.nbq;
     int lane = threadIdx.x % 32;
     if (row >= rows)
         return;
+    int full = it.p.method == ATTN_MRA2;
     size_t head = row / kc.nbq;
     uint32_t I = (uint32_t)(row % kc.nbq);
-    uint64_t T = rstate[head * 2], need = rstate[head * 2 + 1];
-    uint32_t *out =
-        list + head * list_stride + row_off[head * (kc.nbq + 1) + I];
-    uint32_t eqb = eq_before[row];
+    uint64_t T = w.rstate[head * 2], need = w.rstate[head * 2 + 1];
+    uint32_t *out = w.list + head * it.p.budget +
+                    w.row_off[head * (kc.nbq + 1) + I];
+    uint32_t eqb = w.eq_before[row];
     size_t b = head / kc.H;
     const float *cnt = kc.cnt + b * kc.nbk;
     float cI = kc.cntq[b * kc.nbq + I];
-    float *Lrow = Lw + row * kc.nbk;
+    float *Lrow = w.L + row * kc.nbk;
     uint32_t lt_mask = (1u << lane) - 1u;
     uint32_t nsel = 0, neq = 0, vis, seen;
     kc.row(I, &vis, &seen);
@@ -379,18 +568,8 @@ __global__ void k_rowwrite(key_ctx kc, size_t rows, const uint64_t *rstate,
     }
     z = warp_sum(z);
     if (lane == 0) {
-        low_m[row] = mx;
-        low_z[row] = z;
-    }
-}
-
-/* rstate = (prefix 0, k) per head; (all ones, 0) selects nothing. */
-__global__ void k_radix_init(size_t heads, uint64_t k, uint64_t *rstate)
-{
-    size_t h = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (h < heads) {
-        rstate[h * 2] = k ? 0 : ~0ull;
-        rstate[h * 2 + 1] = k;
+        w.low_m[row] = mx;
+        w.low_z[row] = z;
     }
 }
 
@@ -403,20 +582,48 @@ int blas_err(cublasStatus_t s)
     return ATTN_EBACKEND;
 }
 
-unsigned grid_for(size_t threads, unsigned block)
-{
-    return (unsigned)((threads + block - 1) / block);
-}
-
-} // namespace
-
 /* a * b * c into *out; false on overflow. */
-static bool mul3(size_t a, size_t b, size_t c, size_t *out)
+bool mul3(size_t a, size_t b, size_t c, size_t *out)
 {
     size_t t;
     return !__builtin_mul_overflow(a, b, &t) &&
            !__builtin_mul_overflow(t, c, out);
 }
+
+uint64_t ceil_div(uint64_t a, uint64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+/* L = s * qh kh^T of one problem.  The G query heads sharing one KV head
+ * are contiguous in qh, so one GEMM per (b, KV head) covers them all: in
+ * column-major terms L^T [nbk x G*nbq] = kh^T-op(kh) * qh. */
+int gemm_logits(const plan_item &it, cublasHandle_t blas)
+{
+    const dev_problem &p = it.p;
+    uint32_t G = p.H / p.Hkv;
+    const float zero = 0.0f, scale = p.scale;
+    return blas_err(sgemm_strided(
+        blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nbk, (int)(G * p.nbq), (int)p.D,
+        &scale, it.w.kh, (int)p.D, (long long)p.nbk * p.D, it.w.qh, (int)p.D,
+        (long long)G * p.nbq * p.D, &zero, it.w.L, (int)p.nbk,
+        (long long)G * p.nbq * p.nbk, (int)(p.B * p.Hkv)));
+}
+
+/* low_num = P vh of one problem, again one GEMM per (b, KV head). */
+int gemm_low_num(const plan_item &it, cublasHandle_t blas)
+{
+    const dev_problem &p = it.p;
+    uint32_t G = p.H / p.Hkv;
+    const float one = 1.0f, zero = 0.0f;
+    return blas_err(sgemm_strided(
+        blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nbq), (int)p.nbk,
+        &one, it.w.vh, (int)p.D, (long long)p.nbk * p.D, it.w.L, (int)p.nbk,
+        (long long)G * p.nbq * p.nbk, &zero, it.w.low_num, (int)p.D,
+        (long long)G * p.nbq * p.D, (int)(p.B * p.Hkv)));
+}
+
+} // namespace
 
 bool mra_work_sizes(const dev_problem &p, size_t sz[MRA_NBUF])
 {
@@ -467,129 +674,148 @@ void mra_work_bind(mra_work *w, void *const b[MRA_NBUF])
     w->list = (uint32_t *)b[16];
 }
 
-/* Block means of a tensor [B*Hx, N, D] of N tokens with mask [B, N] (or
- * NULL) and block counts cnt [B, nb]. */
-template <typename T>
-static void launch_means(const dev_problem &p, const void *x, uint32_t Hx,
-                         uint32_t N, uint32_t nb, const uint8_t *mask,
-                         const float *cnt, float *out, cudaStream_t st)
+void plan_blocks(const dev_problem &p, uint64_t bl[PH_COUNT])
 {
-    size_t blocks = (size_t)p.B * Hx * nb;
-    unsigned threads = p.D >= 128 ? 128 : 64;
-    MRAD_LAUNCH(k_means<T>, (unsigned)blocks, threads, st, (const T *)x, mask,
-                cnt, Hx, N, p.D, nb, out);
+    uint64_t heads = (uint64_t)p.B * p.H, rows = heads * p.nbq;
+    uint64_t kb = (uint64_t)p.B * p.Hkv * p.nbk;
+    bool store = p.kv.pg.table != nullptr;
+    uint64_t nk = store ? 0 : (uint64_t)p.B * p.nbk;
+    bl[PH_PREP] = ceil_div(nk + (uint64_t)p.B * p.nbq + heads, 256);
+    bl[PH_MEANS] = kb + (!store && p.method == ATTN_MRA2 ? kb : 0) +
+                   heads * p.nbq;
+    bl[PH_ROWS] = ceil_div(rows * 32, 256);
+    bl[PH_HIST] = p.budget ? heads * hist_chunks(p) : 0;
+    bl[PH_STEP] = p.budget ? ceil_div(heads, 128) : 0;
+    bl[PH_SCAN] = heads;
 }
 
-static void means(const dev_problem &p, const void *x, uint32_t Hx, uint32_t N,
-                  uint32_t nb, const uint8_t *mask, const float *cnt,
-                  float *out, cudaStream_t st)
+int plan_check(const dev_problem &p)
 {
-    if (p.dtype == ATTN_F32)
-        launch_means<float>(p, x, Hx, N, nb, mask, cnt, out, st);
-    else if (p.dtype == ATTN_F16)
-        launch_means<__half>(p, x, Hx, N, nb, mask, cnt, out, st);
-    else
-        launch_means<__nv_bfloat16>(p, x, Hx, N, nb, mask, cnt, out, st);
+    /* grids of one problem, and the 32-bit arithmetic of the kernels */
+    uint64_t bl[PH_COUNT];
+    if (p.nbq > 65535 || p.nbk > 65535 ||
+        (uint64_t)p.nbq * p.nbk > 0xffffffffu ||
+        (uint64_t)p.B * p.H * p.nbq > 0x7fffffffu ||
+        (uint64_t)p.B * p.Hkv * p.nbk > 0x7fffffffu)
+        return ATTN_ENOTSUP;
+    plan_blocks(p, bl);
+    for (int ph = 0; ph < PH_COUNT; ph++)
+        if (bl[ph] > GRID_MAX)
+            return ATTN_ENOTSUP;
+    return ATTN_OK;
+}
+
+bool plan_starts(const plan_item *items, uint32_t n, uint32_t *starts)
+{
+    uint64_t at[PH_COUNT] = {0};
+    for (uint32_t i = 0; i <= n; i++) {
+        uint64_t bl[PH_COUNT] = {0};
+        if (i < n)
+            plan_blocks(items[i].p, bl);
+        for (int ph = 0; ph < PH_COUNT; ph++) {
+            if (at[ph] > GRID_MAX)
+                return false;
+            starts[(size_t)ph * (n + 1) + i] = (uint32_t)at[ph];
+            at[ph] += bl[ph];
+        }
+    }
+    return true;
+}
+
+int mra_plan_group(const plan_item *items, const uint32_t *starts,
+                   const plan_group &g, cublasHandle_t blas, cudaStream_t st,
+                   int *errs)
+{
+    uint32_t n = g.n;
+    uint32_t total[PH_COUNT];
+    bool any_budget = false;
+    for (int ph = 0; ph < PH_COUNT; ph++)
+        total[ph] = starts[(size_t)ph * (n + 1) + n];
+    for (uint32_t i = 0; i < n; i++) {
+        any_budget |= items[i].p.budget > 0;
+        if (errs)
+            errs[i] = ATTN_OK;
+    }
+    /* a problem whose product fails fails alone; the grouped kernels run
+     * for it all the same, on what its buffers hold */
+    auto gemms = [&](bool low) -> int {
+        for (uint32_t i = 0; i < n; i++) {
+            if (low && items[i].p.method != ATTN_MRA2)
+                continue;
+            int rc = low ? gemm_low_num(items[i], blas)
+                         : gemm_logits(items[i], blas);
+            if (rc && errs && !errs[i])
+                errs[i] = rc;
+            else if (rc && !errs)
+                return rc;
+        }
+        return ATTN_OK;
+    };
+
+    /* 1. counts, radix init, block means: keys over Nk with the key mask
+     * (a store's from the sums it keeps, reading nbk rows of sums per unit
+     * instead of every key), queries over Nq with the query mask */
+    if (total[PH_PREP])
+        MRAD_LAUNCH(k_prep, total[PH_PREP], PH_THREADS[PH_PREP], st, g);
+    if (total[PH_MEANS])
+        MRAD_LAUNCH(k_means, total[PH_MEANS], PH_THREADS[PH_MEANS], st, g);
+    /* 2. L = s * qh kh^T */
+    int rc = gemms(false);
+    if (rc)
+        return rc;
+    /* 3. r_I */
+    if (total[PH_ROWS])
+        MRAD_LAUNCH(k_rowmax, total[PH_ROWS], PH_THREADS[PH_ROWS], st, g);
+    /* 4. radix select of the k-th largest key per head */
+    if (any_budget && total[PH_HIST]) {
+        for (int shift = 56; shift >= 0; shift -= 8) {
+            MRAD_LAUNCH(k_hist, total[PH_HIST], PH_THREADS[PH_HIST], st, g,
+                        shift);
+            MRAD_LAUNCH(k_radix_step, total[PH_STEP], PH_THREADS[PH_STEP], st,
+                        g, shift);
+        }
+    }
+    /* 5. CSR lists with the tie rule; low-resolution weights */
+    if (total[PH_ROWS])
+        MRAD_LAUNCH(k_rowcount, total[PH_ROWS], PH_THREADS[PH_ROWS], st, g);
+    if (total[PH_SCAN])
+        MRAD_LAUNCH(k_rowscan, total[PH_SCAN], PH_THREADS[PH_SCAN], st, g);
+    if (total[PH_ROWS])
+        MRAD_LAUNCH(k_rowwrite, total[PH_ROWS], PH_THREADS[PH_ROWS], st, g);
+    /* 6. low_num = P vh */
+    rc = gemms(true);
+    if (rc)
+        return rc;
+    return cuda_err(launch_status());
+}
+
+plan_item plan_item_of(const dev_problem &p, const mra_work &w)
+{
+    plan_item it;
+    memset(&it, 0, sizeof it);
+    it.p = p;
+    it.w = w;
+    it.shift = attn_grid_diag_shift_inline(p.off);
+    it.chunks = hist_chunks(p);
+    return it;
 }
 
 int mra_plan(const dev_problem &p, const mra_work &w, cublasHandle_t blas,
              cudaStream_t st)
 {
-    size_t heads = (size_t)p.B * p.H, rows = heads * p.nbq;
-    size_t nn = (size_t)p.nbq * p.nbk;
-    uint32_t G = p.H / p.Hkv;
-    int full = p.method == ATTN_MRA2;
-    int rc;
-
-    /* The grids below put a whole dimension into x. */
-    if (rows > 0x7fffffffu || (size_t)p.B * p.Hkv * p.nbk > 0x7fffffffu ||
-        heads * ((nn + HIST_CHUNK - 1) / HIST_CHUNK) > 0x7fffffffu ||
-        nn > 0xffffffffu || heads > 0x7fffffffu)
-        return ATTN_ENOTSUP;
-
-    /* 1. counts and block means: keys over Nk with the key mask (a
-     * store's from the sums it keeps, reading nbk rows of sums per unit
-     * instead of every key), queries over Nq with the query mask */
-    if (p.kv.pg.table) {
-        MRAD_LAUNCH(k_kv_means, (unsigned)((size_t)p.B * p.Hkv * p.nbk),
-                    p.D >= 128 ? 128 : 64, st, p.kv.pg, p.Hkv, p.D, p.nbk, full,
-                    w.cnt, w.kh, w.vh);
-    } else {
-        MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbk, 256), 256, st,
-                    p.kv.mask, p.B, p.Nk, p.nbk, w.cnt);
-        means(p, p.kv.k, p.Hkv, p.Nk, p.nbk, p.kv.mask, w.cnt, w.kh, st);
-        if (full)
-            means(p, p.kv.v, p.Hkv, p.Nk, p.nbk, p.kv.mask, w.cnt, w.vh, st);
-    }
-    MRAD_LAUNCH(k_counts, grid_for((size_t)p.B * p.nbq, 256), 256, st, p.qmask,
-                p.B, p.Nq, p.nbq, w.cntq);
-    means(p, p.q, p.H, p.Nq, p.nbq, p.qmask, w.cntq, w.qh, st);
-
-    /* 2. L = s * qh kh^T.  The G query heads sharing one KV head are
-     * contiguous in qh, so one GEMM per (b, KV head) covers them all: in
-     * column-major terms L^T [nbk x G*nbq] = kh^T-op(kh) * qh. */
-    const float one = 1.0f, zero = 0.0f, scale = p.scale;
-    rc = blas_err(sgemm_strided(
-        blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)p.nbk, (int)(G * p.nbq), (int)p.D,
-        &scale, w.kh, (int)p.D, (long long)p.nbk * p.D, w.qh, (int)p.D,
-        (long long)G * p.nbq * p.D, &zero, w.L, (int)p.nbk,
-        (long long)G * p.nbq * p.nbk, (int)(p.B * p.Hkv)));
+    int rc = plan_check(p);
     if (rc)
         return rc;
-
-    /* 3. r_I */
-    key_ctx kc;
-    kc.L = w.L;
-    kc.rmax = w.rmax;
-    kc.cnt = w.cnt;
-    kc.cntq = w.cntq;
-    kc.H = p.H;
-    kc.nbq = p.nbq;
-    kc.nbk = p.nbk;
-    kc.pf = p.prior_first;
-    kc.pd = p.prior_diagonal;
-    kc.causal = p.causal;
-    kc.off = p.off;
-    kc.shift = attn_grid_diag_shift_inline(p.off);
-    MRAD_LAUNCH(k_rowmax, grid_for(rows * 32, 256), 256, st, kc, rows, w.rmax);
-
-    /* 4. radix select of the k-th largest key per head */
-    MRAD_LAUNCH(k_radix_init, grid_for(heads, 128), 128, st, heads, p.budget,
-                w.rstate);
-    if (p.budget > 0) {
-        size_t chunks = (nn + HIST_CHUNK - 1) / HIST_CHUNK;
-        for (int shift = 56; shift >= 0; shift -= 8) {
-            cudaError_t e =
-                memset_async(w.hist, 0, heads * 256 * sizeof(uint32_t), st);
-            if (e != cudaSuccess)
-                return cuda_err(e);
-            MRAD_LAUNCH(k_hist, (unsigned)(heads * chunks), HIST_THREADS, st,
-                        kc, chunks, w.rstate, shift, w.hist);
-            MRAD_LAUNCH(k_radix_step, grid_for(heads, 128), 128, st, heads,
-                        shift, w.hist, w.rstate);
-        }
-    }
-
-    /* 5. CSR lists with the tie rule; low-resolution weights */
-    MRAD_LAUNCH(k_rowcount, grid_for(rows * 32, 256), 256, st, kc, rows,
-                w.rstate, w.row_gt, w.row_eq);
-    MRAD_LAUNCH(k_rowscan, (unsigned)heads, SCAN_THREADS, st, p.nbq, w.rstate,
-                w.row_gt, w.row_eq, w.eq_before, w.row_off);
-    MRAD_LAUNCH(k_rowwrite, grid_for(rows * 32, 256), 256, st, kc, rows,
-                w.rstate, w.eq_before, w.row_off, p.budget, w.list, full, w.L,
-                w.low_m, w.low_z);
-
-    /* 6. low_num = P vh, again one GEMM per (b, KV head) */
-    if (full) {
-        rc = blas_err(sgemm_strided(
-            blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)p.D, (int)(G * p.nbq),
-            (int)p.nbk, &one, w.vh, (int)p.D, (long long)p.nbk * p.D, w.L,
-            (int)p.nbk, (long long)G * p.nbq * p.nbk, &zero, w.low_num,
-            (int)p.D, (long long)G * p.nbq * p.D, (int)(p.B * p.Hkv)));
-        if (rc)
-            return rc;
-    }
-    return cuda_err(launch_status());
+    plan_group g;
+    memset(&g, 0, sizeof g);
+    g.one = plan_item_of(p, w);
+    g.n = 1;
+    uint32_t starts[PH_COUNT * 2];
+    if (!plan_starts(&g.one, 1, starts))
+        return ATTN_ENOTSUP;
+    int err = ATTN_OK;
+    rc = mra_plan_group(&g.one, starts, g, blas, st, &err);
+    return rc ? rc : err;
 }
 
 } // namespace mrad_cuda

@@ -3,7 +3,9 @@
  * mma.sync m16n8k16 for f16 and bf16 with f32 accumulation, ldmatrix
  * (plain and transposed), cp.async, the dynamic shared memory, and on the
  * host side kernel launches, the batched SGEMM, asynchronous memset and
- * copies, device allocations and events.
+ * copies, device allocations and events.  (backend.cu and batch.cu call
+ * the CUDA runtime directly; the emulation of tests/cuda/emu-runtime.h
+ * stands in for it when they are compiled as host C++.)
  * Kept apart so that the kernels (attend-*.cuh) and the planning code
  * (plan.cu) can also be compiled against host emulations of exactly these
  * primitives (tests/cuda/emu-prims.h, used by the emulation tests); they
@@ -107,9 +109,12 @@ template <int n> __device__ __forceinline__ void cp_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
 }
 
-/* Enqueues kern<<<grid, block, 0, st>>>(args...). */
+/* Enqueues kern<<<grid, block, 0, st>>>(args...), and with `smem` bytes
+ * of dynamic shared memory.  `kern` may be a pointer to a kernel. */
 #define MRAD_LAUNCH(kern, grid, block, st, ...)                                \
     kern<<<(grid), (block), 0, (st)>>>(__VA_ARGS__)
+#define MRAD_LAUNCH_SMEM(kern, grid, block, smem, st, ...)                     \
+    kern<<<(grid), (block), (smem), (st)>>>(__VA_ARGS__)
 
 /* cublasSgemmStridedBatched, column-major as cuBLAS defines it. */
 inline cublasStatus_t sgemm_strided(cublasHandle_t h, cublasOperation_t ta,
@@ -158,6 +163,19 @@ inline cudaError_t event_sync(cudaEvent_t ev)
 inline cudaError_t stream_sync(cudaStream_t st)
 {
     return cudaStreamSynchronize(st);
+}
+
+/* Test hook (attn_cuda_test_fault()): a kernel that writes outside every
+ * allocation, as a faulty kernel would, which loses the context
+ * (cudaErrorIllegalAddress, sticky). */
+template <int N> __global__ void k_fault(unsigned *p)
+{
+    p[N] = 1u;
+}
+template <int N = 0> inline cudaError_t launch_fault(cudaStream_t st)
+{
+    k_fault<N><<<1, 1, 0, st>>>((unsigned *)(uintptr_t)16);
+    return cudaGetLastError();
 }
 
 /* The error of the last launch (and clears it). */

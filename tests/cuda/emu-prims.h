@@ -17,7 +17,10 @@
 
 #include <atomic>
 #include <barrier>
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +43,8 @@
 #define __launch_bounds__(...)
 #undef __shared__
 #define __shared__ static /* one block at a time: block-wide statics */
+#undef __grid_constant__
+#define __grid_constant__
 
 namespace mrad_emu
 {
@@ -57,7 +62,7 @@ struct block_state {
     const void *addr[MAX_WARPS][32];
 };
 inline block_state *blk;
-alignas(16) inline unsigned char smem[256 * 1024];
+alignas(16) inline unsigned char smem_bytes[256 * 1024];
 
 inline int lane()
 {
@@ -134,6 +139,61 @@ inline void cp_drop()
     pending_groups.clear();
 }
 
+/* The threads that play GPU threads: made once and kept, since a launch
+ * that made its own would spend most of its time creating them.  A
+ * launch hands its job to the first `active` of them and waits until all
+ * of those are through. */
+struct thread_pool {
+    std::mutex mu;
+    std::condition_variable wake, done;
+    std::vector<std::thread> th;
+    uint64_t gen = 0;
+    unsigned active = 0, remaining = 0;
+    std::function<void(unsigned)> job;
+
+    void worker(unsigned id)
+    {
+        uint64_t seen = 0;
+        for (;;) {
+            std::function<void(unsigned)> f;
+            {
+                std::unique_lock<std::mutex> l(mu);
+                wake.wait(l, [&] { return gen != seen; });
+                seen = gen;
+                if (id >= active)
+                    continue;
+                f = job;
+            }
+            f(id);
+            std::lock_guard<std::mutex> l(mu);
+            if (--remaining == 0)
+                done.notify_one();
+        }
+    }
+
+    void run(unsigned threads, std::function<void(unsigned)> f)
+    {
+        std::unique_lock<std::mutex> l(mu);
+        while (th.size() < threads) {
+            unsigned id = (unsigned)th.size();
+            th.emplace_back([this, id] { worker(id); });
+            th.back().detach();
+        }
+        job = std::move(f);
+        active = remaining = threads;
+        gen++;
+        wake.notify_all();
+        done.wait(l, [&] { return remaining == 0; });
+        job = nullptr;
+    }
+};
+
+inline thread_pool &pool()
+{
+    static thread_pool *p = new thread_pool; /* its threads outlive main */
+    return *p;
+}
+
 /* Runs `grid` blocks of `threads` threads of kernel call f(), one block
  * after the other, on one set of threads (a barrier between blocks keeps
  * the block-wide statics of one block away from the next). */
@@ -144,21 +204,55 @@ template <class F> void launch(unsigned grid, unsigned threads, F f)
     for (unsigned w = 0; w < (threads + 31) / 32; w++)
         bs.warps.push_back(std::make_unique<std::barrier<>>(32));
     blk = &bs;
-    std::vector<std::thread> th;
-    for (unsigned t = 0; t < threads; t++)
-        th.emplace_back([&f, &bs, t, grid, threads] {
-            t_tid = {t, 0, 0};
-            t_bdim = {threads, 1, 1};
-            for (unsigned b = 0; b < grid; b++) {
-                t_bid = {b, 0, 0};
-                f();
-                cp_drop();
-                bs.all->arrive_and_wait();
-            }
-        });
-    for (auto &x : th)
-        x.join();
+    pool().run(threads, [&f, &bs, grid, threads](unsigned t) {
+        t_tid = {t, 0, 0};
+        t_bdim = {threads, 1, 1};
+        for (unsigned b = 0; b < grid; b++) {
+            t_bid = {b, 0, 0};
+            f();
+            cp_drop();
+            bs.all->arrive_and_wait();
+        }
+    });
     blk = nullptr;
+}
+
+} // namespace mrad_emu
+
+#include "tests/cuda/emu-runtime.h"
+
+namespace mrad_emu
+{
+
+inline void submit_kernel(cudaStream_t st, unsigned grid, unsigned block,
+                          size_t smem, std::function<void()> body)
+{
+    state &g = S();
+    if (grid == 0 || block == 0 || block > 1024 || smem > g.smem_optin ||
+        smem > sizeof smem_bytes) {
+        g.bad_launches++;
+        fprintf(stderr, "emu: bad launch <<<%u, %u, %zu>>>\n", grid, block,
+                smem);
+        fail(cudaErrorInvalidConfiguration);
+        return;
+    }
+    if (!st) {
+        launch(grid, block, body);
+        return;
+    }
+    if (g.sticky != cudaSuccess)
+        return;
+    g.launches++;
+    enqueue(st, {op::RUN,
+                 [grid, block, body] {
+                     state &x = S();
+                     if (x.fail_kernel >= 0 && x.fail_kernel-- == 0) {
+                         x.sticky = cudaErrorIllegalAddress;
+                         return;
+                     }
+                     launch(grid, block, body);
+                 },
+                 nullptr, 0, 'K', nullptr, nullptr});
 }
 
 } // namespace mrad_emu
@@ -299,19 +393,28 @@ template <int n> inline void cp_wait()
     }
 }
 
-/* Host side of plan.cu: launches run the blocks in turn, at once. */
+/* Launches: the arguments are evaluated and copied now, as a launch does;
+ * the blocks run in turn when the stream gets to them (at once on the
+ * NULL stream the tests use). */
+template <class K, class... A>
+void submit(cudaStream_t st, size_t grid, size_t block, size_t smem, K kern,
+            A... args)
+{
+    ::mrad_emu::submit_kernel(st, (unsigned)grid, (unsigned)block, smem,
+                              [kern, args...] { kern(args...); });
+}
 #define MRAD_LAUNCH(kern, grid, block, st, ...)                                \
-    ((void)(st),                                                               \
-     ::mrad_emu::launch((grid), (block), [&] { kern(__VA_ARGS__); }))
+    ::mrad_cuda::submit((st), (grid), (block), 0, kern, __VA_ARGS__)
+#define MRAD_LAUNCH_SMEM(kern, grid, block, smem, st, ...)                     \
+    ::mrad_cuda::submit((st), (grid), (block), (smem), kern, __VA_ARGS__)
 
 /* cublasSgemmStridedBatched as cuBLAS defines it (column-major, op(A) is
- * m x k, op(B) is k x n), on host memory. */
-inline cublasStatus_t sgemm_strided(cublasHandle_t, cublasOperation_t ta,
-                                    cublasOperation_t tb, int m, int n, int k,
-                                    const float *alpha, const float *A, int lda,
-                                    long long sA, const float *B, int ldb,
-                                    long long sB, const float *beta, float *C,
-                                    int ldc, long long sC, int batch)
+ * m x k, op(B) is k x n), on host memory: at once without a handle (the
+ * tests' direct calls), else on the handle's stream. */
+inline void sgemm_host(cublasOperation_t ta, cublasOperation_t tb, int m,
+                       int n, int k, float alpha, const float *A, int lda,
+                       long long sA, const float *B, int ldb, long long sB,
+                       float beta, float *C, int ldc, long long sC, int batch)
 {
     for (int bt = 0; bt < batch; bt++) {
         const float *a = A + bt * sA, *b = B + bt * sB;
@@ -327,62 +430,96 @@ inline cublasStatus_t sgemm_strided(cublasHandle_t, cublasOperation_t ta,
                     acc += x * y;
                 }
                 float old =
-                    *beta != 0.0f ? *beta * c[i + (long long)j * ldc] : 0.0f;
-                c[i + (long long)j * ldc] = *alpha * acc + old;
+                    beta != 0.0f ? beta * c[i + (long long)j * ldc] : 0.0f;
+                c[i + (long long)j * ldc] = alpha * acc + old;
             }
     }
-    return CUBLAS_STATUS_SUCCESS;
 }
 
-inline cudaError_t memset_async(void *p, int v, size_t n, cudaStream_t)
+inline cublasStatus_t sgemm_strided(cublasHandle_t h, cublasOperation_t ta,
+                                    cublasOperation_t tb, int m, int n, int k,
+                                    const float *alpha, const float *A, int lda,
+                                    long long sA, const float *B, int ldb,
+                                    long long sB, const float *beta, float *C,
+                                    int ldc, long long sC, int batch)
 {
-    memset(p, v, n);
-    return cudaSuccess;
+    float al = *alpha, be = *beta;
+    if (!h) {
+        sgemm_host(ta, tb, m, n, k, al, A, lda, sA, B, ldb, sB, be, C, ldc,
+                   sC, batch);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if (!::mrad_emu::blas_live(h))
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (::mrad_emu::S().sticky != cudaSuccess)
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    cudaError_t e = ::mrad_emu::enqueue(
+        h->st, {::mrad_emu::op::RUN,
+                [=] {
+                    sgemm_host(ta, tb, m, n, k, al, A, lda, sA, B, ldb, sB, be,
+                               C, ldc, sC, batch);
+                },
+                nullptr, 0, 'G', C, nullptr});
+    return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                            : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
-/* Device memory is host memory here, aligned as cudaMalloc aligns it;
- * copies and events complete at once. */
+inline cudaError_t memset_async(void *p, int v, size_t n, cudaStream_t st)
+{
+    return ::mrad_emu::rt_memset(p, v, n, st);
+}
+
+/* Device memory is host memory here, aligned as cudaMalloc aligns it. */
 inline cudaError_t dev_malloc(void **p, size_t n)
 {
-    *p = aligned_alloc(256, (n + 255) / 256 * 256);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    return ::mrad_emu::rt_alloc(p, n, false);
 }
 
 inline void dev_free(void *p)
 {
-    free(p);
+    ::mrad_emu::rt_free(p, false);
 }
 
 inline cudaError_t copy_async(void *dst, const void *src, size_t n,
-                              cudaMemcpyKind, cudaStream_t)
+                              cudaMemcpyKind kind, cudaStream_t st)
 {
-    memcpy(dst, src, n);
-    return cudaSuccess;
+    return ::mrad_emu::rt_memcpy(dst, src, n, kind, st);
 }
 
-inline cudaError_t event_record(cudaEvent_t, cudaStream_t)
+inline cudaError_t event_record(cudaEvent_t ev, cudaStream_t st)
 {
-    return cudaSuccess;
+    return ::mrad_emu::rt_event_record(ev, st);
 }
 
-inline cudaError_t event_sync(cudaEvent_t)
+inline cudaError_t event_sync(cudaEvent_t ev)
 {
-    return cudaSuccess;
+    return ::mrad_emu::rt_event_sync(ev);
 }
 
-inline cudaError_t stream_sync(cudaStream_t)
+inline cudaError_t stream_sync(cudaStream_t st)
 {
-    return cudaSuccess;
+    return ::mrad_emu::rt_stream_sync(st);
 }
 
 inline cudaError_t launch_status()
 {
-    return cudaSuccess;
+    return ::mrad_emu::rt_last_error();
+}
+
+/* The test hook's faulty kernel: loses the context when it runs. */
+template <int N = 0> inline cudaError_t launch_fault(cudaStream_t st)
+{
+    if (::mrad_emu::S().sticky != cudaSuccess)
+        return ::mrad_emu::S().sticky;
+    return ::mrad_emu::enqueue(
+        st, {::mrad_emu::op::RUN,
+             [] { ::mrad_emu::S().sticky = cudaErrorIllegalAddress; }, nullptr,
+             0, 'F', nullptr, nullptr});
 }
 
 template <typename T> inline T *dyn_smem()
 {
-    return reinterpret_cast<T *>(mrad_emu::smem);
+    return reinterpret_cast<T *>(mrad_emu::smem_bytes);
 }
 
 } // namespace

@@ -319,11 +319,11 @@ attend_args args_for(data &d, bool use_list)
 template <typename T, int DP, int W> void run_dp(data &d, bool use_list)
 {
     const attn_problem &p = d.p;
+    (void)p;
     attend_args a = args_for(d, use_list);
-    uint32_t R = 16 * W;
-    uint32_t qtiles = W == 2 ? a.nbq : (p.Nq + R - 1) / R;
-    mrad_emu::launch(qtiles * p.B * p.H, W * 32,
-                     [&] { k_attend_mma<T, DP, W>(a, qtiles); });
+    attend_group g = attend_one(a);
+    mrad_emu::launch((unsigned)attend_blocks(a, 16 * W), W * 32,
+                     [&] { k_attend_mma<T, DP, W>(g); });
 }
 
 template <typename T, int W> void run(data &d, bool use_list)
@@ -343,8 +343,9 @@ template <typename T, int W> void run(data &d, bool use_list)
 template <int DP> void run_f32_dp(data &d, bool use_list)
 {
     attend_args a = args_for(d, use_list);
-    mrad_emu::launch(a.nbq * d.p.B * d.p.H, 128,
-                     [&] { k_attend_f32<DP>(a, a.nbq); });
+    attend_group g = attend_one(a);
+    mrad_emu::launch((unsigned)attend_blocks(a, 32), 128,
+                     [&] { k_attend_f32<DP>(g); });
 }
 
 void run_f32(data &d, bool use_list)
@@ -626,19 +627,20 @@ void check_pipeline(const tcase &c, bool nan_key = false)
     }
     d.list.assign(w.list, w.list + heads * dp.budget);
     d.list.push_back(0);
+    attend_group g = attend_one(a);
     if (c.dt == ATTN_F32) {
         switch (pad_dim(c.D)) {
         case 32:
             mrad_emu::launch(nbq * c.B * c.H, 128,
-                             [&] { k_attend_f32<32>(a, nbq); });
+                             [&] { k_attend_f32<32>(g); });
             break;
         default:
             mrad_emu::launch(nbq * c.B * c.H, 128,
-                             [&] { k_attend_f32<64>(a, nbq); });
+                             [&] { k_attend_f32<64>(g); });
         }
     } else {
         mrad_emu::launch(nbq * c.B * c.H, 64,
-                         [&] { k_attend_mma<__nv_bfloat16, 64, 2>(a, nbq); });
+                         [&] { k_attend_mma<__nv_bfloat16, 64, 2>(g); });
     }
     double err = rel_diff(c.dt, d.out, d.ref);
     print_case("pipeline ", c, err);

@@ -5,6 +5,9 @@
  * full-budget identity mra2 == exact (causal too), agreement with the CPU
  * backend on long sequences and on cross-attention, query masks and causal
  * attention with offsets, the device-pointer entry point of attn-cuda.h,
+ * a batch of many problems (grouped launches) against each alone, memory
+ * given back by trim(), a fault that loses the context and the backend
+ * that heals without being made anew (attn_cuda_test_fault()),
  * and the device / memory / health queries (test-cuda-kv.c checks the
  * stores of keys and values).  On a machine without a GPU it checks
  * instead that asking for "cuda" answers ATTN_ENODEV and "auto" falls back
@@ -335,6 +338,94 @@ static void test_device_pointers_cross(void **state)
     attn_backend_free(be);
 }
 
+/* Sixteen problems of one shape are one batch of grouped launches: each
+ * gets the bits it gets alone; then trim() gives the pools back and the
+ * bits stay. */
+static void test_batch_of_many(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    enum { N = 16 };
+    struct case_data c[N];
+    const struct attn_problem *batch[N];
+    void *alone[N];
+    size_t bytes = 0;
+    for (int i = 0; i < N; i++) {
+        case_init(&c[i], i % 3 ? ATTN_MRA2 : ATTN_EXACT, ATTN_BF16, 1, 4, 2,
+                  300 + 7 * (i % 2), 64, i % 2, 20 + i);
+        c[i].p.block_per_row = 4;
+        bytes = c[i].nq * attn_dtype_size(c[i].p.dtype);
+        assert_int_equal(attn_backend_compute(be, &c[i].p, NULL), ATTN_OK);
+        alone[i] = malloc(bytes);
+        assert_non_null(alone[i]);
+        memcpy(alone[i], c[i].out, bytes);
+        memset(c[i].out, 0xff, bytes);
+        batch[i] = &c[i].p;
+    }
+    for (int round = 0; round < 2; round++) {
+        int errs[N];
+        assert_int_equal(attn_backend_compute_batch(be, batch, N, NULL, errs),
+                         ATTN_OK);
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(errs[i], ATTN_OK);
+            assert_memory_equal(alone[i], c[i].out,
+                                c[i].nq * attn_dtype_size(c[i].p.dtype));
+            memset(c[i].out, 0xff, c[i].nq * attn_dtype_size(c[i].p.dtype));
+        }
+        attn_backend_trim(be);
+    }
+    for (int i = 0; i < N; i++) {
+        free(alone[i]);
+        case_free(&c[i]);
+    }
+    attn_backend_free(be);
+}
+
+/* A kernel that faults loses the context: the call fails, the backend
+ * resets the device and rebuilds, health() is ATTN_OK again without a new
+ * backend, and the next computation has the bits of before.  A store of
+ * the lost context fails; a new one works. */
+static void test_heal_after_fault(void **state)
+{
+    (void)state;
+    struct attn_backend *be = new_backend("cuda");
+    struct case_data a;
+    case_init(&a, ATTN_MRA2, ATTN_F16, 1, 4, 2, 500, 64, 1, 31);
+    size_t bytes = a.nq * attn_dtype_size(a.p.dtype);
+    void *first = malloc(bytes);
+    assert_non_null(first);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_OK);
+    memcpy(first, a.out, bytes);
+    struct attn_kv_shape sh = {a.p.dtype, a.p.B, a.p.Hkv, a.p.D};
+    struct attn_kv *old = NULL;
+    assert_int_equal(attn_kv_new(be, &sh, &old), ATTN_OK);
+    uint64_t heals = attn_cuda_heals(be);
+    assert_int_equal(attn_cuda_test_fault(be, 1), ATTN_EBACKEND);
+    assert_int_equal(attn_backend_health(be), ATTN_OK);
+    assert_true(attn_cuda_heals(be) == heals + 1);
+    memset(a.out, 0xff, bytes);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_OK);
+    assert_memory_equal(first, a.out, bytes);
+    /* a fault not waited for: the next call finds it and fails */
+    assert_int_equal(attn_cuda_test_fault(be, 0), ATTN_OK);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_EBACKEND);
+    assert_int_equal(attn_backend_health(be), ATTN_OK);
+    memset(a.out, 0xff, bytes);
+    assert_int_equal(attn_backend_compute(be, &a.p, NULL), ATTN_OK);
+    assert_memory_equal(first, a.out, bytes);
+    /* a.k / a.v hold B * Hkv * 500 tokens: one token of each head */
+    struct attn_kv_tokens t = {a.k, a.v, NULL, 1};
+    assert_int_equal(attn_kv_append(old, &t), ATTN_EBACKEND);
+    attn_kv_free(old);
+    struct attn_kv *fresh = NULL;
+    assert_int_equal(attn_kv_new(be, &sh, &fresh), ATTN_OK);
+    assert_int_equal(attn_kv_append(fresh, &t), ATTN_OK);
+    attn_kv_free(fresh);
+    free(first);
+    case_free(&a);
+    attn_backend_free(be);
+}
+
 int main(void)
 {
     if (attn_cuda_device_count() < 1) {
@@ -350,6 +441,9 @@ int main(void)
         cmocka_unit_test(test_matches_cpu),
         cmocka_unit_test(test_device_pointers),
         cmocka_unit_test(test_device_pointers_cross),
+        cmocka_unit_test(test_batch_of_many),
+        /* last: it resets the device's context */
+        cmocka_unit_test(test_heal_after_fault),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

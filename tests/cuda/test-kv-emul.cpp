@@ -12,8 +12,9 @@
  * Appends in pieces of 1, 5, 32, 33 and 100 tokens, mixed, and through a
  * staging buffer too small for one append, must leave pages whose rows,
  * masks, counts and key and value sums are exactly those of the dense
- * tokens (sums added in token order, as plan.cu's k_means adds), whose
- * block means (k_kv_means) are bitwise k_counts' and k_means', and whose
+ * tokens (sums added in token order, as plan.cu's means add), whose
+ * block counts and means (the plan's first phases on the store) are
+ * bitwise those of the tokens themselves, and whose
  * device table addresses them as the host copy does; the page bytes must
  * be attn_kv_page_bytes(); a staging buffer below one token fails with
  * ENOMEM and leaves the store as it was.  Then problems on a store
@@ -110,7 +111,7 @@ kv_store *fill(const tokens &t, const std::vector<uint32_t> &pieces,
 {
     attn_kv_shape sh = {t.dt, t.B, t.Hkv, t.D};
     kv_store *s = nullptr;
-    assert_int_equal(kv_store_new(&sh, &s), ATTN_OK);
+    assert_int_equal(kv_store_new(&sh, 0, &s), ATTN_OK);
     size_t es = attn_dtype_size(t.dt), units = (size_t)t.B * t.Hkv;
     size_t row = (size_t)t.D * es;
     uint64_t held = 0;
@@ -222,8 +223,9 @@ void check_pages(const kv_store *s, const tokens &t)
     }
 }
 
-/* The block counts and means of the store (k_kv_means) against those of
- * the dense tokens (k_counts, k_means): bitwise. */
+/* The block counts and means of the store (from the sums its pages keep)
+ * against those of the dense tokens, bitwise: the plan's first two
+ * phases (k_prep, k_means) run on a problem over each, one query. */
 void check_means(const kv_store *s, const tokens &t)
 {
     uint32_t nb = attn_num_blocks(t.N);
@@ -231,18 +233,46 @@ void check_means(const kv_store *s, const tokens &t)
     std::vector<float> cs((size_t)t.B * nb, -1), cd((size_t)t.B * nb, -2);
     std::vector<float> ks(units * nb * t.D, -1), kd(units * nb * t.D, -2);
     std::vector<float> vs(units * nb * t.D, -1), vd(units * nb * t.D, -2);
-    MRAD_LAUNCH(k_kv_means, (unsigned)(units * nb), 64, nullptr, s->pg, t.Hkv,
-                t.D, nb, 1, cs.data(), ks.data(), vs.data());
-    const uint8_t *m = t.mask.empty() ? nullptr : t.mask.data();
-    MRAD_LAUNCH(k_counts, (unsigned)((t.B * nb + 255) / 256), 256, nullptr, m,
-                t.B, t.N, nb, cd.data());
-    dev_problem p;
-    memset(&p, 0, sizeof p);
-    p.B = t.B;
-    p.D = t.D;
-    p.dtype = t.dt;
-    means(p, t.k.data(), t.Hkv, t.N, nb, m, cd.data(), kd.data(), nullptr);
-    means(p, t.v.data(), t.Hkv, t.N, nb, m, cd.data(), vd.data(), nullptr);
+    auto run = [&](const kv_src &kv, float *cnt, float *kh, float *vh) {
+        /* one query of every KV head, so that H = Hkv */
+        std::vector<unsigned char> q(units * t.D * attn_dtype_size(t.dt), 0);
+        dev_problem p;
+        memset(&p, 0, sizeof p);
+        p.method = ATTN_MRA2;
+        p.dtype = t.dt;
+        p.B = t.B;
+        p.H = p.Hkv = t.Hkv;
+        p.Nq = 1;
+        p.Nk = t.N;
+        p.D = t.D;
+        p.nbq = 1;
+        p.nbk = nb;
+        p.q = q.data();
+        p.kv = kv;
+        p.budget = 1;
+        std::vector<float> cntq(t.B), qh(units * t.D);
+        std::vector<uint64_t> rstate(units * 2);
+        std::vector<uint32_t> hist(units * 256);
+        mra_work w;
+        memset(&w, 0, sizeof w);
+        w.cnt = cnt;
+        w.cntq = cntq.data();
+        w.qh = qh.data();
+        w.kh = kh;
+        w.vh = vh;
+        w.rstate = rstate.data();
+        w.hist = hist.data();
+        plan_group g;
+        memset(&g, 0, sizeof g);
+        g.one = plan_item_of(p, w);
+        g.n = 1;
+        uint64_t bl[PH_COUNT];
+        plan_blocks(p, bl);
+        MRAD_LAUNCH(k_prep, bl[PH_PREP], 256, nullptr, g);
+        MRAD_LAUNCH(k_means, bl[PH_MEANS], 64, nullptr, g);
+    };
+    run(kv_store_src(s), cs.data(), ks.data(), vs.data());
+    run(dense(t), cd.data(), kd.data(), vd.data());
     assert_memory_equal(cs.data(), cd.data(), cs.size() * sizeof(float));
     assert_memory_equal(ks.data(), kd.data(), ks.size() * sizeof(float));
     assert_memory_equal(vs.data(), vd.data(), vs.size() * sizeof(float));
@@ -269,7 +299,7 @@ void check_appends(attn_dtype dt, uint32_t B, uint32_t Hkv, uint32_t N,
         printf(" %u", n);
     printf("%s: %u pages in %u slabs, table of %u\n",
            cap ? " (small staging)" : "", s->npages, s->nslabs, s->cap);
-    kv_store_free(s);
+    kv_store_free(s, true);
 }
 
 void test_appends(void **state)
@@ -294,9 +324,9 @@ void test_appends(void **state)
     tokens t = make_tokens(ATTN_F32, 2, 2, 10, 24, false);
     kv_store *s = nullptr;
     attn_kv_shape sh = {ATTN_F32, 2, 2, 24};
-    assert_int_equal(kv_store_new(&sh, &s), ATTN_OK);
+    assert_int_equal(kv_store_new(&sh, 0, &s), ATTN_OK);
     size_t small = kv_stage_need(s, 7);
-    kv_store_free(s);
+    kv_store_free(s, true);
     check_appends(ATTN_F32, 2, 2, 300, 24, true, {100, 1, 64}, small);
     check_appends(ATTN_BF16, 1, 2, 260, 40, true, {130}, small);
 }
@@ -325,7 +355,7 @@ void test_append_fails_clean(void **state)
     assert_int_equal(s->nslabs, slabs);
     assert_true(kv_store_ok(s));
     check_pages(s, t);
-    kv_store_free(s);
+    kv_store_free(s, true);
 }
 
 /* ---- problems on a store ------------------------------------------------ */
@@ -421,17 +451,17 @@ std::vector<uint32_t> run_device(const attn_problem &hp, const kv_src &kv,
      * device, which test-attend-emul checks give the same bits */
     unsigned grid = (unsigned)(p.nbq * p.B * p.H);
     assert_true(pad_dim(p.D) <= 64);
+    attend_group g = attend_one(a);
     if (p.dtype == ATTN_F32) {
         if (pad_dim(p.D) == 32)
-            mrad_emu::launch(grid, 128, [&] { k_attend_f32<32>(a, p.nbq); });
+            mrad_emu::launch(grid, 128, [&] { k_attend_f32<32>(g); });
         else
-            mrad_emu::launch(grid, 128, [&] { k_attend_f32<64>(a, p.nbq); });
+            mrad_emu::launch(grid, 128, [&] { k_attend_f32<64>(g); });
     } else if (p.dtype == ATTN_F16) {
-        mrad_emu::launch(grid, 64,
-                         [&] { k_attend_mma<__half, 64, 2>(a, p.nbq); });
+        mrad_emu::launch(grid, 64, [&] { k_attend_mma<__half, 64, 2>(g); });
     } else {
         mrad_emu::launch(grid, 64,
-                         [&] { k_attend_mma<__nv_bfloat16, 64, 2>(a, p.nbq); });
+                         [&] { k_attend_mma<__nv_bfloat16, 64, 2>(g); });
     }
     assert_int_equal(mrad_emu::unwaited_copies.load(), 0);
     return lists;
@@ -490,7 +520,7 @@ void check_problem(const pcase &c, const std::vector<uint32_t> &pieces)
     std::vector<uint32_t> ld = run_device(p, dense(t), od.data());
     kv_store *s = fill(t, pieces);
     std::vector<uint32_t> ls = run_device(p, kv_store_src(s), os.data());
-    kv_store_free(s);
+    kv_store_free(s, true);
     /* the store changes where keys are read, not a bit of the answer */
     assert_true(ld == ls);
     assert_memory_equal(od.data(), os.data(), od.size());
