@@ -1,9 +1,12 @@
 # attention/cuda/module.mk - GPU-only targets of the CUDA backend:
 #
 #   make test-cuda        the attention unit tests against the CUDA backend,
-#                         plus tests/cuda/ (says so and succeeds without GPU)
+#                         plus tests/cuda/; without a GPU the host emulations
+#                         only (says so); a GPU on which the backend does not
+#                         open fails (tests/cuda/run.sh)
 #   make bench-cuda       bench/cuda/bench.py: mrad vs PyTorch SDPA, JSON +
-#                         table (needs a GPU and a python with torch: PYTHON=)
+#                         table (needs a GPU and a python with torch: PYTHON=;
+#                         fails, saying why, without them)
 #   make cuda-resources   registers / spills of every kernel (ptxas -v)
 #
 # The library objects themselves are built by attention/module.mk.
@@ -60,10 +63,14 @@ bench-cuda: $(CUDA_BENCH_SO)
 cuda-resources:
 	@NVCC=$(NVCC) bash attention/cuda/resources.sh
 else
+# Without the backend there is nothing to test, unless the machine has a
+# GPU (then the backend should have been built); nothing to measure.
 test-cuda:
-	@echo "test-cuda: the CUDA backend is not built (no nvcc, or CUDA=0): nothing to test"
+	@if compgen -G '/dev/nvidia[0-9]*' > /dev/null; then \
+	    echo "test-cuda: FAILED: this machine has a GPU but the CUDA backend is not built (no nvcc, or CUDA=0)" >&2; exit 1; fi
+	@echo "test-cuda: the CUDA backend is not built (no nvcc, or CUDA=0) and there is no GPU: nothing to test"
 bench-cuda:
-	@echo "bench-cuda: the CUDA backend is not built (no nvcc, or CUDA=0)"
+	@echo "bench-cuda: FAILED: the CUDA backend is not built (no nvcc, or CUDA=0)" >&2; exit 1
 cuda-resources:
 	@echo "cuda-resources: the CUDA backend is not built (no nvcc, or CUDA=0)"
 endif

@@ -40,6 +40,8 @@ def load_lib(path):
     lib.mrad_bench_device.argtypes = [ctypes.c_void_p]
     lib.mrad_bench_strerror.restype = ctypes.c_char_p
     lib.mrad_bench_strerror.argtypes = [ctypes.c_int]
+    lib.mrad_bench_describe.restype = ctypes.c_int
+    lib.mrad_bench_describe.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     u32, u64, ptr = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t
     lib.mrad_bench_run.restype = ctypes.c_int
     i32 = ctypes.c_int
@@ -64,21 +66,28 @@ def main():
     ap.add_argument("--device", type=int, default=0)
     args = ap.parse_args()
 
+    # Nothing measured is a failure, with the reason: a benchmark that
+    # cannot run must not look like one that ran.
     try:
         import torch
         import torch.nn.functional as F
-    except ImportError:
-        print("bench-cuda: this python has no torch (set PYTHON=...): "
-              "nothing measured")
-        return 0
+    except ImportError as e:
+        print(f"bench-cuda: FAILED: {sys.executable} cannot import torch "
+              f"({e}); set PYTHON= to a python with PyTorch for CUDA "
+              "(tools/bench-venv.sh makes one)", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
-        print("bench-cuda: no GPU visible to torch: nothing measured")
-        return 0
+        print(f"bench-cuda: FAILED: torch {torch.__version__} (CUDA "
+              f"{torch.version.cuda}) sees no GPU", file=sys.stderr)
+        return 1
     so = os.environ.get("MRAD_BENCH_SO", "build/libmrad-bench.so")
     lib = load_lib(so)
     be = lib.mrad_bench_open(args.device)
     if not be:
-        print("bench-cuda: the mrad CUDA backend found no device")
+        why = ctypes.create_string_buffer(1024)
+        lib.mrad_bench_describe(why, len(why))
+        print(f"bench-cuda: FAILED: the mrad CUDA backend does not open on "
+              f"device {args.device}: {why.value.decode()}", file=sys.stderr)
         return 1
     torch.cuda.set_device(args.device)
     dev = torch.device("cuda", args.device)

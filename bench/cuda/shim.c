@@ -4,6 +4,7 @@
  * the same device tensors).  Linked into build/libmrad-bench.so together
  * with the attention library by `make bench-cuda`; not part of libattn.
  */
+#include <stddef.h>
 #include <stdint.h>
 
 #include "attention/attn.h"
@@ -33,6 +34,12 @@ const char *mrad_bench_device(void *be)
 const char *mrad_bench_strerror(int err)
 {
     return attn_strerror(err);
+}
+
+/* Why the backend can or cannot open (attn_cuda_describe()). */
+int mrad_bench_describe(char *buf, size_t len)
+{
+    return attn_cuda_describe(buf, len);
 }
 
 /* Fills a problem from flat arguments (device pointers as integers):

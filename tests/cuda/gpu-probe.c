@@ -1,7 +1,9 @@
 /*
- * gpu-probe.c - tells tests/cuda/run.sh whether a usable GPU is present:
- * prints the device the CUDA backend would use and exits 0, or says that
- * there is none and exits 1.
+ * gpu-probe.c - tells tests/cuda/run.sh whether the CUDA backend opens:
+ * prints the device it would use and exits 0, or prints why it does not
+ * (no driver, a driver older than the runtime, no device, devices too old,
+ * or the backend's own error) and exits 1.  run.sh decides whether that is
+ * a failure (a GPU is present) or nothing to test (there is none).
  */
 #include <stdio.h>
 
@@ -10,21 +12,23 @@
 
 int main(void)
 {
-    int n = attn_cuda_device_count();
+    char why[1024];
+    int n = attn_cuda_describe(why, sizeof why);
     if (n < 1) {
-        printf("gpu-probe: no CUDA device: %s\n", attn_strerror(n));
+        printf("gpu-probe: the CUDA backend cannot open: %s: %s\n",
+               attn_strerror(n), why);
         return 1;
     }
     struct attn_config cfg = {0};
     struct attn_backend *be = NULL;
     int rc = attn_backend_new("cuda", &cfg, &be);
     if (rc != ATTN_OK) {
-        printf("gpu-probe: %d device(s) but no CUDA backend: %s\n", n,
-               attn_strerror(rc));
+        printf("gpu-probe: %s; but the CUDA backend does not open on "
+               "device 0: %s\n",
+               why, attn_strerror(rc));
         return 1;
     }
-    printf("gpu-probe: %d device(s); backend on %s\n", n,
-           attn_backend_device(be));
+    printf("gpu-probe: %s backend on %s\n", why, attn_backend_device(be));
     attn_backend_free(be);
     return 0;
 }
