@@ -1,5 +1,6 @@
 """Smoke runs of the session benchmarks (make bench's 40-decoder part
-"session" and 50-session) and of the v2 one (60-v2) at small sizes: they run, check their answers
+"session" and 50-session), of the v2 one (60-v2) and of the accuracy
+controls' (70-accuracy) at small sizes: they run, check their answers
 (bench-session exits non-zero when a session step's bits differ from the
 same step sent whole) and print their targets.  The figures themselves
 come from `make bench`, never from a test."""
@@ -54,3 +55,18 @@ def test_bench_v2_quick():
         assert "target >= 90%" in r.stdout and "target >= 95%" in r.stdout
         # the regions it registered are gone
         assert json.loads(s.get("/v2/systemsharedmemory/status")[2]) == []
+
+
+def test_bench_accuracy_quick(tmp_path):
+    out = tmp_path / "accuracy.json"
+    r = subprocess.run([os.path.join(BIN, "bench-accuracy"), "--quick",
+                        "--rounds", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for target in ("target <= 10%", "target >= 90%", "target <= 1.5x"):
+        assert target in r.stdout
+    res = json.loads(out.read_text())
+    assert [x["bpr"] for x in res["overhead"]] == [8, 16]
+    assert all(x["plain_s"] > 0 and x["sampled_s"] > 0 for x in res["overhead"])
+    assert 0 <= res["within_1_5"] <= 1 and res["heads"] > 0
+    assert res["oracle_density"] > 0
