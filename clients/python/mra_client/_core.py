@@ -37,7 +37,10 @@ class Result(Generic[OutT]):
     array (uint16 bit patterns for bf16), the same memory as out unless
     out was widened.  dtype: the wire dtype.  stats:
     the service's statistics (method, backend, blocks_selected,
-    blocks_total, density, queue_us, compute_us, batch_requests).  id: the
+    blocks_total, density, queue_us, compute_us, batch_requests; with
+    error_samples or target_error, est_rel_err; with per_head_stats, heads:
+    a list of every head's budget, blocks_selected, blocks_total, density
+    and est_rel_err).  id: the
     echoed id or None.
     """
 

@@ -141,7 +141,12 @@ class Client:
         follows q (float32 -> "f32", float16 -> "f16", bfloat16 -> "bf16",
         other floats -> "f32"); "bf16" rounds float input to nearest even,
         or takes numpy uint16 input as the bits.  params: block_per_row,
-        num_blocks, prior_first, prior_diagonal, scale, timeout_ms.
+        num_blocks, prior_first, prior_diagonal, scale, timeout_ms, and
+        the accuracy controls min_blocks_per_row, error_samples (the
+        answer's stats then hold est_rel_err, the estimated relative
+        error), target_error (each head picks its budget for it) and
+        per_head_stats=True (stats["heads"]: every head's budget,
+        density and estimate).
         Returns a Result whose out has q's shape (a torch tensor for torch
         queries, else a numpy array); raises MradError (a subclass per
         error code).

@@ -402,7 +402,10 @@ def register(client: Client, method: str = "mra2", name: str = "mrad",
 
     client: the Client to send with; method: "mra2", "mra2_sparse" or
     "exact"; params: block_per_row, num_blocks, prior_first,
-    prior_diagonal, timeout_ms (the scale is each layer's own); dtype: the
+    prior_diagonal, timeout_ms, min_blocks_per_row, error_samples,
+    target_error, per_head_stats (the scale is each layer's own; with
+    error_samples, stats[layer]["est_rel_err"] is the layer's estimated
+    error); dtype: the
     wire dtype (None: the model's); sessions: keep a causal decoder's
     cache in resident sessions.  Then
     AutoModel.from_pretrained(..., attn_implementation=name), or

@@ -23,10 +23,15 @@ __all__ = ["METHODS", "DTYPES", "PARAMS", "encode_request", "encode_kv_body",
 
 METHODS = ("mra2", "mra2_sparse", "exact")
 PARAMS = ("block_per_row", "num_blocks", "prior_first", "prior_diagonal",
-          "scale", "timeout_ms")
+          "scale", "timeout_ms", "min_blocks_per_row", "error_samples",
+          "target_error", "per_head_stats")
+# The parameters that are numbers and the one that is a boolean.
+_FLOAT_PARAMS = ("scale", "target_error")
+_BOOL_PARAMS = ("per_head_stats",)
 
-# A parameter's value: ints, except scale (a float); None leaves it out.
-ParamValue = Union[int, float, None]
+# A parameter's value: ints, except scale and target_error (floats) and
+# per_head_stats (a bool); None leaves it out.
+ParamValue = Union[bool, int, float, None]
 
 
 def tensor(a: Any, dtype: str, name: str = "tensor") -> dict[str, Any]:
@@ -63,11 +68,16 @@ def _put_options(body: dict[str, Any], causal: bool, q_mask: Any,
     for key, val in params.items():
         if val is None:
             continue
-        if key == "scale":
+        if key in _FLOAT_PARAMS:
             f = float(val)
             if not math.isfinite(f):
-                raise ValueError("scale must be finite")
+                raise ValueError(f"{key} must be finite")
             body[key] = f
+        elif key in _BOOL_PARAMS:
+            if not isinstance(val, bool):
+                raise TypeError(f"{key} must be True or False")
+            if val:
+                body[key] = True
         else:
             body[key] = int(val)
     if id is not None:
@@ -99,7 +109,8 @@ def encode_request(q: Any, k: Any, v: Any, mask: Any = None,
     [Nq]) of 0/1 over the queries; causal: query i sees keys
     j <= i + Nk - Nq (written only when true); dtype: "f32", "f16", "bf16"
     or None to follow q's dtype; params: block_per_row, num_blocks,
-    prior_first, prior_diagonal, scale, timeout_ms.  Returns bytes.
+    prior_first, prior_diagonal, scale, timeout_ms, min_blocks_per_row,
+    error_samples, target_error, per_head_stats.  Returns bytes.
     """
     check_call(method, params)
     dt = wire_dtype(dtype, q)

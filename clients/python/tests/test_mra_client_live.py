@@ -301,3 +301,23 @@ def test_bench_module(server):
                        capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr.decode()
     assert json.loads(p.stdout)["ok"] == 4
+
+
+def test_accuracy_controls(server):
+    """min_blocks_per_row, error_samples, target_error and per_head_stats go
+    through as keyword parameters; the answer has the estimate and every
+    head's statistics, as the float64 reference computes them."""
+    q, k, v, mask = problem()
+    c = Client(server.url)
+    params = dict(block_per_row=1, min_blocks_per_row=2, error_samples=24)
+    r = c.attention(q, k, v, mask=mask, method="mra2_sparse", per_head_stats=True,
+                    **params)
+    ref, sel, tot, info = mra_ref.attention(q, k, v, mask, method="mra2_sparse",
+                                            heads=True, **params)
+    assert mra_ref.rel_err(r.out, ref) < TOL["f32"]
+    assert r.stats["est_rel_err"] == pytest.approx(info["est_rel_err"], rel=1e-3, abs=1e-5)
+    assert [h["budget"] for h in r.stats["heads"]] == [h["budget"] for h in info["heads"]]
+    r = c.attention(q, k, v, mask=mask, target_error=0.2)
+    assert "est_rel_err" in r.stats and "heads" not in r.stats
+    with pytest.raises(TypeError, match="per_head_stats"):
+        c.attention(q, k, v, per_head_stats=1)
