@@ -77,7 +77,11 @@ def build(args):
                   num_blocks=args.num_blocks, prior_first=args.prior_first,
                   prior_diagonal=args.prior_diagonal, scale=args.scale,
                   timeout_ms=args.timeout_ms, id=args.id,
-                  causal=True if args.causal else None)
+                  causal=True if args.causal else None,
+                  min_blocks_per_row=args.min_blocks_per_row,
+                  error_samples=args.error_samples,
+                  target_error=args.target_error,
+                  per_head_stats=True if args.per_head_stats else None)
     fmt = "json" if args.json else "msgpack"
     return wire.encode_request(q, k, v, mask=mask, dtype=args.dtype, fmt=fmt,
                                q_mask=q_mask, **params)
@@ -98,6 +102,14 @@ def parser():
     p.add_argument("--prior-first", type=int)
     p.add_argument("--prior-diagonal", type=int)
     p.add_argument("--scale", type=float)
+    p.add_argument("--min-blocks-per-row", type=int,
+                   help="blocks every block row of real queries gets")
+    p.add_argument("--error-samples", type=int,
+                   help="rows per head the error is estimated on")
+    p.add_argument("--target-error", type=float,
+                   help="each head's budget picked for this error")
+    p.add_argument("--per-head-stats", action="store_true",
+                   help="the answer lists every head's statistics")
     p.add_argument("--timeout-ms", type=int)
     p.add_argument("--id")
     p.add_argument("--mask", default="none",

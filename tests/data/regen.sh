@@ -32,6 +32,13 @@ $py tools/mkreq.py --shape 2,2,1,8 --kv-len 300 --hkv 1 --dtype bf16 \
 $py tools/mkreq.py --shape 1,1,40,4 --kv-len 5 --dtype f16 --causal \
     --method mra2_sparse --json --seed 8 -o $out/req-wide-causal-f16.json
 
+# The accuracy controls: a row minimum, an estimate on 16 rows and a
+# target, with every head's statistics.
+$py tools/mkreq.py --shape 1,2,96,8 --mask random --method mra2_sparse \
+    --block-per-row 1 --min-blocks-per-row 1 --error-samples 16 \
+    --target-error 0.3 --per-head-stats --seed 9 \
+    -o $out/req-accuracy-f32.msgpack
+
 # Malformed bodies: a valid one edited in one place each.
 $py - "$out" <<'PY'
 import pathlib, sys

@@ -86,7 +86,8 @@ def check(out, stats, q, k, v, mask, dtype, **params):
 
 # What the reference takes besides the tensors and the key mask.
 REF_PARAMS = ("method", "block_per_row", "num_blocks", "prior_first",
-              "prior_diagonal", "scale", "q_mask", "causal")
+              "prior_diagonal", "scale", "q_mask", "causal",
+              "min_blocks_per_row", "error_samples", "target_error")
 
 
 def roundtrip(tmp_path, q, k, v, mask=None, dtype="f32", fmt="msgpack",

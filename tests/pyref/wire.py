@@ -25,7 +25,9 @@ import numpy as np
 
 DTYPES = ("f32", "f16", "bf16")
 PARAMS = ("method", "block_per_row", "num_blocks", "prior_first",
-          "prior_diagonal", "scale", "timeout_ms", "id", "causal")
+          "prior_diagonal", "scale", "timeout_ms", "id", "causal",
+          "min_blocks_per_row", "error_samples", "target_error",
+          "per_head_stats")
 
 
 def f32_to_bf16_bits(x):
@@ -109,7 +111,8 @@ def pack(obj, fmt="msgpack"):
 def encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack",
                    q_mask=None, **params):
     """A request body.  params: method, block_per_row, num_blocks,
-    prior_first, prior_diagonal, scale, timeout_ms, id, causal; None
+    prior_first, prior_diagonal, scale, timeout_ms, id, causal,
+    min_blocks_per_row, error_samples, target_error, per_head_stats; None
     leaves a parameter out."""
     for name in params:
         if name not in PARAMS:
@@ -125,9 +128,9 @@ def encode_request(q, k, v, mask=None, dtype="f32", fmt="msgpack",
     for name, val in params.items():
         if val is None:
             continue
-        if name == "scale":
+        if name in ("scale", "target_error"):
             val = float(val)
-        elif name == "causal":
+        elif name in ("causal", "per_head_stats"):
             val = bool(val)
         body[name] = val
     return pack(body, fmt)
