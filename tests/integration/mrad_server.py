@@ -11,7 +11,8 @@ The daemon is started with --host 127.0.0.1 --port 0 --backend cpu (and
 line.  Its stderr (log and access lines) is collected
 in `srv.log_lines`.  The binary is $MRAD_BIN_DIR/mrad (tests/run.sh sets it)
 or bin/mrad of the repository.  Also holds a small request encoder so the
-helper depends on nothing but numpy and msgpack.
+helper depends on nothing but numpy and msgpack, and the readers of
+/metrics the tests share (metric_value, scrape_until).
 """
 import http.client
 import json
@@ -307,3 +308,29 @@ def metric_value(text, name, labels=None):
             total += float(val)
             found = True
     return total if found else None
+
+
+def counted(name, n, labels=None):
+    """A test of a scrape for scrape_until: `name` (its samples matching
+    `labels`) is at least n."""
+    return lambda text: (metric_value(text, name, labels) or 0) >= n
+
+
+def scrape_until(srv, *done, timeout=5.0):
+    """/metrics of `srv` once every test of `done` holds (each a function
+    of the text, as counted() makes), or the last scrape after `timeout`
+    seconds (whose assertions then say what is missing).
+
+    A request is counted in mrad_requests_total,
+    mrad_request_duration_seconds, mrad_request_bytes and
+    mrad_transport_duration_seconds when libmicrohttpd reports it
+    complete, after the last byte of its answer went out: a scrape right
+    after reading an answer can come before that.  Metrics the worker
+    records before answering (mrad_batch_*, queue and compute times, block
+    density) need no waiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = srv.metrics()
+        if all(d(text) for d in done) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)

@@ -9,7 +9,7 @@ A request is counted when libmicrohttpd reports it complete, once the last
 byte of its answer has gone out: its duration and its send time end there,
 so they cannot be recorded before the client can read the answer.  A
 scrape right after a request can therefore miss it, and the tests scrape
-until the request they made is counted (scrape_until)."""
+until the request they made is counted (mrad_server.scrape_until)."""
 import json
 import re
 import shutil
@@ -20,7 +20,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from mrad_server import MradServer, encode_msgpack, metric_value
+from mrad_server import (MradServer, counted, encode_msgpack, metric_value,
+                         scrape_until)
 
 
 def rnd(seed, *shape):
@@ -45,23 +46,6 @@ def wait_for_line(srv, pred, timeout=10.0):
     raise AssertionError("no such log line in:\n" + srv.log_text())
 
 
-def scrape_until(srv, done, timeout=5.0):
-    """/metrics once done(text) holds, or the last scrape after `timeout`
-    seconds (whose assertions then say what is missing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = srv.metrics()
-        if done(text) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.02)
-
-
-def counted(name, n, labels=None):
-    """A test of a scrape: `name` (its samples matching `labels`) is at
-    least n."""
-    return lambda text: (metric_value(text, name, labels) or 0) >= n
-
-
 @pytest.fixture(scope="module")
 def srv():
     with MradServer() as s:
@@ -77,9 +61,9 @@ def test_probes_and_scrapes_stay_out_of_the_request_metrics():
         for _ in range(10):
             assert s.get("/healthz")[0] == 200
         s.get("/readyz")
-        text = scrape_until(s, lambda t: counted(
-            "mrad_probe_requests_total", 10 + healthz, {"route": "GET /healthz"})(t)
-            and counted("mrad_probe_requests_total", 1, {"route": "GET /readyz"})(t))
+        text = scrape_until(
+            s, counted("mrad_probe_requests_total", 10 + healthz, {"route": "GET /healthz"}),
+            counted("mrad_probe_requests_total", 1, {"route": "GET /readyz"}))
         # 11 probes and a scrape: no request.
         assert metric_value(text, "mrad_requests_total") == metric_value(
             base, "mrad_requests_total")
@@ -129,8 +113,8 @@ def test_request_metrics_by_surface_route_and_method(srv):
         ({"api": "v1", "route": "DELETE /v1/kv/*", "code": "204"}, 1),
         ({"route": "none", "code": "404"}, 1),
     ]
-    text = scrape_until(srv, lambda t: all(counted("mrad_requests_total", n, labels)(t)
-                                           for labels, n in want))
+    text = scrape_until(srv, *(counted("mrad_requests_total", n, labels)
+                               for labels, n in want))
     for labels, n in want:
         assert metric_value(text, "mrad_requests_total", labels) >= n, labels
     for labels, _ in want:

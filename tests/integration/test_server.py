@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import mra_ref
-from mrad_server import MradError, decode_answer, encode_msgpack, metric_value
+from mrad_server import (MradError, counted, decode_answer, encode_msgpack, metric_value,
+                         scrape_until)
 
 RNG = np.random.default_rng(1234)
 
@@ -262,7 +263,10 @@ def test_metrics_count_requests_and_pass_promtool(mrad):
     q, k, v, _ = problem(B=1, H=1, N=96, D=8, masked=False)
     mrad.attention(q, k, v)
     mrad.get("/nope")
-    text = mrad.metrics()
+    # Both are counted once their answers went out (scrape_until).
+    text = scrape_until(mrad, counted("mrad_requests_total", 1, {"code": "200"}),
+                        counted("mrad_requests_total", 1, {"code": "404"}),
+                        counted("mrad_request_duration_seconds_count", 2))
     assert metric_value(text, "mrad_requests_total", {"code": "200"}) >= 1
     assert metric_value(text, "mrad_requests_total", {"code": "404"}) >= 1
     assert metric_value(text, "mrad_tokens_total") >= 96

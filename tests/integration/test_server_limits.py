@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from mrad_server import (MradError, MradServer, encode_json, encode_msgpack,
-                         metric_value, mrad_testhooks_binary, slow_problem)
+from mrad_server import (MradError, MradServer, counted, encode_json, encode_msgpack,
+                         metric_value, mrad_testhooks_binary, scrape_until,
+                         slow_problem)
 
 RNG = np.random.default_rng(99)
 
@@ -146,7 +147,7 @@ def test_full_queue_answers_503_and_accepted_requests_succeed():
         out_b, _ = b.result()
         assert out_a.shape == big[0].shape and out_b.shape == q.shape
         assert srv.get("/readyz")[0] == 200
-        text = srv.metrics()
+        text = scrape_until(srv, counted("mrad_requests_total", 1, {"code": "503"}))
         assert metric_value(text, "mrad_requests_total", {"code": "503"}) >= 1
 
 
@@ -195,14 +196,17 @@ def test_injected_fault_fails_one_batch_only():
             srv.attention(q, k, v, headers={"X-Mrad-Inject-Fault": "1",
                                             "X-Request-Id": "faulty-1"})
         assert (e.value.status, e.value.code) == (500, "internal")
-        # The error line of the worker names the request.
-        assert re.search(r"error .*request faulty-1: its batch of 1 failed",
-                         srv.log_text()), srv.log_text()
+        # The error line of the worker names the request.  It is written
+        # before the answer, but read from the daemon's stderr by a thread
+        # of this process, which may not have reached it yet.
+        wait_for(lambda: re.search(r"error .*request faulty-1: its batch of 1 failed",
+                                   srv.log_text()), timeout=5)
         for _ in range(3):
             out, _ = srv.attention(q, k, v)
             assert np.array_equal(out, out_ok)
         assert srv.get("/healthz")[0] == 200
-        assert metric_value(srv.metrics(), "mrad_requests_total", {"code": "500"}) == 1
+        text = scrape_until(srv, counted("mrad_requests_total", 1, {"code": "500"}))
+        assert metric_value(text, "mrad_requests_total", {"code": "500"}) == 1
 
 
 def test_release_build_ignores_the_fault_header(mrad):
@@ -245,7 +249,7 @@ def test_queued_request_of_a_client_that_left_is_dropped():
         wait_for(lambda: gauge(srv, "mrad_queue_depth") == 0, timeout=5)
         assert gauge(srv, "mrad_inflight_requests") == 1
         a.result()
-        text = srv.metrics()
+        text = scrape_until(srv, counted("mrad_requests_total", 1, {"code": "499"}))
         assert metric_value(text, "mrad_requests_total", {"code": "499"}) == 1
         # Only the slow request was computed.
         assert metric_value(text, "mrad_batch_requests_count") == batches + 1

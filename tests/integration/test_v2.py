@@ -24,7 +24,8 @@ from tritonclient.utils import InferenceServerException
 
 import mra_ref
 import wire
-from mrad_server import (REPO, MradServer, metric_value, slow_problem)
+from mrad_server import (REPO, MradServer, counted, metric_value, scrape_until,
+                         slow_problem)
 
 SAN = bool(os.environ.get("SANITIZE"))
 
@@ -174,7 +175,9 @@ def test_statistics_and_metrics(srv):
     assert s["execution_count"] - before["execution_count"] == 3
     assert s["last_inference"] > 0
     assert len(c.get_inference_statistics()["model_stats"]) == 3
-    text = srv.metrics()
+    text = scrape_until(srv,
+                        counted("mrad_requests_total", 3, {"api": "v2", "code": "200"}),
+                        counted("mrad_request_duration_seconds_count", 4, {"api": "v2"}))
     assert metric_value(text, "mrad_requests_total",
                         {"api": "v2", "code": "200"}) >= 3
     assert metric_value(text, "mrad_request_duration_seconds_count",
