@@ -9,6 +9,8 @@
 
 #include "server/auth.h"
 
+#include "attention/cpu/kernels.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -48,7 +50,7 @@ static const struct option_def options[] = {
      "usable GPU (up to 16; auto takes the CPU without one); CPU: one worker"},
     {"threads", OPT_U32, CFG(threads), 0, "compute threads, 0 = all cores"},
     {"isa", OPT_STR, CFGSTR(isa),
-     "CPU kernel path: auto|avx512|avx2|portable (/v1/info shows it)"},
+     "CPU kernel path: " CPU_ISA_NAMES " (/v1/info shows it)"},
     {"http-threads", OPT_U32, CFG(http_threads), 0,
      "HTTP threads (read, decode, encode; never compute)"},
     {"max-queue", OPT_U64, CFG(max_queue), 0,
@@ -402,9 +404,20 @@ int mrad_config_parse(struct mrad_config *cfg, int argc, char **argv, FILE *out,
                      "must be at least 1\n");
         return MRAD_CONFIG_ERROR;
     }
-    if (strcmp(cfg->isa, "auto") && strcmp(cfg->isa, "avx512") &&
-        strcmp(cfg->isa, "avx2") && strcmp(cfg->isa, "portable")) {
-        fprintf(err, "mrad: --isa: expected auto, avx512, avx2 or portable\n");
+    /* The CPU backend's own list and probe decide, so every path it has
+     * is accepted, and one this CPU cannot run is refused here by name
+     * rather than as the backend's bare "not supported" after startup
+     * began.  --backend cuda never runs the CPU kernels. */
+    if (!cpu_kernels_known(cfg->isa)) {
+        fprintf(err, "mrad: --isa %s: expected one of %s\n", cfg->isa,
+                CPU_ISA_NAMES);
+        return MRAD_CONFIG_ERROR;
+    }
+    if (strcmp(cfg->backend, "cuda") && !cpu_kernels_pick(cfg->isa)) {
+        fprintf(err,
+                "mrad: --isa %s: this CPU cannot run those kernels (auto "
+                "takes the best it can)\n",
+                cfg->isa);
         return MRAD_CONFIG_ERROR;
     }
     if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {

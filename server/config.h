@@ -62,7 +62,7 @@ struct mrad_config {
     uint64_t max_problem_flops;      /* admission; 0 = from the backend */
     char log_file[1024];             /* empty: stderr */
     uint64_t idle_release_ms; /* idle this long: cached memory released */
-    char isa[16];             /* CPU kernel path: auto|avx512|avx2|portable */
+    char isa[16];             /* CPU kernel path (CPU_ISA_NAMES) */
     char tls_cert[1024];      /* PEM certificate file; empty = plain HTTP */
     char tls_key[1024];       /* PEM private key file */
     uint64_t kv_cache_bytes;  /* sessions' budget; 0 = from the memory */

@@ -65,6 +65,20 @@ int cpu_amx_usable(void)
 }
 #endif
 
+int cpu_kernels_known(const char *isa)
+{
+    size_t n = strlen(isa);
+    for (const char *p = CPU_ISA_NAMES;;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, isa, n) == 0)
+            return 1;
+        if (!bar)
+            return 0;
+        p = bar + 1;
+    }
+}
+
 const struct cpu_kernels *cpu_kernels_pick(const char *isa)
 {
     int want_auto = !isa || strcmp(isa, "auto") == 0;

@@ -201,13 +201,21 @@ extern const struct cpu_half_kernels cpu_half_amx;
 int cpu_amx_usable(void);
 #endif
 
-/* Environment variable naming the kernels ("amx", "avx512", "avx2",
- * "portable", "auto") when attn_config.isa is NULL or "auto". */
+/* Environment variable naming the kernels (one of CPU_ISA_NAMES) when
+ * attn_config.isa is NULL or "auto". */
 #define CPU_ISA_ENV "MRAD_ISA"
+
+/* Every ISA name cpu_kernels_pick() takes, separated by '|', as a help
+ * line shows them. */
+#define CPU_ISA_NAMES "auto|amx|avx512|avx2|portable"
+
+/* Nonzero when isa is one of CPU_ISA_NAMES, whether or not this CPU runs
+ * it; so a caller can tell a misspelt name from a missing feature.  Pure. */
+int cpu_kernels_known(const char *isa);
 
 /* The kernels for an ISA name: NULL or "auto" (the best this CPU runs),
  * "portable", "avx2", "avx512", "amx".  Returns NULL for an unknown name or
- * one this CPU cannot run. */
+ * one this CPU cannot run.  Thread-safe (the AMX probe runs once). */
 const struct cpu_kernels *cpu_kernels_pick(const char *isa);
 
 #endif /* MRAD_ATTN_CPU_KERNELS_H */

@@ -71,3 +71,24 @@ def test_an_unavailable_backend_is_an_error():
     r = run("--port", "0", "--backend", "cuda", "--devices", "63")
     assert r.returncode == 1
     assert "backend" in r.stderr
+
+
+def test_isa_amx_is_a_known_path():
+    """--isa amx and MRAD_ISA=amx name the CPU backend's AMX path: a CPU
+    with AMX serves with it (/v1/info's device says so), any other stops
+    at startup with a message naming amx; neither calls it an unknown
+    value."""
+    for args, env in ((["--isa", "amx"], None), ([], {"MRAD_ISA": "amx"})):
+        srv = MradServer(args, env=env, threads=1)
+        try:
+            srv.start()
+        except RuntimeError:
+            rc = srv.wait(10)
+            log = srv.log_text()
+            assert rc != 0, log
+            assert "--isa amx" in log and "cannot run" in log, log
+            assert "expected" not in log and "unknown" not in log, log
+            continue
+        with srv:
+            device = json.loads(srv.get("/v1/info")[2])["device"]
+            assert "amx kernels" in device, device
