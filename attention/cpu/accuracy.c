@@ -106,16 +106,17 @@ static double unselected_share(const struct cpu_head *hd, uint32_t I)
     const float *L = hd->L + (size_t)I * nbk;
     const uint8_t *sel = hd->sel + (size_t)I * nbk;
     attn_grid_row(&hd->grid, I, &vis, &seen);
-    double mx = -INFINITY, all = 0.0, left = 0.0;
+    float mx = -INFINITY;
+    double all = 0.0, left = 0.0;
     for (uint32_t J = 0; J < vis; J++)
-        if (hd->cnt[J] > 0.0f && (double)L[J] + hd->lnc[J] > mx)
-            mx = (double)L[J] + hd->lnc[J];
+        if (hd->cnt[J] > 0.0f && L[J] + hd->lnc[J] > mx)
+            mx = L[J] + hd->lnc[J];
     for (uint32_t J = 0; J < vis; J++) {
         if (hd->cnt[J] == 0.0f)
             continue;
-        double e = exp((double)L[J] + hd->lnc[J] - mx);
+        float e = expf(L[J] + hd->lnc[J] - mx);
         all += e;
-        left += sel[J] ? 0.0 : e;
+        left += sel[J] ? 0.0f : e;
     }
     return all > 0.0 ? left / all : 0.0;
 }
@@ -211,35 +212,75 @@ void cpu_acc_select(struct cpu_head *hd)
 
 size_t cpu_acc_sample_items(const struct cpu_head *hd)
 {
-    return ((size_t)hd->ns + CPU_FEW_ROWS - 1) / CPU_FEW_ROWS;
+    return ((size_t)hd->ns + CPU_TILE - 1) / CPU_TILE;
 }
 
+/* Under causality: hides the keys of block J of a transposed tile st[j][i]
+ * beyond each row's last key lim[i] and takes the rows' maxima again. */
+static void mask_lanes(float *st, float *tmax, const int64_t *lim, uint32_t J)
+{
+    int64_t k0 = (int64_t)J * CPU_TILE;
+    for (int i = 0; i < CPU_TILE; i++)
+        tmax[i] = -INFINITY;
+    for (int j = 0; j < CPU_TILE; j++) {
+        float *row = st + j * CPU_TILE;
+        for (int i = 0; i < CPU_TILE; i++) {
+            if (k0 + j > lim[i])
+                row[i] = -INFINITY;
+            tmax[i] = row[i] > tmax[i] ? row[i] : tmax[i];
+        }
+    }
+}
+
+/* Up to 32 sampled rows at once on the tile kernels (the rows stand in
+ * the lanes of a query block, as the rows phase computes one): their
+ * exact attention from every key they see. */
 void cpu_acc_sample(struct cpu_head *hd, uint32_t item,
                     const struct cpu_kernels *kern)
 {
-    uint32_t Dp = hd->Dp, D = hd->D, r0 = item * CPU_FEW_ROWS;
-    uint32_t rows = hd->ns - r0 < CPU_FEW_ROWS ? hd->ns - r0 : CPU_FEW_ROWS;
-    _Alignas(64) float q[CPU_FEW_ROWS * ATTN_MAX_HEAD_DIM];
-    _Alignas(64) float acc[CPU_FEW_ROWS * ATTN_MAX_HEAD_DIM];
-    float m[CPU_FEW_ROWS], l[CPU_FEW_ROWS];
-    int64_t lim[CPU_FEW_ROWS], most = -1;
-    for (uint32_t r = 0; r < rows; r++) {
-        q_row(hd, hd->srow[r0 + r], kern, q + (size_t)r * Dp);
-        lim[r] = last_key(hd, hd->srow[r0 + r]);
-        most = lim[r] > most ? lim[r] : most;
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-    }
-    memset(acc, 0, (size_t)rows * Dp * sizeof *acc);
-    /* every key block some row sees, in increasing J */
-    for (uint32_t J = 0; J < hd->nbk && (int64_t)J * CPU_TILE <= most; J++)
-        if (hd->cnt[J] > 0.0f)
-            attend_block(hd, J, q, rows, lim, kern, m, l, acc);
-    for (uint32_t r = 0; r < rows; r++) {
-        float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-        float *x = hd->xs + (size_t)(r0 + r) * Dp;
+    uint32_t Dp = hd->Dp, D = hd->D, r0 = item * CPU_TILE;
+    uint32_t rows = hd->ns - r0 < CPU_TILE ? hd->ns - r0 : CPU_TILE;
+    _Alignas(64) float qt[ATTN_MAX_HEAD_DIM * CPU_TILE];
+    _Alignas(64) float acc[CPU_TILE * ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float kb[CPU_TILE * ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float vb[CPU_TILE * ATTN_MAX_HEAD_DIM];
+    _Alignas(64) float st[CPU_TILE * CPU_TILE];
+    _Alignas(64) float tmax[CPU_TILE], alpha[CPU_TILE];
+    _Alignas(64) float m[CPU_TILE], l[CPU_TILE];
+    float q[ATTN_MAX_HEAD_DIM];
+    int64_t lim[CPU_TILE], most = -1, least = INT64_MAX;
+    memset(qt, 0, (size_t)D * CPU_TILE * sizeof *qt);
+    for (uint32_t i = 0; i < rows; i++) {
+        q_row(hd, hd->srow[r0 + i], kern, q);
         for (uint32_t d = 0; d < D; d++)
-            x[d] = acc[(size_t)r * Dp + d] * inv;
+            qt[(size_t)d * CPU_TILE + i] = q[d];
+        lim[i] = last_key(hd, hd->srow[r0 + i]);
+        most = lim[i] > most ? lim[i] : most;
+        least = lim[i] < least ? lim[i] : least;
+    }
+    for (uint32_t i = rows; i < CPU_TILE; i++) /* empty lanes: no mask */
+        lim[i] = most;
+    for (int i = 0; i < CPU_TILE; i++)
+        m[i] = -INFINITY, l[i] = 0.0f;
+    memset(acc, 0, (size_t)CPU_TILE * Dp * sizeof *acc);
+    /* every key block some row sees, in increasing J */
+    for (uint32_t J = 0; J < hd->nbk && (int64_t)J * CPU_TILE <= most; J++) {
+        if (hd->cnt[J] == 0.0f)
+            continue;
+        const float *k = kv_block(hd, 0, J, kern, kb);
+        const float *v = kv_block(hd, 1, J, kern, vb);
+        kern->qk_tile(k, qt, D, Dp, hd->scale,
+                      hd->kbias + (size_t)J * CPU_TILE, st, tmax);
+        if (hd->grid.causal && (int64_t)J * CPU_TILE + CPU_TILE - 1 > least)
+            mask_lanes(st, tmax, lim, J);
+        kern->softmax_tile(st, tmax, m, l, alpha);
+        kern->pv_tile(st, v, Dp, alpha, acc);
+    }
+    for (uint32_t i = 0; i < rows; i++) {
+        float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        float *x = hd->xs + (size_t)(r0 + i) * Dp;
+        for (uint32_t d = 0; d < D; d++)
+            x[d] = acc[(size_t)i * Dp + d] * inv;
     }
 }
 

@@ -9,8 +9,8 @@
  *   3. select  cpu_acc_select(): the row minimum, the selection of the
  *              budget (with target_error: of the ladder's first step) and
  *              the rows sampled from the rows U it leaves approximate;
- *   3a. sample (per CPU_FEW_ROWS sampled rows) cpu_acc_sample(): their
- *              exact attention, from every key;
+ *   3a. sample (per 32 sampled rows) cpu_acc_sample(): their exact
+ *              attention, from every key, on the tile kernels;
  *   3b. choose (target_error, per head) cpu_acc_choose(): each step of the
  *              ladder evaluated on the sampled rows, the first whose
  *              estimate meets the target kept as the selection;
@@ -31,7 +31,7 @@
 #include "attention/cpu/kernels.h"
 
 void cpu_acc_select(struct cpu_head *hd);
-/* Items of the sample phase: ceil(rows sampled / CPU_FEW_ROWS). */
+/* Items of the sample phase: ceil(rows sampled / 32). */
 size_t cpu_acc_sample_items(const struct cpu_head *hd);
 void cpu_acc_sample(struct cpu_head *hd, uint32_t item,
                     const struct cpu_kernels *kern);
