@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Mapping, Optional, TypeVar
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 
 from . import wire
 from .errors import MradError, TransportError, error_for
-from .tensors import from_wire, wire_shape
+from .tensors import from_wire, mask_to_wire, shape4, to_wire, wire_shape
 
 OutT = TypeVar("OutT")
 
@@ -196,14 +198,69 @@ def kv_info(r: httpx.Response) -> dict[str, Any]:
     return info
 
 
+# Tokens as a session keeps them client-side: k, v [B, Hkv, n, D] in the
+# wire dtype (bf16 as uint16 bits) and the mask [B, n] of 0/1 or None.
+Tokens = tuple[npt.NDArray[Any], npt.NDArray[Any], Optional[npt.NDArray[np.uint8]]]
+
+
+def wire_tokens(k: Any, v: Any, mask: Any, dtype: str) -> Tokens:
+    """k, v and mask as a session keeps them: the arrays the wire carries
+    (so a kept torch tensor on a GPU is a copy in host memory)."""
+    kw = to_wire(k, dtype)
+    vw = to_wire(v, dtype)
+    kw = kw.reshape(shape4(kw, "k"))
+    vw = vw.reshape(shape4(vw, "v"))
+    mw = None if mask is None else mask_to_wire(mask, "mask")
+    return kw, vw, mw
+
+
+class KeptContext:
+    """Every token a session holds, kept by its handle (Client.kv with
+    keep_context=True), so that a session the service lost can be made
+    again: the tokens of the create, then those of every append, in order.
+    The pieces are joined when a create needs them (rarely), not at each
+    append (every step)."""
+
+    def __init__(self, first: Tokens, dtype: str, ttl_ms: Optional[int]) -> None:
+        self.dtype = dtype
+        self.ttl_ms = ttl_ms
+        self._pieces: list[Tokens] = [first]
+
+    def add(self, t: Tokens) -> None:
+        self._pieces.append(t)
+
+    def tokens(self) -> int:
+        return sum(int(k.shape[2]) for k, _, _ in self._pieces)
+
+    def create_body(self) -> bytes:
+        """The body of POST /v1/kv that makes the session again."""
+        if len(self._pieces) > 1:
+            ks = [k for k, _, _ in self._pieces]
+            vs = [v for _, v, _ in self._pieces]
+            masks = None
+            if any(m is not None for _, _, m in self._pieces):
+                masks = np.concatenate(
+                    [m if m is not None else np.ones((k.shape[0], k.shape[2]), np.uint8)
+                     for k, _, m in self._pieces], axis=1)
+            self._pieces = [(np.concatenate(ks, axis=2), np.concatenate(vs, axis=2),
+                             masks)]
+        k, v, m = self._pieces[0]
+        return wire.encode_kv_body(k, v, mask=m, dtype=self.dtype, ttl_ms=self.ttl_ms)
+
+
 class SessionState:
     """What a session handle knows of its session, shared by Session and
     AsyncSession: id, tokens (as of this handle's last call), dtype, shape
-    ([B, Hkv, N, D] of the last answer about it), ttl_ms, bytes, closed."""
+    ([B, Hkv, N, D] of the last answer about it), ttl_ms, bytes, closed;
+    with a kept context (keep_context), the context and `recreated`, the
+    number of times the handle made its session again."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: dict[str, Any],
+                 context: Optional[KeptContext] = None) -> None:
         self.id: str = info["kv"]
         self.closed = False
+        self.recreated = 0
+        self._context = context
         self.tokens = 0
         self.dtype: Optional[str] = None
         self.shape: tuple[int, ...] = ()
@@ -218,9 +275,33 @@ class SessionState:
         self.ttl_ms = info.get("ttl_ms")
         self.bytes = info.get("bytes")
 
-    def _appended(self, k_append: Any) -> None:
+    def _appended(self, k_append: Any, kept: Optional[Tokens] = None) -> None:
+        """A call that appended k_append succeeded: count the tokens, and
+        keep them (`kept`, from _to_keep) with the context."""
         if k_append is not None:
             self.tokens += wire_shape(k_append)[-2]
+        if kept is not None and self._context is not None:
+            self._context.add(kept)
+
+    def _to_keep(self, k: Any, v: Any, mask: Any) -> Optional[Tokens]:
+        """The tokens a call appends, as the kept context will hold them
+        once the call succeeds; None without a kept context or tokens."""
+        if self._context is None or k is None:
+            return None
+        return wire_tokens(k, v, mask, self._context.dtype)
+
+    def _recreate_body(self, err: MradError) -> bytes:
+        """After KVNotFound (`err`): the body that makes the session again,
+        or `err` raised when the handle keeps no context."""
+        if self._context is None or self.closed:
+            raise err
+        return self._context.create_body()
+
+    def _recreated(self, info: dict[str, Any]) -> None:
+        """The session was made again: adopt its id."""
+        self.id = info["kv"]
+        self.recreated += 1
+        self._set(info)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.id!r}, tokens={self.tokens}, "

@@ -23,10 +23,10 @@ import httpx
 import numpy.typing as npt
 
 from . import wire
-from ._core import (MSGPACK, Result, RetryPolicy, SessionState, base_url,
-                    decode_answer, error_of, headers_of, kv_info, result_of,
-                    retryable_transport, session_path, should_retry_status,
-                    transport_error)
+from ._core import (MSGPACK, KeptContext, Result, RetryPolicy, SessionState,
+                    base_url, decode_answer, error_of, headers_of, kv_info,
+                    result_of, retryable_transport, session_path,
+                    should_retry_status, transport_error, wire_tokens)
 from .errors import KVNotFound, MradError
 from .tensors import TensorLike
 from .wire import ParamValue
@@ -121,13 +121,19 @@ class AsyncClient:
         return result_of(q, await self.attention_raw(body))
 
     async def kv(self, k: TensorLike, v: TensorLike, mask: Any = None,
-                 ttl_ms: Optional[int] = None,
-                 dtype: Optional[str] = None) -> AsyncSession:
+                 ttl_ms: Optional[int] = None, dtype: Optional[str] = None,
+                 keep_context: bool = False) -> AsyncSession:
         """Client.kv: creates a session; returns an AsyncSession, an async
-        context manager that deletes it on exit."""
-        body = wire.encode_kv_body(k, v, mask=mask, dtype=dtype, ttl_ms=ttl_ms)
+        context manager that deletes it on exit (keep_context as there)."""
+        context = None
+        if keep_context:
+            dt = wire.wire_dtype(dtype, k)
+            context = KeptContext(wire_tokens(k, v, mask, dt), dt, ttl_ms)
+            body = context.create_body()
+        else:
+            body = wire.encode_kv_body(k, v, mask=mask, dtype=dtype, ttl_ms=ttl_ms)
         r = await self._send("POST", "/v1/kv", body, MSGPACK, idempotent=False)
-        return AsyncSession(self, kv_info(r))
+        return AsyncSession(self, kv_info(r), context)
 
     async def health(self) -> dict[str, Any]:
         """Client.health."""
@@ -158,9 +164,22 @@ class AsyncSession(SessionState):
     """Session, for AsyncClient: the same attributes, its calls as
     coroutines, and `async with` deletes it."""
 
-    def __init__(self, client: AsyncClient, info: dict[str, Any]) -> None:
-        super().__init__(info)
+    def __init__(self, client: AsyncClient, info: dict[str, Any],
+                 context: Optional[KeptContext] = None) -> None:
+        super().__init__(info, context)
         self._client = client
+
+    async def _call(self, suffix: str, body: bytes, idempotent: bool) -> httpx.Response:
+        """Session._call."""
+        try:
+            return await self._client._send("POST", session_path(self.id, suffix), body,
+                                            MSGPACK, idempotent=idempotent)
+        except KVNotFound as e:
+            create = self._recreate_body(e)
+        r = await self._client._send("POST", "/v1/kv", create, MSGPACK, idempotent=False)
+        self._recreated(kv_info(r))
+        return await self._client._send("POST", session_path(self.id, suffix), body,
+                                        MSGPACK, idempotent=idempotent)
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -182,10 +201,10 @@ class AsyncSession(SessionState):
     async def append(self, k: TensorLike, v: TensorLike, mask: Any = None) -> dict[str, Any]:
         """Session.append."""
         body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
-        r = await self._client._send("POST", session_path(self.id, "/append"), body,
-                                     MSGPACK, idempotent=False)
-        info = kv_info(r)
+        kept = self._to_keep(k, v, mask)
+        info = kv_info(await self._call("/append", body, idempotent=False))
         self._set(info)
+        self._appended(None, kept)
         return info
 
     @overload
@@ -208,10 +227,10 @@ class AsyncSession(SessionState):
         """Session.attend."""
         body = wire.session_body(q, k_append, v_append, mask_append, method,
                                  dtype or self.dtype, id, causal, q_mask, params)
-        r = await self._client._send("POST", session_path(self.id, "/attention"), body,
-                                     MSGPACK, idempotent=k_append is None)
+        kept = self._to_keep(k_append, v_append, mask_append)
+        r = await self._call("/attention", body, idempotent=k_append is None)
         msg = decode_answer(r)
-        self._appended(k_append)
+        self._appended(k_append, kept)
         return result_of(q, msg)
 
     async def close(self) -> None:

@@ -21,10 +21,10 @@ import httpx
 import numpy.typing as npt
 
 from . import wire
-from ._core import (MSGPACK, Result, RetryPolicy, SessionState, base_url,
-                    decode_answer, error_of, headers_of, kv_info, result_of,
-                    retryable_transport, session_path, should_retry_status,
-                    transport_error)
+from ._core import (MSGPACK, KeptContext, Result, RetryPolicy, SessionState,
+                    base_url, decode_answer, error_of, headers_of, kv_info,
+                    result_of, retryable_transport, session_path,
+                    should_retry_status, transport_error, wire_tokens)
 from .errors import KVNotFound, MradError
 from .tensors import TensorLike
 from .wire import ParamValue
@@ -156,7 +156,8 @@ class Client:
         return result_of(q, self.attention_raw(body))
 
     def kv(self, k: TensorLike, v: TensorLike, mask: Any = None,
-           ttl_ms: Optional[int] = None, dtype: Optional[str] = None) -> Session:
+           ttl_ms: Optional[int] = None, dtype: Optional[str] = None,
+           keep_context: bool = False) -> Session:
         """Creates a session (POST /v1/kv): keys and values kept in the
         service, so that later requests send only their queries and new
         tokens.
@@ -171,12 +172,25 @@ class Client:
             with client.kv(k, v) as s:
                 out = s.attend(q, k_append=k1, v_append=v1, causal=True).out
 
+        keep_context: the Session also keeps every token of the session
+        (these and each one appended since, in host memory), and when the
+        service has lost the session (404 kv_not_found: it expired, was
+        evicted, or its replica restarted) an attend() or append() creates
+        it again from them and sends the call once more; Session.recreated
+        counts those re-creates.  Without it such calls raise KVNotFound.
+
         Raises KVCacheFull (507) when the service cannot hold it, and
         MradError for the other error answers.
         """
-        body = wire.encode_kv_body(k, v, mask=mask, dtype=dtype, ttl_ms=ttl_ms)
+        context = None
+        if keep_context:
+            dt = wire.wire_dtype(dtype, k)
+            context = KeptContext(wire_tokens(k, v, mask, dt), dt, ttl_ms)
+            body = context.create_body()
+        else:
+            body = wire.encode_kv_body(k, v, mask=mask, dtype=dtype, ttl_ms=ttl_ms)
         r = self._send("POST", "/v1/kv", body, MSGPACK, idempotent=False)
-        return Session(self, kv_info(r))
+        return Session(self, kv_info(r), context)
 
     def health(self) -> dict[str, Any]:
         """GET /healthz -> dict; raises Unavailable while draining."""
@@ -212,14 +226,37 @@ class Session(SessionState):
     wire dtype; shape: [B, Hkv, N, D] of the last answer about it.  A
     context manager: leaving the block deletes the session.
 
-    The service may end a session on its own (unused for its ttl_ms, or
-    evicted to make room for others): calls then raise KVNotFound, and the
-    caller creates a new one with its whole context.
+    The service may end a session on its own (unused for its ttl_ms,
+    evicted to make room for others, or lost with the replica that held
+    it): calls then raise KVNotFound, and the caller creates a new one with
+    its whole context.  A session made with keep_context=True does that
+    itself: attend() and append() create it again from the tokens the
+    handle kept (id then changes) and send the call once more; a second
+    KVNotFound is raised.  `recreated` counts the re-creates.  Such a
+    session should see one call at a time (calls that ran together could
+    each make a new session, and the kept tokens would follow the order
+    in which the answers came).
     """
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
-        super().__init__(info)
+    def __init__(self, client: Client, info: dict[str, Any],
+                 context: Optional[KeptContext] = None) -> None:
+        super().__init__(info, context)
         self._client = client
+
+    def _call(self, suffix: str, body: bytes, idempotent: bool) -> httpx.Response:
+        """POSTs body to the session's path + suffix.  On KVNotFound, with
+        a kept context, creates the session again and POSTs once more (the
+        404 applied nothing, so the call's own tokens go with the retry,
+        not with the re-create)."""
+        try:
+            return self._client._send("POST", session_path(self.id, suffix), body,
+                                      MSGPACK, idempotent=idempotent)
+        except KVNotFound as e:
+            create = self._recreate_body(e)
+        r = self._client._send("POST", "/v1/kv", create, MSGPACK, idempotent=False)
+        self._recreated(kv_info(r))
+        return self._client._send("POST", session_path(self.id, suffix), body,
+                                  MSGPACK, idempotent=idempotent)
 
     def __enter__(self) -> Session:
         return self
@@ -247,10 +284,10 @@ class Session(SessionState):
         real), in the session's dtype.  Returns the session answer (a
         dict).  Raises KVNotFound, KVCacheFull (no room for them)."""
         body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
-        r = self._client._send("POST", session_path(self.id, "/append"), body,
-                               MSGPACK, idempotent=False)
-        info = kv_info(r)
+        kept = self._to_keep(k, v, mask)
+        info = kv_info(self._call("/append", body, idempotent=False))
         self._set(info)
+        self._appended(None, kept)
         return info
 
     @overload
@@ -283,10 +320,10 @@ class Session(SessionState):
         """
         body = wire.session_body(q, k_append, v_append, mask_append, method,
                                  dtype or self.dtype, id, causal, q_mask, params)
-        r = self._client._send("POST", session_path(self.id, "/attention"), body,
-                               MSGPACK, idempotent=k_append is None)
+        kept = self._to_keep(k_append, v_append, mask_append)
+        r = self._call("/attention", body, idempotent=k_append is None)
         msg = decode_answer(r)
-        self._appended(k_append)
+        self._appended(k_append, kept)
         return result_of(q, msg)
 
     def close(self) -> None:
