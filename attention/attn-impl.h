@@ -52,7 +52,6 @@ struct attn_backend_i {
     int accuracy;
 };
 
-
 /* A store of keys and values (attn.h): the part every backend shares. */
 struct attn_kv {
     struct attn_backend *be; /* the backend that holds it */

@@ -253,7 +253,7 @@ double attn_cost(const struct attn_problem *p);
 /* Backend configuration; zero-initialise and set what you need. */
 struct attn_config {
     int threads; /* CPU worker threads; 0 = number of online cores */
-    /* CPU kernel path: "avx512", "avx2", "portable", or NULL/"auto": the
+    /* CPU kernel path: "amx", "avx512", "avx2", "portable", or NULL/"auto": the
      * environment variable MRAD_ISA when set, else the best this CPU runs.
      * A path the CPU cannot run makes attn_backend_new fail with
      * ATTN_ENOTSUP. */

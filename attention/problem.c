@@ -242,8 +242,8 @@ double attn_flops(const struct attn_problem *p)
     double hi = max_selected(p, &g) + (double)g.partial;
     /* the sampled rows against every key */
     double rows = (double)attn_error_samples(p) * (double)p->Nk;
-    return heads * (4.0 * hi * b2 * D + 2.0 * (double)g.nbq * (double)g.nbk * D +
-                    4.0 * rows * D);
+    return heads * (4.0 * hi * b2 * D +
+                    2.0 * (double)g.nbq * (double)g.nbk * D + 4.0 * rows * D);
 }
 
 double attn_cost(const struct attn_problem *p)

@@ -11,9 +11,9 @@
  *    inflate) and the overhead against the 10% target, and the wall
  *    times.
  * 2. The estimate against the truth: on structured inputs (queries and
- *    keys drifting along the sequence, heads of different sharpness), each head's estimate
- *    (n = 32) against its true relative error (against exact, computed in
- *    the same run), mra2 and mra2_sparse at block_per_row 4 and 8; the
+ *    keys drifting along the sequence, heads of different sharpness), each
+ * head's estimate (n = 32) against its true relative error (against exact,
+ * computed in the same run), mra2 and mra2_sparse at block_per_row 4 and 8; the
  *    share of heads within a factor of 1.5 (target >= 90%).
  * 3. target_error 0.1 on the same inputs: the share of heads that meet it
  *    in truth (target >= 90%) and their mean density against the oracle's,
@@ -116,8 +116,17 @@ static void prob_init(struct prob *b, uint32_t H, uint32_t N, uint32_t D)
     b->out = xmalloc(n * 4);
     structured(H, N, D, b->q, b->k, b->v);
     b->p = (struct attn_problem){
-        .method = ATTN_MRA2, .dtype = ATTN_F32, .B = 1, .H = H, .Hkv = H,
-        .Nq = N, .Nk = N, .D = D, .q = b->q, .k = b->k, .v = b->v,
+        .method = ATTN_MRA2,
+        .dtype = ATTN_F32,
+        .B = 1,
+        .H = H,
+        .Hkv = H,
+        .Nq = N,
+        .Nk = N,
+        .D = D,
+        .q = b->q,
+        .k = b->k,
+        .v = b->v,
         .out = b->out,
     };
 }
@@ -173,8 +182,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--out") && i + 1 < argc)
             out_path = argv[++i];
         else {
-            fprintf(stderr,
-                    "usage: bench-accuracy [--quick] [--rounds R] [--out FILE]\n");
+            fprintf(
+                stderr,
+                "usage: bench-accuracy [--quick] [--rounds R] [--out FILE]\n");
             return 2;
         }
     }
@@ -212,17 +222,19 @@ int main(int argc, char **argv)
         double m0 = median(t0, rounds), m1 = median(t1, rounds);
         double k0 = median(c0, rounds), k1 = median(c1, rounds);
         double over = k1 / k0 - 1.0, wover = m1 / m0 - 1.0;
-        printf("error_samples 32, mra2 1x%ux%ux%u bpr %u: CPU %.1f ms -> %.1f ms, "
-               "+%.1f%% (target <= 10%%: %s; the FLOP floor is %.1f%%); wall "
-               "%.1f ms -> %.1f ms, %+.1f%%\n",
-               oH, oN, oD, bprs[b], k0 * 1e3, k1 * 1e3, 100 * over,
-               over <= 0.10 ? "met" : "not met", 100.0 / bprs[b], m0 * 1e3,
-               m1 * 1e3, 100 * wover);
-        jl += (size_t)snprintf(json + jl, sizeof json - jl,
-                               "%s{\"bpr\":%u,\"plain_s\":%.6f,\"sampled_s\":%.6f,"
-                               "\"plain_cpu_s\":%.6f,\"sampled_cpu_s\":%.6f,"
-                               "\"overhead\":%.4f,\"wall_overhead\":%.4f}",
-                               b ? "," : "", bprs[b], m0, m1, k0, k1, over, wover);
+        printf(
+            "error_samples 32, mra2 1x%ux%ux%u bpr %u: CPU %.1f ms -> %.1f ms, "
+            "+%.1f%% (target <= 10%%: %s; the FLOP floor is %.1f%%); wall "
+            "%.1f ms -> %.1f ms, %+.1f%%\n",
+            oH, oN, oD, bprs[b], k0 * 1e3, k1 * 1e3, 100 * over,
+            over <= 0.10 ? "met" : "not met", 100.0 / bprs[b], m0 * 1e3,
+            m1 * 1e3, 100 * wover);
+        jl += (size_t)snprintf(
+            json + jl, sizeof json - jl,
+            "%s{\"bpr\":%u,\"plain_s\":%.6f,\"sampled_s\":%.6f,"
+            "\"plain_cpu_s\":%.6f,\"sampled_cpu_s\":%.6f,"
+            "\"overhead\":%.4f,\"wall_overhead\":%.4f}",
+            b ? "," : "", bprs[b], m0, m1, k0, k1, over, wover);
     }
     prob_free(&ob);
     jl += (size_t)snprintf(json + jl, sizeof json - jl, "]");
@@ -300,17 +312,19 @@ int main(int argc, char **argv)
     printf("  estimate (n=32) within 1.5x of the truth: %.1f%% of %d heads "
            "(mra2 and mra2_sparse, bpr 4 and 8; target >= 90%%: %s)\n",
            100 * share_within, heads, share_within >= 0.9 ? "met" : "not met");
-    printf("  target_error 0.1: %.1f%% of %d heads meet it (target >= 90%%: %s), "
-           "mean density %.3f = %.2fx the oracle's %.3f (target <= 1.5x: %s)\n",
-           100 * share_meet, theads, share_meet >= 0.9 ? "met" : "not met",
-           dens_t / theads, ratio, dens_o / theads,
-           ratio <= 1.5 ? "met" : "not met");
-    jl += (size_t)snprintf(json + jl, sizeof json - jl,
-                           ",\"within_1_5\":%.4f,\"heads\":%d,\"target_meet\":%.4f,"
-                           "\"target_density\":%.4f,\"oracle_density\":%.4f,"
-                           "\"density_ratio\":%.4f}",
-                           share_within, heads, share_meet, dens_t / theads,
-                           dens_o / theads, ratio);
+    printf(
+        "  target_error 0.1: %.1f%% of %d heads meet it (target >= 90%%: %s), "
+        "mean density %.3f = %.2fx the oracle's %.3f (target <= 1.5x: %s)\n",
+        100 * share_meet, theads, share_meet >= 0.9 ? "met" : "not met",
+        dens_t / theads, ratio, dens_o / theads,
+        ratio <= 1.5 ? "met" : "not met");
+    jl += (size_t)snprintf(
+        json + jl, sizeof json - jl,
+        ",\"within_1_5\":%.4f,\"heads\":%d,\"target_meet\":%.4f,"
+        "\"target_density\":%.4f,\"oracle_density\":%.4f,"
+        "\"density_ratio\":%.4f}",
+        share_within, heads, share_meet, dens_t / theads, dens_o / theads,
+        ratio);
     printf("%s\n", json);
     if (out_path) {
         FILE *f = fopen(out_path, "w");

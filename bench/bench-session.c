@@ -129,10 +129,19 @@ int main(int argc, char **argv)
     int same[2];
     for (int m = 0; m < 2; m++) {
         /* Without a session: the whole body, encoded once. */
-        struct attn_problem p = {
-            .method = methods[m], .dtype = ATTN_F16, .B = 1, .H = H,
-            .Hkv = HKV, .Nq = 1, .Nk = nk, .D = D, .q = q, .k = k, .v = v,
-            .causal = 1, .block_per_row = 16};
+        struct attn_problem p = {.method = methods[m],
+                                 .dtype = ATTN_F16,
+                                 .B = 1,
+                                 .H = H,
+                                 .Hkv = HKV,
+                                 .Nq = 1,
+                                 .Nk = nk,
+                                 .D = D,
+                                 .q = q,
+                                 .k = k,
+                                 .v = v,
+                                 .causal = 1,
+                                 .block_per_row = 16};
         char *whole;
         if (proto_request_encode(&p, PROTO_MSGPACK, NULL, 0, &whole,
                                  &whole_bytes) != PROTO_OK)
@@ -158,7 +167,8 @@ int main(int argc, char **argv)
             die("cannot encode");
         const char *resp;
         size_t rlen;
-        if (client_request(&c, "POST", "/v1/kv", cbody, clen, &resp, &rlen) != 201)
+        if (client_request(&c, "POST", "/v1/kv", cbody, clen, &resp, &rlen) !=
+            201)
             die("the session was not created");
         struct proto_kv_info info;
         if (proto_kv_info_parse(resp, rlen, &info) != PROTO_OK)
@@ -172,8 +182,8 @@ int main(int argc, char **argv)
                *ts = calloc((size_t)steps, sizeof *ts);
         for (int s = -1; s < steps; s++) {
             double t0 = now_s();
-            if (client_request(&c, "POST", "/v1/attention", whole, whole_bytes, &resp,
-                               &rlen) != 200)
+            if (client_request(&c, "POST", "/v1/attention", whole, whole_bytes,
+                               &resp, &rlen) != 200)
                 die("a whole step failed");
             if (s == -1)
                 answer_out(resp, rlen, out_whole);
@@ -191,8 +201,8 @@ int main(int argc, char **argv)
             if (proto_request_encode_opts(&sp, PROTO_MSGPACK, &o, &sbody,
                                           &step_bytes) != PROTO_OK)
                 die("cannot encode");
-            if (client_request(&c, "POST", path, sbody, step_bytes, &resp, &rlen) !=
-                200)
+            if (client_request(&c, "POST", path, sbody, step_bytes, &resp,
+                               &rlen) != 200)
                 die("a session step failed");
             if (s == -1)
                 answer_out(resp, rlen, out_sess);

@@ -462,13 +462,13 @@ int proto_request_encode_opts(const struct attn_problem *p,
     size_t nt = 0;
     int bad = wtensor_set(&t[nt++], "q", dt, p->q, 4, p->B, p->H, p->Nq, p->D);
     if (!kv) {
-        bad |= wtensor_set(&t[nt++], "k", dt, p->k, 4, p->B, p->Hkv, p->Nk,
-                           p->D);
-        bad |= wtensor_set(&t[nt++], "v", dt, p->v, 4, p->B, p->Hkv, p->Nk,
-                           p->D);
+        bad |=
+            wtensor_set(&t[nt++], "k", dt, p->k, 4, p->B, p->Hkv, p->Nk, p->D);
+        bad |=
+            wtensor_set(&t[nt++], "v", dt, p->v, 4, p->B, p->Hkv, p->Nk, p->D);
         if (p->mask)
-            bad |= wtensor_set(&t[nt++], "mask", -1, p->mask, 2, p->B, p->Nk,
-                               0, 0);
+            bad |= wtensor_set(&t[nt++], "mask", -1, p->mask, 2, p->B, p->Nk, 0,
+                               0);
     } else if (a->n) {
         bad |= wtensor_set(&t[nt++], "k_append", dt, a->k, 4, p->B, p->Hkv,
                            a->n, p->D);
@@ -479,8 +479,8 @@ int proto_request_encode_opts(const struct attn_problem *p,
                                a->n, 0, 0);
     }
     if (p->q_mask)
-        bad |= wtensor_set(&t[nt++], "q_mask", -1, p->q_mask, 2, p->B, p->Nq,
-                           0, 0);
+        bad |= wtensor_set(&t[nt++], "q_mask", -1, p->q_mask, 2, p->B, p->Nq, 0,
+                           0);
     for (size_t i = 0; i < nt; i++)
         bad |= t[i].elems == 0;
     if (bad)
@@ -588,8 +588,8 @@ int proto_kv_body_encode(const struct attn_kv_shape *shape,
     size_t nt = 0;
     int bad = wtensor_set(&t[nt++], "k", dt, tk->k, 4, shape->B, shape->Hkv,
                           tk->n, shape->D);
-    bad |= wtensor_set(&t[nt++], "v", dt, tk->v, 4, shape->B, shape->Hkv,
-                       tk->n, shape->D);
+    bad |= wtensor_set(&t[nt++], "v", dt, tk->v, 4, shape->B, shape->Hkv, tk->n,
+                       shape->D);
     if (tk->mask)
         bad |= wtensor_set(&t[nt++], "mask", -1, tk->mask, 2, shape->B, tk->n,
                            0, 0);

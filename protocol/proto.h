@@ -125,7 +125,7 @@ int proto_request_decode_with(const void *body, size_t len,
 /* The options of proto_request_decode_opts(); zeroed means the defaults
  * of proto_request_decode(). */
 struct proto_decode_opts {
-    const struct proto_limits *lim;  /* NULL: the defaults */
+    const struct proto_limits *lim;    /* NULL: the defaults */
     const struct proto_out_alloc *out; /* NULL: malloc */
     /* The session named by the request's path (POST /v1/kv/{id}/attention),
      * or NULL: the body then must not name one. */
@@ -298,9 +298,9 @@ struct proto_response {
     int has_id;
     char method[16];
     char backend[16];
-    struct proto_stats stats; /* stats.backend points at `backend`;
-                                 stats.attn.est_rel_err is -1 when the
-                                 answer has none */
+    struct proto_stats stats;      /* stats.backend points at `backend`;
+                                      stats.attn.est_rel_err is -1 when the
+                                      answer has none */
     struct attn_head_stats *heads; /* stats.heads (owned), or NULL */
     size_t nheads;
     void *owned;
@@ -361,9 +361,9 @@ struct proto_v2_opts {
 struct proto_v2_request {
     struct proto_request req; /* the problem (as a /v1 request) */
     char model[PROTO_V2_NAME_MAX + 1];
-    char out_name[8];  /* "out" */
-    int binary_out;    /* the output goes back as binary data */
-    int shm_out;       /* the output was written into out_shm */
+    char out_name[8]; /* "out" */
+    int binary_out;   /* the output goes back as binary data */
+    int shm_out;      /* the output was written into out_shm */
     struct proto_v2_shm out_shm;
     char v2_id[PROTO_V2_NAME_MAX + 1]; /* the request's "id", echoed */
     int has_v2_id;

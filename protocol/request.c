@@ -487,9 +487,12 @@ static int parse_scalars(const msgpack_object *const *f,
         int64_t lo;
         uint64_t hi;
     } ints[] = {
-        {K_BLOCK_PER_ROW, 1, UINT32_MAX}, {K_NUM_BLOCKS, 1, INT64_MAX},
-        {K_PRIOR_FIRST, 0, UINT32_MAX},   {K_PRIOR_DIAGONAL, 0, UINT32_MAX},
-        {K_TIMEOUT_MS, 1, INT64_MAX},     {K_MIN_BLOCKS_PER_ROW, 0, UINT32_MAX},
+        {K_BLOCK_PER_ROW, 1, UINT32_MAX},
+        {K_NUM_BLOCKS, 1, INT64_MAX},
+        {K_PRIOR_FIRST, 0, UINT32_MAX},
+        {K_PRIOR_DIAGONAL, 0, UINT32_MAX},
+        {K_TIMEOUT_MS, 1, INT64_MAX},
+        {K_MIN_BLOCKS_PER_ROW, 0, UINT32_MAX},
         {K_ERROR_SAMPLES, 0, ATTN_MAX_ERROR_SAMPLES},
     };
     uint64_t iv[K_COUNT] = {0}; /* 0 when absent, as req was zeroed */
@@ -595,8 +598,7 @@ static int load_mask(const struct tview *m, const uint8_t **out, void **owned,
 static int alloc_out(const struct tview *q, struct proto_request *req,
                      char *err, size_t errlen)
 {
-    size_t out_bytes =
-        (size_t)q->elements * attn_dtype_size(req->prob.dtype);
+    size_t out_bytes = (size_t)q->elements * attn_dtype_size(req->prob.dtype);
     void *out = req->out_alloc.alloc
                     ? req->out_alloc.alloc(out_bytes, req->out_alloc.ctx)
                     : proto_aligned_alloc(out_bytes);
@@ -630,8 +632,10 @@ static int build_session_problem(struct tview *t, unsigned have,
                         rkey_names[refused[i]]);
     int has_ka = (have >> T_KA) & 1, has_va = (have >> T_VA) & 1;
     if (has_ka != has_va)
-        return perr(err, errlen, PROTO_EBADREQ, "%s: missing (k_append and "
-                    "v_append go together)", has_ka ? "v_append" : "k_append");
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s: missing (k_append and "
+                    "v_append go together)",
+                    has_ka ? "v_append" : "k_append");
     if (((have >> T_MA) & 1) && !has_ka)
         return perr(err, errlen, PROTO_EBADREQ,
                     "mask_append: only with k_append and v_append");
@@ -668,15 +672,14 @@ static int build_session_problem(struct tview *t, unsigned have,
     size_t es = attn_dtype_size(p->dtype);
     if ((rc = load_data(q, es, &p->q, &req->owned[T_Q], err, errlen)) != 0)
         return rc;
-    if (has_ka &&
-        ((rc = load_data(ka, es, &p->append.k, &req->owned[T_KA], err,
-                         errlen)) != 0 ||
-         (rc = load_data(va, es, &p->append.v, &req->owned[T_VA], err,
-                         errlen)) != 0))
+    if (has_ka && ((rc = load_data(ka, es, &p->append.k, &req->owned[T_KA], err,
+                                   errlen)) != 0 ||
+                   (rc = load_data(va, es, &p->append.v, &req->owned[T_VA], err,
+                                   errlen)) != 0))
         return rc;
     if (((have >> T_MA) & 1) &&
-        (rc = load_mask(ma, &p->append.mask, &req->owned[T_MA], err,
-                        errlen)) != 0)
+        (rc = load_mask(ma, &p->append.mask, &req->owned[T_MA], err, errlen)) !=
+            0)
         return rc;
     if (((have >> T_QMASK) & 1) &&
         (rc = load_mask(qm, &p->q_mask, &req->owned[T_QMASK], err, errlen)) !=
@@ -884,8 +887,8 @@ static int decode_fields(const msgpack_object *const *f, struct tview *t,
         rc = build_problem(t, have, lim, req, err, errlen);
     if (rc == PROTO_OK && req->per_head_stats) {
         /* the backend writes each head's statistics here */
-        req->heads = calloc((size_t)req->prob.B * req->prob.H,
-                            sizeof *req->heads);
+        req->heads =
+            calloc((size_t)req->prob.B * req->prob.H, sizeof *req->heads);
         if (req->heads == NULL)
             rc = perr(err, errlen, PROTO_ENOMEM, "out of memory");
         req->prob.head_stats = req->heads;
@@ -980,8 +983,7 @@ int proto_request_from_parts(const struct proto_part *tensors, size_t ntensors,
         const struct tshape *ts = &tshapes[k];
         struct tview *tv = &t[k];
         if ((is_mask((enum tkind)k) != 0) != (pt->dtype < 0))
-            return perr(err, errlen, PROTO_EBADREQ,
-                        "%s: must be %s", pt->name,
+            return perr(err, errlen, PROTO_EBADREQ, "%s: must be %s", pt->name,
                         is_mask((enum tkind)k) ? "a mask of 0/1 bytes"
                                                : "a float tensor");
         if (pt->rank != ts->rank)
@@ -1037,17 +1039,16 @@ int proto_kv_body_decode(const void *body, size_t len, enum proto_format fmt,
         if (f[i] == NULL)
             rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing", names[i]);
     for (int i = 0; rc == PROTO_OK && i < 3; i++)
-        if (f[i] != NULL &&
-            (rc = parse_tensor(f[i], kinds[i], fmt, &t[i], err, errlen)) ==
-                PROTO_OK)
+        if (f[i] != NULL && (rc = parse_tensor(f[i], kinds[i], fmt, &t[i], err,
+                                               errlen)) == PROTO_OK)
             rc = check_size(&t[i], lim, err, errlen);
     /* v: k's shape and dtype; mask: [B, N] of k's. */
     if (rc == PROTO_OK)
         rc = same_shape(&t[1], t[0].shape, 0, "k", NULL, err, errlen);
     if (rc == PROTO_OK && t[1].dtype != t[0].dtype)
-        rc = perr(err, errlen, PROTO_EBADREQ,
-                  "v.dtype: must match k.dtype (%s)",
-                  attn_dtype_name(t[0].dtype));
+        rc =
+            perr(err, errlen, PROTO_EBADREQ, "v.dtype: must match k.dtype (%s)",
+                 attn_dtype_name(t[0].dtype));
     if (rc == PROTO_OK && f[2] != NULL) {
         const uint64_t mwant[2] = {t[0].shape[0], t[0].shape[2]};
         rc = same_shape(&t[2], mwant, 0, "k", NULL, err, errlen);
@@ -1063,11 +1064,10 @@ int proto_kv_body_decode(const void *body, size_t len, enum proto_format fmt,
         size_t es = attn_dtype_size(kb->shape.dtype);
         rc = load_data(&t[0], es, &kb->tokens.k, &kb->owned[0], err, errlen);
         if (rc == PROTO_OK)
-            rc = load_data(&t[1], es, &kb->tokens.v, &kb->owned[1], err,
-                           errlen);
+            rc =
+                load_data(&t[1], es, &kb->tokens.v, &kb->owned[1], err, errlen);
         if (rc == PROTO_OK && f[2] != NULL)
-            rc = load_mask(&t[2], &kb->tokens.mask, &kb->owned[2], err,
-                           errlen);
+            rc = load_mask(&t[2], &kb->tokens.mask, &kb->owned[2], err, errlen);
     }
     msgpack_zone_free(zone);
     if (rc != PROTO_OK) {

@@ -17,9 +17,8 @@
 #include "protocol/internal.h"
 
 /* The input names, their /v1 keys, and which are masks. */
-static const char *const input_names[] = {"q",        "k",        "v",
-                                          "mask",     "q_mask",   "k_append",
-                                          "v_append", "mask_append"};
+static const char *const input_names[] = {
+    "q", "k", "v", "mask", "q_mask", "k_append", "v_append", "mask_append"};
 #define NINPUTS (sizeof input_names / sizeof input_names[0])
 
 static int input_is_mask(const char *name)
@@ -48,8 +47,9 @@ static int fields_of(const msgpack_object *m, const char *where,
                      const msgpack_object **vals, char *err, size_t errlen)
 {
     if (m->type != MSGPACK_OBJECT_MAP)
-        return perr(err, errlen, PROTO_EBADREQ, "%s: must be an object (got %s)",
-                    where, proto_type_name(m));
+        return perr(err, errlen, PROTO_EBADREQ,
+                    "%s: must be an object (got %s)", where,
+                    proto_type_name(m));
     for (size_t i = 0; i < n; i++)
         vals[i] = NULL;
     for (uint32_t e = 0; e < m->via.map.size; e++) {
@@ -100,8 +100,8 @@ static int get_u64(const msgpack_object *o, const char *what, uint64_t *v,
     int64_t x;
     int too_big;
     if (proto_get_int(o, &x, &too_big) != 0 || x < 0)
-        return perr(err, errlen, PROTO_EBADREQ,
-                    "%s: must be an integer >= 0", what);
+        return perr(err, errlen, PROTO_EBADREQ, "%s: must be an integer >= 0",
+                    what);
     *v = (uint64_t)x;
     return PROTO_OK;
 }
@@ -140,8 +140,8 @@ static int flatten(const msgpack_object *o, int depth, int mask,
             return perr(err, errlen, PROTO_EBADREQ, "%s.data: nested too deep",
                         what);
         for (uint32_t i = 0; i < o->via.array.size; i++) {
-            int rc = flatten(&o->via.array.ptr[i], depth + 1, mask, out, cap,
-                             n, what, err, errlen);
+            int rc = flatten(&o->via.array.ptr[i], depth + 1, mask, out, cap, n,
+                             what, err, errlen);
             if (rc != PROTO_OK)
                 return rc;
         }
@@ -260,7 +260,8 @@ static int parse_input(struct v2dec *d, const msgpack_object *in, uint32_t i)
     if (elems > UINT32_MAX / es)
         return perr(err, errlen, PROTO_ETOOBIG,
                     "%s.shape: %" PRIu64 " elements exceed what one tensor may "
-                    "hold", what, elems);
+                    "hold",
+                    what, elems);
     uint64_t bytes = elems * es;
     /* where the data is */
     if (f[3] != NULL) {
@@ -270,10 +271,11 @@ static int parse_input(struct v2dec *d, const msgpack_object *in, uint32_t i)
     }
     int sources = (f[4] != NULL) + (p[0] != NULL) + (p[1] != NULL);
     if (sources != 1)
-        return perr(err, errlen, PROTO_EBADREQ,
-                    "%s: needs exactly one of data, parameters.binary_data_size "
-                    "and parameters.shared_memory_region",
-                    what);
+        return perr(
+            err, errlen, PROTO_EBADREQ,
+            "%s: needs exactly one of data, parameters.binary_data_size "
+            "and parameters.shared_memory_region",
+            what);
     if (p[0] != NULL) {
         uint64_t size = 0;
         snprintf(w, sizeof w, "%s.parameters.binary_data_size", what);
@@ -349,9 +351,9 @@ static int parse_outputs(struct v2dec *d, const msgpack_object *outs,
                          struct proto_v2_request *r)
 {
     static const char *const keys[2] = {"name", "parameters"};
-    static const char *const pkeys[4] = {
-        "binary_data", "shared_memory_region", "shared_memory_byte_size",
-        "shared_memory_offset"};
+    static const char *const pkeys[4] = {"binary_data", "shared_memory_region",
+                                         "shared_memory_byte_size",
+                                         "shared_memory_offset"};
     char *err = d->err;
     size_t errlen = d->errlen;
     if (outs->type != MSGPACK_OBJECT_ARRAY)
@@ -365,8 +367,8 @@ static int parse_outputs(struct v2dec *d, const msgpack_object *outs,
         char what[32], name[PROTO_V2_NAME_MAX + 1], w[96];
         snprintf(what, sizeof what, "outputs[%" PRIu32 "]", i);
         const msgpack_object *f[2], *p[4] = {0};
-        int rc = fields_of(&outs->via.array.ptr[i], what, keys, 2, f, err,
-                           errlen);
+        int rc =
+            fields_of(&outs->via.array.ptr[i], what, keys, 2, f, err, errlen);
         if (rc != PROTO_OK)
             return rc;
         if (f[0] == NULL)
@@ -429,14 +431,13 @@ static void shm_out_release(void *buf, void *ctx)
 
 static int parse_params(struct v2dec *d, const msgpack_object *params,
                         struct proto_field *fields, size_t *nfields,
-                        msgpack_object *timeout_ms,
-                        struct proto_v2_request *r)
+                        msgpack_object *timeout_ms, struct proto_v2_request *r)
 {
     static const char *const v1keys[] = {
-        "block_per_row",  "num_blocks",         "prior_first",
-        "prior_diagonal", "scale",              "causal",
-        "timeout_ms",     "kv",                 "min_blocks_per_row",
-        "error_samples",  "target_error",       "per_head_stats"};
+        "block_per_row",  "num_blocks",   "prior_first",
+        "prior_diagonal", "scale",        "causal",
+        "timeout_ms",     "kv",           "min_blocks_per_row",
+        "error_samples",  "target_error", "per_head_stats"};
     char *err = d->err;
     size_t errlen = d->errlen;
     if (params->type != MSGPACK_OBJECT_MAP)
@@ -464,7 +465,8 @@ static int parse_params(struct v2dec *d, const msgpack_object *params,
                 return rc;
             timeout_ms->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
             timeout_ms->via.u64 = us ? (us + 999) / 1000 : 0;
-            fields[(*nfields)++] = (struct proto_field){"timeout_ms", timeout_ms};
+            fields[(*nfields)++] =
+                (struct proto_field){"timeout_ms", timeout_ms};
             continue;
         }
         size_t i;
@@ -508,8 +510,8 @@ int proto_v2_request_decode(const void *body, size_t len, size_t json_len,
         return perr(err, errlen, PROTO_EBADREQ, "model: name too long");
     strcpy(r->model, model);
     strcpy(r->out_name, "out");
-    struct v2dec d = {body, len, json_len, NULL, o, {{0}}, {{0}}, 0, err,
-                      errlen};
+    struct v2dec d = {body,  len,   json_len, NULL, o,
+                      {{0}}, {{0}}, 0,        err,  errlen};
     msgpack_object root;
     int rc = proto_tree_read(body, json_len, PROTO_JSON, &d.zone, &root, err,
                              errlen);
@@ -690,8 +692,8 @@ int proto_v2_shm_register_decode(const void *body, size_t len, char *key,
     if (rc == PROTO_OK && (f[0] == NULL || f[2] == NULL))
         rc = perr(err, errlen, PROTO_EBADREQ, "%s: missing",
                   f[0] == NULL ? "key" : "byte_size");
-    if (rc == PROTO_OK && (f[0]->type != MSGPACK_OBJECT_STR ||
-                           f[0]->via.str.size >= keylen))
+    if (rc == PROTO_OK &&
+        (f[0]->type != MSGPACK_OBJECT_STR || f[0]->via.str.size >= keylen))
         rc = perr(err, errlen, PROTO_EBADREQ,
                   "key: must be a string of at most %zu bytes", keylen - 1);
     if (rc == PROTO_OK)

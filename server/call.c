@@ -57,7 +57,8 @@ static void call_unref(void *data)
     mrad_job_unref(&c->job);
 }
 
-/* ---- the request's side ---------------------------------------------------- */
+/* ---- the request's side ----------------------------------------------------
+ */
 
 /* Media type of the body, ignoring parameters and case.  Returns 0 and sets
  * *fmt, or -1 for anything else. */
@@ -351,12 +352,11 @@ int mrad_call_failed(struct mrad_req *r, struct mrad_call *c, const char *id,
     char msg[256];
     mrad_req_set_log(r, job->queue_us, job->compute_us, id);
     if (c->refused) {
-        *rc = mrad_req_error(r, MRAD_SRC_SERVER, c->refused,
-                             c->refused == MRAD_EOVERLOAD
-                                 ? "the request queue is full"
-                             : c->refused == MRAD_EUNAVAIL
-                                 ? "the server is draining"
-                                 : "the request could not be queued");
+        *rc = mrad_req_error(
+            r, MRAD_SRC_SERVER, c->refused,
+            c->refused == MRAD_EOVERLOAD  ? "the request queue is full"
+            : c->refused == MRAD_EUNAVAIL ? "the server is draining"
+                                          : "the request could not be queued");
         return 1;
     }
     if (job->err_src == MRAD_SRC_SERVER && job->err == MRAD_EGONE) {

@@ -73,25 +73,44 @@ struct probe {
 static struct probe probes[32];
 static size_t nprobes;
 
-static const double bytes_bounds[] = {1024,      16384,     262144,
-                                      1048576,   4194304,   16777216,
-                                      67108864,  268435456, 1073741824};
+static const double bytes_bounds[] = {1024,     16384,     262144,
+                                      1048576,  4194304,   16777216,
+                                      67108864, 268435456, 1073741824};
 static const double token_bounds[] = {32,    128,   512,    2048,  8192,
                                       32768, 65536, 131072, 524288};
 static struct histogram h_bytes[2] = {
-    {"mrad_request_bytes", "Bytes of a request's body (in) and answer (out).",
-     bytes_bounds, NB(bytes_bounds), {0}, 0, 0},
+    {"mrad_request_bytes",
+     "Bytes of a request's body (in) and answer (out).",
+     bytes_bounds,
+     NB(bytes_bounds),
+     {0},
+     0,
+     0},
     {"mrad_request_bytes", "", bytes_bounds, NB(bytes_bounds), {0}, 0, 0}};
 static struct histogram h_transport[2] = {
     {"mrad_transport_duration_seconds",
      "Time receiving a request's body (receive) and sending its answer "
      "(send).",
-     seconds_bounds, NB(seconds_bounds), {0}, 0, 0},
-    {"mrad_transport_duration_seconds", "", seconds_bounds, NB(seconds_bounds),
-     {0}, 0, 0}};
+     seconds_bounds,
+     NB(seconds_bounds),
+     {0},
+     0,
+     0},
+    {"mrad_transport_duration_seconds",
+     "",
+     seconds_bounds,
+     NB(seconds_bounds),
+     {0},
+     0,
+     0}};
 static struct histogram h_batch_tokens = {
-    "mrad_batch_tokens", "Tokens (B*max(Nq,Nk) summed) in one batch.",
-    token_bounds, NB(token_bounds), {0}, 0, 0};
+    "mrad_batch_tokens",
+    "Tokens (B*max(Nq,Nk) summed) in one batch.",
+    token_bounds,
+    NB(token_bounds),
+    {0},
+    0,
+    0};
 static struct histogram h_queue = {
     "mrad_queue_duration_seconds",
     "Time a request waited for a compute worker.",
@@ -119,19 +138,31 @@ static struct histogram h_batch = {"mrad_batch_requests",
 static const char *const density_methods[] = {"mra2", "mra2_sparse"};
 /* The error estimated on sampled rows (error_samples, target_error), by
  * method. */
-static const double err_bounds[] = {0.001, 0.003, 0.01, 0.03, 0.1,
-                                    0.3,   1,     3};
+static const double err_bounds[] = {0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3};
 static struct histogram h_est_err[2] = {
     {"mrad_estimated_relative_error",
      "Relative error of a request's output estimated on its sampled rows "
      "(error_samples, target_error).",
-     err_bounds, NB(err_bounds), {0}, 0, 0},
-    {"mrad_estimated_relative_error", "", err_bounds, NB(err_bounds), {0}, 0,
+     err_bounds,
+     NB(err_bounds),
+     {0},
+     0,
+     0},
+    {"mrad_estimated_relative_error",
+     "",
+     err_bounds,
+     NB(err_bounds),
+     {0},
+     0,
      0}};
 static struct histogram h_density[2] = {
     {"mrad_block_density",
      "Fraction of blocks computed at full resolution, per request.",
-     density_bounds, NB(density_bounds), {0}, 0, 0},
+     density_bounds,
+     NB(density_bounds),
+     {0},
+     0,
+     0},
     {"mrad_block_density", "", density_bounds, NB(density_bounds), {0}, 0, 0}};
 
 static void observe(struct histogram *h, double v)
@@ -183,9 +214,9 @@ void mrad_metrics_request(const struct mrad_metrics_req *q)
     copy_label(route, sizeof route, q->route);
     copy_label(method, sizeof method, q->method);
     size_t i = 0;
-    while (i < nseries && (strcmp(series[i].api, api) ||
-                           strcmp(series[i].route, route) ||
-                           strcmp(series[i].method, method)))
+    while (i < nseries &&
+           (strcmp(series[i].api, api) || strcmp(series[i].route, route) ||
+            strcmp(series[i].method, method)))
         i++;
     if (i == nseries) {
         if (nseries == MAX_SERIES)
@@ -199,7 +230,11 @@ void mrad_metrics_request(const struct mrad_metrics_req *q)
                 "mrad_request_duration_seconds",
                 "Time from the first byte of a request to the end of its "
                 "answer (probes and /metrics apart).",
-                seconds_bounds, NB(seconds_bounds), {0}, 0, 0};
+                seconds_bounds,
+                NB(seconds_bounds),
+                {0},
+                0,
+                0};
         }
     }
     struct series *s = &series[i];
@@ -309,8 +344,8 @@ static void put_samples(struct text *t, const struct histogram *h,
         put(t, "%s_sum{%s} %.9g\n%s_count{%s} %" PRIu64 "\n", h->name, label,
             h->sum, h->name, label, h->count);
     else
-        put(t, "%s_sum %.9g\n%s_count %" PRIu64 "\n", h->name, h->sum,
-            h->name, h->count);
+        put(t, "%s_sum %.9g\n%s_count %" PRIu64 "\n", h->name, h->sum, h->name,
+            h->count);
 }
 
 static void put_histogram(struct text *t, const struct histogram *h)
@@ -427,8 +462,8 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
         char label[sizeof series[0].api + sizeof series[0].route +
                    sizeof series[0].method + 32];
         snprintf(label, sizeof label,
-                 "api=\"%.7s\",route=\"%.63s\",method=\"%.15s\"",
-                 series[i].api, series[i].route, series[i].method);
+                 "api=\"%.7s\",route=\"%.63s\",method=\"%.15s\"", series[i].api,
+                 series[i].route, series[i].method);
         put_samples(&t, &series[i].duration, label);
     }
     put(&t, "# HELP mrad_probe_requests_total Probes and scrapes answered, by "
@@ -436,8 +471,7 @@ char *mrad_metrics_render(const struct mrad_metrics_gauges *g, size_t *len)
             "# TYPE mrad_probe_requests_total counter\n");
     for (size_t i = 0; i < nprobes; i++)
         put(&t,
-            "mrad_probe_requests_total{route=\"%s\",code=\"%u\"} %" PRIu64
-            "\n",
+            "mrad_probe_requests_total{route=\"%s\",code=\"%u\"} %" PRIu64 "\n",
             probes[i].route, probes[i].code, probes[i].n);
     put(&t, "# HELP %s %s\n# TYPE %s histogram\n", h_bytes[0].name,
         h_bytes[0].help, h_bytes[0].name);

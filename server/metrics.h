@@ -25,7 +25,7 @@ struct mrad_metrics_req {
     const char *route;  /* "POST /v1/attention" (NULL: "none") */
     const char *method; /* the attention method (NULL: "none") */
     unsigned status;
-    double seconds;                      /* first byte to the answer's end */
+    double seconds;                       /* first byte to the answer's end */
     double receive_seconds, send_seconds; /* < 0: none (no body, no answer) */
     uint64_t bytes_in, bytes_out;
 };

@@ -368,8 +368,8 @@ static void fill_batch(struct mrad_sched *s, struct worker *w)
             job = next;
             continue;
         }
-        if (n > 0 && (job->prob == NULL ||
-                      (max_tok && tok + job->tokens > max_tok)))
+        if (n > 0 &&
+            (job->prob == NULL || (max_tok && tok + job->tokens > max_tok)))
             break;
         unlink_job(s, prev, job);
         tok += job->tokens;

@@ -49,8 +49,8 @@ static const float *kv_block(const struct cpu_head *hd, int values, uint32_t J,
 
 /* Under causality: hides the keys of block J beyond each row's last key
  * lim[r] and takes the rows' maxima again. */
-static void mask_rows(float *s, float *smax, const int64_t *lim,
-                      uint32_t rows, uint32_t J)
+static void mask_rows(float *s, float *smax, const int64_t *lim, uint32_t rows,
+                      uint32_t J)
 {
     int64_t k0 = (int64_t)J * CPU_TILE;
     for (uint32_t r = 0; r < rows; r++) {
@@ -67,8 +67,8 @@ static void mask_rows(float *s, float *smax, const int64_t *lim,
 /* One online-softmax step of `rows` query rows q (rows of Dp) over key
  * block J, every key the rows see: the few-row kernels, then the causal
  * mask where some key of the block is past a row's last key lim[r]. */
-static void attend_block(const struct cpu_head *hd, uint32_t J,
-                         const float *q, uint32_t rows, const int64_t *lim,
+static void attend_block(const struct cpu_head *hd, uint32_t J, const float *q,
+                         uint32_t rows, const int64_t *lim,
                          const struct cpu_kernels *kern, float *m, float *l,
                          float *acc)
 {
@@ -269,8 +269,8 @@ void cpu_acc_sample(struct cpu_head *hd, uint32_t item,
             continue;
         const float *k = kv_block(hd, 0, J, kern, kb);
         const float *v = kv_block(hd, 1, J, kern, vb);
-        kern->qk_tile(k, qt, D, Dp, hd->scale,
-                      hd->kbias + (size_t)J * CPU_TILE, st, tmax);
+        kern->qk_tile(k, qt, D, Dp, hd->scale, hd->kbias + (size_t)J * CPU_TILE,
+                      st, tmax);
         if (hd->grid.causal && (int64_t)J * CPU_TILE + CPU_TILE - 1 > least)
             mask_lanes(st, tmax, lim, J);
         kern->softmax_tile(st, tmax, m, l, alpha);
@@ -363,7 +363,8 @@ void cpu_acc_choose(struct cpu_head *hd, const struct cpu_kernels *kern)
     for (uint64_t b = 1;; b = attn_ladder_next(b)) {
         uint64_t k = b * nbq < kmax ? b * nbq : kmax;
         if (k != prev) {
-            if (prev) /* the first step is the selection cpu_acc_select() made */
+            if (prev) /* the first step is the selection cpu_acc_select() made
+                       */
                 cpu_head_select_k(hd, k);
             /* sum_s err_s^2 * wtot / sw_s: m times the estimated sum of
              * squared errors over U */
@@ -400,8 +401,7 @@ static double sq_norm(const float *x, uint32_t D)
 void cpu_acc_stats(struct cpu_head *hd, const struct cpu_kernels *kern)
 {
     const struct attn_problem *p = hd->p;
-    struct attn_head_stats *hs =
-        &p->head_stats[(size_t)hd->b * p->H + hd->h];
+    struct attn_head_stats *hs = &p->head_stats[(size_t)hd->b * p->H + hd->h];
     uint64_t partial = hd->grid.partial, total = hd->grid.visible + partial;
     if (!hd->acc) { /* exact: every pair, no error */
         *hs = (struct attn_head_stats){

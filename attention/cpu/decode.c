@@ -553,11 +553,9 @@ static struct means unit_means(const struct dec *d, uint32_t u)
     if (p->kv) {
         const struct cpu_kv *s = p->kv->impl;
         uint32_t b = u / p->Hkv;
-        return (struct means){cpu_kv_cnt(s, b), cpu_kv_lnc(s, b),
-                              cpu_kv_kmT(s, u),
-                              d->p->method == ATTN_MRA2 ? cpu_kv_vmean(s, u)
-                                                        : NULL,
-                              s->capJ};
+        return (struct means){
+            cpu_kv_cnt(s, b), cpu_kv_lnc(s, b), cpu_kv_kmT(s, u),
+            d->p->method == ATTN_MRA2 ? cpu_kv_vmean(s, u) : NULL, s->capJ};
     }
     size_t nbk = d->nbk;
     return (struct means){d->cnt + u * nbk, d->lnc + u * nbk,

@@ -110,19 +110,18 @@ static int pieces(struct cpu_head *hd, struct piece *pc)
     pc[n++] = (struct piece){sizeof(uint8_t),
                              hd->acc && hd->p->min_blocks_per_row ? nn : 0,
                              (void **)&hd->forced};
-    pc[n++] = (struct piece){sizeof(uint8_t), hd->acc ? nbq : 0,
-                             (void **)&hd->loose};
+    pc[n++] =
+        (struct piece){sizeof(uint8_t), hd->acc ? nbq : 0, (void **)&hd->loose};
     pc[n++] = (struct piece){sizeof(uint32_t), ns, (void **)&hd->srow};
-    pc[n++] = (struct piece){sizeof(double), ns ? nbq : 0,
-                             (void **)&hd->wrow};
+    pc[n++] = (struct piece){sizeof(double), ns ? nbq : 0, (void **)&hd->wrow};
     pc[n++] = (struct piece){sizeof(double), ns, (void **)&hd->sw};
     pc[n++] = (struct piece){sizeof(float), nsd, (void **)&hd->xs};
     pc[n++] = (struct piece){sizeof(float), target ? ns : 0, (void **)&hd->hm};
     pc[n++] = (struct piece){sizeof(float), target ? ns : 0, (void **)&hd->hl};
     pc[n++] =
         (struct piece){sizeof(float), target ? nsd : 0, (void **)&hd->hacc};
-    pc[n++] = (struct piece){sizeof(uint8_t), target ? nsk : 0,
-                             (void **)&hd->merged};
+    pc[n++] =
+        (struct piece){sizeof(uint8_t), target ? nsk : 0, (void **)&hd->merged};
     return n;
 }
 
@@ -352,8 +351,8 @@ static void cpu_head_q_mean(struct cpu_head *hd, uint32_t I,
         uint32_t t = I * CPU_TILE + i;
         if (!cpu_head_query_real(hd, t))
             continue;
-        kern->to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, hd->Nq, t),
-                     qrow, D);
+        kern->to_f32(p->dtype, row_addr(hd, p->q, p->H, hd->h, hd->Nq, t), qrow,
+                     D);
         for (uint32_t d = 0; d < D; d++)
             qsum[d] += qrow[d];
     }
@@ -401,8 +400,8 @@ void cpu_head_lowres(struct cpu_head *hd, uint32_t G,
     count_queries(hd, I0, I0 + rows);
     for (uint32_t I = I0; I < I0 + rows; I++)
         cpu_head_q_mean(hd, I, kern);
-    kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT,
-                      nbk, hd->D, nbk, hd->scale, L, rmax);
+    kern->lowres_rows(hd->qh + (size_t)I0 * hd->Dp, hd->Dp, rows, hd->khT, nbk,
+                      hd->D, nbk, hd->scale, L, rmax);
     int64_t shift = attn_grid_diag_shift(&hd->grid);
     for (uint32_t I = I0; I < I0 + rows; I++, L += nbk) {
         uint32_t vis, seen;

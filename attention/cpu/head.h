@@ -107,9 +107,9 @@ struct cpu_head {
     float *xs;        /* [nsmax][Dp]: their exact attention */
     /* target_error's search: each sampled row's high-resolution terms so
      * far (online softmax state) and which key blocks they hold */
-    float *hm, *hl;   /* [nsmax] */
-    float *hacc;      /* [nsmax][Dp] */
-    uint8_t *merged;  /* [nsmax][nbk] */
+    float *hm, *hl;  /* [nsmax] */
+    float *hacc;     /* [nsmax][Dp] */
+    uint8_t *merged; /* [nsmax][nbk] */
 };
 
 /* Fills the shape fields of a head of problem p, to be computed with

@@ -18,31 +18,32 @@
 
 static void usage_random(FILE *f)
 {
-    fprintf(f,
-            "usage: mractl random --shape B,H,Nq,D [--kv-len Nk] [--hkv N]\n"
-            "           [--causal] [--mask KIND] [--q-mask KIND]\n"
-            "           [--method mra2|mra2_sparse|exact] "
-            "[--dtype f32|f16|bf16]\n"
-            "           [--seed S] [--block-per-row K] [--min-blocks-per-row M]\n"
-            "           [--error-samples N] [--target-error E] "
-            "[--per-head-stats]\n"
-            "           [--id ID] [--json] [-o FILE]\n"
-            "Writes a request body with q [B,H,Nq,D] and k, v "
-            "[B,Hkv,Nk,D] uniform\n"
-            "in [-1, 1) to FILE (default stdout).\n"
-            "  --kv-len Nk    keys of k and v (default Nq)\n"
-            "  --causal       query i sees keys j <= i + Nk - Nq\n"
-            "  --mask KIND    key mask [B,Nk]: none (default), ones, random, "
-            "blocks, zeros\n"
-            "  --q-mask KIND  query mask [B,Nq], the same kinds\n"
-            "  --min-blocks-per-row M  every block row of real queries "
-            "gets M blocks\n"
-            "  --error-samples N       the error estimated on N rows per "
-            "head (<= 256)\n"
-            "  --target-error E        each head's budget picked for an "
-            "error <= E\n"
-            "  --per-head-stats        the answer lists every head's "
-            "statistics\n");
+    fprintf(
+        f,
+        "usage: mractl random --shape B,H,Nq,D [--kv-len Nk] [--hkv N]\n"
+        "           [--causal] [--mask KIND] [--q-mask KIND]\n"
+        "           [--method mra2|mra2_sparse|exact] "
+        "[--dtype f32|f16|bf16]\n"
+        "           [--seed S] [--block-per-row K] [--min-blocks-per-row M]\n"
+        "           [--error-samples N] [--target-error E] "
+        "[--per-head-stats]\n"
+        "           [--id ID] [--json] [-o FILE]\n"
+        "Writes a request body with q [B,H,Nq,D] and k, v "
+        "[B,Hkv,Nk,D] uniform\n"
+        "in [-1, 1) to FILE (default stdout).\n"
+        "  --kv-len Nk    keys of k and v (default Nq)\n"
+        "  --causal       query i sees keys j <= i + Nk - Nq\n"
+        "  --mask KIND    key mask [B,Nk]: none (default), ones, random, "
+        "blocks, zeros\n"
+        "  --q-mask KIND  query mask [B,Nq], the same kinds\n"
+        "  --min-blocks-per-row M  every block row of real queries "
+        "gets M blocks\n"
+        "  --error-samples N       the error estimated on N rows per "
+        "head (<= 256)\n"
+        "  --target-error E        each head's budget picked for an "
+        "error <= E\n"
+        "  --per-head-stats        the answer lists every head's "
+        "statistics\n");
 }
 
 static int parse_u32(const char *s, uint32_t *v)

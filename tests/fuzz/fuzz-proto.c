@@ -157,8 +157,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (proto_v2_request_decode(data, size, jl, "mra2", NULL, &v2, err,
                                     sizeof err) == PROTO_OK) {
             const struct attn_problem *p = &v2.req.prob;
-            memset(p->out, 0, (size_t)p->B * p->H * p->Nq * p->D *
-                                  attn_dtype_size(p->dtype));
+            memset(p->out, 0,
+                   (size_t)p->B * p->H * p->Nq * p->D *
+                       attn_dtype_size(p->dtype));
             struct proto_stats st = {.backend = "cpu", .batch_requests = 1};
             char *ans;
             size_t alen;

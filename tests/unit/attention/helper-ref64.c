@@ -119,8 +119,8 @@ static void ref_select(const struct ref_ctx *c, const struct ref_rank *rk,
 {
     size_t n = c->nbq * c->nbk;
     for (size_t x = 0; x < n; x++)
-        T[x] = F[x] || pair_kind(c->causal, c->off, x / c->nbk, x % c->nbk) ==
-                           PARTIAL;
+        T[x] = F[x] ||
+               pair_kind(c->causal, c->off, x / c->nbk, x % c->nbk) == PARTIAL;
     for (size_t t = 0, taken = 0; t < nrank && taken + nF < kk; t++)
         if (!F[rk[t].idx])
             T[rk[t].idx] = 1, taken++;
@@ -153,8 +153,8 @@ static int ref_head(const struct attn_problem *p, size_t Nqp, size_t Nkp,
     if (!cq || !ck || !qh || !kh || !vh || !L || !rk || !T || !F || !tl ||
         !tv || !U || !Uw || !X || !row)
         goto out;
-    struct ref_ctx c = {p, Nq, nbq, nbk, D, off, causal, q, k, v, mq, mk,
-                        ck, L, vh, s, tl, tv};
+    struct ref_ctx c = {p, Nq, nbq, nbk, D, off, causal, q,  k,
+                        v, mq, mk,  ck,  L, vh,  s,      tl, tv};
 
     uint64_t total = 0, nvis = 0, npart = 0;
     for (size_t I = 0; I < nbq; I++)
@@ -240,8 +240,7 @@ static int ref_head(const struct attn_problem *p, size_t Nqp, size_t Nkp,
         if (p->min_blocks_per_row && cq[I] > 0) {
             qsort(rk + row0, nrank - row0, sizeof *rk, rank_cmp);
             size_t got = 0;
-            for (size_t t = row0; t < nrank && got < p->min_blocks_per_row;
-                 t++)
+            for (size_t t = row0; t < nrank && got < p->min_blocks_per_row; t++)
                 if (ck[rk[t].idx % nbk] > 0)
                     F[rk[t].idx] = 1, got++;
             nF += got;
@@ -269,8 +268,8 @@ static int ref_head(const struct attn_problem *p, size_t Nqp, size_t Nkp,
             size_t I = i / RB;
             int loose = 0;
             for (size_t J = 0; J < nbk; J++)
-                loose |= pair_kind(causal, off, I, J) == VISIBLE &&
-                         cq[I] > 0 && ck[J] > 0 && !T[I * nbk + J];
+                loose |= pair_kind(causal, off, I, J) == VISIBLE && cq[I] > 0 &&
+                         ck[J] > 0 && !T[I * nbk + J];
             if (mq[i] > 0 && loose)
                 U[nu++] = i;
         }

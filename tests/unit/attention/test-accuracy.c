@@ -42,13 +42,13 @@ static struct attn_head_stats *check_heads(struct attn_backend *be,
     (void)err;
     /* fx_check computed with hs; the problem statistics again for est */
     assert_int_equal(attn_backend_compute(be, &f->p, &st), ATTN_OK);
-    assert_int_equal(ref64_attention_heads(&f->p, f->q64, f->k64, f->v64, out,
-                                           want),
-                     0);
+    assert_int_equal(
+        ref64_attention_heads(&f->p, f->q64, f->k64, f->v64, out, want), 0);
     double num = 0.0, den = 0.0;
     for (size_t h = 0; h < heads; h++) {
         const struct attn_head_stats *g = &hs[h], *w = &want[h];
-        if (g->budget != w->budget || g->blocks_selected != w->blocks_selected ||
+        if (g->budget != w->budget ||
+            g->blocks_selected != w->blocks_selected ||
             g->blocks_total != w->blocks_total)
             fail_msg("%s head %zu: budget %llu selected %llu total %llu, want "
                      "%llu %llu %llu",

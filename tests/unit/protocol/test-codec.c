@@ -424,13 +424,13 @@ static void test_accuracy_keys(void **state)
         struct proto_encode_opts o = {.per_head_stats = 1};
         char *body, *ans;
         size_t len, alen;
-        assert_int_equal(
-            proto_request_encode_opts(&s.p, fmt, &o, &body, &len), PROTO_OK);
+        assert_int_equal(proto_request_encode_opts(&s.p, fmt, &o, &body, &len),
+                         PROTO_OK);
         struct proto_request req;
         char err[256];
-        assert_int_equal(proto_request_decode(body, len, fmt, NULL, &req, err,
-                                              sizeof err),
-                         PROTO_OK);
+        assert_int_equal(
+            proto_request_decode(body, len, fmt, NULL, &req, err, sizeof err),
+            PROTO_OK);
         assert_int_equal(req.prob.min_blocks_per_row, 2);
         assert_int_equal(req.prob.error_samples, 48);
         assert_true(req.prob.target_error == 0.05f);
@@ -447,8 +447,10 @@ static void test_accuracy_keys(void **state)
                 .est_rel_err = h == 1 ? -1.0 : 0.01 * (double)(h + 1),
             };
         struct proto_stats st = {
-            .attn = {.blocks_selected = 99, .blocks_total = 320,
-                     .density = 99.0 / 320.0, .est_rel_err = 0.0375},
+            .attn = {.blocks_selected = 99,
+                     .blocks_total = 320,
+                     .density = 99.0 / 320.0,
+                     .est_rel_err = 0.0375},
             .backend = "cpu",
         };
         assert_int_equal(proto_response_encode(&req, &st, &ans, &alen),
@@ -513,8 +515,8 @@ static void test_accuracy_keys(void **state)
         char *body = tbody_msgpack(tmpl, &len);
         struct proto_request req;
         char err[256];
-        int rc = proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req,
-                                      err, sizeof err);
+        int rc = proto_request_decode(body, len, PROTO_MSGPACK, NULL, &req, err,
+                                      sizeof err);
         if (rc != PROTO_EBADREQ || !strstr(err, bad[i].want))
             fail_msg("%s: rc %d, %s", bad[i].extra, rc, err);
         free(body);

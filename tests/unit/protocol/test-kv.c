@@ -74,8 +74,7 @@ static void test_session_request(void **state)
     proto_request_release(&req);
 
     /* Queries only; the session named by the path. */
-    assert_int_equal(decode("{" Q "}", "abc", &req, err, sizeof err),
-                     PROTO_OK);
+    assert_int_equal(decode("{" Q "}", "abc", &req, err, sizeof err), PROTO_OK);
     assert_true(req.has_kv);
     assert_string_equal(req.kv, "abc");
     assert_int_equal(req.prob.append.n, 0);
@@ -119,8 +118,7 @@ static void test_session_request_refused(void **state)
          "mask_append: only with kv"},
         {"{" Q ",'kv':5}", NULL, PROTO_EBADREQ, "kv: must be a string"},
         {"{" Q ",'kv':''}", NULL, PROTO_EBADREQ, "kv: must be a session id"},
-        {"{" Q ",'kv':'a/b'}", NULL, PROTO_EBADREQ,
-         "kv: must be a session id"},
+        {"{" Q ",'kv':'a/b'}", NULL, PROTO_EBADREQ, "kv: must be a session id"},
         {body_long, NULL, PROTO_EBADREQ, "kv: must be a session id"},
         {"{" Q ",'kv':'s'}", "s", PROTO_EBADREQ,
          "kv: not in the body when the path"},
@@ -187,15 +185,16 @@ static void test_session_request_encode(void **state)
     p.append = (struct attn_kv_tokens){ka, va, ma, 3};
     for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++)
         for (int in_path = 0; in_path <= 1; in_path++) {
-            struct proto_encode_opts o = {
-                .id = "r1", .timeout_ms = 7, .kv = "sess", .kv_in_path = in_path};
+            struct proto_encode_opts o = {.id = "r1",
+                                          .timeout_ms = 7,
+                                          .kv = "sess",
+                                          .kv_in_path = in_path};
             char *body, err[256];
             size_t len;
             assert_int_equal(proto_request_encode_opts(
                                  &p, (enum proto_format)fmt, &o, &body, &len),
                              PROTO_OK);
-            struct proto_decode_opts d = {NULL, NULL,
-                                          in_path ? "sess" : NULL};
+            struct proto_decode_opts d = {NULL, NULL, in_path ? "sess" : NULL};
             struct proto_request req;
             int rc = proto_request_decode_opts(
                 body, len, (enum proto_format)fmt, &d, &req, err, sizeof err);
@@ -267,13 +266,14 @@ static void test_kv_body(void **state)
         {"{" V "}", NULL, PROTO_EBADREQ, "k: missing"},
         {"{" K "}", NULL, PROTO_EBADREQ, "v: missing"},
         {"{" K "," V ",'q':1}", NULL, PROTO_EBADREQ, "q: unknown key"},
-        {"{" K ",'v':{'dtype':'f16','shape':[1,2,4,8],'data':'bin:128'}}",
-         NULL, PROTO_EBADREQ, "v: shape [1,2,4,8] does not match k's"},
-        {"{" K ",'v':{'dtype':'bf16','shape':[1,2,3,8],'data':'bin:96'}}",
-         NULL, PROTO_EBADREQ, "v.dtype: must match k.dtype"},
+        {"{" K ",'v':{'dtype':'f16','shape':[1,2,4,8],'data':'bin:128'}}", NULL,
+         PROTO_EBADREQ, "v: shape [1,2,4,8] does not match k's"},
+        {"{" K ",'v':{'dtype':'bf16','shape':[1,2,3,8],'data':'bin:96'}}", NULL,
+         PROTO_EBADREQ, "v.dtype: must match k.dtype"},
         {"{" K "," V ",'mask':{'dtype':'u8','shape':[1,2],'data':'bin:2:1'}}",
          NULL, PROTO_EBADREQ, "mask: shape [1,2] does not match k's"},
-        {"{" K "," V ",'ttl_ms':0}", NULL, PROTO_EBADREQ, "ttl_ms: must be >= 1"},
+        {"{" K "," V ",'ttl_ms':0}", NULL, PROTO_EBADREQ,
+         "ttl_ms: must be >= 1"},
         {"{" K "," V ",'ttl_ms':'x'}", NULL, PROTO_EBADREQ,
          "ttl_ms: must be an integer"},
         {"{'k':{'dtype':'u8','shape':[1,2,3,8],'data':'bin:48'}," V "}", NULL,
@@ -311,8 +311,8 @@ static void test_kv_body_encode(void **state)
             char *body, err[256];
             size_t len;
             assert_int_equal(proto_kv_body_encode(&sh, &t, create ? 60000 : 0,
-                                                  (enum proto_format)fmt,
-                                                  &body, &len),
+                                                  (enum proto_format)fmt, &body,
+                                                  &len),
                              PROTO_OK);
             struct proto_kv_body kb;
             int rc = proto_kv_body_decode(body, len, (enum proto_format)fmt,
@@ -342,8 +342,8 @@ static void test_kv_body_encode(void **state)
 static void test_kv_info(void **state)
 {
     (void)state;
-    struct proto_kv_info in = {"0123abcd", {ATTN_BF16, 2, 8, 128}, 65536,
-                               1u << 30, 600000, 12};
+    struct proto_kv_info in = {
+        "0123abcd", {ATTN_BF16, 2, 8, 128}, 65536, 1u << 30, 600000, 12};
     size_t len;
     char *j = proto_kv_info_json(&in, &len);
     assert_non_null(j);
@@ -370,7 +370,8 @@ static void test_kv_info(void **state)
     assert_int_equal(out.tokens, 3);
     assert_int_equal(out.shape.dtype, ATTN_F16);
     assert_int_equal(out.shape.D, 4);
-    const char *bad[] = {"{\"tokens\":3," SH "}", "{\"kv\":\"x\"," SH "}",
+    const char *bad[] = {"{\"tokens\":3," SH "}",
+                         "{\"kv\":\"x\"," SH "}",
                          "{\"kv\":\"a b\",\"tokens\":1," SH "}",
                          "{\"kv\":\"x\",\"tokens\":-1," SH "}",
                          "{\"kv\":\"x\",\"tokens\":1}",
@@ -378,7 +379,8 @@ static void test_kv_info(void **state)
                          "\"shape\":[1,2,3,4]}",
                          "{\"kv\":\"x\",\"tokens\":1,\"dtype\":\"f32\","
                          "\"shape\":[1,2,3]}",
-                         "[1]", "{"};
+                         "[1]",
+                         "{"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(proto_kv_info_parse(bad[i], strlen(bad[i]), &out),
                          PROTO_EBADREQ);

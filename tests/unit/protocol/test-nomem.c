@@ -213,10 +213,10 @@ static void test_sessions(void **state)
     for (int fmt = PROTO_MSGPACK; fmt <= PROTO_JSON; fmt++) {
         char *out = NULL;
         size_t olen;
-        fails = UNTIL_OK(proto_kv_body_encode(&kb.shape, &kb.tokens, 10,
-                                              (enum proto_format)fmt, &out,
-                                              &olen),
-                         rc_ == PROTO_OK, free(out));
+        fails =
+            UNTIL_OK(proto_kv_body_encode(&kb.shape, &kb.tokens, 10,
+                                          (enum proto_format)fmt, &out, &olen),
+                     rc_ == PROTO_OK, free(out));
         assert_true(fails >= 1);
         /* A step on the session that appends the same tokens. */
         float q[2 * 8] = {0};
@@ -237,7 +237,7 @@ static void test_sessions(void **state)
     struct proto_kv_info in = {"id", {ATTN_F32, 1, 1, 8}, 40, 1, 2, 3};
     char *j = NULL;
     fails = UNTIL_OK((j = proto_kv_info_json(&in, NULL)) != NULL ? PROTO_OK
-                                                                  : PROTO_ENOMEM,
+                                                                 : PROTO_ENOMEM,
                      rc_ == PROTO_OK, free(j));
     assert_true(fails >= 1);
 }

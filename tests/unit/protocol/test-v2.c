@@ -44,10 +44,8 @@ static void test_json_tensors(void **state)
     struct proto_v2_request r;
     char err[256], *keep;
     const char *json =
-        "{\"id\":\"r-1\",\"inputs\":["
-        Q1 "\"data\":[1,0,0,1]},"
-        K1 "\"data\":[[[[1,0],[0,1]]]]},"
-        V1 "\"data\":[[1,2],[3,4]]},"
+        "{\"id\":\"r-1\",\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1
+        "\"data\":[[[[1,0],[0,1]]]]}," V1 "\"data\":[[1,2],[3,4]]},"
         "{\"name\":\"mask\",\"datatype\":\"BOOL\",\"shape\":[1,2],"
         "\"data\":[true,false]}],"
         "\"parameters\":{\"causal\":true,\"scale\":0.5}}";
@@ -100,7 +98,8 @@ static void test_binary(void **state)
         "\"parameters\":{\"binary_data_size\":48}},"
         "{\"name\":\"v\",\"datatype\":\"FP16\",\"shape\":[1,2,3,4],"
         "\"parameters\":{\"binary_data_size\":48}}],"
-        "\"outputs\":[{\"name\":\"out\",\"parameters\":{\"binary_data\":true}}],"
+        "\"outputs\":[{\"name\":\"out\",\"parameters\":{\"binary_data\":true}}]"
+        ","
         "\"parameters\":{\"block_per_row\":2,\"timeout\":1500}}";
     struct proto_v2_request r;
     char err[256], *keep;
@@ -125,10 +124,9 @@ static void test_binary(void **state)
     proto_v2_request_release(&r);
     free(keep);
     /* the request-level switch */
-    const char *json2 =
-        "{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1
-        "\"data\":[1,0,0,1]}," V1 "\"data\":[1,0,0,1]}],"
-        "\"parameters\":{\"binary_data_output\":true}}";
+    const char *json2 = "{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1
+                        "\"data\":[1,0,0,1]}," V1 "\"data\":[1,0,0,1]}],"
+                        "\"parameters\":{\"binary_data_output\":true}}";
     assert_int_equal(decode(json2, NULL, 0, NULL, &r, err, sizeof err, &keep),
                      PROTO_OK);
     assert_true(r.binary_out);
@@ -139,9 +137,8 @@ static void test_binary(void **state)
 /* A resolver over a local buffer, as the server's over its regions. */
 static float region[64];
 
-static int resolve(void *ctx, const struct proto_v2_shm *ref,
-                   const char *what, uint64_t need, void **ptr, char *err,
-                   size_t errlen)
+static int resolve(void *ctx, const struct proto_v2_shm *ref, const char *what,
+                   uint64_t need, void **ptr, char *err, size_t errlen)
 {
     (*(int *)ctx)++;
     if (strcmp(ref->region, "r0") != 0) {
@@ -164,12 +161,11 @@ static void test_shared_memory(void **state)
     int calls = 0;
     struct proto_v2_opts o = {{0}, resolve, &calls};
     const char *json =
-        "{\"inputs\":["
-        Q1 "\"parameters\":{\"shared_memory_region\":\"r0\","
-        "\"shared_memory_byte_size\":16}},"
-        K1 "\"parameters\":{\"shared_memory_region\":\"r0\","
-        "\"shared_memory_byte_size\":16,\"shared_memory_offset\":16}},"
-        V1 "\"data\":[1,2,3,4]}],"
+        "{\"inputs\":[" Q1 "\"parameters\":{\"shared_memory_region\":\"r0\","
+        "\"shared_memory_byte_size\":16}}," K1
+        "\"parameters\":{\"shared_memory_region\":\"r0\","
+        "\"shared_memory_byte_size\":16,\"shared_memory_offset\":16}}," V1
+        "\"data\":[1,2,3,4]}],"
         "\"outputs\":[{\"name\":\"out\",\"parameters\":{"
         "\"shared_memory_region\":\"r0\",\"shared_memory_byte_size\":16,"
         "\"shared_memory_offset\":128}}]}";
@@ -188,8 +184,9 @@ static void test_shared_memory(void **state)
     size_t alen;
     assert_int_equal(proto_v2_response_encode(&r, &stats, &ans, &alen),
                      PROTO_OK);
-    assert_non_null(strstr(ans, "\"outputs\":[{\"name\":\"out\","
-                                "\"datatype\":\"FP32\",\"shape\":[1,1,2,2]}]}"));
+    assert_non_null(strstr(ans,
+                           "\"outputs\":[{\"name\":\"out\","
+                           "\"datatype\":\"FP32\",\"shape\":[1,1,2,2]}]}"));
     free(ans);
     /* The output is the client's: releasing the request leaves it. */
     proto_v2_request_release(&r);
@@ -256,28 +253,28 @@ static void test_refused(void **state)
         {"{\"inputs\":[" Q1 "\"parameters\":{\"binary_data_size\":16}}," K1
          "\"data\":[1,0,0,1]}," V1 "\"data\":[1,0,0,1]}]}",
          20, "body: 4 bytes after the last input's binary data"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"bogus\":1}}",
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"parameters\":{\"bogus\":1}}",
          0, "parameters.bogus: unknown parameter"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":-1}}",
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":-1}}",
          0, "scale: must be a finite number > 0"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2,"
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2,"
          "\"scale\":3,\"scale\":4,\"scale\":5,\"scale\":6,\"scale\":7,"
          "\"scale\":8,\"scale\":9,\"scale\":10,\"scale\":11,\"scale\":12,"
          "\"scale\":13,\"scale\":14,\"scale\":15,\"scale\":16}}",
          0, "parameters: a parameter is given more than once"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2}}",
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"parameters\":{\"scale\":1,\"scale\":2}}",
          0, "scale: given twice"},
         {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," Q1 "\"data\":[1,0,0,1]}]}",
          0, "q: given twice"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"outputs\":[{\"name\":\"o\"}]}",
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"outputs\":[{\"name\":\"o\"}]}",
          0, "outputs[0].name: unknown output \"o\" (out)"},
-        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]},"
-         V1 "\"data\":[1,0,0,1]}],\"outputs\":[{\"name\":\"out\","
+        {"{\"inputs\":[" Q1 "\"data\":[1,0,0,1]}," K1 "\"data\":[1,0,0,1]}," V1
+         "\"data\":[1,0,0,1]}],\"outputs\":[{\"name\":\"out\","
          "\"parameters\":{\"shared_memory_region\":\"r0\","
          "\"shared_memory_byte_size\":8}}]}",
          0, "shared_memory_byte_size: 8 bytes, the output needs 16"},
@@ -300,8 +297,8 @@ static void test_refused(void **state)
                         sizeof err, &keep);
         free(keep);
         if (rc == PROTO_OK || !strstr(err, cases[i].field)) {
-            print_error("case %zu: rc %d, message \"%s\", want \"%s\"\n", i,
-                        rc, err, cases[i].field);
+            print_error("case %zu: rc %d, message \"%s\", want \"%s\"\n", i, rc,
+                        err, cases[i].field);
             fail();
         }
         for (size_t j = 0; j < sizeof r.req.owned / sizeof r.req.owned[0]; j++)
@@ -310,9 +307,9 @@ static void test_refused(void **state)
     /* a header length past the body */
     struct proto_v2_request r;
     char err[256];
-    assert_int_equal(proto_v2_request_decode("{}", 2, 3, "exact", NULL, &r,
-                                             err, sizeof err),
-                     PROTO_EBADREQ);
+    assert_int_equal(
+        proto_v2_request_decode("{}", 2, 3, "exact", NULL, &r, err, sizeof err),
+        PROTO_EBADREQ);
     assert_non_null(strstr(err, "Inference-Header-Content-Length"));
 }
 
@@ -329,10 +326,8 @@ static void test_error_body(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_tensors),
-        cmocka_unit_test(test_binary),
-        cmocka_unit_test(test_shared_memory),
-        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_json_tensors),  cmocka_unit_test(test_binary),
+        cmocka_unit_test(test_shared_memory), cmocka_unit_test(test_refused),
         cmocka_unit_test(test_error_body),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
