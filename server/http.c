@@ -544,7 +544,9 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
-    uint64_t total_us = (mrad_now_ns() - r->t0) / 1000;
+    /* one instant ends the request and its sending alike */
+    uint64_t now = mrad_now_ns();
+    uint64_t total_us = (now - r->t0) / 1000;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status == 0)
         r->status = 499, r->err_code = "client_closed_request";
     if (r->suspended)
@@ -569,7 +571,6 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (r->route)
         snprintf(route, sizeof route, "%s %s", r->route->method,
                  r->route->path);
-    uint64_t now = mrad_now_ns();
     struct mrad_metrics_req q = {
         .probe = probe,
         .api = r->api ? r->api->name : NULL,
@@ -577,12 +578,10 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
         .method = r->attn_method,
         .status = r->status,
         .seconds = (double)total_us / 1e6,
-        .receive_seconds =
-            r->t_body ? (double)(r->t_body - r->t0) / 1e9 : -1.0,
-        .send_seconds =
-            r->t_answer && now > r->t_answer
-                ? (double)(now - r->t_answer) / 1e9
-                : -1.0,
+        .receive_seconds = r->t_body ? (double)(r->t_body - r->t0) / 1e9 : -1.0,
+        .send_seconds = r->t_answer && now > r->t_answer
+                            ? (double)(now - r->t_answer) / 1e9
+                            : -1.0,
         .bytes_in = r->len + r->discarded,
         .bytes_out = r->bytes_out,
     };
