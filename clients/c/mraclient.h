@@ -249,6 +249,63 @@ int mrac_kv_info(struct mrac_client *c, const char *id,
  * transport or HTTP error. */
 int mrac_kv_free(struct mrac_client *c, const char *id, struct mrac_error *err);
 
+/* ---- session handles: sessions that survive a lost context ------------
+ *
+ * struct mrac_session wraps the calls above for one session and follows
+ * it when it changes id.  With keep_context the handle keeps, in client
+ * memory, every token the session holds (those of the create and of each
+ * append that succeeded, in order), and when a call is answered
+ * MRAC_EKVNOTFOUND (the session expired, was evicted, or the replica that
+ * held it behind a proxy restarted or died) it creates the session again
+ * from them (POST /v1/kv, same shape and ttl_ms; the id changes) and sends
+ * the call once more: the 404 applied nothing, so the call's own tokens
+ * go in once, with the retry.  A second MRAC_EKVNOTFOUND, or an error of
+ * the re-create (e.g. MRAC_EKVFULL), is returned.  Without keep_context
+ * nothing is kept and MRAC_EKVNOTFOUND is returned, for the caller to act
+ * on.  A session handle is used on the thread that uses its client, one
+ * call at a time; the client must outlive it.
+ */
+struct mrac_session; /* opaque */
+
+/* Options of mrac_session_new().  Zero-initialise and set what you need. */
+struct mrac_session_options {
+    uint64_t ttl_ms;  /* idle lifetime asked for at each create; 0: the
+                         service's default */
+    int keep_context; /* 1: keep the tokens and re-create on a loss */
+};
+
+/*
+ * Creates a session from tokens t (as mrac_kv_create(); opt may be NULL:
+ * the defaults) and a handle on it in *out.  Returns what mrac_kv_create()
+ * does; on error *out is NULL and nothing needs freeing.  The tokens are
+ * copied when kept, else only read during the call.  When memory for the
+ * kept tokens runs out (here or after a later call) the handle stops
+ * keeping them: a loss is then returned as MRAC_EKVNOTFOUND.
+ */
+int mrac_session_new(struct mrac_client *c, const struct attn_kv_shape *shape,
+                     const struct attn_kv_tokens *t,
+                     const struct mrac_session_options *opt,
+                     struct mrac_session **out, struct mrac_error *err);
+/* mrac_kv_append() on the handle's session (with its shape), re-creating
+ * it once on a loss as said above.  info may be NULL. */
+int mrac_session_append(struct mrac_session *s, const struct attn_kv_tokens *t,
+                        struct proto_kv_info *info, struct mrac_error *err);
+/* mrac_kv_attend() on the handle's session, re-creating it once on a loss
+ * as said above; p->append (if any) is kept once the call succeeds. */
+int mrac_session_attend(struct mrac_session *s, const struct attn_problem *p,
+                        const struct mrac_call *call, struct mrac_result *res,
+                        struct mrac_error *err);
+/* The session's id now (it changes at a re-create; the string belongs to
+ * the handle and changes with it), the tokens it holds as of the handle's
+ * last call, and how many times the handle made it again. */
+const char *mrac_session_id(const struct mrac_session *s);
+uint64_t mrac_session_tokens(const struct mrac_session *s);
+uint64_t mrac_session_recreated(const struct mrac_session *s);
+/* Deletes the session (one already gone is not an error) and frees the
+ * handle, whatever the answer.  Returns MRAC_OK or the error of the
+ * DELETE (transport, HTTP).  NULL is allowed. */
+int mrac_session_free(struct mrac_session *s, struct mrac_error *err);
+
 /* The masks mrac_random_problem() can give a problem (key or query). */
 enum mrac_mask_kind {
     MRAC_MASK_NONE = 0, /* no mask: NULL */

@@ -7,7 +7,9 @@
  * over the whole keys and values, for f32, f16, grouped heads, causal and
  * not, msgpack and JSON), what info says after each step, delete and the
  * 404 after it (MRAC_EKVNOTFOUND), a create over the budget (507,
- * MRAC_EKVFULL), and the arguments refused before anything is sent.
+ * MRAC_EKVFULL), the arguments refused before anything is sent, and
+ * session handles (clients/c/session.c) that keep their context and make
+ * a lost session again.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -489,6 +491,98 @@ static void test_bad_arguments(void **state)
                         "deleted)");
 }
 
+/* A handle that keeps its context: the session is deleted behind its back
+ * before an append and before an attend; each call makes it again once
+ * (the kept tokens: a masked create and an append without a mask), and
+ * the answer is the reference's over every token.  Without keep_context
+ * the loss is MRAC_EKVNOTFOUND. */
+static void test_session_recreated(void **state)
+{
+    (void)state;
+    const uint32_t B = 2, H = 4, Hkv = 2, Nq = 2, D = 16, N = 70;
+    struct seq s;
+    seq_make(&s, B, H, Hkv, Nq, N, D, ATTN_F32, 77);
+    for (size_t b = 0; b < B; b++)
+        memset(s.mask + b * N + 40, 1, 20); /* the append has no mask */
+    struct slice first, second, third;
+    slice_make(&s, 0, 40, &first);
+    slice_make(&s, 40, 60, &second);
+    slice_make(&s, 60, N, &third);
+    second.t.mask = NULL;
+    struct attn_kv_shape shape = {ATTN_F32, B, Hkv, D};
+    struct mrac_session_options opt = {.ttl_ms = 60000, .keep_context = 1};
+    struct mrac_session *ss;
+    struct proto_kv_info info;
+    struct mrac_error err;
+    assert_int_equal(mrac_session_new(d.c, &shape, &first.t, &opt, &ss, &err),
+                     MRAC_OK);
+    assert_int_equal(mrac_session_tokens(ss), 40);
+    assert_int_equal(mrac_session_recreated(ss), 0);
+    char id[PROTO_KV_ID_MAX + 1];
+    snprintf(id, sizeof id, "%s", mrac_session_id(ss));
+
+    assert_int_equal(mrac_kv_free(d.c, id, &err), MRAC_OK);
+    assert_int_equal(mrac_session_append(ss, &second.t, &info, &err), MRAC_OK);
+    assert_int_equal(mrac_session_recreated(ss), 1);
+    assert_int_equal(info.tokens, 60);
+    assert_int_equal(info.ttl_ms, 60000);
+    assert_int_equal(mrac_session_tokens(ss), 60);
+    assert_string_not_equal(mrac_session_id(ss), id);
+
+    assert_int_equal(mrac_kv_free(d.c, mrac_session_id(ss), &err), MRAC_OK);
+    struct attn_problem p = {
+        .method = ATTN_EXACT,
+        .dtype = ATTN_F32,
+        .B = B,
+        .H = H,
+        .Hkv = Hkv,
+        .Nq = Nq,
+        .D = D,
+        .q = s.qd,
+        .causal = 1,
+        .append = third.t,
+    };
+    struct mrac_result res;
+    int rc = mrac_session_attend(ss, &p, NULL, &res, &err);
+    if (rc != MRAC_OK)
+        fail_msg("attend: %s: %s", err.code, err.message);
+    assert_int_equal(mrac_session_recreated(ss), 2);
+    assert_int_equal(mrac_session_tokens(ss), N);
+    double *ref = reference(&s, 1);
+    double e = rel_err(&s, res.out, ref);
+    if (e > 1e-5)
+        fail_msg("relative error %g", e);
+    mrac_result_release(&res);
+    free(ref);
+    /* the attend's tokens went in once */
+    assert_int_equal(mrac_kv_info(d.c, mrac_session_id(ss), &info, &err),
+                     MRAC_OK);
+    assert_int_equal(info.tokens, N);
+    snprintf(id, sizeof id, "%s", mrac_session_id(ss));
+    assert_int_equal(mrac_session_free(ss, &err), MRAC_OK);
+    assert_int_equal(mrac_kv_info(d.c, id, &info, &err), MRAC_EKVNOTFOUND);
+
+    /* without keep_context: the typed error, and nothing made again */
+    assert_int_equal(mrac_session_new(d.c, &shape, &first.t, NULL, &ss, &err),
+                     MRAC_OK);
+    assert_int_equal(mrac_kv_free(d.c, mrac_session_id(ss), &err), MRAC_OK);
+    rc = mrac_session_attend(ss, &p, NULL, &res, &err);
+    assert_int_equal(rc, MRAC_EKVNOTFOUND);
+    assert_int_equal(err.status, 404);
+    assert_string_equal(err.code, "kv_not_found");
+    assert_int_equal(mrac_session_append(ss, &second.t, NULL, &err),
+                     MRAC_EKVNOTFOUND);
+    assert_int_equal(mrac_session_recreated(ss), 0);
+    assert_int_equal(mrac_session_tokens(ss), 40);
+    assert_int_equal(mrac_session_free(ss, &err), MRAC_OK); /* gone: fine */
+    assert_int_equal(mrac_session_free(NULL, NULL), MRAC_OK);
+
+    slice_free(&first);
+    slice_free(&second);
+    slice_free(&third);
+    seq_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -497,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_f16_json),
         cmocka_unit_test(test_cache_full),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_session_recreated),
     };
     return cmocka_run_group_tests(tests, start_daemon, stop_daemon);
 }
