@@ -33,9 +33,15 @@ def manifests():
     return out
 
 
+def mrad_object(docs, kind):
+    """The chart's object of that kind for mrad itself (not the proxy's)."""
+    (doc,) = [d for d in docs if d["kind"] == kind
+              and "-proxy" not in d["metadata"]["name"]]
+    return doc
+
+
 def pod_spec(docs):
-    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
-    return dep["spec"]["template"]["spec"]
+    return mrad_object(docs, "Deployment")["spec"]["template"]["spec"]
 
 
 def container(docs):
@@ -44,8 +50,7 @@ def container(docs):
 
 
 def config(docs):
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    return cm["data"]
+    return mrad_object(docs, "ConfigMap")["data"]
 
 
 def test_chart_lints_clean():
@@ -135,6 +140,10 @@ def test_prometheus_rule_is_the_rules_file():
      "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
     {"config": {"MRAD_DEVICES": "0,1", "MRAD_MAX_QUEUE": 64}, "gpu": {"count": 2},
      "apiKey": {"value": "k" * 40}},
+    {"proxy": {"enabled": False}},
+    {"proxy": {"replicas": 4, "resolver": "coredns.kube-system.svc.cluster.local",
+               "clusterDomain": "example.internal", "podDisruptionBudget": {"enabled": False},
+               "service": {"type": "LoadBalancer"}, "image": {"tag": "1.26"}}},
 ])
 def test_values_render_valid_objects(values):
     docs = helm_render(values)
@@ -237,6 +246,26 @@ def test_names_follow_the_release():
     assert mon["spec"]["namespaceSelector"]["matchNames"] == ["serving"]
 
 
+def test_proxy_values():
+    docs = objects(helm_render(name="edge", namespace="serving", values={
+        "proxy": {"replicas": 4, "clusterDomain": "example.internal",
+                  "resolver": "10.96.0.10"}}))
+    dep = docs[("Deployment", "edge-mrad-proxy")]
+    assert dep["spec"]["replicas"] == 4
+    conf = docs[("ConfigMap", "edge-mrad-proxy-config")]["data"]["nginx.conf"]
+    assert "set $mrad_replicas edge-mrad-replicas.serving.svc.example.internal;" in conf
+    assert "resolver 10.96.0.10 " in conf
+    assert ("Service", "edge-mrad-replicas") in docs
+    # A new configuration rolls the proxy's pods.
+    other = objects(helm_render(name="edge", namespace="serving"))
+    ann = dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert ann != other[("Deployment", "edge-mrad-proxy")]["spec"]["template"]["metadata"][
+        "annotations"]["checksum/config"]
+    # Off: no proxy object; the headless Service stays (it names the pods).
+    names = {n for _, n in objects(helm_render({"proxy": {"enabled": False}}))}
+    assert not {n for n in names if "proxy" in n} and "mrad-replicas" in names
+
+
 def test_shutdown_fits_the_grace_period():
     docs = helm_render({"shutdown": {"preStopSeconds": 10, "drainTimeoutMs": 60000,
                                      "terminationGracePeriodSeconds": 80}})
@@ -252,6 +281,8 @@ def test_shutdown_fits_the_grace_period():
     ({"config": {"MRAD_PORT": "9000"}}, "MRAD_PORT"),
     ({"config": {"max_queue": "1"}}, "max_queue"),
     ({"imagee": {}}, "imagee"),
+    ({"proxy": {"replicas": 0}}, "minimum"),
+    ({"proxy": {"resolvr": "x"}}, "resolvr"),
 ])
 def test_chart_refuses(values, message):
     with pytest.raises(Exception, match=message):
@@ -262,3 +293,4 @@ def test_notes_say_how_to_reach_it():
     notes = helm_notes()
     assert "port-forward svc/mrad 8080:8080" in notes and "Authorization: Bearer" in notes
     assert "prometheus-adapter/values.yaml" in notes
+    assert "port-forward svc/mrad-proxy 8080:8080" in notes

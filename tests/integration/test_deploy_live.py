@@ -321,7 +321,8 @@ def shipped_settings():
     out["systemd units"] = dropins
     compose = yaml.safe_load(open(os.path.join(DEPLOY, "compose.yaml"), encoding="utf-8"))
     out["compose"] = {k: str(v) for k, v in compose["services"]["mrad"]["environment"].items()}
-    (cm,) = [d for d in helm_render() if d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in helm_render() if d["kind"] == "ConfigMap"
+             and d["metadata"]["name"] == "mrad-config"]
     out["helm chart"] = cm["data"]
     docker = {}
     text = open(os.path.join(DEPLOY, "..", "Dockerfile"), encoding="utf-8").read()

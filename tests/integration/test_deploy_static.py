@@ -451,7 +451,7 @@ def test_kustomize_renders_valid_objects():
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == set(k8s_objects())
     for doc in docs:
         validate_k8s(doc)
-    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mrad"]
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mrad:cuda"
 
 
@@ -490,7 +490,8 @@ def test_k8s_manifests_validate():
     ("PrometheusRule", lambda d: d["spec"]["groups"][1]["rules"][0].pop("expr")),
 ])
 def test_k8s_validation_rejects_broken_objects(kind, breakage):
-    (doc,) = [d for (k, _), d in k8s_objects().items() if k == kind]
+    # mrad's own object of that kind (not the proxy's).
+    (doc,) = [d for (k, n), d in k8s_objects().items() if k == kind and not n.endswith("-proxy")]
     doc = copy.deepcopy(doc)
     breakage(doc)
     with pytest.raises(Exception):
@@ -575,6 +576,89 @@ def test_k8s_objects_fit_together():
     (rule,) = [r for r in adapter_rules() if r["name"]["as"] == metric]
     assert promql_metric_names(rule["seriesQuery"]) == {"mrad_queue_depth"}
     assert rule["resources"]["overrides"]["pod"]["resource"] == "pod"
+
+
+def test_proxy_objects_fit_together():
+    """The session-routing proxy: a headless Service naming every mrad pod
+    (ready or not), the proxy's pods with their configuration, their
+    Service and budget; the mrad Services and the proxy's select apart."""
+    objs = k8s_objects()
+    mrad_pod = objs[("Deployment", "mrad")]["spec"]["template"]
+    proxy = objs[("Deployment", "mrad-proxy")]
+    proxy_pod = proxy["spec"]["template"]
+    (ctr,) = proxy_pod["spec"]["containers"]
+
+    def selects(selector, pod):
+        return selector.items() <= pod["metadata"]["labels"].items()
+
+    headless = objs[("Service", "mrad-replicas")]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert selects(headless["selector"], mrad_pod) and not selects(headless["selector"], proxy_pod)
+    mrad_port = mrad_pod["spec"]["containers"][0]["ports"][0]
+    assert headless["ports"][0]["targetPort"] == mrad_port["name"]
+    assert not selects(objs[("Service", "mrad")]["spec"]["selector"], proxy_pod)
+    assert not selects(objs[("PodDisruptionBudget", "mrad")]["spec"]["selector"]["matchLabels"],
+                       proxy_pod)
+    svc = objs[("Service", "mrad-proxy")]["spec"]
+    assert selects(svc["selector"], proxy_pod) and not selects(svc["selector"], mrad_pod)
+    assert selects(proxy["spec"]["selector"]["matchLabels"], proxy_pod)
+    pdb = objs[("PodDisruptionBudget", "mrad-proxy")]["spec"]
+    assert selects(pdb["selector"]["matchLabels"], proxy_pod)
+    assert pdb["minAvailable"] < proxy["spec"]["replicas"]
+
+    # The configuration: mounted where nginx is told to read it, naming the
+    # headless Service's pods on mrad's port, listening on the proxy's.
+    (mount,) = [m for m in ctr["volumeMounts"] if m["name"] == "config"]
+    (vol,) = [v for v in proxy_pod["spec"]["volumes"] if v["name"] == "config"]
+    cm = objs[("ConfigMap", vol["configMap"]["name"])]["data"]
+    assert ctr["command"][:3] == ["nginx", "-c", mount["mountPath"] + "/nginx.conf"]
+    conf = cm["nginx.conf"]
+    assert "set $mrad_replicas mrad-replicas.mrad.svc.cluster.local;" in conf
+    assert f"http://$mrad_replicas:{mrad_port['containerPort']};" in conf
+    assert f"listen {ctr['ports'][0]['containerPort']};" in conf
+    assert svc["ports"][0]["targetPort"] == ctr["ports"][0]["name"]
+    # Stopping: out of the endpoints first, then in-flight requests finish.
+    assert proxy_pod["spec"]["terminationGracePeriodSeconds"] > pre_stop_seconds(ctr)
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+    assert proxy_pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def nginx_check(tmp_path, text):
+    """nginx -t of a configuration file's text."""
+    nginx = tool("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (tools/deps.sh installs it)")
+    prefix = tmp_path / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(text)
+    return run([nginx, "-t", "-p", str(prefix), "-c", str(conf)])
+
+
+def test_proxy_configurations_check(tmp_path):
+    """Each shipped proxy configuration passes its proxy's own check, and a
+    broken copy does not."""
+    haproxy = tool("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (tools/deps.sh installs it)")
+    env = dict(os.environ, MRAD_PROXY_BIND="127.0.0.1:8080", MRAD_REPLICA_1="127.0.0.1:8091",
+               MRAD_REPLICA_2="127.0.0.1:8092", MRAD_REPLICA_3="127.0.0.1:8093")
+    cfg = os.path.join(DEPLOY, "proxy", "haproxy.cfg")
+    proc = run([haproxy, "-c", "-f", cfg], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    broken = tmp_path / "haproxy.cfg"
+    broken.write_text(open(cfg).read().replace("stick match", "stick matsh"))
+    assert run([haproxy, "-c", "-f", str(broken)], env=env).returncode != 0
+
+    local = open(os.path.join(DEPLOY, "proxy", "nginx.conf")).read()
+    proc = nginx_check(tmp_path, local)
+    assert proc.returncode == 0, proc.stderr
+    assert nginx_check(tmp_path, local.replace("sub_filter_types", "sub_filter_type")).returncode
+    # The Kubernetes one, with a resolver this machine has.
+    conf = k8s_objects()[("ConfigMap", "mrad-proxy-config")]["data"]["nginx.conf"]
+    conf = re.sub(r"resolver \S+ ", "resolver 127.0.0.1 ", conf).replace(" /tmp/", f" {tmp_path}/")
+    proc = nginx_check(tmp_path, conf)
+    assert proc.returncode == 0, proc.stderr
 
 
 def adapter_rules():

@@ -18,13 +18,17 @@ For each proxy:
   answer, and new sessions go to the other replicas.
 
 The proxies run the shipped configuration files; only the addresses are
-replaced by free loopback ports.
+replaced by free loopback ports.  The third proxy is the Kubernetes one
+(deploy/k8s/proxy-configmap.yaml): its replicas are 127.0.0.2-4 on one
+port, named by a stand-in for the cluster DNS (FakeClusterDNS) as CoreDNS
+names the pods of a headless Service.
 """
 import concurrent.futures as cf
 import http.client
 import inspect
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,12 +73,12 @@ def free_ports(n):
 class Replica:
     """One bin/mrad on a fixed loopback port, which survives restarts."""
 
-    def __init__(self, port):
-        self.port = port
+    def __init__(self, port, host="127.0.0.1"):
+        self.host, self.port = host, port
         self.srv = None
 
     def start(self):
-        self.srv = MradServer(threads=1, extra_args=[
+        self.srv = MradServer(threads=1, host=self.host, extra_args=[
             "--port", str(self.port), "--drain-timeout-ms", "20000"]).start()
         return self
 
@@ -168,8 +172,12 @@ class Nginx(Proxy):
             text = text.replace(f":{8091 + i}", f":{r.port}")
         # Its own folder, which the worker processes (user nobody when
         # started as root) can reach for their temporary files.
+        return self.run(text)
+
+    def run(self, text):
         prefix = self.prefix = tempfile.mkdtemp(prefix="mrad-nginx-")
         os.chmod(prefix, 0o755)
+        text = text.replace(" /tmp/", f" {prefix}/")
         conf = os.path.join(prefix, "nginx.conf")
         with open(conf, "w") as f:
             f.write(text)
@@ -188,16 +196,99 @@ class Nginx(Proxy):
         return raw
 
 
-PROXIES = {"haproxy": HAProxy, "nginx": Nginx}
+class FakeClusterDNS:
+    """The part of a cluster's DNS the Kubernetes proxy uses, on a loopback
+    UDP port: the headless Service's name answers every replica's address,
+    and each replica's dashed address under it (10-1-2-3.<service>) its
+    own; anything else is NXDOMAIN.  A records only, as nginx asks with
+    ipv6=off."""
+
+    def __init__(self, service, addresses):
+        self.service = service.encode()
+        self.addresses = list(addresses)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, name):
+        if name == self.service:
+            return self.addresses
+        head, _, rest = name.partition(b".")
+        addr = head.replace(b"-", b".").decode(errors="replace")
+        return [addr] if rest == self.service and addr in self.addresses else None
+
+    def serve(self):
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            labels, i = [], 12
+            while q[i]:
+                labels.append(q[i + 1:i + 1 + q[i]])
+                i += 1 + q[i]
+            question = q[12:i + 5]
+            addrs = self.answer(b".".join(labels).lower())
+            qtype = int.from_bytes(q[i + 1:i + 3], "big")
+            found = addrs if addrs and qtype == 1 else []
+            flags = 0x8180 if addrs is not None else 0x8183
+            out = q[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + \
+                len(found).to_bytes(2, "big") + b"\x00\x00\x00\x00" + question
+            for a in found:
+                out += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x05\x00\x04" + socket.inet_aton(a)
+            self.sock.sendto(out, peer)
+
+    def stop(self):
+        self.sock.close()
+
+
+class NginxKubernetes(Nginx):
+    """The proxy of the Kubernetes manifests (deploy/k8s/proxy-configmap.yaml)
+    with the replicas on 127.0.0.2-4, one port, found through
+    FakeClusterDNS."""
+
+    name = "nginx-k8s"
+    SERVICE = "mrad-replicas.mrad.svc.cluster.local"
+
+    def start(self):
+        import yaml
+        with open(os.path.join(REPO, "deploy", "k8s", "proxy-configmap.yaml")) as f:
+            text = yaml.safe_load(f)["data"]["nginx.conf"]
+        self.dns = FakeClusterDNS(self.SERVICE, [r.host for r in self.replicas])
+        port = self.replicas[0].port
+        text = re.sub(r"resolver \S+ ", f"resolver 127.0.0.1:{self.dns.port} ", text)
+        text = text.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+        text = text.replace(":8080", f":{port}")
+        return self.run(text)
+
+    def stop(self):
+        super().stop()
+        self.dns.stop()
+
+    def raw_id(self, sid):
+        tag, _, raw = sid.partition("_")
+        assert tag in {r.host.replace(".", "-") for r in self.replicas}, sid
+        return raw
+
+
+PROXIES = {"haproxy": HAProxy, "nginx": Nginx, "nginx-k8s": NginxKubernetes}
 
 
 @pytest.fixture(params=sorted(PROXIES))
 def cluster(request, tmp_path):
     """(proxy, replicas): three fresh replicas behind one proxy."""
     name = request.param
-    if find_binary(name) is None:
-        pytest.skip(f"{name} is not installed (tools/deps.sh installs it)")
-    replicas = [Replica(p) for p in free_ports(3)]
+    binary = name.split("-")[0]
+    if find_binary(binary) is None:
+        pytest.skip(f"{binary} is not installed (tools/deps.sh installs it)")
+    if name == "nginx-k8s":
+        # Pods: one port, an address each.
+        port = free_ports(1)[0]
+        replicas = [Replica(port, f"127.0.0.{i}") for i in (2, 3, 4)]
+    else:
+        replicas = [Replica(p) for p in free_ports(3)]
     proxy = None
     try:
         for r in replicas:

@@ -65,3 +65,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- toYaml (merge $fixed $config $defaults) -}}
 {{- end -}}
+
+{{/* What selects the proxy's pods (apart from mrad's: the mrad Services
+select on the name). */}}
+{{- define "mrad.proxySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "mrad.name" . }}-proxy
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mrad.proxyLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "mrad.proxySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
