@@ -6,11 +6,13 @@
  * state the engine keeps of each during a run.
  *
  * A session has at most one step in flight, as a sequence decodes one
- * token at a time.  A step answered 404 means the service ended the
- * session (expired or evicted): it is created again with its context,
- * asynchronously on the engine's loop.  A 507 (no room for a token or a
- * context) backs the session off, 50 ms doubling up to 2 s; so does a
- * failed re-create.
+ * token at a time.  A step answered 404 means the service lost the
+ * session (expired, evicted, or the replica that held it restarted): it
+ * is created again, asynchronously on the engine's loop, with what it
+ * held (the context and the token of every step answered 200 since, as a
+ * client that keeps its context re-prefills), and the step is sent once
+ * more on it.  A 507 (no room for a token or a context) backs the session
+ * off, 50 ms doubling up to 2 s; so does a failed re-create.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -54,12 +56,30 @@ static void back_off(struct load_session *s, uint64_t now)
     s->ready_ns = now + (uint64_t)s->backoff_ms * 1000000u;
 }
 
+/* The bytes of k (or v) of n tokens of the sessions' shape, or 0 when
+ * that overflows. */
+static size_t tokens_bytes(const struct attn_kv_shape *sh, uint64_t n)
+{
+    uint64_t row =
+        (uint64_t)sh->B * sh->Hkv * sh->D * attn_dtype_size(sh->dtype);
+    if (!row || !n || n > SIZE_MAX / row)
+        return 0;
+    return (size_t)(row * n);
+}
+
 /* The step bodies: a random problem of one --shape per method and
- * variant, its k and v (one token) sent as the appended token. */
-static int step_bodies(struct load_options *o, const uint32_t dims[4],
-                       enum attn_dtype dt, char **methods, int nm)
+ * variant, its k and v (one token) sent as the appended token, and kept
+ * in d->step_tokens for re-creates. */
+static int step_bodies(struct load_options *o, struct load_decode *d,
+                       const uint32_t dims[4], enum attn_dtype dt,
+                       char **methods, int nm)
 {
     struct load_config *cfg = &o->cfg;
+    d->step_tokens = calloc((size_t)nm * o->variants, sizeof *d->step_tokens);
+    if (!d->step_tokens) {
+        fprintf(stderr, "mra-load: out of memory\n");
+        return 1;
+    }
     for (int m = 0; m < nm; m++)
         for (uint32_t v = 0; v < o->variants; v++) {
             struct mrac_random_spec sp = {
@@ -90,8 +110,16 @@ static int step_bodies(struct load_options *o, const uint32_t dims[4],
             struct load_body *b = &cfg->bodies[cfg->nbodies];
             int rc = proto_request_encode_opts(&p, PROTO_MSGPACK, &eo, &b->data,
                                                &b->len);
+            struct attn_kv_shape sh = {dt, p.B, p.Hkv, p.D};
+            size_t tb = tokens_bytes(&sh, 1);
+            char *tok = tb && tb <= SIZE_MAX / 2 ? malloc(2 * tb) : NULL;
+            if (tok) {
+                memcpy(tok, p.k, tb);
+                memcpy(tok + tb, p.v, tb);
+                d->step_tokens[d->nstep_tokens++] = tok;
+            }
             free(mem);
-            if (rc != PROTO_OK) {
+            if (rc != PROTO_OK || !tok) {
                 fprintf(stderr, "mra-load: out of memory\n");
                 return 1;
             }
@@ -186,7 +214,7 @@ int load_decode_setup(struct load_options *o, struct mrac_client *c)
         fprintf(stderr, "mra-load: out of memory\n");
         return 1;
     }
-    int st = step_bodies(o, dims, dt, methods, nm);
+    int st = step_bodies(o, d, dims, dt, methods, nm);
     if (!st)
         st = context(o, d, dims, dt);
     for (size_t i = 0; !st && i < d->n; i++) {
@@ -221,8 +249,17 @@ void load_decode_teardown(struct load_decode *d, struct mrac_client *c)
         else if (rc == MRAC_EKVNOTFOUND)
             d->gone++;
     }
-    for (size_t i = 0; d->s && i < d->n; i++)
+    for (size_t i = 0; d->s && i < d->n; i++) {
         free(d->s[i].step_url);
+        free(d->s[i].steps);
+        if (d->s[i].create_owned)
+            free(d->s[i].create_body);
+    }
+    for (size_t i = 0; i < d->nstep_tokens; i++)
+        free(d->step_tokens[i]);
+    free(d->step_tokens);
+    d->step_tokens = NULL;
+    d->nstep_tokens = 0;
     free(d->s);
     free(d->base);
     free(d->create_url);
@@ -255,8 +292,68 @@ int load_decode_acquire(struct load_decode *d, uint64_t now)
     return -1;
 }
 
-void load_decode_step_done(struct load_decode *d, int i, long status,
-                           uint64_t now, struct load_result *res)
+/* Records that the step of body `body` appended its token to session s.
+ * Without memory for it, the session's re-creates send fewer tokens than
+ * it held: a load generator goes on. */
+static void step_kept(struct load_session *s, size_t body)
+{
+    if (s->nsteps == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        uint32_t *st = cap <= SIZE_MAX / sizeof *st
+                           ? realloc(s->steps, cap * sizeof *st)
+                           : NULL;
+        if (!st)
+            return;
+        s->steps = st;
+        s->cap = cap;
+    }
+    s->steps[s->nsteps++] = (uint32_t)body;
+}
+
+/* The body of a re-create of session s: the context, then the token of
+ * each of its steps, for every (b, h) row.  Falls back on the context
+ * alone when memory runs out. */
+static void create_body(struct load_decode *d, struct load_session *s)
+{
+    s->create_body = d->create_body;
+    s->create_len = d->create_len;
+    s->create_owned = 0;
+    uint64_t n = (uint64_t)d->context + s->nsteps;
+    size_t bytes = n <= UINT32_MAX ? tokens_bytes(&d->shape, n) : 0;
+    if (!s->nsteps || !bytes)
+        return;
+    const struct attn_kv_shape *sh = &d->shape;
+    size_t row = (size_t)sh->D * attn_dtype_size(sh->dtype);
+    size_t tb = tokens_bytes(sh, 1);
+    char *k = malloc(bytes), *v = malloc(bytes);
+    for (size_t bh = 0; k && v && bh < (size_t)sh->B * sh->Hkv; bh++) {
+        char *ko = k + bh * n * row, *vo = v + bh * n * row;
+        size_t ctx = (size_t)d->context * row, at = bh * ctx;
+        memcpy(ko, (const char *)d->tokens.k + at, ctx);
+        memcpy(vo, (const char *)d->tokens.v + at, ctx);
+        for (size_t j = 0; j < s->nsteps; j++) {
+            const char *tok = d->step_tokens[s->steps[j]];
+            memcpy(ko + ctx + j * row, tok + bh * row, row);
+            memcpy(vo + ctx + j * row, tok + tb + bh * row, row);
+        }
+    }
+    struct attn_kv_tokens t = {k, v, NULL, (uint32_t)n};
+    char *body = NULL;
+    size_t len = 0;
+    if (k && v &&
+        proto_kv_body_encode(sh, &t, 0, PROTO_MSGPACK, &body, &len) ==
+            PROTO_OK) {
+        s->create_body = body;
+        s->create_len = len;
+        s->create_owned = 1;
+    }
+    free(k);
+    free(v);
+}
+
+int load_decode_step_done(struct load_decode *d, int i, size_t body,
+                          long status, int retried, uint64_t now,
+                          struct load_result *res)
 {
     struct load_session *s = &d->s[i];
     s->state = LOAD_SESSION_IDLE;
@@ -264,12 +361,16 @@ void load_decode_step_done(struct load_decode *d, int i, long status,
         res->kv_lost++;
         s->state = LOAD_SESSION_LOST;
         s->ready_ns = now;
-    } else if (status == 507) {
+        return !retried;
+    }
+    if (status == 507) {
         res->kv_full++;
         back_off(s, now);
     } else if (status == 200) {
         s->backoff_ms = 0;
+        step_kept(s, body);
     }
+    return 0;
 }
 
 int load_decode_next_create(struct load_decode *d, uint64_t now)
@@ -277,29 +378,40 @@ int load_decode_next_create(struct load_decode *d, uint64_t now)
     for (size_t i = 0; i < d->n; i++)
         if (d->s[i].state == LOAD_SESSION_LOST && d->s[i].ready_ns <= now) {
             d->s[i].state = LOAD_SESSION_CREATING;
+            create_body(d, &d->s[i]);
             return (int)i;
         }
     return -1;
 }
 
-void load_decode_create_done(struct load_decode *d, int i, long status,
-                             const char *body, size_t len, uint64_t now,
-                             struct load_result *res)
+int load_decode_create_done(struct load_decode *d, int i, long status,
+                            const char *body, size_t len, int held,
+                            uint64_t now, struct load_result *res)
 {
     struct load_session *s = &d->s[i];
+    if (s->create_owned)
+        free(s->create_body);
+    s->create_body = NULL;
+    s->create_len = 0;
+    s->create_owned = 0;
     struct proto_kv_info info;
     if (status == 201 && body &&
         proto_kv_info_parse(body, len, &info) == PROTO_OK &&
         set_id(d, s, info.kv) == 0) {
         res->kv_recreated++;
-        s->state = LOAD_SESSION_IDLE;
+        s->state = held ? LOAD_SESSION_BUSY : LOAD_SESSION_IDLE;
         s->backoff_ms = 0;
         s->ready_ns = now;
-        return;
+        /* What the session holds now: a re-create that fell back on the
+         * context alone holds no steps. */
+        if (info.tokens == d->context)
+            s->nsteps = 0;
+        return 1;
     }
     if (status == 507)
         res->kv_full++;
     res->kv_recreate_failed++;
     s->state = LOAD_SESSION_LOST;
     back_off(s, now);
+    return 0;
 }

@@ -13,8 +13,10 @@
  * that has none in flight, on that session's URL; arrivals that find
  * every session busy or backing off wait like those that find every
  * connection busy.  A session lost to a 404 is created again here, as a
- * request of its own that is not measured, and a timer looks every few
- * milliseconds for sessions whose back-off has passed.
+ * request of its own that is not measured, and the step that got the 404
+ * waits for it and is sent once more (its latency, from its intended
+ * time, includes the re-create: the re-prefill a client pays); a timer
+ * looks every few milliseconds for sessions whose back-off has passed.
  *
  * Everything runs on the loop thread; nothing here needs a lock.
  */
@@ -35,6 +37,8 @@ struct req {
     uint64_t intended_ns;
     int session;  /* decode: the session it works on; -1 without */
     int create;   /* decode: a session's re-create, not measured */
+    int retried;  /* decode: a step sent again after a re-create */
+    size_t body;  /* the index of its body in cfg->bodies */
     char *answer; /* a re-create's answer body (malloc'd) */
     size_t answer_len;
     int answer_oom;
@@ -67,6 +71,9 @@ struct engine {
     struct req *free_reqs;
     struct req **all_reqs;
     size_t nreqs, cap_reqs;
+    struct req **held; /* decode: per session, the step waiting for its
+                          re-create, or NULL */
+    size_t nheld;
 };
 
 static void check_done(struct engine *e);
@@ -240,6 +247,47 @@ static void submit(struct engine *e, struct req *r, const char *url,
     curl_multi_add_handle(e->multi, r->easy);
 }
 
+static void record(struct engine *e, struct req *r, CURLcode rc, long status);
+
+/* A step is done: a closed loop starts the next one at once. */
+static void next_closed(struct engine *e)
+{
+    if (e->bl_len || e->cfg->rate > 0 || e->arrivals_over)
+        return;
+    uint64_t now = uv_hrtime();
+    if (now < e->t_end)
+        start_request(e, now);
+    else
+        e->arrivals_over = 1;
+}
+
+/* --decode: session i's re-create ended (status 0: no answer).  The step
+ * that waits for it, if any, is sent again on the new session, or, when
+ * the re-create failed, completes with the 404 it had. */
+static void created(struct engine *e, int i, long status, const char *body,
+                    size_t len)
+{
+    struct load_decode *d = e->cfg->decode;
+    struct req *h = e->held[i];
+    int made = load_decode_create_done(d, i, status, body, len, h != NULL,
+                                       uv_hrtime(), e->res);
+    if (!h)
+        return;
+    e->held[i] = NULL;
+    e->nheld--;
+    if (made) {
+        const struct load_body *b = &e->cfg->bodies[h->body];
+        h->retried = 1;
+        e->res->kv_retried++;
+        submit(e, h, d->s[i].step_url, b->data, b->len, b->json);
+        return;
+    }
+    record(e, h, CURLE_OK, 404);
+    h->next_free = e->free_reqs;
+    e->free_reqs = h;
+    next_closed(e);
+}
+
 /* --decode: creates again each lost session whose back-off has passed. */
 static void start_creates(struct engine *e)
 {
@@ -251,13 +299,13 @@ static void start_creates(struct engine *e)
             fprintf(stderr, "mra-load: out of memory for a request\n");
             e->failed = 1;
             e->arrivals_over = 1;
-            load_decode_create_done(d, i, 0, NULL, 0, uv_hrtime(), e->res);
+            created(e, i, 0, NULL, 0);
             return;
         }
         r->session = i;
         r->create = 1;
         r->intended_ns = 0;
-        submit(e, r, d->create_url, d->create_body, d->create_len, 0);
+        submit(e, r, d->create_url, d->s[i].create_body, d->s[i].create_len, 0);
     }
 }
 
@@ -305,9 +353,11 @@ static void start_request(struct engine *e, uint64_t intended)
         return;
     }
     const struct load_body *b = &e->cfg->bodies[e->next_body];
+    r->body = e->next_body;
     e->next_body = (e->next_body + 1) % e->cfg->nbodies;
     r->intended_ns = intended;
     r->create = 0;
+    r->retried = 0;
     r->session = -1;
     const char *url = NULL; /* the one set when the handle was made */
     if (e->cfg->decode) {
@@ -368,33 +418,34 @@ static void check_done(struct engine *e)
         struct load_decode *d = e->cfg->decode;
         if (rc != CURLE_OK)
             status = 0;
-        int step = !r->create;
+        int step = !r->create, wait = 0;
+        e->inflight--;
         if (r->create) {
-            load_decode_create_done(d, r->session, status, r->answer,
-                                    r->answer_oom ? 0 : r->answer_len,
-                                    uv_hrtime(), e->res);
+            created(e, r->session, status, r->answer,
+                    r->answer_oom ? 0 : r->answer_len);
             free(r->answer);
             r->answer = NULL;
             r->answer_len = 0;
             r->answer_oom = 0;
         } else {
-            record(e, r, rc, status);
             if (d)
-                load_decode_step_done(d, r->session, status, uv_hrtime(),
-                                      e->res);
+                wait = load_decode_step_done(d, r->session, r->body, status,
+                                             r->retried, uv_hrtime(), e->res);
+            if (wait) { /* until its session is made again */
+                e->held[r->session] = r;
+                e->nheld++;
+            } else {
+                record(e, r, rc, status);
+            }
         }
-        e->inflight--;
-        r->next_free = e->free_reqs;
-        e->free_reqs = r;
+        if (!wait) {
+            r->next_free = e->free_reqs;
+            e->free_reqs = r;
+        }
         start_creates(e);
         drain_backlog(e);
-        if (step && !e->bl_len && e->cfg->rate <= 0 && !e->arrivals_over) {
-            uint64_t now = uv_hrtime();
-            if (now < e->t_end)
-                start_request(e, now); /* closed loop: next one at once */
-            else
-                e->arrivals_over = 1;
-        }
+        if (step && !wait)
+            next_closed(e);
     }
     maybe_finish(e);
 }
@@ -486,7 +537,7 @@ static void on_session_timer(uv_timer_t *t)
 
 static void maybe_finish(struct engine *e)
 {
-    if (e->arrivals_over && e->inflight == 0 && e->bl_len == 0)
+    if (e->arrivals_over && e->inflight == 0 && e->bl_len == 0 && e->nheld == 0)
         uv_stop(&e->loop);
 }
 
@@ -514,8 +565,14 @@ int load_run(const struct load_config *cfg, struct load_result *res)
         return -1;
     e->cfg = cfg;
     e->res = res;
+    if (cfg->decode && !(e->held = calloc(cfg->decode->n ? cfg->decode->n : 1,
+                                          sizeof *e->held))) {
+        free(e);
+        return -1;
+    }
     e->rng = cfg->seed ? cfg->seed : 0x2545f4914f6cdd1dULL;
     if (uv_loop_init(&e->loop) != 0) {
+        free(e->held);
         free(e);
         return -1;
     }
@@ -610,6 +667,7 @@ out:
     int failed = e->failed;
     free(e->all_reqs);
     free(e->backlog);
+    free(e->held);
     free(e);
     return failed ? -1 : 0;
 }

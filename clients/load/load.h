@@ -8,7 +8,8 @@
  * duration seconds.  Everything happens on one thread: a libuv loop drives
  * libcurl's multi interface, so no locks are needed.  With --decode the
  * requests are decoding steps on sessions the tool creates before the
- * runs and deletes after them.
+ * runs and deletes after them, and makes lost ones again from the tokens
+ * they held.
  */
 #ifndef MRAD_LOAD_H
 #define MRAD_LOAD_H
@@ -67,9 +68,10 @@ struct load_result {
     struct hist lat_503;     /* latencies of 503 answers (load shedding) */
     /* --decode: what happened to the sessions during the run (warmup
      * included); 404 and 507 answers to steps also count as statuses. */
-    uint64_t kv_lost;            /* steps answered 404: the session was gone */
+    uint64_t kv_lost;            /* 404 answers to steps (tries included) */
     uint64_t kv_recreated;       /* sessions created again after a 404 */
     uint64_t kv_recreate_failed; /* re-creates that failed (then retried) */
+    uint64_t kv_retried;         /* steps sent again on a re-created session */
     uint64_t kv_full;            /* 507 answers, to steps and re-creates */
     /* Arrivals of the measured phase still waiting for a session when the
      * drain gave up (--timeout after the end): in `sent`, never
@@ -136,6 +138,16 @@ struct load_session {
     enum load_session_state state;
     uint64_t ready_ns;   /* backing off until then (uv_hrtime) */
     uint32_t backoff_ms; /* the next back-off; 0 after a success */
+    /* The steps answered 200 since the context, as indices of their
+     * bodies: the session holds the context and their tokens, in order,
+     * and a re-create sends the same. */
+    uint32_t *steps;
+    size_t nsteps, cap;
+    /* While its re-create is in flight: the body (malloc'd when owned,
+     * else the decode's create_body). */
+    char *create_body;
+    size_t create_len;
+    int create_owned;
 };
 
 struct load_decode {
@@ -149,7 +161,10 @@ struct load_decode {
     struct attn_kv_shape shape;
     struct attn_kv_tokens tokens; /* the context, for the first creates */
     void *mem;                    /* holds it */
-    uint64_t deleted, gone;       /* at the end: deleted, already gone */
+    void **step_tokens; /* per step body: its token's k then v ([B, Hkv,
+                           1, D] each), malloc'd */
+    size_t nstep_tokens;
+    uint64_t deleted, gone; /* at the end: deleted, already gone */
 };
 
 /*
@@ -171,18 +186,26 @@ void load_decode_teardown(struct load_decode *d, struct mrac_client *c);
 int load_decode_acquire(struct load_decode *d, uint64_t now);
 /* Nonzero when load_decode_acquire() would find one. */
 int load_decode_available(const struct load_decode *d, uint64_t now);
-/* A step on session i ended with HTTP `status` (0: no answer): a 404 marks
- * it lost (to create again), a 507 backs it off; counted in *res. */
-void load_decode_step_done(struct load_decode *d, int i, long status,
-                           uint64_t now, struct load_result *res);
-/* A lost session whose back-off has passed, marked creating; -1 when
- * none. */
+/* A step (of body `body`) on session i ended with HTTP `status` (0: no
+ * answer): a 200 adds its token to what the session holds, a 404 marks
+ * the session lost (to create again), a 507 backs it off; counted in
+ * *res.  Returns 1 when the step is to wait for the session's re-create
+ * and be sent again (a 404 to a step not yet `retried`), else 0: the
+ * step is done. */
+int load_decode_step_done(struct load_decode *d, int i, size_t body,
+                          long status, int retried, uint64_t now,
+                          struct load_result *res);
+/* A lost session whose back-off has passed, marked creating, with the
+ * body of its re-create (the context and the tokens of its steps) in
+ * s[i].create_body; -1 when none. */
 int load_decode_next_create(struct load_decode *d, uint64_t now);
 /* Its create ended: status and the answer body.  201 gives the session
- * its new id; anything else backs it off and leaves it lost. */
-void load_decode_create_done(struct load_decode *d, int i, long status,
-                             const char *body, size_t len, uint64_t now,
-                             struct load_result *res);
+ * its new id and returns 1; the session is then idle, or busy when `held`
+ * (a step waits to be sent again on it).  Anything else backs it off,
+ * leaves it lost and returns 0. */
+int load_decode_create_done(struct load_decode *d, int i, long status,
+                            const char *body, size_t len, int held,
+                            uint64_t now, struct load_result *res);
 
 /* Runs one load phase.  Returns 0, or -1 with a message on stderr when the
  * event loop or libcurl could not be set up. */

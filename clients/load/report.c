@@ -69,10 +69,11 @@ void load_report_text(const struct load_config *cfg,
     const struct load_decode *d = cfg->decode;
     if (d)
         printf("sessions   %zu of %u tokens at the start; gone (404) %llu, "
-               "re-created %llu, re-creates failed %llu, 507 %llu, "
-               "abandoned %llu\n",
+               "re-created %llu, steps sent again %llu, re-creates failed "
+               "%llu, 507 %llu, abandoned %llu\n",
                d->n, (unsigned)d->context, (unsigned long long)r->kv_lost,
                (unsigned long long)r->kv_recreated,
+               (unsigned long long)r->kv_retried,
                (unsigned long long)r->kv_recreate_failed,
                (unsigned long long)r->kv_full,
                (unsigned long long)r->abandoned);
@@ -120,12 +121,15 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
     json_hist("latency_503_ms", &r->lat_503);
     const struct load_decode *d = cfg->decode;
     if (d)
-        printf(",\"decode\":{\"sessions\":%zu,\"context\":%u,"
-               "\"kv_not_found\":%llu,\"recreated\":%llu,"
+        printf(",\"sessions_recreated\":%llu,"
+               "\"decode\":{\"sessions\":%zu,\"context\":%u,"
+               "\"kv_not_found\":%llu,\"recreated\":%llu,\"retried\":%llu,"
                "\"recreate_failed\":%llu,\"kv_cache_full\":%llu,"
                "\"abandoned\":%llu,\"deleted\":%llu,\"gone_at_end\":%llu}",
-               d->n, (unsigned)d->context, (unsigned long long)r->kv_lost,
+               (unsigned long long)r->kv_recreated, d->n, (unsigned)d->context,
+               (unsigned long long)r->kv_lost,
                (unsigned long long)r->kv_recreated,
+               (unsigned long long)r->kv_retried,
                (unsigned long long)r->kv_recreate_failed,
                (unsigned long long)r->kv_full, (unsigned long long)r->abandoned,
                (unsigned long long)d->deleted, (unsigned long long)d->gone);
