@@ -286,8 +286,8 @@ class SessionState:
     def _to_keep(self, k: Any, v: Any, mask: Any) -> Optional[Tokens]:
         """The tokens a call appends, as the kept context will hold them
         once the call succeeds; None without a kept context or tokens."""
-        if self._context is None or k is None:
-            return None
+        if self._context is None or k is None or v is None:
+            return None  # (k without v: the body's encoder says so)
         return wire_tokens(k, v, mask, self._context.dtype)
 
     def _recreate_body(self, err: MradError) -> bytes:

@@ -200,8 +200,10 @@ class AsyncSession(SessionState):
 
     async def append(self, k: TensorLike, v: TensorLike, mask: Any = None) -> dict[str, Any]:
         """Session.append."""
-        body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
         kept = self._to_keep(k, v, mask)
+        if kept is not None:
+            k, v, mask = kept
+        body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
         info = kv_info(await self._call("/append", body, idempotent=False))
         self._set(info)
         self._appended(None, kept)
@@ -225,9 +227,11 @@ class AsyncSession(SessionState):
                      causal: bool = False, q_mask: Any = None,
                      **params: ParamValue) -> Result[Any]:
         """Session.attend."""
+        kept = self._to_keep(k_append, v_append, mask_append)
+        if kept is not None:  # converted once, for the body and to keep
+            k_append, v_append, mask_append = kept
         body = wire.session_body(q, k_append, v_append, mask_append, method,
                                  dtype or self.dtype, id, causal, q_mask, params)
-        kept = self._to_keep(k_append, v_append, mask_append)
         r = await self._call("/attention", body, idempotent=k_append is None)
         msg = decode_answer(r)
         self._appended(k_append, kept)

@@ -283,8 +283,10 @@ class Session(SessionState):
         [Hkv, n, D], [n, D]) with their mask [B, n] (None: every token
         real), in the session's dtype.  Returns the session answer (a
         dict).  Raises KVNotFound, KVCacheFull (no room for them)."""
-        body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
         kept = self._to_keep(k, v, mask)
+        if kept is not None:
+            k, v, mask = kept
+        body = wire.encode_kv_body(k, v, mask=mask, dtype=self.dtype)
         info = kv_info(self._call("/append", body, idempotent=False))
         self._set(info)
         self._appended(None, kept)
@@ -318,9 +320,11 @@ class Session(SessionState):
         KVNotFound, KVCacheFull (no room for the appended tokens), or the
         other MradErrors.
         """
+        kept = self._to_keep(k_append, v_append, mask_append)
+        if kept is not None:  # converted once, for the body and to keep
+            k_append, v_append, mask_append = kept
         body = wire.session_body(q, k_append, v_append, mask_append, method,
                                  dtype or self.dtype, id, causal, q_mask, params)
-        kept = self._to_keep(k_append, v_append, mask_append)
         r = self._call("/attention", body, idempotent=k_append is None)
         msg = decode_answer(r)
         self._appended(k_append, kept)
