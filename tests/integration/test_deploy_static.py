@@ -68,7 +68,7 @@ def test_promtool_check_config_with_rules(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = run(["promtool", "check", "config", str(path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 10 rules found" in proc.stdout + proc.stderr
+    assert "SUCCESS: 12 rules found" in proc.stdout + proc.stderr
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["mrad"]["metrics_path"] == "/metrics"
     assert jobs["mrad"]["static_configs"][0]["targets"] == ["mrad:8081"]
@@ -79,7 +79,8 @@ def test_promtool_check_rules():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     groups = yaml.safe_load(open(RULES, encoding="utf-8"))["groups"]
     alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
-    assert alerts == {"MradDown", "MradHighLatencyP99", "MradSustained503", "MradQueueNearFull"}
+    assert alerts == {"MradDown", "MradHighLatencyP99", "MradSustained503", "MradQueueNearFull",
+                      "MradSessionBytesImbalance"}
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path):
@@ -101,6 +102,9 @@ def test_alert_unit_tests_pass():
     ("> 0.8", "> 0.95"),          # queue alert no longer fires at 90 %
     ("for: 1m", "for: 5m"),       # down alert fires later
     ("* 0 + 256", "* 0 + 512"),   # default queue limit changes
+    ("ratio_to_others > 4", "ratio_to_others > 10"),   # imbalance fires no more at 8x
+    ("(count by (job) (mrad_kv_bytes) - 1)", "count by (job) (mrad_kv_bytes)"),  # mean of all
+    (") > 0.25\n", ") > 0.75\n"),   # imbalance needs a fuller replica
 ])
 def test_alert_unit_tests_catch_a_changed_rule(tmp_path, change):
     rules = open(RULES, encoding="utf-8").read()
@@ -406,6 +410,14 @@ def test_dashboard_covers_what_operators_need():
                  "mrad_request_bytes_bucket", "mrad_batch_tokens_bucket",
                  "mrad_kv_sessions", "mrad_kv_bytes", "mrad_kv_budget_bytes"):
         assert name in exprs, name
+    # Per replica: the sessions, their bytes (also against the replicas'
+    # mean, as the imbalance alert sees them) and the lookups missed.
+    for q in ("sum by (instance) (mrad_kv_sessions{", "sum by (instance) (mrad_kv_bytes{",
+              "sum by (instance) (mrad_kv_bytes{job=~\"$job\", instance=~\"$instance\"})"
+              " / scalar(avg(mrad_kv_bytes{",
+              'sum by (instance) (rate(mrad_kv_lookups_total{job=~"$job", '
+              'instance=~"$instance", result="miss"}'):
+        assert q in exprs, q
     for grouping in ("sum by (code)", "sum by (route)", "sum by (api, method)",
                      "sum by (route, le)", "sum by (method, le)", "sum by (direction)",
                      "sum by (direction, le)", "sum by (route, code)"):
