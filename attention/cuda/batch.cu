@@ -63,22 +63,22 @@ size_t add_sat(size_t a, size_t b)
 struct job {
     const attn_problem *p;
     int err;
-    size_t sz[NT];      /* bytes of each tensor; 0: none, or a store's */
-    size_t in_bytes;    /* its inputs, each from an aligned offset */
-    size_t in_off;      /* in din: its inputs, contiguous */
-    size_t out_off;     /* in din: its output */
-    size_t work_bytes;  /* its work buffers: a gathered query mask, then
-                           the MRA buffers */
-    size_t work_off;    /* in `work`, within its wave's */
-    bool pinned[NT];    /* a host tensor in pinned memory: copied from or
-                           to where it is */
-    dev_problem d;      /* resolved once its addresses are known */
-    attend_args a;      /* what the fused kernel reads */
-    attend_kind kind;   /* which fused kernel */
-    mra_work w;         /* its MRA buffers */
+    size_t sz[NT];     /* bytes of each tensor; 0: none, or a store's */
+    size_t in_bytes;   /* its inputs, each from an aligned offset */
+    size_t in_off;     /* in din: its inputs, contiguous */
+    size_t out_off;    /* in din: its output */
+    size_t work_bytes; /* its work buffers: a gathered query mask, then
+                          the MRA buffers */
+    size_t work_off;   /* in `work`, within its wave's */
+    bool pinned[NT];   /* a host tensor in pinned memory: copied from or
+                          to where it is */
+    dev_problem d;     /* resolved once its addresses are known */
+    attend_args a;     /* what the fused kernel reads */
+    attend_kind kind;  /* which fused kernel */
+    mra_work w;        /* its MRA buffers */
     uint64_t plan_bl[PH_COUNT];
     uint64_t attend_bl;
-    void *gather;       /* its query mask gathered from a store, or NULL */
+    void *gather; /* its query mask gathered from a store, or NULL */
 };
 
 /* The checked problem p with its tensors at the given device addresses.
@@ -215,8 +215,8 @@ void job_init(cuda_ctx *c, job *j, const attn_problem *p, bool host)
 
 /* Gives the job its device addresses: q, keys and values, masks and out
  * (device memory already), its work buffers at `work`. */
-void job_resolve(job *j, const void *q, const kv_src &kv,
-                 const uint8_t *q_mask, void *out, char *work)
+void job_resolve(job *j, const void *q, const kv_src &kv, const uint8_t *q_mask,
+                 void *out, char *work)
 {
     j->d = make_dev(j->p, q, kv, q_mask, out);
     dev_problem &d = j->d;
@@ -268,10 +268,10 @@ struct wave {
     /* the plan of its MRA problems */
     uint32_t nplan;
     plan_group pg;
-    plan_item *items;      /* host copies: pg.one, or the pinned table */
-    uint32_t *starts;      /* host copies: one_starts, or the pinned table */
+    plan_item *items; /* host copies: pg.one, or the pinned table */
+    uint32_t *starts; /* host copies: one_starts, or the pinned table */
     uint32_t one_starts[PH_COUNT * 2];
-    job **plan_jobs;       /* the job of each item */
+    job **plan_jobs; /* the job of each item */
     int *plan_errs;
     uint64_t plan_bl[PH_COUNT];
     /* the fused kernels */
@@ -443,9 +443,8 @@ void up_flush(uploader *u)
 {
     if (u->dev0 && !u->rc) {
         cuda_ctx *c = u->c;
-        cudaError_t e =
-            cudaMemcpyAsync(u->dev0, c->ring_up[u->slot].base, u->used,
-                            cudaMemcpyHostToDevice, c->up);
+        cudaError_t e = cudaMemcpyAsync(u->dev0, c->ring_up[u->slot].base,
+                                        u->used, cudaMemcpyHostToDevice, c->up);
         if (e == cudaSuccess)
             e = cudaEventRecord(c->up_slot[u->slot], c->up);
         u->rc = cuda_err(e);
@@ -465,8 +464,8 @@ void up_put(uploader *u, void *dst, const void *src, size_t n, bool pinned)
     if (pinned) {
         up_flush(u);
         if (!u->rc)
-            u->rc = cuda_err(cudaMemcpyAsync(dst, src, n,
-                                             cudaMemcpyHostToDevice, c->up));
+            u->rc = cuda_err(
+                cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->up));
         return;
     }
     size_t cap = c->ring_up[0].cap < c->ring_up[1].cap ? c->ring_up[0].cap
@@ -562,7 +561,8 @@ void down_put(downloader *d, char *dst, const char *src, size_t n, uint32_t w)
                      ? c->ring_down[0].cap
                      : c->ring_down[1].cap;
     while (n > 0 && !d->rc) {
-        if (d->dev0 && (src < d->dev0 + d->used || (size_t)(src - d->dev0) >= cap))
+        if (d->dev0 &&
+            (src < d->dev0 + d->used || (size_t)(src - d->dev0) >= cap))
             down_issue(d);
         int s = d->slot;
         if (!d->dev0) {
@@ -572,8 +572,8 @@ void down_put(downloader *d, char *dst, const char *src, size_t n, uint32_t w)
         }
         if (d->npieces[s] == d->cap[s]) {
             size_t nc = d->cap[s] ? 2 * d->cap[s] : 16;
-            down_piece *np = (down_piece *)realloc(d->pieces[s],
-                                                   nc * sizeof(down_piece));
+            down_piece *np =
+                (down_piece *)realloc(d->pieces[s], nc * sizeof(down_piece));
             if (!np) {
                 d->rc = ATTN_ENOMEM;
                 return;
@@ -615,15 +615,15 @@ struct batch {
     kind_group *kinds;
 };
 
-int reserve_all(cuda_ctx *c, size_t din, size_t work, size_t tbl,
-                size_t up, size_t down)
+int reserve_all(cuda_ctx *c, size_t din, size_t work, size_t tbl, size_t up,
+                size_t down)
 {
     struct {
         arena *a;
         size_t need;
-    } want[] = {{&c->din, din},          {&c->work, work},
-                {&c->tbl_host, tbl},     {&c->tbl_dev, tbl},
-                {&c->ring_up[0], up},    {&c->ring_up[1], up},
+    } want[] = {{&c->din, din},           {&c->work, work},
+                {&c->tbl_host, tbl},      {&c->tbl_dev, tbl},
+                {&c->ring_up[0], up},     {&c->ring_up[1], up},
                 {&c->ring_down[0], down}, {&c->ring_down[1], down}};
     bool grow = false;
     for (auto &x : want)
@@ -818,8 +818,8 @@ void run_span(batch *b, size_t lo, size_t hi)
         for (uint32_t y = 0; y < w->n; y++) {
             job *j = w->jobs[y];
             if (!j->err && !j->pinned[T_OUT])
-                down_put(&dl, (char *)j->p->out, din + j->out_off,
-                         j->sz[T_OUT], x);
+                down_put(&dl, (char *)j->p->out, din + j->out_off, j->sz[T_OUT],
+                         x);
         }
     }
     down_finish(&dl);
@@ -865,8 +865,8 @@ int batch_compute(cuda_ctx *c, const attn_problem *const *probs, size_t n,
         run_span(&b, 0, n);
         mark_last(c, c->comp);
         for (size_t i = 0; i < n; i++)
-            errs[i] = c->sticky && !b.jobs[i].err ? ATTN_EBACKEND
-                                                   : b.jobs[i].err;
+            errs[i] =
+                c->sticky && !b.jobs[i].err ? ATTN_EBACKEND : b.jobs[i].err;
     }
     free(b.jobs);
     free(b.waves);

@@ -172,8 +172,7 @@ inline bool exec_one(CUstream_st *s)
         if (g.tracing)
             g.ran.push_back({o.tag, o.dst, o.src});
         o.fn();
-    }
-    else if (o.kind == op::RECORD)
+    } else if (o.kind == op::RECORD)
         o.ev->done = std::max(o.ev->done, o.seq);
     return true;
 }
@@ -217,7 +216,8 @@ inline void pump()
     for (bool more = true; more;) {
         more = false;
         for (auto &s : S().streams) {
-            while (live(s.get()) && !s->q.empty() && S().sticky == cudaSuccess) {
+            while (live(s.get()) && !s->q.empty() &&
+                   S().sticky == cudaSuccess) {
                 const op &h = s->q.front();
                 if (h.kind == op::WAIT && h.ev->done < h.seq)
                     break;
@@ -315,15 +315,19 @@ inline cudaError_t rt_memcpy(void *dst, const void *src, size_t n,
         memcpy(dst, src, n);
         return cudaSuccess;
     }
-    bool to_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-    bool from_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    bool to_dev =
+        kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool from_dev =
+        kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     const alloc *d = find(dst, n), *s = find(src, n);
     bool ok = (to_dev ? d && !d->pinned : !d || d->pinned) &&
               (from_dev ? s && !s->pinned : !s || s->pinned);
     if (!ok) {
         g.bad_copies++;
-        fprintf(stderr, "emu: copy of %zu bytes %p <- %p (kind %d) off its "
-                "allocations\n", n, dst, src, (int)kind);
+        fprintf(stderr,
+                "emu: copy of %zu bytes %p <- %p (kind %d) off its "
+                "allocations\n",
+                n, dst, src, (int)kind);
         return fail(cudaErrorInvalidValue);
     }
     g.copies.push_back({kind, dst, src, n});
@@ -331,17 +335,17 @@ inline cudaError_t rt_memcpy(void *dst, const void *src, size_t n,
         /* from pageable memory: read now, as the driver stages it */
         auto snap = std::make_shared<std::vector<char>>((const char *)src,
                                                         (const char *)src + n);
-        return enqueue(st, {op::RUN,
-                            [dst, snap] {
-                                memcpy(dst, snap->data(), snap->size());
-                            },
-                            nullptr, 0, 'H', dst, src});
+        return enqueue(
+            st,
+            {op::RUN, [dst, snap] { memcpy(dst, snap->data(), snap->size()); },
+             nullptr, 0, 'H', dst, src});
     }
     char tag = kind == cudaMemcpyHostToDevice   ? 'H'
                : kind == cudaMemcpyDeviceToHost ? 'D'
                                                 : 'd';
-    cudaError_t e = enqueue(st, {op::RUN, [dst, src, n] { memcpy(dst, src, n); },
-                                 nullptr, 0, tag, dst, src});
+    cudaError_t e =
+        enqueue(st, {op::RUN, [dst, src, n] { memcpy(dst, src, n); }, nullptr,
+                     0, tag, dst, src});
     if (e == cudaSuccess && kind == cudaMemcpyDeviceToHost && !d) {
         /* into pageable memory: the host waits for it */
         drain(st);
@@ -382,14 +386,16 @@ inline cudaError_t rt_pointer_attrs(cudaPointerAttributes *a, const void *p)
     if (S().sticky != cudaSuccess)
         return S().sticky;
     const alloc *x = find(p, 1);
-    a->type = !x ? cudaMemoryTypeUnregistered
-                 : x->pinned ? cudaMemoryTypeHost : cudaMemoryTypeDevice;
+    a->type = !x          ? cudaMemoryTypeUnregistered
+              : x->pinned ? cudaMemoryTypeHost
+                          : cudaMemoryTypeDevice;
     if (x && x->pinned)
         a->hostPointer = (void *)p;
     return cudaSuccess;
 }
 
-/* ---- streams and events --------------------------------------------------- */
+/* ---- streams and events ---------------------------------------------------
+ */
 
 inline cudaError_t rt_stream_create(cudaStream_t *s)
 {
@@ -529,7 +535,8 @@ inline cudaError_t rt_last_error()
     return e;
 }
 
-/* ---- kernels ---------------------------------------------------------------- */
+/* ---- kernels ----------------------------------------------------------------
+ */
 
 /* Runs `body` as a kernel on st (at once when st is NULL); the launch's
  * arguments were copied by the caller. */
@@ -581,7 +588,8 @@ inline cudaError_t rt_func_attr(int v)
                                        : fail(cudaErrorInvalidValue);
 }
 
-/* ---- cuBLAS ---------------------------------------------------------------- */
+/* ---- cuBLAS ----------------------------------------------------------------
+ */
 
 inline std::vector<std::unique_ptr<cublasContext>> &blas_handles()
 {
@@ -657,22 +665,27 @@ inline void reset_state()
 #define cudaSetDevice(d) ::mrad_emu::rt_set_device(d)
 #define cudaGetDevice(d) ::mrad_emu::rt_get_device(d)
 #define cudaDeviceGetAttribute(v, a, d) ::mrad_emu::rt_attr(v, a, d)
-#define cudaFuncSetAttribute(f, a, v) ((void)(f), (void)(a), ::mrad_emu::rt_func_attr(v))
+#define cudaFuncSetAttribute(f, a, v)                                          \
+    ((void)(f), (void)(a), ::mrad_emu::rt_func_attr(v))
 #define cudaDriverGetVersion(v) (*(v) = 13000, cudaSuccess)
 #define cudaRuntimeGetVersion(v) (*(v) = 13000, cudaSuccess)
 #define cudaMalloc(p, n) ::mrad_emu::rt_alloc((void **)(p), (n), false)
-#define cudaHostAlloc(p, n, f) ((void)(f), ::mrad_emu::rt_alloc((void **)(p), (n), true))
+#define cudaHostAlloc(p, n, f)                                                 \
+    ((void)(f), ::mrad_emu::rt_alloc((void **)(p), (n), true))
 #define cudaFree(p) ::mrad_emu::rt_free((p), false)
 #define cudaFreeHost(p) ::mrad_emu::rt_free((p), true)
 #define cudaMemcpyAsync(d, s, n, k, st) ::mrad_emu::rt_memcpy(d, s, n, k, st)
 #define cudaMemsetAsync(p, v, n, st) ::mrad_emu::rt_memset(p, v, n, st)
 #define cudaMemGetInfo(f, t) ::mrad_emu::rt_mem_info(f, t)
 #define cudaPointerGetAttributes(a, p) ::mrad_emu::rt_pointer_attrs(a, p)
-#define cudaStreamCreateWithFlags(s, f) ((void)(f), ::mrad_emu::rt_stream_create(s))
+#define cudaStreamCreateWithFlags(s, f)                                        \
+    ((void)(f), ::mrad_emu::rt_stream_create(s))
 #define cudaStreamDestroy(s) ::mrad_emu::rt_stream_destroy(s)
 #define cudaStreamSynchronize(s) ::mrad_emu::rt_stream_sync(s)
-#define cudaStreamWaitEvent(s, e, f) ((void)(f), ::mrad_emu::rt_stream_wait(s, e))
-#define cudaEventCreateWithFlags(e, f) ((void)(f), ::mrad_emu::rt_event_create(e))
+#define cudaStreamWaitEvent(s, e, f)                                           \
+    ((void)(f), ::mrad_emu::rt_stream_wait(s, e))
+#define cudaEventCreateWithFlags(e, f)                                         \
+    ((void)(f), ::mrad_emu::rt_event_create(e))
 #define cudaEventDestroy(e) ::mrad_emu::rt_event_destroy(e)
 #define cudaEventRecord(e, s) ::mrad_emu::rt_event_record(e, s)
 #define cudaEventSynchronize(e) ::mrad_emu::rt_event_sync(e)
@@ -687,7 +700,8 @@ inline void reset_state()
 #define cublasCreate(h) ::mrad_emu::rt_blas_create(h)
 #define cublasDestroy(h) ::mrad_emu::rt_blas_destroy(h)
 #define cublasSetStream(h, s) ::mrad_emu::rt_blas_set_stream(h, s)
-#define cublasSetWorkspace(h, w, n) ((void)(w), (void)(n), ::mrad_emu::rt_blas_ok(h))
+#define cublasSetWorkspace(h, w, n)                                            \
+    ((void)(w), (void)(n), ::mrad_emu::rt_blas_ok(h))
 #define cublasSetMathMode(h, m) ((void)(m), ::mrad_emu::rt_blas_ok(h))
 
 #endif /* MRAD_TESTS_CUDA_EMU_RUNTIME_H */

@@ -118,7 +118,8 @@ data *make(const tcase &c, uint64_t seed, bool pinned = false)
     d->c = c;
     d->pinned = pinned;
     size_t es = attn_dtype_size(c.dt);
-    size_t nq = (size_t)c.B * c.H * c.Nq * c.D, nk = (size_t)c.B * c.Hkv * c.Nk * c.D;
+    size_t nq = (size_t)c.B * c.H * c.Nq * c.D,
+           nk = (size_t)c.B * c.Hkv * c.Nk * c.D;
     d->qb = nq * es;
     d->kb = nk * es;
     d->q = host_alloc(d->qb, pinned);
@@ -214,9 +215,9 @@ void run_batch(attn_backend *be, const std::vector<data *> &ds)
         ps.push_back(&d->p);
     }
     std::vector<int> errs(ds.size(), -1);
-    assert_int_equal(
-        attn_backend_compute_batch(be, ps.data(), ps.size(), nullptr, errs.data()),
-        ATTN_OK);
+    assert_int_equal(attn_backend_compute_batch(be, ps.data(), ps.size(),
+                                                nullptr, errs.data()),
+                     ATTN_OK);
     for (int e : errs)
         assert_int_equal(e, ATTN_OK);
 }
@@ -285,7 +286,8 @@ void check_batch(size_t ring_slot, size_t wave_bytes, mrad_emu::policy pol,
         assert_memory_equal(ds[i]->out, alone[i].data(), ds[i]->qb);
     printf("batch of %zu, slots of %zu B, waves of %zu B, %s streams, %s "
            "buffers: bitwise as alone, as the CPU; pinned peak %zu B\n",
-           NMIXED, ring_slot, wave_bytes, pol == mrad_emu::LAZY ? "lazy" : "eager",
+           NMIXED, ring_slot, wave_bytes,
+           pol == mrad_emu::LAZY ? "lazy" : "eager",
            pinned ? "pinned" : "pageable", S().pinned_peak);
     clean();
     attn_backend_free(be);
@@ -331,10 +333,10 @@ void test_one_launch_per_batch(void **state)
 {
     (void)state;
     attn_backend *be = open("cuda");
-    const tcase mra = {ATTN_MRA2, ATTN_BF16, 1, 2, 1, 70, 70, 64, 2,
-                       true,      false,     false};
-    const tcase ex = {ATTN_EXACT, ATTN_F16, 1, 2, 1, 70, 70, 64, 0,
-                      false,      true,     false};
+    const tcase mra = {ATTN_MRA2, ATTN_BF16, 1, 2,    1,     70,
+                       70,        64,        2, true, false, false};
+    const tcase ex = {ATTN_EXACT, ATTN_F16, 1, 2,     1,    70,
+                      70,         64,       0, false, true, false};
     for (const tcase &c : {mra, ex}) {
         std::vector<data *> ds;
         for (int i = 0; i < 8; i++)
@@ -343,7 +345,8 @@ void test_one_launch_per_batch(void **state)
         run_batch(be, {ds[0]});
         uint64_t one = S().launches - l0;
         std::vector<unsigned char> first((unsigned char *)ds[0]->out,
-                                         (unsigned char *)ds[0]->out + ds[0]->qb);
+                                         (unsigned char *)ds[0]->out +
+                                             ds[0]->qb);
         l0 = S().launches;
         size_t c0 = S().copies.size();
         run_batch(be, ds);
@@ -386,9 +389,9 @@ void test_waves_overlap(void **state)
     attn_backend *be = open("cuda");
     std::vector<data *> ds;
     for (int i = 0; i < 3; i++)
-        ds.push_back(make({ATTN_MRA2, ATTN_BF16, 1, 2, 1, 64, 64, 64, 2, false,
-                           false, false},
-                          200 + i, true));
+        ds.push_back(make(
+            {ATTN_MRA2, ATTN_BF16, 1, 2, 1, 64, 64, 64, 2, false, false, false},
+            200 + i, true));
     S().tracing = true;
     run_batch(be, ds);
     S().tracing = false;
@@ -428,9 +431,9 @@ void test_memory_returns(void **state)
     mrad_cuda::g_tune = {64 << 10, 16u << 20};
     attn_backend *be = open("cuda");
     size_t base_dev = S().dev_used, base_pinned = S().pinned_used;
-    data *d = make({ATTN_EXACT, ATTN_F32, 1, 4, 4, 2000, 2000, 64, 0, false,
-                    false, false},
-                   300);
+    data *d = make(
+        {ATTN_EXACT, ATTN_F32, 1, 4, 4, 2000, 2000, 64, 0, false, false, false},
+        300);
     run_batch(be, {d});
     std::vector<unsigned char> first((unsigned char *)d->out,
                                      (unsigned char *)d->out + d->qb);
@@ -465,15 +468,15 @@ void test_fail_alone(void **state)
     S().capacity = (size_t)40 << 20; /* the cuBLAS workspace and 8 MiB */
     attn_backend *be = open("cuda");
     data *a = make(MIXED[1], 400), *b = make(MIXED[2], 401);
-    data *big = make({ATTN_EXACT, ATTN_F32, 1, 1, 1, 8192, 8192, 64, 0, false,
-                      false, false},
-                     402);
-    data *wide = make({ATTN_EXACT, ATTN_F32, 1, 1, 1, 40, 40, 200, 0, false,
-                       false, false},
-                      403);
-    data *tall = make({ATTN_EXACT, ATTN_BF16, 1, 1, 1, 40, 40, 200, 0, true,
-                       false, false},
-                      404);
+    data *big = make(
+        {ATTN_EXACT, ATTN_F32, 1, 1, 1, 8192, 8192, 64, 0, false, false, false},
+        402);
+    data *wide = make(
+        {ATTN_EXACT, ATTN_F32, 1, 1, 1, 40, 40, 200, 0, false, false, false},
+        403);
+    data *tall = make(
+        {ATTN_EXACT, ATTN_BF16, 1, 1, 1, 40, 40, 200, 0, true, false, false},
+        404);
     data *gone = make(MIXED[3], 405);
     int cancel = 1;
     gone->p.cancel = &cancel;
@@ -483,8 +486,8 @@ void test_fail_alone(void **state)
     run_batch(be, {b});
     std::vector<unsigned char> wb((unsigned char *)b->out,
                                   (unsigned char *)b->out + b->qb);
-    const attn_problem *ps[] = {&a->p, &big->p, &wide->p, &gone->p, &tall->p,
-                                &b->p};
+    const attn_problem *ps[] = {&a->p,    &big->p,  &wide->p,
+                                &gone->p, &tall->p, &b->p};
     int errs[6];
     memset(a->out, 0, a->qb);
     memset(b->out, 0, b->qb);
@@ -576,8 +579,10 @@ attn_kv *store_of(attn_backend *be, const data *d, uint32_t n)
     std::vector<char> k(units * n * row), v(units * n * row);
     std::vector<uint8_t> m((size_t)d->c.B * n, 1);
     for (size_t u = 0; u < units; u++) {
-        memcpy(&k[u * n * row], (const char *)d->k + u * d->c.Nk * row, n * row);
-        memcpy(&v[u * n * row], (const char *)d->v + u * d->c.Nk * row, n * row);
+        memcpy(&k[u * n * row], (const char *)d->k + u * d->c.Nk * row,
+               n * row);
+        memcpy(&v[u * n * row], (const char *)d->v + u * d->c.Nk * row,
+               n * row);
     }
     for (uint32_t b = 0; b < d->c.B && d->mask; b++)
         memcpy(&m[(size_t)b * n], d->mask + (size_t)b * d->c.Nk, n);
@@ -595,9 +600,8 @@ void test_store_in_batch(void **state)
     S().pol = mrad_emu::LAZY;
     attn_backend *be = open("cuda");
     data *x = make(MIXED[0], 600), *y = make(MIXED[4], 601);
-    data *dec = make({ATTN_MRA2, ATTN_BF16, 2, 4, 2, 1, 130, 64, 2, true, true,
-                      false},
-                     602);
+    data *dec = make(
+        {ATTN_MRA2, ATTN_BF16, 2, 4, 2, 1, 130, 64, 2, true, true, false}, 602);
     run_batch(be, {dec});
     std::vector<unsigned char> dense((unsigned char *)dec->out,
                                      (unsigned char *)dec->out + dec->qb);
