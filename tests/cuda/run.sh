@@ -10,6 +10,8 @@
 # - and there is no GPU, only the host emulations run, and the run says
 #   that no kernel ran on a GPU.  MRAD_REQUIRE_GPU=1 makes that a failure
 #   too (a host that is meant to have a GPU, tools/gpu-verify.sh).
+# MRAD_TEST_CUDA_EMUL=0 leaves the host emulations out where a GPU runs
+# the rest (they need no GPU, and GPU time is short).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -54,6 +56,7 @@ for t in $(find "$BUILD/tests/attention" -maxdepth 1 -type f -name 'test-*' -per
     run_one "$(basename "$t") [cuda]" env ATTN_TEST_BACKEND=cuda "$t"
 done
 for t in $(find "$BUILD/tests/cuda" -maxdepth 1 -type f -name 'test-*' -perm -u+x | sort); do
+    case "$t" in *-emul) [ "${MRAD_TEST_CUDA_EMUL:-1}" = 0 ] && continue ;; esac
     run_one "$(basename "$t")" "$t"
 done
 echo
