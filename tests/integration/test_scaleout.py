@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -600,3 +601,22 @@ def test_drain(cluster):
         assert sum(r.holds(proxy.raw_id(d.sid)) for r in others) == 1, d.sid
         st, b = d.step()
         assert st == 200, b
+
+
+def test_bench_scaleout_quick(tmp_path):
+    """bench/80-scaleout.sh's driver at its smallest: it runs, every
+    request succeeds and the report holds its figures."""
+    for name in ("haproxy", "nginx"):
+        if find_binary(name) is None:
+            pytest.skip(f"{name} is not installed (tools/deps.sh installs it)")
+    out = tmp_path / "scaleout.json"
+    bin_dir = os.path.dirname(MradServer().binary)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "scaleout.py"), "--quick",
+                           "--bin", bin_dir, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "target <= 1.2x" in proc.stdout and "3 replicas / 1 replica" in proc.stdout
+    rep = json.loads(out.read_text())
+    assert set(rep["decode_p50_ms"]) == {"direct", "haproxy", "nginx"}
+    assert all(v > 0 for v in rep["decode_p50_ms"].values())
+    assert all(v > 0 for v in rep["stateless_rps"].values())
