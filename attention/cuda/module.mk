@@ -44,17 +44,25 @@ test-cuda: tests-build
 
 # A shared library of the attention library for the Python benchmark
 # (ctypes, in the same process as PyTorch so device pointers can be shared).
-# It is made from libattn.a as built, so every object keeps its own flags;
-# -Bsymbolic binds the library's references to itself, which lets the
-# position-independent-executable objects of the default toolchain link.
-CUDA_BENCH_SO := $(BUILD)/libmrad-bench.so
-$(BUILD)/pic/bench/cuda/shim.o: bench/cuda/shim.c
+# The C objects of libattn.a are position-independent executables' code
+# (the default toolchain's -fPIE), whose thread-local variables use a model
+# that a shared library cannot hold, so the library's C sources are
+# compiled once more with -fPIC into $(BUILD)/pic/, with the flags each
+# gets in libattn.a (attention/module.mk); the CUDA objects are -fPIC
+# already.  -Bsymbolic binds the library's references to itself.
+CUDA_BENCH_SO  := $(BUILD)/libmrad-bench.so
+CUDA_BENCH_PIC := $(ATTN_SRCS:%.c=$(BUILD)/pic/%.o) $(BUILD)/pic/bench/cuda/shim.o
+$(BUILD)/pic/%.o: %.c VERSION
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -c $< -o $@
-$(CUDA_BENCH_SO): $(BUILD)/pic/bench/cuda/shim.o $(ATTN_LIB)
-	$(CC) -shared -Wl,-Bsymbolic $(LDFLAGS) -o $@ $< \
-	    -Wl,--whole-archive $(ATTN_LIB) -Wl,--no-whole-archive \
-	    $(ATTN_LDLIBS) $(LDLIBS)
+$(BUILD)/pic/attention/cpu/%.o: CFLAGS += -O3
+ifneq ($(filter x86_64 amd64,$(shell uname -m)),)
+$(BUILD)/pic/attention/cpu/kernels-avx2.o: CFLAGS += -mavx2 -mfma -ffp-contract=fast
+$(BUILD)/pic/attention/cpu/kernels-avx512.o: CFLAGS += -mavx512f -mfma -ffp-contract=fast
+endif
+.PRECIOUS: $(BUILD)/pic/%.o
+$(CUDA_BENCH_SO): $(CUDA_BENCH_PIC) $(ATTN_CU_OBJS)
+	$(CC) -shared -Wl,-Bsymbolic $(LDFLAGS) -o $@ $^ $(ATTN_LDLIBS) $(LDLIBS)
 
 PYTHON ?= python3
 bench-cuda: $(CUDA_BENCH_SO)
