@@ -615,7 +615,7 @@ def test_bench_scaleout_quick(tmp_path):
                            "--bin", bin_dir, "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "target <= 1.2x" in proc.stdout and "3 replicas / 1 replica" in proc.stdout
+    assert "target <= 1.2x" in proc.stdout and "3 replicas / 1 replica through" in proc.stdout
     rep = json.loads(out.read_text())
     assert set(rep["decode_p50_ms"]) == {"direct", "haproxy", "nginx"}
     assert all(v > 0 for v in rep["decode_p50_ms"].values())
