@@ -14,6 +14,8 @@ For each proxy:
   untouched; the Python client with keep_context=True re-creates the lost
   sessions and every step still equals the reference; the replica started
   again on its port gets new sessions from the proxy;
+- mra-load --decode through the proxy while a replica is killed: the
+  sessions it held are made again from their context, no other step fails;
 - a replica drained with SIGTERM: a step in flight on it finishes with its
   answer, and new sessions go to the other replicas.
 
@@ -552,6 +554,41 @@ def test_kill_and_restart(cluster):
         time.sleep(0.1)
     for e in kept:
         e[0].close()
+
+
+def test_load_decode_survives_a_kill(cluster):
+    """mra-load --decode through the proxy while a replica holding
+    sessions is killed: the sessions it held are made again from their
+    context (one re-create each), the others go on, and no step fails but
+    one that was in flight on the killed replica."""
+    proxy, replicas = cluster
+    mra_load = os.path.join(os.path.dirname(MradServer().binary), "mra-load")
+    load = subprocess.Popen(
+        [mra_load, "--url", proxy.url, "--decode", "--concurrency", "6", "--sessions", "6",
+         "--shape", f"1,{H},1,{D}", "--decode-context", str(CONTEXT), "--duration", "3",
+         "--warmup", "0", "--json", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while sum(counter(r, "mrad_kv_sessions") for r in replicas) < 6:
+            assert time.monotonic() < deadline and load.poll() is None, "no sessions"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        held = [int(counter(r, "mrad_kv_sessions")) for r in replicas]
+        victim = max(range(3), key=held.__getitem__)
+        replicas[victim].srv.signal(signal.SIGKILL)
+        out, _ = load.communicate(timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    rep = json.loads(out)
+    dec = rep["decode"]
+    failed = rep["status"]["other"] + rep["status"]["transport"] + rep["status"]["503"]
+    assert failed <= held[victim], rep["status"]
+    assert held[victim] <= dec["recreated"] <= held[victim] + failed, (held, dec)
+    assert dec["recreate_failed"] == 0 and dec["abandoned"] == 0, dec
+    assert rep["status"]["200"] > 100, rep["status"]
 
 
 def test_drain(cluster):
