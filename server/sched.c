@@ -11,6 +11,7 @@
  */
 #include "server/sched.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -22,6 +23,9 @@
 #ifdef MRAD_TEST_HOOKS
 #include "attention/attn-test.h"
 #endif
+
+/* Seconds between the health checks of an idle, unhealthy worker. */
+#define HEALTH_PROBE_S 1
 
 struct worker {
     struct mrad_sched *s;
@@ -243,9 +247,28 @@ static void *worker_main(void *arg)
     struct mrad_job **jobs = w->running;
     worker_sample(w);
     for (;;) {
+        int probe = 0;
         pthread_mutex_lock(&s->lock);
-        while (!w->stop && !w->nbatch && !w->trim)
-            pthread_cond_wait(&w->cond, &s->lock);
+        while (!w->stop && !w->nbatch && !w->trim && !probe) {
+            if (w->healthy) {
+                pthread_cond_wait(&w->cond, &s->lock);
+                continue;
+            }
+            /* An unhealthy backend is asked again every second, traffic
+             * or not: asking is what lets a device backend rebuild its
+             * context (attention/cuda/README.md), and
+             * /healthz stays 503 until it has. */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += HEALTH_PROBE_S;
+            probe =
+                pthread_cond_timedwait(&w->cond, &s->lock, &until) == ETIMEDOUT;
+        }
+        if (probe && !w->stop && !w->nbatch && !w->trim) {
+            pthread_mutex_unlock(&s->lock);
+            worker_sample(w);
+            continue;
+        }
         if (w->trim && !w->nbatch) {
             w->trim = 0;
             pthread_mutex_unlock(&s->lock);

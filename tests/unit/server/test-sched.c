@@ -40,6 +40,8 @@ struct gate_backend {
     const struct attn_problem *first[MAX_BATCHES];
     size_t nbatches;
     int fail; /* fail every problem with ATTN_EBACKEND */
+    int sick; /* health() answers ATTN_EBACKEND this many more times */
+    int health_calls;
 };
 
 static int gate_compute(void *ctx, const struct attn_problem *const *probs,
@@ -64,6 +66,17 @@ static int gate_compute(void *ctx, const struct attn_problem *const *probs,
     return ATTN_OK;
 }
 
+static int gate_health(void *ctx)
+{
+    struct gate_backend *g = ctx;
+    pthread_mutex_lock(&g->lock);
+    g->health_calls++;
+    int rc = g->sick > 0 ? ATTN_EBACKEND : ATTN_OK;
+    g->sick -= g->sick > 0;
+    pthread_mutex_unlock(&g->lock);
+    return rc;
+}
+
 static void gate_free(void *ctx)
 {
     (void)ctx; /* owned by the test */
@@ -72,6 +85,7 @@ static void gate_free(void *ctx)
 static const struct attn_backend_i gate_iface = {
     .name = "gate",
     .compute_batch = gate_compute,
+    .health = gate_health,
     .free = gate_free,
 };
 
@@ -699,6 +713,37 @@ static void test_stop(void **state)
     mrad_job_unref(&late.job);
 }
 
+/* A backend unhealthy at the start, which heals when asked a few times:
+ * the idle worker asks again (about every second) without any traffic,
+ * and the scheduler reports healthy once it has. */
+static void test_health_probed_while_idle(void **state)
+{
+    (void)state;
+    struct gate_backend g;
+    struct mrad_sched_config cfg = {64, 1, 0, 0};
+    struct attn_backend *be = gate_new(&g, 1);
+    g.sick = 3;
+    int device = 0;
+    struct mrad_sched *s;
+    assert_int_equal(mrad_sched_start(&s, &cfg, &be, &device, 1), 0);
+    struct mrad_sched_status st;
+    mrad_sched_status(s, &st);
+    assert_false(st.healthy);
+    for (int i = 0; i < 100; i++) {
+        mrad_sched_status(s, &st);
+        if (st.healthy)
+            break;
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(st.healthy);
+    pthread_mutex_lock(&g.lock);
+    assert_true(g.health_calls >= 4);
+    assert_int_equal(g.nbatches, 0);
+    pthread_mutex_unlock(&g.lock);
+    mrad_sched_free(s);
+}
+
 int main(void)
 {
     mrad_log_init(MRAD_LOG_TEXT, MRAD_LOG_ERROR);
@@ -718,6 +763,7 @@ int main(void)
         cmocka_unit_test(test_pinned),
         cmocka_unit_test(test_calls),
         cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_health_probed_while_idle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
