@@ -178,10 +178,15 @@ static void drain(const struct mrad_config *cfg, struct mrad_http *http,
 /* Once the service has been idle for --idle-release-ms, the memory kept
  * for reuse goes back to the system: cached buffers, and the free pages
  * of the heap (which main() tells glibc to keep while busy). */
+/* Heap trims of one idle period: 200 ms after the release, then every
+ * 2 s, this many in all. */
+#define IDLE_TRIMS 5
+
 struct idle_state {
     uint64_t busy_ns; /* last time something was in flight */
     int released;     /* released since then */
-    uint64_t trim_at; /* when to trim the heap, 0 = done */
+    uint64_t trim_at; /* when to trim the heap next, 0 = done */
+    int trims;        /* trims since the release */
 };
 
 static void release_when_idle(const struct mrad_config *cfg,
@@ -200,10 +205,15 @@ static void release_when_idle(const struct mrad_config *cfg,
         return;
     }
     if (is->released) {
+        /* Trimmed again every few seconds while idle: memory a worker or
+         * a late answer frees after a trim (a worker still giving its
+         * buffers back when the first one ran) goes back too.  Cheap on a
+         * heap with nothing to give. */
         if (is->trim_at && now >= is->trim_at) {
             malloc_trim(0);
-            is->trim_at = 0;
-            mrad_log(MRAD_LOG_DEBUG, "idle: cached memory released");
+            if (is->trims++ == 0)
+                mrad_log(MRAD_LOG_DEBUG, "idle: cached memory released");
+            is->trim_at = is->trims < IDLE_TRIMS ? now + 2000 * 1000000ull : 0;
         }
         return;
     }
@@ -214,6 +224,7 @@ static void release_when_idle(const struct mrad_config *cfg,
     /* The workers free their memory on their own threads: the heap is
      * trimmed on the next round, after they did. */
     is->released = 1;
+    is->trims = 0;
     is->trim_at = now + 200 * 1000000ull;
 }
 
@@ -358,7 +369,7 @@ int main(int argc, char **argv)
         mrad_log(MRAD_LOG_INFO, "probes and /metrics also on %s:%u (admin)",
                  cfg.host, (unsigned)mrad_http_admin_port(http));
 
-    struct idle_state idle = {mrad_now_ns(), 0, 0};
+    struct idle_state idle = {mrad_now_ns(), 0, 0, 0};
     int sig;
     while ((sig = wait_signal(&sigs, 500)) != SIGTERM && sig != SIGINT) {
         if (sig == SIGHUP)
