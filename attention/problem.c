@@ -257,13 +257,15 @@ double attn_cost(const struct attn_problem *p)
         return heads * exact_pairs(p) * per_logit;
     double hi = max_selected(p, &g) + (double)g.partial;
     double n = (double)attn_error_samples(p);
-    /* target_error: each step of the ladder merges the sampled rows'
-     * block terms once (about 2*log(nbk)/log(1.25) + 8 steps) */
+    /* target_error: each step of the ladder selects over the whole grid
+     * and merges the sampled rows' block terms once (about
+     * 2*log(nbk)/log(1.25) + 8 steps) */
     double steps = p->target_error > 0.0f
                        ? 8.0 + 2.0 * log((double)g.nbk + 1.0) / log(1.25)
                        : 0.0;
     return heads * (hi * b2 * per_logit +
                     (double)g.nbq * (double)g.nbk * (3.0 * p->D + 16.0) +
                     n * (double)p->Nk * per_logit +
-                    steps * n * (double)g.nbk * (2.0 * p->D + 16.0));
+                    steps * n * (double)g.nbk * (2.0 * p->D + 16.0) +
+                    steps * (double)g.nbq * (double)g.nbk * 8.0);
 }

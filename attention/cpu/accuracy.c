@@ -8,17 +8,19 @@
 
 #include "attention/internal.h"
 #include "attention/cpu/accuracy.h"
+#include "attention/cpu/decode.h"
 #include "attention/cpu/kv.h"
 
-/* Query row t of the head in f32, zero-padded to Dp. */
-static void q_row(const struct cpu_head *hd, uint32_t t,
-                  const struct cpu_kernels *kern, float *q)
+/* Row t of the head in a [B, H, Nq, D] tensor (q or out) in f32,
+ * zero-padded to Dp. */
+static void head_row(const struct cpu_head *hd, const void *base, uint32_t t,
+                     const struct cpu_kernels *kern, float *dst)
 {
     const struct attn_problem *p = hd->p;
     size_t es = attn_dtype_size(p->dtype);
     size_t idx = (((size_t)hd->b * p->H + hd->h) * hd->Nq + t) * hd->D;
-    kern->to_f32(p->dtype, (const char *)p->q + idx * es, q, hd->D);
-    memset(q + hd->D, 0, (hd->Dp - hd->D) * sizeof *q);
+    kern->to_f32(p->dtype, (const char *)base + idx * es, dst, hd->D);
+    memset(dst + hd->D, 0, (hd->Dp - hd->D) * sizeof *dst);
 }
 
 /* The 32 keys (values: 1, the values) of block J in f32, rows of Dp,
@@ -47,23 +49,6 @@ static const float *kv_block(const struct cpu_head *hd, int values, uint32_t J,
     return buf;
 }
 
-/* Under causality: hides the keys of block J beyond each row's last key
- * lim[r] and takes the rows' maxima again. */
-static void mask_rows(float *s, float *smax, const int64_t *lim, uint32_t rows,
-                      uint32_t J)
-{
-    int64_t k0 = (int64_t)J * CPU_TILE;
-    for (uint32_t r = 0; r < rows; r++) {
-        float *row = s + (size_t)r * CPU_TILE, mx = -INFINITY;
-        for (int j = 0; j < CPU_TILE; j++) {
-            if (k0 + j > lim[r])
-                row[j] = -INFINITY;
-            mx = row[j] > mx ? row[j] : mx;
-        }
-        smax[r] = mx;
-    }
-}
-
 /* One online-softmax step of `rows` query rows q (rows of Dp) over key
  * block J, every key the rows see: the few-row kernels, then the causal
  * mask where some key of the block is past a row's last key lim[r]. */
@@ -86,7 +71,7 @@ static void attend_block(const struct cpu_head *hd, uint32_t J, const float *q,
         for (uint32_t r = 1; r < rows; r++)
             least = lim[r] < least ? lim[r] : least;
         if ((int64_t)J * CPU_TILE + CPU_TILE - 1 > least)
-            mask_rows(s, smax, lim, rows, J);
+            cpu_causal_mask_rows(s, smax, lim, rows, J);
     }
     kern->softmax_rows(s, smax, rows, m, l, alpha);
     kern->pv_rows(s, v, rows, Dp, alpha, acc);
@@ -251,7 +236,7 @@ void cpu_acc_sample(struct cpu_head *hd, uint32_t item,
     int64_t lim[CPU_TILE], most = -1, least = INT64_MAX;
     memset(qt, 0, (size_t)D * CPU_TILE * sizeof *qt);
     for (uint32_t i = 0; i < rows; i++) {
-        q_row(hd, hd->srow[r0 + i], kern, q);
+        head_row(hd, hd->p->q, hd->srow[r0 + i], kern, q);
         for (uint32_t d = 0; d < D; d++)
             qt[(size_t)d * CPU_TILE + i] = q[d];
         lim[i] = last_key(hd, hd->srow[r0 + i]);
@@ -306,7 +291,7 @@ static double sample_error(struct cpu_head *hd, uint32_t s,
         if (sel[J] != 1 || merged[J] || hd->cnt[J] == 0.0f)
             continue;
         if (!loaded)
-            q_row(hd, t, kern, q), loaded = 1;
+            head_row(hd, hd->p->q, t, kern, q), loaded = 1;
         attend_block(hd, J, q, 1, &lim, kern, &hd->hm[s], &hd->hl[s], acc);
         merged[J] = 1;
     }
@@ -380,16 +365,6 @@ void cpu_acc_choose(struct cpu_head *hd, const struct cpu_kernels *kern)
     }
 }
 
-/* Row t of the answer in f32. */
-static void out_row(const struct cpu_head *hd, uint32_t t,
-                    const struct cpu_kernels *kern, float *o)
-{
-    const struct attn_problem *p = hd->p;
-    size_t es = attn_dtype_size(p->dtype);
-    size_t idx = (((size_t)hd->b * p->H + hd->h) * hd->Nq + t) * hd->D;
-    kern->to_f32(p->dtype, (const char *)p->out + idx * es, o, hd->D);
-}
-
 static double sq_norm(const float *x, uint32_t D)
 {
     double e = 0.0;
@@ -431,7 +406,7 @@ void cpu_acc_stats(struct cpu_head *hd, const struct cpu_kernels *kern)
     for (uint32_t s = 0; s < hd->ns; s++) {
         const float *x = hd->xs + (size_t)s * hd->Dp;
         double w = hd->wtot / ((double)hd->ns * hd->sw[s]), e = 0.0;
-        out_row(hd, hd->srow[s], kern, o);
+        head_row(hd, hd->p->out, hd->srow[s], kern, o);
         for (uint32_t d = 0; d < D; d++) {
             double diff = (double)o[d] - x[d];
             e += diff * diff;
@@ -442,7 +417,7 @@ void cpu_acc_stats(struct cpu_head *hd, const struct cpu_kernels *kern)
     for (uint32_t t = 0; t < hd->Nq; t++) {
         if (hd->loose[t / CPU_TILE] || !cpu_head_query_real(hd, t))
             continue;
-        out_row(hd, t, kern, o);
+        head_row(hd, hd->p->out, t, kern, o);
         den += sq_norm(o, D);
     }
     hs->err_num = num;

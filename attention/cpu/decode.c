@@ -317,8 +317,8 @@ static void write_out(const struct dec *d, uint32_t b, uint32_t h, uint32_t i,
 
 /* Hides the keys of block J beyond each row's position: key 32J + j is
  * seen by row r when it is <= pos[r].  smax is taken again. */
-static void causal_mask_rows(float *s, float *smax, const int64_t *pos,
-                             uint32_t rows, uint32_t J)
+void cpu_causal_mask_rows(float *s, float *smax, const int64_t *pos,
+                          uint32_t rows, uint32_t J)
 {
     int64_t k0 = (int64_t)J * TILE;
     for (uint32_t r = 0; r < rows; r++) {
@@ -395,7 +395,7 @@ static void tile_step(const struct dec *d, struct wbuf *w, uint32_t t,
         d->kern->qk_rows(k, w->q + (size_t)t * tw * Dp, rows, Dp, d->scale,
                          w->kbias, w->s, mx);
         if (mask)
-            causal_mask_rows(w->s, mx, pos, rows, J);
+            cpu_causal_mask_rows(w->s, mx, pos, rows, J);
         d->kern->softmax_rows(w->s, mx, rows, P, P + tw, alpha);
         d->kern->pv_rows(w->s, v, rows, Dp, alpha, P + 2 * tw);
         return;
@@ -649,7 +649,7 @@ static void mra_head(void *arg, size_t item, int worker)
             block_rows(d, u, J, &w, &k, &v);
             d->kern->qk_rows(k, w.q, rows, Dp, d->scale, w.kbias, w.s, smax);
             if (d->grid.causal && J >= vis && k0 + TILE - 1 > minpos)
-                causal_mask_rows(w.s, smax, pos, rows, J);
+                cpu_causal_mask_rows(w.s, smax, pos, rows, J);
             d->kern->softmax_rows(w.s, smax, rows, m, l, alpha);
             d->kern->pv_rows(w.s, v, rows, Dp, alpha, w.acc);
         }

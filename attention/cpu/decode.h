@@ -35,6 +35,12 @@
 /* Key blocks per chunk of the decode path. */
 #define CPU_DECODE_CHUNK 16
 
+/* Under causality, for `rows` row-major rows of logits s[r][j] of key
+ * block J (rows of CPU_TILE): hides the keys past each row's last key
+ * pos[r] and takes the rows' maxima smax[r] again. */
+void cpu_causal_mask_rows(float *s, float *smax, const int64_t *pos,
+                          uint32_t rows, uint32_t J);
+
 /* Nonzero when problem p takes the decode path. */
 int cpu_decode_fits(const struct attn_problem *p);
 

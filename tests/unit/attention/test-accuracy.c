@@ -7,7 +7,7 @@
  * heads; each head's statistics equal the reference's (budgets and pair
  * counts exactly, estimates closely); the outputs and statistics are the
  * same bits on 1, 2 and 7 threads; a backend without the controls and
- * bad parameters are refused.
+ * bad parameters are refused; the admission cost counts them.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -309,6 +309,17 @@ static void test_refused(void **state)
     assert_non_null(strstr(msg, "target_error"));
     f.p.target_error = NAN;
     assert_int_equal(attn_problem_check(&f.p, msg, sizeof msg), ATTN_EINVAL);
+    f.p.target_error = 0.0f;
+    /* the admission cost counts the samples and target_error's search */
+    fx_free(&f);
+    fx_init(&f, ATTN_MRA2, ATTN_F32, 1, 1, 1, 4096, 64, 3, 1.0);
+    double plain = attn_cost(&f.p);
+    f.p.error_samples = ATTN_MAX_ERROR_SAMPLES;
+    double sampled = attn_cost(&f.p);
+    f.p.error_samples = 0;
+    f.p.target_error = 0.01f;
+    double target = attn_cost(&f.p);
+    assert_true(plain > 0 && sampled > 1.2 * plain && target > plain);
     f.p.target_error = 0.0f;
     /* which built-in backends compute them */
     assert_true(attn_backend_accuracy("cpu"));
