@@ -38,7 +38,12 @@ struct mrad_guard_conn {
     enum conn_state state;
     uint64_t seen;       /* bytes received by the socket when it began
                             waiting for a head */
-    uint64_t first_ns;   /* when bytes of a head were first seen; 0 */
+    uint64_t gen;        /* requests ended on the connection */
+    uint64_t first_ns;   /* when bytes of a head were first seen; 0.
+                            Only the guard thread writes it and
+                            first_gen: a head seen before a request ended
+                            cannot start the deadline of the next */
+    uint64_t first_gen;  /* the gen first_ns belongs to */
     uint64_t body_ns;    /* when the body began */
     uint64_t body_bytes; /* of the body so far */
     int closed;          /* shut down by the guard */
@@ -90,14 +95,20 @@ static void check_conns(struct mrad_guard *g, uint64_t now)
     for (struct mrad_guard_conn *c = g->conns; c; c = c->next) {
         if (c->closed)
             continue;
+        uint64_t gen = __atomic_load_n(&c->gen, __ATOMIC_ACQUIRE);
         enum conn_state st = __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
         if (st == WAIT_HEAD) {
-            uint64_t first = __atomic_load_n(&c->first_ns, __ATOMIC_RELAXED);
-            if (!first) {
+            if (!c->first_ns || c->first_gen != gen) {
+                c->first_ns = 0;
                 if (bytes_received(c->fd) >
-                    __atomic_load_n(&c->seen, __ATOMIC_RELAXED))
-                    __atomic_store_n(&c->first_ns, now, __ATOMIC_RELAXED);
-            } else if (now - first > g->cfg.head_timeout_ns) {
+                    __atomic_load_n(&c->seen, __ATOMIC_RELAXED)) {
+                    c->first_ns = now;
+                    c->first_gen = gen;
+                }
+            } else if (now - c->first_ns > g->cfg.head_timeout_ns &&
+                       __atomic_load_n(&c->gen, __ATOMIC_ACQUIRE) == gen &&
+                       __atomic_load_n(&c->state, __ATOMIC_ACQUIRE) ==
+                           WAIT_HEAD) {
                 g->stats.head_timeouts++;
                 shut(c);
             }
@@ -277,8 +288,8 @@ void mrad_guard_request_done(struct mrad_guard_conn *c)
     if (!c)
         return;
     __atomic_store_n(&c->seen, bytes_received(c->fd), __ATOMIC_RELAXED);
-    __atomic_store_n(&c->first_ns, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&c->state, WAIT_HEAD, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->state, WAIT_HEAD, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&c->gen, 1, __ATOMIC_RELEASE);
 }
 
 int mrad_guard_linger(struct mrad_guard *g, int fd)

@@ -75,6 +75,10 @@ $(BUILD)/tests/server/test-sched: LDLIBS += $(PROTO_LIB) -luv
 # The shared-memory regions.
 $(BUILD)/tests/server/test-shm: $(BUILD)/server/shm.o
 
+# The connection guard, on loopback sockets.
+$(BUILD)/tests/server/test-guard: $(BUILD)/server/guard.o $(BUILD)/server/sched.o $(BUILD)/server/log.o $(BUILD)/server/metrics.o
+$(BUILD)/tests/server/test-guard: LDLIBS += $(PROTO_LIB) -luv
+
 # The session table, with the CPU backend's stores.
 $(BUILD)/tests/server/test-kv: $(BUILD)/server/kv.o $(BUILD)/server/sched.o $(BUILD)/server/log.o $(BUILD)/server/metrics.o
 $(BUILD)/tests/server/test-kv: LDLIBS += $(PROTO_LIB) $(ATTN_LIB) -luv $(ATTN_LDLIBS)

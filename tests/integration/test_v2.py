@@ -376,17 +376,27 @@ PERF = os.path.join(REPO, "tools", "perf-analyzer")
 def test_perf_analyzer(srv, shared):
     """Triton's load tool runs against mrad for a bounded time, over HTTP
     with binary data and with system shared memory, and its report
-    parses."""
+    parses.  Its stability criterion is set out of reach of a shared
+    machine's noise (the three windows must differ by less than ten times
+    their mean): what is checked is that every request succeeds."""
     if SAN and shared:
         pytest.skip("one run is enough under the sanitizers")
     args = [PERF, "-m", "mra2", "-u", f"127.0.0.1:{srv.port}", "-i", "http",
             "--shape", "q:1,2,64,16", "--shape", "k:1,2,64,16",
             "--shape", "v:1,2,64,16", "--measurement-interval", "500",
-            "--stability-percentage", "100", "--max-trials", "4"]
+            "--stability-percentage", "1000", "--max-trials", "4"]
     if shared:
         args += ["--shared-memory", "system"]
+    start = len(srv.log_lines)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    # on a failure, what the daemon said meanwhile besides its access
+    # lines, and the connections it closed
+    said = [ln for ln in srv.log_lines[start:] if " access " not in ln]
+    _, _, metrics = srv.get("/metrics")
+    closed = [ln for ln in metrics.decode().splitlines()
+              if ln.startswith("mrad_connections_closed_total")]
+    assert r.returncode == 0, "\n".join(
+        [r.stdout + r.stderr, "mrad:"] + said[-40:] + closed)
     m = re.search(r"Concurrency: 1, throughput: ([0-9.]+) infer/sec, "
                   r"latency (\d+) usec", r.stdout)
     assert m, r.stdout
