@@ -97,43 +97,59 @@ static struct mrad_guard *start(void)
     return g;
 }
 
-static void test_idle_between_requests_stays_open(void **state)
+/* A guard watching the server side of one connection that has served a
+ * request. */
+struct watched {
+    struct mrad_guard *g;
+    struct pair p;
+    struct mrad_guard_conn *c;
+};
+
+static int watched_setup(void **state)
 {
-    (void)state;
-    struct mrad_guard *g = start();
-    struct pair p = connect_pair();
-    struct mrad_guard_conn *c = mrad_guard_watch(g, p.server);
-    assert_non_null(c);
-    one_request(c, p);
-    one_request(c, p);
-    sleep_ms(3 * HEAD_MS);
-    assert_false(shut_down(p.client));
+    static struct watched w;
+    w.g = start();
+    w.p = connect_pair();
+    w.c = mrad_guard_watch(w.g, w.p.server);
+    assert_non_null(w.c);
+    one_request(w.c, w.p);
+    *state = &w;
+    return 0;
+}
+
+static int watched_teardown(void **state)
+{
+    struct watched *w = *state;
+    mrad_guard_forget(w->g, w->c);
+    mrad_guard_stop(w->g);
+    close(w->p.client);
+    close(w->p.server);
+    return 0;
+}
+
+static uint64_t head_timeouts(struct mrad_guard *g)
+{
     struct mrad_guard_stats st;
     mrad_guard_stats(g, &st);
-    assert_int_equal(st.head_timeouts, 0);
-    mrad_guard_forget(g, c);
-    mrad_guard_stop(g);
-    close(p.client);
-    close(p.server);
+    return st.head_timeouts;
+}
+
+static void test_idle_between_requests_stays_open(void **state)
+{
+    struct watched *w = *state;
+    one_request(w->c, w->p);
+    sleep_ms(3 * HEAD_MS);
+    assert_false(shut_down(w->p.client));
+    assert_int_equal(head_timeouts(w->g), 0);
 }
 
 static void test_an_unfinished_head_is_closed(void **state)
 {
-    (void)state;
-    struct mrad_guard *g = start();
-    struct pair p = connect_pair();
-    struct mrad_guard_conn *c = mrad_guard_watch(g, p.server);
-    one_request(c, p);
-    send_str(p.client, "GET / HT"); /* and nothing more */
+    struct watched *w = *state;
+    send_str(w->p.client, "GET / HT"); /* and nothing more */
     sleep_ms(3 * HEAD_MS);
-    assert_true(shut_down(p.client));
-    struct mrad_guard_stats st;
-    mrad_guard_stats(g, &st);
-    assert_int_equal(st.head_timeouts, 1);
-    mrad_guard_forget(g, c);
-    mrad_guard_stop(g);
-    close(p.client);
-    close(p.server);
+    assert_true(shut_down(w->p.client));
+    assert_int_equal(head_timeouts(w->g), 1);
 }
 
 /* The guard sees the bytes of a head before the request begins (it starts
@@ -141,22 +157,15 @@ static void test_an_unfinished_head_is_closed(void **state)
  * waits for the next one.  That wait is idle time, not a slow head. */
 static void test_a_watched_head_that_was_answered(void **state)
 {
-    (void)state;
-    struct mrad_guard *g = start();
-    struct pair p = connect_pair();
-    struct mrad_guard_conn *c = mrad_guard_watch(g, p.server);
-    one_request(c, p);
-    send_str(p.client, "GET / HTTP/1.1\r\n\r\n");
+    struct watched *w = *state;
+    send_str(w->p.client, "GET / HTTP/1.1\r\n\r\n");
     sleep_ms(250); /* two ticks of the guard: it has seen the bytes */
-    drain(p.server);
-    mrad_guard_head_done(c);
-    mrad_guard_request_done(c);
+    drain(w->p.server);
+    mrad_guard_head_done(w->c);
+    mrad_guard_request_done(w->c);
     sleep_ms(3 * HEAD_MS);
-    assert_false(shut_down(p.client));
-    mrad_guard_forget(g, c);
-    mrad_guard_stop(g);
-    close(p.client);
-    close(p.server);
+    assert_false(shut_down(w->p.client));
+    assert_int_equal(head_timeouts(w->g), 0);
 }
 
 static void test_lingering_close_reads_the_rest(void **state)
@@ -181,9 +190,12 @@ static void test_lingering_close_reads_the_rest(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_idle_between_requests_stays_open),
-        cmocka_unit_test(test_an_unfinished_head_is_closed),
-        cmocka_unit_test(test_a_watched_head_that_was_answered),
+        cmocka_unit_test_setup_teardown(test_idle_between_requests_stays_open,
+                                        watched_setup, watched_teardown),
+        cmocka_unit_test_setup_teardown(test_an_unfinished_head_is_closed,
+                                        watched_setup, watched_teardown),
+        cmocka_unit_test_setup_teardown(test_a_watched_head_that_was_answered,
+                                        watched_setup, watched_teardown),
         cmocka_unit_test(test_lingering_close_reads_the_rest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
