@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "attention/attn.h"
+#include "attention/cpu/kernels.h"
 #include "server/auth.h"
 #include "server/bufcache.h"
 #include "server/config.h"
@@ -48,9 +49,11 @@ static int open_backend(const struct mrad_config *cfg, const char *name,
 {
     struct attn_config ac = {0};
     ac.threads = (int)cfg->threads;
-    /* "auto" leaves the choice to the library (MRAD_ISA, else the best
-     * this CPU runs). */
-    ac.isa = strcmp(cfg->isa, "auto") ? cfg->isa : NULL;
+    /* The configuration has read MRAD_ISA already (--isa wins over it),
+     * so "auto" is the best this CPU runs, named here: the library would
+     * read the variable again. */
+    const struct cpu_kernels *best = cpu_kernels_pick(NULL);
+    ac.isa = strcmp(cfg->isa, "auto") ? cfg->isa : best ? best->name : NULL;
     ac.device = device;
     int rc = attn_backend_new(name, &ac, be);
     if (rc != ATTN_OK)

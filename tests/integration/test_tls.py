@@ -95,6 +95,12 @@ def test_isa_flag_reaches_the_backend_and_info():
         assert np.allclose(out, 1.0)
     with MradServer(threads=1, env={"MRAD_ISA": "portable"}) as srv:
         assert "portable" in json.loads(srv.get("/v1/info")[2])["device"]
+    # the flag wins over the variable, "auto" too: the best this CPU runs
+    with MradServer(["--isa", "auto"], threads=1) as srv:
+        best = json.loads(srv.get("/v1/info")[2])["device"]
+    with MradServer(["--isa", "auto"], threads=1,
+                    env={"MRAD_ISA": "portable"}) as srv:
+        assert json.loads(srv.get("/v1/info")[2])["device"] == best
     r = subprocess.run([MradServer().binary, "--isa", "sse9"], capture_output=True, text=True)
     assert r.returncode == 2 and "--isa" in r.stderr
     out = subprocess.run([MradServer().binary, "--help"], capture_output=True, text=True).stdout
