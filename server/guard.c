@@ -90,7 +90,7 @@ static void shut(struct mrad_guard_conn *c)
 }
 
 /* Looks at every connection; with the lock held. */
-static void check_conns(struct mrad_guard *g, uint64_t now)
+static void check_conns_locked(struct mrad_guard *g, uint64_t now)
 {
     for (struct mrad_guard_conn *c = g->conns; c; c = c->next) {
         if (c->closed)
@@ -113,8 +113,9 @@ static void check_conns(struct mrad_guard *g, uint64_t now)
                 shut(c);
             }
         } else if (st == BODY && g->cfg.min_upload_rate) {
-            uint64_t took =
-                now - __atomic_load_n(&c->body_ns, __ATOMIC_RELAXED);
+            /* the body may have begun after `now` was read */
+            uint64_t began = __atomic_load_n(&c->body_ns, __ATOMIC_RELAXED);
+            uint64_t took = now > began ? now - began : 0;
             uint64_t got = __atomic_load_n(&c->body_bytes, __ATOMIC_RELAXED);
             /* bytes / seconds < rate, without division */
             if (took > GUARD_GRACE_NS &&
@@ -176,7 +177,8 @@ static void *guard_main(void *arg)
         for (size_t i = 0; i < GUARD_LINGER_MAX; i++)
             if (g->lingers[i].fd >= 0 && now >= g->lingers[i].until_ns)
                 linger_end(g, &g->lingers[i]);
-        check_conns(g, now);
+        /* read anew: reading lingering sockets takes a while */
+        check_conns_locked(g, mrad_now_ns());
         pthread_mutex_unlock(&g->lock);
     }
     return NULL;
@@ -223,6 +225,13 @@ void mrad_guard_stop(struct mrad_guard *g)
     close(g->epfd);
     pthread_mutex_destroy(&g->lock);
     free(g);
+}
+
+void mrad_guard_check(struct mrad_guard *g, uint64_t now)
+{
+    pthread_mutex_lock(&g->lock);
+    check_conns_locked(g, now);
+    pthread_mutex_unlock(&g->lock);
 }
 
 void mrad_guard_stats(struct mrad_guard *g, struct mrad_guard_stats *st)

@@ -50,6 +50,9 @@ int mrad_guard_start(struct mrad_guard **out,
 /* Stops the thread and closes what still lingers. */
 void mrad_guard_stop(struct mrad_guard *g);
 void mrad_guard_stats(struct mrad_guard *g, struct mrad_guard_stats *st);
+/* One look at every connection as at `now` (mrad_now_ns()), as the guard
+ * thread takes every tick: a state change may come after `now` was read. */
+void mrad_guard_check(struct mrad_guard *g, uint64_t now);
 
 /* A connection was accepted on `fd`: watched until mrad_guard_forget().
  * Returns NULL when out of memory (the connection is then not watched). */

@@ -3,8 +3,9 @@
  * connections: a connection idle between requests stays open past the
  * head deadline, a head that starts and does not finish is closed at it,
  * a head watched by the guard and then answered does not count against
- * the idle time that follows, and a lingering close reads what the client
- * still sends.
+ * the idle time that follows, a body that begins while the guard looks
+ * is not slow (and a slow one is closed), and a lingering close reads what the
+ * client still sends.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +24,7 @@
 #include <cmocka.h>
 
 #include "server/guard.h"
+#include "server/sched.h" /* mrad_now_ns */
 
 #define HEAD_MS 300
 
@@ -175,6 +177,37 @@ static void test_a_watched_head_that_was_answered(void **state)
     assert_int_equal(head_timeouts(w->g), 0);
 }
 
+/* A body that begins after the guard read its clock for a look (the
+ * look waits for the lock, or reads lingering sockets first) is new, not
+ * slow. */
+static void test_a_body_that_begins_during_a_look(void **state)
+{
+    (void)state;
+    struct mrad_guard_config cfg = {HEAD_MS * 1000000ull, 1 << 30};
+    struct mrad_guard *g = NULL;
+    assert_int_equal(mrad_guard_start(&g, &cfg), 0);
+    struct pair p = connect_pair();
+    struct mrad_guard_conn *c = mrad_guard_watch(g, p.server);
+    uint64_t now = mrad_now_ns();
+    sleep_ms(1);
+    mrad_guard_head_done(c);
+    mrad_guard_body(c, 1);
+    mrad_guard_check(g, now);
+    struct mrad_guard_stats st;
+    mrad_guard_stats(g, &st);
+    assert_int_equal(st.slow_uploads, 0);
+    assert_false(shut_down(p.client));
+    /* and one that is slow is closed */
+    mrad_guard_check(g, mrad_now_ns() + GUARD_GRACE_NS + 1000000);
+    mrad_guard_stats(g, &st);
+    assert_int_equal(st.slow_uploads, 1);
+    assert_true(shut_down(p.client));
+    mrad_guard_forget(g, c);
+    mrad_guard_stop(g);
+    close(p.client);
+    close(p.server);
+}
+
 static void test_lingering_close_reads_the_rest(void **state)
 {
     (void)state;
@@ -206,6 +239,7 @@ int main(void)
                                         watched_setup, watched_teardown),
         cmocka_unit_test_setup_teardown(test_a_watched_head_that_was_answered,
                                         watched_setup, watched_teardown),
+        cmocka_unit_test(test_a_body_that_begins_during_a_look),
         cmocka_unit_test(test_lingering_close_reads_the_rest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
