@@ -176,9 +176,12 @@ static void drop(struct mrad_kv_table *t, struct mrad_kv *kv,
     end(t, kv, to_free);
 }
 
+/* `now` may have been read before another thread, holding the lock
+ * first, used the session (last_ns > now): then it is fresh. */
 static int expired(const struct mrad_kv *kv, uint64_t now)
 {
-    return kv->uses == 0 && now - kv->last_ns >= kv->ttl_ms * 1000000ull;
+    return kv->uses == 0 && now > kv->last_ns &&
+           now - kv->last_ns >= kv->ttl_ms * 1000000ull;
 }
 
 /* Evicts idle sessions, least recently used first, until `bytes` more
