@@ -329,7 +329,9 @@ static void start_request(struct engine *e, uint64_t intended)
             uint64_t *b =
                 cap <= SIZE_MAX / sizeof *b ? malloc(cap * sizeof *b) : NULL;
             if (!b) {
-                e->res->ntransport++; /* counted as a failed request */
+                /* counted as a failed request */
+                e->res->ntransport++;
+                e->res->by_transport[CURLE_OUT_OF_MEMORY]++;
                 return;
             }
             for (size_t i = 0; i < e->bl_len; i++)
@@ -383,6 +385,9 @@ static void record(struct engine *e, struct req *r, CURLcode rc, long status)
     hist_record(&res->lat_all, lat_us);
     if (rc != CURLE_OK) {
         res->ntransport++;
+        res->by_transport[(unsigned)rc < LOAD_TRANSPORT_KINDS
+                              ? (unsigned)rc
+                              : LOAD_TRANSPORT_KINDS - 1]++;
         return;
     }
     if (status >= 0 && status < 600)

@@ -50,6 +50,8 @@ struct load_config {
     struct load_decode *decode; /* NULL: requests with their own keys */
 };
 
+#define LOAD_TRANSPORT_KINDS 128
+
 /* What a run measured.  Latency in microseconds from each request's
  * intended send time to its completion, for requests whose intended time
  * fell in the measured phase. */
@@ -61,11 +63,14 @@ struct load_result {
     uint64_t completed;   /* of which answered or failed */
     uint64_t n200, n503, n504, nother, ntransport;
     uint64_t by_status[600]; /* every HTTP status seen, for the report */
-    uint64_t backlog_max;    /* most arrivals waiting for a free connection */
-    double throughput;       /* 200 answers per second of the measured phase */
-    struct hist lat_ok;      /* latencies of 200 answers */
-    struct hist lat_all;     /* latencies of every completed request */
-    struct hist lat_503;     /* latencies of 503 answers (load shedding) */
+    /* transport failures by libcurl's code (CURLcode; larger codes in the
+     * last slot) */
+    uint64_t by_transport[LOAD_TRANSPORT_KINDS];
+    uint64_t backlog_max; /* most arrivals waiting for a free connection */
+    double throughput;    /* 200 answers per second of the measured phase */
+    struct hist lat_ok;   /* latencies of 200 answers */
+    struct hist lat_all;  /* latencies of every completed request */
+    struct hist lat_503;  /* latencies of 503 answers (load shedding) */
     /* --decode: what happened to the sessions during the run (warmup
      * included); 404 and 507 answers to steps also count as statuses. */
     uint64_t kv_lost;            /* 404 answers to steps (tries included) */

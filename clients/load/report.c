@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
+
 #include "clients/load/load.h"
 
 static double ms(uint64_t us)
@@ -43,6 +45,14 @@ void load_report_text(const struct load_config *cfg,
            (unsigned long long)r->n200, (unsigned long long)r->n503,
            (unsigned long long)r->n504, (unsigned long long)r->nother,
            (unsigned long long)r->ntransport);
+    if (r->ntransport) {
+        printf("transport  ");
+        for (int c = 0; c < LOAD_TRANSPORT_KINDS; c++)
+            if (r->by_transport[c])
+                printf("%s: %llu  ", curl_easy_strerror((CURLcode)c),
+                       (unsigned long long)r->by_transport[c]);
+        printf("\n");
+    }
     if (r->nother) {
         printf("other      ");
         for (int s = 0; s < 600; s++)
@@ -79,6 +89,22 @@ void load_report_text(const struct load_config *cfg,
                (unsigned long long)r->abandoned);
 }
 
+/* A JSON string of a library's message. */
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
 static void json_hist(const char *name, const struct hist *h)
 {
     printf("\"%s\":{\"count\":%llu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
@@ -111,6 +137,15 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
         if (r->by_status[s]) {
             printf("%s\"%d\":%llu", first ? "" : ",", s,
                    (unsigned long long)r->by_status[s]);
+            first = 0;
+        }
+    printf("},\"transport_errors\":{");
+    first = 1;
+    for (int c = 0; c < LOAD_TRANSPORT_KINDS; c++)
+        if (r->by_transport[c]) {
+            printf("%s", first ? "" : ",");
+            json_string(curl_easy_strerror((CURLcode)c));
+            printf(":%llu", (unsigned long long)r->by_transport[c]);
             first = 0;
         }
     printf("},\"backlog_max\":%llu,", (unsigned long long)r->backlog_max);

@@ -269,6 +269,18 @@ class _StallingServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
+def test_load_names_transport_errors():
+    """Nothing listens on port 9: every request is a transport error, and
+    the report says which (libcurl's message), in JSON and in text."""
+    rep = load("http://127.0.0.1:9", "--shape", "1,1,32,8", "--rate", "20",
+               "--duration", "0.5", "--warmup", "0")
+    assert rep["status"]["transport"] == rep["sent"] > 0
+    assert rep["transport_errors"] == {"Couldn't connect to server": rep["sent"]}
+    r = tool("mra-load", "--url", "http://127.0.0.1:9", "--shape", "1,1,32,8",
+             "--rate", "20", "--duration", "0.5", "--warmup", "0")
+    assert b"transport  Couldn't connect to server: " in r.stdout
+
+
 def test_load_counts_stalls_from_intended_send_time():
     """A 0.5 s stall at 100 requests/s: the ~50 requests intended during it
     wait up to 0.5 s, and the percentiles show it (a closed-loop tool would

@@ -122,7 +122,8 @@ def run(seconds, bin_dir, max_503_p99_ms, threads=2, check_rss=True):
         if st["503"] == 0:
             failures.append("overload: nothing was shed with 503")
         if st["504"] or st["other"] or st["transport"]:
-            failures.append(f"overload: answers other than 200/503: {st}")
+            failures.append(f"overload: answers other than 200/503: {st}, "
+                            f"transport errors {over['transport_errors']}")
         if over["latency_503_ms"]["p99"] > max_503_p99_ms:
             failures.append(f"overload: 503 p99 {over['latency_503_ms']['p99']} ms "
                             f"> {max_503_p99_ms} ms")
@@ -164,7 +165,8 @@ def run(seconds, bin_dir, max_503_p99_ms, threads=2, check_rss=True):
                             "throughput_rps": steady["throughput_rps"], "status": st,
                             "p99_ms": steady["latency_ms"]["p99"]}
         if st["200"] != steady["completed"] or steady["completed"] == 0:
-            failures.append(f"steady: not every answer was 200: {st}")
+            failures.append(f"steady: not every answer was 200: {st}, "
+                            f"transport errors {steady['transport_errors']}")
         rc = srv.stop()
         if rc != 0:
             failures.append(f"mrad exited {rc}")
