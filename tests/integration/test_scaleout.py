@@ -82,7 +82,8 @@ class Replica:
 
     def start(self):
         self.srv = MradServer(threads=1, host=self.host, extra_args=[
-            "--port", str(self.port), "--drain-timeout-ms", "20000"]).start()
+            "--port", str(self.port), "--drain-timeout-ms", "20000",
+            "--max-connections-per-ip", "0"]).start()
         return self
 
     def metrics(self):
@@ -638,6 +639,54 @@ def test_drain(cluster):
         assert sum(r.holds(proxy.raw_id(d.sid)) for r in others) == 1, d.sid
         st, b = d.step()
         assert st == 200, b
+
+
+def test_the_proxy_keeps_the_per_client_limit(cluster):
+    """The replicas see every connection come from the proxy and run
+    without a per-address limit; the proxy keeps mrad's (128 from one
+    address): with 128 requests in progress from this address the next is
+    a 503 with mrad's "overloaded" error and Retry-After, and once they end
+    requests pass again."""
+    proxy, replicas = cluster
+    head = (b"POST /v1/attention HTTP/1.1\r\nHost: mrad\r\n"
+            b"Content-Type: application/msgpack\r\nContent-Length: 100\r\n\r\n")
+    def hold():  # a request whose body never comes
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        s.sendall(head)
+        s.setblocking(False)
+        return s
+
+    def answered(s):
+        try:
+            return s.recv(1 << 16) != b""
+        except BlockingIOError:
+            return False
+
+    held = []
+    try:
+        held = [hold() for _ in range(128)]
+        deadline = time.monotonic() + 10
+        while True:
+            status, headers, body = proxy.request("GET", "/v1/info")
+            if status == 503 or time.monotonic() > deadline:
+                break
+            # A probe in flight while the last heads were read made one of
+            # them the one past the limit: it was answered; hold another.
+            for i, s in enumerate(held):
+                if answered(s):
+                    s.close()
+                    held[i] = hold()
+            time.sleep(0.05)
+        assert status == 503, (status, body[:200])
+        assert json.loads(body)["error"]["code"] == "overloaded"
+        assert headers.get("retry-after") == "1"
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while proxy.request("GET", "/v1/info")[0] != 200:
+        assert time.monotonic() < deadline, "the limit outlived its connections"
+        time.sleep(0.05)
 
 
 def test_bench_scaleout_quick(tmp_path):
