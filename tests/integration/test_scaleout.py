@@ -622,7 +622,12 @@ def test_drain(cluster):
         time.sleep(0.01)
     term = time.monotonic()
     replicas[victim].srv.signal(signal.SIGTERM)
-    # New sessions meanwhile and after: never on the draining replica.
+    # Once it drains (its /readyz says so: the signal is handled on its
+    # main loop, a moment after it is sent), new sessions meanwhile and
+    # after never land on it.
+    while replicas[victim].srv.get("/readyz")[0] == 200:
+        assert time.monotonic() < deadline, "the replica never drained"
+        time.sleep(0.01)
     decoders = [Decoder(proxy, 2000 + s) for s in range(9)]
     for d in decoders:
         d.create()
