@@ -12,6 +12,7 @@
 #include <curl/curl.h>
 
 #include "clients/load/load.h"
+#include "protocol/proto.h"
 
 static double ms(uint64_t us)
 {
@@ -89,22 +90,6 @@ void load_report_text(const struct load_config *cfg,
                (unsigned long long)r->abandoned);
 }
 
-/* A JSON string of a library's message. */
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void json_hist(const char *name, const struct hist *h)
 {
     printf("\"%s\":{\"count\":%llu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
@@ -143,9 +128,11 @@ static void json_one(const struct load_config *cfg, const struct load_result *r)
     first = 1;
     for (int c = 0; c < LOAD_TRANSPORT_KINDS; c++)
         if (r->by_transport[c]) {
-            printf("%s", first ? "" : ",");
-            json_string(curl_easy_strerror((CURLcode)c));
-            printf(":%llu", (unsigned long long)r->by_transport[c]);
+            const char *msg = curl_easy_strerror((CURLcode)c);
+            char esc[512];
+            proto_json_escape(esc, sizeof esc, msg, strlen(msg));
+            printf("%s\"%s\":%llu", first ? "" : ",", esc,
+                   (unsigned long long)r->by_transport[c]);
             first = 0;
         }
     printf("},\"backlog_max\":%llu,", (unsigned long long)r->backlog_max);

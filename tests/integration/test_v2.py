@@ -389,14 +389,13 @@ def test_perf_analyzer(srv, shared):
         args += ["--shared-memory", "system"]
     start = len(srv.log_lines)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    # on a failure, what the daemon said meanwhile besides its access
-    # lines, and the connections it closed
-    said = [ln for ln in srv.log_lines[start:] if " access " not in ln]
-    _, _, metrics = srv.get("/metrics")
-    closed = [ln for ln in metrics.decode().splitlines()
-              if ln.startswith("mrad_connections_closed_total")]
-    assert r.returncode == 0, "\n".join(
-        [r.stdout + r.stderr, "mrad:"] + said[-40:] + closed)
+    if r.returncode != 0:
+        # what the daemon said meanwhile besides its access lines, and the
+        # connections it closed
+        said = [ln for ln in srv.log_lines[start:] if " access " not in ln]
+        closed = [ln for ln in srv.get("/metrics")[2].decode().splitlines()
+                  if ln.startswith("mrad_connections_closed_total")]
+        pytest.fail("\n".join([r.stdout + r.stderr, "mrad:"] + said[-40:] + closed))
     m = re.search(r"Concurrency: 1, throughput: ([0-9.]+) infer/sec, "
                   r"latency (\d+) usec", r.stdout)
     assert m, r.stdout

@@ -92,9 +92,10 @@ static void one_request(struct mrad_guard_conn *c, struct pair p)
     mrad_guard_request_done(c);
 }
 
-static struct mrad_guard *start(void)
+/* A guard with the head deadline HEAD_MS and a minimum upload rate. */
+static struct mrad_guard *start(uint64_t rate)
 {
-    struct mrad_guard_config cfg = {HEAD_MS * 1000000ull, 0};
+    struct mrad_guard_config cfg = {HEAD_MS * 1000000ull, rate};
     struct mrad_guard *g = NULL;
     assert_int_equal(mrad_guard_start(&g, &cfg), 0);
     return g;
@@ -111,7 +112,7 @@ struct watched {
 static int watched_setup(void **state)
 {
     static struct watched w;
-    w.g = start();
+    w.g = start(0);
     w.p = connect_pair();
     w.c = mrad_guard_watch(w.g, w.p.server);
     assert_non_null(w.c);
@@ -183,9 +184,7 @@ static void test_a_watched_head_that_was_answered(void **state)
 static void test_a_body_that_begins_during_a_look(void **state)
 {
     (void)state;
-    struct mrad_guard_config cfg = {HEAD_MS * 1000000ull, 1 << 30};
-    struct mrad_guard *g = NULL;
-    assert_int_equal(mrad_guard_start(&g, &cfg), 0);
+    struct mrad_guard *g = start(1 << 30);
     struct pair p = connect_pair();
     struct mrad_guard_conn *c = mrad_guard_watch(g, p.server);
     uint64_t now = mrad_now_ns();
@@ -211,7 +210,7 @@ static void test_a_body_that_begins_during_a_look(void **state)
 static void test_lingering_close_reads_the_rest(void **state)
 {
     (void)state;
-    struct mrad_guard *g = start();
+    struct mrad_guard *g = start(0);
     struct pair p = connect_pair();
     assert_int_equal(mrad_guard_linger(g, p.server), 0);
     close(p.server); /* the library's close: the guard's copy remains */
