@@ -682,6 +682,28 @@ static void test_calls(void **state)
     finish(s, jobs, 2);
 }
 
+/* Opens the gate once the job is done (or after 10 s, so that the test
+ * fails instead of hanging). */
+struct open_when {
+    struct gate_backend *g;
+    struct tjob *job;
+};
+
+static void *open_when_done(void *arg)
+{
+    struct open_when *w = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&done_lock);
+    while (!w->job->done &&
+           pthread_cond_timedwait(&done_cond, &done_lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&done_lock);
+    gate_open(w->g);
+    return NULL;
+}
+
 /* mrad_sched_stop() answers what waits and what runs, and drops every
  * reference the scheduler held, before the backends are freed. */
 static void test_stop(void **state)
@@ -696,9 +718,14 @@ static void test_stop(void **state)
         if (i == 0)
             gate_wait_entered(&g, 1);
     }
-    /* The running job is cancelled; the gate lets it return. */
-    gate_open(&g);
+    /* The running job is cancelled; the gate lets it return once the
+     * waiting one was answered (opened before the stop, the worker could
+     * take the waiting job first). */
+    struct open_when w = {&g, &jobs[1]};
+    pthread_t opener;
+    assert_int_equal(pthread_create(&opener, NULL, open_when_done, &w), 0);
     mrad_sched_stop(s);
+    pthread_join(opener, NULL);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(jobs[i].done, 1);
         mrad_job_unref(&jobs[i].job);
